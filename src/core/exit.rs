@@ -1,0 +1,160 @@
+//! How a unit's main process ended, kept lossless, and what the restart policy makes of it.
+
+use crate::unit::RestartPolicy;
+use nix::sys::signal::Signal;
+
+/// What `waitpid` said, without interpretation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Termination {
+    Exited(i32),
+    Signaled { signal: Signal, core_dumped: bool },
+}
+
+/// One end of a main process: the kernel's word plus whether the unit's OOM counter moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitReport {
+    pub termination: Termination,
+    /// True only when the kernel's oom_kill counter of the unit moved across this run.
+    pub oom: bool,
+}
+
+impl ExitReport {
+    pub fn code(code: i32) -> ExitReport {
+        ExitReport {
+            termination: Termination::Exited(code),
+            oom: false,
+        }
+    }
+
+    pub fn signal(signal: Signal) -> ExitReport {
+        ExitReport {
+            termination: Termination::Signaled {
+                signal,
+                core_dumped: false,
+            },
+            oom: false,
+        }
+    }
+
+    /// A clean exit: a listed exit code and no OOM kill.
+    pub fn is_success(&self, success_exit_codes: &[i32]) -> bool {
+        match self.termination {
+            Termination::Exited(code) => !self.oom && success_exit_codes.contains(&code),
+            Termination::Signaled { .. } => false,
+        }
+    }
+
+    /// The shell's view of the status: the code, or 128 + signal number.
+    pub fn shell_code(&self) -> i32 {
+        match self.termination {
+            Termination::Exited(code) => code,
+            Termination::Signaled { signal, .. } => 128 + signal as i32,
+        }
+    }
+}
+
+impl std::fmt::Display for ExitReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.termination {
+            Termination::Exited(code) => write!(f, "exited with code {code}")?,
+            Termination::Signaled {
+                signal,
+                core_dumped,
+            } => {
+                write!(f, "killed by {}", signal.as_str())?;
+                if core_dumped {
+                    f.write_str(" (core dumped)")?;
+                }
+            }
+        }
+        if self.oom {
+            f.write_str(" (OOM kill)")?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether `policy` restarts a unit after `exit` (SPEC 2: OOM kills are failures and abnormal).
+pub fn policy_restarts(
+    policy: RestartPolicy,
+    exit: &ExitReport,
+    success_exit_codes: &[i32],
+) -> bool {
+    match policy {
+        RestartPolicy::Never => false,
+        RestartPolicy::Always => true,
+        RestartPolicy::OnFailure => !exit.is_success(success_exit_codes),
+        RestartPolicy::OnAbnormal => {
+            exit.oom || matches!(exit.termination, Termination::Signaled { .. })
+        }
+        RestartPolicy::OnOom => exit.oom,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use RestartPolicy::*;
+
+    fn oom_kill() -> ExitReport {
+        ExitReport {
+            termination: Termination::Signaled {
+                signal: Signal::SIGKILL,
+                core_dumped: false,
+            },
+            oom: true,
+        }
+    }
+
+    #[test]
+    fn policy_table() {
+        let ok = ExitReport::code(0);
+        let fail = ExitReport::code(1);
+        let listed = ExitReport::code(3);
+        let killed = ExitReport::signal(Signal::SIGKILL);
+        let codes = [0, 3];
+        // (policy, exit, restarts?)
+        let table = [
+            (Never, ok, false),
+            (Never, fail, false),
+            (Never, oom_kill(), false),
+            (OnFailure, ok, false),
+            (OnFailure, listed, false),
+            (OnFailure, fail, true),
+            (OnFailure, killed, true),
+            (OnFailure, oom_kill(), true),
+            (OnAbnormal, ok, false),
+            (OnAbnormal, fail, false),
+            (OnAbnormal, killed, true),
+            (OnAbnormal, oom_kill(), true),
+            (OnOom, fail, false),
+            (OnOom, killed, false),
+            (OnOom, oom_kill(), true),
+            (Always, ok, true),
+            (Always, fail, true),
+            (Always, oom_kill(), true),
+        ];
+        for (policy, exit, want) in table {
+            assert_eq!(
+                policy_restarts(policy, &exit, &codes),
+                want,
+                "{policy:?} after {exit}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_oom_kill_is_never_a_success_even_with_a_listed_code() {
+        let exit = ExitReport {
+            termination: Termination::Exited(0),
+            oom: true,
+        };
+        assert!(!exit.is_success(&[0]));
+    }
+
+    #[test]
+    fn shell_code_is_128_plus_signal() {
+        assert_eq!(ExitReport::signal(Signal::SIGKILL).shell_code(), 137);
+        assert_eq!(ExitReport::code(7).shell_code(), 7);
+    }
+}

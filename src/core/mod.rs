@@ -1,0 +1,10 @@
+//! The pure core: unit state machines, restart policy, backoff and dependency order; no syscalls, no clock.
+
+pub mod backoff;
+pub mod exit;
+pub mod service;
+pub mod supervisor;
+
+#[cfg(test)]
+pub mod fixtures;
+pub mod graph;

@@ -1,0 +1,768 @@
+//! The whole supervisor as a pure function: `handle(input, now) -> effects`, with dependency-aware reconciliation.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use nix::sys::signal::Signal;
+
+use crate::core::exit::ExitReport;
+use crate::core::service::{Action, Event, Runtime, State, StopReason, Want};
+use crate::unit::{Unit, UnitKind, UnitName};
+
+/// Everything that can happen to the supervisor.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    Start(Vec<UnitName>),
+    Stop(Vec<UnitName>),
+    Restart(Vec<UnitName>),
+    Kill {
+        unit: UnitName,
+        signal: Signal,
+    },
+    Spawned {
+        unit: UnitName,
+        pid: i32,
+    },
+    SpawnFailed {
+        unit: UnitName,
+        error: String,
+    },
+    /// A reaped process; not necessarily one of ours (orphans are reaped too).
+    Exited {
+        pid: i32,
+        exit: ExitReport,
+    },
+    /// Time passed; deadlines at or before `now` fire.
+    Tick,
+    Shutdown,
+}
+
+/// What the supervisor asks the OS layer to do, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Start the unit's main process; answer with `Spawned` or `SpawnFailed`.
+    Spawn { unit: Arc<Unit> },
+    /// Send a signal to every process of the unit.
+    Signal { unit: UnitName, signal: Signal },
+    /// SIGKILL every process left in the unit.
+    KillAll { unit: UnitName },
+    Log {
+        unit: UnitName,
+        warn: bool,
+        message: String,
+    },
+    /// Every unit is down after `Shutdown`: the daemon may clean up and exit.
+    ShutdownComplete,
+}
+
+/// A request that cannot be carried out; nothing of it was applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    #[error("no such unit: {}", join(.0))]
+    UnknownUnits(Vec<UnitName>),
+    #[error("unit {0} has no running process")]
+    NotRunning(UnitName),
+    #[error("unit {0} is a slice and has no processes")]
+    IsSlice(UnitName),
+    #[error("corral is shutting down")]
+    ShuttingDown,
+}
+
+fn join(names: &[UnitName]) -> String {
+    names
+        .iter()
+        .map(UnitName::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// What a waiting client wants to see before it gets its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Goal {
+    Started,
+    Stopped,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    unit: Arc<Unit>,
+    rt: Runtime,
+}
+
+/// All units and their runtimes; the single owner of runtime state.
+#[derive(Debug)]
+pub struct Supervisor {
+    entries: BTreeMap<UnitName, Entry>,
+    by_pid: HashMap<i32, UnitName>,
+    shutting_down: bool,
+    shutdown_reported: bool,
+}
+
+impl Supervisor {
+    /// Enabled units want to be up; nothing starts before the first `handle`.
+    pub fn new(units: impl IntoIterator<Item = Unit>, now: Instant) -> Supervisor {
+        let entries = units
+            .into_iter()
+            .map(|unit| {
+                let want = if unit.enabled { Want::Up } else { Want::Down };
+                let mut rt = Runtime::new(now, want);
+                if unit.kind == UnitKind::Slice {
+                    rt.state = State::Active;
+                }
+                (
+                    unit.name.clone(),
+                    Entry {
+                        unit: Arc::new(unit),
+                        rt,
+                    },
+                )
+            })
+            .collect();
+        Supervisor {
+            entries,
+            by_pid: HashMap::new(),
+            shutting_down: false,
+            shutdown_reported: false,
+        }
+    }
+
+    pub fn units(&self) -> impl Iterator<Item = (&Unit, &Runtime)> {
+        self.entries.values().map(|e| (&*e.unit, &e.rt))
+    }
+
+    pub fn get(&self, name: &UnitName) -> Option<(&Unit, &Runtime)> {
+        self.entries.get(name).map(|e| (&*e.unit, &e.rt))
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down
+    }
+
+    /// The earliest moment at which `Tick` has work to do.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.entries.values().filter_map(|e| e.rt.deadline()).min()
+    }
+
+    /// Every name must exist, or the whole request is refused.
+    pub fn check_names(&self, names: &[UnitName]) -> Result<(), RequestError> {
+        let unknown: Vec<UnitName> = names
+            .iter()
+            .filter(|n| !self.entries.contains_key(*n))
+            .cloned()
+            .collect();
+        if unknown.is_empty() {
+            Ok(())
+        } else {
+            Err(RequestError::UnknownUnits(unknown))
+        }
+    }
+
+    /// Feed one input; returns the effects to perform, in order.
+    pub fn handle(&mut self, input: Input, now: Instant) -> Result<Vec<Effect>, RequestError> {
+        let mut effects = Vec::new();
+        match input {
+            Input::Start(names) => {
+                self.refuse_during_shutdown()?;
+                self.check_names(&names)?;
+                for name in self.expand_slices(&names) {
+                    self.pull_up(&name, now);
+                }
+            }
+            Input::Stop(names) => {
+                self.check_names(&names)?;
+                for name in self.expand_slices(&names) {
+                    self.push_down(&name);
+                }
+            }
+            Input::Restart(names) => {
+                self.refuse_during_shutdown()?;
+                self.check_names(&names)?;
+                for name in self.expand_slices(&names) {
+                    let active = self
+                        .entries
+                        .get(&name)
+                        .is_some_and(|e| e.rt.state.has_process());
+                    if active {
+                        if let Some(e) = self.entries.get_mut(&name) {
+                            e.rt.want = Want::Up;
+                        }
+                        self.feed(&name, Event::Stop(StopReason::Restart), now, &mut effects);
+                    } else {
+                        self.pull_up(&name, now);
+                    }
+                }
+            }
+            Input::Kill { unit, signal } => {
+                self.check_names(std::slice::from_ref(&unit))?;
+                let entry = self
+                    .entries
+                    .get(&unit)
+                    .ok_or_else(|| RequestError::UnknownUnits(vec![unit.clone()]))?;
+                if entry.unit.kind == UnitKind::Slice {
+                    return Err(RequestError::IsSlice(unit));
+                }
+                if entry.rt.pid.is_none() {
+                    return Err(RequestError::NotRunning(unit));
+                }
+                effects.push(Effect::Signal { unit, signal });
+            }
+            Input::Spawned { unit, pid } => {
+                self.by_pid.insert(pid, unit.clone());
+                self.feed(&unit, Event::Spawned { pid }, now, &mut effects);
+            }
+            Input::SpawnFailed { unit, error } => {
+                self.feed(&unit, Event::SpawnFailed { error }, now, &mut effects);
+            }
+            Input::Exited { pid, exit } => {
+                if let Some(unit) = self.by_pid.remove(&pid) {
+                    self.feed(&unit, Event::Exited(exit), now, &mut effects);
+                }
+            }
+            Input::Tick => {}
+            Input::Shutdown => {
+                self.shutting_down = true;
+                let names: Vec<UnitName> = self.entries.keys().cloned().collect();
+                for name in names {
+                    if let Some(e) = self.entries.get_mut(&name) {
+                        e.rt.want = Want::Down;
+                    }
+                }
+            }
+        }
+        self.fire_deadlines(now, &mut effects);
+        self.reconcile(now, &mut effects);
+        if self.shutting_down && !self.shutdown_reported && self.all_down() {
+            self.shutdown_reported = true;
+            for e in self.entries.values_mut() {
+                if e.unit.kind == UnitKind::Slice {
+                    e.rt.state = State::Inactive;
+                    e.rt.since = now;
+                }
+            }
+            effects.push(Effect::ShutdownComplete);
+        }
+        Ok(effects)
+    }
+
+    /// Whether a client waiting for `goal` on `name` can have its answer: `Some(Ok)` done,
+    /// `Some(Err(why))` it will not get there, `None` keep waiting.
+    pub fn settled(&self, name: &UnitName, goal: Goal) -> Option<Result<(), String>> {
+        let e = self.entries.get(name)?;
+        let rt = &e.rt;
+        match goal {
+            Goal::Stopped => matches!(
+                rt.state,
+                State::Inactive | State::Exited | State::Failed | State::Active
+            )
+            .then_some(Ok(())),
+            Goal::Started => match rt.state {
+                State::Running | State::Exited | State::Active => Some(Ok(())),
+                State::Failed => Some(Err(failure_text(name, rt))),
+                State::Inactive if rt.want == Want::Down => {
+                    Some(Err(format!("{name} was stopped before it started")))
+                }
+                State::Inactive => self
+                    .unstartable_because(e)
+                    .map(|why| Err(format!("{name} cannot start: {why}"))),
+                _ => None,
+            },
+        }
+    }
+
+    fn refuse_during_shutdown(&self) -> Result<(), RequestError> {
+        if self.shutting_down {
+            Err(RequestError::ShuttingDown)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// A slice named in start/stop/restart stands for every unit below it.
+    fn expand_slices(&self, names: &[UnitName]) -> Vec<UnitName> {
+        let mut out = BTreeSet::new();
+        for name in names {
+            out.insert(name.clone());
+            if self
+                .entries
+                .get(name)
+                .is_some_and(|e| e.unit.kind == UnitKind::Slice)
+            {
+                for e in self.entries.values() {
+                    if self.is_below(&e.unit, name) {
+                        out.insert(e.unit.name.clone());
+                    }
+                }
+            }
+        }
+        out.into_iter().collect()
+    }
+
+    fn is_below(&self, unit: &Unit, slice: &UnitName) -> bool {
+        let mut parent = unit.slice.as_ref();
+        // Bounded by the number of units: validation rejects slice cycles, this guards anyway.
+        for _ in 0..=self.entries.len() {
+            match parent {
+                Some(p) if p == slice => return true,
+                Some(p) => parent = self.entries.get(p).and_then(|e| e.unit.slice.as_ref()),
+                None => return false,
+            }
+        }
+        false
+    }
+
+    /// A user's start: this unit and everything it requires want to be up, with a clean slate.
+    fn pull_up(&mut self, name: &UnitName, now: Instant) {
+        let mut todo = vec![name.clone()];
+        let mut seen = BTreeSet::new();
+        while let Some(n) = todo.pop() {
+            if !seen.insert(n.clone()) {
+                continue;
+            }
+            if let Some(e) = self.entries.get_mut(&n) {
+                e.rt.want = Want::Up;
+                e.rt.reset_for_user_start(now);
+                todo.extend(e.unit.requires.iter().cloned());
+            }
+        }
+    }
+
+    /// A user's stop: this unit and everything that requires it want to be down.
+    fn push_down(&mut self, name: &UnitName) {
+        let mut todo = vec![name.clone()];
+        let mut seen = BTreeSet::new();
+        while let Some(n) = todo.pop() {
+            if !seen.insert(n.clone()) {
+                continue;
+            }
+            if let Some(e) = self.entries.get_mut(&n) {
+                e.rt.want = Want::Down;
+            }
+            todo.extend(
+                self.entries
+                    .values()
+                    .filter(|e| e.unit.requires.contains(&n))
+                    .map(|e| e.unit.name.clone()),
+            );
+        }
+    }
+
+    fn feed(&mut self, name: &UnitName, event: Event, now: Instant, effects: &mut Vec<Effect>) {
+        let Some(e) = self.entries.get_mut(name) else {
+            return;
+        };
+        let actions = e.rt.transition(event, now, &e.unit);
+        for action in actions {
+            effects.push(match action {
+                Action::Spawn => Effect::Spawn {
+                    unit: Arc::clone(&e.unit),
+                },
+                Action::Signal(signal) => Effect::Signal {
+                    unit: name.clone(),
+                    signal,
+                },
+                Action::KillAll => Effect::KillAll { unit: name.clone() },
+                Action::Note { warn, message } => Effect::Log {
+                    unit: name.clone(),
+                    warn,
+                    message,
+                },
+            });
+        }
+    }
+
+    fn fire_deadlines(&mut self, now: Instant, effects: &mut Vec<Effect>) {
+        let due: Vec<UnitName> = self
+            .entries
+            .values()
+            .filter(|e| e.rt.deadline().is_some_and(|d| d <= now))
+            .map(|e| e.unit.name.clone())
+            .collect();
+        for name in due {
+            self.feed(&name, Event::DeadlineReached, now, effects);
+        }
+    }
+
+    /// Drive every unit towards what it wants, in dependency order, until nothing changes.
+    fn reconcile(&mut self, now: Instant, effects: &mut Vec<Effect>) {
+        // Each pass changes at least one unit's state, and each unit can change only a few
+        // times per input; the bound guards against a bug turning into a hung PID 1.
+        for _ in 0..=(4 * self.entries.len() + 4) {
+            let Some((name, event)) = self.next_step() else {
+                return;
+            };
+            self.feed(&name, event, now, effects);
+        }
+    }
+
+    /// The first unit (by name) that has something to do, and what.
+    fn next_step(&self) -> Option<(UnitName, Event)> {
+        for e in self.entries.values() {
+            if e.unit.kind == UnitKind::Slice {
+                continue;
+            }
+            let rt = &e.rt;
+            let name = e.unit.name.clone();
+            match (rt.want, rt.state) {
+                (Want::Up, State::Inactive) if self.may_start(e) => {
+                    return Some((name, Event::Start));
+                }
+                (Want::Up, State::Starting | State::Running) if self.lost_a_requirement(e) => {
+                    return Some((name, Event::Stop(StopReason::Dependency)));
+                }
+                (Want::Down, State::Starting | State::Running)
+                    if !self.has_dependents_still_stopping(&e.unit.name) =>
+                {
+                    let reason = if self.shutting_down {
+                        StopReason::Shutdown
+                    } else {
+                        StopReason::User
+                    };
+                    return Some((name, Event::Stop(reason)));
+                }
+                (Want::Down, State::Backoff) => {
+                    return Some((name, Event::Stop(StopReason::User)));
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+
+    fn may_start(&self, e: &Entry) -> bool {
+        let after_clear = e.unit.after.iter().all(|dep| !self.blocks_ordering(dep));
+        let requires_met = e.unit.requires.iter().all(|dep| self.requirement_met(dep));
+        after_clear && requires_met
+    }
+
+    /// `after` orders only among units on their way up: a dep wanted down, running,
+    /// exited or failed does not hold anyone back.
+    fn blocks_ordering(&self, dep: &UnitName) -> bool {
+        self.entries.get(dep).is_some_and(|d| {
+            d.rt.want == Want::Up
+                && !matches!(
+                    d.rt.state,
+                    State::Running | State::Exited | State::Failed | State::Active
+                )
+        })
+    }
+
+    /// A required service is running; a required oneshot has exited successfully.
+    fn requirement_met(&self, dep: &UnitName) -> bool {
+        self.entries.get(dep).is_some_and(|d| match d.unit.kind {
+            UnitKind::Service => d.rt.state == State::Running,
+            UnitKind::Oneshot => d.rt.state == State::Exited,
+            UnitKind::Slice => true,
+        })
+    }
+
+    fn lost_a_requirement(&self, e: &Entry) -> bool {
+        e.unit.requires.iter().any(|dep| !self.requirement_met(dep))
+    }
+
+    /// Why a unit that wants up cannot start as things stand (a required unit is down for good).
+    fn unstartable_because(&self, e: &Entry) -> Option<String> {
+        e.unit.requires.iter().find_map(|dep| {
+            let d = self.entries.get(dep)?;
+            let dead = match d.rt.state {
+                State::Failed => true,
+                State::Exited => d.unit.kind == UnitKind::Service,
+                State::Inactive => d.rt.want == Want::Down,
+                _ => false,
+            };
+            dead.then(|| format!("required unit {dep} is {}", d.rt.state.as_str()))
+        })
+    }
+
+    /// Reverse dependency order on stop: a unit waits for units that depend on it and are
+    /// themselves going down.
+    fn has_dependents_still_stopping(&self, name: &UnitName) -> bool {
+        self.entries.values().any(|d| {
+            d.unit.ordering_deps().any(|dep| dep == name)
+                && (d.rt.state == State::Stopping
+                    || (d.rt.want == Want::Down && d.rt.state.has_process()))
+        })
+    }
+
+    fn all_down(&self) -> bool {
+        self.entries.values().all(|e| !e.rt.state.has_process())
+    }
+}
+
+fn failure_text(name: &UnitName, rt: &Runtime) -> String {
+    match (&rt.error, &rt.last_exit) {
+        (Some(error), _) => format!("{name} failed: {error}"),
+        (None, Some(exit)) => format!("{name} failed: {exit}"),
+        (None, None) => format!("{name} failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::fixtures::{name, oneshot, service};
+
+    /// A fake OS: spawns get sequential pids; returns the names spawned, in order.
+    fn run(sup: &mut Supervisor, input: Input, now: Instant, next_pid: &mut i32) -> Vec<Effect> {
+        let mut all = Vec::new();
+        let mut queue = vec![input];
+        while let Some(input) = queue.pop() {
+            let effects = sup.handle(input, now).expect("request accepted");
+            for effect in &effects {
+                if let Effect::Spawn { unit } = effect {
+                    *next_pid += 1;
+                    queue.insert(
+                        0,
+                        Input::Spawned {
+                            unit: unit.name.clone(),
+                            pid: *next_pid,
+                        },
+                    );
+                }
+            }
+            all.extend(effects);
+        }
+        all
+    }
+
+    fn spawned(effects: &[Effect]) -> Vec<String> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Spawn { unit } => Some(unit.name.to_string()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn signalled(effects: &[Effect]) -> Vec<String> {
+        effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Signal { unit, .. } => Some(unit.to_string()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn state(sup: &Supervisor, n: &str) -> State {
+        sup.get(&name(n)).expect("unit").1.state
+    }
+
+    fn pid(sup: &Supervisor, n: &str) -> i32 {
+        sup.get(&name(n)).expect("unit").1.pid.expect("pid")
+    }
+
+    #[test]
+    fn after_waits_for_a_oneshot_to_exit_successfully() {
+        let t0 = Instant::now();
+        let mut web = service("web");
+        web.after = vec![name("migrate")];
+        let mut sup = Supervisor::new([web, oneshot("migrate")], t0);
+        let mut pids = 0;
+        let effects = run(&mut sup, Input::Tick, t0, &mut pids);
+        assert_eq!(spawned(&effects), vec!["migrate"]);
+        assert_eq!(state(&sup, "web"), State::Inactive);
+        let exit = Input::Exited {
+            pid: pid(&sup, "migrate"),
+            exit: ExitReport::code(0),
+        };
+        let effects = run(&mut sup, exit, t0, &mut pids);
+        assert_eq!(spawned(&effects), vec!["web"]);
+        assert_eq!(state(&sup, "web"), State::Running);
+    }
+
+    #[test]
+    fn after_does_not_wait_for_a_disabled_unit() {
+        let t0 = Instant::now();
+        let mut web = service("web");
+        web.after = vec![name("db")];
+        let mut db = service("db");
+        db.enabled = false;
+        let mut sup = Supervisor::new([web, db], t0);
+        let effects = run(&mut sup, Input::Tick, t0, &mut 0);
+        assert_eq!(spawned(&effects), vec!["web"]);
+    }
+
+    #[test]
+    fn starting_a_unit_pulls_up_what_it_requires_first() {
+        let t0 = Instant::now();
+        let mut web = service("web");
+        web.requires = vec![name("db")];
+        web.enabled = false;
+        let mut db = service("db");
+        db.enabled = false;
+        let mut sup = Supervisor::new([web, db], t0);
+        let effects = run(&mut sup, Input::Start(vec![name("web")]), t0, &mut 0);
+        assert_eq!(spawned(&effects), vec!["db", "web"]);
+        assert_eq!(sup.settled(&name("web"), Goal::Started), Some(Ok(())));
+    }
+
+    #[test]
+    fn a_failed_requirement_stops_the_dependent_and_it_returns_with_it() {
+        let t0 = Instant::now();
+        let mut web = service("web");
+        web.requires = vec![name("db")];
+        let mut sup = Supervisor::new([web, service("db")], t0);
+        let mut pids = 0;
+        run(&mut sup, Input::Tick, t0, &mut pids);
+        let db_pid = pid(&sup, "db");
+        let web_pid = pid(&sup, "web");
+        let crash = Input::Exited {
+            pid: db_pid,
+            exit: ExitReport::code(1),
+        };
+        let effects = run(&mut sup, crash, t0, &mut pids);
+        assert_eq!(state(&sup, "db"), State::Backoff);
+        assert_eq!(signalled(&effects), vec!["web"]);
+        let gone = Input::Exited {
+            pid: web_pid,
+            exit: ExitReport::signal(Signal::SIGTERM),
+        };
+        run(&mut sup, gone, t0, &mut pids);
+        assert_eq!(state(&sup, "web"), State::Inactive);
+        let later = sup.next_deadline().expect("backoff deadline");
+        let effects = run(&mut sup, Input::Tick, later, &mut pids);
+        assert_eq!(spawned(&effects), vec!["db", "web"]);
+        assert_eq!(sup.get(&name("db")).expect("db").1.restarts, 1);
+        assert_eq!(sup.get(&name("web")).expect("web").1.restarts, 0);
+    }
+
+    #[test]
+    fn a_user_stop_of_a_requirement_stops_dependents_first_and_for_good() {
+        let t0 = Instant::now();
+        let mut web = service("web");
+        web.requires = vec![name("db")];
+        let mut sup = Supervisor::new([web, service("db")], t0);
+        let mut pids = 0;
+        run(&mut sup, Input::Tick, t0, &mut pids);
+        let (db_pid, web_pid) = (pid(&sup, "db"), pid(&sup, "web"));
+        let effects = run(&mut sup, Input::Stop(vec![name("db")]), t0, &mut pids);
+        assert_eq!(signalled(&effects), vec!["web"], "db waits for web");
+        let effects = run(
+            &mut sup,
+            Input::Exited {
+                pid: web_pid,
+                exit: ExitReport::code(0),
+            },
+            t0,
+            &mut pids,
+        );
+        assert_eq!(signalled(&effects), vec!["db"]);
+        run(
+            &mut sup,
+            Input::Exited {
+                pid: db_pid,
+                exit: ExitReport::code(0),
+            },
+            t0,
+            &mut pids,
+        );
+        assert_eq!(state(&sup, "db"), State::Inactive);
+        assert_eq!(state(&sup, "web"), State::Inactive);
+        assert_eq!(sup.next_deadline(), None);
+    }
+
+    #[test]
+    fn shutdown_stops_in_reverse_dependency_order_then_reports_completion() {
+        let t0 = Instant::now();
+        let mut app = service("app");
+        app.after = vec![name("cache")];
+        let mut cache = service("cache");
+        cache.after = vec![name("db")];
+        let mut sup = Supervisor::new([app, cache, service("db")], t0);
+        let mut pids = 0;
+        let effects = run(&mut sup, Input::Tick, t0, &mut pids);
+        assert_eq!(spawned(&effects), vec!["db", "cache", "app"]);
+        let mut order = signalled(&run(&mut sup, Input::Shutdown, t0, &mut pids));
+        for n in ["app", "cache", "db"] {
+            let exit = Input::Exited {
+                pid: pid(&sup, n),
+                exit: ExitReport::signal(Signal::SIGTERM),
+            };
+            let effects = run(&mut sup, exit, t0, &mut pids);
+            order.extend(signalled(&effects));
+            assert_eq!(
+                effects.contains(&Effect::ShutdownComplete),
+                n == "db",
+                "after {n}"
+            );
+        }
+        assert_eq!(order, vec!["app", "cache", "db"]);
+        assert!(sup.handle(Input::Start(vec![name("db")]), t0).is_err());
+    }
+
+    #[test]
+    fn unknown_names_refuse_the_whole_request() {
+        let t0 = Instant::now();
+        let mut sup = Supervisor::new([service("web")], t0);
+        run(&mut sup, Input::Tick, t0, &mut 0);
+        let err = sup
+            .handle(Input::Stop(vec![name("web"), name("nope")]), t0)
+            .expect_err("unknown unit");
+        assert_eq!(err, RequestError::UnknownUnits(vec![name("nope")]));
+        assert_eq!(state(&sup, "web"), State::Running);
+    }
+
+    #[test]
+    fn restart_stops_then_starts_without_counting_an_automatic_restart() {
+        let t0 = Instant::now();
+        let mut sup = Supervisor::new([service("web")], t0);
+        let mut pids = 0;
+        run(&mut sup, Input::Tick, t0, &mut pids);
+        let old = pid(&sup, "web");
+        run(&mut sup, Input::Restart(vec![name("web")]), t0, &mut pids);
+        assert_eq!(sup.settled(&name("web"), Goal::Started), None);
+        let effects = run(
+            &mut sup,
+            Input::Exited {
+                pid: old,
+                exit: ExitReport::signal(Signal::SIGTERM),
+            },
+            t0,
+            &mut pids,
+        );
+        assert_eq!(spawned(&effects), vec!["web"]);
+        assert_ne!(pid(&sup, "web"), old);
+        assert_eq!(sup.get(&name("web")).expect("web").1.restarts, 0);
+        assert_eq!(sup.settled(&name("web"), Goal::Started), Some(Ok(())));
+    }
+
+    #[test]
+    fn waiting_for_a_start_that_cannot_happen_gets_an_error() {
+        let t0 = Instant::now();
+        let mut web = service("web");
+        web.requires = vec![name("db")];
+        let mut sup = Supervisor::new([web, service("db")], t0);
+        let effects = sup.handle(Input::Tick, t0).expect("tick");
+        assert_eq!(spawned(&effects), vec!["db"]);
+        assert_eq!(sup.settled(&name("web"), Goal::Started), None);
+        let failed = Input::SpawnFailed {
+            unit: name("db"),
+            error: "no such file".into(),
+        };
+        sup.handle(failed, t0).expect("accepted");
+        assert_eq!(state(&sup, "db"), State::Failed);
+        let settled = sup.settled(&name("web"), Goal::Started);
+        assert!(
+            matches!(settled, Some(Err(ref m)) if m.contains("required unit db is failed")),
+            "{settled:?}"
+        );
+    }
+
+    #[test]
+    fn kill_needs_a_running_process() {
+        let t0 = Instant::now();
+        let mut web = service("web");
+        web.enabled = false;
+        let mut sup = Supervisor::new([web], t0);
+        let err = sup.handle(
+            Input::Kill {
+                unit: name("web"),
+                signal: Signal::SIGTERM,
+            },
+            t0,
+        );
+        assert_eq!(err, Err(RequestError::NotRunning(name("web"))));
+    }
+}

@@ -1,0 +1,161 @@
+//! Control-socket clients: buffered, non-blocking line I/O with bounds on everything.
+
+use std::collections::VecDeque;
+use std::io::{ErrorKind as IoKind, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use crate::core::supervisor::Goal;
+use crate::os::control_socket::Peer;
+use crate::proto::{MAX_REQUEST_BYTES, Response};
+use crate::unit::UnitName;
+
+/// A client that connects and says nothing is dropped after this long.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A follower that falls this far behind is dropped rather than letting corral grow.
+pub const MAX_PENDING_OUTPUT: usize = 4 * 1024 * 1024;
+/// Connections beyond this are refused at once.
+pub const MAX_CLIENTS: usize = 256;
+
+#[derive(Debug)]
+pub enum ClientState {
+    /// Waiting for a request line.
+    Reading,
+    /// start/stop/restart: answered when every unit reaches the goal.
+    Waiting { goal: Goal, units: Vec<UnitName> },
+    /// logs -f: every new line of these units is sent until the client closes.
+    Following { units: Vec<UnitName> },
+    /// shutdown: answered when every unit is down.
+    AwaitingShutdown,
+}
+
+#[derive(Debug)]
+pub struct Client {
+    pub stream: UnixStream,
+    pub peer: Peer,
+    /// A `--socket-group` member: read verbs only.
+    pub read_only: bool,
+    pub state: ClientState,
+    inbuf: Vec<u8>,
+    outbuf: VecDeque<u8>,
+    pub idle_deadline: Option<Instant>,
+    /// Close once everything queued has been written.
+    pub closing: bool,
+    /// Drop now (peer gone, or protocol violation with nothing worth flushing).
+    pub dead: bool,
+}
+
+/// What reading produced.
+pub enum Incoming {
+    Line(Vec<u8>),
+    TooLarge,
+    Nothing,
+}
+
+impl Client {
+    pub fn new(stream: UnixStream, peer: Peer, read_only: bool, now: Instant) -> Client {
+        Client {
+            stream,
+            peer,
+            read_only,
+            state: ClientState::Reading,
+            inbuf: Vec::new(),
+            outbuf: VecDeque::new(),
+            idle_deadline: Some(now + IDLE_TIMEOUT),
+            closing: false,
+            dead: false,
+        }
+    }
+
+    /// Reads what is available; returns the next complete request line when one is ready.
+    pub fn read(&mut self) -> Incoming {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            if let Some(line) = self.take_line() {
+                return line;
+            }
+            match self.stream.read(&mut buf) {
+                Ok(0) => {
+                    // Half-closed: a request may still be answered if one is complete.
+                    self.closing = true;
+                    if !self.inbuf.is_empty() {
+                        let line = std::mem::take(&mut self.inbuf);
+                        return Incoming::Line(line);
+                    }
+                    if matches!(
+                        self.state,
+                        ClientState::Reading | ClientState::Following { .. }
+                    ) {
+                        self.dead = true;
+                    }
+                    return Incoming::Nothing;
+                }
+                Ok(n) => self.inbuf.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == IoKind::WouldBlock => return Incoming::Nothing,
+                Err(e) if e.kind() == IoKind::Interrupted => {}
+                Err(_) => {
+                    self.dead = true;
+                    return Incoming::Nothing;
+                }
+            }
+        }
+    }
+
+    fn take_line(&mut self) -> Option<Incoming> {
+        if !matches!(self.state, ClientState::Reading) {
+            // One request at a time; the rest waits in the buffer (bounded below).
+            if self.inbuf.len() > MAX_REQUEST_BYTES {
+                return Some(Incoming::TooLarge);
+            }
+            return None;
+        }
+        match self.inbuf.iter().position(|&b| b == b'\n') {
+            Some(i) => {
+                let rest = self.inbuf.split_off(i + 1);
+                let mut line = std::mem::replace(&mut self.inbuf, rest);
+                line.pop();
+                Some(Incoming::Line(line))
+            }
+            None if self.inbuf.len() > MAX_REQUEST_BYTES => Some(Incoming::TooLarge),
+            None => None,
+        }
+    }
+
+    pub fn send(&mut self, response: &Response) {
+        if self.dead {
+            return;
+        }
+        self.outbuf.extend(response.to_line());
+        if self.outbuf.len() > MAX_PENDING_OUTPUT {
+            self.dead = true;
+        }
+    }
+
+    /// Writes as much as the socket takes now.
+    pub fn flush(&mut self) {
+        while !self.outbuf.is_empty() && !self.dead {
+            let (front, _) = self.outbuf.as_slices();
+            match self.stream.write(front) {
+                Ok(0) => self.dead = true,
+                Ok(n) => {
+                    self.outbuf.drain(..n);
+                }
+                Err(e) if e.kind() == IoKind::WouldBlock => return,
+                Err(e) if e.kind() == IoKind::Interrupted => {}
+                Err(_) => self.dead = true,
+            }
+        }
+    }
+
+    pub fn wants_write(&self) -> bool {
+        !self.outbuf.is_empty()
+    }
+
+    /// Done with: dead, or closing with nothing left to say.
+    pub fn finished(&self) -> bool {
+        self.dead
+            || (self.closing
+                && self.outbuf.is_empty()
+                && matches!(self.state, ClientState::Reading))
+    }
+}

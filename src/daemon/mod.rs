@@ -1,0 +1,501 @@
+//! Wiring without policy: the event loop, the effect executor, the control server and log rings.
+
+mod clock;
+mod control;
+pub mod logging;
+mod output;
+mod requests;
+mod status;
+
+use std::collections::{HashMap, HashSet};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use tracing::{debug, error, info, warn};
+
+use crate::core::exit::ExitReport;
+use crate::core::service::State;
+use crate::core::supervisor::{Effect, Input, RequestError, Supervisor};
+use crate::os::control_socket::{self, SocketError};
+use crate::os::poller::{Poller, Readiness};
+use crate::os::process_group::ProcessGroup;
+use crate::os::reaper;
+use crate::os::signals::SignalEvents;
+use crate::os::spawn;
+use crate::proto::{LogLine, Response, Stream};
+use crate::unit::{self, UnitName};
+
+use clock::Clock;
+use control::{Client, ClientState};
+use output::{LineSplitter, Piece, Ring};
+
+pub use output::{MAX_LINE_BYTES, RING_LINES};
+
+/// What `corral run` was asked to do.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub units_dir: PathBuf,
+    pub socket: PathBuf,
+    pub socket_group: Option<String>,
+    pub cgroup_root: Option<PathBuf>,
+    pub exit_with: Option<UnitName>,
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("units in {dir} are invalid:\n{diagnostics}")]
+    Units {
+        dir: PathBuf,
+        diagnostics: unit::LoadError,
+    },
+    #[error("--exit-with {0}: no such unit")]
+    ExitWithUnknown(UnitName),
+    #[error("--socket-group {0}: no such group")]
+    UnknownGroup(String),
+    #[error(transparent)]
+    Socket(#[from] SocketError),
+    #[error("{operation}: {source}")]
+    Os {
+        operation: &'static str,
+        source: std::io::Error,
+    },
+}
+
+fn os_err(operation: &'static str) -> impl FnOnce(std::io::Error) -> DaemonError {
+    move |source| DaemonError::Os { operation, source }
+}
+
+const TOKEN_SIGNALS: u64 = 0;
+const TOKEN_LISTENER: u64 = 1;
+const FIRST_DYNAMIC_TOKEN: u64 = 2;
+
+/// A read end of a unit's stdout or stderr.
+struct Pipe {
+    unit: UnitName,
+    stream: Stream,
+    fd: OwnedFd,
+    splitter: LineSplitter,
+}
+
+/// After every unit is down: leftover descendants get SIGTERM, then SIGKILL at `kill_at`.
+struct Leftovers {
+    kill_at: Instant,
+    termed: HashSet<i32>,
+}
+
+enum Phase {
+    Supervising,
+    Leftovers(Leftovers),
+}
+
+struct Daemon {
+    opts: Options,
+    sup: Supervisor,
+    poller: Poller,
+    signals: SignalEvents,
+    listener: UnixListener,
+    clients: HashMap<u64, Client>,
+    pipes: HashMap<u64, Pipe>,
+    groups: HashMap<UnitName, ProcessGroup>,
+    rings: HashMap<UnitName, Ring>,
+    next_token: u64,
+    clock: Clock,
+    phase: Phase,
+    exit_code: i32,
+    own_uid: u32,
+}
+
+/// Runs the supervisor in the foreground until shutdown; returns the process exit code.
+pub fn run(opts: Options) -> Result<i32, DaemonError> {
+    let loaded = unit::load_dir(&opts.units_dir, &unit::SystemUserDb).map_err(|diagnostics| {
+        DaemonError::Units {
+            dir: opts.units_dir.clone(),
+            diagnostics,
+        }
+    })?;
+    for warning in &loaded.warnings {
+        warn!("{warning}");
+    }
+    if let Some(name) = &opts.exit_with
+        && !loaded.units.contains_key(name)
+    {
+        return Err(DaemonError::ExitWithUnknown(name.clone()));
+    }
+    let group = match &opts.socket_group {
+        None => None,
+        Some(name) => Some(
+            nix::unistd::Group::from_name(name)
+                .ok()
+                .flatten()
+                .map(|g| g.gid)
+                .ok_or_else(|| DaemonError::UnknownGroup(name.clone()))?,
+        ),
+    };
+    if std::process::id() != 1
+        && let Err(e) = reaper::become_subreaper()
+    {
+        warn!("cannot become a child subreaper ({e}); orphans of units will not be reaped");
+    }
+    if opts.cgroup_root.is_some() {
+        warn!(
+            "--cgroup-root given, but this build does not manage cgroups yet: limits are not enforced"
+        );
+    }
+    let signals = SignalEvents::install().map_err(os_err("installing signal handlers"))?;
+    let listener = control_socket::bind(&opts.socket, group)?;
+    let poller = Poller::new().map_err(|e| DaemonError::Os {
+        operation: "creating the epoll set",
+        source: e.into(),
+    })?;
+    poller
+        .add(signals.fd(), TOKEN_SIGNALS, false)
+        .and_then(|()| poller.add(listener.as_fd(), TOKEN_LISTENER, false))
+        .map_err(|e| DaemonError::Os {
+            operation: "registering with epoll",
+            source: e.into(),
+        })?;
+    info!(
+        units = loaded.units.len(),
+        dir = %opts.units_dir.display(),
+        socket = %opts.socket.display(),
+        pid = std::process::id(),
+        "corral supervising"
+    );
+    let now = Instant::now();
+    let rings = loaded
+        .units
+        .keys()
+        .map(|n| (n.clone(), Ring::default()))
+        .collect();
+    let mut daemon = Daemon {
+        sup: Supervisor::new(loaded.units.into_values(), now),
+        opts,
+        poller,
+        signals,
+        listener,
+        clients: HashMap::new(),
+        pipes: HashMap::new(),
+        groups: HashMap::new(),
+        rings,
+        next_token: FIRST_DYNAMIC_TOKEN,
+        clock: Clock::new(),
+        phase: Phase::Supervising,
+        exit_code: 0,
+        own_uid: nix::unistd::geteuid().as_raw(),
+    };
+    let code = daemon.event_loop();
+    let _ = std::fs::remove_file(&daemon.opts.socket);
+    info!(code, "corral exits");
+    Ok(code)
+}
+
+impl Daemon {
+    fn event_loop(&mut self) -> i32 {
+        self.feed(Input::Tick, Instant::now());
+        loop {
+            let timeout = self
+                .next_deadline()
+                .map(|d| d.saturating_duration_since(Instant::now()));
+            let ready = match self.poller.wait(timeout) {
+                Ok(ready) => ready,
+                Err(e) => {
+                    // Nothing sane is left to do if epoll itself fails; stop the units cleanly.
+                    error!("epoll_wait failed: {e}; shutting down");
+                    self.begin_shutdown(Instant::now());
+                    Vec::new()
+                }
+            };
+            for readiness in ready {
+                self.dispatch(readiness);
+            }
+            let now = Instant::now();
+            let reaped = reaper::reap_all();
+            for (pid, termination) in reaped.exits {
+                let exit = ExitReport {
+                    termination,
+                    oom: false,
+                };
+                debug!(pid, "reaped: {exit}");
+                self.feed(Input::Exited { pid, exit }, now);
+            }
+            self.feed(Input::Tick, now);
+            self.answer_waiters();
+            self.check_exit_with(now);
+            self.flush_clients();
+            if let Phase::Leftovers(left) = &mut self.phase {
+                if reaped.no_children_left {
+                    return self.exit_code;
+                }
+                let kill = now >= left.kill_at;
+                for pid in reaper::direct_children() {
+                    let signal = if kill {
+                        Some(Signal::SIGKILL)
+                    } else if left.termed.insert(pid) {
+                        Some(Signal::SIGTERM)
+                    } else {
+                        None
+                    };
+                    if let Some(signal) = signal {
+                        debug!(pid, "leftover process gets {}", signal.as_str());
+                        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+                    }
+                }
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let clients = self.clients.values().filter_map(|c| c.idle_deadline);
+        let leftovers = match &self.phase {
+            Phase::Leftovers(left) if Instant::now() < left.kill_at => Some(left.kill_at),
+            _ => None,
+        };
+        self.sup
+            .next_deadline()
+            .into_iter()
+            .chain(clients)
+            .chain(leftovers)
+            .min()
+    }
+
+    fn token(&mut self) -> u64 {
+        let token = self.next_token;
+        self.next_token += 1;
+        token
+    }
+
+    fn dispatch(&mut self, r: Readiness) {
+        match r.token {
+            TOKEN_SIGNALS => {
+                for signal in self.signals.drain() {
+                    self.on_signal(signal);
+                }
+            }
+            TOKEN_LISTENER => self.accept_clients(),
+            token if self.pipes.contains_key(&token) => self.read_pipe(token),
+            token => self.serve_client(token, r),
+        }
+    }
+
+    fn on_signal(&mut self, signal: Signal) {
+        match signal {
+            Signal::SIGTERM | Signal::SIGINT => {
+                info!("{} received: stopping every unit", signal.as_str());
+                self.begin_shutdown(Instant::now());
+            }
+            Signal::SIGHUP => {
+                warn!("SIGHUP received: reloading units is not implemented in this build yet");
+            }
+            // SIGCHLD only wakes the loop: every wake reaps.
+            _ => {}
+        }
+    }
+
+    fn begin_shutdown(&mut self, now: Instant) {
+        if !self.sup.is_shutting_down() {
+            self.feed(Input::Shutdown, now);
+        }
+    }
+
+    /// Feeds an input of the daemon's own, which the core never refuses.
+    fn feed(&mut self, input: Input, now: Instant) {
+        if let Err(e) = self.step(input, now) {
+            error!("internal input refused: {e}");
+        }
+    }
+
+    /// Feeds one input and performs every effect, including the follow-ups they cause.
+    fn step(&mut self, input: Input, now: Instant) -> Result<(), RequestError> {
+        let mut queue = std::collections::VecDeque::from([input]);
+        let mut first = true;
+        while let Some(input) = queue.pop_front() {
+            let effects = match self.sup.handle(input, now) {
+                Ok(effects) => effects,
+                // Only the caller's own request can be refused; follow-ups never are.
+                Err(e) if first => return Err(e),
+                Err(e) => {
+                    error!("internal input refused: {e}");
+                    continue;
+                }
+            };
+            first = false;
+            for effect in effects {
+                if let Some(follow_up) = self.perform(effect, now) {
+                    queue.push_back(follow_up);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn perform(&mut self, effect: Effect, now: Instant) -> Option<Input> {
+        match effect {
+            Effect::Spawn { unit } => {
+                let Some(exec) = &unit.exec else {
+                    return Some(Input::SpawnFailed {
+                        unit: unit.name.clone(),
+                        error: "unit has no [exec]".into(),
+                    });
+                };
+                match spawn::spawn(exec, exec.user.as_ref()) {
+                    Ok(child) => {
+                        info!(unit = %unit.name, pid = child.pid, "started");
+                        self.groups
+                            .insert(unit.name.clone(), ProcessGroup(child.pid));
+                        self.watch_pipe(&unit.name, Stream::Stdout, child.stdout);
+                        self.watch_pipe(&unit.name, Stream::Stderr, child.stderr);
+                        Some(Input::Spawned {
+                            unit: unit.name.clone(),
+                            pid: child.pid,
+                        })
+                    }
+                    Err(e) => Some(Input::SpawnFailed {
+                        unit: unit.name.clone(),
+                        error: e.to_string(),
+                    }),
+                }
+            }
+            Effect::Signal { unit, signal } => {
+                self.signal_unit(&unit, signal);
+                None
+            }
+            Effect::KillAll { unit } => {
+                self.signal_unit(&unit, Signal::SIGKILL);
+                None
+            }
+            Effect::Log {
+                unit,
+                warn: true,
+                message,
+            } => {
+                warn!(unit = %unit, "{message}");
+                None
+            }
+            Effect::Log { unit, message, .. } => {
+                info!(unit = %unit, "{message}");
+                None
+            }
+            Effect::ShutdownComplete => {
+                info!("every unit is down");
+                for client in self.clients.values_mut() {
+                    if matches!(client.state, ClientState::AwaitingShutdown) {
+                        client.send(&Response::message("every unit is stopped; corral exits"));
+                        client.state = ClientState::Reading;
+                        client.closing = true;
+                    }
+                }
+                self.phase = Phase::Leftovers(Leftovers {
+                    kill_at: now + self.opts.shutdown_timeout,
+                    termed: HashSet::new(),
+                });
+                None
+            }
+        }
+    }
+
+    fn signal_unit(&mut self, unit: &UnitName, signal: Signal) {
+        if let Some(group) = self.groups.get(unit)
+            && let Err(e) = group.signal(signal)
+        {
+            warn!(unit = %unit, "sending {} to process group {}: {e}", signal.as_str(), group.0);
+        }
+    }
+
+    fn watch_pipe(&mut self, unit: &UnitName, stream: Stream, fd: OwnedFd) {
+        let token = self.token();
+        if let Err(e) = self.poller.add(fd.as_fd(), token, false) {
+            warn!(unit = %unit, "cannot watch the unit's output: {e}");
+            return;
+        }
+        self.pipes.insert(
+            token,
+            Pipe {
+                unit: unit.clone(),
+                stream,
+                fd,
+                splitter: LineSplitter::default(),
+            },
+        );
+    }
+
+    /// Reads a bounded amount per wake so one chatty unit cannot starve the others; the
+    /// level-triggered epoll brings us back for the rest.
+    fn read_pipe(&mut self, token: u64) {
+        const READS_PER_WAKE: usize = 16;
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut pieces = Vec::new();
+        let mut eof = false;
+        let Some(pipe) = self.pipes.get_mut(&token) else {
+            return;
+        };
+        for _ in 0..READS_PER_WAKE {
+            match nix::unistd::read(&pipe.fd, &mut buf) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(n) => pipe.splitter.push(&buf[..n], &mut pieces),
+                Err(nix::errno::Errno::EAGAIN) => break,
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(_) => {
+                    eof = true;
+                    break;
+                }
+            }
+        }
+        if eof {
+            pipe.splitter.finish(&mut pieces);
+        }
+        let (unit, stream) = (pipe.unit.clone(), pipe.stream);
+        for piece in pieces {
+            self.emit_line(&unit, stream, piece);
+        }
+        if eof && let Some(pipe) = self.pipes.remove(&token) {
+            let _ = self.poller.remove(&pipe.fd);
+        }
+    }
+
+    fn emit_line(&mut self, unit: &UnitName, stream: Stream, piece: Piece) {
+        info!(target: "unit", unit = %unit, stream = output::stream_name(stream), "{}", piece.text);
+        let line = LogLine {
+            time: clock::now_rfc3339_micros(),
+            unit: unit.to_string(),
+            stream,
+            text: piece.text,
+            partial: piece.partial,
+        };
+        for client in self.clients.values_mut() {
+            if let ClientState::Following { units } = &client.state
+                && units.contains(unit)
+            {
+                client.send(&Response {
+                    ok: true,
+                    line: Some(line.clone()),
+                    ..Response::default()
+                });
+            }
+        }
+        self.rings.entry(unit.clone()).or_default().push(line);
+    }
+
+    fn check_exit_with(&mut self, now: Instant) {
+        let Some(name) = &self.opts.exit_with else {
+            return;
+        };
+        if self.sup.is_shutting_down() {
+            return;
+        }
+        let Some((_, rt)) = self.sup.get(name) else {
+            return;
+        };
+        if matches!(rt.state, State::Exited | State::Failed) {
+            self.exit_code = rt.last_exit.map_or(1, |e| e.shell_code());
+            info!(unit = %name, code = self.exit_code, "--exit-with unit ended; shutting down");
+            self.begin_shutdown(now);
+        }
+    }
+}

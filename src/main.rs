@@ -1,0 +1,293 @@
+//! The `corral` command line: `run` and `check` work locally; every other verb asks the supervisor.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use corral::client::{self, ClientError, Connection, exit_code};
+use corral::daemon::{self, logging};
+use corral::os::control_socket;
+use corral::proto::{Request, Response, Verb};
+use corral::unit::{self, UnitName};
+
+const DEFAULT_UNITS_DIR: &str = "/etc/corral/units";
+
+#[derive(Parser)]
+#[command(
+    name = "corral",
+    version,
+    about = "A Linux workload supervisor: init, service manager, cgroups and namespaces"
+)]
+struct Cli {
+    /// Control socket [default: /run/corral/control.sock for root, else $XDG_RUNTIME_DIR/corral/control.sock]
+    #[arg(long, global = true, env = "CORRAL_SOCKET", value_name = "PATH")]
+    socket: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Supervise the units in UNITS_DIR in the foreground (PID-1 capable)
+    Run(RunArgs),
+    /// Parse and validate every unit; exit 1 if any has an error
+    Check {
+        #[arg(default_value = DEFAULT_UNITS_DIR)]
+        units_dir: PathBuf,
+    },
+    /// Show the state of all units, or of the named ones (exit 3 if a named one is not running)
+    Status {
+        units: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start units and wait until they run (a oneshot: until it exited successfully)
+    Start(ActionArgs),
+    /// Stop units (and what requires them) and wait until they are down
+    Stop(ActionArgs),
+    /// Stop then start units, and wait until they run again
+    Restart(ActionArgs),
+    /// Send a signal to every process of a unit
+    Kill {
+        unit: String,
+        #[arg(long, short, default_value = "SIGTERM")]
+        signal: String,
+    },
+    /// Pause every process of units (cgroup freezer)
+    Freeze {
+        #[arg(required = true)]
+        units: Vec<String>,
+    },
+    /// Resume frozen units
+    Thaw {
+        #[arg(required = true)]
+        units: Vec<String>,
+    },
+    /// Re-read the units directory now and apply the difference
+    Reload,
+    /// Show a unit's recent output
+    Logs {
+        #[arg(required = true)]
+        units: Vec<String>,
+        /// How many recent lines
+        #[arg(short = 'n', long = "lines", default_value_t = 100)]
+        lines: usize,
+        /// Keep printing new lines until interrupted
+        #[arg(short, long)]
+        follow: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop every unit in reverse dependency order, then end the supervisor
+    Shutdown,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[arg(default_value = DEFAULT_UNITS_DIR)]
+    units_dir: PathBuf,
+    /// Open the socket to this group for the read-only verbs (status, logs)
+    #[arg(long, value_name = "GROUP")]
+    socket_group: Option<String>,
+    /// Root of corral's cgroup tree (default: the cgroup corral starts in)
+    #[arg(long, value_name = "PATH")]
+    cgroup_root: Option<PathBuf>,
+    /// When this unit ends (exited or failed), shut down and exit with its status
+    #[arg(long, value_name = "UNIT")]
+    exit_with: Option<String>,
+    /// After the units are down, how long leftover processes get between SIGTERM and SIGKILL
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    shutdown_timeout: Duration,
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: logging::LogFormat,
+}
+
+#[derive(Args)]
+struct ActionArgs {
+    #[arg(required = true)]
+    units: Vec<String>,
+    /// Return as soon as the request is accepted
+    #[arg(long)]
+    no_block: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let socket = cli.socket.unwrap_or_else(control_socket::default_path);
+    let code = match cli.command {
+        Command::Run(args) => run(args, socket),
+        Command::Check { units_dir } => check(&units_dir),
+        other => match talk(other, &socket) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("corral: {e}");
+                e.exit_code()
+            }
+        },
+    };
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+fn run(args: RunArgs, socket: PathBuf) -> i32 {
+    logging::init(args.log_format);
+    let exit_with = match args.exit_with.as_deref().map(|n| (n, UnitName::new(n))) {
+        None => None,
+        Some((_, Some(name))) => Some(name),
+        Some((raw, None)) => {
+            eprintln!("corral: --exit-with {raw:?} is not a unit name");
+            return exit_code::USAGE;
+        }
+    };
+    let options = daemon::Options {
+        units_dir: args.units_dir,
+        socket,
+        socket_group: args.socket_group,
+        cgroup_root: args.cgroup_root,
+        exit_with,
+        shutdown_timeout: args.shutdown_timeout,
+    };
+    match daemon::run(options) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("corral: {e}");
+            exit_code::FAILED
+        }
+    }
+}
+
+fn check(units_dir: &std::path::Path) -> i32 {
+    match unit::load_dir(units_dir, &unit::SystemUserDb) {
+        Ok(loaded) => {
+            for warning in &loaded.warnings {
+                eprintln!("{warning}");
+            }
+            println!("{}: {} units OK", units_dir.display(), loaded.units.len());
+            exit_code::OK
+        }
+        Err(error) => {
+            eprintln!("{error}");
+            exit_code::FAILED
+        }
+    }
+}
+
+fn talk(command: Command, socket: &std::path::Path) -> Result<i32, ClientError> {
+    let mut conn = Connection::open(socket)?;
+    match command {
+        Command::Status { units, json } => {
+            let response = conn.call(&client::request(Verb::Status, &units))?;
+            if !response.ok {
+                return Ok(report(&response, json));
+            }
+            let statuses = response.units.unwrap_or_default();
+            if json {
+                println!("{}", serde_json::json!({ "units": statuses }));
+            } else {
+                client::print_status_table(&statuses);
+            }
+            let not_running = !units.is_empty()
+                && statuses
+                    .iter()
+                    .any(|u| u.state != "running" && u.state != "active");
+            Ok(if not_running {
+                exit_code::NOT_RUNNING
+            } else {
+                exit_code::OK
+            })
+        }
+        Command::Start(a) => action(&mut conn, Verb::Start, a),
+        Command::Stop(a) => action(&mut conn, Verb::Stop, a),
+        Command::Restart(a) => action(&mut conn, Verb::Restart, a),
+        Command::Kill { unit, signal } => {
+            let mut request = client::request(Verb::Kill, &[unit]);
+            request.signal = Some(signal);
+            Ok(report(&conn.call(&request)?, false))
+        }
+        Command::Freeze { units } => Ok(report(
+            &conn.call(&client::request(Verb::Freeze, &units))?,
+            false,
+        )),
+        Command::Thaw { units } => Ok(report(
+            &conn.call(&client::request(Verb::Thaw, &units))?,
+            false,
+        )),
+        Command::Reload => Ok(report(
+            &conn.call(&client::request(Verb::Reload, &[]))?,
+            false,
+        )),
+        Command::Logs {
+            units,
+            lines,
+            follow,
+            json,
+        } => logs(&mut conn, units, lines, follow, json),
+        Command::Shutdown => Ok(report(
+            &conn.call(&client::request(Verb::Shutdown, &[]))?,
+            false,
+        )),
+        Command::Run(_) | Command::Check { .. } => Ok(exit_code::USAGE),
+    }
+}
+
+fn action(conn: &mut Connection, verb: Verb, args: ActionArgs) -> Result<i32, ClientError> {
+    let mut request = client::request(verb, &args.units);
+    request.no_block = args.no_block;
+    let response = conn.call(&request)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&response)?);
+        return Ok(client::response_code(&response));
+    }
+    for unit in response.units.iter().flatten() {
+        println!("{}: {}", unit.name, unit.state);
+    }
+    Ok(report(&response, false))
+}
+
+fn logs(
+    conn: &mut Connection,
+    units: Vec<String>,
+    lines: usize,
+    follow: bool,
+    json: bool,
+) -> Result<i32, ClientError> {
+    let with_unit = units.len() > 1;
+    let mut request = Request::new(Verb::Logs, units);
+    request.lines = Some(lines);
+    request.follow = follow;
+    conn.send(&request)?;
+    while let Some(response) = conn.receive()? {
+        if !response.ok {
+            return Ok(report(&response, json));
+        }
+        let batch = response.lines.into_iter().flatten().chain(response.line);
+        for line in batch {
+            if json {
+                println!("{}", serde_json::to_string(&line)?);
+            } else {
+                client::print_log_line(&line, with_unit);
+            }
+        }
+        if !follow {
+            break;
+        }
+    }
+    Ok(exit_code::OK)
+}
+
+/// Prints a response's message or error; returns its exit code.
+fn report(response: &Response, json: bool) -> i32 {
+    if json {
+        if let Ok(text) = serde_json::to_string(response) {
+            println!("{text}");
+        }
+    } else if let Some(error) = &response.error {
+        eprintln!("corral: {}", error.message);
+    } else if let Some(message) = &response.message {
+        println!("{message}");
+    }
+    client::response_code(response)
+}

@@ -1,0 +1,8 @@
+//! The thin OS layer: every syscall corral makes lives below here, each door rooted at a parameter.
+
+pub mod control_socket;
+pub mod poller;
+pub mod process_group;
+pub mod reaper;
+pub mod signals;
+pub mod spawn;

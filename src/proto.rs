@@ -1,0 +1,219 @@
+//! The control socket's protocol: one JSON object per line each way (see docs/protocol.md).
+
+use serde::{Deserialize, Serialize};
+
+/// Longest request line the supervisor reads; longer requests are refused.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verb {
+    Status,
+    Start,
+    Stop,
+    Restart,
+    Kill,
+    Freeze,
+    Thaw,
+    Reload,
+    Logs,
+    Shutdown,
+}
+
+impl Verb {
+    /// Verbs a `--socket-group` peer may use: they read, never change.
+    pub fn is_read_only(self) -> bool {
+        matches!(self, Verb::Status | Verb::Logs)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Request {
+    pub verb: Verb,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub units: Vec<String>,
+    /// start/stop/restart: answer at once instead of when the action completed.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub no_block: bool,
+    /// kill: the signal name (default SIGTERM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<String>,
+    /// logs: how many recent lines (default 100, at most the buffer's 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lines: Option<usize>,
+    /// logs: keep streaming new lines until the client closes.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub follow: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+impl Request {
+    pub fn new(verb: Verb, units: Vec<String>) -> Request {
+        Request {
+            verb,
+            units,
+            no_block: false,
+            signal: None,
+            lines: None,
+            follow: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorKind {
+    /// Not JSON, unknown verb or field, wrong type.
+    BadRequest,
+    /// The request line exceeded `MAX_REQUEST_BYTES`.
+    TooLarge,
+    UnknownUnit,
+    NotRunning,
+    /// The action ran but the unit did not get where it was asked to (e.g. it failed).
+    Failed,
+    PermissionDenied,
+    ShuttingDown,
+    /// The verb exists in the protocol but this build cannot do it yet.
+    Unsupported,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+/// `last_exit`: exactly what the kernel said.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LastExit {
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub code: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub signal: Option<String>,
+    #[serde(skip_serializing_if = "is_false", default)]
+    pub core_dumped: bool,
+    #[serde(skip_serializing_if = "is_false", default)]
+    pub oom: bool,
+}
+
+/// Live usage from the unit's cgroup; every field is null where the kernel does not say.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    pub memory_current: Option<u64>,
+    pub memory_peak: Option<u64>,
+    pub cpu_usage_usec: Option<u64>,
+    pub cpu_throttled_usec: Option<u64>,
+    pub nr_throttled: Option<u64>,
+    pub pids_current: Option<u64>,
+    pub io_read_bytes: Option<u64>,
+    pub io_write_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UnitStatus {
+    pub name: String,
+    pub kind: String,
+    pub state: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    pub enabled: bool,
+    /// Main process, as the host sees it.
+    pub pid: Option<i32>,
+    /// When the unit entered `state` (RFC 3339, UTC).
+    pub since: String,
+    pub restarts: u32,
+    pub oom_kills: u32,
+    pub last_exit: Option<LastExit>,
+    /// Shell-style status of the last exit: the code, or 128 + signal.
+    #[serde(default)]
+    pub last_exit_status: Option<i32>,
+    pub cgroup: Option<String>,
+    pub limits_enforced: bool,
+    #[serde(default)]
+    pub limits_reason: Option<String>,
+    pub usage: Usage,
+    /// In `backoff`: milliseconds until the next restart.
+    #[serde(default)]
+    pub restart_in_ms: Option<u64>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogLine {
+    /// RFC 3339 with microseconds, UTC.
+    pub time: String,
+    pub unit: String,
+    pub stream: Stream,
+    pub text: String,
+    /// The line was longer than the per-line cap and was split here.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub partial: bool,
+}
+
+/// Every response line. Exactly one of the payload fields is present on success.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub units: Option<Vec<UnitStatus>>,
+    /// logs without follow: the lines, oldest first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lines: Option<Vec<LogLine>>,
+    /// logs with follow: one line per response.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<LogLine>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+impl Response {
+    pub fn error(kind: ErrorKind, message: impl Into<String>) -> Response {
+        Response {
+            ok: false,
+            error: Some(ErrorBody {
+                kind,
+                message: message.into(),
+            }),
+            ..Response::default()
+        }
+    }
+
+    pub fn units(units: Vec<UnitStatus>) -> Response {
+        Response {
+            ok: true,
+            units: Some(units),
+            ..Response::default()
+        }
+    }
+
+    pub fn message(message: impl Into<String>) -> Response {
+        Response {
+            ok: true,
+            message: Some(message.into()),
+            ..Response::default()
+        }
+    }
+
+    /// One JSON line, newline included.
+    pub fn to_line(&self) -> Vec<u8> {
+        let mut line = serde_json::to_vec(self).unwrap_or_else(|_| {
+            br#"{"ok":false,"error":{"kind":"failed","message":"response not serializable"}}"#
+                .to_vec()
+        });
+        line.push(b'\n');
+        line
+    }
+}

@@ -1,0 +1,50 @@
+//! Unit files: reading a units directory into validated `Unit`s, with diagnostics that point at the source.
+
+mod diagnostic;
+mod load;
+pub mod model;
+mod parse;
+mod users;
+mod values;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+pub use diagnostic::{Diagnostic, LoadError, Severity};
+pub use load::{is_ignored_file_name, load_dir};
+pub use model::*;
+pub use users::{MemoryUserDb, SystemUserDb, UserDb, UserEntry};
+
+/// Every unit of a directory, by name.
+pub type UnitSet = BTreeMap<UnitName, Unit>;
+
+/// A units directory that read without error.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub units: UnitSet,
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// Parses and validates one unit file on its own: no checks against other units.
+///
+/// `Ok` carries the unit and its warnings; `Err` every diagnostic (errors first), at least one an error.
+pub fn parse_unit(
+    name: &UnitName,
+    file: &Path,
+    text: &str,
+    users: &dyn UserDb,
+) -> Result<(Unit, Vec<Diagnostic>), Vec<Diagnostic>> {
+    let parse::Parsed {
+        unit,
+        mut diagnostics,
+        ..
+    } = parse::parse_file(name, file, text, users);
+    diagnostic::sort_diagnostics(&mut diagnostics);
+    match unit {
+        Some(unit) => Ok((unit, diagnostics)),
+        None => Err(diagnostics),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,249 @@
+//! The validated, immutable unit model that the rest of corral consumes.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A unit's identity: the file stem, matching `[A-Za-z0-9_.@-]+`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(transparent)]
+pub struct UnitName(String);
+
+impl UnitName {
+    /// Accepts only names that match `[A-Za-z0-9_.@-]+`.
+    pub fn new(name: &str) -> Option<UnitName> {
+        let valid = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'@' | b'-'));
+        valid.then(|| UnitName(name.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for UnitName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UnitKind {
+    Service,
+    Oneshot,
+    Slice,
+}
+
+impl UnitKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnitKind::Service => "service",
+            UnitKind::Oneshot => "oneshot",
+            UnitKind::Slice => "slice",
+        }
+    }
+}
+
+/// One unit file, validated. Static configuration, never runtime state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unit {
+    pub name: UnitName,
+    pub kind: UnitKind,
+    /// The file this unit was read from.
+    pub source: PathBuf,
+    pub description: Option<String>,
+    /// Parent slice; `None` is the root.
+    pub slice: Option<UnitName>,
+    pub after: Vec<UnitName>,
+    pub requires: Vec<UnitName>,
+    pub enabled: bool,
+    /// `Some` for services and oneshots, `None` for slices.
+    pub exec: Option<Exec>,
+    pub restart: RestartConfig,
+    pub stop: StopConfig,
+    pub resources: Resources,
+    pub oom: OomConfig,
+    pub namespaces: Namespaces,
+    pub sandbox: Sandbox,
+}
+
+impl Unit {
+    /// Units this one waits for before it starts: `after` and `requires` together.
+    pub fn ordering_deps(&self) -> impl Iterator<Item = &UnitName> {
+        self.after.iter().chain(self.requires.iter())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Exec {
+    /// argv; `command[0]` is a path or a bare name searched in PATH at spawn time.
+    pub command: Vec<String>,
+    pub working_dir: Option<PathBuf>,
+    pub env: BTreeMap<String, String>,
+    /// Resolved at validation time from the passwd/group databases.
+    pub user: Option<Credentials>,
+}
+
+/// The identity a unit runs as, resolved from `user` and `group`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub user_name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: PathBuf,
+    /// Supplementary groups of the user (as `initgroups` would set them).
+    pub groups: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    Never,
+    OnFailure,
+    OnAbnormal,
+    OnOom,
+    Always,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RestartConfig {
+    pub policy: RestartPolicy,
+    pub delay: Duration,
+    pub max_delay: Duration,
+    pub reset_after: Duration,
+    pub start_limit_burst: u32,
+    pub start_limit_interval: Duration,
+    pub success_exit_codes: Vec<i32>,
+}
+
+impl RestartConfig {
+    /// The defaults of SPEC section 2 for a unit of `kind`.
+    pub fn default_for(kind: UnitKind) -> RestartConfig {
+        RestartConfig {
+            policy: match kind {
+                UnitKind::Service => RestartPolicy::OnFailure,
+                UnitKind::Oneshot | UnitKind::Slice => RestartPolicy::Never,
+            },
+            delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(60),
+            reset_after: Duration::from_secs(600),
+            start_limit_burst: 5,
+            start_limit_interval: Duration::from_secs(10),
+            success_exit_codes: vec![0],
+        }
+    }
+}
+
+/// A signal by number, with the name it was given by (`SIGTERM`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SignalSpec(pub nix::sys::signal::Signal);
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StopConfig {
+    pub signal: SignalSpec,
+    pub timeout: Duration,
+}
+
+impl Default for StopConfig {
+    fn default() -> Self {
+        StopConfig {
+            signal: SignalSpec(nix::sys::signal::Signal::SIGTERM),
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A byte count or the kernel's "no limit".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ByteLimit {
+    Bytes(u64),
+    Max,
+}
+
+/// CPU time per period as a percentage of one CPU (`"150%"` is 150).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuPercent(pub u32);
+
+/// A block device named by path (resolved to MAJ:MIN when applied) or by number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceSpec {
+    Path(PathBuf),
+    Number { major: u32, minor: u32 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IoLimit {
+    pub device: DeviceSpec,
+    pub read_bps: Option<ByteLimit>,
+    pub write_bps: Option<ByteLimit>,
+    pub read_iops: Option<u64>,
+    pub write_iops: Option<u64>,
+}
+
+/// `[resources]`: every field `None`/empty means "leave the kernel default".
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Resources {
+    pub cpu_quota: Option<CpuPercent>,
+    pub cpu_quota_period: Option<Duration>,
+    /// 1..=10000
+    pub cpu_weight: Option<u32>,
+    /// A cpuset list as the kernel writes it: `"0-1,3"`.
+    pub allowed_cpus: Option<String>,
+    pub memory_max: Option<ByteLimit>,
+    pub memory_high: Option<ByteLimit>,
+    pub memory_swap_max: Option<ByteLimit>,
+    /// `None` is no limit set; `Some(None)` is "max".
+    pub pids_max: Option<Option<u64>>,
+    /// 1..=10000
+    pub io_weight: Option<u32>,
+    pub io: Vec<IoLimit>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OomConfig {
+    pub group_kill: bool,
+    /// -1000..=1000
+    pub score_adjust: Option<i32>,
+}
+
+/// One line of an id map: `inside outside count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdMapEntry {
+    pub inside: u32,
+    pub outside: u32,
+    pub count: u32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Namespaces {
+    pub pid: bool,
+    pub net: bool,
+    /// True when asked for, or implied by `pid` or `private-tmp`/`read-only-paths`.
+    pub mount: bool,
+    /// True when asked for, or implied by `hostname`.
+    pub uts: bool,
+    pub hostname: Option<String>,
+    pub ipc: bool,
+    pub cgroup: bool,
+    pub user: bool,
+    pub uid_map: Vec<IdMapEntry>,
+    pub gid_map: Vec<IdMapEntry>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sandbox {
+    pub no_new_privileges: bool,
+    /// `Some`: keep only these (by capability number); `None`: leave the bounding set alone.
+    pub capabilities: Option<Vec<Capability>>,
+    pub read_only_paths: Vec<PathBuf>,
+    pub private_tmp: bool,
+}
+
+/// A Linux capability by its number (CAP_NET_BIND_SERVICE is 10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Capability(pub u8);

@@ -1,0 +1,982 @@
+//! One unit file: TOML parsed with spans, walked against the schema of SPEC section 2, every problem collected.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use super::diagnostic::{Diagnostic, LineIndex, Severity};
+use super::model::*;
+use super::users::UserDb;
+use super::values::{self, Invalid, Parse, did_you_mean};
+
+type Span = Range<usize>;
+type Value<'i> = Spanned<DeValue<'i>>;
+
+const TOP_KEYS: &[&str] = &[
+    "kind",
+    "description",
+    "slice",
+    "after",
+    "requires",
+    "enabled",
+    "exec",
+    "restart",
+    "stop",
+    "resources",
+    "oom",
+    "namespaces",
+    "sandbox",
+];
+const SLICE_KEYS: &[&str] = &["kind", "description", "slice", "resources"];
+const EXEC_KEYS: &[&str] = &["command", "working-dir", "env", "user", "group"];
+const RESTART_KEYS: &[&str] = &[
+    "policy",
+    "delay",
+    "max-delay",
+    "reset-after",
+    "start-limit-burst",
+    "start-limit-interval",
+    "success-exit-codes",
+];
+const STOP_KEYS: &[&str] = &["signal", "timeout"];
+const RESOURCES_KEYS: &[&str] = &[
+    "cpu-quota",
+    "cpu-quota-period",
+    "cpu-weight",
+    "allowed-cpus",
+    "memory-max",
+    "memory-high",
+    "memory-swap-max",
+    "pids-max",
+    "io-weight",
+    "io",
+];
+const IO_KEYS: &[&str] = &["device", "read-bps", "write-bps", "read-iops", "write-iops"];
+const OOM_KEYS: &[&str] = &["group-kill", "score-adjust"];
+const NAMESPACES_KEYS: &[&str] = &[
+    "pid", "net", "mount", "uts", "hostname", "ipc", "cgroup", "user", "uid-map", "gid-map",
+];
+const SANDBOX_KEYS: &[&str] = &[
+    "no-new-privileges",
+    "capabilities",
+    "read-only-paths",
+    "private-tmp",
+];
+
+const KINDS: &[(&str, UnitKind)] = &[
+    ("service", UnitKind::Service),
+    ("oneshot", UnitKind::Oneshot),
+    ("slice", UnitKind::Slice),
+];
+const POLICIES: &[(&str, RestartPolicy)] = &[
+    ("never", RestartPolicy::Never),
+    ("on-failure", RestartPolicy::OnFailure),
+    ("on-abnormal", RestartPolicy::OnAbnormal),
+    ("on-oom", RestartPolicy::OnOom),
+    ("always", RestartPolicy::Always),
+];
+
+/// The kernel's bounds for `cpu.max`/`cpu.cfs_period_us` periods, and its smallest quota.
+const MIN_CPU_PERIOD: Duration = Duration::from_millis(1);
+const MAX_CPU_PERIOD: Duration = Duration::from_secs(1);
+const MIN_CPU_QUOTA: Duration = Duration::from_millis(1);
+const DEFAULT_CPU_PERIOD: Duration = Duration::from_millis(100);
+
+/// Which key of a unit names another unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RefField {
+    Slice,
+    After,
+    Requires,
+}
+
+/// A reference to another unit, kept with its position for the cross-unit checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct UnitRef {
+    pub field: RefField,
+    pub index: usize,
+    pub target: UnitName,
+    pub line: usize,
+    pub column: usize,
+}
+
+impl UnitRef {
+    pub(crate) fn key(&self) -> String {
+        match self.field {
+            RefField::Slice => "slice".to_owned(),
+            RefField::After => format!("after[{}]", self.index),
+            RefField::Requires => format!("requires[{}]", self.index),
+        }
+    }
+}
+
+/// The outcome of one file: the unit if it had no error, and what the cross-unit checks need even if it had.
+#[derive(Debug)]
+pub(crate) struct Parsed {
+    pub unit: Option<Unit>,
+    /// `None` when `kind` itself was invalid or the TOML did not parse.
+    pub kind: Option<UnitKind>,
+    pub refs: Vec<UnitRef>,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+struct Ctx<'a> {
+    file: &'a Path,
+    lines: LineIndex<'a>,
+    diagnostics: Vec<Diagnostic>,
+}
+
+impl Ctx<'_> {
+    fn report(&mut self, severity: Severity, span: Option<Span>, key: &str, problem: Invalid) {
+        let d = Diagnostic::new(severity, self.file, problem.message)
+            .with_key(key)
+            .with_suggestion(problem.hint);
+        let d = match span {
+            Some(span) => self.lines.locate(span, d),
+            None => d,
+        };
+        self.diagnostics.push(d);
+    }
+
+    fn error(&mut self, span: Span, key: &str, problem: impl Into<Invalid>) {
+        self.report(Severity::Error, Some(span), key, problem.into());
+    }
+
+    fn warn(&mut self, span: Span, key: &str, problem: impl Into<Invalid>) {
+        self.report(Severity::Warning, Some(span), key, problem.into());
+    }
+
+    fn failed(&self) -> bool {
+        self.diagnostics.iter().any(Diagnostic::is_error)
+    }
+}
+
+impl From<String> for Invalid {
+    fn from(message: String) -> Self {
+        Invalid::new(message)
+    }
+}
+
+impl From<&str> for Invalid {
+    fn from(message: &str) -> Self {
+        Invalid::new(message)
+    }
+}
+
+/// A table of the document, with its dotted path for messages.
+struct Section<'t, 'i> {
+    path: String,
+    table: &'t DeTable<'i>,
+    span: Span,
+}
+
+impl<'t, 'i> Section<'t, 'i> {
+    fn key(&self, k: &str) -> String {
+        if self.path.is_empty() {
+            k.to_owned()
+        } else {
+            format!("{}.{k}", self.path)
+        }
+    }
+
+    fn get(&self, k: &str) -> Option<&'t Value<'i>> {
+        self.table.get(k)
+    }
+
+    /// Where to point at for a problem with `k`: its value, else the section itself.
+    fn span_of(&self, k: &str) -> Span {
+        self.get(k).map_or_else(|| self.span.clone(), Spanned::span)
+    }
+
+    fn keys(&self) -> impl Iterator<Item = (&'t str, Span)> + use<'t, 'i> {
+        self.table
+            .iter()
+            .map(|(k, _)| (k.get_ref().as_ref(), k.span()))
+    }
+
+    fn check_keys(&self, cx: &mut Ctx, known: &[&'static str]) {
+        for (k, span) in self.keys() {
+            if !known.contains(&k) {
+                let mut problem = Invalid::new("unknown key");
+                problem.hint = did_you_mean(k, known.iter().copied());
+                cx.error(span, &self.key(k), problem);
+            }
+        }
+    }
+
+    /// The value of `k` converted by `conv`; `None` if absent or invalid (then reported).
+    fn read<T>(
+        &self,
+        cx: &mut Ctx,
+        k: &str,
+        conv: impl FnOnce(&'t DeValue<'i>) -> Parse<T>,
+    ) -> Option<T> {
+        let value = self.get(k)?;
+        conv(value.get_ref())
+            .map_err(|problem| cx.error(value.span(), &self.key(k), problem))
+            .ok()
+    }
+
+    fn set<T>(
+        &self,
+        cx: &mut Ctx,
+        k: &str,
+        slot: &mut T,
+        conv: impl FnOnce(&'t DeValue<'i>) -> Parse<T>,
+    ) {
+        if let Some(v) = self.read(cx, k, conv) {
+            *slot = v;
+        }
+    }
+
+    /// An array whose elements each go through `conv`; bad elements are reported one by one and left out.
+    fn list<T>(
+        &self,
+        cx: &mut Ctx,
+        k: &str,
+        conv: impl Fn(&'t DeValue<'i>) -> Parse<T>,
+    ) -> Option<Vec<(T, Span)>> {
+        let value = self.get(k)?;
+        let DeValue::Array(items) = value.get_ref() else {
+            cx.error(
+                value.span(),
+                &self.key(k),
+                expected("an array", value.get_ref()),
+            );
+            return None;
+        };
+        let mut out = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            match conv(item.get_ref()) {
+                Ok(v) => out.push((v, item.span())),
+                Err(problem) => cx.error(item.span(), &format!("{}[{i}]", self.key(k)), problem),
+            }
+        }
+        Some(out)
+    }
+
+    /// The array at `k` if it has no elements at all (as written, not after dropping bad ones).
+    fn empty_array_span(&self, k: &str) -> Option<Span> {
+        self.get(k)
+            .filter(|v| matches!(v.get_ref(), DeValue::Array(a) if a.is_empty()))
+            .map(Spanned::span)
+    }
+
+    fn section(&self, cx: &mut Ctx, k: &str) -> Option<Section<'t, 'i>> {
+        let value = self.get(k)?;
+        match value.get_ref() {
+            DeValue::Table(table) => Some(Section {
+                path: self.key(k),
+                table,
+                span: value.span(),
+            }),
+            other => {
+                cx.error(value.span(), &self.key(k), expected("a table", other));
+                None
+            }
+        }
+    }
+}
+
+fn type_name(v: &DeValue) -> &'static str {
+    match v {
+        DeValue::String(_) => "a string",
+        DeValue::Integer(_) => "an integer",
+        DeValue::Float(_) => "a float",
+        DeValue::Boolean(_) => "a boolean",
+        DeValue::Datetime(_) => "a date-time",
+        DeValue::Array(_) => "an array",
+        DeValue::Table(_) => "a table",
+    }
+}
+
+fn expected(what: &str, v: &DeValue) -> Invalid {
+    Invalid::new(format!("expected {what}, found {}", type_name(v)))
+}
+
+fn string<'v>(v: &'v DeValue) -> Parse<&'v str> {
+    match v {
+        DeValue::String(s) => Ok(s.as_ref()),
+        other => Err(expected("a string", other)),
+    }
+}
+
+fn boolean(v: &DeValue) -> Parse<bool> {
+    match v {
+        DeValue::Boolean(b) => Ok(*b),
+        other => Err(expected("a boolean (true or false)", other)),
+    }
+}
+
+fn integer(v: &DeValue) -> Parse<i64> {
+    match v {
+        DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix())
+            .map_err(|_| Invalid::new("integer is out of range")),
+        other => Err(expected("an integer", other)),
+    }
+}
+
+fn int_in<T: TryFrom<i64>>(lo: i64, hi: i64) -> impl Fn(&DeValue) -> Parse<T> {
+    move |v| {
+        let n = integer(v)?;
+        if !(lo..=hi).contains(&n) {
+            return Err(Invalid::new(format!("{n} is out of range {lo}..={hi}")));
+        }
+        T::try_from(n).map_err(|_| Invalid::new(format!("{n} is out of range {lo}..={hi}")))
+    }
+}
+
+fn text<T>(parse: impl Fn(&str) -> Parse<T>) -> impl Fn(&DeValue) -> Parse<T> {
+    move |v| string(v).and_then(&parse)
+}
+
+fn no_nul(s: &str) -> Parse<&str> {
+    if s.contains('\0') {
+        Err(Invalid::new("contains a NUL character"))
+    } else {
+        Ok(s)
+    }
+}
+
+fn owned(v: &DeValue) -> Parse<String> {
+    string(v).and_then(no_nul).map(str::to_owned)
+}
+
+fn one_of<T: Copy>(table: &'static [(&'static str, T)]) -> impl Fn(&DeValue) -> Parse<T> {
+    move |v| {
+        let s = string(v)?;
+        table
+            .iter()
+            .find(|(n, _)| *n == s)
+            .map(|(_, t)| *t)
+            .ok_or_else(|| {
+                let names = table.iter().map(|(n, _)| *n);
+                let list: Vec<_> = names.clone().map(|n| format!("`{n}`")).collect();
+                let mut problem = Invalid::new(format!("invalid value {s:?}"));
+                problem.hint = Some(
+                    did_you_mean(s, names)
+                        .unwrap_or_else(|| format!("expected one of {}", list.join(", "))),
+                );
+                problem
+            })
+    }
+}
+
+fn duration(v: &DeValue) -> Parse<Duration> {
+    match v {
+        DeValue::Integer(_) | DeValue::Float(_) => Err(expected("a duration string", v)
+            .hint("durations need a unit: write \"10s\", \"100ms\" or \"1m 30s\"")),
+        _ => string(v).and_then(values::duration),
+    }
+}
+
+fn size(v: &DeValue) -> Parse<ByteLimit> {
+    match v {
+        DeValue::Integer(_) => integer(v).and_then(values::size_from_int),
+        DeValue::String(s) => values::size(s),
+        other => Err(expected("a size (bytes, \"512M\" or \"max\")", other)),
+    }
+}
+
+fn signal(v: &DeValue) -> Parse<SignalSpec> {
+    match v {
+        DeValue::Integer(_) => integer(v).and_then(values::signal_number),
+        _ => string(v).and_then(values::signal),
+    }
+}
+
+fn unit_name(v: &DeValue) -> Parse<UnitName> {
+    let s = string(v)?;
+    UnitName::new(s).ok_or_else(|| {
+        Invalid::new(format!("invalid unit name {s:?}"))
+            .hint("unit names use only letters, digits and `_ . @ -`")
+    })
+}
+
+fn abs_path(v: &DeValue) -> Parse<PathBuf> {
+    let s = string(v).and_then(no_nul)?;
+    if s.starts_with('/') {
+        Ok(PathBuf::from(s))
+    } else {
+        Err(Invalid::new(format!("path {s:?} is not absolute")))
+    }
+}
+
+/// `pids-max`: a positive integer, or `"max"` (`None`).
+fn pids(v: &DeValue) -> Parse<Option<u64>> {
+    match v {
+        DeValue::String(s) if s == "max" => Ok(None),
+        DeValue::Integer(_) => int_in(1, i64::MAX)(v).map(Some),
+        other => Err(expected("a positive integer or \"max\"", other)),
+    }
+}
+
+/// `user`/`group`: a name, or a number written as an integer or a string of digits.
+enum Id<'v> {
+    Name(&'v str),
+    Number(u32),
+}
+
+impl std::fmt::Display for Id<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Id::Name(n) => write!(f, "`{n}`"),
+            Id::Number(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+fn id<'v>(v: &'v DeValue) -> Parse<Id<'v>> {
+    if let DeValue::Integer(_) = v {
+        return int_in(0, i64::from(u32::MAX))(v).map(Id::Number);
+    }
+    let s = string(v).and_then(no_nul)?;
+    if s.is_empty() {
+        Err(Invalid::new("name is empty"))
+    } else if s.bytes().all(|b| b.is_ascii_digit()) {
+        s.parse()
+            .map(Id::Number)
+            .map_err(|_| Invalid::new(format!("id {s} is out of range")))
+    } else {
+        Ok(Id::Name(s))
+    }
+}
+
+/// Parses and validates one unit file; see [`super::parse_unit`].
+pub(crate) fn parse_file(name: &UnitName, file: &Path, text: &str, users: &dyn UserDb) -> Parsed {
+    let mut cx = Ctx {
+        file,
+        lines: LineIndex::new(text),
+        diagnostics: Vec::new(),
+    };
+    let doc = match DeTable::parse(text) {
+        Ok(doc) => doc,
+        Err(e) => {
+            let span = e.span().unwrap_or(0..0);
+            cx.error(span, "", format!("invalid TOML: {}", e.message()));
+            return Parsed {
+                unit: None,
+                kind: None,
+                refs: Vec::new(),
+                diagnostics: cx.diagnostics,
+            };
+        }
+    };
+    let root = Section {
+        path: String::new(),
+        table: doc.get_ref(),
+        span: doc.span(),
+    };
+    let mut reader = Reader {
+        cx,
+        name,
+        refs: Vec::new(),
+    };
+    let kind = match root.get("kind") {
+        None => Some(UnitKind::Service),
+        Some(_) => root.read(&mut reader.cx, "kind", one_of(KINDS)),
+    };
+    let unit = reader.unit(&root, kind.unwrap_or(UnitKind::Service), file, users);
+    let unit = (!reader.cx.failed()).then_some(unit);
+    Parsed {
+        unit,
+        kind,
+        refs: reader.refs,
+        diagnostics: reader.cx.diagnostics,
+    }
+}
+
+struct Reader<'a> {
+    cx: Ctx<'a>,
+    name: &'a UnitName,
+    refs: Vec<UnitRef>,
+}
+
+impl Reader<'_> {
+    fn unit(&mut self, root: &Section, kind: UnitKind, file: &Path, users: &dyn UserDb) -> Unit {
+        let cx = &mut self.cx;
+        root.check_keys(cx, TOP_KEYS);
+        if kind == UnitKind::Slice {
+            for (k, span) in root.keys() {
+                if TOP_KEYS.contains(&k) && !SLICE_KEYS.contains(&k) {
+                    let what = match root.get(k).map(Spanned::get_ref) {
+                        Some(DeValue::Table(_)) => format!("[{k}]"),
+                        _ => format!("`{k}`"),
+                    };
+                    cx.error(
+                        span,
+                        k,
+                        Invalid::new(format!("{what} is not allowed in a slice")).hint(
+                            "a slice holds only `kind`, `description`, `slice` and [resources]",
+                        ),
+                    );
+                }
+            }
+        }
+        let description = root.read(cx, "description", owned);
+        let slice = self.refs(root, "slice", RefField::Slice).into_iter().next();
+        let mut unit = Unit {
+            name: self.name.clone(),
+            kind,
+            source: file.to_owned(),
+            description,
+            slice,
+            after: Vec::new(),
+            requires: Vec::new(),
+            enabled: true,
+            exec: None,
+            restart: RestartConfig::default_for(kind),
+            stop: StopConfig::default(),
+            resources: Resources::default(),
+            oom: OomConfig::default(),
+            namespaces: Namespaces::default(),
+            sandbox: Sandbox::default(),
+        };
+        let cx = &mut self.cx;
+        if let Some(sec) = root.section(cx, "resources") {
+            unit.resources = resources(cx, &sec);
+        }
+        if kind == UnitKind::Slice {
+            return unit;
+        }
+        root.set(cx, "enabled", &mut unit.enabled, boolean);
+        unit.exec = match root.section(cx, "exec") {
+            Some(sec) => exec(cx, &sec, users),
+            None => {
+                if root.get("exec").is_none() {
+                    let problem =
+                        format!("a {} needs an [exec] section with `command`", kind.as_str());
+                    cx.report(Severity::Error, None, "exec", problem.into());
+                }
+                None
+            }
+        };
+        if let Some(sec) = root.section(cx, "restart") {
+            restart(cx, &sec, &mut unit.restart);
+        }
+        if let Some(sec) = root.section(cx, "stop") {
+            sec.check_keys(cx, STOP_KEYS);
+            sec.set(cx, "signal", &mut unit.stop.signal, signal);
+            sec.set(cx, "timeout", &mut unit.stop.timeout, duration);
+        }
+        if let Some(sec) = root.section(cx, "oom") {
+            sec.check_keys(cx, OOM_KEYS);
+            sec.set(cx, "group-kill", &mut unit.oom.group_kill, boolean);
+            unit.oom.score_adjust = sec.read(cx, "score-adjust", int_in(-1000, 1000));
+        }
+        let ns = root.section(cx, "namespaces");
+        if let Some(sec) = &ns {
+            unit.namespaces = namespaces(cx, sec);
+        }
+        if let Some(sec) = root.section(cx, "sandbox") {
+            unit.sandbox = sandbox(cx, &sec);
+        }
+        implied_namespaces(cx, ns.as_ref(), &mut unit.namespaces, &unit.sandbox);
+        unit.after = self.refs(root, "after", RefField::After);
+        unit.requires = self.refs(root, "requires", RefField::Requires);
+        unit
+    }
+
+    /// Unit names at `k` (a string for `slice`, an array otherwise), minus self-references and repeats,
+    /// which are reported.
+    fn refs(&mut self, root: &Section, k: &str, field: RefField) -> Vec<UnitName> {
+        let cx = &mut self.cx;
+        let found = match field {
+            RefField::Slice => root
+                .read(cx, k, unit_name)
+                .map(|n| vec![(n, root.span_of(k))]),
+            RefField::After | RefField::Requires => root.list(cx, k, unit_name),
+        };
+        let mut names: Vec<UnitName> = Vec::new();
+        for (index, (target, span)) in found.into_iter().flatten().enumerate() {
+            let key = match field {
+                RefField::Slice => k.to_owned(),
+                _ => format!("{k}[{index}]"),
+            };
+            if &target == self.name {
+                let problem = match field {
+                    RefField::Slice => "a unit cannot be its own slice".to_owned(),
+                    _ => format!("`{target}` cannot depend on itself"),
+                };
+                cx.error(span, &key, problem);
+            } else if names.contains(&target) {
+                cx.warn(span, &key, format!("`{target}` is listed twice"));
+            } else {
+                let (line, column) = cx.lines.position(span.start);
+                self.refs.push(UnitRef {
+                    field,
+                    index,
+                    target: target.clone(),
+                    line,
+                    column,
+                });
+                names.push(target);
+            }
+        }
+        names
+    }
+}
+
+fn exec(cx: &mut Ctx, sec: &Section, users: &dyn UserDb) -> Option<Exec> {
+    sec.check_keys(cx, EXEC_KEYS);
+    let command: Vec<String> = sec
+        .list(cx, "command", owned)
+        .into_iter()
+        .flatten()
+        .map(|(s, _)| s)
+        .collect();
+    if sec.get("command").is_none() {
+        cx.error(
+            sec.span.clone(),
+            &sec.key("command"),
+            "`command` is required",
+        );
+    } else if let Some(span) = sec.empty_array_span("command") {
+        cx.error(span, &sec.key("command"), "`command` must not be empty");
+    } else if command.first().is_some_and(String::is_empty) {
+        cx.error(
+            sec.span_of("command"),
+            &format!("{}[0]", sec.key("command")),
+            "program name is empty",
+        );
+    }
+    let working_dir = sec.read(cx, "working-dir", abs_path);
+    let mut env = BTreeMap::new();
+    if let Some(table) = sec.section(cx, "env") {
+        for (k, v) in table.table.iter() {
+            let name: &str = k.get_ref();
+            let key = table.key(name);
+            if name.is_empty() || name.contains(['=', '\0']) {
+                cx.error(
+                    k.span(),
+                    &key,
+                    "environment variable names must be non-empty, without `=` or NUL",
+                );
+            }
+            match owned(v.get_ref()) {
+                Ok(value) => {
+                    env.insert(name.to_owned(), value);
+                }
+                Err(problem) => cx.error(v.span(), &key, problem),
+            }
+        }
+    }
+    let user = credentials(cx, sec, users);
+    Some(Exec {
+        command,
+        working_dir,
+        env,
+        user,
+    })
+}
+
+/// `user` and `group` resolved against the databases. `group` alone is refused: which user
+/// would run is then ambiguous, and `user = "root"` says it plainly.
+fn credentials(cx: &mut Ctx, sec: &Section, users: &dyn UserDb) -> Option<Credentials> {
+    let user = sec.read(cx, "user", id);
+    let group = sec.read(cx, "group", id);
+    let user = match user {
+        Some(user) => user,
+        None => {
+            if sec.get("user").is_none() && sec.get("group").is_some() {
+                cx.error(
+                    sec.span_of("group"),
+                    &sec.key("group"),
+                    Invalid::new("`group` needs `user`")
+                        .hint("set `user = \"root\"` to run as root with another group"),
+                );
+            }
+            return None;
+        }
+    };
+    let entry = match user {
+        Id::Name(n) => users.user_by_name(n),
+        Id::Number(uid) => users.user_by_uid(uid),
+    };
+    let Some(entry) = entry else {
+        cx.error(
+            sec.span_of("user"),
+            &sec.key("user"),
+            format!("no such user {user}"),
+        );
+        return None;
+    };
+    let gid = match group {
+        None if sec.get("group").is_some() => return None,
+        None => entry.gid,
+        Some(group) => {
+            let gid = match group {
+                Id::Name(n) => users.group_by_name(n),
+                Id::Number(gid) => users.group_exists(gid).then_some(gid),
+            };
+            let Some(gid) = gid else {
+                cx.error(
+                    sec.span_of("group"),
+                    &sec.key("group"),
+                    format!("no such group {group}"),
+                );
+                return None;
+            };
+            gid
+        }
+    };
+    Some(Credentials {
+        groups: users.supplementary_groups(&entry.name, gid),
+        user_name: entry.name,
+        uid: entry.uid,
+        gid,
+        home: entry.home,
+    })
+}
+
+fn restart(cx: &mut Ctx, sec: &Section, cfg: &mut RestartConfig) {
+    sec.check_keys(cx, RESTART_KEYS);
+    sec.set(cx, "policy", &mut cfg.policy, one_of(POLICIES));
+    sec.set(cx, "delay", &mut cfg.delay, duration);
+    sec.set(cx, "max-delay", &mut cfg.max_delay, duration);
+    sec.set(cx, "reset-after", &mut cfg.reset_after, duration);
+    sec.set(
+        cx,
+        "start-limit-burst",
+        &mut cfg.start_limit_burst,
+        int_in(1, i64::from(u32::MAX)),
+    );
+    sec.set(
+        cx,
+        "start-limit-interval",
+        &mut cfg.start_limit_interval,
+        duration,
+    );
+    if let Some(codes) = sec.list(cx, "success-exit-codes", int_in::<i32>(0, 255)) {
+        let mut codes: Vec<i32> = codes.into_iter().map(|(c, _)| c).collect();
+        codes.sort_unstable();
+        codes.dedup();
+        cfg.success_exit_codes = codes;
+    }
+    if let Some(span) = sec.empty_array_span("success-exit-codes") {
+        cx.error(
+            span,
+            &sec.key("success-exit-codes"),
+            "list at least one exit code",
+        );
+    }
+    if cfg.delay > cfg.max_delay {
+        let k = if sec.get("delay").is_some() {
+            "delay"
+        } else {
+            "max-delay"
+        };
+        cx.warn(
+            sec.span_of(k),
+            &sec.key(k),
+            format!(
+                "delay ({}) is above max-delay ({}), so every restart waits max-delay",
+                humantime::format_duration(cfg.delay),
+                humantime::format_duration(cfg.max_delay)
+            ),
+        );
+    }
+}
+
+fn resources(cx: &mut Ctx, sec: &Section) -> Resources {
+    sec.check_keys(cx, RESOURCES_KEYS);
+    let period = |v: &DeValue| {
+        let d = duration(v)?;
+        if (MIN_CPU_PERIOD..=MAX_CPU_PERIOD).contains(&d) {
+            Ok(d)
+        } else {
+            Err(Invalid::new(format!(
+                "period {} is outside 1ms..=1s",
+                humantime::format_duration(d)
+            )))
+        }
+    };
+    let r = Resources {
+        cpu_quota: sec
+            .read(cx, "cpu-quota", text(values::cpu_percent))
+            .flatten(),
+        cpu_quota_period: sec.read(cx, "cpu-quota-period", period),
+        cpu_weight: sec.read(cx, "cpu-weight", int_in(1, 10000)),
+        allowed_cpus: sec.read(cx, "allowed-cpus", text(values::cpuset)),
+        memory_max: sec.read(cx, "memory-max", size),
+        memory_high: sec.read(cx, "memory-high", size),
+        memory_swap_max: sec.read(cx, "memory-swap-max", size),
+        pids_max: sec.read(cx, "pids-max", pids),
+        io_weight: sec.read(cx, "io-weight", int_in(1, 10000)),
+        io: io_limits(cx, sec),
+    };
+    if let Some(CpuPercent(percent)) = r.cpu_quota {
+        let quota = r.cpu_quota_period.unwrap_or(DEFAULT_CPU_PERIOD) * percent / 100;
+        if quota < MIN_CPU_QUOTA {
+            cx.error(
+                sec.span_of("cpu-quota"),
+                &sec.key("cpu-quota"),
+                Invalid::new(format!(
+                    "{percent}% gives {} per period, below the kernel's minimum of 1ms",
+                    humantime::format_duration(quota)
+                ))
+                .hint("raise cpu-quota or cpu-quota-period"),
+            );
+        }
+    }
+    if let (Some(ByteLimit::Bytes(high)), Some(ByteLimit::Bytes(max))) =
+        (r.memory_high, r.memory_max)
+        && high >= max
+    {
+        cx.warn(
+            sec.span_of("memory-high"),
+            &sec.key("memory-high"),
+            "memory-high is not below memory-max, so it never throttles",
+        );
+    }
+    r
+}
+
+fn io_limits(cx: &mut Ctx, sec: &Section) -> Vec<IoLimit> {
+    let Some(value) = sec.get("io") else {
+        return Vec::new();
+    };
+    let DeValue::Array(items) = value.get_ref() else {
+        cx.error(
+            value.span(),
+            &sec.key("io"),
+            expected("an array of tables", value.get_ref())
+                .hint("write each device as a [[resources.io]] entry"),
+        );
+        return Vec::new();
+    };
+    let mut limits: Vec<IoLimit> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let path = format!("{}[{i}]", sec.key("io"));
+        let DeValue::Table(table) = item.get_ref() else {
+            cx.error(item.span(), &path, expected("a table", item.get_ref()));
+            continue;
+        };
+        let entry = Section {
+            path,
+            table,
+            span: item.span(),
+        };
+        entry.check_keys(cx, IO_KEYS);
+        if entry.get("device").is_none() {
+            cx.error(
+                entry.span.clone(),
+                &entry.key("device"),
+                "`device` is required",
+            );
+        }
+        if !IO_KEYS[1..].iter().any(|k| entry.get(k).is_some()) {
+            cx.error(
+                entry.span.clone(),
+                &entry.path,
+                "set at least one of read-bps, write-bps, read-iops, write-iops",
+            );
+        }
+        let limit = entry
+            .read(cx, "device", text(values::device))
+            .map(|device| IoLimit {
+                device,
+                read_bps: entry.read(cx, "read-bps", size),
+                write_bps: entry.read(cx, "write-bps", size),
+                read_iops: entry.read(cx, "read-iops", int_in(1, i64::MAX)),
+                write_iops: entry.read(cx, "write-iops", int_in(1, i64::MAX)),
+            });
+        let Some(limit) = limit else { continue };
+        if limits.iter().any(|l| l.device == limit.device) {
+            cx.error(
+                entry.span_of("device"),
+                &entry.key("device"),
+                "device is listed twice",
+            );
+        }
+        limits.push(limit);
+    }
+    limits
+}
+
+fn namespaces(cx: &mut Ctx, sec: &Section) -> Namespaces {
+    sec.check_keys(cx, NAMESPACES_KEYS);
+    let mut ns = Namespaces::default();
+    for (k, slot) in [
+        ("pid", &mut ns.pid),
+        ("net", &mut ns.net),
+        ("mount", &mut ns.mount),
+        ("uts", &mut ns.uts),
+        ("ipc", &mut ns.ipc),
+        ("cgroup", &mut ns.cgroup),
+        ("user", &mut ns.user),
+    ] {
+        sec.set(cx, k, slot, boolean);
+    }
+    ns.hostname = sec.read(cx, "hostname", text(values::hostname));
+    for (k, slot) in [("uid-map", &mut ns.uid_map), ("gid-map", &mut ns.gid_map)] {
+        sec.set(cx, k, slot, text(values::id_map));
+        if sec.get(k).is_some() && !ns.user {
+            cx.error(
+                sec.span_of(k),
+                &sec.key(k),
+                Invalid::new(format!("{k} needs a user namespace")).hint("set `user = true`"),
+            );
+        }
+    }
+    ns
+}
+
+fn sandbox(cx: &mut Ctx, sec: &Section) -> Sandbox {
+    sec.check_keys(cx, SANDBOX_KEYS);
+    let mut sb = Sandbox::default();
+    sec.set(cx, "no-new-privileges", &mut sb.no_new_privileges, boolean);
+    sec.set(cx, "private-tmp", &mut sb.private_tmp, boolean);
+    sb.capabilities = sec
+        .list(cx, "capabilities", text(values::capability))
+        .map(|caps| {
+            let mut caps: Vec<Capability> = caps.into_iter().map(|(c, _)| c).collect();
+            caps.sort_unstable();
+            caps.dedup();
+            caps
+        });
+    sb.read_only_paths = sec
+        .list(cx, "read-only-paths", abs_path)
+        .into_iter()
+        .flatten()
+        .map(|(p, _)| p)
+        .collect();
+    sb
+}
+
+/// `pid` (for its /proc), `private-tmp` and `read-only-paths` need a mount namespace, `hostname`
+/// a uts one: turn them on, and refuse an explicit `false` that contradicts them.
+fn implied_namespaces(cx: &mut Ctx, sec: Option<&Section>, ns: &mut Namespaces, sb: &Sandbox) {
+    let explicit_false = |k: &str| {
+        sec.and_then(|s| s.get(k))
+            .is_some_and(|v| matches!(v.get_ref(), DeValue::Boolean(false)))
+    };
+    let needs_mount = [
+        ("namespaces.pid", ns.pid),
+        ("sandbox.private-tmp", sb.private_tmp),
+        ("sandbox.read-only-paths", !sb.read_only_paths.is_empty()),
+    ];
+    let needs_uts = [("namespaces.hostname", ns.hostname.is_some())];
+    for (k, needs, slot, kind) in [
+        ("mount", &needs_mount[..], &mut ns.mount, "mount"),
+        ("uts", &needs_uts[..], &mut ns.uts, "uts"),
+    ] {
+        let Some((by, _)) = needs.iter().find(|(_, needed)| *needed) else {
+            continue;
+        };
+        if explicit_false(k)
+            && let Some(sec) = sec
+        {
+            cx.error(
+                sec.span_of(k),
+                &sec.key(k),
+                format!("`{k} = false` conflicts with `{by}`, which needs a {kind} namespace"),
+            );
+        }
+        *slot = true;
+    }
+}

@@ -1,0 +1,1 @@
+//! Tests of unit file parsing, validation and directory loading.
