@@ -1,6 +1,7 @@
 //! The pure core: unit state machines, restart policy, backoff and dependency order; no syscalls, no clock.
 
 pub mod backoff;
+pub mod cgroup_plan;
 pub mod exit;
 pub mod service;
 pub mod supervisor;

@@ -216,7 +216,8 @@ impl Runtime {
             (Stopping, Event::Stop(reason)) if reason != StopReason::Restart => {
                 self.stop_reason = Some(reason);
             }
-            (Backoff | Inactive, Event::Stop(_)) => {
+            // A stopped unit reads `inactive` whatever its last run did; last_exit keeps that.
+            (Backoff | Inactive | Exited | Failed, Event::Stop(_)) => {
                 self.deadline = None;
                 self.restart_due = false;
                 self.enter(Inactive, now);
@@ -384,7 +385,8 @@ mod tests {
             (Backoff, Event::DeadlineReached, Inactive, vec![]),
             (Backoff, Event::Stop(StopReason::User), Inactive, vec![]),
             (Inactive, Event::Stop(StopReason::User), Inactive, vec![]),
-            (Exited, Event::Stop(StopReason::User), Exited, vec![]),
+            (Exited, Event::Stop(StopReason::User), Inactive, vec![]),
+            (Failed, Event::Stop(StopReason::User), Inactive, vec![]),
             (Failed, Event::Start, Failed, vec![]),
             (Running, Event::Spawned { pid: 9 }, Running, vec![]),
             (

@@ -420,7 +420,7 @@ impl Supervisor {
                     };
                     return Some((name, Event::Stop(reason)));
                 }
-                (Want::Down, State::Backoff) => {
+                (Want::Down, State::Backoff | State::Exited | State::Failed) => {
                     return Some((name, Event::Stop(StopReason::User)));
                 }
                 _ => {}

@@ -128,6 +128,7 @@ struct Ctx<'a> {
     file: &'a Path,
     lines: LineIndex<'a>,
     diagnostics: Vec<Diagnostic>,
+    kind_invalid: bool,
 }
 
 impl Ctx<'_> {
@@ -175,9 +176,14 @@ struct Section<'t, 'i> {
 }
 
 impl<'t, 'i> Section<'t, 'i> {
+    /// The dotted path of `k`, quoting it as TOML would when it is not a bare key.
     fn key(&self, k: &str) -> String {
+        let bare = !k.is_empty()
+            && k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        let k = if bare { k.to_owned() } else { format!("{k:?}") };
         if self.path.is_empty() {
-            k.to_owned()
+            k
         } else {
             format!("{}.{k}", self.path)
         }
@@ -452,6 +458,7 @@ pub(crate) fn parse_file(name: &UnitName, file: &Path, text: &str, users: &dyn U
         file,
         lines: LineIndex::new(text),
         diagnostics: Vec::new(),
+        kind_invalid: false,
     };
     let doc = match DeTable::parse(text) {
         Ok(doc) => doc,
@@ -480,6 +487,7 @@ pub(crate) fn parse_file(name: &UnitName, file: &Path, text: &str, users: &dyn U
         None => Some(UnitKind::Service),
         Some(_) => root.read(&mut reader.cx, "kind", one_of(KINDS)),
     };
+    reader.cx.kind_invalid = kind.is_none();
     let unit = reader.unit(&root, kind.unwrap_or(UnitKind::Service), file, users);
     let unit = (!reader.cx.failed()).then_some(unit);
     Parsed {
@@ -547,7 +555,8 @@ impl Reader<'_> {
         unit.exec = match root.section(cx, "exec") {
             Some(sec) => exec(cx, &sec, users),
             None => {
-                if root.get("exec").is_none() {
+                // With an invalid `kind` the user may have meant a slice; do not pile on.
+                if root.get("exec").is_none() && !cx.kind_invalid {
                     let problem =
                         format!("a {} needs an [exec] section with `command`", kind.as_str());
                     cx.report(Severity::Error, None, "exec", problem.into());

@@ -1,1 +1,1188 @@
-//! Tests of unit file parsing, validation and directory loading.
+//! Tests of unit file parsing, validation and directory loading, against a fake user database.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use super::*;
+
+fn db() -> MemoryUserDb {
+    MemoryUserDb::new()
+        .with_user("root", 0, 0, "/root")
+        .with_user("www-data", 33, 33, "/var/www")
+        .with_group("root", 0, &[])
+        .with_group("www-data", 33, &[])
+        .with_group("log", 4, &["www-data"])
+}
+
+fn name(s: &str) -> UnitName {
+    UnitName::new(s).unwrap()
+}
+
+fn parse(text: &str) -> Result<(Unit, Vec<Diagnostic>), Vec<Diagnostic>> {
+    parse_unit(&name("web"), Path::new("units/web.toml"), text, &db())
+}
+
+/// Appends a minimal `[exec]` unless the case is about `[exec]` or is a slice.
+fn service(text: &str) -> String {
+    if text.contains("exec") || text.contains("\"slice\"") {
+        text.to_owned()
+    } else {
+        format!("{text}\n[exec]\ncommand = [\"true\"]\n")
+    }
+}
+
+fn ok(text: &str) -> Unit {
+    match parse(&service(text)) {
+        Ok((unit, warnings)) => {
+            assert!(warnings.is_empty(), "{text}: {warnings:?}");
+            unit
+        }
+        Err(d) => panic!("{text}: {}", LoadError { diagnostics: d }),
+    }
+}
+
+fn errors(text: &str) -> Vec<String> {
+    let diags = parse(text)
+        .err()
+        .unwrap_or_else(|| panic!("{text:?} parsed"));
+    diags
+        .iter()
+        .filter(|d| d.is_error())
+        .map(ToString::to_string)
+        .collect()
+}
+
+#[test]
+fn every_key_rejects_bad_values_with_file_position_and_key() {
+    let cases: &[(&str, &str)] = &[
+        // top level
+        (
+            "kind = \"daemon\"",
+            "1:8: error: kind: invalid value \"daemon\" (expected one of `service`, `oneshot`, `slice`)",
+        ),
+        (
+            "kind = \"slcie\"",
+            "kind: invalid value \"slcie\" (did you mean `slice`?)",
+        ),
+        (
+            "kind = 1",
+            "1:8: error: kind: expected a string, found an integer",
+        ),
+        (
+            "description = 5",
+            "1:15: error: description: expected a string, found an integer",
+        ),
+        (
+            "slice = \"bad name\"",
+            "1:9: error: slice: invalid unit name \"bad name\"",
+        ),
+        ("slice = \"web\"", "slice: a unit cannot be its own slice"),
+        (
+            "after = \"db\"",
+            "1:9: error: after: expected an array, found a string",
+        ),
+        (
+            "after = [\"web\"]",
+            "1:10: error: after[0]: `web` cannot depend on itself",
+        ),
+        (
+            "requires = [\"db\", 3]",
+            "1:19: error: requires[1]: expected a string, found an integer",
+        ),
+        (
+            "requires = [\"web\"]",
+            "requires[0]: `web` cannot depend on itself",
+        ),
+        (
+            "enabled = \"yes\"",
+            "1:11: error: enabled: expected a boolean (true or false), found a string",
+        ),
+        ("bogus = 1", "1:1: error: bogus: unknown key"),
+        (
+            "[exex]\n",
+            "1:2: error: exex: unknown key (did you mean `exec`?)",
+        ),
+        (
+            "exec = 1",
+            "1:8: error: exec: expected a table, found an integer",
+        ),
+        ("restart = []", "restart: expected a table, found an array"),
+        // [exec]
+        (
+            "[exec]\nworking-dir = \"/\"",
+            "1:1: error: exec.command: `command` is required",
+        ),
+        (
+            "[exec]\ncommand = []",
+            "2:11: error: exec.command: `command` must not be empty",
+        ),
+        (
+            "[exec]\ncommand = \"true\"",
+            "2:11: error: exec.command: expected an array, found a string",
+        ),
+        (
+            "[exec]\ncommand = [1]",
+            "2:12: error: exec.command[0]: expected a string, found an integer",
+        ),
+        (
+            "[exec]\ncommand = [\"\"]",
+            "exec.command[0]: program name is empty",
+        ),
+        (
+            "[exec]\ncommand = [\"a\\u0000\"]",
+            "exec.command[0]: contains a NUL character",
+        ),
+        (
+            "[exec]\ncommand = [\"x\"]\nworking-dir = \"srv\"",
+            "3:15: error: exec.working-dir: path \"srv\" is not absolute",
+        ),
+        (
+            "[exec]\ncommand = [\"x\"]\nworkdir = \"/srv\"",
+            "3:1: error: exec.workdir: unknown key",
+        ),
+        (
+            "[exec]\ncommand = [\"x\"]\nworking_dir = \"/srv\"",
+            "exec.working_dir: unknown key (did you mean `working-dir`?)",
+        ),
+        (
+            "[exec]\ncommand = [\"x\"]\nenv = 5",
+            "exec.env: expected a table, found an integer",
+        ),
+        (
+            "[exec]\ncommand = [\"x\"]\nenv = { \"A=B\" = \"x\" }",
+            "3:9: error: exec.env.\"A=B\": environment variable names must be non-empty",
+        ),
+        (
+            "[exec]\ncommand = [\"x\"]\nenv = { \"\" = \"x\" }",
+            "exec.env.\"\": environment variable names",
+        ),
+        (
+            "[exec]\ncommand = [\"x\"]\nenv = { PORT = 8080 }",
+            "3:16: error: exec.env.PORT: expected a string, found an integer",
+        ),
+        (
+            "[exec]\ncommand = [\"x\"]\nuser = \"nobody2\"",
+            "3:8: error: exec.user: no such user `nobody2`",
+        ),
+        (
+            "[exec]\ncommand = [\"x\"]\nuser = 4242",
+            "exec.user: no such user 4242",
+        ),
+        (
+            "[exec]\ncommand = [\"x\"]\nuser = \"4242\"",
+            "exec.user: no such user 4242",
+        ),
+        (
+            "[exec]\ncommand = [\"x\"]\nuser = -1",
+            "exec.user: -1 is out of range 0..=4294967295",
+        ),
+        (
+            "[exec]\ncommand = [\"x\"]\nuser = true",
+            "exec.user: expected a string, found a boolean",
+        ),
+        (
+            "[exec]\ncommand = [\"x\"]\nuser = \"\"",
+            "exec.user: name is empty",
+        ),
+        (
+            "[exec]\ncommand = [\"x\"]\nuser = \"www-data\"\ngroup = \"staff\"",
+            "4:9: error: exec.group: no such group `staff`",
+        ),
+        (
+            "[exec]\ncommand = [\"x\"]\nuser = \"www-data\"\ngroup = 999",
+            "exec.group: no such group 999",
+        ),
+        (
+            "[exec]\ncommand = [\"x\"]\ngroup = \"log\"",
+            "exec.group: `group` needs `user` (set `user = \"root\"`",
+        ),
+        // [restart]
+        (
+            "[restart]\npolicy = \"sometimes\"",
+            "2:10: error: restart.policy: invalid value \"sometimes\" (expected one of `never`, `on-failure`, `on-abnormal`, `on-oom`, `always`)",
+        ),
+        (
+            "[restart]\npolicy = \"on-fail\"",
+            "restart.policy: invalid value \"on-fail\" (did you mean `on-failure`?)",
+        ),
+        (
+            "[restart]\ndelay = \"soon\"",
+            "2:9: error: restart.delay: invalid duration \"soon\"",
+        ),
+        (
+            "[restart]\ndelay = 5",
+            "restart.delay: expected a duration string, found an integer (durations need a unit",
+        ),
+        (
+            "[restart]\nmax-delay = \"1 fortnight\"",
+            "restart.max-delay: invalid duration",
+        ),
+        (
+            "[restart]\nreset-after = true",
+            "restart.reset-after: expected a string, found a boolean",
+        ),
+        (
+            "[restart]\nstart-limit-burst = 0",
+            "restart.start-limit-burst: 0 is out of range 1..=4294967295",
+        ),
+        (
+            "[restart]\nstart-limit-burst = \"5\"",
+            "restart.start-limit-burst: expected an integer, found a string",
+        ),
+        (
+            "[restart]\nstart-limit-interval = \"\"",
+            "restart.start-limit-interval: invalid duration \"\"",
+        ),
+        (
+            "[restart]\nsuccess-exit-codes = [0, 256]",
+            "2:26: error: restart.success-exit-codes[1]: 256 is out of range 0..=255",
+        ),
+        (
+            "[restart]\nsuccess-exit-codes = []",
+            "restart.success-exit-codes: list at least one exit code",
+        ),
+        (
+            "[restart]\nsuccess-exit-codes = 0",
+            "restart.success-exit-codes: expected an array, found an integer",
+        ),
+        (
+            "[restart]\ndlay = \"1s\"",
+            "2:1: error: restart.dlay: unknown key (did you mean `delay`?)",
+        ),
+        // [stop]
+        (
+            "[stop]\nsignal = \"SIGFOO\"",
+            "2:10: error: stop.signal: unknown signal \"SIGFOO\"",
+        ),
+        (
+            "[stop]\nsignal = \"SIGTREM\"",
+            "stop.signal: unknown signal \"SIGTREM\" (did you mean `SIGTERM`?)",
+        ),
+        (
+            "[stop]\nsignal = 0",
+            "stop.signal: 0 is not a signal number",
+        ),
+        (
+            "[stop]\nsignal = true",
+            "stop.signal: expected a string, found a boolean",
+        ),
+        (
+            "[stop]\ntimeout = \"forever\"",
+            "stop.timeout: invalid duration \"forever\"",
+        ),
+        (
+            "[stop]\ntimeuot = \"1s\"",
+            "stop.timeuot: unknown key (did you mean `timeout`?)",
+        ),
+        // [resources]
+        (
+            "[resources]\ncpu-quota = \"150\"",
+            "2:13: error: resources.cpu-quota: invalid CPU quota \"150\": missing `%`",
+        ),
+        (
+            "[resources]\ncpu-quota = \"50.5%\"",
+            "resources.cpu-quota: CPU quota \"50.5%\" is not a whole percentage",
+        ),
+        (
+            "[resources]\ncpu-quota = \"0%\"",
+            "resources.cpu-quota: CPU quota must be above 0%",
+        ),
+        (
+            "[resources]\ncpu-quota = 150",
+            "resources.cpu-quota: expected a string, found an integer",
+        ),
+        (
+            "[resources]\ncpu-quota-period = \"10s\"",
+            "resources.cpu-quota-period: period 10s is outside 1ms..=1s",
+        ),
+        (
+            "[resources]\ncpu-quota = \"1%\"\ncpu-quota-period = \"10ms\"",
+            "resources.cpu-quota: 1% gives 100us per period, below the kernel's minimum of 1ms",
+        ),
+        (
+            "[resources]\ncpu-weight = 0",
+            "resources.cpu-weight: 0 is out of range 1..=10000",
+        ),
+        (
+            "[resources]\ncpu-weight = 10001",
+            "resources.cpu-weight: 10001 is out of range 1..=10000",
+        ),
+        (
+            "[resources]\nallowed-cpus = \"0-a\"",
+            "resources.allowed-cpus: invalid CPU list item \"0-a\"",
+        ),
+        (
+            "[resources]\nallowed-cpus = 1",
+            "resources.allowed-cpus: expected a string, found an integer",
+        ),
+        (
+            "[resources]\nmemory-max = \"1.5G\"",
+            "resources.memory-max: invalid size \"1.5G\"",
+        ),
+        (
+            "[resources]\nmemory-max = \"512MB\"",
+            "resources.memory-max: ambiguous size unit in \"512MB\"",
+        ),
+        (
+            "[resources]\nmemory-high = -1",
+            "resources.memory-high: size must not be negative, got -1",
+        ),
+        (
+            "[resources]\nmemory-swap-max = true",
+            "resources.memory-swap-max: expected a size",
+        ),
+        (
+            "[resources]\npids-max = 0",
+            "resources.pids-max: 0 is out of range",
+        ),
+        (
+            "[resources]\npids-max = \"unlimited\"",
+            "resources.pids-max: expected a positive integer or \"max\", found a string",
+        ),
+        (
+            "[resources]\nio-weight = 20000",
+            "resources.io-weight: 20000 is out of range 1..=10000",
+        ),
+        (
+            "[resources]\nio = 5",
+            "resources.io: expected an array of tables, found an integer",
+        ),
+        (
+            "[resources]\nio = [1]",
+            "resources.io[0]: expected a table, found an integer",
+        ),
+        (
+            "[[resources.io]]\nread-bps = \"1M\"",
+            "1:1: error: resources.io[0].device: `device` is required",
+        ),
+        (
+            "[[resources.io]]\ndevice = \"/dev/vda\"",
+            "1:1: error: resources.io[0]: set at least one of read-bps, write-bps, read-iops, write-iops",
+        ),
+        (
+            "[[resources.io]]\ndevice = \"vda\"\nread-iops = 1",
+            "2:10: error: resources.io[0].device: invalid device \"vda\"",
+        ),
+        (
+            "[[resources.io]]\ndevice = \"8:0\"\nread-iops = 0",
+            "resources.io[0].read-iops: 0 is out of range",
+        ),
+        (
+            "[[resources.io]]\ndevice = \"8:0\"\nwrite-iops = \"1k\"",
+            "resources.io[0].write-iops: expected an integer, found a string",
+        ),
+        (
+            "[[resources.io]]\ndevice = \"8:0\"\nwrite-bps = \"fast\"",
+            "resources.io[0].write-bps: invalid size \"fast\"",
+        ),
+        (
+            "[[resources.io]]\ndevice = \"8:0\"\nread-bps = 1.5",
+            "resources.io[0].read-bps: expected a size",
+        ),
+        (
+            "[[resources.io]]\ndevice = \"8:0\"\nread-iops = 1\nread-bsp = 1",
+            "resources.io[0].read-bsp: unknown key (did you mean `read-bps`?)",
+        ),
+        (
+            "[[resources.io]]\ndevice = \"8:0\"\nread-iops = 1\n[[resources.io]]\ndevice = \"8:0\"\nwrite-iops = 1",
+            "5:10: error: resources.io[1].device: device is listed twice",
+        ),
+        (
+            "[resources]\nmemory-maximum = 1",
+            "resources.memory-maximum: unknown key",
+        ),
+        // [oom]
+        (
+            "[oom]\ngroup-kill = 1",
+            "oom.group-kill: expected a boolean (true or false), found an integer",
+        ),
+        (
+            "[oom]\nscore-adjust = 1001",
+            "2:16: error: oom.score-adjust: 1001 is out of range -1000..=1000",
+        ),
+        (
+            "[oom]\nscore-adjust = -1001",
+            "oom.score-adjust: -1001 is out of range -1000..=1000",
+        ),
+        // [namespaces]
+        (
+            "[namespaces]\npid = \"yes\"",
+            "namespaces.pid: expected a boolean",
+        ),
+        (
+            "[namespaces]\nnet = 1",
+            "namespaces.net: expected a boolean",
+        ),
+        (
+            "[namespaces]\nipc = 1",
+            "namespaces.ipc: expected a boolean",
+        ),
+        (
+            "[namespaces]\ncgroup = 1",
+            "namespaces.cgroup: expected a boolean",
+        ),
+        (
+            "[namespaces]\nuts = 1",
+            "namespaces.uts: expected a boolean",
+        ),
+        (
+            "[namespaces]\nmount = 1",
+            "namespaces.mount: expected a boolean",
+        ),
+        (
+            "[namespaces]\nuser = 1",
+            "namespaces.user: expected a boolean",
+        ),
+        (
+            "[namespaces]\nhostname = \"-web\"",
+            "namespaces.hostname: invalid host name \"-web\"",
+        ),
+        (
+            "[namespaces]\nuser = true\nuid-map = \"0 1000\"",
+            "3:11: error: namespaces.uid-map: invalid id map line \"0 1000\"",
+        ),
+        (
+            "[namespaces]\nuser = true\ngid-map = \"0 1000 0\"",
+            "namespaces.gid-map: id map line \"0 1000 0\" has a count of 0",
+        ),
+        (
+            "[namespaces]\nuid-map = \"0 1000 1\"",
+            "namespaces.uid-map: uid-map needs a user namespace (set `user = true`)",
+        ),
+        (
+            "[namespaces]\ngid-map = \"0 1000 1\"",
+            "namespaces.gid-map: gid-map needs a user namespace",
+        ),
+        (
+            "[namespaces]\nmount = false\npid = true",
+            "2:9: error: namespaces.mount: `mount = false` conflicts with `namespaces.pid`",
+        ),
+        (
+            "[namespaces]\nuts = false\nhostname = \"a\"",
+            "namespaces.uts: `uts = false` conflicts with `namespaces.hostname`",
+        ),
+        (
+            "[namespaces]\nmount = false\n[sandbox]\nprivate-tmp = true",
+            "namespaces.mount: `mount = false` conflicts with `sandbox.private-tmp`",
+        ),
+        (
+            "[namespaces]\nnetwork = true",
+            "namespaces.network: unknown key",
+        ),
+        // [sandbox]
+        (
+            "[sandbox]\nno-new-privileges = \"yes\"",
+            "sandbox.no-new-privileges: expected a boolean",
+        ),
+        (
+            "[sandbox]\ncapabilities = [\"CAP_NET_BIND_SERVIC\"]",
+            "2:17: error: sandbox.capabilities[0]: unknown capability \"CAP_NET_BIND_SERVIC\" (did you mean `CAP_NET_BIND_SERVICE`?)",
+        ),
+        (
+            "[sandbox]\ncapabilities = \"CAP_KILL\"",
+            "sandbox.capabilities: expected an array, found a string",
+        ),
+        (
+            "[sandbox]\nread-only-paths = [\"etc\"]",
+            "sandbox.read-only-paths[0]: path \"etc\" is not absolute",
+        ),
+        (
+            "[sandbox]\nprivate-tmp = 1",
+            "sandbox.private-tmp: expected a boolean",
+        ),
+        // slices hold only kind, description, slice and [resources]
+        (
+            "kind = \"slice\"\nafter = [\"x\"]",
+            "2:1: error: after: `after` is not allowed in a slice (a slice holds only",
+        ),
+        (
+            "kind = \"slice\"\nenabled = false",
+            "enabled: `enabled` is not allowed in a slice",
+        ),
+        (
+            "kind = \"slice\"\n[exec]\ncommand = [\"x\"]",
+            "2:2: error: exec: [exec] is not allowed in a slice",
+        ),
+        (
+            "kind = \"slice\"\n[oom]\ngroup-kill = true",
+            "oom: [oom] is not allowed in a slice",
+        ),
+        (
+            "kind = \"slice\"\n[resources]\ncpu-weight = 0",
+            "resources.cpu-weight: 0 is out of range",
+        ),
+        // a service or oneshot needs [exec]
+        (
+            "description = \"no exec\"",
+            "units/web.toml: error: exec: a service needs an [exec] section with `command`",
+        ),
+        (
+            "kind = \"oneshot\"",
+            "units/web.toml: error: exec: a oneshot needs an [exec] section with `command`",
+        ),
+    ];
+    for (text, want) in cases {
+        let text = match *text {
+            "description = \"no exec\"" | "kind = \"oneshot\"" | "exec = 1" => (*text).to_owned(),
+            t if t.contains("slcie") => t.to_owned(),
+            t => service(t),
+        };
+        let got = errors(&text);
+        assert_eq!(got.len(), 1, "{text:?}: expected one error, got {got:#?}");
+        let want = if want.starts_with("units/") {
+            (*want).to_owned()
+        } else if want.as_bytes()[0].is_ascii_digit() {
+            format!("units/web.toml:{want}")
+        } else {
+            format!(": error: {want}")
+        };
+        assert!(
+            got[0].contains(&want),
+            "{text:?}:\n got  {}\n want {want}",
+            got[0]
+        );
+    }
+}
+
+#[test]
+fn good_values_land_in_the_model() {
+    let u = ok("");
+    assert_eq!(u.name, name("web"));
+    assert_eq!(u.kind, UnitKind::Service);
+    assert_eq!(u.source, PathBuf::from("units/web.toml"));
+    assert!(u.enabled);
+    assert_eq!(u.restart, RestartConfig::default_for(UnitKind::Service));
+    assert_eq!(u.restart.policy, RestartPolicy::OnFailure);
+    assert_eq!(u.stop, StopConfig::default());
+    assert_eq!(u.resources, Resources::default());
+    assert_eq!(u.namespaces, Namespaces::default());
+    assert_eq!(u.sandbox, Sandbox::default());
+    assert_eq!(u.exec.as_ref().map(|e| e.user.clone()), Some(None));
+
+    assert_eq!(
+        ok("kind = \"oneshot\"").restart.policy,
+        RestartPolicy::Never
+    );
+    assert_eq!(
+        ok("kind = \"oneshot\"\n[restart]\npolicy = \"on-failure\"")
+            .restart
+            .policy,
+        RestartPolicy::OnFailure
+    );
+    assert!(!ok("enabled = false").enabled);
+    assert_eq!(ok("description = \"d\"").description.as_deref(), Some("d"));
+    assert_eq!(
+        ok("slice = \"front.end@1\"").slice,
+        Some(name("front.end@1"))
+    );
+    assert_eq!(
+        ok("after = [\"a\", \"b\"]\nrequires = [\"c\"]")
+            .ordering_deps()
+            .count(),
+        3
+    );
+
+    let r = ok("[restart]\npolicy = \"on-oom\"\ndelay = \"1s\"\nmax-delay = \"1m 30s\"\nreset-after = \"1h\"\nstart-limit-burst = 3\nstart-limit-interval = \"500ms\"\nsuccess-exit-codes = [2, 0, 2]").restart;
+    assert_eq!(
+        r,
+        RestartConfig {
+            policy: RestartPolicy::OnOom,
+            delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(90),
+            reset_after: Duration::from_secs(3600),
+            start_limit_burst: 3,
+            start_limit_interval: Duration::from_millis(500),
+            success_exit_codes: vec![0, 2],
+        }
+    );
+    for (policy, want) in [
+        ("never", RestartPolicy::Never),
+        ("on-abnormal", RestartPolicy::OnAbnormal),
+        ("always", RestartPolicy::Always),
+    ] {
+        assert_eq!(
+            ok(&format!("[restart]\npolicy = \"{policy}\""))
+                .restart
+                .policy,
+            want
+        );
+    }
+
+    for (sig, want) in [
+        ("\"TERM\"", Signal::SIGTERM),
+        ("\"sigint\"", Signal::SIGINT),
+        ("9", Signal::SIGKILL),
+        ("\"SIGQUIT\"", Signal::SIGQUIT),
+    ] {
+        assert_eq!(
+            ok(&format!("[stop]\nsignal = {sig}\ntimeout = \"0s\"")).stop,
+            StopConfig {
+                signal: SignalSpec(want),
+                timeout: Duration::ZERO
+            }
+        );
+    }
+
+    let res = ok("[resources]\ncpu-quota = \"max\"\nmemory-max = 4096\nmemory-high = \"1 KiB\"\nmemory-swap-max = \"0\"\npids-max = \"max\"").resources;
+    assert_eq!(res.cpu_quota, None);
+    assert_eq!(res.memory_max, Some(ByteLimit::Bytes(4096)));
+    assert_eq!(res.memory_high, Some(ByteLimit::Bytes(1024)));
+    assert_eq!(res.memory_swap_max, Some(ByteLimit::Bytes(0)));
+    assert_eq!(res.pids_max, Some(None));
+    let res =
+        ok("[resources]\nmemory-max = \"max\"\npids-max = 64\nallowed-cpus = \"0-1, 3\"").resources;
+    assert_eq!(res.memory_max, Some(ByteLimit::Max));
+    assert_eq!(res.pids_max, Some(Some(64)));
+    assert_eq!(res.allowed_cpus.as_deref(), Some("0-1,3"));
+    let io = ok("[[resources.io]]\ndevice = \"253:0\"\nwrite-bps = \"max\"")
+        .resources
+        .io;
+    assert_eq!(
+        io,
+        vec![IoLimit {
+            device: DeviceSpec::Number {
+                major: 253,
+                minor: 0
+            },
+            read_bps: None,
+            write_bps: Some(ByteLimit::Max),
+            read_iops: None,
+            write_iops: None,
+        }]
+    );
+
+    let oom = ok("[oom]\nscore-adjust = -1000").oom;
+    assert_eq!(
+        oom,
+        OomConfig {
+            group_kill: false,
+            score_adjust: Some(-1000)
+        }
+    );
+}
+
+#[test]
+fn user_and_group_resolve_to_credentials() {
+    let creds = |text: &str| {
+        ok(&format!("[exec]\ncommand = [\"x\"]\n{text}"))
+            .exec
+            .and_then(|e| e.user)
+    };
+    let www = Credentials {
+        user_name: "www-data".into(),
+        uid: 33,
+        gid: 33,
+        home: "/var/www".into(),
+        groups: vec![33, 4],
+    };
+    assert_eq!(creds("user = \"www-data\""), Some(www.clone()));
+    assert_eq!(creds("user = 33"), Some(www.clone()));
+    assert_eq!(creds("user = \"33\""), Some(www.clone()));
+    assert_eq!(
+        creds("user = \"www-data\"\ngroup = \"log\""),
+        Some(Credentials {
+            gid: 4,
+            groups: vec![4],
+            ..www.clone()
+        })
+    );
+    assert_eq!(
+        creds("user = \"www-data\"\ngroup = 0"),
+        Some(Credentials {
+            gid: 0,
+            groups: vec![0, 4],
+            ..www
+        })
+    );
+    assert_eq!(
+        creds("user = \"root\"").map(|c| (c.uid, c.gid, c.home)),
+        Some((0, 0, "/root".into()))
+    );
+}
+
+#[test]
+fn implied_namespaces_and_sandbox() {
+    let ns = ok("[namespaces]\nhostname = \"web-01\"").namespaces;
+    assert!(ns.uts && !ns.mount);
+    assert!(ok("[namespaces]\npid = true").namespaces.mount);
+    assert!(ok("[sandbox]\nprivate-tmp = true").namespaces.mount);
+    assert!(
+        ok("[sandbox]\nread-only-paths = [\"/etc\"]")
+            .namespaces
+            .mount
+    );
+    assert!(!ok("[sandbox]\nread-only-paths = []").namespaces.mount);
+    let ns = ok("[namespaces]\nuser = true\nuid-map = \"0 1000 1\\n1 100000 65535\"\ngid-map = \"0 1000 1, 1 100000 65535\"").namespaces;
+    let map = vec![
+        IdMapEntry {
+            inside: 0,
+            outside: 1000,
+            count: 1,
+        },
+        IdMapEntry {
+            inside: 1,
+            outside: 100000,
+            count: 65535,
+        },
+    ];
+    assert_eq!((ns.uid_map, ns.gid_map), (map.clone(), map));
+    let sb = ok(
+        "[sandbox]\ncapabilities = [\"CAP_KILL\", \"net_bind_service\", \"CAP_CHOWN\", \"kill\"]",
+    )
+    .sandbox;
+    assert_eq!(
+        sb.capabilities,
+        Some(vec![Capability(0), Capability(5), Capability(10)])
+    );
+    assert_eq!(
+        ok("[sandbox]\ncapabilities = []").sandbox.capabilities,
+        Some(vec![])
+    );
+}
+
+const SPEC_EXAMPLE: &str = r#"
+kind = "service"              # "service" (default) | "oneshot" | "slice"
+description = "static web server"
+slice = "frontend"            # parent slice unit; default: the root
+after = ["db"]                # start only after these are running (oneshot: exited successfully)
+requires = ["db"]             # like after; also stop this unit when a required unit stops or fails
+enabled = true                # start when corral starts (default true)
+
+[exec]                        # not allowed in a slice
+command = ["python3", "-m", "http.server", "8080"]  # argv, required; bare name searched in PATH
+working-dir = "/srv/www"
+env = { PORT = "8080" }
+user = "www-data"             # name or uid; group defaults to the user's primary group
+group = "www-data"
+
+[restart]
+policy = "on-failure"         # never | on-failure | on-abnormal | on-oom | always
+                              # default: on-failure for a service, never for a oneshot
+delay = "100ms"               # first restart delay; doubles on each consecutive failure
+max-delay = "1m"              # cap of the delay
+reset-after = "10m"           # running this long resets the delay and the failure count
+start-limit-burst = 5         # more starts than this within start-limit-interval: state failed
+start-limit-interval = "10s"
+success-exit-codes = [0]
+
+[stop]
+signal = "SIGTERM"
+timeout = "10s"               # then SIGKILL to every process left in the unit's cgroup
+
+[resources]                   # allowed in services and slices
+cpu-quota = "150%"            # 1.5 CPUs of time per period
+cpu-quota-period = "100ms"
+cpu-weight = 100              # 1..10000
+allowed-cpus = "0-1"
+memory-max = "512M"
+memory-high = "400M"
+memory-swap-max = "0"
+pids-max = 64
+io-weight = 100               # 1..10000
+[[resources.io]]
+device = "/dev/vda"           # a block device path or "MAJ:MIN"
+read-bps = "100M"
+write-bps = "50M"
+read-iops = 2000
+write-iops = 1000
+
+[oom]
+group-kill = true             # an OOM kill takes the whole unit, not one process (v2 memory.oom.group)
+score-adjust = 0              # oom_score_adj of the unit's processes
+
+[namespaces]                  # each true gives the unit a new namespace of that kind
+pid = true                    # the unit's command is PID 1 of a new pid namespace; /proc shows only it
+net = true                    # new network namespace with only loopback, up
+mount = true                  # private mount namespace (nothing propagates back to the host)
+uts = true
+hostname = "web-01"           # implies uts
+ipc = true
+cgroup = true
+user = true                   # new user namespace
+uid-map = "0 100000 65536"    # as in /proc/PID/uid_map; default maps 0 inside to the unit's user
+gid-map = "0 100000 65536"
+
+[sandbox]
+no-new-privileges = true
+capabilities = ["CAP_NET_BIND_SERVICE"]   # the bounding set kept; all others dropped
+read-only-paths = ["/etc"]
+private-tmp = true            # a fresh tmpfs on /tmp (implies mount)
+"#;
+
+#[test]
+fn spec_example_parses_into_the_expected_model() {
+    let (unit, warnings) = parse(SPEC_EXAMPLE).unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let map = vec![IdMapEntry {
+        inside: 0,
+        outside: 100000,
+        count: 65536,
+    }];
+    let expected = Unit {
+        name: name("web"),
+        kind: UnitKind::Service,
+        source: "units/web.toml".into(),
+        description: Some("static web server".into()),
+        slice: Some(name("frontend")),
+        after: vec![name("db")],
+        requires: vec![name("db")],
+        enabled: true,
+        exec: Some(Exec {
+            command: ["python3", "-m", "http.server", "8080"]
+                .map(String::from)
+                .to_vec(),
+            working_dir: Some("/srv/www".into()),
+            env: [("PORT".to_owned(), "8080".to_owned())].into(),
+            user: Some(Credentials {
+                user_name: "www-data".into(),
+                uid: 33,
+                gid: 33,
+                home: "/var/www".into(),
+                groups: vec![33, 4],
+            }),
+        }),
+        restart: RestartConfig::default_for(UnitKind::Service),
+        stop: StopConfig::default(),
+        resources: Resources {
+            cpu_quota: Some(CpuPercent(150)),
+            cpu_quota_period: Some(Duration::from_millis(100)),
+            cpu_weight: Some(100),
+            allowed_cpus: Some("0-1".into()),
+            memory_max: Some(ByteLimit::Bytes(512 << 20)),
+            memory_high: Some(ByteLimit::Bytes(400 << 20)),
+            memory_swap_max: Some(ByteLimit::Bytes(0)),
+            pids_max: Some(Some(64)),
+            io_weight: Some(100),
+            io: vec![IoLimit {
+                device: DeviceSpec::Path("/dev/vda".into()),
+                read_bps: Some(ByteLimit::Bytes(100 << 20)),
+                write_bps: Some(ByteLimit::Bytes(50 << 20)),
+                read_iops: Some(2000),
+                write_iops: Some(1000),
+            }],
+        },
+        oom: OomConfig {
+            group_kill: true,
+            score_adjust: Some(0),
+        },
+        namespaces: Namespaces {
+            pid: true,
+            net: true,
+            mount: true,
+            uts: true,
+            hostname: Some("web-01".into()),
+            ipc: true,
+            cgroup: true,
+            user: true,
+            uid_map: map.clone(),
+            gid_map: map,
+        },
+        sandbox: Sandbox {
+            no_new_privileges: true,
+            capabilities: Some(vec![Capability(10)]),
+            read_only_paths: vec!["/etc".into()],
+            private_tmp: true,
+        },
+    };
+    assert_eq!(unit, expected);
+}
+
+#[test]
+fn all_errors_of_a_file_are_reported_with_their_positions() {
+    let text = "\
+kind = \"service\"
+enabeld = true
+[exec]
+command = \"ls\"
+working-dir = \"rel\"
+[restart]
+delay = \"soon\"
+start-limit-burst = 0
+[resources]
+memory-max = \"lots\"
+";
+    let got = errors(text);
+    assert_eq!(
+        got,
+        [
+            "units/web.toml:2:1: error: enabeld: unknown key (did you mean `enabled`?)",
+            "units/web.toml:4:11: error: exec.command: expected an array, found a string",
+            "units/web.toml:5:15: error: exec.working-dir: path \"rel\" is not absolute",
+            "units/web.toml:7:9: error: restart.delay: invalid duration \"soon\": expected number at 0 (write durations like \"100ms\", \"10s\" or \"1m 30s\")",
+            "units/web.toml:8:21: error: restart.start-limit-burst: 0 is out of range 1..=4294967295",
+            "units/web.toml:10:14: error: resources.memory-max: invalid size \"lots\" (write sizes as bytes or with K, M, G, T (powers of 1024), e.g. \"512M\", or \"max\")",
+        ]
+    );
+}
+
+#[test]
+fn malformed_toml_is_one_error_with_its_position() {
+    let got = errors("kind = \"service\"\n[exec]\ncommand = [\"a\",\n");
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(
+        got[0].starts_with("units/web.toml:3:16: error: invalid TOML: unclosed array"),
+        "{}",
+        got[0]
+    );
+    let got = errors("a = 1\na = 2\n");
+    assert_eq!(
+        got,
+        ["units/web.toml:2:1: error: invalid TOML: duplicate key"]
+    );
+}
+
+#[test]
+fn warnings_do_not_fail_a_unit() {
+    let (_, warnings) = parse(&service(
+        "after = [\"db\", \"db\"]\n[restart]\ndelay = \"2m\"\n[resources]\nmemory-max = \"1G\"\nmemory-high = \"1G\"",
+    ))
+    .unwrap();
+    let got: Vec<String> = warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        got,
+        [
+            "units/web.toml:1:16: warning: after[1]: `db` is listed twice",
+            "units/web.toml:3:9: warning: restart.delay: delay (2m) is above max-delay (1m), so every restart waits max-delay",
+            "units/web.toml:6:15: warning: resources.memory-high: memory-high is not below memory-max, so it never throttles",
+        ]
+    );
+}
+
+#[test]
+fn ignored_file_names() {
+    for n in [
+        ".web.toml",
+        "..data",
+        ".",
+        "web.toml~",
+        "web.toml.swp",
+        "web.swp",
+        "web.toml.tmp",
+        "#web.toml#",
+        "README.md",
+        "web",
+        "web.TOML",
+        "web.toml.bak",
+    ] {
+        assert!(is_ignored_file_name(n), "{n}");
+    }
+    for n in ["web.toml", "a@b.toml", "x-1.y_z.toml", "#web.toml"] {
+        assert!(!is_ignored_file_name(n), "{n}");
+    }
+}
+
+fn write(dir: &Path, file: &str, text: &str) {
+    fs::write(dir.join(file), text).unwrap();
+}
+
+const EXEC: &str = "[exec]\ncommand = [\"true\"]\n";
+
+fn load_errors(dir: &Path) -> Vec<String> {
+    let err = load_dir(dir, &db()).unwrap_err();
+    err.errors()
+        .map(|d| d.to_string().replace(&format!("{}/", dir.display()), ""))
+        .collect()
+}
+
+#[test]
+fn load_dir_reads_units_and_skips_the_rest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    write(d, "web.toml", &format!("after = [\"db\"]\n{EXEC}"));
+    write(d, "db.toml", EXEC);
+    write(
+        d,
+        "front.toml",
+        "kind = \"slice\"\n[resources]\ncpu-weight = 10",
+    );
+    for junk in [
+        ".hidden.toml",
+        "web.toml~",
+        "#web.toml#",
+        "web.toml.swp",
+        "x.tmp",
+        "README.md",
+    ] {
+        write(d, junk, "not = [toml");
+    }
+    fs::create_dir(d.join("sub.toml")).unwrap();
+    write(&d.join("sub.toml"), "inner.toml", EXEC);
+    let loaded = load_dir(d, &db()).unwrap();
+    assert_eq!(
+        loaded
+            .units
+            .keys()
+            .map(UnitName::as_str)
+            .collect::<Vec<_>>(),
+        ["db", "front", "web"]
+    );
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    assert_eq!(loaded.units[&name("web")].source, d.join("web.toml"));
+    assert_eq!(loaded.units[&name("front")].kind, UnitKind::Slice);
+}
+
+#[test]
+fn load_dir_follows_symlinks_like_a_configmap() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("units");
+    fs::create_dir_all(d.join("..2024_01_01")).unwrap();
+    write(&d.join("..2024_01_01"), "web.toml", EXEC);
+    std::os::unix::fs::symlink("..2024_01_01", d.join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/web.toml", d.join("web.toml")).unwrap();
+    let link = tmp.path().join("link");
+    std::os::unix::fs::symlink(&d, &link).unwrap();
+    for dir in [&d, &link] {
+        let loaded = load_dir(dir, &db()).unwrap();
+        assert_eq!(
+            loaded
+                .units
+                .keys()
+                .map(UnitName::as_str)
+                .collect::<Vec<_>>(),
+            ["web"]
+        );
+    }
+    std::os::unix::fs::symlink("..data/gone.toml", d.join("gone.toml")).unwrap();
+    assert_eq!(load_errors(&d).len(), 1);
+    assert!(load_errors(&d)[0].starts_with("gone.toml: error: cannot read unit file: "));
+}
+
+#[test]
+fn load_dir_of_a_missing_directory_is_one_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("nope");
+    let err = load_dir(&missing, &db()).unwrap_err();
+    assert_eq!(err.diagnostics.len(), 1);
+    assert!(err.to_string().starts_with(&format!(
+        "{}: error: cannot read units directory: ",
+        missing.display()
+    )));
+}
+
+#[test]
+fn empty_directory_loads_with_a_warning() {
+    let tmp = tempfile::tempdir().unwrap();
+    let loaded = load_dir(tmp.path(), &db()).unwrap();
+    assert!(loaded.units.is_empty());
+    assert_eq!(loaded.warnings.len(), 1);
+    assert!(loaded.warnings[0].message.contains("no unit files"));
+}
+
+#[test]
+fn bad_unit_file_name_is_an_error_naming_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    write(tmp.path(), "we b.toml", EXEC);
+    assert_eq!(
+        load_errors(tmp.path()),
+        [
+            "we b.toml: error: invalid unit name \"we b\" (unit names use only letters, digits and `_ . @ -`)"
+        ]
+    );
+}
+
+#[test]
+fn cross_unit_problems_across_all_files_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    write(d, "db.toml", EXEC);
+    write(
+        d,
+        "web.toml",
+        &format!("slice = \"db\"\nafter = [\"dbb\"]\nrequires = [\"cache\"]\n{EXEC}"),
+    );
+    write(
+        d,
+        "cache.toml",
+        "[exec]\ncommand = [\"x\"]\nuser = \"ghost\"",
+    );
+    write(d, "api.toml", &format!("slice = \"frontend\"\n{EXEC}"));
+    write(
+        d,
+        "box.toml",
+        "kind = \"slice\"\n[exec]\ncommand = [\"x\"]\n",
+    );
+    write(d, "lazy.toml", "description = \"no exec\"\n");
+    assert_eq!(
+        load_errors(d),
+        [
+            "api.toml:1:9: error: slice: unknown unit `frontend`",
+            "box.toml:2:2: error: exec: [exec] is not allowed in a slice (a slice holds only `kind`, `description`, `slice` and [resources])",
+            "cache.toml:3:8: error: exec.user: no such user `ghost`",
+            "lazy.toml: error: exec: a service needs an [exec] section with `command`",
+            "web.toml:1:9: error: slice: `db` is a service, not a slice",
+            "web.toml:2:10: error: after[0]: unknown unit `dbb` (did you mean `db`?)",
+        ]
+    );
+}
+
+#[test]
+fn dependency_and_slice_cycles_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    write(d, "a.toml", &format!("after = [\"b\"]\n{EXEC}"));
+    write(d, "b.toml", &format!("requires = [\"x\", \"c\"]\n{EXEC}"));
+    write(d, "c.toml", &format!("after = [\"a\"]\n{EXEC}"));
+    write(d, "x.toml", EXEC);
+    write(d, "s1.toml", "kind = \"slice\"\nslice = \"s2\"");
+    write(d, "s2.toml", "kind = \"slice\"\nslice = \"s1\"");
+    assert_eq!(
+        load_errors(d),
+        [
+            "a.toml:1:10: error: after[0]: dependency cycle: a -> b -> c -> a",
+            "s1.toml:2:9: error: slice: slice cycle: s1 -> s2 -> s1",
+        ]
+    );
+}
+
+#[test]
+fn load_error_lists_errors_before_warnings_and_spares_refs_to_broken_units() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    write(
+        d,
+        "a.toml",
+        &format!("after = [\"b\", \"b\", \"s\"]\n{EXEC}"),
+    );
+    write(d, "b.toml", &format!("bogus = 1\n{EXEC}"));
+    write(d, "s.toml", "kind = \"slice\"");
+    let err = load_dir(d, &db()).unwrap_err();
+    let got: Vec<String> = err
+        .diagnostics
+        .iter()
+        .map(|x| x.to_string().replace(&format!("{}/", d.display()), ""))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            "b.toml:1:1: error: bogus: unknown key",
+            "a.toml:1:15: warning: after[1]: `b` is listed twice",
+            "a.toml:1:20: warning: after[2]: `s` is a slice: ordering against a slice has no effect",
+        ]
+    );
+}
+
+#[test]
+fn graph_helpers_see_loaded_units() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    write(d, "front.toml", "kind = \"slice\"");
+    write(d, "db.toml", EXEC);
+    write(
+        d,
+        "web.toml",
+        &format!("slice = \"front\"\nrequires = [\"db\"]\n{EXEC}"),
+    );
+    let units = load_dir(d, &db()).unwrap().units;
+    let order = crate::core::graph::dependency_graph(&units)
+        .topological_order()
+        .unwrap();
+    assert_eq!(
+        order.iter().map(UnitName::as_str).collect::<Vec<_>>(),
+        ["db", "front", "web"]
+    );
+    let dependents = crate::core::graph::ordering_graph(&units).dependents(&name("db"));
+    assert_eq!(dependents.into_iter().collect::<Vec<_>>(), [name("web")]);
+}
