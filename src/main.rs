@@ -258,8 +258,8 @@ fn logs(
     let mut request = Request::new(Verb::Logs, units);
     request.lines = Some(lines);
     request.follow = follow;
-    conn.send(&request)?;
-    while let Some(response) = conn.receive()? {
+    let mut next = Some(conn.call(&request)?);
+    while let Some(response) = next {
         if !response.ok {
             return Ok(report(&response, json));
         }
@@ -274,6 +274,7 @@ fn logs(
         if !follow {
             break;
         }
+        next = conn.receive()?;
     }
     Ok(exit_code::OK)
 }

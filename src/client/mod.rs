@@ -77,8 +77,16 @@ impl Connection {
         Ok(Some(serde_json::from_str(&line)?))
     }
 
+    /// Sends `request` and returns the first response line.
     pub fn call(&mut self, request: &Request) -> Result<Response, ClientError> {
-        self.send(request)?;
+        if let Err(e) = self.send(request) {
+            // A supervisor that refuses a peer answers and closes before reading anything,
+            // so the write may fail (EPIPE) while the refusal waits to be read.
+            return match self.receive() {
+                Ok(Some(response)) => Ok(response),
+                _ => Err(e),
+            };
+        }
         self.receive()?.ok_or(ClientError::NoAnswer)
     }
 }

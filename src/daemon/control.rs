@@ -82,10 +82,10 @@ impl Client {
                         let line = std::mem::take(&mut self.inbuf);
                         return Incoming::Line(line);
                     }
-                    if matches!(
-                        self.state,
-                        ClientState::Reading | ClientState::Following { .. }
-                    ) {
+                    // A follower's close ends the stream. Anyone else may still read what
+                    // is queued (`finished` drops them once it is written): a half-closed
+                    // peer such as `socat` waits for its answer after sending the request.
+                    if matches!(self.state, ClientState::Following { .. }) {
                         self.dead = true;
                     }
                     return Incoming::Nothing;
@@ -149,6 +149,12 @@ impl Client {
 
     pub fn wants_write(&self) -> bool {
         !self.outbuf.is_empty()
+    }
+
+    /// After end of input there is nothing more to read; a level-triggered EPOLLIN at EOF
+    /// would otherwise wake the loop forever while a `start` is pending.
+    pub fn wants_read(&self) -> bool {
+        !self.closing
     }
 
     /// Done with: dead, or closing with nothing left to say.

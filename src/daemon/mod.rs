@@ -341,7 +341,7 @@ impl Daemon {
                         error: "unit has no [exec]".into(),
                     });
                 };
-                match spawn::spawn(exec, exec.user.as_ref()) {
+                match spawn::spawn(exec, exec.user.as_ref(), &[]) {
                     Ok(child) => {
                         info!(unit = %unit.name, pid = child.pid, "started");
                         self.groups

@@ -97,6 +97,14 @@ impl Daemon {
                     Incoming::Nothing => break,
                 }
             }
+            // EPOLLHUP on a stream socket: the peer closed both directions, so nobody can
+            // read an answer any more; drop it rather than wake on the hang-up forever.
+            if readiness.closed
+                && let Some(client) = self.clients.get_mut(&token)
+                && client.closing
+            {
+                client.dead = true;
+            }
         } else if readiness.writable {
             client.flush();
         }
@@ -304,9 +312,12 @@ impl Daemon {
             if client.finished() || idle {
                 gone.push(*token);
             } else {
-                let _ = self
-                    .poller
-                    .modify(client.stream.as_fd(), *token, client.wants_write());
+                let _ = self.poller.modify(
+                    client.stream.as_fd(),
+                    *token,
+                    client.wants_read(),
+                    client.wants_write(),
+                );
             }
         }
         for token in gone {

@@ -31,11 +31,18 @@ impl Poller {
 
     pub fn add(&self, fd: BorrowedFd<'_>, token: u64, writable: bool) -> Result<(), Errno> {
         self.epoll
-            .add(fd, EpollEvent::new(interest(writable), token))
+            .add(fd, EpollEvent::new(interest(true, writable), token))
     }
 
-    pub fn modify(&self, fd: BorrowedFd<'_>, token: u64, writable: bool) -> Result<(), Errno> {
-        let mut event = EpollEvent::new(interest(writable), token);
+    /// Changes the interest; hang-up and error are reported even with neither.
+    pub fn modify(
+        &self,
+        fd: BorrowedFd<'_>,
+        token: u64,
+        readable: bool,
+        writable: bool,
+    ) -> Result<(), Errno> {
+        let mut event = EpollEvent::new(interest(readable, writable), token);
         self.epoll.modify(fd, &mut event)
     }
 
@@ -73,8 +80,11 @@ impl Poller {
     }
 }
 
-fn interest(writable: bool) -> EpollFlags {
-    let mut flags = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP;
+fn interest(readable: bool, writable: bool) -> EpollFlags {
+    let mut flags = EpollFlags::empty();
+    if readable {
+        flags |= EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP;
+    }
     if writable {
         flags |= EpollFlags::EPOLLOUT;
     }

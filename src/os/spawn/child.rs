@@ -19,6 +19,9 @@ pub struct ExecPlan<'a> {
     /// O_CLOEXEC pipe: closed by a successful exec, or carries (stage, errno).
     pub report: RawFd,
     pub credentials: Option<Ids<'a>>,
+    /// Open `cgroup.procs` files: writing "0" moves the writer, so the unit is inside its
+    /// cgroup before its first instruction.
+    pub join_cgroups: &'a [RawFd],
 }
 
 pub struct Ids<'a> {
@@ -31,7 +34,7 @@ pub struct Ids<'a> {
 const NSIG: libc::c_int = 65;
 
 /// Stages the child reports by index; keep in sync with `STAGE_NAMES`.
-const STAGE_NAMES: [&str; 8] = [
+const STAGE_NAMES: [&str; 9] = [
     "resetting signal dispositions",
     "setsid",
     "redirecting stdio",
@@ -40,6 +43,7 @@ const STAGE_NAMES: [&str; 8] = [
     "setuid",
     "chdir to working-dir",
     "execve",
+    "joining the unit's cgroup",
 ];
 
 /// Fork; the child execs `plan` and never returns. Returns the child's pid.
@@ -124,12 +128,27 @@ unsafe fn exec_child(
     unsafe {
         // Default dispositions for every signal: exec resets handled signals but keeps
         // ignored ones (Rust's runtime ignores SIGPIPE, for one).
-        let mut dfl: libc::sigaction = std::mem::zeroed();
-        dfl.sa_sigaction = libc::SIG_DFL;
+        //
+        // The raw rt_sigaction, not glibc's wrapper: glibc refuses (EINVAL) to touch the two
+        // signals it reserves (32, 33), yet its posix_spawn leaves them SIG_IGN in children, so
+        // a corral started by e.g. a Rust program would pass them on ignored to every unit.
+        // An all-zero kernel `struct sigaction` is SIG_DFL, no flags, empty mask, whatever the
+        // architecture's field order; the last argument is the kernel sigset size (64 bits).
+        let dfl = [0u64; 4];
         for signal in 1..NSIG {
             if signal != libc::SIGKILL && signal != libc::SIGSTOP {
-                // EINVAL for the signals glibc reserves is expected and harmless.
-                libc::sigaction(signal, &dfl, std::ptr::null_mut());
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    signal,
+                    dfl.as_ptr(),
+                    std::ptr::null_mut::<u64>(),
+                    8usize,
+                );
+            }
+        }
+        for &fd in plan.join_cgroups {
+            if libc::write(fd, b"0".as_ptr().cast(), 1) < 0 {
+                fail(plan.report, 8);
             }
         }
         if libc::setsid() < 0 {

@@ -3,7 +3,7 @@
 mod child;
 
 use std::ffi::{CString, OsStr};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -97,9 +97,13 @@ fn setup<T>(operation: &'static str, result: Result<T, Errno>) -> Result<T, Spaw
     result.map_err(|errno| SpawnError::Setup { operation, errno })
 }
 
-/// Start `exec` as `who`: stdin from /dev/null, stdout and stderr into fresh pipes, a new
-/// session (its process group is its membership), nothing else inherited.
-pub fn spawn(exec: &Exec, who: Option<&Credentials>) -> Result<Child, SpawnError> {
+/// Start `exec` as `who`: inside the cgroups whose `cgroup.procs` are given, stdin from
+/// /dev/null, stdout and stderr into fresh pipes, a new session, nothing else inherited.
+pub fn spawn(
+    exec: &Exec,
+    who: Option<&Credentials>,
+    join_cgroups: &[OwnedFd],
+) -> Result<Child, SpawnError> {
     let identity = match who {
         Some(c) => c.clone(),
         None => own_identity(),
@@ -144,6 +148,7 @@ pub fn spawn(exec: &Exec, who: Option<&Credentials>) -> Result<Child, SpawnError
         setup("setting O_NONBLOCK", set_nonblocking(fd))?;
     }
 
+    let join_fds: Vec<RawFd> = join_cgroups.iter().map(AsRawFd::as_raw_fd).collect();
     let plan = child::ExecPlan {
         path: &path,
         argv: &argv,
@@ -153,6 +158,7 @@ pub fn spawn(exec: &Exec, who: Option<&Credentials>) -> Result<Child, SpawnError
         stdout: stdout_write.as_raw_fd(),
         stderr: stderr_write.as_raw_fd(),
         report: report_write.as_raw_fd(),
+        join_cgroups: &join_fds,
         credentials: who.map(|c| child::Ids {
             uid: c.uid,
             gid: c.gid,

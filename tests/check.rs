@@ -1,0 +1,75 @@
+//! Black-box `corral check`: diagnostics with file:line:col and exit codes, without a daemon.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{Corral, run_bounded};
+
+fn check(dir: &Path) -> common::Out {
+    let mut cmd = Command::new(common::BIN);
+    cmd.arg("check").arg(dir);
+    run_bounded(cmd)
+}
+
+#[test]
+fn malformed_toml_fails_with_file_line_and_column() {
+    let c = Corral::new();
+    c.unit("good", "[exec]\ncommand = [\"true\"]\n");
+    // Line 3, column 1: the table header is never closed.
+    c.unit("broken", "[exec]\ncommand = [\"true\"]\n[restart\n");
+    let out = check(&c.units);
+    assert_eq!(out.code, 1, "{out:?}");
+    let prefix = format!("{}:3:", c.units.join("broken.toml").display());
+    let column = out
+        .stderr
+        .split(&prefix)
+        .nth(1)
+        .unwrap_or_else(|| panic!("no {prefix}COL in {out:?}"));
+    assert!(
+        column.starts_with(|ch: char| ch.is_ascii_digit()),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn an_unknown_key_is_named_with_its_position() {
+    let c = Corral::new();
+    c.unit(
+        "typo",
+        "[exec]\ncommand = [\"true\"]\nworking-directory = \"/\"\n",
+    );
+    let out = check(&c.units);
+    assert_eq!(out.code, 1, "{out:?}");
+    let file = c.units.join("typo.toml");
+    assert!(
+        out.stderr.contains(&format!("{}:3:1", file.display())),
+        "{out:?}"
+    );
+    assert!(out.stderr.contains("working-directory"), "{out:?}");
+}
+
+#[test]
+fn valid_units_pass() {
+    let c = Corral::new();
+    c.unit("web", "[exec]\ncommand = [\"true\"]\n");
+    c.unit(
+        "setup",
+        "kind = \"oneshot\"\n[exec]\ncommand = [\"true\"]\n",
+    );
+    let out = check(&c.units);
+    assert_eq!(out.code, 0, "{out:?}");
+}
+
+#[test]
+fn the_shipped_units_pass() {
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("units");
+    if !shipped.is_dir() {
+        eprintln!("SKIPPED: no units/ directory in this checkout");
+        return;
+    }
+    let out = check(&shipped);
+    assert_eq!(out.code, 0, "{out:?}");
+}

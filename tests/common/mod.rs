@@ -1,0 +1,369 @@
+//! Shared harness: a real `corral run` in a temp dir, its JSON log on a channel, a bounded CLI.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::io::{BufRead, BufReader};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_corral");
+/// Every wait for an event gives up after this long; generous, since a slow CI box is no bug.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// True when running as root; otherwise skips (or, under `CI=true`, fails) the calling test.
+pub fn require_root() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("corral's black-box tests need root, and CI=true does not allow skipping them");
+    }
+    eprintln!("SKIPPED: corral's black-box tests need root (try `sudo -E cargo test`)");
+    false
+}
+
+/// One finished CLI invocation.
+#[derive(Debug)]
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Out {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not one JSON value ({e}): {self:?}"))
+    }
+}
+
+/// Runs `cmd` to completion, killing it and failing the test if it takes longer than DEADLINE.
+pub fn run_bounded(mut cmd: Command) -> Out {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning the corral CLI");
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(DEADLINE) {
+        Ok(output) => {
+            let output = output.expect("waiting for the corral CLI");
+            Out {
+                code: output.status.code().unwrap_or(-1),
+                stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            }
+        }
+        Err(_) => {
+            // Still unreaped (the thread is blocked in wait), so the pid is still ours.
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            panic!("{cmd:?} did not finish within {DEADLINE:?}");
+        }
+    }
+}
+
+/// Waits at most `timeout` for `child` to exit (pidfd, no polling loop).
+pub fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    if let Ok(Some(status)) = child.try_wait() {
+        return Some(status);
+    }
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) };
+    if raw >= 0 {
+        // SAFETY: `raw` is a fresh descriptor that nothing else owns.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(raw as i32) };
+        let end = Instant::now() + timeout;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            let mut fds = [nix::poll::PollFd::new(
+                pidfd.as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            let ms = nix::poll::PollTimeout::try_from(left).unwrap_or(nix::poll::PollTimeout::MAX);
+            match nix::poll::poll(&mut fds, ms) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                _ => break,
+            }
+        }
+    }
+    child.try_wait().ok().flatten()
+}
+
+/// `text` as a TOML basic string (JSON's escapes are a subset of TOML's).
+pub fn toml_str(text: &str) -> String {
+    serde_json::Value::from(text).to_string()
+}
+
+/// The message of a corral JSON log line ("" when it has none).
+pub fn msg(line: &Value) -> &str {
+    line["fields"]["message"].as_str().unwrap_or("")
+}
+
+/// The `unit` field of a log line ("" when it has none).
+pub fn unit_of(line: &Value) -> &str {
+    line["fields"]["unit"].as_str().unwrap_or("")
+}
+
+/// A line of output that `unit` itself wrote (corral logs those with target "unit").
+pub fn is_output(line: &Value, unit: &str) -> bool {
+    line["target"] == "unit" && unit_of(line) == unit
+}
+
+/// A supervisor message about `unit` that contains `needle`.
+pub fn is_about(line: &Value, unit: &str, needle: &str) -> bool {
+    line["target"] != "unit" && unit_of(line) == unit && msg(line).contains(needle)
+}
+
+/// The pid of a `reaped` debug line.
+pub fn reaped_pid(line: &Value) -> Option<i64> {
+    msg(line)
+        .starts_with("reaped")
+        .then(|| line["fields"]["pid"].as_i64())
+        .flatten()
+}
+
+/// A corral supervisor with its own units dir and socket in a temp dir.
+pub struct Corral {
+    dir: tempfile::TempDir,
+    pub units: PathBuf,
+    pub socket: PathBuf,
+    child: Option<Child>,
+    log: Option<Receiver<Value>>,
+    /// Every log line received so far, in order.
+    pub seen: Vec<Value>,
+    /// `wait_log` looks at lines from here on.
+    cursor: usize,
+}
+
+impl Corral {
+    /// A temp dir with an empty units dir; nothing runs until `launch`.
+    pub fn new() -> Corral {
+        let dir = tempfile::tempdir().expect("creating a temp dir");
+        let units = dir.path().join("units");
+        std::fs::create_dir(&units).expect("creating the units dir");
+        // A directory corral creates itself, so its mode is corral's doing.
+        let socket = dir.path().join("run").join("control.sock");
+        Corral {
+            dir,
+            units,
+            socket,
+            child: None,
+            log: None,
+            seen: Vec::new(),
+            cursor: 0,
+        }
+    }
+
+    /// A path inside the test's temp dir (for markers and FIFOs the units use).
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes `units/<name>.toml`.
+    pub fn unit(&self, name: &str, toml: &str) -> &Corral {
+        std::fs::write(self.units.join(format!("{name}.toml")), toml).expect("writing a unit");
+        self
+    }
+
+    /// Starts `corral run` with debug JSON logs and waits until it serves its socket.
+    pub fn launch(&mut self, extra_args: &[&str]) -> &mut Corral {
+        let mut child = Command::new(BIN)
+            .arg("run")
+            .arg(&self.units)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(["--log-format", "json"])
+            .args(extra_args)
+            .env("CORRAL_LOG", "debug")
+            .env_remove("CORRAL_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning corral run");
+        let stderr = child.stderr.take().expect("corral's stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let value = serde_json::from_str(&line)
+                    .unwrap_or_else(|_| serde_json::json!({ "raw": line }));
+                if tx.send(value).is_err() {
+                    break;
+                }
+            }
+        });
+        self.child = Some(child);
+        self.log = Some(rx);
+        // Logged once the socket is bound and listening.
+        self.wait_log("corral supervising", |l| msg(l) == "corral supervising");
+        self
+    }
+
+    /// corral's pid.
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("corral was launched").id() as i32
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.pid()), signal).expect("signalling corral");
+    }
+
+    /// Receives one more log line; false once the deadline passed or the log ended.
+    fn pull(&mut self, deadline: Instant) -> bool {
+        let Some(rx) = &self.log else { return false };
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                self.seen.push(line);
+                true
+            }
+            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => false,
+        }
+    }
+
+    /// The next log line (after the previous match) for which `pred` holds.
+    pub fn wait_log(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            while self.cursor < self.seen.len() {
+                self.cursor += 1;
+                if pred(&self.seen[self.cursor - 1]) {
+                    return self.seen[self.cursor - 1].clone();
+                }
+            }
+            if !self.pull(deadline) {
+                self.fail(&format!("waiting for {what}"));
+            }
+        }
+    }
+
+    /// Waits until `n` lines of the whole log satisfy `pred`; returns them (the cursor stays).
+    pub fn wait_count(
+        &mut self,
+        what: &str,
+        n: usize,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Vec<Value> {
+        let deadline = Instant::now() + DEADLINE;
+        let mut found: Vec<Value> = self.seen.iter().filter(|l| pred(l)).cloned().collect();
+        while found.len() < n {
+            if !self.pull(deadline) {
+                self.fail(&format!("waiting for {n} x {what} (saw {})", found.len()));
+            }
+            let last = self.seen.last().expect("a line was just pulled");
+            if pred(last) {
+                found.push(last.clone());
+            }
+        }
+        found
+    }
+
+    /// Waits (bounded) for corral to exit, then collects the rest of its log.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let child = self.child.as_mut().expect("corral was launched");
+        let status = wait_child(child, DEADLINE);
+        let Some(status) = status else {
+            self.fail("waiting for corral to exit");
+        };
+        let deadline = Instant::now() + DEADLINE;
+        while self.pull(deadline) {}
+        status
+    }
+
+    /// Fails the test with what corral logged.
+    pub fn fail(&self, what: &str) -> ! {
+        let tail: Vec<String> = self
+            .seen
+            .iter()
+            .rev()
+            .take(80)
+            .rev()
+            .map(|l| {
+                let fields = &l["fields"];
+                let text = if fields.is_null() {
+                    l.to_string()
+                } else {
+                    format!("{} {} {}", l["timestamp"], l["level"], fields)
+                };
+                text.chars().take(300).collect::<String>()
+            })
+            .collect();
+        panic!(
+            "{what}: gave up after {DEADLINE:?}; corral's log so far:\n{}",
+            tail.join("\n")
+        );
+    }
+
+    /// A `corral --socket SOCK ARGS...` command, not yet run.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .env_remove("CORRAL_SOCKET");
+        cmd
+    }
+
+    /// Runs the CLI against this supervisor.
+    pub fn cli(&self, args: &[&str]) -> Out {
+        run_bounded(self.cmd(args))
+    }
+
+    /// Runs the CLI and requires exit 0.
+    pub fn ok(&self, args: &[&str]) -> Out {
+        let out = self.cli(args);
+        assert_eq!(out.code, 0, "corral {args:?} failed: {out:?}");
+        out
+    }
+
+    /// `status UNIT --json` of one unit.
+    pub fn status(&self, unit: &str) -> Value {
+        let out = self.cli(&["status", unit, "--json"]);
+        assert!(
+            out.code == 0 || out.code == 3,
+            "corral status {unit} failed: {out:?}"
+        );
+        out.json()["units"][0].clone()
+    }
+
+    /// A raw connection to the control socket; reads give up after DEADLINE.
+    pub fn connect(&self) -> UnixStream {
+        let stream = UnixStream::connect(&self.socket).expect("connecting to the control socket");
+        stream
+            .set_read_timeout(Some(DEADLINE))
+            .expect("setting a read timeout");
+        stream
+    }
+}
+
+impl Drop for Corral {
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if matches!(child.try_wait(), Ok(None)) {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+            if wait_child(&mut child, DEADLINE).is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}

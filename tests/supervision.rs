@@ -1,0 +1,395 @@
+//! Black-box supervision: restarts and backoff, policies, stop timeouts, reaping, order, hygiene.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use common::{Corral, is_about, is_output, msg, reaped_pid, require_root, toml_str};
+use serde_json::{Value, json};
+
+fn at(line: &Value) -> SystemTime {
+    humantime::parse_rfc3339(line["timestamp"].as_str().unwrap()).unwrap()
+}
+
+#[test]
+fn a_crashing_service_backs_off_with_growing_delays_then_fails_at_the_start_limit() {
+    if !require_root() {
+        return;
+    }
+    let mut c = Corral::new();
+    c.unit(
+        "crash",
+        r#"
+        [exec]
+        command = ["sh", "-c", "exit 1"]
+        [restart]
+        delay = "100ms"
+        "#,
+    );
+    c.launch(&[]);
+    c.wait_log("the start limit", |l| {
+        is_about(l, "crash", "start limit hit")
+    });
+
+    let backoffs: Vec<&Value> = c
+        .seen
+        .iter()
+        .filter(|l| is_about(l, "crash", "restarting in"))
+        .collect();
+    let delays: Vec<Duration> = backoffs
+        .iter()
+        .map(|l| {
+            humantime::parse_duration(msg(l).rsplit("restarting in ").next().unwrap()).unwrap()
+        })
+        .collect();
+    // Default burst 5: five starts, so four backoffs before the limit.
+    assert_eq!(delays.len(), 4, "backoffs: {delays:?}");
+    assert_eq!(delays[0], Duration::from_millis(100));
+    for pair in delays.windows(2) {
+        assert_eq!(pair[1], pair[0] * 2, "delays must double: {delays:?}");
+    }
+    // corral's own clock agrees: the wait before the last restart is longer than the first.
+    let gaps: Vec<Duration> = backoffs
+        .iter()
+        .map(|b| {
+            let started = c
+                .seen
+                .iter()
+                .find(|l| is_about(l, "crash", "started") && at(l) >= at(b))
+                .unwrap();
+            at(started).duration_since(at(b)).unwrap()
+        })
+        .collect();
+    assert!(gaps[3] > gaps[0], "gaps do not grow: {gaps:?}");
+
+    let status = c.status("crash");
+    assert_eq!(status["state"], "failed", "{status}");
+    assert!(
+        status["error"].as_str().unwrap().contains("start limit"),
+        "{status}"
+    );
+    assert_eq!(status["restarts"], 4);
+    assert_eq!(status["last_exit"], json!({"code": 1}));
+}
+
+#[test]
+fn restart_policies_and_success_exit_codes() {
+    if !require_root() {
+        return;
+    }
+    let mut c = Corral::new();
+    // burst 2: a unit that is restarted once ends `failed` at the start limit, so every unit
+    // below reaches a final state and one status read tells what its policy did.
+    let unit = |policy: &str, script: &str, extra: &str| {
+        format!(
+            "[exec]\ncommand = [\"sh\", \"-c\", \"{script}\"]\n[restart]\npolicy = \"{policy}\"\n\
+             delay = \"50ms\"\nstart-limit-burst = 2\n{extra}"
+        )
+    };
+    c.unit("never", &unit("never", "exit 1", ""));
+    c.unit(
+        "codes",
+        &unit("on-failure", "exit 3", "success-exit-codes = [0, 3]"),
+    );
+    c.unit("failure-ok", &unit("on-failure", "exit 0", ""));
+    c.unit("failure-bad", &unit("on-failure", "exit 1", ""));
+    c.unit("abnormal-code", &unit("on-abnormal", "exit 1", ""));
+    c.unit("abnormal-signal", &unit("on-abnormal", "kill -KILL $$", ""));
+    c.unit("oom-code", &unit("on-oom", "exit 1", ""));
+    c.unit("oom-kill", &unit("on-oom", "exec sleep 1000", ""));
+    c.unit("always", &unit("always", "exit 0", ""));
+    c.launch(&[]);
+
+    c.wait_count("oom-kill running", 1, |l| {
+        is_about(l, "oom-kill", "started")
+    });
+    c.ok(&["kill", "oom-kill", "--signal", "SIGKILL"]);
+
+    let expect = [
+        ("never", "failed", 0, json!({"code": 1})),
+        ("codes", "exited", 0, json!({"code": 3})),
+        ("failure-ok", "exited", 0, json!({"code": 0})),
+        ("failure-bad", "failed", 1, json!({"code": 1})),
+        ("abnormal-code", "failed", 0, json!({"code": 1})),
+        ("abnormal-signal", "failed", 1, json!({"signal": "SIGKILL"})),
+        ("oom-code", "failed", 0, json!({"code": 1})),
+        ("oom-kill", "failed", 0, json!({"signal": "SIGKILL"})),
+        ("always", "failed", 1, json!({"code": 0})),
+    ];
+    for (name, state, restarts, last_exit) in expect {
+        let restarts: usize = restarts;
+        c.wait_count(&format!("{name} to settle"), 1, |l| {
+            is_about(l, name, "not restarting") || is_about(l, name, "start limit hit")
+        });
+        let status = c.status(name);
+        assert_eq!(status["state"], state, "{name}: {status}");
+        assert_eq!(status["restarts"], restarts, "{name}: {status}");
+        assert_eq!(status["last_exit"], last_exit, "{name}: {status}");
+        let started = c
+            .seen
+            .iter()
+            .filter(|l| is_about(l, name, "started"))
+            .count();
+        assert_eq!(started, restarts + 1, "{name}: starts logged");
+    }
+}
+
+#[test]
+fn a_process_ignoring_sigterm_is_killed_at_the_stop_timeout() {
+    if !require_root() {
+        return;
+    }
+    let mut c = Corral::new();
+    c.unit(
+        "stubborn",
+        r#"
+        [exec]
+        command = ["sh", "-c", "trap '' TERM; echo ready; exec sleep 1000"]
+        [stop]
+        timeout = "1s"
+        "#,
+    );
+    c.launch(&[]);
+    c.wait_log("stubborn ready", |l| {
+        is_output(l, "stubborn") && msg(l) == "ready"
+    });
+    let pid = c.status("stubborn")["pid"].as_i64().unwrap();
+
+    c.ok(&["stop", "stubborn"]);
+    c.wait_count("the SIGKILL warning", 1, |l| {
+        is_about(l, "stubborn", "did not stop within 1s")
+    });
+    let status = c.status("stubborn");
+    assert_eq!(status["state"], "inactive", "{status}");
+    assert_eq!(status["last_exit"], json!({"signal": "SIGKILL"}));
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "pid {pid} is still there"
+    );
+}
+
+#[test]
+fn a_double_forked_orphan_is_reaped() {
+    if !require_root() {
+        return;
+    }
+    let mut c = Corral::new();
+    // The subshell exits at once, so `sleep 0.3` is orphaned and reparented to corral.
+    c.unit(
+        "forker",
+        r#"
+        [exec]
+        command = ["sh", "-c", "(sleep 0.3 & echo orphan $!); exec sleep 1000"]
+        "#,
+    );
+    c.launch(&[]);
+    let line = c.wait_log("the orphan's pid", |l| {
+        is_output(l, "forker") && msg(l).starts_with("orphan ")
+    });
+    let orphan: i64 = msg(&line)["orphan ".len()..].parse().unwrap();
+    c.wait_count("corral reaping the orphan", 1, |l| {
+        reaped_pid(l) == Some(orphan)
+    });
+    assert!(
+        !Path::new(&format!("/proc/{orphan}")).exists(),
+        "orphan {orphan} is still in /proc (a zombie?)"
+    );
+    // The unit itself is untouched by its orphan's death.
+    assert_eq!(c.status("forker")["state"], "running");
+}
+
+/// Direct children of `pid` (every thread's `children` file).
+fn children(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let text = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        out.extend(text.split_whitespace().map(|p| p.parse::<i32>().unwrap()));
+    }
+    out
+}
+
+/// The state letter of /proc/PID/stat (after the parenthesised command name).
+fn proc_state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?.1.chars().next()
+}
+
+#[test]
+fn two_hundred_orphans_exiting_at_once_leave_no_zombie() {
+    if !require_root() {
+        return;
+    }
+    let mut c = Corral::new();
+    let fifo = c.path("gate");
+    // 200 orphaned `cat`s block on one FIFO; closing its only writer ends them all at once.
+    let script = format!(
+        "exec 3<>{f} 4<{f} 5>{f} 3>&-; i=0; \
+         while [ $i -lt 200 ]; do (cat <&4 >/dev/null 5>&- &); i=$((i+1)); done; \
+         echo released; exec 5>&- 4<&-; exec sleep 1000",
+        f = fifo.display()
+    );
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    c.unit(
+        "herd",
+        &format!(
+            "[exec]\ncommand = [\"sh\", \"-c\", {}]\n",
+            toml_str(&script)
+        ),
+    );
+    c.launch(&[]);
+    c.wait_log("the herd released", |l| {
+        is_output(l, "herd") && msg(l) == "released"
+    });
+    let reaped = c.wait_count("200 reaps", 200, |l| reaped_pid(l).is_some());
+    assert_eq!(reaped.len(), 200);
+
+    let zombies: Vec<i32> = children(c.pid())
+        .into_iter()
+        .filter(|&p| proc_state(p) == Some('Z'))
+        .collect();
+    assert!(zombies.is_empty(), "zombie children of corral: {zombies:?}");
+    for line in &reaped {
+        let pid = reaped_pid(line).unwrap();
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "{pid} lingers"
+        );
+    }
+    assert_eq!(c.status("herd")["state"], "running");
+}
+
+#[test]
+fn after_orders_a_service_behind_its_oneshot() {
+    if !require_root() {
+        return;
+    }
+    let mut c = Corral::new();
+    let marker = c.path("marker");
+    // The oneshot takes a moment, so a service started too early would miss the marker.
+    c.unit(
+        "setup",
+        &format!(
+            "kind = \"oneshot\"\n[exec]\ncommand = [\"sh\", \"-c\", \"sleep 0.3; echo ok > {}\"]\n",
+            marker.display()
+        ),
+    );
+    c.unit(
+        "app",
+        &format!(
+            "after = [\"setup\"]\n[exec]\ncommand = [\"sh\", \"-c\", \
+             \"test -e {} || exit 9; echo saw marker; exec sleep 1000\"]\n\
+             [restart]\npolicy = \"never\"\n",
+            marker.display()
+        ),
+    );
+    c.launch(&[]);
+    c.wait_log("app seeing the marker", |l| {
+        is_output(l, "app") && msg(l) == "saw marker"
+    });
+    assert_eq!(c.status("app")["state"], "running");
+    assert_eq!(c.status("setup")["state"], "exited");
+
+    let index = |pred: &dyn Fn(&Value) -> bool| c.seen.iter().position(pred).unwrap();
+    let setup_started = index(&|l| is_about(l, "setup", "started"));
+    let setup_done = index(&|l| is_about(l, "setup", "exited with code 0"));
+    let app_started = index(&|l| is_about(l, "app", "started"));
+    assert!(
+        setup_started < setup_done && setup_done < app_started,
+        "log order: setup started {setup_started}, done {setup_done}, app started {app_started}"
+    );
+}
+
+#[test]
+fn a_unit_gets_clean_signals_only_stdio_and_a_minimal_environment() {
+    if !require_root() {
+        return;
+    }
+    let mut c = Corral::new();
+    c.unit(
+        "plain",
+        r#"
+        [exec]
+        command = ["sleep", "1000"]
+        env = { GREETING = "hello" }
+        "#,
+    );
+    c.launch(&[]);
+    c.wait_log("plain started", |l| is_about(l, "plain", "started"));
+    let pid = c.status("plain")["pid"].as_i64().unwrap();
+
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    for key in ["SigBlk:", "SigIgn:"] {
+        let line = status.lines().find(|l| l.starts_with(key)).unwrap();
+        assert!(line.ends_with("0000000000000000"), "{line}");
+    }
+    let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    fds.sort();
+    assert_eq!(fds, ["0", "1", "2"]);
+
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let mut keys: Vec<String> = environ
+        .split(|&b| b == 0)
+        .filter(|v| !v.is_empty())
+        .map(|v| {
+            String::from_utf8_lossy(v)
+                .split('=')
+                .next()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    keys.sort();
+    assert_eq!(keys, ["GREETING", "HOME", "LOGNAME", "PATH", "USER"]);
+    assert!(environ.windows(14).any(|w| w == b"GREETING=hello"));
+}
+
+/// VmHWM (peak resident set) of `pid`, in bytes.
+fn peak_rss(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kb * 1024
+}
+
+#[test]
+fn twenty_megabytes_without_a_newline_keep_corral_bounded() {
+    if !require_root() {
+        return;
+    }
+    const BYTES: usize = 20_000_000;
+    let mut c = Corral::new();
+    c.unit(
+        "firehose",
+        &format!(
+            "kind = \"oneshot\"\n[exec]\ncommand = [\"sh\", \"-c\", {}]\n",
+            toml_str(&format!(r"head -c {BYTES} /dev/zero | tr '\0' x"))
+        ),
+    );
+    c.launch(&[]);
+    c.wait_count("firehose to exit", 1, |l| {
+        is_about(l, "firehose", "exited with code 0")
+    });
+    // Every byte arrives as bounded pieces; the last piece ends the output.
+    let mut total = 0;
+    let mut pieces = 0;
+    while total < BYTES {
+        let line = c.wait_log("the rest of the output", |l| is_output(l, "firehose"));
+        let text = msg(&line);
+        assert!(text.bytes().all(|b| b == b'x'), "unexpected output");
+        total += text.len();
+        pieces += 1;
+    }
+    assert_eq!(total, BYTES);
+    assert!(pieces > 1, "a 20 MB line must be split");
+    assert_eq!(c.status("firehose")["state"], "exited");
+    let peak = peak_rss(c.pid());
+    assert!(peak < 64 << 20, "corral's peak RSS is {} MiB", peak >> 20);
+}
