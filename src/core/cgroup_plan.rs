@@ -566,3 +566,54 @@ mod tests {
         assert!(plan.unsupported[1].reason.contains("/dev/nope"));
     }
 }
+
+/// A unit's cgroup below R (SPEC 4): `a.slice/b.slice/name.service`, or `name.slice` for a
+/// slice, following `slice` parents through `parent_of`.
+pub fn unit_cgroup(
+    name: &crate::unit::UnitName,
+    kind: crate::unit::UnitKind,
+    parent_of: &dyn Fn(&crate::unit::UnitName) -> Option<crate::unit::UnitName>,
+) -> std::path::PathBuf {
+    let suffix = match kind {
+        crate::unit::UnitKind::Slice => "slice",
+        _ => "service",
+    };
+    let mut parts = vec![format!("{name}.{suffix}")];
+    let mut parent = parent_of(name);
+    // Validation rejects slice cycles; the bound keeps a bug from looping forever.
+    while let Some(p) = parent
+        && parts.len() < 64
+    {
+        parts.push(format!("{p}.slice"));
+        parent = parent_of(&p);
+    }
+    parts.iter().rev().collect()
+}
+
+#[cfg(test)]
+mod path_tests {
+    use super::*;
+    use crate::unit::{UnitKind, UnitName};
+
+    #[test]
+    fn services_live_under_their_slice_chain() {
+        let n = |s: &str| UnitName::new(s).unwrap();
+        let parent_of = |u: &UnitName| match u.as_str() {
+            "web" => Some(n("frontend")),
+            "frontend" => Some(n("apps")),
+            _ => None,
+        };
+        assert_eq!(
+            unit_cgroup(&n("web"), UnitKind::Service, &parent_of),
+            std::path::PathBuf::from("apps.slice/frontend.slice/web.service")
+        );
+        assert_eq!(
+            unit_cgroup(&n("frontend"), UnitKind::Slice, &parent_of),
+            std::path::PathBuf::from("apps.slice/frontend.slice")
+        );
+        assert_eq!(
+            unit_cgroup(&n("db"), UnitKind::Oneshot, &parent_of),
+            std::path::PathBuf::from("db.service")
+        );
+    }
+}

@@ -1,5 +1,6 @@
 //! The thin OS layer: every syscall corral makes lives below here, each door rooted at a parameter.
 
+pub mod cgroup;
 pub mod control_socket;
 pub mod poller;
 pub mod process_group;

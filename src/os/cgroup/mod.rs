@@ -1,0 +1,253 @@
+//! cgroup management: one `Backend` trait, a v1 and a v2 implementation behind `Cgroups`, and the
+//! operations built on it (apply a plan, signal or kill every member, remove).
+//!
+//! Every path is rooted at an injected mount point and root, so tests run against a fake
+//! cgroupfs in a temporary directory.
+
+pub mod discover;
+pub mod stats;
+mod v1;
+mod v2;
+
+use std::collections::HashSet;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::core::cgroup_plan::{Plan, Setting, Version};
+use crate::proto::Usage;
+
+pub use v1::V1;
+pub use v2::V2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("{operation} {path}: {source}")]
+    Io {
+        operation: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("writing {value:?} to {path}: {source}")]
+    Write {
+        value: String,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("no cgroup file system is mounted")]
+    NotMounted,
+    #[error("--cgroup-root {0} must be an absolute cgroup path such as /corral")]
+    BadRoot(PathBuf),
+    #[error("cannot find corral's own cgroup in /proc/self/cgroup")]
+    OwnCgroupUnknown,
+    #[error("{0} is not available on this system")]
+    Unavailable(&'static str),
+}
+
+fn io_error(operation: &'static str, path: &Path) -> impl FnOnce(io::Error) -> CgroupError {
+    let path = path.to_owned();
+    move |source| CgroupError::Io {
+        operation,
+        path,
+        source,
+    }
+}
+
+/// Writes `value` to a kernel file that must already exist (never creates one).
+pub(crate) fn write_file(path: &Path, value: &str) -> Result<(), CgroupError> {
+    let result = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .and_then(|mut f| io::Write::write_all(&mut f, value.as_bytes()));
+    result.map_err(|source| CgroupError::Write {
+        value: value.to_owned(),
+        path: path.to_owned(),
+        source,
+    })
+}
+
+pub(crate) fn read_file(path: &Path) -> Result<String, CgroupError> {
+    std::fs::read_to_string(path).map_err(io_error("reading", path))
+}
+
+pub(crate) fn read_pids(path: &Path) -> Result<Vec<i32>, CgroupError> {
+    Ok(read_file(path)?
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect())
+}
+
+/// `mkdir`, treating "already there" as success.
+pub(crate) fn make_dir(path: &Path) -> Result<bool, CgroupError> {
+    match std::fs::create_dir(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(io_error("creating cgroup", path)(e)),
+    }
+}
+
+/// `rmdir`: `Ok(false)` while the kernel still counts live members (EBUSY); gone is success.
+pub(crate) fn remove_dir(path: &Path) -> Result<bool, CgroupError> {
+    match std::fs::remove_dir(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Ok(false),
+        Err(e) => Err(io_error("removing cgroup", path)(e)),
+    }
+}
+
+pub(crate) fn open_for_join(path: &Path) -> Result<OwnedFd, CgroupError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+        .map(OwnedFd::from)
+        .map_err(io_error("opening", path))
+}
+
+/// What a cgroup version must provide. `rel` is always relative to corral's root R.
+pub trait Backend {
+    fn version(&self) -> Version;
+    /// Creates R, moves corral out of it where v2 requires, and enables controllers.
+    fn prepare_root(&mut self) -> Result<Vec<String>, CgroupError>;
+    /// Creates `rel` and its missing parents; `holds_children` for slices (v2 enables
+    /// controllers below it).
+    fn create(&self, rel: &Path, holds_children: bool) -> Result<(), CgroupError>;
+    fn write(&self, rel: &Path, setting: &Setting) -> Result<(), CgroupError>;
+    /// `cgroup.procs` of every hierarchy, open for the child to write "0" into before exec.
+    fn join_fds(&self, rel: &Path) -> Result<Vec<OwnedFd>, CgroupError>;
+    fn procs(&self, rel: &Path) -> Result<Vec<i32>, CgroupError>;
+    fn set_frozen(&self, rel: &Path, frozen: bool) -> Result<(), CgroupError>;
+    /// v2 `cgroup.kill` (5.14+): `Ok(true)` when the kernel killed every member at once.
+    fn kill_switch(&self, rel: &Path) -> Result<bool, CgroupError>;
+    /// `Ok(false)` while the cgroup still has members (retry later).
+    fn remove(&self, rel: &Path) -> Result<bool, CgroupError>;
+    fn exists(&self, rel: &Path) -> bool;
+    fn usage(&self, rel: &Path) -> Usage;
+    /// The kernel's count of OOM kills in the cgroup.
+    fn oom_kills(&self, rel: &Path) -> Option<u64>;
+    /// The cgroup as users name it: `/R/rel`.
+    fn display(&self, rel: &Path) -> String;
+}
+
+/// The detected backend.
+pub enum Cgroups {
+    V1(V1),
+    V2(V2),
+}
+
+impl std::ops::Deref for Cgroups {
+    type Target = dyn Backend;
+    fn deref(&self) -> &Self::Target {
+        match self {
+            Cgroups::V1(b) => b,
+            Cgroups::V2(b) => b,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Cgroups {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        match self {
+            Cgroups::V1(b) => b,
+            Cgroups::V2(b) => b,
+        }
+    }
+}
+
+/// Finds the mounted hierarchies and corral's root R: `root` (an absolute cgroup path), or the
+/// cgroup corral runs in.
+pub fn detect(root: Option<&Path>) -> Result<Cgroups, CgroupError> {
+    if let Some(r) = root
+        && !r.is_absolute()
+    {
+        return Err(CgroupError::BadRoot(r.to_owned()));
+    }
+    let mounts = discover::parse_mountinfo(&read_file(Path::new("/proc/self/mountinfo"))?);
+    let own = discover::parse_proc_cgroup(&read_file(Path::new("/proc/self/cgroup"))?);
+    match mounts.version() {
+        None => Err(CgroupError::NotMounted),
+        Some(Version::V2) => {
+            let mount = mounts.unified.ok_or(CgroupError::NotMounted)?;
+            let own = own.get("").ok_or(CgroupError::OwnCgroupUnknown)?;
+            Ok(Cgroups::V2(V2::new(mount, root.unwrap_or(own), own)))
+        }
+        Some(Version::V1) => Ok(Cgroups::V1(V1::new(&mounts.v1, root, &own)?)),
+    }
+}
+
+/// Writes every setting of `plan`; returns one message per key that did not take.
+pub fn apply(backend: &dyn Backend, rel: &Path, plan: &Plan) -> Vec<String> {
+    let mut problems: Vec<String> = plan
+        .unsupported
+        .iter()
+        .map(|u| format!("{}: {}", u.key, u.reason))
+        .collect();
+    for setting in &plan.settings {
+        if let Err(e) = backend.write(rel, setting) {
+            problems.push(format!("{}: {e}", setting.key));
+        }
+    }
+    problems
+}
+
+/// Sends `signal` to every process in the cgroup.
+pub fn signal_all(backend: &dyn Backend, rel: &Path, signal: Signal) -> Result<(), CgroupError> {
+    for pid in backend.procs(rel)? {
+        send(pid, signal);
+    }
+    Ok(())
+}
+
+fn send(pid: i32, signal: Signal) {
+    // ESRCH: it exited between the read and the kill; nothing to do.
+    let _ = kill(Pid::from_raw(pid), signal);
+}
+
+/// SIGKILL to every process, including ones forked while we kill: `cgroup.kill` where the
+/// kernel has it; else freeze (so nobody forks), kill every listed pid until a pass finds no new
+/// one, thaw (so the kills are delivered).
+pub fn kill_all(backend: &dyn Backend, rel: &Path) -> Result<(), CgroupError> {
+    if backend.kill_switch(rel)? {
+        return Ok(());
+    }
+    let frozen = backend.set_frozen(rel, true).is_ok();
+    let mut killed = HashSet::new();
+    // Bounded: each pass kills at least one new process, and a cgroup cannot hold more
+    // processes than pid_max; in practice two passes suffice.
+    for _ in 0..10_000 {
+        let fresh: Vec<i32> = backend
+            .procs(rel)?
+            .into_iter()
+            .filter(|pid| killed.insert(*pid))
+            .collect();
+        if fresh.is_empty() {
+            break;
+        }
+        for pid in fresh {
+            send(pid, Signal::SIGKILL);
+        }
+    }
+    if frozen {
+        backend.set_frozen(rel, false)?;
+    }
+    Ok(())
+}
+
+/// Is the error a missing permission (run as non-root, read-only cgroupfs)?
+pub fn is_permission_error(e: &CgroupError) -> bool {
+    let errno = match e {
+        CgroupError::Io { source, .. } | CgroupError::Write { source, .. } => source.raw_os_error(),
+        _ => None,
+    };
+    matches!(
+        errno.map(Errno::from_raw),
+        Some(Errno::EACCES | Errno::EPERM | Errno::EROFS)
+    )
+}

@@ -1,0 +1,287 @@
+//! cgroup v1 (legacy and hybrid layouts): one hierarchy per controller (or co-mounted group), the
+//! same relative path in each.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::fd::OwnedFd;
+use std::path::{Component, Path, PathBuf};
+
+use crate::core::cgroup_plan::{Controller, Setting, Version};
+use crate::proto::Usage;
+
+use super::stats::{flat_keyed, io_service_bytes_v1, single};
+use super::{
+    Backend, CgroupError, make_dir, open_for_join, read_file, read_pids, remove_dir, write_file,
+};
+
+/// One mounted hierarchy and R inside it.
+#[derive(Debug, Clone)]
+struct Hierarchy {
+    controllers: BTreeSet<Controller>,
+    /// The directory of R in this hierarchy.
+    root: PathBuf,
+}
+
+pub struct V1 {
+    hierarchies: Vec<Hierarchy>,
+    root_rel: PathBuf,
+}
+
+fn strip(p: &Path) -> PathBuf {
+    p.components()
+        .filter(|c| matches!(c, Component::Normal(_)))
+        .collect()
+}
+
+impl V1 {
+    /// `mounts`: controller -> mount point. `root`: R for every hierarchy, or `None` for corral's
+    /// own cgroup in each (`own`, from /proc/self/cgroup).
+    pub fn new(
+        mounts: &BTreeMap<Controller, PathBuf>,
+        root: Option<&Path>,
+        own: &BTreeMap<String, PathBuf>,
+    ) -> Result<V1, CgroupError> {
+        let mut by_mount: BTreeMap<PathBuf, BTreeSet<Controller>> = BTreeMap::new();
+        for (controller, mount) in mounts {
+            by_mount
+                .entry(mount.clone())
+                .or_default()
+                .insert(*controller);
+        }
+        let mut hierarchies = Vec::new();
+        for (mount, controllers) in by_mount {
+            let rel = match root {
+                Some(r) => strip(r),
+                None => {
+                    let name = controllers
+                        .iter()
+                        .next()
+                        .map(|c| c.name(Version::V1))
+                        .unwrap_or("");
+                    strip(own.get(name).ok_or(CgroupError::OwnCgroupUnknown)?)
+                }
+            };
+            hierarchies.push(Hierarchy {
+                controllers,
+                root: mount.join(rel),
+            });
+        }
+        Ok(V1 {
+            hierarchies,
+            root_rel: root.map(strip).unwrap_or_default(),
+        })
+    }
+
+    fn hierarchy(&self, controller: Controller) -> Option<&Hierarchy> {
+        self.hierarchies
+            .iter()
+            .find(|h| h.controllers.contains(&controller))
+    }
+
+    fn dir_of(&self, controller: Controller, rel: &Path) -> Option<PathBuf> {
+        self.hierarchy(controller).map(|h| h.root.join(rel))
+    }
+
+    /// The hierarchy whose `cgroup.procs` lists a unit's members (all list the same processes).
+    fn membership(&self, rel: &Path) -> Result<PathBuf, CgroupError> {
+        [Controller::Pids, Controller::Freezer, Controller::Memory]
+            .into_iter()
+            .find_map(|c| self.dir_of(c, rel))
+            .or_else(|| self.hierarchies.first().map(|h| h.root.join(rel)))
+            .ok_or(CgroupError::NotMounted)
+    }
+
+    /// A new cpuset cgroup starts with empty `cpus` and `mems`, and no task may join it until
+    /// both are set: inherit the parent's.
+    fn inherit_cpuset(dir: &Path) -> Result<(), CgroupError> {
+        let Some(parent) = dir.parent() else {
+            return Ok(());
+        };
+        for file in ["cpuset.cpus", "cpuset.mems"] {
+            let own = read_file(&dir.join(file))?;
+            if own.trim().is_empty() {
+                let inherited = read_file(&parent.join(file))?;
+                write_file(&dir.join(file), inherited.trim())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn make_path(&self, hierarchy: &Hierarchy, base: &Path, rel: &Path) -> Result<(), CgroupError> {
+        let mut dir = base.to_owned();
+        for component in rel.components() {
+            dir.push(component);
+            make_dir(&dir)?;
+            if hierarchy.controllers.contains(&Controller::Cpuset) {
+                Self::inherit_cpuset(&dir)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Backend for V1 {
+    fn version(&self) -> Version {
+        Version::V1
+    }
+
+    fn prepare_root(&mut self) -> Result<Vec<String>, CgroupError> {
+        for h in &self.hierarchies {
+            // Walk up to the mount point: create R's missing levels from the top down.
+            let missing: Vec<&Path> = h.root.ancestors().take_while(|d| !d.exists()).collect();
+            let Some(top) = missing.last().and_then(|d| d.parent()) else {
+                continue;
+            };
+            let rel = h.root.strip_prefix(top).unwrap_or(&h.root).to_owned();
+            self.make_path(h, top, &rel)?;
+        }
+        Ok(Vec::new())
+    }
+
+    fn create(&self, rel: &Path, _holds_children: bool) -> Result<(), CgroupError> {
+        for h in &self.hierarchies {
+            self.make_path(h, &h.root, rel)?;
+        }
+        Ok(())
+    }
+
+    fn write(&self, rel: &Path, setting: &Setting) -> Result<(), CgroupError> {
+        let dir = self
+            .dir_of(setting.controller, rel)
+            .ok_or(CgroupError::Unavailable(
+                setting.controller.name(Version::V1),
+            ))?;
+        write_file(&dir.join(setting.file), &setting.value)
+    }
+
+    fn join_fds(&self, rel: &Path) -> Result<Vec<OwnedFd>, CgroupError> {
+        self.hierarchies
+            .iter()
+            .map(|h| open_for_join(&h.root.join(rel).join("cgroup.procs")))
+            .collect()
+    }
+
+    fn procs(&self, rel: &Path) -> Result<Vec<i32>, CgroupError> {
+        read_pids(&self.membership(rel)?.join("cgroup.procs"))
+    }
+
+    fn set_frozen(&self, rel: &Path, frozen: bool) -> Result<(), CgroupError> {
+        let dir = self
+            .dir_of(Controller::Freezer, rel)
+            .ok_or(CgroupError::Unavailable("the v1 freezer controller"))?;
+        write_file(
+            &dir.join("freezer.state"),
+            if frozen { "FROZEN" } else { "THAWED" },
+        )
+    }
+
+    fn kill_switch(&self, _rel: &Path) -> Result<bool, CgroupError> {
+        Ok(false)
+    }
+
+    fn remove(&self, rel: &Path) -> Result<bool, CgroupError> {
+        let mut all = true;
+        for h in &self.hierarchies {
+            all &= remove_dir(&h.root.join(rel))?;
+        }
+        Ok(all)
+    }
+
+    fn exists(&self, rel: &Path) -> bool {
+        self.hierarchies.iter().any(|h| h.root.join(rel).is_dir())
+    }
+
+    fn usage(&self, rel: &Path) -> Usage {
+        let read = |c: Controller, file: &str| {
+            self.dir_of(c, rel)
+                .and_then(|d| read_file(&d.join(file)).ok())
+        };
+        let cpu = read(Controller::Cpu, "cpu.stat");
+        let io = read(Controller::Io, "blkio.throttle.io_service_bytes")
+            .map(|t| io_service_bytes_v1(&t));
+        Usage {
+            memory_current: read(Controller::Memory, "memory.usage_in_bytes")
+                .and_then(|t| single(&t)),
+            memory_peak: read(Controller::Memory, "memory.max_usage_in_bytes")
+                .and_then(|t| single(&t)),
+            cpu_usage_usec: read(Controller::Cpuacct, "cpuacct.usage")
+                .and_then(|t| single(&t))
+                .map(|ns| ns / 1000),
+            cpu_throttled_usec: cpu
+                .as_deref()
+                .and_then(|t| flat_keyed(t, "throttled_time"))
+                .map(|ns| ns / 1000),
+            nr_throttled: cpu.as_deref().and_then(|t| flat_keyed(t, "nr_throttled")),
+            pids_current: read(Controller::Pids, "pids.current").and_then(|t| single(&t)),
+            io_read_bytes: io.map(|(r, _)| r),
+            io_write_bytes: io.map(|(_, w)| w),
+        }
+    }
+
+    fn oom_kills(&self, rel: &Path) -> Option<u64> {
+        let dir = self.dir_of(Controller::Memory, rel)?;
+        flat_keyed(
+            &read_file(&dir.join("memory.oom_control")).ok()?,
+            "oom_kill",
+        )
+    }
+
+    fn display(&self, rel: &Path) -> String {
+        Path::new("/")
+            .join(&self.root_rel)
+            .join(rel)
+            .display()
+            .to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    #[test]
+    fn a_new_cpuset_level_inherits_cpus_and_mems() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mount = tmp.path().join("cpuset");
+        fs::create_dir_all(mount.join("r/a.slice")).unwrap();
+        fs::write(mount.join("r/cpuset.cpus"), "0-3\n").unwrap();
+        fs::write(mount.join("r/cpuset.mems"), "0\n").unwrap();
+        fs::write(mount.join("r/a.slice/cpuset.cpus"), "").unwrap();
+        fs::write(mount.join("r/a.slice/cpuset.mems"), "\n").unwrap();
+        let mounts = BTreeMap::from([(Controller::Cpuset, mount.clone())]);
+        let v1 = V1::new(&mounts, Some(Path::new("/r")), &BTreeMap::new()).unwrap();
+        v1.create(Path::new("a.slice"), true).unwrap();
+        assert_eq!(
+            fs::read_to_string(mount.join("r/a.slice/cpuset.cpus")).unwrap(),
+            "0-3"
+        );
+        assert_eq!(
+            fs::read_to_string(mount.join("r/a.slice/cpuset.mems")).unwrap(),
+            "0"
+        );
+    }
+
+    #[test]
+    fn comounted_controllers_share_one_hierarchy_and_default_root_is_own_cgroup() {
+        let mounts = BTreeMap::from([
+            (Controller::Cpu, PathBuf::from("/cg/cpu,cpuacct")),
+            (Controller::Cpuacct, PathBuf::from("/cg/cpu,cpuacct")),
+            (Controller::Memory, PathBuf::from("/cg/memory")),
+        ]);
+        let own = BTreeMap::from([
+            ("cpu".to_string(), PathBuf::from("/a")),
+            ("cpuacct".to_string(), PathBuf::from("/a")),
+            ("memory".to_string(), PathBuf::from("/b/c")),
+        ]);
+        let v1 = V1::new(&mounts, None, &own).unwrap();
+        assert_eq!(v1.hierarchies.len(), 2);
+        assert_eq!(
+            v1.dir_of(Controller::Cpuacct, Path::new("x.service")),
+            Some(PathBuf::from("/cg/cpu,cpuacct/a/x.service"))
+        );
+        assert_eq!(
+            v1.dir_of(Controller::Memory, Path::new("x.service")),
+            Some(PathBuf::from("/cg/memory/b/c/x.service"))
+        );
+    }
+}

@@ -1,0 +1,372 @@
+//! cgroup v2 (the unified hierarchy): one tree, controllers enabled per level, no internal processes.
+
+use std::os::fd::OwnedFd;
+use std::path::{Component, Path, PathBuf};
+
+use crate::core::cgroup_plan::{Controller, Setting, Version};
+use crate::proto::Usage;
+
+use super::stats::{flat_keyed, io_stat_v2, single};
+use super::{
+    Backend, CgroupError, make_dir, open_for_join, read_file, read_pids, remove_dir, write_file,
+};
+
+/// Where corral moves itself when R is its own cgroup (no process may sit beside child cgroups).
+pub const SCOPE: &str = "corral.scope";
+
+/// The controllers corral uses; the ones a level offers are enabled for its children.
+const WANTED: [Controller; 5] = [
+    Controller::Cpu,
+    Controller::Cpuset,
+    Controller::Io,
+    Controller::Memory,
+    Controller::Pids,
+];
+
+pub struct V2 {
+    mount: PathBuf,
+    /// R as a cgroup path, e.g. `/corral`.
+    root_rel: PathBuf,
+    /// corral's own cgroup as a cgroup path.
+    own_rel: PathBuf,
+}
+
+fn strip(p: &Path) -> PathBuf {
+    p.components()
+        .filter(|c| matches!(c, Component::Normal(_)))
+        .collect()
+}
+
+impl V2 {
+    pub fn new(mount: PathBuf, root_rel: &Path, own_rel: &Path) -> V2 {
+        V2 {
+            mount,
+            root_rel: strip(root_rel),
+            own_rel: strip(own_rel),
+        }
+    }
+
+    fn dir(&self, rel: &Path) -> PathBuf {
+        self.mount.join(&self.root_rel).join(rel)
+    }
+
+    /// Enables every wanted controller that `dir` offers in its `cgroup.subtree_control`.
+    fn enable_controllers(&self, dir: &Path) -> Result<(), CgroupError> {
+        let offered = read_file(&dir.join("cgroup.controllers"))?;
+        let enabled = read_file(&dir.join("cgroup.subtree_control"))?;
+        let missing: Vec<String> = WANTED
+            .iter()
+            .map(|c| c.name(Version::V2))
+            .filter(|name| offered.split_whitespace().any(|o| o == *name))
+            .filter(|name| !enabled.split_whitespace().any(|e| e == *name))
+            .map(|name| format!("+{name}"))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        write_file(&dir.join("cgroup.subtree_control"), &missing.join(" "))
+    }
+}
+
+impl Backend for V2 {
+    fn version(&self) -> Version {
+        Version::V2
+    }
+
+    fn prepare_root(&mut self) -> Result<Vec<String>, CgroupError> {
+        let mut notes = Vec::new();
+        let mut dir = self.mount.clone();
+        for component in self.root_rel.components() {
+            dir.push(component);
+            make_dir(&dir)?;
+        }
+        let root = self.mount.join(&self.root_rel);
+        if self.own_rel == self.root_rel {
+            // v2 allows no process in a cgroup whose children have controllers enabled.
+            let scope = root.join(SCOPE);
+            make_dir(&scope)?;
+            write_file(&scope.join("cgroup.procs"), &std::process::id().to_string())?;
+            notes.push(format!(
+                "moved corral into {}",
+                self.display(Path::new(SCOPE))
+            ));
+        }
+        // Each level down to R must pass the controllers on; the mount root always may.
+        let mut dir = self.mount.clone();
+        let mut levels = vec![dir.clone()];
+        for component in self.root_rel.components() {
+            dir.push(component);
+            levels.push(dir.clone());
+        }
+        for level in levels {
+            if let Err(e) = self.enable_controllers(&level) {
+                notes.push(format!("enabling controllers in {}: {e}", level.display()));
+            }
+        }
+        Ok(notes)
+    }
+
+    fn create(&self, rel: &Path, holds_children: bool) -> Result<(), CgroupError> {
+        let mut dir = self.dir(Path::new(""));
+        for component in rel.components() {
+            dir.push(component);
+            make_dir(&dir)?;
+        }
+        if holds_children {
+            self.enable_controllers(&dir)?;
+        }
+        Ok(())
+    }
+
+    fn write(&self, rel: &Path, setting: &Setting) -> Result<(), CgroupError> {
+        write_file(&self.dir(rel).join(setting.file), &setting.value)
+    }
+
+    fn join_fds(&self, rel: &Path) -> Result<Vec<OwnedFd>, CgroupError> {
+        Ok(vec![open_for_join(&self.dir(rel).join("cgroup.procs"))?])
+    }
+
+    fn procs(&self, rel: &Path) -> Result<Vec<i32>, CgroupError> {
+        read_pids(&self.dir(rel).join("cgroup.procs"))
+    }
+
+    fn set_frozen(&self, rel: &Path, frozen: bool) -> Result<(), CgroupError> {
+        write_file(
+            &self.dir(rel).join("cgroup.freeze"),
+            if frozen { "1" } else { "0" },
+        )
+    }
+
+    fn kill_switch(&self, rel: &Path) -> Result<bool, CgroupError> {
+        let file = self.dir(rel).join("cgroup.kill");
+        if !file.exists() {
+            return Ok(false);
+        }
+        write_file(&file, "1").map(|()| true)
+    }
+
+    fn remove(&self, rel: &Path) -> Result<bool, CgroupError> {
+        remove_dir(&self.dir(rel))
+    }
+
+    fn exists(&self, rel: &Path) -> bool {
+        self.dir(rel).is_dir()
+    }
+
+    fn usage(&self, rel: &Path) -> Usage {
+        let dir = self.dir(rel);
+        let read = |file: &str| read_file(&dir.join(file)).ok();
+        let cpu = read("cpu.stat");
+        let cpu_key = |key| cpu.as_deref().and_then(|t| flat_keyed(t, key));
+        let io = read("io.stat").map(|t| io_stat_v2(&t));
+        Usage {
+            memory_current: read("memory.current").and_then(|t| single(&t)),
+            memory_peak: read("memory.peak").and_then(|t| single(&t)),
+            cpu_usage_usec: cpu_key("usage_usec"),
+            cpu_throttled_usec: cpu_key("throttled_usec"),
+            nr_throttled: cpu_key("nr_throttled"),
+            pids_current: read("pids.current").and_then(|t| single(&t)),
+            io_read_bytes: io.map(|(r, _)| r),
+            io_write_bytes: io.map(|(_, w)| w),
+        }
+    }
+
+    fn oom_kills(&self, rel: &Path) -> Option<u64> {
+        let events = read_file(&self.dir(rel).join("memory.events")).ok()?;
+        flat_keyed(&events, "oom_kill")
+    }
+
+    fn display(&self, rel: &Path) -> String {
+        Path::new("/")
+            .join(&self.root_rel)
+            .join(rel)
+            .display()
+            .to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::cgroup_plan::{self, Plan};
+    use crate::os::cgroup::apply;
+    use crate::unit::{ByteLimit, CpuPercent, DeviceSpec, IoLimit, OomConfig, Resources};
+    use std::fs;
+
+    /// A fake cgroup2 mount: the files the kernel would show in each directory.
+    fn fake_cgroup(dir: &Path, controllers: &str) {
+        fs::create_dir_all(dir).unwrap();
+        for (file, content) in [
+            ("cgroup.controllers", controllers),
+            ("cgroup.subtree_control", ""),
+            ("cgroup.procs", ""),
+            ("cgroup.freeze", "0"),
+            ("cpu.max", "max 100000"),
+            ("cpu.weight", "100"),
+            ("cpuset.cpus", ""),
+            ("memory.max", "max"),
+            ("memory.high", "max"),
+            ("memory.swap.max", "max"),
+            ("memory.oom.group", "0"),
+            ("pids.max", "max"),
+            ("io.weight", "default 100"),
+            ("io.max", ""),
+        ] {
+            fs::write(dir.join(file), content).unwrap();
+        }
+    }
+
+    fn read(path: &Path) -> String {
+        fs::read_to_string(path).unwrap()
+    }
+
+    #[test]
+    fn root_gets_controllers_enabled_and_a_slice_passes_them_down() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mount = tmp.path();
+        fake_cgroup(mount, "cpuset cpu io memory hugetlb pids rdma");
+        fake_cgroup(&mount.join("corral"), "cpuset cpu io memory pids");
+        fake_cgroup(&mount.join("corral/web.slice"), "cpu io memory pids");
+        let mut v2 = V2::new(
+            mount.to_owned(),
+            Path::new("/corral"),
+            Path::new("/elsewhere"),
+        );
+        let notes = v2.prepare_root().unwrap();
+        assert!(notes.is_empty(), "{notes:?}");
+        assert_eq!(
+            read(&mount.join("cgroup.subtree_control")),
+            "+cpu +cpuset +io +memory +pids"
+        );
+        v2.create(Path::new("web.slice"), true).unwrap();
+        assert_eq!(
+            read(&mount.join("corral/web.slice/cgroup.subtree_control")),
+            "+cpu +io +memory +pids"
+        );
+        assert_eq!(
+            v2.display(Path::new("web.slice/a.service")),
+            "/corral/web.slice/a.service"
+        );
+    }
+
+    #[test]
+    fn corral_moves_into_its_scope_when_the_root_is_its_own_cgroup() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mount = tmp.path();
+        fake_cgroup(mount, "cpu memory");
+        fake_cgroup(&mount.join("corral.scope"), "");
+        let mut v2 = V2::new(mount.to_owned(), Path::new("/"), Path::new("/"));
+        v2.prepare_root().unwrap();
+        assert_eq!(
+            read(&mount.join("corral.scope/cgroup.procs")),
+            std::process::id().to_string()
+        );
+    }
+
+    #[test]
+    fn a_plan_lands_in_the_v2_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mount = tmp.path();
+        let unit_dir = mount.join("r/app.service");
+        fake_cgroup(&unit_dir, "");
+        let v2 = V2::new(mount.to_owned(), Path::new("/r"), Path::new("/"));
+        let resources = Resources {
+            cpu_quota: Some(CpuPercent(50)),
+            cpu_weight: Some(300),
+            allowed_cpus: Some("0".into()),
+            memory_max: Some(ByteLimit::Bytes(64 << 20)),
+            memory_high: Some(ByteLimit::Bytes(48 << 20)),
+            memory_swap_max: Some(ByteLimit::Bytes(0)),
+            pids_max: Some(Some(20)),
+            io_weight: Some(500),
+            io: vec![IoLimit {
+                device: DeviceSpec::Number { major: 8, minor: 0 },
+                read_bps: Some(ByteLimit::Bytes(1 << 20)),
+                write_bps: None,
+                read_iops: None,
+                write_iops: Some(10),
+            }],
+            ..Resources::default()
+        };
+        let oom = OomConfig {
+            group_kill: true,
+            score_adjust: None,
+        };
+        let plan: Plan = cgroup_plan::plan(&resources, &oom, Version::V2, &|_| Ok((8, 0)));
+        let problems = apply(&v2, Path::new("app.service"), &plan);
+        assert!(problems.is_empty(), "{problems:?}");
+        for (file, want) in [
+            ("cpu.max", "50000 100000"),
+            ("cpu.weight", "300"),
+            ("cpuset.cpus", "0"),
+            ("memory.max", "67108864"),
+            ("memory.high", "50331648"),
+            ("memory.swap.max", "0"),
+            ("memory.oom.group", "1"),
+            ("pids.max", "20"),
+            ("io.weight", "default 500"),
+            ("io.max", "8:0 rbps=1048576 wiops=10"),
+        ] {
+            assert_eq!(read(&unit_dir.join(file)), want, "{file}");
+        }
+    }
+
+    #[test]
+    fn a_missing_file_is_a_problem_naming_the_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        let unit_dir = tmp.path().join("app.service");
+        fs::create_dir_all(&unit_dir).unwrap();
+        let v2 = V2::new(tmp.path().to_owned(), Path::new("/"), Path::new("/x"));
+        let resources = Resources {
+            memory_swap_max: Some(ByteLimit::Bytes(0)),
+            ..Resources::default()
+        };
+        let plan = cgroup_plan::plan(&resources, &OomConfig::default(), Version::V2, &|_| {
+            Ok((0, 0))
+        });
+        let problems = apply(&v2, Path::new("app.service"), &plan);
+        assert_eq!(problems.len(), 1);
+        assert!(
+            problems[0].starts_with("memory-swap-max: writing \"0\" to "),
+            "{}",
+            problems[0]
+        );
+    }
+
+    #[test]
+    fn usage_reads_the_v2_statistics() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("u.service");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("memory.current"), "1000\n").unwrap();
+        fs::write(dir.join("memory.peak"), "2000\n").unwrap();
+        fs::write(
+            dir.join("cpu.stat"),
+            "usage_usec 30\nnr_throttled 2\nthrottled_usec 7\n",
+        )
+        .unwrap();
+        fs::write(dir.join("pids.current"), "3\n").unwrap();
+        fs::write(
+            dir.join("io.stat"),
+            "8:0 rbytes=10 wbytes=20 rios=1 wios=1\n",
+        )
+        .unwrap();
+        fs::write(dir.join("memory.events"), "oom 1\noom_kill 1\n").unwrap();
+        let v2 = V2::new(tmp.path().to_owned(), Path::new("/"), Path::new("/x"));
+        let usage = v2.usage(Path::new("u.service"));
+        assert_eq!(
+            usage,
+            Usage {
+                memory_current: Some(1000),
+                memory_peak: Some(2000),
+                cpu_usage_usec: Some(30),
+                cpu_throttled_usec: Some(7),
+                nr_throttled: Some(2),
+                pids_current: Some(3),
+                io_read_bytes: Some(10),
+                io_write_bytes: Some(20),
+            }
+        );
+        assert_eq!(v2.oom_kills(Path::new("u.service")), Some(1));
+    }
+}
