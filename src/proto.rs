@@ -113,6 +113,19 @@ pub struct Usage {
     pub io_write_bytes: Option<u64>,
 }
 
+/// The limits a unit's file asks for; null where it sets none (or "max").
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Limits {
+    pub memory_max: Option<u64>,
+    pub memory_high: Option<u64>,
+    pub memory_swap_max: Option<u64>,
+    pub cpu_quota_percent: Option<u32>,
+    pub cpu_weight: Option<u32>,
+    pub allowed_cpus: Option<String>,
+    pub pids_max: Option<u64>,
+    pub io_weight: Option<u32>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UnitStatus {
     pub name: String,
@@ -132,10 +145,16 @@ pub struct UnitStatus {
     #[serde(default)]
     pub last_exit_status: Option<i32>,
     pub cgroup: Option<String>,
+    /// Every limit of the unit (and of its slices) is in force in the kernel.
     pub limits_enforced: bool,
     #[serde(default)]
     pub limits_reason: Option<String>,
+    #[serde(default)]
+    pub limits: Limits,
     pub usage: Usage,
+    /// Paused with `corral freeze`.
+    #[serde(default)]
+    pub frozen: bool,
     /// In `backoff`: milliseconds until the next restart.
     #[serde(default)]
     pub restart_in_ms: Option<u64>,

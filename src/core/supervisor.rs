@@ -135,6 +135,11 @@ impl Supervisor {
         self.entries.get(name).map(|e| (&*e.unit, &e.rt))
     }
 
+    /// The unit whose main process has this pid.
+    pub fn unit_of_pid(&self, pid: i32) -> Option<&UnitName> {
+        self.by_pid.get(&pid)
+    }
+
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down
     }

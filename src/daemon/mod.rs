@@ -3,6 +3,7 @@
 mod clock;
 mod control;
 pub mod logging;
+mod membership;
 mod output;
 mod requests;
 mod status;
@@ -16,12 +17,11 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use tracing::{debug, error, info, warn};
 
-use crate::core::exit::ExitReport;
+use crate::core::exit::{ExitReport, Termination};
 use crate::core::service::State;
 use crate::core::supervisor::{Effect, Input, RequestError, Supervisor};
 use crate::os::control_socket::{self, SocketError};
 use crate::os::poller::{Poller, Readiness};
-use crate::os::process_group::ProcessGroup;
 use crate::os::reaper;
 use crate::os::signals::SignalEvents;
 use crate::os::spawn;
@@ -30,6 +30,7 @@ use crate::unit::{self, UnitName};
 
 use clock::Clock;
 use control::{Client, ClientState};
+use membership::Members;
 use output::{LineSplitter, Piece, Ring};
 
 pub use output::{MAX_LINE_BYTES, RING_LINES};
@@ -100,7 +101,7 @@ struct Daemon {
     listener: UnixListener,
     clients: HashMap<u64, Client>,
     pipes: HashMap<u64, Pipe>,
-    groups: HashMap<UnitName, ProcessGroup>,
+    members: Members,
     rings: HashMap<UnitName, Ring>,
     next_token: u64,
     clock: Clock,
@@ -140,11 +141,6 @@ pub fn run(opts: Options) -> Result<i32, DaemonError> {
     {
         warn!("cannot become a child subreaper ({e}); orphans of units will not be reaped");
     }
-    if opts.cgroup_root.is_some() {
-        warn!(
-            "--cgroup-root given, but this build does not manage cgroups yet: limits are not enforced"
-        );
-    }
     let signals = SignalEvents::install().map_err(os_err("installing signal handlers"))?;
     let listener = control_socket::bind(&opts.socket, group)?;
     let poller = Poller::new().map_err(|e| DaemonError::Os {
@@ -171,7 +167,9 @@ pub fn run(opts: Options) -> Result<i32, DaemonError> {
         .keys()
         .map(|n| (n.clone(), Ring::default()))
         .collect();
+    let members = Members::new(opts.cgroup_root.as_deref(), &loaded.units);
     let mut daemon = Daemon {
+        members,
         sup: Supervisor::new(loaded.units.into_values(), now),
         opts,
         poller,
@@ -179,7 +177,6 @@ pub fn run(opts: Options) -> Result<i32, DaemonError> {
         listener,
         clients: HashMap::new(),
         pipes: HashMap::new(),
-        groups: HashMap::new(),
         rings,
         next_token: FIRST_DYNAMIC_TOKEN,
         clock: Clock::new(),
@@ -188,6 +185,7 @@ pub fn run(opts: Options) -> Result<i32, DaemonError> {
         own_uid: nix::unistd::geteuid().as_raw(),
     };
     let code = daemon.event_loop();
+    daemon.members.teardown();
     let _ = std::fs::remove_file(&daemon.opts.socket);
     info!(code, "corral exits");
     Ok(code)
@@ -215,14 +213,26 @@ impl Daemon {
             let now = Instant::now();
             let reaped = reaper::reap_all();
             for (pid, termination) in reaped.exits {
-                let exit = ExitReport {
+                // SIGKILL alone is no OOM: the unit's own counter must have moved too.
+                let killed = matches!(
                     termination,
-                    oom: false,
-                };
+                    Termination::Signaled {
+                        signal: Signal::SIGKILL,
+                        ..
+                    }
+                );
+                let oom = killed
+                    && self
+                        .sup
+                        .unit_of_pid(pid)
+                        .cloned()
+                        .is_some_and(|unit| self.members.oom_kill_seen(&unit));
+                let exit = ExitReport { termination, oom };
                 debug!(pid, "reaped: {exit}");
                 self.feed(Input::Exited { pid, exit }, now);
             }
             self.feed(Input::Tick, now);
+            self.members.retry_removals(now);
             self.answer_waiters();
             self.check_exit_with(now);
             self.flush_clients();
@@ -257,6 +267,7 @@ impl Daemon {
         self.sup
             .next_deadline()
             .into_iter()
+            .chain(self.members.next_deadline())
             .chain(clients)
             .chain(leftovers)
             .min()
@@ -341,11 +352,12 @@ impl Daemon {
                         error: "unit has no [exec]".into(),
                     });
                 };
-                match spawn::spawn(exec, exec.user.as_ref(), &[]) {
+                let cgroup = self.members.prepare_spawn(&unit);
+                match spawn::spawn(exec, exec.user.as_ref(), &cgroup) {
                     Ok(child) => {
                         info!(unit = %unit.name, pid = child.pid, "started");
-                        self.groups
-                            .insert(unit.name.clone(), ProcessGroup(child.pid));
+                        self.members
+                            .spawned(&unit.name, child.pid, !cgroup.is_empty());
                         self.watch_pipe(&unit.name, Stream::Stdout, child.stdout);
                         self.watch_pipe(&unit.name, Stream::Stderr, child.stderr);
                         Some(Input::Spawned {
@@ -360,11 +372,11 @@ impl Daemon {
                 }
             }
             Effect::Signal { unit, signal } => {
-                self.signal_unit(&unit, signal);
+                self.members.signal(&unit, signal);
                 None
             }
             Effect::KillAll { unit } => {
-                self.signal_unit(&unit, Signal::SIGKILL);
+                self.members.kill_all(&unit, now);
                 None
             }
             Effect::Log {
@@ -394,14 +406,6 @@ impl Daemon {
                 });
                 None
             }
-        }
-    }
-
-    fn signal_unit(&mut self, unit: &UnitName, signal: Signal) {
-        if let Some(group) = self.groups.get(unit)
-            && let Err(e) = group.signal(signal)
-        {
-            warn!(unit = %unit, "sending {} to process group {}: {e}", signal.as_str(), group.0);
         }
     }
 

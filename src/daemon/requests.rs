@@ -208,16 +208,38 @@ impl Daemon {
                 }
                 self.begin_shutdown(now);
             }
-            Verb::Freeze | Verb::Thaw | Verb::Reload => {
-                let what = match request.verb {
-                    Verb::Reload => "reload is not implemented in this build yet",
-                    _ => {
-                        "freeze and thaw need the cgroup freezer, which this build does not manage yet"
-                    }
-                };
+            Verb::Freeze | Verb::Thaw => {
+                let response = self.freeze(&names, request.verb == Verb::Freeze, now);
+                self.reply(token, response);
+            }
+            Verb::Reload => {
+                let what = "reload is not implemented in this build yet";
                 self.reply(token, Response::error(ErrorKind::Unsupported, what));
             }
         }
+    }
+
+    /// Freezes or thaws every named unit; each must have a running process.
+    fn freeze(&mut self, names: &[UnitName], frozen: bool, now: Instant) -> Response {
+        if names.is_empty() {
+            return Response::error(ErrorKind::BadRequest, "name at least one unit");
+        }
+        if let Err(e) = self.sup.check_names(names) {
+            return refused(&e);
+        }
+        if let Some(idle) = names
+            .iter()
+            .find(|n| self.sup.get(n).is_none_or(|(_, rt)| rt.pid.is_none()))
+        {
+            return refused(&RequestError::NotRunning(idle.clone()));
+        }
+        for name in names {
+            if let Err(e) = self.members.set_frozen(name, frozen) {
+                return Response::error(ErrorKind::Failed, format!("{name}: {e}"));
+            }
+            info!(unit = %name, "{}", if frozen { "frozen" } else { "thawed" });
+        }
+        Response::units(self.statuses(names, now))
     }
 
     fn start_logs(&mut self, token: u64, request: &Request, names: Vec<UnitName>) {
@@ -268,7 +290,9 @@ impl Daemon {
         self.sup
             .units()
             .filter(|(unit, _)| names.is_empty() || names.contains(&unit.name))
-            .map(|(unit, rt)| unit_status(unit, rt, &self.clock, now))
+            .map(|(unit, rt)| {
+                unit_status(unit, rt, self.members.facts(&unit.name), &self.clock, now)
+            })
             .collect()
     }
 

@@ -4,15 +4,19 @@ use std::time::Instant;
 
 use crate::core::exit::{ExitReport, Termination};
 use crate::core::service::{Runtime, State};
-use crate::proto::{LastExit, UnitStatus, Usage};
-use crate::unit::Unit;
+use crate::proto::{LastExit, Limits, UnitStatus};
+use crate::unit::{ByteLimit, Resources, Unit};
 
 use super::clock::{Clock, millis};
+use super::membership::CgroupFacts;
 
-/// Until the cgroup backend lands, membership is a process group and no limit is applied.
-const NO_CGROUPS: &str = "this build does not manage cgroups yet";
-
-pub fn unit_status(unit: &Unit, rt: &Runtime, clock: &Clock, now: Instant) -> UnitStatus {
+pub fn unit_status(
+    unit: &Unit,
+    rt: &Runtime,
+    cgroup: CgroupFacts,
+    clock: &Clock,
+    now: Instant,
+) -> UnitStatus {
     UnitStatus {
         name: unit.name.to_string(),
         kind: unit.kind.as_str().to_owned(),
@@ -25,10 +29,12 @@ pub fn unit_status(unit: &Unit, rt: &Runtime, clock: &Clock, now: Instant) -> Un
         oom_kills: rt.oom_kills,
         last_exit: rt.last_exit.as_ref().map(last_exit),
         last_exit_status: rt.last_exit.as_ref().map(ExitReport::shell_code),
-        cgroup: None,
-        limits_enforced: false,
-        limits_reason: Some(NO_CGROUPS.to_owned()),
-        usage: Usage::default(),
+        cgroup: cgroup.cgroup,
+        limits_enforced: cgroup.limits_enforced,
+        limits_reason: cgroup.limits_reason,
+        limits: limits(&unit.resources),
+        usage: cgroup.usage,
+        frozen: cgroup.frozen,
         restart_in_ms: match (rt.state, rt.deadline()) {
             (State::Backoff, Some(at)) => Some(millis(at.saturating_duration_since(now))),
             _ => None,
@@ -54,5 +60,22 @@ pub fn last_exit(exit: &ExitReport) -> LastExit {
             core_dumped,
             oom: exit.oom,
         },
+    }
+}
+
+fn limits(r: &Resources) -> Limits {
+    let bytes = |l: Option<ByteLimit>| match l {
+        Some(ByteLimit::Bytes(n)) => Some(n),
+        _ => None,
+    };
+    Limits {
+        memory_max: bytes(r.memory_max),
+        memory_high: bytes(r.memory_high),
+        memory_swap_max: bytes(r.memory_swap_max),
+        cpu_quota_percent: r.cpu_quota.map(|q| q.0),
+        cpu_weight: r.cpu_weight,
+        allowed_cpus: r.allowed_cpus.clone(),
+        pids_max: r.pids_max.flatten(),
+        io_weight: r.io_weight,
     }
 }

@@ -145,6 +145,33 @@ pub struct Corral {
     pub seen: Vec<Value>,
     /// `wait_log` looks at lines from here on.
     cursor: usize,
+    /// This test's own cgroup root (`--cgroup-root`), unique per test and removed on drop.
+    pub cgroup_root: String,
+}
+
+static NEXT_ROOT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// The mounted cgroup hierarchies: (controller-or-"unified", mount point), deduplicated.
+pub fn cgroup_mounts() -> Vec<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mounts = corral::os::cgroup::discover::parse_mountinfo(&text);
+    let mut all: Vec<PathBuf> = mounts.v1.values().cloned().chain(mounts.unified).collect();
+    all.sort();
+    all.dedup();
+    all
+}
+
+/// Removes `dir` and everything below it, deepest first (cgroupfs only allows rmdir).
+fn remove_cgroup_tree(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_cgroup_tree(&entry.path());
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
 }
 
 impl Corral {
@@ -163,7 +190,28 @@ impl Corral {
             log: None,
             seen: Vec::new(),
             cursor: 0,
+            cgroup_root: format!(
+                "/corral-test-{}-{}",
+                std::process::id(),
+                NEXT_ROOT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ),
         }
+    }
+
+    /// A cgroup file of this test's tree in the hierarchy mounted at `/sys/fs/cgroup/<hierarchy>`
+    /// (v1 on this machine), e.g. `cgroup_file("memory", "web.service/memory.limit_in_bytes")`.
+    pub fn cgroup_file(&self, hierarchy: &str, rel: &str) -> PathBuf {
+        Path::new("/sys/fs/cgroup")
+            .join(hierarchy)
+            .join(self.cgroup_root.trim_start_matches('/'))
+            .join(rel)
+    }
+
+    /// Whether any hierarchy still has this test's cgroup root.
+    pub fn cgroup_root_exists(&self) -> bool {
+        cgroup_mounts()
+            .iter()
+            .any(|m| m.join(self.cgroup_root.trim_start_matches('/')).exists())
     }
 
     /// A path inside the test's temp dir (for markers and FIFOs the units use).
@@ -189,6 +237,8 @@ impl Corral {
             .arg("--socket")
             .arg(&self.socket)
             .args(["--log-format", "json"])
+            // Never inside the test's own cgroup: a root of its own at the top of each hierarchy.
+            .args(["--cgroup-root", &self.cgroup_root])
             .args(extra_args)
             .env("CORRAL_LOG", "debug")
             .env_remove("CORRAL_SOCKET")
@@ -355,15 +405,18 @@ impl Corral {
 
 impl Drop for Corral {
     fn drop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        if matches!(child.try_wait(), Ok(None)) {
+        if let Some(mut child) = self.child.take()
+            && matches!(child.try_wait(), Ok(None))
+        {
             let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
             if wait_child(&mut child, DEADLINE).is_none() {
                 let _ = child.kill();
                 let _ = child.wait();
             }
+        }
+        // corral removes its tree on a clean exit; this catches a failed test's leftovers.
+        for mount in cgroup_mounts() {
+            remove_cgroup_tree(&mount.join(self.cgroup_root.trim_start_matches('/')));
         }
     }
 }

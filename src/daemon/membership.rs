@@ -1,0 +1,413 @@
+//! Which processes belong to a unit, and the doors to reach them: the unit's cgroup, or its
+//! process group where cgroups cannot be managed.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use tracing::{debug, info, warn};
+
+use crate::core::cgroup_plan::{self, Version};
+use crate::os::cgroup::{self, Cgroups};
+use crate::os::process_group::ProcessGroup;
+use crate::proto::Usage;
+use crate::unit::{DeviceSpec, Unit, UnitKind, UnitName};
+
+/// How long a start waits for processes left in a unit's cgroup (by an earlier corral) to die.
+const LEFTOVER_WAIT: Duration = Duration::from_secs(2);
+const FIRST_REMOVAL_RETRY: Duration = Duration::from_millis(10);
+const MAX_REMOVAL_RETRY: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone)]
+enum Door {
+    Cgroup(PathBuf),
+    Group(ProcessGroup),
+}
+
+/// A cgroup to `rmdir` once its last member is gone (EBUSY until then).
+#[derive(Debug, Clone, Copy)]
+struct Removal {
+    at: Instant,
+    delay: Duration,
+}
+
+/// What `status` shows about a unit's cgroup.
+#[derive(Debug, Clone, Default)]
+pub struct CgroupFacts {
+    pub cgroup: Option<String>,
+    pub limits_enforced: bool,
+    pub limits_reason: Option<String>,
+    pub usage: Usage,
+    pub frozen: bool,
+}
+
+pub struct Members {
+    cgroups: Option<Cgroups>,
+    /// Why limits are not enforced at all (no cgroups, no permission).
+    disabled: Option<String>,
+    /// Where each unit's cgroup is, below R.
+    paths: HashMap<UnitName, PathBuf>,
+    doors: HashMap<UnitName, Door>,
+    frozen: HashSet<UnitName>,
+    /// Keys that did not take, per unit (slices included).
+    problems: HashMap<UnitName, Vec<String>>,
+    removals: BTreeMap<PathBuf, Removal>,
+    /// The OOM-kill counter of each unit's cgroup when last looked at.
+    oom_baseline: HashMap<UnitName, u64>,
+    /// R itself is removed at exit only when corral made it and does not live in it.
+    remove_root_at_exit: bool,
+}
+
+impl Members {
+    /// Detects cgroups and prepares R; on any failure supervision goes on without limits.
+    pub fn new(root: Option<&Path>, units: &BTreeMap<UnitName, Unit>) -> Members {
+        let paths = units
+            .values()
+            .map(|u| {
+                let parent_of = |n: &UnitName| units.get(n).and_then(|u| u.slice.clone());
+                (
+                    u.name.clone(),
+                    cgroup_plan::unit_cgroup(&u.name, u.kind, &parent_of),
+                )
+            })
+            .collect();
+        let mut members = Members {
+            cgroups: None,
+            disabled: None,
+            paths,
+            doors: HashMap::new(),
+            frozen: HashSet::new(),
+            problems: HashMap::new(),
+            removals: BTreeMap::new(),
+            oom_baseline: HashMap::new(),
+            remove_root_at_exit: root.is_some(),
+        };
+        match cgroup::detect(root).and_then(|mut c| c.prepare_root().map(|notes| (c, notes))) {
+            Ok((cgroups, notes)) => {
+                for note in notes {
+                    info!("cgroups: {note}");
+                }
+                info!(
+                    version = ?cgroups.version(),
+                    root = %cgroups.display(Path::new("")),
+                    "managing cgroups"
+                );
+                members.cgroups = Some(cgroups);
+            }
+            Err(e) => {
+                let reason = if cgroup::is_permission_error(&e) {
+                    format!("no permission to manage cgroups ({e})")
+                } else {
+                    format!("cgroups unavailable ({e})")
+                };
+                warn!("{reason}; units run without resource limits");
+                members.disabled = Some(reason);
+            }
+        }
+        members.setup_slices(units);
+        members
+    }
+
+    /// Slices exist for as long as corral runs, parents first, each with its limits.
+    fn setup_slices(&mut self, units: &BTreeMap<UnitName, Unit>) {
+        let Some(cgroups) = &self.cgroups else {
+            return;
+        };
+        let mut slices: Vec<&Unit> = units
+            .values()
+            .filter(|u| u.kind == UnitKind::Slice)
+            .collect();
+        slices.sort_by_key(|u| {
+            self.paths
+                .get(&u.name)
+                .map_or(0, |p| p.components().count())
+        });
+        for slice in slices {
+            let Some(rel) = self.paths.get(&slice.name) else {
+                continue;
+            };
+            let problems = match cgroups.create(rel, true) {
+                Ok(()) => cgroup::apply(&**cgroups, rel, &plan_for(slice, cgroups.version())),
+                Err(e) => vec![format!("creating the slice's cgroup: {e}")],
+            };
+            report(&slice.name, &problems);
+            self.problems.insert(slice.name.clone(), problems);
+        }
+    }
+
+    /// Gets a unit's cgroup ready for a new main process: empties what an earlier generation
+    /// left, creates it, writes its limits, and opens `cgroup.procs` for the child to join.
+    /// An empty list means "no cgroup": the unit runs in its process group only.
+    pub fn prepare_spawn(&mut self, unit: &Unit) -> Vec<OwnedFd> {
+        let (Some(cgroups), Some(rel)) = (&self.cgroups, self.paths.get(&unit.name)) else {
+            return Vec::new();
+        };
+        self.removals.remove(rel);
+        self.frozen.remove(&unit.name);
+        let mut problems = Vec::new();
+        if cgroups.exists(rel) {
+            match empty_leftovers(&**cgroups, rel) {
+                Ok(0) => {}
+                Ok(n) => {
+                    warn!(unit = %unit.name, "killed {n} processes left in the unit's cgroup by an earlier run")
+                }
+                Err(e) => problems.push(format!("emptying the unit's cgroup: {e}")),
+            }
+        }
+        let fds = match cgroups.create(rel, false) {
+            Ok(()) => {
+                if let Some(count) = cgroups.oom_kills(rel) {
+                    self.oom_baseline.insert(unit.name.clone(), count);
+                }
+                problems.extend(cgroup::apply(
+                    &**cgroups,
+                    rel,
+                    &plan_for(unit, cgroups.version()),
+                ));
+                match cgroups.join_fds(rel) {
+                    Ok(fds) => fds,
+                    Err(e) => {
+                        problems.push(format!("opening the unit's cgroup: {e}"));
+                        Vec::new()
+                    }
+                }
+            }
+            Err(e) => {
+                problems.push(format!("creating the unit's cgroup: {e}"));
+                Vec::new()
+            }
+        };
+        report(&unit.name, &problems);
+        self.problems.insert(unit.name.clone(), problems);
+        fds
+    }
+
+    /// Records the new main process: its cgroup when it joined one, else its process group.
+    pub fn spawned(&mut self, unit: &UnitName, pid: i32, in_cgroup: bool) {
+        let door = match (in_cgroup, self.paths.get(unit)) {
+            (true, Some(rel)) => Door::Cgroup(rel.clone()),
+            _ => Door::Group(ProcessGroup(pid)),
+        };
+        self.doors.insert(unit.clone(), door);
+    }
+
+    /// Signals every process of the unit. A frozen unit is thawed afterwards, or the signal
+    /// would wait (v1 freezes even SIGKILL).
+    pub fn signal(&mut self, unit: &UnitName, signal: Signal) {
+        let result = match (self.doors.get(unit), &self.cgroups) {
+            (Some(Door::Cgroup(rel)), Some(cgroups)) => {
+                cgroup::signal_all(&**cgroups, rel, signal).map_err(|e| e.to_string())
+            }
+            (Some(Door::Group(group)), _) => group.signal(signal).map_err(|e| e.to_string()),
+            _ => Ok(()),
+        };
+        if let Err(e) = result {
+            warn!(unit = %unit, "sending {} to the unit: {e}", signal.as_str());
+        }
+        if self.frozen.contains(unit) {
+            let _ = self.set_frozen(unit, false);
+        }
+    }
+
+    /// SIGKILL to every process of the unit, then its cgroup is removed once empty.
+    pub fn kill_all(&mut self, unit: &UnitName, now: Instant) {
+        let result = match (self.doors.get(unit), &self.cgroups) {
+            (Some(Door::Cgroup(rel)), Some(cgroups)) => {
+                let rel = rel.clone();
+                let killed = cgroup::kill_all(&**cgroups, &rel).map_err(|e| e.to_string());
+                self.frozen.remove(unit);
+                self.removals.insert(
+                    rel,
+                    Removal {
+                        at: now,
+                        delay: FIRST_REMOVAL_RETRY,
+                    },
+                );
+                killed
+            }
+            (Some(Door::Group(group)), _) => {
+                group.signal(Signal::SIGKILL).map_err(|e| e.to_string())
+            }
+            _ => Ok(()),
+        };
+        if let Err(e) = result {
+            warn!(unit = %unit, "killing the unit's processes: {e}");
+        }
+        self.retry_removals(now);
+    }
+
+    pub fn set_frozen(&mut self, unit: &UnitName, frozen: bool) -> Result<(), String> {
+        let (Some(Door::Cgroup(rel)), Some(cgroups)) = (self.doors.get(unit), &self.cgroups) else {
+            return Err(match &self.disabled {
+                Some(reason) => format!("freezing needs cgroups: {reason}"),
+                None => format!("{unit} has no cgroup to freeze"),
+            });
+        };
+        cgroups.set_frozen(rel, frozen).map_err(|e| e.to_string())?;
+        if frozen {
+            self.frozen.insert(unit.clone());
+        } else {
+            self.frozen.remove(unit);
+        }
+        Ok(())
+    }
+
+    /// Whether the kernel's OOM-kill counter of the unit's cgroup moved since the last look
+    /// (the spawn, or the previous call). Read before the cgroup is removed.
+    pub fn oom_kill_seen(&mut self, unit: &UnitName) -> bool {
+        let (Some(cgroups), Some(rel)) = (&self.cgroups, self.paths.get(unit)) else {
+            return false;
+        };
+        let Some(now) = cgroups.oom_kills(rel) else {
+            return false;
+        };
+        let before = self.oom_baseline.insert(unit.clone(), now).unwrap_or(now);
+        now > before
+    }
+
+    /// Tries every due `rmdir`; an EBUSY one is tried again later, backing off.
+    pub fn retry_removals(&mut self, now: Instant) {
+        let Some(cgroups) = &self.cgroups else {
+            return;
+        };
+        let due: Vec<PathBuf> = self
+            .removals
+            .iter()
+            .filter(|(_, r)| r.at <= now)
+            .map(|(p, _)| p.clone())
+            .collect();
+        for rel in due {
+            match cgroups.remove(&rel) {
+                Ok(true) => {
+                    debug!(cgroup = %cgroups.display(&rel), "removed");
+                    self.removals.remove(&rel);
+                }
+                Ok(false) => {
+                    if let Some(r) = self.removals.get_mut(&rel) {
+                        r.at = now + r.delay;
+                        r.delay = (r.delay * 2).min(MAX_REMOVAL_RETRY);
+                    }
+                }
+                Err(e) => {
+                    warn!("{e}");
+                    self.removals.remove(&rel);
+                }
+            }
+        }
+    }
+
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.removals.values().map(|r| r.at).min()
+    }
+
+    pub fn facts(&self, unit: &UnitName) -> CgroupFacts {
+        let (Some(cgroups), Some(rel)) = (&self.cgroups, self.paths.get(unit)) else {
+            return CgroupFacts {
+                limits_reason: self.disabled.clone(),
+                ..CgroupFacts::default()
+            };
+        };
+        let problems = self.problems.get(unit).filter(|p| !p.is_empty());
+        CgroupFacts {
+            cgroup: Some(cgroups.display(rel)),
+            limits_enforced: problems.is_none(),
+            limits_reason: problems.map(|p| p.join("; ")),
+            usage: if cgroups.exists(rel) {
+                cgroups.usage(rel)
+            } else {
+                Usage::default()
+            },
+            frozen: self.frozen.contains(unit),
+        }
+    }
+
+    /// At exit: every unit cgroup, then the slices deepest first, then R if corral made it.
+    pub fn teardown(&mut self) {
+        let Some(cgroups) = &self.cgroups else {
+            return;
+        };
+        let mut paths: Vec<&PathBuf> = self.paths.values().collect();
+        paths.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        for rel in paths {
+            if cgroups.exists(rel) {
+                let _ = cgroup::kill_all(&**cgroups, rel);
+                if let Err(e) = remove_when_empty(&**cgroups, rel) {
+                    warn!("{e}");
+                }
+            }
+        }
+        if self.remove_root_at_exit
+            && let Err(e) = remove_when_empty(&**cgroups, Path::new(""))
+        {
+            warn!("{e}");
+        }
+    }
+}
+
+fn plan_for(unit: &Unit, version: Version) -> cgroup_plan::Plan {
+    cgroup_plan::plan(&unit.resources, &unit.oom, version, &resolve_device)
+}
+
+/// `/dev/vda` -> (254, 0), by stat; the device must be a block device.
+fn resolve_device(spec: &DeviceSpec) -> Result<(u32, u32), String> {
+    match spec {
+        DeviceSpec::Number { major, minor } => Ok((*major, *minor)),
+        DeviceSpec::Path(path) => {
+            let stat =
+                nix::sys::stat::stat(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let kind = nix::sys::stat::SFlag::from_bits_truncate(stat.st_mode)
+                & nix::sys::stat::SFlag::S_IFMT;
+            if kind != nix::sys::stat::SFlag::S_IFBLK {
+                return Err(format!("{} is not a block device", path.display()));
+            }
+            Ok((
+                nix::sys::stat::major(stat.st_rdev) as u32,
+                nix::sys::stat::minor(stat.st_rdev) as u32,
+            ))
+        }
+    }
+}
+
+fn report(unit: &UnitName, problems: &[String]) {
+    for problem in problems {
+        warn!(unit = %unit, "limit not enforced: {problem}");
+    }
+}
+
+/// Kills what an earlier generation left and waits (bounded) until it is gone. Returns how many
+/// processes were there. This blocks the loop, but only on this recovery path.
+fn empty_leftovers(
+    cgroups: &dyn cgroup::Backend,
+    rel: &Path,
+) -> Result<usize, cgroup::CgroupError> {
+    let found = cgroups.procs(rel)?.len();
+    if found > 0 {
+        cgroup::kill_all(cgroups, rel)?;
+        wait_empty(cgroups, rel)?;
+    }
+    Ok(found)
+}
+
+fn wait_empty(cgroups: &dyn cgroup::Backend, rel: &Path) -> Result<(), cgroup::CgroupError> {
+    let deadline = Instant::now() + LEFTOVER_WAIT;
+    let mut pause = Duration::from_millis(1);
+    while !cgroups.procs(rel)?.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+fn remove_when_empty(cgroups: &dyn cgroup::Backend, rel: &Path) -> Result<(), String> {
+    wait_empty(cgroups, rel).map_err(|e| e.to_string())?;
+    match cgroups.remove(rel) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(format!(
+            "cgroup {} still busy at exit",
+            cgroups.display(rel)
+        )),
+        Err(e) => Err(e.to_string()),
+    }
+}
