@@ -117,6 +117,14 @@ struct ActionArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run(_)) {
+        // A client piped into `head` should end quietly like any Unix tool. Rust ignores
+        // SIGPIPE at startup; the supervisor keeps that (a closed socket is an EPIPE error).
+        // SAFETY: setting a signal disposition before any thread exists.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let socket = cli.socket.unwrap_or_else(control_socket::default_path);
     let code = match cli.command {
         Command::Run(args) => run(args, socket),
@@ -186,8 +194,10 @@ fn talk(command: Command, socket: &std::path::Path) -> Result<i32, ClientError> 
             let statuses = response.units.unwrap_or_default();
             if json {
                 println!("{}", serde_json::json!({ "units": statuses }));
-            } else {
+            } else if units.is_empty() {
                 client::print_status_table(&statuses);
+            } else {
+                client::print_status_details(&statuses);
             }
             let not_running = !units.is_empty()
                 && statuses

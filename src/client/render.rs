@@ -4,6 +4,26 @@ use std::time::SystemTime;
 
 use crate::proto::{LastExit, LogLine, Stream, UnitStatus};
 
+/// 1536 -> "1.5K": powers of 1024, as unit files write sizes.
+pub fn size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "K", "M", "G", "T"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes}B")
+    } else {
+        format!("{value:.1}{}", UNITS[unit])
+    }
+}
+
+fn secs(usec: u64) -> String {
+    format!("{:.2}s", usec as f64 / 1e6)
+}
+
 fn last_exit_text(exit: &LastExit) -> String {
     let mut text = match (&exit.code, &exit.signal) {
         (Some(code), _) => format!("code {code}"),
@@ -105,5 +125,102 @@ pub fn print_log_line(line: &LogLine, with_unit: bool) {
         println!("{} {}{stream}: {}{cont}", line.time, line.unit, line.text);
     } else {
         println!("{}{stream} {}{cont}", line.time, line.text);
+    }
+}
+
+/// `used / limit`, or `used` alone; `-` when the kernel does not say.
+fn used_of(used: Option<u64>, limit: Option<u64>, show: fn(u64) -> String) -> String {
+    match (used, limit) {
+        (Some(u), Some(l)) => format!("{} / {}", show(u), show(l)),
+        (Some(u), None) => format!("{} (no limit)", show(u)),
+        (None, Some(l)) => format!("- / {}", show(l)),
+        (None, None) => "-".to_owned(),
+    }
+}
+
+/// The view of `status UNIT`: one block per unit, what an operator checks at a glance.
+pub fn print_status_details(units: &[UnitStatus]) {
+    for (i, u) in units.iter().enumerate() {
+        if i > 0 {
+            println!();
+        }
+        let pid = u.pid.map_or_else(String::new, |p| format!(", pid {p}"));
+        let frozen = if u.frozen { " (frozen)" } else { "" };
+        println!(
+            "{} ({}): {}{frozen}{pid}, for {}",
+            u.name,
+            u.kind,
+            u.state,
+            age(&u.since)
+        );
+        if let Some(d) = &u.description {
+            println!("  {d}");
+        }
+        let enforced = if u.limits_enforced {
+            "limits enforced".to_owned()
+        } else {
+            format!(
+                "limits NOT enforced: {}",
+                u.limits_reason.as_deref().unwrap_or("unknown reason")
+            )
+        };
+        println!(
+            "  cgroup    {} ({enforced})",
+            u.cgroup.as_deref().unwrap_or("-")
+        );
+        let usage = &u.usage;
+        let mut memory = used_of(usage.memory_current, u.limits.memory_max, size);
+        if let Some(peak) = usage.memory_peak {
+            memory.push_str(&format!(", peak {}", size(peak)));
+        }
+        if let Some(high) = u.limits.memory_high {
+            memory.push_str(&format!(", high {}", size(high)));
+        }
+        println!("  memory    {memory}");
+        let mut cpu = match usage.cpu_usage_usec {
+            Some(used) => format!("{} used", secs(used)),
+            None => "-".to_owned(),
+        };
+        let running_for = humantime::parse_rfc3339(&u.since)
+            .ok()
+            .and_then(|at| SystemTime::now().duration_since(at).ok())
+            .filter(|d| !d.is_zero() && u.state == "running");
+        if let (Some(used), Some(wall)) = (usage.cpu_usage_usec, running_for) {
+            let percent = used as f64 / wall.as_micros() as f64 * 100.0;
+            cpu.push_str(&format!(" ({percent:.0}% of a CPU since start)"));
+        }
+        if let Some(quota) = u.limits.cpu_quota_percent {
+            cpu.push_str(&format!(", quota {quota}%"));
+        }
+        if let (Some(throttled), Some(n)) = (usage.cpu_throttled_usec, usage.nr_throttled) {
+            cpu.push_str(&format!(", throttled {} in {n} periods", secs(throttled)));
+        }
+        println!("  cpu       {cpu}");
+        println!(
+            "  pids      {}",
+            used_of(usage.pids_current, u.limits.pids_max, |n| n.to_string())
+        );
+        match (usage.io_read_bytes, usage.io_write_bytes) {
+            (None, None) => println!("  io        -"),
+            (r, w) => println!(
+                "  io        read {}, written {}",
+                r.map_or_else(|| "-".to_owned(), size),
+                w.map_or_else(|| "-".to_owned(), size)
+            ),
+        }
+        let last = u
+            .last_exit
+            .as_ref()
+            .map_or_else(|| "none yet".to_owned(), last_exit_text);
+        println!("  restarts  {}, last exit: {last}", u.restarts);
+        if u.oom_kills > 0 {
+            println!("  oom       killed {} times", u.oom_kills);
+        }
+        if let Some(ms) = u.restart_in_ms {
+            println!("  next      restart in {ms} ms");
+        }
+        if let Some(error) = &u.error {
+            println!("  error     {error}");
+        }
     }
 }

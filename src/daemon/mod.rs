@@ -353,7 +353,7 @@ impl Daemon {
                     });
                 };
                 let cgroup = self.members.prepare_spawn(&unit);
-                match spawn::spawn(exec, exec.user.as_ref(), &cgroup) {
+                match spawn::spawn(exec, exec.user.as_ref(), &cgroup, unit.oom.score_adjust) {
                     Ok(child) => {
                         info!(unit = %unit.name, pid = child.pid, "started");
                         self.members

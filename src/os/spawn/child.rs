@@ -22,7 +22,12 @@ pub struct ExecPlan<'a> {
     /// Open `cgroup.procs` files: writing "0" moves the writer, so the unit is inside its
     /// cgroup before its first instruction.
     pub join_cgroups: &'a [RawFd],
+    /// `[oom] score-adjust`, pre-formatted: written to /proc/self/oom_score_adj while still
+    /// privileged (lowering it needs CAP_SYS_RESOURCE).
+    pub oom_score_adj: Option<&'a [u8]>,
 }
+
+const OOM_SCORE_ADJ: &std::ffi::CStr = c"/proc/self/oom_score_adj";
 
 pub struct Ids<'a> {
     pub uid: u32,
@@ -34,7 +39,7 @@ pub struct Ids<'a> {
 const NSIG: libc::c_int = 65;
 
 /// Stages the child reports by index; keep in sync with `STAGE_NAMES`.
-const STAGE_NAMES: [&str; 9] = [
+const STAGE_NAMES: [&str; 10] = [
     "resetting signal dispositions",
     "setsid",
     "redirecting stdio",
@@ -44,6 +49,7 @@ const STAGE_NAMES: [&str; 9] = [
     "chdir to working-dir",
     "execve",
     "joining the unit's cgroup",
+    "setting oom_score_adj",
 ];
 
 /// Fork; the child execs `plan` and never returns. Returns the child's pid.
@@ -150,6 +156,13 @@ unsafe fn exec_child(
             if libc::write(fd, b"0".as_ptr().cast(), 1) < 0 {
                 fail(plan.report, 8);
             }
+        }
+        if let Some(value) = plan.oom_score_adj {
+            let fd = libc::open(OOM_SCORE_ADJ.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 || libc::write(fd, value.as_ptr().cast(), value.len()) < 0 {
+                fail(plan.report, 9);
+            }
+            libc::close(fd);
         }
         if libc::setsid() < 0 {
             fail(plan.report, 1);

@@ -103,6 +103,7 @@ pub fn spawn(
     exec: &Exec,
     who: Option<&Credentials>,
     join_cgroups: &[OwnedFd],
+    oom_score_adj: Option<i32>,
 ) -> Result<Child, SpawnError> {
     let identity = match who {
         Some(c) => c.clone(),
@@ -149,6 +150,7 @@ pub fn spawn(
     }
 
     let join_fds: Vec<RawFd> = join_cgroups.iter().map(AsRawFd::as_raw_fd).collect();
+    let oom_score_adj = oom_score_adj.map(|v| v.to_string().into_bytes());
     let plan = child::ExecPlan {
         path: &path,
         argv: &argv,
@@ -159,6 +161,7 @@ pub fn spawn(
         stderr: stderr_write.as_raw_fd(),
         report: report_write.as_raw_fd(),
         join_cgroups: &join_fds,
+        oom_score_adj: oom_score_adj.as_deref(),
         credentials: who.map(|c| child::Ids {
             uid: c.uid,
             gid: c.gid,
