@@ -155,6 +155,12 @@ pub struct UnitStatus {
     /// Paused with `corral freeze`.
     #[serde(default)]
     pub frozen: bool,
+    /// Limits about to bite (e.g. memory above memory-high), worded for people.
+    #[serde(default)]
+    pub warnings: Vec<String>,
+    /// The last OOM kill in the unit (RFC 3339), if any.
+    #[serde(default)]
+    pub last_oom: Option<String>,
     /// In `backoff`: milliseconds until the next restart.
     #[serde(default)]
     pub restart_in_ms: Option<u64>,
@@ -234,5 +240,21 @@ impl Response {
         });
         line.push(b'\n');
         line
+    }
+}
+
+/// 1536 -> "1.5K": powers of 1024, as unit files write sizes.
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "K", "M", "G", "T"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes}B")
+    } else {
+        format!("{value:.1}{}", UNITS[unit])
     }
 }

@@ -2,23 +2,7 @@
 
 use std::time::SystemTime;
 
-use crate::proto::{LastExit, LogLine, Stream, UnitStatus};
-
-/// 1536 -> "1.5K": powers of 1024, as unit files write sizes.
-pub fn size(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "K", "M", "G", "T"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes}B")
-    } else {
-        format!("{value:.1}{}", UNITS[unit])
-    }
-}
+use crate::proto::{LastExit, LogLine, Stream, UnitStatus, human_size as size};
 
 fn secs(usec: u64) -> String {
     format!("{:.2}s", usec as f64 / 1e6)
@@ -214,7 +198,21 @@ pub fn print_status_details(units: &[UnitStatus]) {
             .map_or_else(|| "none yet".to_owned(), last_exit_text);
         println!("  restarts  {}, last exit: {last}", u.restarts);
         if u.oom_kills > 0 {
-            println!("  oom       killed {} times", u.oom_kills);
+            let times = if u.oom_kills == 1 {
+                "once".to_owned()
+            } else {
+                format!("{} times", u.oom_kills)
+            };
+            let last = u
+                .last_oom
+                .as_deref()
+                .map_or_else(String::new, |at| format!(", last {} ago", age(at)));
+            let limit = u.limits.memory_max.map_or_else(|| "none".to_owned(), size);
+            let peak = usage.memory_peak.map_or_else(|| "unknown".to_owned(), size);
+            println!("  oom       oom-killed {times}{last} (memory-max {limit}, peak {peak})");
+        }
+        for warning in &u.warnings {
+            println!("  warning   {warning}");
         }
         if let Some(ms) = u.restart_in_ms {
             println!("  next      restart in {ms} ms");

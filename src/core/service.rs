@@ -102,7 +102,9 @@ pub struct Runtime {
     pub since: Instant,
     /// Automatic restarts since corral started (a user's restart is not counted).
     pub restarts: u32,
+    /// OOM kills in the unit's cgroup (main process or not), as the kernel counted them.
     pub oom_kills: u32,
+    pub last_oom_at: Option<Instant>,
     pub last_exit: Option<ExitReport>,
     pub error: Option<String>,
     consecutive_failures: u32,
@@ -123,6 +125,7 @@ impl Runtime {
             since: now,
             restarts: 0,
             oom_kills: 0,
+            last_oom_at: None,
             last_exit: None,
             error: None,
             consecutive_failures: 0,
@@ -144,6 +147,14 @@ impl Runtime {
 
     pub fn consecutive_failures(&self) -> u32 {
         self.consecutive_failures
+    }
+
+    /// The kernel counted `count` more OOM kills in the unit's cgroup.
+    pub fn record_oom_kills(&mut self, count: u32, now: Instant) {
+        if count > 0 {
+            self.oom_kills = self.oom_kills.saturating_add(count);
+            self.last_oom_at = Some(now);
+        }
     }
 
     /// Forget failures and start history: a user's explicit start gives the unit a clean slate.
@@ -246,9 +257,6 @@ impl Runtime {
     fn record_exit(&mut self, exit: ExitReport, actions: &mut Vec<Action>) {
         self.pid = None;
         self.last_exit = Some(exit);
-        if exit.oom {
-            self.oom_kills += 1;
-        }
         // Whatever the main process left behind goes with it: never two generations at once.
         actions.push(Action::KillAll);
     }
@@ -488,7 +496,7 @@ mod tests {
     }
 
     #[test]
-    fn an_oom_kill_is_counted_and_on_oom_restarts_only_for_it() {
+    fn on_oom_restarts_only_after_an_oom_kill() {
         let mut unit = service("hog");
         unit.restart.policy = RestartPolicy::OnOom;
         let t0 = Instant::now();
@@ -498,10 +506,28 @@ mod tests {
             ..ExitReport::signal(Signal::SIGKILL)
         };
         rt.transition(Event::Exited(oom), t0, &unit);
-        assert_eq!((rt.state, rt.oom_kills), (Backoff, 1));
+        assert_eq!(rt.state, Backoff);
         let mut rt = in_state(Running, t0);
-        rt.transition(Event::Exited(ExitReport::code(1)), t0, &unit);
-        assert_eq!((rt.state, rt.oom_kills), (Failed, 0));
+        rt.transition(
+            Event::Exited(ExitReport::signal(Signal::SIGKILL)),
+            t0,
+            &unit,
+        );
+        assert_eq!(rt.state, Failed, "a SIGKILL that is no OOM kill");
+    }
+
+    #[test]
+    fn oom_kills_are_counted_as_the_kernel_reports_them() {
+        let t0 = Instant::now();
+        let mut rt = in_state(Running, t0);
+        rt.record_oom_kills(0, t0);
+        assert_eq!((rt.oom_kills, rt.last_oom_at), (0, None));
+        rt.record_oom_kills(2, t0 + MS(5));
+        assert_eq!((rt.oom_kills, rt.last_oom_at), (2, Some(t0 + MS(5))));
+        assert_eq!(
+            rt.state, Running,
+            "a kill that spared the main process changes no state"
+        );
     }
 
     #[test]

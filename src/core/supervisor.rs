@@ -28,6 +28,11 @@ pub enum Input {
         unit: UnitName,
         error: String,
     },
+    /// The kernel counted more OOM kills in the unit's cgroup (whichever process they took).
+    OomKills {
+        unit: UnitName,
+        count: u32,
+    },
     /// A reaped process; not necessarily one of ours (orphans are reaped too).
     Exited {
         pid: i32,
@@ -222,6 +227,11 @@ impl Supervisor {
             Input::Exited { pid, exit } => {
                 if let Some(unit) = self.by_pid.remove(&pid) {
                     self.feed(&unit, Event::Exited(exit), now, &mut effects);
+                }
+            }
+            Input::OomKills { unit, count } => {
+                if let Some(e) = self.entries.get_mut(&unit) {
+                    e.rt.record_oom_kills(count, now);
                 }
             }
             Input::Tick => {}

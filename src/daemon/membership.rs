@@ -12,8 +12,8 @@ use tracing::{debug, info, warn};
 use crate::core::cgroup_plan::{self, Version};
 use crate::os::cgroup::{self, Cgroups};
 use crate::os::process_group::ProcessGroup;
-use crate::proto::Usage;
-use crate::unit::{DeviceSpec, Unit, UnitKind, UnitName};
+use crate::proto::{Usage, human_size as size};
+use crate::unit::{ByteLimit, DeviceSpec, Unit, UnitKind, UnitName};
 
 /// How long a start waits for processes left in a unit's cgroup (by an earlier corral) to die.
 const LEFTOVER_WAIT: Duration = Duration::from_secs(2);
@@ -24,6 +24,28 @@ const MAX_REMOVAL_RETRY: Duration = Duration::from_secs(1);
 enum Door {
     Cgroup(PathBuf),
     Group(ProcessGroup),
+}
+
+/// How long after a memory event the counter is read: a main process reaped within it was the
+/// OOM victim; a kill counted after it took another process of the unit.
+const OOM_GRACE: Duration = Duration::from_millis(250);
+
+#[derive(Debug, Clone, Copy)]
+struct OomTrack {
+    /// The kernel's oom_kill counter up to which kills have been reported.
+    accounted: u64,
+    /// When to compare the counter with `accounted`, after a memory event.
+    check_at: Option<Instant>,
+}
+
+/// A v2 unit with no `high` event for this long has left its episode above memory-high.
+const HIGH_EPISODE_GAP: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, Copy)]
+struct HighEpisode {
+    limit: u64,
+    above_since: Option<Instant>,
+    last_event: Option<Instant>,
 }
 
 /// A cgroup to `rmdir` once its last member is gone (EBUSY until then).
@@ -41,6 +63,8 @@ pub struct CgroupFacts {
     pub limits_reason: Option<String>,
     pub usage: Usage,
     pub frozen: bool,
+    /// Limits about to bite, worded for people.
+    pub warnings: Vec<String>,
 }
 
 pub struct Members {
@@ -54,8 +78,10 @@ pub struct Members {
     /// Keys that did not take, per unit (slices included).
     problems: HashMap<UnitName, Vec<String>>,
     removals: BTreeMap<PathBuf, Removal>,
-    /// The OOM-kill counter of each unit's cgroup when last looked at.
-    oom_baseline: HashMap<UnitName, u64>,
+    /// OOM accounting per unit: the kernel's counter as last accounted for.
+    oom: HashMap<UnitName, OomTrack>,
+    /// Units with `memory-high`, and whether they are above it now.
+    high: HashMap<UnitName, HighEpisode>,
     /// R itself is removed at exit only when corral made it and does not live in it.
     remove_root_at_exit: bool,
 }
@@ -81,7 +107,8 @@ impl Members {
             frozen: HashSet::new(),
             problems: HashMap::new(),
             removals: BTreeMap::new(),
-            oom_baseline: HashMap::new(),
+            oom: HashMap::new(),
+            high: HashMap::new(),
             remove_root_at_exit: root.is_some(),
         };
         match cgroup::detect(root).and_then(|mut c| c.prepare_root().map(|notes| (c, notes))) {
@@ -158,9 +185,28 @@ impl Members {
         }
         let fds = match cgroups.create(rel, false) {
             Ok(()) => {
-                if let Some(count) = cgroups.oom_kills(rel) {
-                    self.oom_baseline.insert(unit.name.clone(), count);
+                match unit.resources.memory_high {
+                    Some(ByteLimit::Bytes(limit)) => {
+                        self.high.insert(
+                            unit.name.clone(),
+                            HighEpisode {
+                                limit,
+                                above_since: None,
+                                last_event: None,
+                            },
+                        );
+                    }
+                    _ => {
+                        self.high.remove(&unit.name);
+                    }
                 }
+                self.oom.insert(
+                    unit.name.clone(),
+                    OomTrack {
+                        accounted: cgroups.oom_kills(rel).unwrap_or(0),
+                        check_at: None,
+                    },
+                );
                 problems.extend(cgroup::apply(
                     &**cgroups,
                     rel,
@@ -254,17 +300,107 @@ impl Members {
         Ok(())
     }
 
-    /// Whether the kernel's OOM-kill counter of the unit's cgroup moved since the last look
-    /// (the spawn, or the previous call). Read before the cgroup is removed.
-    pub fn oom_kill_seen(&mut self, unit: &UnitName) -> bool {
+    fn oom_counter(&self, unit: &UnitName) -> Option<u64> {
+        let (cgroups, rel) = (self.cgroups.as_ref()?, self.paths.get(unit)?);
+        cgroups.oom_kills(rel)
+    }
+
+    /// Opens the memory-event watch of a unit's new generation (OOM kills, memory-high).
+    pub fn memory_watch(&self, unit: &Unit) -> Vec<OwnedFd> {
+        let (Some(cgroups), Some(rel)) = (&self.cgroups, self.paths.get(&unit.name)) else {
+            return Vec::new();
+        };
+        let high = match unit.resources.memory_high {
+            Some(ByteLimit::Bytes(n)) => Some(n),
+            _ => None,
+        };
+        cgroups.memory_watch(rel, high).unwrap_or_else(|e| {
+            warn!(unit = %unit.name, "OOM kills that spare the main process will go unnoticed: {e}");
+            Vec::new()
+        })
+    }
+
+    /// A memory event woke us. v1 signals as the OOM begins, before the victim is chosen and
+    /// the counter moves, so the counter is read after a grace period; a main process reaped
+    /// within it was the victim.
+    pub fn on_memory_event(&mut self, unit: &UnitName, now: Instant) {
+        if let Some(track) = self.oom.get_mut(unit) {
+            track.check_at.get_or_insert(now + OOM_GRACE);
+        }
+        self.check_memory_high(unit, now);
+    }
+
+    /// One warning per episode above `memory-high`. v1 wakes on crossing the threshold either
+    /// way; v2 only while above it (each reclaim), so there a quiet gap ends an episode.
+    fn check_memory_high(&mut self, unit: &UnitName, now: Instant) {
         let (Some(cgroups), Some(rel)) = (&self.cgroups, self.paths.get(unit)) else {
-            return false;
+            return;
         };
-        let Some(now) = cgroups.oom_kills(rel) else {
-            return false;
+        let Some(high) = self.high.get_mut(unit) else {
+            return;
         };
-        let before = self.oom_baseline.insert(unit.clone(), now).unwrap_or(now);
-        now > before
+        let usage = cgroups.usage(rel);
+        let Some(current) = usage.memory_current else {
+            return;
+        };
+        let quiet = high
+            .last_event
+            .is_some_and(|at| now.saturating_duration_since(at) > HIGH_EPISODE_GAP);
+        high.last_event = Some(now);
+        if current < high.limit || quiet {
+            if high.above_since.take().is_some() {
+                info!(unit = %unit, "memory back below memory-high ({} of {})", size(current), size(high.limit));
+            }
+            if current < high.limit {
+                return;
+            }
+        }
+        if high.above_since.is_none() {
+            high.above_since = Some(now);
+            warn!(
+                unit = %unit,
+                "memory above memory-high: {} of {}; reclaim slows the unit and an OOM kill may follow",
+                size(current),
+                size(high.limit)
+            );
+        }
+    }
+
+    /// The main process ended: returns (was it an OOM kill, new kills to count). An exit is an
+    /// OOM kill only when it died of SIGKILL and the unit's own counter moved.
+    pub fn on_main_exit(&mut self, unit: &UnitName, sigkill: bool) -> (bool, u32) {
+        let counter = self.oom_counter(unit);
+        let Some(track) = self.oom.get_mut(unit) else {
+            return (false, 0);
+        };
+        let fresh = counter.map_or(0, |c| c.saturating_sub(track.accounted));
+        track.accounted += fresh;
+        track.check_at = None;
+        (
+            sigkill && fresh > 0,
+            u32::try_from(fresh).unwrap_or(u32::MAX),
+        )
+    }
+
+    /// OOM kills whose grace period passed with the main process alive: they took other
+    /// processes of the unit.
+    pub fn spared_main_oom_kills(&mut self, now: Instant) -> Vec<(UnitName, u32)> {
+        let due: Vec<UnitName> = self
+            .oom
+            .iter()
+            .filter(|(_, t)| t.check_at.is_some_and(|at| at <= now))
+            .map(|(u, _)| u.clone())
+            .collect();
+        due.into_iter()
+            .filter_map(|unit| {
+                let counter = self.oom_counter(&unit);
+                let track = self.oom.get_mut(&unit)?;
+                track.check_at = None;
+                let fresh = counter?.saturating_sub(track.accounted);
+                track.accounted += fresh;
+                (fresh > 0).then(|| (unit, u32::try_from(fresh).unwrap_or(u32::MAX)))
+            })
+            .collect()
     }
 
     /// Tries every due `rmdir`; an EBUSY one is tried again later, backing off.
@@ -299,7 +435,8 @@ impl Members {
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.removals.values().map(|r| r.at).min()
+        let oom = self.oom.values().filter_map(|t| t.check_at);
+        self.removals.values().map(|r| r.at).chain(oom).min()
     }
 
     pub fn facts(&self, unit: &UnitName) -> CgroupFacts {
@@ -320,6 +457,12 @@ impl Members {
                 Usage::default()
             },
             frozen: self.frozen.contains(unit),
+            warnings: self
+                .high
+                .get(unit)
+                .filter(|h| h.above_since.is_some())
+                .map(|h| vec![format!("memory above memory-high ({})", size(h.limit))])
+                .unwrap_or_default(),
         }
     }
 

@@ -20,6 +20,7 @@ use tracing::{debug, error, info, warn};
 use crate::core::exit::{ExitReport, Termination};
 use crate::core::service::State;
 use crate::core::supervisor::{Effect, Input, RequestError, Supervisor};
+use crate::os::cgroup;
 use crate::os::control_socket::{self, SocketError};
 use crate::os::poller::{Poller, Readiness};
 use crate::os::reaper;
@@ -101,6 +102,8 @@ struct Daemon {
     listener: UnixListener,
     clients: HashMap<u64, Client>,
     pipes: HashMap<u64, Pipe>,
+    /// Memory-event fds (OOM kills, memory-high) of running units.
+    memory_watches: HashMap<u64, (UnitName, OwnedFd)>,
     members: Members,
     rings: HashMap<UnitName, Ring>,
     next_token: u64,
@@ -177,6 +180,7 @@ pub fn run(opts: Options) -> Result<i32, DaemonError> {
         listener,
         clients: HashMap::new(),
         pipes: HashMap::new(),
+        memory_watches: HashMap::new(),
         rings,
         next_token: FIRST_DYNAMIC_TOKEN,
         clock: Clock::new(),
@@ -213,25 +217,28 @@ impl Daemon {
             let now = Instant::now();
             let reaped = reaper::reap_all();
             for (pid, termination) in reaped.exits {
-                // SIGKILL alone is no OOM: the unit's own counter must have moved too.
-                let killed = matches!(
+                let sigkill = matches!(
                     termination,
                     Termination::Signaled {
                         signal: Signal::SIGKILL,
                         ..
                     }
                 );
-                let oom = killed
-                    && self
-                        .sup
-                        .unit_of_pid(pid)
-                        .cloned()
-                        .is_some_and(|unit| self.members.oom_kill_seen(&unit));
+                let mut oom = false;
+                if let Some(unit) = self.sup.unit_of_pid(pid).cloned() {
+                    let (main_was_oom_killed, fresh) = self.members.on_main_exit(&unit, sigkill);
+                    oom = main_was_oom_killed;
+                    self.record_oom_kills(&unit, fresh, false, now);
+                    self.drop_memory_watch(&unit);
+                }
                 let exit = ExitReport { termination, oom };
                 debug!(pid, "reaped: {exit}");
                 self.feed(Input::Exited { pid, exit }, now);
             }
             self.feed(Input::Tick, now);
+            for (unit, count) in self.members.spared_main_oom_kills(now) {
+                self.record_oom_kills(&unit, count, true, now);
+            }
             self.members.retry_removals(now);
             self.answer_waiters();
             self.check_exit_with(now);
@@ -287,6 +294,14 @@ impl Daemon {
                 }
             }
             TOKEN_LISTENER => self.accept_clients(),
+            token if self.memory_watches.contains_key(&token) => {
+                if let Some((unit, fd)) = self.memory_watches.get(&token) {
+                    cgroup::drain(fd);
+                    let unit = unit.clone();
+                    debug!(unit = %unit, "memory event");
+                    self.members.on_memory_event(&unit, Instant::now());
+                }
+            }
             token if self.pipes.contains_key(&token) => self.read_pipe(token),
             token => self.serve_client(token, r),
         }
@@ -358,6 +373,13 @@ impl Daemon {
                         info!(unit = %unit.name, pid = child.pid, "started");
                         self.members
                             .spawned(&unit.name, child.pid, !cgroup.is_empty());
+                        self.drop_memory_watch(&unit.name);
+                        for fd in self.members.memory_watch(&unit) {
+                            let token = self.token();
+                            if self.poller.add(fd.as_fd(), token, false).is_ok() {
+                                self.memory_watches.insert(token, (unit.name.clone(), fd));
+                            }
+                        }
                         self.watch_pipe(&unit.name, Stream::Stdout, child.stdout);
                         self.watch_pipe(&unit.name, Stream::Stderr, child.stderr);
                         Some(Input::Spawned {
@@ -407,6 +429,54 @@ impl Daemon {
                 None
             }
         }
+    }
+
+    fn drop_memory_watch(&mut self, unit: &UnitName) {
+        let tokens: Vec<u64> = self
+            .memory_watches
+            .iter()
+            .filter(|(_, (u, _))| u == unit)
+            .map(|(t, _)| *t)
+            .collect();
+        for token in tokens {
+            if let Some((_, fd)) = self.memory_watches.remove(&token) {
+                let _ = self.poller.remove(&fd);
+            }
+        }
+    }
+
+    /// Counts OOM kills the kernel reported for a unit, and says so with the figures that
+    /// explain them.
+    fn record_oom_kills(&mut self, unit: &UnitName, count: u32, main_spared: bool, now: Instant) {
+        if count == 0 {
+            return;
+        }
+        let facts = self.members.facts(unit);
+        let limit = self
+            .sup
+            .get(unit)
+            .and_then(|(u, _)| match u.resources.memory_max {
+                Some(crate::unit::ByteLimit::Bytes(n)) => Some(crate::proto::human_size(n)),
+                _ => None,
+            })
+            .unwrap_or_else(|| "none".to_owned());
+        let peak = facts
+            .usage
+            .memory_peak
+            .map_or_else(|| "unknown".to_owned(), crate::proto::human_size);
+        let whom = if main_spared {
+            "a process of the unit (the main process lives)"
+        } else {
+            "the unit's main process"
+        };
+        warn!(unit = %unit, count, "OOM kill of {whom} (memory-max {limit}, peak {peak})");
+        self.feed(
+            Input::OomKills {
+                unit: unit.clone(),
+                count,
+            },
+            now,
+        );
     }
 
     fn watch_pipe(&mut self, unit: &UnitName, stream: Stream, fd: OwnedFd) {

@@ -35,6 +35,8 @@ pub fn unit_status(
         limits: limits(&unit.resources),
         usage: cgroup.usage,
         frozen: cgroup.frozen,
+        warnings: cgroup.warnings,
+        last_oom: rt.last_oom_at.map(|at| clock.rfc3339(at)),
         restart_in_ms: match (rt.state, rt.deadline()) {
             (State::Backoff, Some(at)) => Some(millis(at.saturating_duration_since(now))),
             _ => None,

@@ -134,6 +134,17 @@ pub trait Backend {
     fn oom_kills(&self, rel: &Path) -> Option<u64>;
     /// The cgroup as users name it: `/R/rel`.
     fn display(&self, rel: &Path) -> String;
+    /// Fds that become readable when the kernel reports a memory event of the cgroup (an OOM
+    /// kill; crossing `high` bytes): v1 eventfds via `cgroup.event_control`, a v2 inotify watch
+    /// of `memory.events`. Read the counters to learn what happened: a wakeup alone proves
+    /// nothing (v1 also signals the eventfd when the cgroup is removed).
+    fn memory_watch(&self, rel: &Path, high: Option<u64>) -> Result<Vec<OwnedFd>, CgroupError>;
+}
+
+/// Empties a watch fd from `Backend::memory_watch` (eventfd counter or inotify events).
+pub fn drain(fd: &OwnedFd) {
+    let mut buf = [0u8; 4096];
+    while matches!(nix::unistd::read(fd, &mut buf), Ok(n) if n > 0) {}
 }
 
 /// The detected backend.

@@ -225,6 +225,33 @@ impl Backend for V1 {
         )
     }
 
+    fn memory_watch(&self, rel: &Path, high: Option<u64>) -> Result<Vec<OwnedFd>, CgroupError> {
+        use nix::sys::eventfd::{EfdFlags, EventFd};
+        use std::os::fd::AsRawFd;
+        let dir = self
+            .dir_of(Controller::Memory, rel)
+            .ok_or(CgroupError::Unavailable("the v1 memory controller"))?;
+        let control = dir.join("cgroup.event_control");
+        // memory.oom_control wakes on OOM; memory.usage_in_bytes with a threshold wakes when
+        // usage crosses it in either direction (memcg v1 notification API).
+        let mut targets = vec![("memory.oom_control", String::new())];
+        if let Some(high) = high {
+            targets.push(("memory.usage_in_bytes", format!(" {high}")));
+        }
+        let mut fds = Vec::new();
+        for (file, suffix) in targets {
+            let path = dir.join(file);
+            let event = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+                .map_err(|e| super::io_error("creating an eventfd for", &path)(e.into()))?;
+            // The kernel keeps its own reference to the target file once registered.
+            let target = std::fs::File::open(&path).map_err(super::io_error("opening", &path))?;
+            let line = format!("{} {}{suffix}", event.as_raw_fd(), target.as_raw_fd());
+            write_file(&control, &line)?;
+            fds.push(OwnedFd::from(event));
+        }
+        Ok(fds)
+    }
+
     fn display(&self, rel: &Path) -> String {
         Path::new("/")
             .join(&self.root_rel)

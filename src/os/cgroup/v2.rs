@@ -176,6 +176,19 @@ impl Backend for V2 {
         flat_keyed(&events, "oom_kill")
     }
 
+    fn memory_watch(&self, rel: &Path, _high: Option<u64>) -> Result<Vec<OwnedFd>, CgroupError> {
+        use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+        let file = self.dir(rel).join("memory.events");
+        let os_err = |e: nix::errno::Errno| super::io_error("watching", &file)(e.into());
+        let inotify =
+            Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK).map_err(os_err)?;
+        // kernfs reports every change of memory.events (oom_kill, high, ...) as IN_MODIFY.
+        inotify
+            .add_watch(&file, AddWatchFlags::IN_MODIFY)
+            .map_err(os_err)?;
+        Ok(vec![OwnedFd::from(inotify)])
+    }
+
     fn display(&self, rel: &Path) -> String {
         Path::new("/")
             .join(&self.root_rel)
