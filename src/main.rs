@@ -66,7 +66,10 @@ enum Command {
         units: Vec<String>,
     },
     /// Re-read the units directory now and apply the difference
-    Reload,
+    Reload {
+        #[arg(long)]
+        json: bool,
+    },
     /// Show a unit's recent output
     Logs {
         #[arg(required = true)]
@@ -191,9 +194,19 @@ fn talk(command: Command, socket: &std::path::Path) -> Result<i32, ClientError> 
             if !response.ok {
                 return Ok(report(&response, json));
             }
+            if let (Some(error), false) = (&response.reload_error, json) {
+                eprintln!(
+                    "corral: the last reload failed; units keep their previous definitions:\n{error}"
+                );
+            }
+            let reload_error = response.reload_error.clone();
             let statuses = response.units.unwrap_or_default();
             if json {
-                println!("{}", serde_json::json!({ "units": statuses }));
+                let mut out = serde_json::json!({ "units": statuses });
+                if let Some(error) = reload_error {
+                    out["reload_error"] = error.into();
+                }
+                println!("{out}");
             } else if units.is_empty() {
                 client::print_status_table(&statuses);
             } else {
@@ -225,10 +238,14 @@ fn talk(command: Command, socket: &std::path::Path) -> Result<i32, ClientError> 
             &conn.call(&client::request(Verb::Thaw, &units))?,
             false,
         )),
-        Command::Reload => Ok(report(
-            &conn.call(&client::request(Verb::Reload, &[]))?,
-            false,
-        )),
+        Command::Reload { json } => {
+            let response = conn.call(&client::request(Verb::Reload, &[]))?;
+            match (&response.reload, json) {
+                (Some(plan), false) => client::print_reload(plan),
+                _ => return Ok(report(&response, json)),
+            }
+            Ok(client::response_code(&response))
+        }
         Command::Logs {
             units,
             lines,

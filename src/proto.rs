@@ -79,6 +79,8 @@ pub enum ErrorKind {
     ShuttingDown,
     /// The verb exists in the protocol but this build cannot do it yet.
     Unsupported,
+    /// reload: a unit file is invalid; nothing was applied.
+    Invalid,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -202,6 +204,23 @@ pub struct Response {
     pub line: Option<LogLine>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// reload: what was applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reload: Option<ReloadReport>,
+    /// status: the last reload failed; the units keep running their last good definitions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reload_error: Option<String>,
+}
+
+/// What a reload did, unit by unit.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadReport {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub restarted: Vec<String>,
+    pub relimited: Vec<String>,
+    pub updated: Vec<String>,
+    pub unchanged: usize,
 }
 
 impl Response {

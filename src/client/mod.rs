@@ -8,7 +8,7 @@ use std::path::Path;
 
 use crate::proto::{ErrorKind, Request, Response, Verb};
 
-pub use render::{print_log_line, print_status_details, print_status_table};
+pub use render::{print_log_line, print_reload, print_status_details, print_status_table};
 
 /// Client exit codes of SPEC 1.
 pub mod exit_code {

@@ -2,7 +2,7 @@
 
 use std::time::SystemTime;
 
-use crate::proto::{LastExit, LogLine, Stream, UnitStatus, human_size as size};
+use crate::proto::{LastExit, LogLine, ReloadReport, Stream, UnitStatus, human_size as size};
 
 fn secs(usec: u64) -> String {
     format!("{:.2}s", usec as f64 / 1e6)
@@ -221,4 +221,24 @@ pub fn print_status_details(units: &[UnitStatus]) {
             println!("  error     {error}");
         }
     }
+}
+
+/// `reload applied: 1 added (db), 0 removed, ...`.
+pub fn print_reload(plan: &ReloadReport) {
+    let part = |what: &str, names: &[String]| {
+        if names.is_empty() {
+            format!("0 {what}")
+        } else {
+            format!("{} {what} ({})", names.len(), names.join(", "))
+        }
+    };
+    println!(
+        "reload applied: {}, {}, {}, {}, {}, {} unchanged",
+        part("added", &plan.added),
+        part("removed", &plan.removed),
+        part("restarted", &plan.restarted),
+        part("re-limited", &plan.relimited),
+        part("updated", &plan.updated),
+        plan.unchanged
+    );
 }

@@ -7,8 +7,9 @@ use std::time::Instant;
 use nix::sys::signal::Signal;
 
 use crate::core::exit::ExitReport;
+use crate::core::reload::{self, Change, ReloadPlan};
 use crate::core::service::{Action, Event, Runtime, State, StopReason, Want};
-use crate::unit::{Unit, UnitKind, UnitName};
+use crate::unit::{Unit, UnitKind, UnitName, UnitSet};
 
 /// Everything that can happen to the supervisor.
 #[derive(Debug, Clone, PartialEq)]
@@ -57,6 +58,10 @@ pub enum Effect {
         warn: bool,
         message: String,
     },
+    /// Re-apply the unit's limits to its cgroup in place (reload changed only limits).
+    Relimit { unit: Arc<Unit> },
+    /// A removed unit is down and no longer known: release what the OS layer holds for it.
+    Forget { unit: UnitName },
     /// Every unit is down after `Shutdown`: the daemon may clean up and exit.
     ShutdownComplete,
 }
@@ -93,6 +98,23 @@ pub enum Goal {
 struct Entry {
     unit: Arc<Unit>,
     rt: Runtime,
+    /// Gone from the units directory: stopped, then forgotten.
+    removing: bool,
+}
+
+impl Entry {
+    fn new(unit: Unit, now: Instant) -> Entry {
+        let want = if unit.enabled { Want::Up } else { Want::Down };
+        let mut rt = Runtime::new(now, want);
+        if unit.kind == UnitKind::Slice {
+            rt.state = State::Active;
+        }
+        Entry {
+            unit: Arc::new(unit),
+            rt,
+            removing: false,
+        }
+    }
 }
 
 /// All units and their runtimes; the single owner of runtime state.
@@ -109,20 +131,7 @@ impl Supervisor {
     pub fn new(units: impl IntoIterator<Item = Unit>, now: Instant) -> Supervisor {
         let entries = units
             .into_iter()
-            .map(|unit| {
-                let want = if unit.enabled { Want::Up } else { Want::Down };
-                let mut rt = Runtime::new(now, want);
-                if unit.kind == UnitKind::Slice {
-                    rt.state = State::Active;
-                }
-                (
-                    unit.name.clone(),
-                    Entry {
-                        unit: Arc::new(unit),
-                        rt,
-                    },
-                )
-            })
+            .map(|unit| (unit.name.clone(), Entry::new(unit, now)))
             .collect();
         Supervisor {
             entries,
@@ -245,8 +254,80 @@ impl Supervisor {
                 }
             }
         }
-        self.fire_deadlines(now, &mut effects);
-        self.reconcile(now, &mut effects);
+        self.settle(now, &mut effects);
+        Ok(effects)
+    }
+
+    /// Applies a new, valid set of units as one plan (SPEC 6): added units start, removed ones
+    /// stop and are forgotten, changed processes restart, changed limits are re-applied in
+    /// place, and nothing else is touched.
+    pub fn reload(&mut self, units: UnitSet, now: Instant) -> (ReloadPlan, Vec<Effect>) {
+        let plan = reload::diff(self.entries.values().map(|e| &*e.unit), &units);
+        let mut effects = Vec::new();
+        let mut units = units;
+        for name in &plan.removed {
+            if let Some(e) = self.entries.get_mut(name) {
+                e.removing = true;
+                e.rt.want = Want::Down;
+            }
+        }
+        for name in &plan.added {
+            if let Some(unit) = units.remove(name) {
+                self.entries.insert(name.clone(), Entry::new(unit, now));
+            }
+        }
+        for (name, unit) in units {
+            let Some(e) = self.entries.get_mut(&name) else {
+                continue;
+            };
+            let change = reload::change(&e.unit, &unit);
+            let newly_enabled = unit.enabled && !e.unit.enabled;
+            e.unit = Arc::new(unit);
+            match change {
+                Change::Restart if e.rt.state.has_process() => {
+                    self.feed(&name, Event::Stop(StopReason::Restart), now, &mut effects);
+                }
+                Change::Restart => {
+                    // A unit that failed under its old definition gets a fresh try.
+                    if e.rt.want == Want::Up && e.rt.state == State::Failed {
+                        e.rt.reset_for_user_start(now);
+                    }
+                    if e.unit.kind == UnitKind::Slice {
+                        effects.push(Effect::Relimit {
+                            unit: Arc::clone(&e.unit),
+                        });
+                    }
+                }
+                Change::Relimit => effects.push(Effect::Relimit {
+                    unit: Arc::clone(&e.unit),
+                }),
+                Change::Update | Change::None => {}
+            }
+            if let Some(e) = self.entries.get_mut(&name)
+                && newly_enabled
+                && !self.shutting_down
+            {
+                e.rt.want = Want::Up;
+            }
+        }
+        self.settle(now, &mut effects);
+        (plan, effects)
+    }
+
+    /// After any input: deadlines, reconciliation, forgetting removed units, shutdown's end.
+    fn settle(&mut self, now: Instant, effects: &mut Vec<Effect>) {
+        self.fire_deadlines(now, effects);
+        self.reconcile(now, effects);
+        let gone: Vec<UnitName> = self
+            .entries
+            .values()
+            .filter(|e| e.removing && !e.rt.state.has_process())
+            .map(|e| e.unit.name.clone())
+            .collect();
+        for name in gone {
+            self.entries.remove(&name);
+            effects.push(Effect::Forget { unit: name });
+        }
         if self.shutting_down && !self.shutdown_reported && self.all_down() {
             self.shutdown_reported = true;
             for e in self.entries.values_mut() {
@@ -257,7 +338,6 @@ impl Supervisor {
             }
             effects.push(Effect::ShutdownComplete);
         }
-        Ok(effects)
     }
 
     /// Whether a client waiting for `goal` on `name` can have its answer: `Some(Ok)` done,
@@ -779,5 +859,65 @@ mod tests {
             t0,
         );
         assert_eq!(err, Err(RequestError::NotRunning(name("web"))));
+    }
+
+    fn set(units: Vec<Unit>) -> UnitSet {
+        units.into_iter().map(|u| (u.name.clone(), u)).collect()
+    }
+
+    #[test]
+    fn reload_restarts_changed_processes_relimits_and_forgets_removed_units() {
+        let t0 = Instant::now();
+        let mut sup = Supervisor::new([service("web"), service("db"), service("old")], t0);
+        let mut pids = 0;
+        run(&mut sup, Input::Tick, t0, &mut pids);
+        let (web, db, old) = (pid(&sup, "web"), pid(&sup, "db"), pid(&sup, "old"));
+        let mut new_web = service("web");
+        if let Some(exec) = &mut new_web.exec {
+            exec.command = vec!["sleep".into(), "1".into()];
+        }
+        let mut new_db = service("db");
+        new_db.resources.pids_max = Some(Some(8));
+        let (plan, effects) = sup.reload(set(vec![new_web, new_db, service("extra")]), t0);
+        assert_eq!(plan.restarted, vec![name("web")]);
+        assert_eq!(plan.relimited, vec![name("db")]);
+        assert_eq!(plan.removed, vec![name("old")]);
+        assert_eq!(plan.added, vec![name("extra")]);
+        assert_eq!(spawned(&effects), vec!["extra"]);
+        assert_eq!(signalled(&effects), vec!["web", "old"]);
+        assert!(
+            effects
+                .iter()
+                .any(|e| matches!(e, Effect::Relimit { unit } if unit.name == name("db")))
+        );
+        assert_eq!(pid(&sup, "db"), db, "re-limited in place");
+        for (p, exit) in [
+            (web, ExitReport::signal(Signal::SIGTERM)),
+            (old, ExitReport::code(0)),
+        ] {
+            let effects = run(&mut sup, Input::Exited { pid: p, exit }, t0, &mut pids);
+            if p == old {
+                assert!(effects.contains(&Effect::Forget { unit: name("old") }));
+            } else {
+                assert_eq!(spawned(&effects), vec!["web"]);
+            }
+        }
+        assert!(sup.get(&name("old")).is_none());
+        let web_now = sup.get(&name("web")).expect("web");
+        assert_eq!(web_now.0.exec.as_ref().map(|e| e.command.len()), Some(2));
+        assert_eq!(
+            web_now.1.restarts, 0,
+            "a reload restart is no automatic restart"
+        );
+    }
+
+    #[test]
+    fn reload_with_nothing_changed_touches_nothing() {
+        let t0 = Instant::now();
+        let mut sup = Supervisor::new([service("web")], t0);
+        run(&mut sup, Input::Tick, t0, &mut 0);
+        let (plan, effects) = sup.reload(set(vec![service("web")]), t0);
+        assert!(plan.is_noop());
+        assert!(effects.is_empty(), "{effects:?}");
     }
 }

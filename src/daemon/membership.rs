@@ -164,6 +164,79 @@ impl Members {
         }
     }
 
+    /// A reload's new set of units: paths of added and changed units. Removed units keep
+    /// theirs until `forget`; running units keep the door they were started with.
+    pub fn update_units(&mut self, units: &BTreeMap<UnitName, Unit>) {
+        for u in units.values() {
+            let parent_of = |n: &UnitName| units.get(n).and_then(|u| u.slice.clone());
+            let rel = cgroup_plan::unit_cgroup(&u.name, u.kind, &parent_of);
+            self.paths.insert(u.name.clone(), rel);
+        }
+        let added_slices: BTreeMap<UnitName, Unit> = units
+            .iter()
+            .filter(|(n, u)| u.kind == UnitKind::Slice && !self.problems.contains_key(*n))
+            .map(|(n, u)| (n.clone(), u.clone()))
+            .collect();
+        self.setup_slices(&added_slices);
+    }
+
+    /// Rewrites a unit's (or slice's) cgroup files in place, without touching its processes.
+    pub fn relimit(&mut self, unit: &Unit) {
+        let (Some(cgroups), Some(rel)) = (&self.cgroups, self.paths.get(&unit.name)) else {
+            return;
+        };
+        let problems = if unit.kind == UnitKind::Slice {
+            match cgroups.create(rel, true) {
+                Ok(()) => cgroup::apply(&**cgroups, rel, &plan_for(unit, cgroups.version())),
+                Err(e) => vec![format!("creating the slice's cgroup: {e}")],
+            }
+        } else if cgroups.exists(rel) {
+            cgroup::apply(&**cgroups, rel, &plan_for(unit, cgroups.version()))
+        } else {
+            // Not running: the next start writes the new limits.
+            Vec::new()
+        };
+        report(&unit.name, &problems);
+        info!(unit = %unit.name, "limits re-applied in place");
+        self.problems.insert(unit.name.clone(), problems);
+        match unit.resources.memory_high {
+            Some(ByteLimit::Bytes(limit)) => {
+                self.high
+                    .entry(unit.name.clone())
+                    .and_modify(|h| h.limit = limit)
+                    .or_insert(HighEpisode {
+                        limit,
+                        above_since: None,
+                        last_event: None,
+                    });
+            }
+            _ => {
+                self.high.remove(&unit.name);
+            }
+        }
+    }
+
+    /// A removed unit is down: its cgroup goes, and corral forgets it.
+    pub fn forget(&mut self, unit: &UnitName, now: Instant) {
+        if let Some(rel) = self.paths.remove(unit)
+            && self.cgroups.is_some()
+        {
+            self.removals.insert(
+                rel,
+                Removal {
+                    at: now,
+                    delay: FIRST_REMOVAL_RETRY,
+                },
+            );
+        }
+        self.doors.remove(unit);
+        self.problems.remove(unit);
+        self.oom.remove(unit);
+        self.high.remove(unit);
+        self.frozen.remove(unit);
+        self.retry_removals(now);
+    }
+
     /// Gets a unit's cgroup ready for a new main process: empties what an earlier generation
     /// left, creates it, writes its limits, and opens `cgroup.procs` for the child to join.
     /// An empty list means "no cgroup": the unit runs in its process group only.

@@ -18,6 +18,7 @@ use nix::sys::signal::Signal;
 use tracing::{debug, error, info, warn};
 
 use crate::core::exit::{ExitReport, Termination};
+use crate::core::reload::ReloadPlan;
 use crate::core::service::State;
 use crate::core::supervisor::{Effect, Input, RequestError, Supervisor};
 use crate::os::cgroup;
@@ -26,6 +27,7 @@ use crate::os::poller::{Poller, Readiness};
 use crate::os::reaper;
 use crate::os::signals::SignalEvents;
 use crate::os::spawn;
+use crate::os::watch::DirWatch;
 use crate::proto::{LogLine, Response, Stream};
 use crate::unit::{self, UnitName};
 
@@ -73,7 +75,14 @@ fn os_err(operation: &'static str) -> impl FnOnce(std::io::Error) -> DaemonError
 
 const TOKEN_SIGNALS: u64 = 0;
 const TOKEN_LISTENER: u64 = 1;
-const FIRST_DYNAMIC_TOKEN: u64 = 2;
+const TOKEN_WATCH: u64 = 2;
+const FIRST_DYNAMIC_TOKEN: u64 = 3;
+
+/// Changes in the units directory settle for this long before a reload (editors write in
+/// several steps)...
+const RELOAD_DEBOUNCE: Duration = Duration::from_millis(100);
+/// ...but a directory that never stops changing is still reloaded this often.
+const RELOAD_MAX_DELAY: Duration = Duration::from_secs(1);
 
 /// A read end of a unit's stdout or stderr.
 struct Pipe {
@@ -102,6 +111,11 @@ struct Daemon {
     listener: UnixListener,
     clients: HashMap<u64, Client>,
     pipes: HashMap<u64, Pipe>,
+    watch: Option<DirWatch>,
+    /// A debounced reload is due at `.0`; the first change of the burst came at `.1`.
+    reload_due: Option<(Instant, Instant)>,
+    /// The last reload's diagnostics, until a reload succeeds.
+    reload_error: Option<String>,
     /// Memory-event fds (OOM kills, memory-high) of running units.
     memory_watches: HashMap<u64, (UnitName, OwnedFd)>,
     members: Members,
@@ -171,6 +185,22 @@ pub fn run(opts: Options) -> Result<i32, DaemonError> {
         .map(|n| (n.clone(), Ring::default()))
         .collect();
     let members = Members::new(opts.cgroup_root.as_deref(), &loaded.units);
+    let watch = match DirWatch::new(&opts.units_dir) {
+        Ok(watch) => {
+            if let Err(e) = poller.add(watch.fd(), TOKEN_WATCH, false) {
+                warn!(
+                    "cannot watch the units directory ({e}); reload with SIGHUP or `corral reload`"
+                );
+                None
+            } else {
+                Some(watch)
+            }
+        }
+        Err(e) => {
+            warn!("{e}; reload with SIGHUP or `corral reload`");
+            None
+        }
+    };
     let mut daemon = Daemon {
         members,
         sup: Supervisor::new(loaded.units.into_values(), now),
@@ -181,6 +211,9 @@ pub fn run(opts: Options) -> Result<i32, DaemonError> {
         clients: HashMap::new(),
         pipes: HashMap::new(),
         memory_watches: HashMap::new(),
+        watch,
+        reload_due: None,
+        reload_error: None,
         rings,
         next_token: FIRST_DYNAMIC_TOKEN,
         clock: Clock::new(),
@@ -235,6 +268,9 @@ impl Daemon {
                 debug!(pid, "reaped: {exit}");
                 self.feed(Input::Exited { pid, exit }, now);
             }
+            if self.reload_due.is_some_and(|(due, _)| due <= now) {
+                let _ = self.reload(now);
+            }
             self.feed(Input::Tick, now);
             for (unit, count) in self.members.spared_main_oom_kills(now) {
                 self.record_oom_kills(&unit, count, true, now);
@@ -275,6 +311,7 @@ impl Daemon {
             .next_deadline()
             .into_iter()
             .chain(self.members.next_deadline())
+            .chain(self.reload_due.map(|(due, _)| due))
             .chain(clients)
             .chain(leftovers)
             .min()
@@ -294,6 +331,15 @@ impl Daemon {
                 }
             }
             TOKEN_LISTENER => self.accept_clients(),
+            TOKEN_WATCH => {
+                if let Some(watch) = &mut self.watch {
+                    watch.drain();
+                }
+                let now = Instant::now();
+                let first = self.reload_due.map_or(now, |(_, first)| first);
+                let due = (now + RELOAD_DEBOUNCE).min(first + RELOAD_MAX_DELAY);
+                self.reload_due = Some((due, first));
+            }
             token if self.memory_watches.contains_key(&token) => {
                 if let Some((unit, fd)) = self.memory_watches.get(&token) {
                     cgroup::drain(fd);
@@ -314,7 +360,8 @@ impl Daemon {
                 self.begin_shutdown(Instant::now());
             }
             Signal::SIGHUP => {
-                warn!("SIGHUP received: reloading units is not implemented in this build yet");
+                info!("SIGHUP received: reloading the units");
+                let _ = self.reload(Instant::now());
             }
             // SIGCHLD only wakes the loop: every wake reaps.
             _ => {}
@@ -336,26 +383,28 @@ impl Daemon {
 
     /// Feeds one input and performs every effect, including the follow-ups they cause.
     fn step(&mut self, input: Input, now: Instant) -> Result<(), RequestError> {
-        let mut queue = std::collections::VecDeque::from([input]);
-        let mut first = true;
+        // Only the caller's own request can be refused; follow-ups never are.
+        let effects = self.sup.handle(input, now)?;
+        self.run_effects(effects, now);
+        Ok(())
+    }
+
+    /// Performs effects in order, feeding each follow-up input back into the core.
+    fn run_effects(&mut self, effects: Vec<Effect>, now: Instant) {
+        let mut queue = std::collections::VecDeque::new();
+        for effect in effects {
+            queue.extend(self.perform(effect, now));
+        }
         while let Some(input) = queue.pop_front() {
-            let effects = match self.sup.handle(input, now) {
-                Ok(effects) => effects,
-                // Only the caller's own request can be refused; follow-ups never are.
-                Err(e) if first => return Err(e),
-                Err(e) => {
-                    error!("internal input refused: {e}");
-                    continue;
+            match self.sup.handle(input, now) {
+                Ok(effects) => {
+                    for effect in effects {
+                        queue.extend(self.perform(effect, now));
+                    }
                 }
-            };
-            first = false;
-            for effect in effects {
-                if let Some(follow_up) = self.perform(effect, now) {
-                    queue.push_back(follow_up);
-                }
+                Err(e) => error!("internal input refused: {e}"),
             }
         }
-        Ok(())
     }
 
     fn perform(&mut self, effect: Effect, now: Instant) -> Option<Input> {
@@ -413,6 +462,15 @@ impl Daemon {
                 info!(unit = %unit, "{message}");
                 None
             }
+            Effect::Relimit { unit } => {
+                self.members.relimit(&unit);
+                None
+            }
+            Effect::Forget { unit } => {
+                self.members.forget(&unit, now);
+                self.drop_memory_watch(&unit);
+                None
+            }
             Effect::ShutdownComplete => {
                 info!("every unit is down");
                 for client in self.clients.values_mut() {
@@ -429,6 +487,55 @@ impl Daemon {
                 None
             }
         }
+    }
+
+    /// Reads the whole units directory and applies the difference as one plan; invalid input
+    /// changes nothing (SPEC 6).
+    fn reload(&mut self, now: Instant) -> Result<ReloadPlan, String> {
+        self.reload_due = None;
+        if self.sup.is_shutting_down() {
+            return Err("corral is shutting down".to_owned());
+        }
+        let loaded = match unit::load_dir(&self.opts.units_dir, &unit::SystemUserDb) {
+            Ok(loaded) => loaded,
+            Err(diagnostics) => {
+                let text = diagnostics.to_string();
+                error!("reload refused, the running units keep their definitions:\n{text}");
+                self.reload_error = Some(text.clone());
+                return Err(text);
+            }
+        };
+        self.reload_error = None;
+        for warning in &loaded.warnings {
+            warn!("{warning}");
+        }
+        self.members.update_units(&loaded.units);
+        for name in loaded.units.keys() {
+            self.rings.entry(name.clone()).or_default();
+        }
+        let (plan, effects) = self.sup.reload(loaded.units, now);
+        if plan.is_noop() {
+            debug!("reload: nothing changed");
+        } else {
+            let list = |names: &[UnitName]| {
+                names
+                    .iter()
+                    .map(UnitName::as_str)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            info!(
+                added = list(&plan.added),
+                removed = list(&plan.removed),
+                restarted = list(&plan.restarted),
+                relimited = list(&plan.relimited),
+                updated = list(&plan.updated),
+                unchanged = plan.unchanged.len(),
+                "reload applied"
+            );
+        }
+        self.run_effects(effects, now);
+        Ok(plan)
     }
 
     fn drop_memory_watch(&mut self, unit: &UnitName) {

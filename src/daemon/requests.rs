@@ -7,10 +7,11 @@ use std::time::Instant;
 use nix::sys::signal::Signal;
 use tracing::{info, warn};
 
+use crate::core::reload::ReloadPlan;
 use crate::core::supervisor::{Goal, Input, RequestError};
 use crate::os::control_socket;
 use crate::os::poller::Readiness;
-use crate::proto::{ErrorBody, ErrorKind, Request, Response, UnitStatus, Verb};
+use crate::proto::{ErrorBody, ErrorKind, ReloadReport, Request, Response, UnitStatus, Verb};
 use crate::unit::UnitName;
 
 use super::Daemon;
@@ -150,7 +151,10 @@ impl Daemon {
         match request.verb {
             Verb::Status => {
                 let response = match self.sup.check_names(&names) {
-                    Ok(()) => Response::units(self.statuses(&names, now)),
+                    Ok(()) => Response {
+                        reload_error: self.reload_error.clone(),
+                        ..Response::units(self.statuses(&names, now))
+                    },
                     Err(e) => refused(&e),
                 };
                 self.reply(token, response);
@@ -213,8 +217,15 @@ impl Daemon {
                 self.reply(token, response);
             }
             Verb::Reload => {
-                let what = "reload is not implemented in this build yet";
-                self.reply(token, Response::error(ErrorKind::Unsupported, what));
+                let response = match self.reload(now) {
+                    Ok(plan) => Response {
+                        ok: true,
+                        reload: Some(report(&plan)),
+                        ..Response::default()
+                    },
+                    Err(diagnostics) => Response::error(ErrorKind::Invalid, diagnostics),
+                };
+                self.reply(token, response);
             }
         }
     }
@@ -389,4 +400,16 @@ fn refused(e: &RequestError) -> Response {
         RequestError::ShuttingDown => ErrorKind::ShuttingDown,
     };
     Response::error(kind, e.to_string())
+}
+
+fn report(plan: &ReloadPlan) -> ReloadReport {
+    let names = |v: &[UnitName]| v.iter().map(|n| n.to_string()).collect();
+    ReloadReport {
+        added: names(&plan.added),
+        removed: names(&plan.removed),
+        restarted: names(&plan.restarted),
+        relimited: names(&plan.relimited),
+        updated: names(&plan.updated),
+        unchanged: plan.unchanged.len(),
+    }
 }

@@ -7,3 +7,4 @@ pub mod process_group;
 pub mod reaper;
 pub mod signals;
 pub mod spawn;
+pub mod watch;

@@ -1,0 +1,158 @@
+//! Reload as a pure diff: old units x new units -> what to start, stop, restart, re-limit.
+
+use std::collections::BTreeMap;
+
+use crate::unit::{Unit, UnitName};
+
+/// What a reload does to each unit. Every name of either set is in exactly one list.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ReloadPlan {
+    pub added: Vec<UnitName>,
+    pub removed: Vec<UnitName>,
+    /// `[exec]` (user included), `[namespaces]`, `[sandbox]`, `slice` or `kind` changed.
+    pub restarted: Vec<UnitName>,
+    /// Only `[resources]` / `[oom]` changed (and perhaps settings that need no process
+    /// change): the cgroup files are rewritten in place.
+    pub relimited: Vec<UnitName>,
+    /// Settings that take effect without touching the process (restart policy, stop
+    /// timeout, ordering, description, enabled) changed.
+    pub updated: Vec<UnitName>,
+    pub unchanged: Vec<UnitName>,
+}
+
+impl ReloadPlan {
+    pub fn is_noop(&self) -> bool {
+        self.added.is_empty()
+            && self.removed.is_empty()
+            && self.restarted.is_empty()
+            && self.relimited.is_empty()
+            && self.updated.is_empty()
+    }
+}
+
+/// How one unit changed between two versions of its file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    Restart,
+    Relimit,
+    Update,
+    None,
+}
+
+/// SPEC 6: what a process was started with decides a restart; limits are rewritten in place.
+pub fn change(old: &Unit, new: &Unit) -> Change {
+    if old.exec != new.exec
+        || old.namespaces != new.namespaces
+        || old.sandbox != new.sandbox
+        || old.slice != new.slice
+        || old.kind != new.kind
+    {
+        Change::Restart
+    } else if old.resources != new.resources || old.oom != new.oom {
+        Change::Relimit
+    } else if old != new {
+        Change::Update
+    } else {
+        Change::None
+    }
+}
+
+pub fn diff<'a>(
+    old: impl IntoIterator<Item = &'a Unit>,
+    new: &BTreeMap<UnitName, Unit>,
+) -> ReloadPlan {
+    let mut plan = ReloadPlan::default();
+    let old: BTreeMap<&UnitName, &Unit> = old.into_iter().map(|u| (&u.name, u)).collect();
+    for (name, unit) in &old {
+        if !new.contains_key(*name) {
+            plan.removed.push((*name).clone());
+        } else if let Some(next) = new.get(*name) {
+            let list = match change(unit, next) {
+                Change::Restart => &mut plan.restarted,
+                Change::Relimit => &mut plan.relimited,
+                Change::Update => &mut plan.updated,
+                Change::None => &mut plan.unchanged,
+            };
+            list.push((*name).clone());
+        }
+    }
+    plan.added = new
+        .keys()
+        .filter(|n| !old.contains_key(n))
+        .cloned()
+        .collect();
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::fixtures::{name, service, unit};
+    use crate::unit::{ByteLimit, RestartPolicy, UnitKind};
+
+    fn set(units: Vec<Unit>) -> BTreeMap<UnitName, Unit> {
+        units.into_iter().map(|u| (u.name.clone(), u)).collect()
+    }
+
+    #[test]
+    fn each_kind_of_edit_lands_in_its_list() {
+        let old = vec![
+            service("same"),
+            service("cmd"),
+            service("mem"),
+            service("policy"),
+            service("gone"),
+            service("moved"),
+            unit("pool", UnitKind::Slice),
+        ];
+        let mut cmd = service("cmd");
+        if let Some(exec) = &mut cmd.exec {
+            exec.command = vec!["false".into()];
+        }
+        let mut mem = service("mem");
+        mem.resources.memory_max = Some(ByteLimit::Bytes(1 << 20));
+        let mut policy = service("policy");
+        policy.restart.policy = RestartPolicy::Always;
+        let mut moved = service("moved");
+        moved.slice = Some(name("pool"));
+        let mut pool = unit("pool", UnitKind::Slice);
+        pool.resources.pids_max = Some(Some(10));
+        let new = set(vec![
+            service("same"),
+            cmd,
+            mem,
+            policy,
+            moved,
+            pool,
+            service("new"),
+        ]);
+        let plan = diff(&old, &new);
+        let names = |v: &Vec<UnitName>| v.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert_eq!(names(&plan.added), vec!["new"]);
+        assert_eq!(names(&plan.removed), vec!["gone"]);
+        assert_eq!(names(&plan.restarted), vec!["cmd", "moved"]);
+        assert_eq!(names(&plan.relimited), vec!["mem", "pool"]);
+        assert_eq!(names(&plan.updated), vec!["policy"]);
+        assert_eq!(names(&plan.unchanged), vec!["same"]);
+        assert!(!plan.is_noop());
+    }
+
+    #[test]
+    fn an_identical_set_is_a_noop() {
+        let units = vec![service("a"), service("b")];
+        let plan = diff(&units, &set(units.clone()));
+        assert!(plan.is_noop());
+        assert_eq!(plan.unchanged.len(), 2);
+    }
+
+    #[test]
+    fn a_user_change_restarts_and_a_limit_with_it_still_restarts() {
+        let old = service("web");
+        let mut new = service("web");
+        new.resources.pids_max = Some(Some(5));
+        if let Some(exec) = &mut new.exec {
+            exec.env.insert("X".into(), "1".into());
+        }
+        assert_eq!(change(&old, &new), Change::Restart);
+    }
+}
