@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use corral::client::{self, ClientError, Connection, exit_code};
 use corral::daemon::{self, logging};
 use corral::os::control_socket;
+use corral::os::pid1::PowerAction;
 use corral::proto::{Request, Response, Verb};
 use corral::unit::{self, UnitName};
 
@@ -84,7 +85,14 @@ enum Command {
         json: bool,
     },
     /// Stop every unit in reverse dependency order, then end the supervisor
-    Shutdown,
+    Shutdown {
+        /// Then power the machine off (corral must be the host's init)
+        #[arg(long, conflicts_with = "reboot")]
+        poweroff: bool,
+        /// Then reboot the machine (corral must be the host's init)
+        #[arg(long)]
+        reboot: bool,
+    },
 }
 
 #[derive(Args)]
@@ -252,10 +260,15 @@ fn talk(command: Command, socket: &std::path::Path) -> Result<i32, ClientError> 
             follow,
             json,
         } => logs(&mut conn, units, lines, follow, json),
-        Command::Shutdown => Ok(report(
-            &conn.call(&client::request(Verb::Shutdown, &[]))?,
-            false,
-        )),
+        Command::Shutdown { poweroff, reboot } => {
+            let mut request = client::request(Verb::Shutdown, &[]);
+            request.power = match (poweroff, reboot) {
+                (true, _) => Some(PowerAction::Poweroff),
+                (_, true) => Some(PowerAction::Reboot),
+                _ => None,
+            };
+            Ok(report(&conn.call(&request)?, false))
+        }
         Command::Run(_) | Command::Check { .. } => Ok(exit_code::USAGE),
     }
 }

@@ -45,6 +45,9 @@ pub struct Request {
     /// logs: keep streaming new lines until the client closes.
     #[serde(default, skip_serializing_if = "is_false")]
     pub follow: bool,
+    /// shutdown: what the machine does afterwards (host init only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power: Option<crate::os::pid1::PowerAction>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -60,6 +63,7 @@ impl Request {
             signal: None,
             lines: None,
             follow: false,
+            power: None,
         }
     }
 }

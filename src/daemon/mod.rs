@@ -23,6 +23,7 @@ use crate::core::service::State;
 use crate::core::supervisor::{Effect, Input, RequestError, Supervisor};
 use crate::os::cgroup;
 use crate::os::control_socket::{self, SocketError};
+use crate::os::pid1::{self, PowerAction};
 use crate::os::poller::{Poller, Readiness};
 use crate::os::reaper;
 use crate::os::signals::SignalEvents;
@@ -125,6 +126,10 @@ struct Daemon {
     phase: Phase,
     exit_code: i32,
     own_uid: u32,
+    /// PID 1 of the machine: never exits, powers off or reboots instead.
+    host_init: bool,
+    /// What a host init does after shutdown.
+    power: PowerAction,
 }
 
 /// Runs the supervisor in the foreground until shutdown; returns the process exit code.
@@ -157,6 +162,14 @@ pub fn run(opts: Options) -> Result<i32, DaemonError> {
         && let Err(e) = reaper::become_subreaper()
     {
         warn!("cannot become a child subreaper ({e}); orphans of units will not be reaped");
+    }
+    let host_init = pid1::is_host_init();
+    if host_init {
+        info!("running as the machine's init: shutdown ends in power-off or reboot");
+        // Ctrl-Alt-Del then arrives as SIGINT (an orderly reboot) instead of an instant reset.
+        if let Err(e) = nix::sys::reboot::set_cad_enabled(false) {
+            warn!("cannot take over Ctrl-Alt-Del: {e}");
+        }
     }
     let signals = SignalEvents::install().map_err(os_err("installing signal handlers"))?;
     let listener = control_socket::bind(&opts.socket, group)?;
@@ -220,10 +233,21 @@ pub fn run(opts: Options) -> Result<i32, DaemonError> {
         phase: Phase::Supervising,
         exit_code: 0,
         own_uid: nix::unistd::geteuid().as_raw(),
+        host_init,
+        power: PowerAction::Poweroff,
     };
     let code = daemon.event_loop();
     daemon.members.teardown();
     let _ = std::fs::remove_file(&daemon.opts.socket);
+    if daemon.host_init {
+        info!(action = ?daemon.power, "every process is gone; syncing and powering down");
+        let error = pid1::power(daemon.power);
+        // The kernel panics if PID 1 exits: wait for whoever can help, forever.
+        error!("reboot(2) failed: {error}; halting here");
+        loop {
+            nix::unistd::pause();
+        }
+    }
     info!(code, "corral exits");
     Ok(code)
 }
@@ -356,6 +380,10 @@ impl Daemon {
     fn on_signal(&mut self, signal: Signal) {
         match signal {
             Signal::SIGTERM | Signal::SIGINT => {
+                // A host init's SIGINT is Ctrl-Alt-Del: the convention is a reboot.
+                if signal == Signal::SIGINT {
+                    self.power = PowerAction::Reboot;
+                }
                 info!("{} received: stopping every unit", signal.as_str());
                 self.begin_shutdown(Instant::now());
             }

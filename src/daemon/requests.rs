@@ -207,6 +207,14 @@ impl Daemon {
             }
             Verb::Logs => self.start_logs(token, &request, names),
             Verb::Shutdown => {
+                if request.power.is_some() && !self.host_init {
+                    let why = "corral is not the host's init (PID 1 of the first pid namespace): \
+                               it cannot power off or reboot the machine";
+                    return self.reply(token, Response::error(ErrorKind::Failed, why));
+                }
+                if let Some(power) = request.power {
+                    self.power = power;
+                }
                 if let Some(client) = self.clients.get_mut(&token) {
                     client.state = ClientState::AwaitingShutdown;
                 }
