@@ -184,7 +184,9 @@ fn check(units_dir: &std::path::Path) -> i32 {
             for warning in &loaded.warnings {
                 eprintln!("{warning}");
             }
-            println!("{}: {} units OK", units_dir.display(), loaded.units.len());
+            let n = loaded.units.len();
+            let noun = if n == 1 { "unit" } else { "units" };
+            println!("{}: {n} {noun} OK", units_dir.display());
             exit_code::OK
         }
         Err(error) => {

@@ -64,12 +64,15 @@ fn valid_units_pass() {
 }
 
 #[test]
-fn the_shipped_units_pass() {
-    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("units");
-    if !shipped.is_dir() {
-        eprintln!("SKIPPED: no units/ directory in this checkout");
-        return;
+fn the_shipped_units_and_examples_pass() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for dir in [
+        "units",
+        "examples/slices",
+        "examples/oom-restart",
+        "examples/container/units",
+    ] {
+        let out = check(&root.join(dir));
+        assert_eq!(out.code, 0, "{dir}: {out:?}");
     }
-    let out = check(&shipped);
-    assert_eq!(out.code, 0, "{out:?}");
 }
