@@ -262,7 +262,10 @@ impl Supervisor {
     /// stop and are forgotten, changed processes restart, changed limits are re-applied in
     /// place, and nothing else is touched.
     pub fn reload(&mut self, units: UnitSet, now: Instant) -> (ReloadPlan, Vec<Effect>) {
-        let plan = reload::diff(self.entries.values().map(|e| &*e.unit), &units);
+        // why: a unit still stopping after an earlier reload removed it is already gone; in the
+        // old set, its file put back would read as "unchanged" and the unit be forgotten once down.
+        let current = self.entries.values().filter(|e| !e.removing);
+        let plan = reload::diff(current.map(|e| &*e.unit), &units);
         let mut effects = Vec::new();
         let mut units = units;
         for name in &plan.removed {
@@ -272,8 +275,20 @@ impl Supervisor {
             }
         }
         for name in &plan.added {
-            if let Some(unit) = units.remove(name) {
-                self.entries.insert(name.clone(), Entry::new(unit, now));
+            let Some(unit) = units.remove(name) else {
+                continue;
+            };
+            match self.entries.get_mut(name) {
+                // Put back while its removal's stop runs: it keeps its process until that
+                // exits, then comes up under the new definition.
+                Some(e) => {
+                    e.removing = false;
+                    e.rt.want = if unit.enabled { Want::Up } else { Want::Down };
+                    e.unit = Arc::new(unit);
+                }
+                None => {
+                    self.entries.insert(name.clone(), Entry::new(unit, now));
+                }
             }
         }
         for (name, unit) in units {

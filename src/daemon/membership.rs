@@ -519,11 +519,26 @@ impl Members {
                 ..CgroupFacts::default()
             };
         };
-        let problems = self.problems.get(unit).filter(|p| !p.is_empty());
+        // `limits_enforced` covers the slices above the unit too (proto::UnitStatus): a cap on
+        // a slice that did not take leaves the unit unbounded as well. Outermost slice first.
+        let mut slices: Vec<(&UnitName, &PathBuf)> = self
+            .paths
+            .iter()
+            .filter(|(name, path)| *name != unit && rel.starts_with(path))
+            .collect();
+        slices.sort_by_key(|(_, path)| path.components().count());
+        let problems: Vec<String> = slices
+            .into_iter()
+            .flat_map(|(name, _)| {
+                let own = self.problems.get(name).into_iter().flatten();
+                own.map(move |p| format!("slice {name}: {p}"))
+            })
+            .chain(self.problems.get(unit).into_iter().flatten().cloned())
+            .collect();
         CgroupFacts {
             cgroup: Some(cgroups.display(rel)),
-            limits_enforced: problems.is_none(),
-            limits_reason: problems.map(|p| p.join("; ")),
+            limits_enforced: problems.is_empty(),
+            limits_reason: (!problems.is_empty()).then(|| problems.join("; ")),
             usage: if cgroups.exists(rel) {
                 cgroups.usage(rel)
             } else {

@@ -356,8 +356,10 @@ impl Daemon {
             }
             TOKEN_LISTENER => self.accept_clients(),
             TOKEN_WATCH => {
-                if let Some(watch) = &mut self.watch {
-                    watch.drain();
+                if let Some(watch) = &mut self.watch
+                    && let Err(e) = watch.drain()
+                {
+                    warn!("{e}; changes there are seen on SIGHUP or `corral reload`");
                 }
                 let now = Instant::now();
                 let first = self.reload_due.map_or(now, |(_, first)| first);

@@ -4,6 +4,8 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 
@@ -11,8 +13,11 @@ use crate::unit::is_ignored_file_name;
 
 pub struct DirWatch {
     /// Kept alive: dropping it stops the watch.
-    _watcher: RecommendedWatcher,
+    watcher: RecommendedWatcher,
     wake: UnixStream,
+    dir: PathBuf,
+    /// Set by notify's thread when an event names `dir` itself (a symlink swapped over it).
+    renew: Arc<AtomicBool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +52,8 @@ impl DirWatch {
         wake.set_nonblocking(true)?;
         notify_end.set_nonblocking(true)?;
         let watched_dir = dir.to_owned();
+        let renew = Arc::new(AtomicBool::new(false));
+        let renew_flag = Arc::clone(&renew);
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
                 let wake_up = match &event {
@@ -56,6 +63,13 @@ impl DirWatch {
                     Ok(e) if e.kind.is_access() => false,
                     Ok(e) => e.need_rescan() || e.paths.iter().any(|p| relevant(p, &watched_dir)),
                 };
+                // Reading the directory (an access event) names it too; that changes nothing.
+                if let Ok(e) = &event
+                    && !e.kind.is_access()
+                    && e.paths.iter().any(|p| p == &watched_dir)
+                {
+                    renew_flag.store(true, Ordering::SeqCst);
+                }
                 if wake_up {
                     // A full pipe already holds a wakeup; nothing is lost.
                     let _ = (&notify_end).write(&[1]);
@@ -80,8 +94,10 @@ impl DirWatch {
                 })?;
         }
         Ok(DirWatch {
-            _watcher: watcher,
+            watcher,
             wake,
+            dir: dir.to_owned(),
+            renew,
         })
     }
 
@@ -89,9 +105,25 @@ impl DirWatch {
         self.wake.as_fd()
     }
 
-    pub fn drain(&mut self) {
+    /// Empties the wake pipe; when `dir` itself changed, watches what it names now.
+    pub fn drain(&mut self) -> Result<(), WatchError> {
         let mut buf = [0u8; 256];
         while matches!(self.wake.read(&mut buf), Ok(n) if n > 0) {}
+        // why: inotify watches the inode a path resolved to when the watch was added, so after
+        // `dir` (a symlink) is swapped, the watch still follows the old target and edits in the
+        // new one go unseen. Renewing it here, before the debounced reload reads the directory,
+        // loses nothing: that reload reads whatever changed before the new watch existed.
+        if self.renew.swap(false, Ordering::SeqCst) {
+            // The old watch may be gone already (its directory deleted): nothing to undo then.
+            let _ = self.watcher.unwatch(&self.dir);
+            self.watcher
+                .watch(&self.dir, RecursiveMode::NonRecursive)
+                .map_err(|source| WatchError::Notify {
+                    path: self.dir.clone(),
+                    source,
+                })?;
+        }
+        Ok(())
     }
 }
 

@@ -29,6 +29,24 @@ pub fn require_root() -> bool {
     false
 }
 
+/// `require_root`, and cgroup v1 controllers mounted where this machine has them; under
+/// `CI=true` a missing `/sys/fs/cgroup/memory` fails the calling test instead of skipping it.
+pub fn require_cgroup_v1() -> bool {
+    if !require_root() {
+        return false;
+    }
+    if Path::new("/sys/fs/cgroup/memory").is_dir() {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!(
+            "the cgroup tests need cgroup v1 at /sys/fs/cgroup/memory, and CI=true does not allow skipping them"
+        );
+    }
+    eprintln!("SKIPPED: the cgroup tests need cgroup v1 controllers under /sys/fs/cgroup");
+    false
+}
+
 /// One finished CLI invocation.
 #[derive(Debug)]
 pub struct Out {
@@ -79,26 +97,36 @@ pub fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     if let Ok(Some(status)) = child.try_wait() {
         return Some(status);
     }
+    // Unreaped, so the pid is still this child's.
+    wait_pid_exit(child.id() as i32, timeout);
+    child.try_wait().ok().flatten()
+}
+
+/// Waits at most `timeout` for process `pid` (anyone's, not only a child) to end: true once it
+/// has exited (a zombie counts) or is gone, false when it still runs at the deadline.
+pub fn wait_pid_exit(pid: i32, timeout: Duration) -> bool {
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) };
-    if raw >= 0 {
-        // SAFETY: `raw` is a fresh descriptor that nothing else owns.
-        let pidfd = unsafe { OwnedFd::from_raw_fd(raw as i32) };
-        let end = Instant::now() + timeout;
-        loop {
-            let left = end.saturating_duration_since(Instant::now());
-            let mut fds = [nix::poll::PollFd::new(
-                pidfd.as_fd(),
-                nix::poll::PollFlags::POLLIN,
-            )];
-            let ms = nix::poll::PollTimeout::try_from(left).unwrap_or(nix::poll::PollTimeout::MAX);
-            match nix::poll::poll(&mut fds, ms) {
-                Err(nix::errno::Errno::EINTR) => continue,
-                _ => break,
-            }
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if raw < 0 {
+        return nix::errno::Errno::last() == nix::errno::Errno::ESRCH;
+    }
+    // SAFETY: `raw` is a fresh descriptor that nothing else owns.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(raw as i32) };
+    let end = Instant::now() + timeout;
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        let mut fds = [nix::poll::PollFd::new(
+            pidfd.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        let ms = nix::poll::PollTimeout::try_from(left).unwrap_or(nix::poll::PollTimeout::MAX);
+        match nix::poll::poll(&mut fds, ms) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            // A pidfd is readable once its process has exited.
+            Ok(n) => return n > 0,
+            Err(e) => panic!("polling the pidfd of {pid}: {e}"),
         }
     }
-    child.try_wait().ok().flatten()
 }
 
 /// `text` as a TOML basic string (JSON's escapes are a subset of TOML's).
@@ -207,11 +235,24 @@ impl Corral {
             .join(rel)
     }
 
+    /// A cgroup file of this test's tree, trimmed; fails the test when it cannot be read.
+    pub fn cgroup_read(&self, hierarchy: &str, rel: &str) -> String {
+        let path = self.cgroup_file(hierarchy, rel);
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+            .trim()
+            .to_owned()
+    }
+
+    /// Whether any hierarchy has `rel` (e.g. "web.service") below this test's cgroup root.
+    pub fn cgroup_exists(&self, rel: &str) -> bool {
+        let dir = Path::new(self.cgroup_root.trim_start_matches('/')).join(rel);
+        cgroup_mounts().iter().any(|m| m.join(&dir).exists())
+    }
+
     /// Whether any hierarchy still has this test's cgroup root.
     pub fn cgroup_root_exists(&self) -> bool {
-        cgroup_mounts()
-            .iter()
-            .any(|m| m.join(self.cgroup_root.trim_start_matches('/')).exists())
+        self.cgroup_exists("")
     }
 
     /// A path inside the test's temp dir (for markers and FIFOs the units use).
@@ -231,7 +272,22 @@ impl Corral {
 
     /// Starts `corral run` with debug JSON logs and waits until it serves its socket.
     pub fn launch(&mut self, extra_args: &[&str]) -> &mut Corral {
-        let mut child = Command::new(BIN)
+        self.launch_with(Command::new(BIN), extra_args)
+    }
+
+    /// `launch` as an unprivileged user, who gets the temp dir (units, socket) for it.
+    pub fn launch_as(&mut self, uid: u32, gid: u32, extra_args: &[&str]) -> &mut Corral {
+        for dir in [self.dir.path(), &self.units] {
+            std::os::unix::fs::chown(dir, Some(uid), Some(gid)).expect("chowning the temp dir");
+        }
+        let mut cmd = Command::new(BIN);
+        std::os::unix::process::CommandExt::uid(&mut cmd, uid);
+        std::os::unix::process::CommandExt::gid(&mut cmd, gid);
+        self.launch_with(cmd, extra_args)
+    }
+
+    fn launch_with(&mut self, mut cmd: Command, extra_args: &[&str]) -> &mut Corral {
+        let mut child = cmd
             .arg("run")
             .arg(&self.units)
             .arg("--socket")
@@ -302,6 +358,11 @@ impl Corral {
                 self.fail(&format!("waiting for {what}"));
             }
         }
+    }
+
+    /// Where `wait_log` goes on from: one past the index in `seen` of its last match.
+    pub fn cursor(&self) -> usize {
+        self.cursor
     }
 
     /// Waits until `n` lines of the whole log satisfy `pred`; returns them (the cursor stays).

@@ -200,7 +200,16 @@ pub fn apply(backend: &dyn Backend, rel: &Path, plan: &Plan) -> Vec<String> {
         .iter()
         .map(|u| format!("{}: {}", u.key, u.reason))
         .collect();
-    for setting in &plan.settings {
+    // Some files constrain each other, and which write must go first depends on the values
+    // already there: v1 keeps memory.limit_in_bytes <= memory.memsw.limit_in_bytes (EINVAL
+    // otherwise), so raising both needs memsw first and lowering both needs the limit first.
+    // A write refused on the first pass is tried once more after all the others.
+    let refused: Vec<&Setting> = plan
+        .settings
+        .iter()
+        .filter(|setting| backend.write(rel, setting).is_err())
+        .collect();
+    for setting in refused {
         if let Err(e) = backend.write(rel, setting) {
             problems.push(format!("{}: {e}", setting.key));
         }

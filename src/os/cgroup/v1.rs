@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::OwnedFd;
 use std::path::{Component, Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use crate::core::cgroup_plan::{Controller, Setting, Version};
 use crate::proto::Usage;
@@ -20,6 +21,9 @@ struct Hierarchy {
     /// The directory of R in this hierarchy.
     root: PathBuf,
 }
+
+/// How long a v1 freeze may stay FREEZING before corral thaws the cgroup again and gives up.
+const FREEZE_TIMEOUT: Duration = Duration::from_secs(1);
 
 pub struct V1 {
     hierarchies: Vec<Hierarchy>,
@@ -168,10 +172,38 @@ impl Backend for V1 {
         let dir = self
             .dir_of(Controller::Freezer, rel)
             .ok_or(CgroupError::Unavailable("the v1 freezer controller"))?;
-        write_file(
-            &dir.join("freezer.state"),
-            if frozen { "FROZEN" } else { "THAWED" },
-        )
+        let state = dir.join("freezer.state");
+        if !frozen {
+            return write_file(&state, "THAWED");
+        }
+        // A v1 freeze is asynchronous: the write starts it, and `freezer.state` reads FREEZING
+        // until every task has stopped (cgroup-v1/freezer-subsystem.rst). Wait for FROZEN, so
+        // that `freeze` answers with a paused unit and `kill_all` reads `cgroup.procs` of a
+        // cgroup where nobody forks any more. Each pass writes FROZEN again, which also takes
+        // tasks forked meanwhile (as runc does). Under CPU contention a read right after the
+        // write sees FREEZING nearly every time; it settles within microseconds to milliseconds.
+        let deadline = Instant::now() + FREEZE_TIMEOUT;
+        let mut pause = Duration::from_micros(50);
+        loop {
+            write_file(&state, "FROZEN")?;
+            if read_file(&state)?.trim() == "FROZEN" {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                // Half frozen helps nobody, and frozen tasks would hold a SIGKILL back.
+                let _ = write_file(&state, "THAWED");
+                return Err(CgroupError::Io {
+                    operation: "freezing",
+                    path: state,
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "still FREEZING after 1s; thawed again",
+                    ),
+                });
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(10));
+        }
     }
 
     fn kill_switch(&self, _rel: &Path) -> Result<bool, CgroupError> {

@@ -1,0 +1,971 @@
+//! Black-box hot reload: edits, editor save patterns, broken input, symlink swaps, scale, SIGHUP.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::os::unix::fs::symlink;
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use common::{Corral, Out, msg, reaped_pid, require_cgroup_v1, require_root, run_bounded, unit_of};
+use nix::sys::signal::Signal;
+use serde_json::Value;
+
+/// A service that sleeps; `arg` tells two versions of its command apart.
+fn sleeper(arg: &str) -> String {
+    format!("[exec]\ncommand = [\"sleep\", \"{arg}\"]\n")
+}
+
+/// `sleeper` with a memory limit.
+fn limited(arg: &str, memory_max: &str) -> String {
+    format!(
+        "{}[resources]\nmemory-max = \"{memory_max}\"\n",
+        sleeper(arg)
+    )
+}
+
+/// A supervisor message (not unit output) about `unit` that is exactly `text`.
+fn says(line: &Value, unit: &str, text: &str) -> bool {
+    line["target"] != "unit" && unit_of(line) == unit && msg(line) == text
+}
+
+fn is_start(line: &Value, unit: &str) -> bool {
+    says(line, unit, "started")
+}
+
+fn is_stop(line: &Value, unit: &str) -> bool {
+    line["target"] != "unit" && unit_of(line) == unit && msg(line).starts_with("stopped")
+}
+
+fn is_applied(line: &Value) -> bool {
+    line["target"] != "unit" && msg(line) == "reload applied"
+}
+
+/// The line every reload ends with: applied, nothing changed, or refused.
+fn is_reload_outcome(line: &Value) -> bool {
+    let m = msg(line);
+    line["target"] != "unit"
+        && (m == "reload applied"
+            || m == "reload: nothing changed"
+            || m.starts_with("reload refused"))
+}
+
+/// A comma-joined name list of a "reload applied" line, sorted.
+fn list(line: &Value, field: &str) -> Vec<String> {
+    let mut names: Vec<String> = line["fields"][field]
+        .as_str()
+        .unwrap_or_else(|| panic!("no {field} in {line}"))
+        .split(',')
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned)
+        .collect();
+    names.sort();
+    names
+}
+
+fn strings(names: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+    v.sort();
+    v
+}
+
+/// What one "reload applied" line says, list by list.
+#[derive(Debug, PartialEq, Eq)]
+struct Plan {
+    added: Vec<String>,
+    removed: Vec<String>,
+    restarted: Vec<String>,
+    relimited: Vec<String>,
+    updated: Vec<String>,
+    unchanged: u64,
+}
+
+impl Plan {
+    fn of(line: &Value) -> Plan {
+        Plan {
+            added: list(line, "added"),
+            removed: list(line, "removed"),
+            restarted: list(line, "restarted"),
+            relimited: list(line, "relimited"),
+            updated: list(line, "updated"),
+            unchanged: line["fields"]["unchanged"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no unchanged count in {line}")),
+        }
+    }
+
+    /// A plan that only restarts `names`, leaving `unchanged` units alone.
+    fn restarts(names: &[&str], unchanged: u64) -> Plan {
+        Plan {
+            restarted: strings(names),
+            unchanged,
+            ..Plan::none()
+        }
+    }
+
+    fn none() -> Plan {
+        Plan {
+            added: Vec::new(),
+            removed: Vec::new(),
+            restarted: Vec::new(),
+            relimited: Vec::new(),
+            updated: Vec::new(),
+            unchanged: 0,
+        }
+    }
+}
+
+/// Waits for the next reload to finish and requires that it applied a change.
+fn next_reload(c: &mut Corral) -> Plan {
+    let line = c.wait_log("a reload", is_reload_outcome);
+    if !is_applied(&line) {
+        panic!("expected a reload that applies a change, got: {line}");
+    }
+    Plan::of(&line)
+}
+
+/// `corral reload ARGS` now, and the outcome line that request logged.
+fn reload_now(c: &mut Corral, args: &[&str]) -> (Out, Value) {
+    let out = c.cli(&[&["reload"], args].concat());
+    c.wait_log("the reload request", |l| {
+        msg(l) == "control request" && l["fields"]["verb"] == "Reload"
+    });
+    let outcome = c.wait_log("the requested reload's outcome", is_reload_outcome);
+    (out, outcome)
+}
+
+/// Proves the units dir has settled: a synchronous reload finds nothing to do. Returns how
+/// many log lines precede and include that reload, so counts up to it are complete.
+fn settle(c: &mut Corral) -> usize {
+    let (out, outcome) = reload_now(c, &["--json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let plan = &out.json()["reload"];
+    for field in ["added", "removed", "restarted", "relimited", "updated"] {
+        assert_eq!(plan[field], serde_json::json!([]), "{field} in {out:?}");
+    }
+    assert_eq!(msg(&outcome), "reload: nothing changed", "{outcome}");
+    c.cursor()
+}
+
+/// How many of the first `upto` log lines satisfy `pred`.
+fn count(c: &Corral, upto: usize, pred: impl Fn(&Value) -> bool) -> usize {
+    c.seen[..upto].iter().filter(|l| pred(l)).count()
+}
+
+/// Waits until `unit` has started `n` times in all; returns the pid of that start.
+fn wait_started(c: &mut Corral, unit: &str, n: usize) -> i64 {
+    let starts = c.wait_count(&format!("{unit} started"), n, |l| is_start(l, unit));
+    starts[n - 1]["fields"]["pid"].as_i64().unwrap()
+}
+
+/// Every unit's pid (null without a process), by name.
+fn pids(c: &Corral) -> BTreeMap<String, Value> {
+    c.ok(&["status", "--json"]).json()["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| (u["name"].as_str().unwrap().to_owned(), u["pid"].clone()))
+        .collect()
+}
+
+/// Both maps hold the same units, and every one outside `changed` kept its pid.
+fn assert_same_pids_except(
+    before: &BTreeMap<String, Value>,
+    after: &BTreeMap<String, Value>,
+    changed: &[&str],
+) {
+    assert_eq!(
+        before.keys().collect::<Vec<_>>(),
+        after.keys().collect::<Vec<_>>()
+    );
+    for (name, pid) in before {
+        if changed.contains(&name.as_str()) {
+            assert_ne!(&after[name], pid, "{name} should have a new process");
+        } else {
+            assert!(pid.is_i64(), "{name} has no pid: {before:?}");
+            assert_eq!(&after[name], pid, "{name} was touched");
+        }
+    }
+}
+
+/// Waits until corral reaped the process `pid` of `before` (pid-reuse proof, unlike /proc).
+fn wait_reaped(c: &mut Corral, pid: &Value) {
+    let pid = pid.as_i64().unwrap();
+    c.wait_count(&format!("pid {pid} reaped"), 1, |l| {
+        reaped_pid(l) == Some(pid)
+    });
+}
+
+/// Launches corral on the units written so far and waits until `units` all started.
+fn launch_running(c: &mut Corral, units: &[&str]) -> BTreeMap<String, Value> {
+    c.launch(&[]);
+    for unit in units {
+        wait_started(c, unit, 1);
+    }
+    pids(c)
+}
+
+fn limit_in_bytes(c: &Corral, unit: &str) -> String {
+    c.cgroup_read("memory", &format!("{unit}.service/memory.limit_in_bytes"))
+}
+
+#[test]
+fn a_memory_max_edit_rewrites_the_cgroup_in_place() {
+    if !require_cgroup_v1() {
+        return;
+    }
+    let mut c = Corral::new();
+    c.unit("web", &limited("1000", "64M"));
+    c.unit("db", &sleeper("1000"));
+    let before = launch_running(&mut c, &["web", "db"]);
+    assert_eq!(limit_in_bytes(&c, "web"), (64u64 << 20).to_string());
+
+    c.unit("web", &limited("1000", "32M"));
+    let plan = next_reload(&mut c);
+    assert_eq!(
+        plan,
+        Plan {
+            relimited: strings(&["web"]),
+            unchanged: 1,
+            ..Plan::none()
+        }
+    );
+    // The cgroup files are written after the plan is logged; this line follows the write.
+    c.wait_log("web re-limited", |l| {
+        says(l, "web", "limits re-applied in place")
+    });
+    assert_eq!(limit_in_bytes(&c, "web"), (32u64 << 20).to_string());
+
+    let upto = settle(&mut c);
+    assert_same_pids_except(&before, &pids(&c), &[]);
+    assert_eq!(count(&c, upto, |l| is_start(l, "web")), 1);
+    assert_eq!(count(&c, upto, |l| is_stop(l, "web")), 0);
+    let web = c.status("web");
+    assert_eq!(web["state"], "running", "{web}");
+    assert_eq!(web["restarts"], 0, "{web}");
+}
+
+#[test]
+fn a_command_edit_restarts_only_that_unit() {
+    if !require_root() {
+        return;
+    }
+    let mut c = Corral::new();
+    for unit in ["web", "db", "cache"] {
+        c.unit(unit, &sleeper("1000"));
+    }
+    let before = launch_running(&mut c, &["web", "db", "cache"]);
+
+    c.unit("web", &sleeper("2000"));
+    assert_eq!(next_reload(&mut c), Plan::restarts(&["web"], 2));
+    let new_pid = wait_started(&mut c, "web", 2);
+    let upto = settle(&mut c);
+
+    let after = pids(&c);
+    assert_same_pids_except(&before, &after, &["web"]);
+    assert_eq!(after["web"], new_pid);
+    wait_reaped(&mut c, &before["web"]);
+    for (unit, starts) in [("web", 2), ("db", 1), ("cache", 1)] {
+        assert_eq!(count(&c, upto, |l| is_start(l, unit)), starts, "{unit}");
+    }
+    assert_eq!(count(&c, upto, is_applied), 1);
+}
+
+#[test]
+fn touching_or_rewriting_a_file_unchanged_restarts_nothing() {
+    if !require_root() {
+        return;
+    }
+    let mut c = Corral::new();
+    c.unit("web", &sleeper("1000"));
+    c.unit("db", &sleeper("1000"));
+    let before = launch_running(&mut c, &["web", "db"]);
+
+    let touch = run_bounded({
+        let mut cmd = Command::new("touch");
+        cmd.arg(c.units.join("web.toml"));
+        cmd
+    });
+    assert_eq!(touch.code, 0, "{touch:?}");
+    // The watcher saw the touch, reloaded, and found nothing to do.
+    let outcome = c.wait_log("the touch's reload", is_reload_outcome);
+    assert_eq!(msg(&outcome), "reload: nothing changed", "{outcome}");
+
+    // The same bytes written again (a save without edits) are no change either.
+    c.unit("db", &sleeper("1000"));
+    let outcome = c.wait_log("the rewrite's reload", is_reload_outcome);
+    assert_eq!(msg(&outcome), "reload: nothing changed", "{outcome}");
+
+    let upto = settle(&mut c);
+    assert_same_pids_except(&before, &pids(&c), &[]);
+    for unit in ["web", "db"] {
+        assert_eq!(count(&c, upto, |l| is_start(l, unit)), 1, "{unit}");
+        assert_eq!(count(&c, upto, |l| is_stop(l, unit)), 0, "{unit}");
+    }
+    assert_eq!(count(&c, upto, is_applied), 0);
+}
+
+/// Saves a new `web.toml` the way `save` does, and requires exactly one reload that restarts
+/// web (and nothing else), web starting exactly once more, and no stray units.
+fn saved_once(save: impl FnOnce(&Path, &str)) {
+    let mut c = Corral::new();
+    c.unit("web", &sleeper("1000"));
+    c.unit("db", &sleeper("1000"));
+    let before = launch_running(&mut c, &["web", "db"]);
+
+    save(&c.units, &sleeper("2000"));
+    assert_eq!(next_reload(&mut c), Plan::restarts(&["web"], 1));
+    wait_started(&mut c, "web", 2);
+    let upto = settle(&mut c);
+
+    assert_eq!(count(&c, upto, is_applied), 1, "more than one reload");
+    assert_eq!(count(&c, upto, |l| is_start(l, "web")), 2);
+    assert_eq!(
+        count(&c, upto, |l| l["target"] != "unit" && msg(l) == "started"),
+        3,
+        "only web starts again"
+    );
+    // Same names before and after: no temp file, backup or swap file became a unit.
+    assert_same_pids_except(&before, &pids(&c), &["web"]);
+    assert_eq!(c.status("web")["state"], "running");
+}
+
+#[test]
+fn a_rename_over_save_is_applied_once() {
+    if !require_root() {
+        return;
+    }
+    saved_once(|dir, text| {
+        let tmp = dir.join("web.toml.tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, dir.join("web.toml")).unwrap();
+    });
+}
+
+#[test]
+fn a_vim_style_save_is_applied_once() {
+    if !require_root() {
+        return;
+    }
+    saved_once(|dir, text| {
+        let path = |name: &str| dir.join(name);
+        // Opening the file: the swap file, not TOML at all.
+        std::fs::write(path(".web.toml.swp"), b"b0VIM 9.0\0\0\x01garbage").unwrap();
+        // `:w` with backupcopy=no: probe that the dir is writable, move the original aside,
+        // write the new file, drop the backup.
+        std::fs::write(path("4913"), b"").unwrap();
+        std::fs::remove_file(path("4913")).unwrap();
+        std::fs::rename(path("web.toml"), path("web.toml~")).unwrap();
+        let mut file = std::fs::File::create(path("web.toml")).unwrap();
+        file.write_all(text.as_bytes()).unwrap();
+        file.sync_all().unwrap();
+        drop(file);
+        std::fs::remove_file(path("web.toml~")).unwrap();
+        // `:q`.
+        std::fs::remove_file(path(".web.toml.swp")).unwrap();
+    });
+}
+
+#[test]
+fn a_sed_in_place_edit_is_applied_once() {
+    if !require_root() {
+        return;
+    }
+    saved_once(|dir, text| {
+        assert!(text.contains("\"2000\""));
+        let mut cmd = Command::new("sed");
+        cmd.arg("-i")
+            .arg("s/\"1000\"/\"2000\"/")
+            .arg(dir.join("web.toml"));
+        let out = run_bounded(cmd);
+        assert_eq!(out.code, 0, "{out:?}");
+        assert_eq!(std::fs::read_to_string(dir.join("web.toml")).unwrap(), text);
+    });
+}
+
+#[test]
+fn a_file_written_in_chunks_is_applied_once() {
+    if !require_root() {
+        return;
+    }
+    saved_once(|dir, text| {
+        // Cut inside the command's array: the first half alone is not valid TOML, so a reload
+        // between the chunks would be refused and show up in the log.
+        let (first, rest) = text.split_at(text.find("2000").unwrap());
+        // No pause or fsync between the chunks: either can outlast the 100 ms debounce on a
+        // loaded machine, and then corral rightly reads (and refuses) the half file.
+        let mut file = std::fs::File::create(dir.join("web.toml")).unwrap();
+        file.write_all(first.as_bytes()).unwrap();
+        file.flush().unwrap();
+        file.write_all(rest.as_bytes()).unwrap();
+    });
+}
+
+#[test]
+fn units_added_and_removed_in_a_burst_end_as_the_exact_set() {
+    if !require_root() {
+        return;
+    }
+    let mut c = Corral::new();
+    let kept = ["keep1", "keep2"];
+    let old = ["old1", "old2", "old3"];
+    let new = ["new1", "new2", "new3", "new4", "new5"];
+    for unit in kept.iter().chain(&old) {
+        c.unit(unit, &sleeper("1000"));
+    }
+    let before = launch_running(&mut c, &[&kept[..], &old[..]].concat());
+
+    for (add, remove) in new.iter().zip(old.iter().map(Some).chain([None; 2])) {
+        c.unit(add, &sleeper("1000"));
+        if let Some(remove) = remove {
+            std::fs::remove_file(c.units.join(format!("{remove}.toml"))).unwrap();
+        }
+    }
+    // Debounced into one plan in practice; what must hold whatever the timing: each name is
+    // added or removed exactly once, and nothing else is touched.
+    let (mut added, mut removed) = (Vec::new(), Vec::new());
+    while added.len() < new.len() || removed.len() < old.len() {
+        let plan = next_reload(&mut c);
+        assert!(
+            plan.restarted.is_empty() && plan.relimited.is_empty() && plan.updated.is_empty(),
+            "{plan:?}"
+        );
+        added.extend(plan.added);
+        removed.extend(plan.removed);
+    }
+    added.sort();
+    removed.sort();
+    assert_eq!(added, strings(&new));
+    assert_eq!(removed, strings(&old));
+    for unit in new {
+        wait_started(&mut c, unit, 1);
+    }
+    for unit in old {
+        c.wait_count(&format!("{unit} stopped"), 1, |l| is_stop(l, unit));
+    }
+    let upto = settle(&mut c);
+
+    let after = pids(&c);
+    let names: BTreeSet<&str> = after.keys().map(String::as_str).collect();
+    assert_eq!(names, kept.iter().chain(&new).copied().collect());
+    for unit in kept {
+        assert_eq!(after[unit], before[unit], "{unit} was touched");
+    }
+    for unit in new {
+        assert!(after[unit].is_i64(), "{unit}: {after:?}");
+        assert_eq!(count(&c, upto, |l| is_start(l, unit)), 1, "{unit}");
+    }
+    for unit in old {
+        wait_reaped(&mut c, &before[unit]);
+    }
+}
+
+#[test]
+fn dotfiles_and_editor_leftovers_never_become_units() {
+    if !require_root() {
+        return;
+    }
+    let mut c = Corral::new();
+    c.unit("web", &sleeper("1000"));
+    let before = launch_running(&mut c, &["web"]);
+    // Valid units by content: only the names keep them out.
+    for name in [
+        ".x.toml",
+        "x.toml~",
+        "x.swp",
+        "#x#",
+        "#x.toml#",
+        "x.tmp",
+        "x.toml.tmp",
+    ] {
+        std::fs::write(c.units.join(name), sleeper("1000")).unwrap();
+    }
+    // Not TOML at all: never even parsed.
+    std::fs::write(c.units.join(".junk.toml.swp"), b"\0\x01 not [toml").unwrap();
+    let upto = settle(&mut c);
+    assert_same_pids_except(&before, &pids(&c), &[]);
+    assert_eq!(count(&c, upto, is_applied), 0);
+    assert_eq!(c.cli(&["status", "x"]).code, 1, "x must be unknown");
+}
+
+#[test]
+fn a_broken_edit_applies_nothing_until_it_is_fixed() {
+    if !require_root() {
+        return;
+    }
+    let mut c = Corral::new();
+    c.unit("web", &sleeper("1000"));
+    c.unit("db", &sleeper("1000"));
+    let before = launch_running(&mut c, &["web", "db"]);
+    let web_toml = c.units.join("web.toml");
+
+    for (text, line, needle) in [
+        // The table header on line 3 is never closed.
+        (format!("{}[restart\n", sleeper("2000")), 3, "web.toml"),
+        // A key [exec] does not have, on line 3.
+        (
+            format!("{}working-directory = \"/\"\n", sleeper("2000")),
+            3,
+            "working-directory",
+        ),
+    ] {
+        c.unit("web", &text);
+        let outcome = c.wait_log("the broken edit's reload", is_reload_outcome);
+        assert!(msg(&outcome).starts_with("reload refused"), "{outcome}");
+        assert!(msg(&outcome).contains(needle), "{outcome}");
+
+        let (out, outcome) = reload_now(&mut c, &[]);
+        assert!(msg(&outcome).starts_with("reload refused"), "{outcome}");
+        assert_eq!(out.code, 1, "{out:?}");
+        let at = format!("{}:{line}:", web_toml.display());
+        assert!(out.stderr.contains(&at), "{at} missing: {out:?}");
+        assert!(out.stderr.contains(needle), "{needle} missing: {out:?}");
+
+        let status = c.ok(&["status", "--json"]).json();
+        let error = status["reload_error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{status}"));
+        assert!(error.contains(&at), "{status}");
+        let text = c.ok(&["status"]);
+        assert!(text.stderr.contains(&at), "{text:?}");
+    }
+
+    // A valid edit of another unit is held back too: nothing applies while any unit is bad.
+    c.unit("db", &sleeper("2000"));
+    let outcome = c.wait_log("db's edit, refused", is_reload_outcome);
+    assert!(msg(&outcome).starts_with("reload refused"), "{outcome}");
+    assert_same_pids_except(&before, &pids(&c), &[]);
+    assert!(
+        !c.seen
+            .iter()
+            .any(|l| is_applied(l) || is_stop(l, "web") || is_stop(l, "db")),
+        "a refused reload touched something"
+    );
+
+    // The fix applies everything that waited for it.
+    c.unit("web", &sleeper("2000"));
+    assert_eq!(next_reload(&mut c), Plan::restarts(&["db", "web"], 0));
+    wait_started(&mut c, "web", 2);
+    wait_started(&mut c, "db", 2);
+    settle(&mut c);
+    assert_same_pids_except(&before, &pids(&c), &["web", "db"]);
+    let status = c.ok(&["status", "--json"]).json();
+    assert!(status.get("reload_error").is_none(), "{status}");
+}
+
+/// Replaces the symlink `link` with one to `target`, atomically (a new link renamed over it).
+fn swap_symlink(link: &Path, target: &Path) {
+    let tmp = link.with_file_name(format!(
+        "{}_tmp",
+        link.file_name().unwrap().to_str().unwrap()
+    ));
+    symlink(target, &tmp).unwrap();
+    std::fs::rename(&tmp, link).unwrap();
+}
+
+#[test]
+fn a_configmap_style_swap_of_the_data_link_is_applied() {
+    if !require_cgroup_v1() {
+        return;
+    }
+    let mut c = Corral::new();
+    let units = c.units.clone();
+    // The kubelet's layout: files in a versioned dir, `..data` points at it, and each key is
+    // a link through `..data`.
+    let version = |name: &str, web: &str, db: &str| {
+        let dir = units.join(name);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("web.toml"), web).unwrap();
+        std::fs::write(dir.join("db.toml"), db).unwrap();
+    };
+    version("..v1", &limited("1000", "64M"), &sleeper("1000"));
+    symlink("..v1", units.join("..data")).unwrap();
+    for unit in ["web", "db"] {
+        symlink(
+            format!("..data/{unit}.toml"),
+            units.join(format!("{unit}.toml")),
+        )
+        .unwrap();
+    }
+    let before = launch_running(&mut c, &["web", "db"]);
+
+    version("..v2", &limited("1000", "32M"), &sleeper("2000"));
+    swap_symlink(&units.join("..data"), Path::new("..v2"));
+    std::fs::remove_dir_all(units.join("..v1")).unwrap();
+
+    assert_eq!(
+        next_reload(&mut c),
+        Plan {
+            restarted: strings(&["db"]),
+            relimited: strings(&["web"]),
+            ..Plan::none()
+        }
+    );
+    c.wait_log("web re-limited", |l| {
+        says(l, "web", "limits re-applied in place")
+    });
+    assert_eq!(limit_in_bytes(&c, "web"), (32u64 << 20).to_string());
+    wait_started(&mut c, "db", 2);
+    let upto = settle(&mut c);
+    assert_eq!(count(&c, upto, is_applied), 1);
+    assert_same_pids_except(&before, &pids(&c), &["db"]);
+}
+
+#[test]
+fn a_symlinked_units_dir_swapped_atomically_is_applied_and_still_watched() {
+    if !require_root() {
+        return;
+    }
+    let mut c = Corral::new();
+    let (v1, v2) = (c.path("v1"), c.path("v2"));
+    for dir in [&v1, &v2] {
+        std::fs::create_dir(dir).unwrap();
+        std::fs::write(dir.join("db.toml"), sleeper("1000")).unwrap();
+    }
+    std::fs::write(v1.join("web.toml"), sleeper("1000")).unwrap();
+    std::fs::write(v2.join("web.toml"), sleeper("2000")).unwrap();
+    let link = c.path("current");
+    symlink(&v1, &link).unwrap();
+    c.units = link.clone();
+    let before = launch_running(&mut c, &["web", "db"]);
+
+    swap_symlink(&link, &v2);
+    assert_eq!(next_reload(&mut c), Plan::restarts(&["web"], 1));
+    wait_started(&mut c, "web", 2);
+    // The old version goes, as the kubelet removes it.
+    std::fs::remove_dir_all(&v1).unwrap();
+    settle(&mut c);
+    let middle = pids(&c);
+    assert_same_pids_except(&before, &middle, &["web"]);
+
+    // Edits in the directory the link now points at are seen too.
+    std::fs::write(link.join("db.toml"), sleeper("3000")).unwrap();
+    assert_eq!(next_reload(&mut c), Plan::restarts(&["db"], 1));
+    wait_started(&mut c, "db", 2);
+    settle(&mut c);
+    assert_same_pids_except(&middle, &pids(&c), &["db"]);
+}
+
+#[test]
+fn changing_5_of_500_units_restarts_exactly_those_5() {
+    if !require_root() {
+        return;
+    }
+    let started = Instant::now();
+    let mut c = Corral::new();
+    let names: Vec<String> = (0..500).map(|i| format!("u{i:03}")).collect();
+    for name in &names {
+        c.unit(name, &sleeper("1000"));
+    }
+    c.launch(&[]);
+    c.wait_count("500 units started", 500, |l| {
+        l["target"] != "unit" && msg(l) == "started"
+    });
+    let before = pids(&c);
+    assert_eq!(before.len(), 500);
+
+    let changed = ["u007", "u123", "u250", "u377", "u499"];
+    for name in changed {
+        c.unit(name, &sleeper("2000"));
+    }
+    assert_eq!(next_reload(&mut c), Plan::restarts(&changed, 495));
+    for name in changed {
+        wait_started(&mut c, name, 2);
+    }
+    let upto = settle(&mut c);
+    assert_eq!(count(&c, upto, is_applied), 1);
+    assert_eq!(
+        count(&c, upto, |l| l["target"] != "unit" && msg(l) == "started"),
+        505
+    );
+    assert_same_pids_except(&before, &pids(&c), &changed);
+    eprintln!("500 units: {:?}", started.elapsed());
+}
+
+#[test]
+fn sighup_and_corral_reload_read_the_directory_themselves() {
+    if !require_cgroup_v1() {
+        return;
+    }
+    let mut c = Corral::new();
+    // web.toml links to a file outside the units dir: editing it wakes no watcher, so only
+    // SIGHUP or `corral reload` can pick the edit up.
+    let source = c.path("web-source.toml");
+    std::fs::write(&source, sleeper("1000")).unwrap();
+    symlink(&source, c.units.join("web.toml")).unwrap();
+    c.unit("db", &sleeper("1000"));
+    let before = launch_running(&mut c, &["web", "db"]);
+
+    std::fs::write(&source, sleeper("2000")).unwrap();
+    c.signal(Signal::SIGHUP);
+    c.wait_log("SIGHUP noticed", |l| msg(l).starts_with("SIGHUP received"));
+    assert_eq!(next_reload(&mut c), Plan::restarts(&["web"], 1));
+    wait_started(&mut c, "web", 2);
+
+    std::fs::write(&source, limited("2000", "48M")).unwrap();
+    let (out, outcome) = reload_now(&mut c, &["--json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(is_applied(&outcome), "{outcome}");
+    assert_eq!(
+        out.json()["reload"],
+        serde_json::json!({
+            "added": [], "removed": [], "restarted": [], "relimited": ["web"],
+            "updated": [], "unchanged": 1
+        }),
+        "{out:?}"
+    );
+    c.wait_log("web re-limited", |l| {
+        says(l, "web", "limits re-applied in place")
+    });
+    assert_eq!(limit_in_bytes(&c, "web"), (48u64 << 20).to_string());
+
+    // Without --json: one human line.
+    let text = c.ok(&["reload"]);
+    assert_eq!(
+        text.stdout.trim(),
+        "reload applied: 0 added, 0 removed, 0 restarted, 0 re-limited, 0 updated, 2 unchanged"
+    );
+    let after = pids(&c);
+    assert_same_pids_except(&before, &after, &["web"]);
+}
+
+#[test]
+fn a_removed_unit_stops_and_loses_its_cgroup_and_an_added_slice_gets_one() {
+    if !require_cgroup_v1() {
+        return;
+    }
+    let mut c = Corral::new();
+    c.unit("web", &sleeper("1000"));
+    c.unit("db", &sleeper("1000"));
+    let before = launch_running(&mut c, &["web", "db"]);
+    assert!(c.cgroup_exists("db.service"));
+
+    std::fs::remove_file(c.units.join("db.toml")).unwrap();
+    assert_eq!(
+        next_reload(&mut c),
+        Plan {
+            removed: strings(&["db"]),
+            unchanged: 1,
+            ..Plan::none()
+        }
+    );
+    c.wait_log("db stopped", |l| is_stop(l, "db"));
+    c.wait_log("db's cgroup removed", |l| {
+        msg(l) == "removed"
+            && l["fields"]["cgroup"]
+                .as_str()
+                .is_some_and(|p| p.ends_with("/db.service"))
+    });
+    assert!(!c.cgroup_exists("db.service"), "db's cgroup is left");
+    wait_reaped(&mut c, &before["db"]);
+    assert_eq!(c.cli(&["status", "db"]).code, 1, "db must be unknown now");
+
+    c.unit(
+        "pool",
+        "kind = \"slice\"\n[resources]\npids-max = 20\nmemory-max = \"256M\"\n",
+    );
+    c.unit("worker", &format!("slice = \"pool\"\n{}", sleeper("1000")));
+    assert_eq!(
+        next_reload(&mut c),
+        Plan {
+            added: strings(&["pool", "worker"]),
+            unchanged: 1,
+            ..Plan::none()
+        }
+    );
+    assert_eq!(c.cgroup_read("pids", "pool.slice/pids.max"), "20");
+    assert_eq!(
+        c.cgroup_read("memory", "pool.slice/memory.limit_in_bytes"),
+        (256u64 << 20).to_string()
+    );
+    assert_eq!(c.status("pool")["state"], "active");
+    let worker = wait_started(&mut c, "worker", 1);
+    let procs = c.cgroup_read("pids", "pool.slice/worker.service/cgroup.procs");
+    assert!(
+        procs.lines().any(|p| p == worker.to_string()),
+        "worker {worker} not in its cgroup: {procs:?}"
+    );
+
+    // A slice's limits are rewritten in place too, its members untouched.
+    c.unit(
+        "pool",
+        "kind = \"slice\"\n[resources]\npids-max = 30\nmemory-max = \"256M\"\n",
+    );
+    assert_eq!(
+        next_reload(&mut c),
+        Plan {
+            relimited: strings(&["pool"]),
+            unchanged: 2,
+            ..Plan::none()
+        }
+    );
+    c.wait_log("pool re-limited", |l| {
+        says(l, "pool", "limits re-applied in place")
+    });
+    assert_eq!(c.cgroup_read("pids", "pool.slice/pids.max"), "30");
+    let upto = settle(&mut c);
+    assert_eq!(count(&c, upto, |l| is_start(l, "worker")), 1);
+    assert_eq!(pids(&c)["worker"], worker);
+    assert_eq!(pids(&c)["web"], before["web"]);
+}
+
+#[test]
+fn a_unit_put_back_while_it_is_still_stopping_comes_back() {
+    if !require_root() {
+        return;
+    }
+    let mut c = Corral::new();
+    // Ignores SIGTERM (an ignored signal stays ignored across exec), so its stop takes the
+    // whole stop timeout.
+    let stubborn = "[exec]\ncommand = [\"sh\", \"-c\", \"trap '' TERM; exec sleep 1000\"]\n\
+                    [stop]\ntimeout = \"1s\"\n";
+    c.unit("slow", stubborn);
+    c.unit("web", &sleeper("1000"));
+    launch_running(&mut c, &["slow", "web"]);
+
+    std::fs::remove_file(c.units.join("slow.toml")).unwrap();
+    assert_eq!(
+        next_reload(&mut c),
+        Plan {
+            removed: strings(&["slow"]),
+            unchanged: 1,
+            ..Plan::none()
+        }
+    );
+    // Back before the stop timeout: the file is there again, so the unit must be too.
+    c.unit("slow", stubborn);
+    assert_eq!(
+        next_reload(&mut c),
+        Plan {
+            added: strings(&["slow"]),
+            unchanged: 1,
+            ..Plan::none()
+        }
+    );
+    c.wait_log("slow killed at its stop timeout", |l| {
+        unit_of(l) == "slow" && msg(l).contains("did not stop within")
+    });
+    let pid = wait_started(&mut c, "slow", 2);
+    settle(&mut c);
+    let status = c.status("slow");
+    assert_eq!(status["state"], "running", "{status}");
+    assert_eq!(status["pid"], pid, "{status}");
+}
+
+#[test]
+fn settings_without_a_process_change_touch_no_process_and_enabling_starts_a_unit() {
+    if !require_root() {
+        return;
+    }
+    let mut c = Corral::new();
+    c.unit("web", &sleeper("1000"));
+    c.unit("idle", &format!("enabled = false\n{}", sleeper("1000")));
+    let before = launch_running(&mut c, &["web"]);
+    assert_eq!(before["idle"], Value::Null);
+
+    c.unit(
+        "web",
+        &format!(
+            "description = \"edited\"\n{}[restart]\npolicy = \"always\"\n[stop]\ntimeout = \"3s\"\n",
+            sleeper("1000")
+        ),
+    );
+    c.unit("idle", &sleeper("1000"));
+    assert_eq!(
+        next_reload(&mut c),
+        Plan {
+            updated: strings(&["idle", "web"]),
+            ..Plan::none()
+        }
+    );
+    let idle = wait_started(&mut c, "idle", 1);
+    let upto = settle(&mut c);
+    let after = pids(&c);
+    assert_eq!(after["web"], before["web"]);
+    assert_eq!(after["idle"], idle);
+    assert_eq!(count(&c, upto, |l| is_start(l, "web")), 1);
+}
+
+// Known bugs, reproduced; run with `cargo test --test reload -- --ignored`.
+
+#[test]
+#[ignore = "known bug: a relimit writes only the keys that are set, so a removed limit stays"]
+fn a_removed_limit_is_lifted_in_place() {
+    if !require_cgroup_v1() {
+        return;
+    }
+    let mut c = Corral::new();
+    c.unit("web", &format!("{}pids-max = 10\n", limited("1000", "64M")));
+    let before = launch_running(&mut c, &["web"]);
+    c.unit("web", &sleeper("1000"));
+    assert_eq!(
+        next_reload(&mut c),
+        Plan {
+            relimited: strings(&["web"]),
+            ..Plan::none()
+        }
+    );
+    c.wait_log("web re-limited", |l| {
+        says(l, "web", "limits re-applied in place")
+    });
+    assert_eq!(pids(&c)["web"], before["web"]);
+    assert_eq!(c.cgroup_read("pids", "web.service/pids.max"), "max");
+    // The kernel's "no limit" on v1: the largest page-aligned i64.
+    let unlimited = c.cgroup_read("memory", "memory.limit_in_bytes");
+    assert_eq!(limit_in_bytes(&c, "web"), unlimited);
+}
+
+#[test]
+#[ignore = "known bug: a score-adjust edit is reported relimited but the process keeps its old score"]
+fn a_score_adjust_edit_reaches_the_running_process() {
+    if !require_root() {
+        return;
+    }
+    let mut c = Corral::new();
+    let unit = |adj: i32| format!("{}[oom]\nscore-adjust = {adj}\n", sleeper("1000"));
+    c.unit("web", &unit(100));
+    let before = launch_running(&mut c, &["web"]);
+    let pid = before["web"].as_i64().unwrap();
+    let score = || {
+        std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(score(), "100");
+    c.unit("web", &unit(200));
+    next_reload(&mut c);
+    settle(&mut c);
+    // In place (SPEC 6: an [oom] edit restarts nothing), or else by a restart.
+    if pids(&c)["web"] == before["web"] {
+        assert_eq!(score(), "200");
+    }
+}
+
+#[test]
+#[ignore = "known bug: moving a slice leaves its running services in the old cgroup"]
+fn moving_a_slice_moves_the_services_below_it() {
+    if !require_cgroup_v1() {
+        return;
+    }
+    let mut c = Corral::new();
+    c.unit("a", "kind = \"slice\"\n");
+    c.unit("b", "kind = \"slice\"\n");
+    c.unit("inner", "kind = \"slice\"\nslice = \"a\"\n");
+    c.unit("w", &format!("slice = \"inner\"\n{}", sleeper("1000")));
+    launch_running(&mut c, &["w"]);
+
+    c.unit("inner", "kind = \"slice\"\nslice = \"b\"\n");
+    next_reload(&mut c);
+    settle(&mut c);
+    let w = pids(&c)["w"].as_i64().unwrap();
+    let procs = c.cgroup_read("pids", "b.slice/inner.slice/w.service/cgroup.procs");
+    assert!(
+        procs.lines().any(|p| p == w.to_string()),
+        "w ({w}) is not below the slice's new place; status says {}",
+        c.status("w")["cgroup"]
+    );
+}

@@ -1,0 +1,308 @@
+#!/bin/sh
+# The VM scenarios, run by the oneshot unit `scenario` inside the VM (corral is PID 1, cgroup v2 at
+# /sys/fs/cgroup, corral's root R is `/`). Each check prints one line on stdout,
+#     RESULT <name> PASS|FAIL|SKIP <detail>
+# which corral logs as the unit's output on the serial console, where tests/vm.rs reads it. The
+# last line is `RESULT scenarios-done PASS`; then the machine is powered off through corral.
+# busybox only: no jq, so fields of `corral status --json` (one line, keys unique per unit) are
+# cut out with sed.
+
+CG=/sys/fs/cgroup
+
+result() {
+    name=$1 verdict=$2
+    shift 2
+    echo "RESULT $name $verdict $*"
+}
+
+# The `status --json` line of one unit (exit code 3, a unit that is not running, still prints it).
+status() { corral status "$1" --json 2>&1; }
+
+# field JSON KEY: the raw value of "KEY" in JSON: a string without its quotes, a number,
+# true/false/null, or an object/array as text.
+field() {
+    printf '%s\n' "$1" |
+        sed -nE "s/.*\"$2\":(\"[^\"]*\"|\{[^}]*\}|\[[^]]*\]|[^,}]*).*/\1/p" |
+        sed -E 's/^"(.*)"$/\1/'
+}
+
+# wait_for SECONDS COMMAND...: runs COMMAND every 0.2 s until it succeeds; false at the deadline.
+wait_for() {
+    limit=$1
+    shift
+    end=$(($(date +%s) + limit))
+    until "$@"; do
+        [ "$(date +%s)" -ge "$end" ] && return 1
+        sleep 0.2
+    done
+}
+
+state_is() { [ "$(field "$(status "$1")" state)" = "$2" ]; }
+gone() { [ ! -e "$1" ]; }
+has_line() { grep -qx "$2" "$1" 2>/dev/null; }
+count_procs() { [ "$(wc -l <"$1/cgroup.procs")" -ge "$2" ]; }
+
+# live PID...: how many of these processes still run (a zombie waiting to be reaped does not).
+live() {
+    n=0
+    for p in "$@"; do
+        s=$(sed -E 's/^[0-9]+ \(.*\) (.).*/\1/' /proc/$p/stat 2>/dev/null) || continue
+        [ -n "$s" ] && [ "$s" != Z ] && n=$((n + 1))
+    done
+    echo $n
+}
+none_live() { [ "$(live "$@")" -eq 0 ]; }
+
+# check_file NAME FILE EXPECTED
+check_file() {
+    if [ ! -e "$2" ]; then
+        result "$1" FAIL "$2 does not exist"
+        return
+    fi
+    got=$(cat "$2")
+    if [ "$got" = "$3" ]; then
+        result "$1" PASS "$2 = $got"
+    else
+        result "$1" FAIL "$2 = '$got', expected '$3'"
+    fi
+}
+
+# check_optional NAME FILE EXPECTED WHY-IT-MAY-BE-MISSING
+check_optional() {
+    if [ -e "$2" ]; then
+        check_file "$1" "$2" "$3"
+    else
+        result "$1" SKIP "$2 does not exist: $4"
+    fi
+}
+
+echo "scenarios start: $(uname -r), $(nproc) CPUs"
+
+# --- cgroup v2 and corral's own place in it -----------------------------------------------------
+if grep -q ' /sys/fs/cgroup cgroup2 ' /proc/mounts && [ -e $CG/cgroup.controllers ]; then
+    result cgroup2-mounted PASS "controllers: $(cat $CG/cgroup.controllers)"
+else
+    result cgroup2-mounted FAIL "$(grep cgroup /proc/mounts)"
+fi
+
+own=$(cat /proc/1/cgroup)
+if [ "$own" = "0::/corral.scope" ]; then
+    result corral-scope PASS "PID 1 is in $own"
+else
+    result corral-scope FAIL "PID 1 is in '$own', expected 0::/corral.scope"
+fi
+
+own=$(cat /proc/self/cgroup)
+if [ "$own" = "0::/scenario.service" ]; then
+    result unit-cgroup PASS "the scenario runs in $own"
+else
+    result unit-cgroup FAIL "the scenario runs in '$own', expected 0::/scenario.service"
+fi
+
+# --- every [resources] key in its v2 file, for a slice and a service ------------------------------
+wait_for 30 state_is limited running || result limited-running FAIL "$(status limited)"
+missing=""
+for dir in $CG $CG/box.slice; do
+    for c in cpu cpuset io memory pids; do
+        if grep -qw $c $dir/cgroup.controllers && ! grep -qw $c $dir/cgroup.subtree_control; then
+            missing="$missing $dir:$c"
+        fi
+    done
+done
+offered=$(cat $CG/cgroup.controllers)
+enabled_root=$(cat $CG/cgroup.subtree_control)
+enabled_box=$(cat $CG/box.slice/cgroup.subtree_control)
+if [ -n "$missing" ]; then
+    result subtree-control FAIL "offered but not enabled:$missing"
+else
+    result subtree-control PASS "offered '$offered'; / enables '$enabled_root'; box.slice enables '$enabled_box'"
+fi
+
+if [ -b /dev/ram0 ]; then
+    io_ready=yes
+    io_why=""
+else
+    io_ready=""
+    io_why="no /dev/ram0 (brd module missing)"
+fi
+S=$CG/box.slice
+check_file slice.cpu.max $S/cpu.max "75000 50000"
+check_file slice.cpu.weight $S/cpu.weight 300
+check_file slice.cpuset.cpus $S/cpuset.cpus 0-1
+check_file slice.memory.max $S/memory.max 268435456
+check_file slice.memory.high $S/memory.high 209715200
+check_optional slice.memory.swap.max $S/memory.swap.max 67108864 "no swap accounting"
+check_file slice.pids.max $S/pids.max 200
+check_optional slice.io.weight $S/io.weight "default 300" "no io.weight policy (iocost)"
+if [ -n "$io_ready" ]; then
+    check_file slice.io.max $S/io.max "1:0 rbps=104857600 wbps=52428800 riops=2000 wiops=1000"
+else
+    result slice.io.max SKIP "$io_why"
+fi
+
+S=$CG/box.slice/limited.service
+check_file service.cpu.max $S/cpu.max "50000 100000"
+check_file service.cpu.weight $S/cpu.weight 50
+check_file service.cpuset.cpus $S/cpuset.cpus 1
+check_file service.memory.max $S/memory.max 67108864
+check_file service.memory.high $S/memory.high 50331648
+check_optional service.memory.swap.max $S/memory.swap.max 0 "no swap accounting"
+check_file service.pids.max $S/pids.max 10
+check_optional service.io.weight $S/io.weight "default 50" "no io.weight policy (iocost)"
+if [ -n "$io_ready" ]; then
+    check_file service.io.max $S/io.max "1:0 rbps=10485760 wbps=max riops=max wiops=100"
+else
+    result service.io.max SKIP "$io_why"
+fi
+
+slice=$(status box)
+service=$(status limited)
+pid=$(field "$service" pid)
+if [ "$(field "$slice" limits_enforced)" = true ] && [ "$(field "$service" limits_enforced)" = true ] &&
+    grep -qx "$pid" $S/cgroup.procs; then
+    result limits-enforced PASS "box and limited report limits_enforced; pid $pid is in $(field "$service" cgroup)"
+elif [ -z "$io_ready" ]; then
+    result limits-enforced SKIP "$io_why: box says $(field "$slice" limits_reason)"
+else
+    result limits-enforced FAIL "box: $(field "$slice" limits_reason); limited: $(field "$service" limits_reason); pid $pid; procs $(cat $S/cgroup.procs)"
+fi
+
+# --- freeze and thaw --------------------------------------------------------------------------------
+wait_for 30 state_is ticker running
+E=$CG/ticker.service/cgroup.events
+out=$(corral freeze ticker 2>&1)
+if wait_for 10 has_line $E "frozen 1" && [ "$(field "$(status ticker)" frozen)" = true ]; then
+    result freeze PASS "cgroup.freeze=$(cat $CG/ticker.service/cgroup.freeze), events say frozen 1, status frozen=true"
+else
+    result freeze FAIL "corral freeze: $out; $(cat $E | tr '\n' ' '); status frozen=$(field "$(status ticker)" frozen)"
+fi
+out=$(corral thaw ticker 2>&1)
+if wait_for 10 has_line $E "frozen 0" && [ "$(field "$(status ticker)" frozen)" = false ] &&
+    state_is ticker running; then
+    result thaw PASS "events say frozen 0, status frozen=false, still running"
+else
+    result thaw FAIL "corral thaw: $out; $(cat $E | tr '\n' ' '); $(status ticker)"
+fi
+
+# --- memory-max: an OOM kill classified from memory.events, then a restart --------------------------
+oom_done() {
+    st=$(status oomer)
+    [ "$(field "$st" state)" = running ] && [ "$(field "$st" restarts)" -ge 1 ] 2>/dev/null &&
+        [ "$(field "$st" oom_kills)" -ge 1 ] 2>/dev/null
+}
+if wait_for 60 oom_done; then
+    st=$(status oomer)
+    last=$(field "$st" last_exit)
+    case $last in
+    *'"oom":true'*'"signal":"SIGKILL"'* | *'"signal":"SIGKILL"'*'"oom":true'*)
+        result oom-kill-restart PASS "last_exit $last, oom_kills $(field "$st" oom_kills), restarts $(field "$st" restarts), running again as pid $(field "$st" pid) with memory.max $(cat $CG/oomer.service/memory.max); kernel oom_kill total $(grep oom_kill /proc/vmstat)"
+        ;;
+    *) result oom-kill-restart FAIL "last_exit $last: $st" ;;
+    esac
+else
+    result oom-kill-restart FAIL "no OOM kill and restart within 60 s: $(status oomer)"
+fi
+
+# --- oom.group-kill: memory.oom.group=1 and one OOM takes the whole unit ---------------------------
+# The OOM killer picks the hog by size; only the group kill takes the small main shell with it.
+# The kernel's count varies with timing (2-4 here: a member already exiting is skipped, the
+# victim may be counted again), so at least 2 is asked for.
+out=$(corral start oomgroup 2>&1)
+G=$CG/oomgroup.service
+check_file oom-group.file $G/memory.oom.group 1
+wait_for 20 count_procs $G 3
+before=$(cat $G/cgroup.procs | tr '\n' ' ')
+: >/tmp/oomgroup.go
+ended() { st=$(field "$(status "$1")" state) && [ "$st" = exited ] || [ "$st" = failed ]; }
+if wait_for 60 ended oomgroup; then
+    st=$(status oomgroup)
+    last=$(field "$st" last_exit)
+    kills=$(field "$st" oom_kills)
+    wait_for 5 none_live $before
+    alive=$(live $before)
+    case $last in
+    *'"oom":true'*)
+        if [ "$kills" -ge 2 ] && [ "$alive" -eq 0 ]; then
+            result oom-group.kill PASS "processes $before; the main process (never the OOM victim by size) died with $last; the kernel counted $kills OOM kills in the unit"
+        else
+            result oom-group.kill FAIL "oom_kills $kills, $alive of $before still alive; $st"
+        fi
+        ;;
+    *) result oom-group.kill FAIL "the main process was not OOM-killed: $st" ;;
+    esac
+else
+    result oom-group.kill FAIL "start: $out; processes $before; not ended within 60 s: $(status oomgroup)"
+fi
+
+# --- pids-max holds a fork bomb, and stop still ends it ------------------------------------------
+B=$CG/bomb.service
+out=$(corral start bomb 2>&1)
+at_max() { [ "$(cat $B/pids.current 2>/dev/null)" -ge 16 ] 2>/dev/null; }
+if wait_for 30 at_max; then
+    result fork-bomb.held PASS "pids.max $(cat $B/pids.max), pids.current $(cat $B/pids.current), refused forks: $(grep max $B/pids.events)"
+else
+    result fork-bomb.held FAIL "start: $out; pids.current $(cat $B/pids.current 2>&1)"
+fi
+# `stop` answers once the unit is inactive; `dying=` counts the unit's processes that were still
+# alive at that moment (the host reports them: the contract says stop leaves none behind).
+procs=$(cat $B/cgroup.procs | tr '\n' ' ')
+t0=$(date +%s)
+out=$(corral stop bomb 2>&1)
+dying=$(live $procs)
+t1=$(date +%s)
+state=$(field "$(status bomb)" state)
+if [ "$state" = inactive ] && wait_for 10 gone $B && wait_for 5 none_live $procs &&
+    [ "$(ps -o pid,args | grep -c '[b]omb.sh')" -eq 0 ]; then
+    result fork-bomb.stop PASS "stopped in $((t1 - t0)) s (SIGTERM ignored, then the cgroup-wide kill); cgroup removed; none of its $(echo $procs | wc -w) processes left; dying=$dying"
+else
+    result fork-bomb.stop FAIL "stop: $out; state $state; cgroup $(ls -d $B 2>&1); live $(live $procs) of $procs; $(ps -o pid,args | grep -c '[b]omb.sh') bomb processes in ps"
+fi
+
+# --- stop through cgroup.kill: nothing left, cgroup removed -------------------------------------
+K=$CG/stubborn.service
+wait_for 30 state_is stubborn running
+wait_for 10 count_procs $K 3
+procs=$(cat $K/cgroup.procs | tr '\n' ' ')
+has_kill=no
+[ -e $K/cgroup.kill ] && has_kill=yes
+t0=$(date +%s)
+out=$(corral stop stubborn 2>&1)
+dying=$(live $procs)
+t1=$(date +%s)
+state=$(field "$(status stubborn)" state)
+n=$(echo $procs | wc -w)
+if [ "$n" -ge 3 ] && [ "$state" = inactive ] && wait_for 10 gone $K && wait_for 5 none_live $procs; then
+    result cgroup-kill-stop PASS "$n processes ($procs) ignoring SIGTERM, one in its own session; cgroup.kill available: $has_kill; stopped in $((t1 - t0)) s; cgroup removed, none left; dying=$dying"
+else
+    result cgroup-kill-stop FAIL "stop: $out; state $state; processes $procs, live $(live $procs); cgroup $(ls -d $K 2>&1); $(status stubborn)"
+fi
+
+# --- reload: memory-max changed in place, same process ---------------------------------------------
+R=$CG/reloadme.service
+st=$(status reloadme)
+pid0=$(field "$st" pid)
+restarts0=$(field "$st" restarts)
+before=$(cat $R/memory.max)
+sed 's/^memory-max = "64M"$/memory-max = "96M"/' /units/reloadme.toml >/units/.reloadme.toml.new
+mv /units/.reloadme.toml.new /units/reloadme.toml
+out=$(corral reload 2>&1)
+code=$?
+if wait_for 10 has_line $R/memory.max 100663296; then
+    st=$(status reloadme)
+    if [ "$(field "$st" pid)" = "$pid0" ] && [ "$(field "$st" restarts)" = "$restarts0" ] &&
+        [ "$(field "$st" state)" = running ]; then
+        result reload-in-place PASS "memory.max $before -> $(cat $R/memory.max), same pid $pid0; reload said: $(echo $out)"
+    else
+        result reload-in-place FAIL "pid $pid0 -> $(field "$st" pid), restarts $restarts0 -> $(field "$st" restarts): $st"
+    fi
+else
+    result reload-in-place FAIL "reload exit $code: $out; memory.max $(cat $R/memory.max)"
+fi
+
+result namespaces SKIP "[namespaces] is not implemented in corral yet"
+
+# --- shutdown: the host checks the stop order in corral's log and that the VM powers off -------
+result scenarios-done PASS "every scenario ran; requesting shutdown --poweroff"
+out=$(corral shutdown --poweroff 2>&1)
+# Normally corral stops this unit (and its client) before the answer comes back.
+result poweroff-request FAIL "corral shutdown --poweroff returned $?: $out"
