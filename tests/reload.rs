@@ -919,7 +919,6 @@ fn a_removed_limit_is_lifted_in_place() {
 }
 
 #[test]
-#[ignore = "known bug: a score-adjust edit is reported relimited but the process keeps its old score"]
 fn a_score_adjust_edit_reaches_the_running_process() {
     if !require_root() {
         return;

@@ -79,12 +79,6 @@ const EXPECTED_WARNINGS: &[&str] = &[
     "did not stop within 1s; sending SIGKILL",
 ];
 
-/// A known corral bug, reported rather than failed on until it is fixed: after a stop timeout
-/// the cgroup-wide kill (`cgroup.kill`) lets the kernel accept the `rmdir` before corral has
-/// reaped the main process; the reap then kills the unit's leftovers once more, in a cgroup
-/// that no longer exists. Remove this once `kill_all` treats a missing cgroup as empty.
-const KNOWN_BUG_WARNING: &str = "killing the unit's processes: reading ";
-
 /// A known corral bug, reported rather than failed on until it is fixed: `stop` answers (and the
 /// unit reads `inactive`) once the main process is reaped, while processes killed with it can
 /// still be alive for a moment; the scenarios report how many as `dying=N`. Set this to false
@@ -691,9 +685,7 @@ fn cgroup_v2_scenarios_in_a_vm_with_corral_as_pid_1() {
             continue;
         }
         let text = format!("{level} {}: {}", unit_of(line), msg(line));
-        if level == "WARN" && msg(line).starts_with(KNOWN_BUG_WARNING) {
-            known_bug.push(text);
-        } else if level == "ERROR" || !EXPECTED_WARNINGS.iter().any(|w| msg(line).contains(w)) {
+        if level == "ERROR" || !EXPECTED_WARNINGS.iter().any(|w| msg(line).contains(w)) {
             failures.push(format!("corral logged {text}"));
         }
     }

@@ -7,7 +7,11 @@ use nix::sys::signal::Signal;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Termination {
     Exited(i32),
-    Signaled { signal: Signal, core_dumped: bool },
+    /// The raw signal number: realtime signals (34..=64) have no `Signal` variant.
+    Signaled {
+        signal: i32,
+        core_dumped: bool,
+    },
 }
 
 /// One end of a main process: the kernel's word plus whether the unit's OOM counter moved.
@@ -29,11 +33,16 @@ impl ExitReport {
     pub fn signal(signal: Signal) -> ExitReport {
         ExitReport {
             termination: Termination::Signaled {
-                signal,
+                signal: signal as i32,
                 core_dumped: false,
             },
             oom: false,
         }
+    }
+
+    /// Whether the process died of SIGKILL.
+    pub fn is_sigkill(&self) -> bool {
+        matches!(self.termination, Termination::Signaled { signal, .. } if signal == Signal::SIGKILL as i32)
     }
 
     /// A clean exit: a listed exit code and no OOM kill.
@@ -48,7 +57,7 @@ impl ExitReport {
     pub fn shell_code(&self) -> i32 {
         match self.termination {
             Termination::Exited(code) => code,
-            Termination::Signaled { signal, .. } => 128 + signal as i32,
+            Termination::Signaled { signal, .. } => 128 + signal,
         }
     }
 }
@@ -61,7 +70,7 @@ impl std::fmt::Display for ExitReport {
                 signal,
                 core_dumped,
             } => {
-                write!(f, "killed by {}", signal.as_str())?;
+                write!(f, "killed by {}", signal_name(signal))?;
                 if core_dumped {
                     f.write_str(" (core dumped)")?;
                 }
@@ -71,6 +80,19 @@ impl std::fmt::Display for ExitReport {
             f.write_str(" (OOM kill)")?;
         }
         Ok(())
+    }
+}
+
+/// `SIGTERM`, `SIGRTMIN+6`, or `signal 99` for a number Linux does not name.
+pub fn signal_name(signal: i32) -> String {
+    const SIGRTMIN: i32 = 34;
+    const SIGRTMAX: i32 = 64;
+    match Signal::try_from(signal) {
+        Ok(s) => s.as_str().to_owned(),
+        Err(_) if (SIGRTMIN..=SIGRTMAX).contains(&signal) => {
+            format!("SIGRTMIN+{}", signal - SIGRTMIN)
+        }
+        Err(_) => format!("signal {signal}"),
     }
 }
 
@@ -99,7 +121,7 @@ mod tests {
     fn oom_kill() -> ExitReport {
         ExitReport {
             termination: Termination::Signaled {
-                signal: Signal::SIGKILL,
+                signal: Signal::SIGKILL as i32,
                 core_dumped: false,
             },
             oom: true,
@@ -150,6 +172,13 @@ mod tests {
             oom: true,
         };
         assert!(!exit.is_success(&[0]));
+    }
+
+    #[test]
+    fn realtime_signals_keep_their_number_and_get_a_name() {
+        assert_eq!(signal_name(40), "SIGRTMIN+6");
+        assert_eq!(signal_name(15), "SIGTERM");
+        assert_eq!(signal_name(99), "signal 99");
     }
 
     #[test]

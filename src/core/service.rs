@@ -219,7 +219,7 @@ impl Runtime {
             }
             (Starting | Running, Event::Stop(reason)) => {
                 self.stop_reason = Some(reason);
-                self.deadline = Some(now + unit.stop.timeout);
+                self.deadline = Some(after(now, unit.stop.timeout));
                 self.enter(Stopping, now);
                 actions.push(Action::Signal(unit.stop.signal.0));
             }
@@ -308,7 +308,7 @@ impl Runtime {
             return;
         }
         let delay: Duration = restart_delay(cfg.delay, cfg.max_delay, self.consecutive_failures);
-        self.deadline = Some(now + delay);
+        self.deadline = Some(after(now, delay));
         self.enter(State::Backoff, now);
         actions.push(note(
             !success,
@@ -318,6 +318,15 @@ impl Runtime {
             ),
         ));
     }
+}
+
+/// `now + d`, saturating: a unit file may say "300000000000y", and `Instant + Duration` panics
+/// on overflow (a panicking PID 1 takes the container down).
+pub fn after(now: Instant, d: Duration) -> Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    now.checked_add(d)
+        .or_else(|| now.checked_add(CENTURY))
+        .unwrap_or(now)
 }
 
 fn note(warn: bool, message: String) -> Action {
@@ -553,6 +562,16 @@ mod tests {
         let actions = rt.transition(Event::DeadlineReached, t0 + Duration::from_secs(3), &unit);
         assert!(actions.contains(&Action::KillAll));
         assert_eq!(rt.deadline(), None);
+    }
+
+    #[test]
+    fn an_absurd_stop_timeout_saturates_instead_of_panicking() {
+        let mut unit = service("web");
+        unit.stop.timeout = Duration::from_secs(u64::MAX);
+        let t0 = Instant::now();
+        let mut rt = in_state(Running, t0);
+        rt.transition(Event::Stop(StopReason::User), t0, &unit);
+        assert!(rt.deadline().is_some_and(|d| d > t0));
     }
 
     #[test]

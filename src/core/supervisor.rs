@@ -358,7 +358,13 @@ impl Supervisor {
     /// Whether a client waiting for `goal` on `name` can have its answer: `Some(Ok)` done,
     /// `Some(Err(why))` it will not get there, `None` keep waiting.
     pub fn settled(&self, name: &UnitName, goal: Goal) -> Option<Result<(), String>> {
-        let e = self.entries.get(name)?;
+        let Some(e) = self.entries.get(name) else {
+            // Removed by a reload while a client waited: it will never get there.
+            return Some(match goal {
+                Goal::Stopped => Ok(()),
+                Goal::Started => Err(format!("{name} was removed from the units directory")),
+            });
+        };
         let rt = &e.rt;
         match goal {
             Goal::Stopped => matches!(

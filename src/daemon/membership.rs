@@ -196,6 +196,15 @@ impl Members {
             // Not running: the next start writes the new limits.
             Vec::new()
         };
+        // score-adjust is per process: the running ones get the new value too.
+        if let (Some(adj), true) = (unit.oom.score_adjust, cgroups.exists(rel)) {
+            for pid in cgroups.procs(rel).unwrap_or_default() {
+                let file = format!("/proc/{pid}/oom_score_adj");
+                if let Err(e) = std::fs::write(&file, adj.to_string()) {
+                    warn!(unit = %unit.name, "writing {adj} to {file}: {e}");
+                }
+            }
+        }
         report(&unit.name, &problems);
         info!(unit = %unit.name, "limits re-applied in place");
         self.problems.insert(unit.name.clone(), problems);
@@ -213,6 +222,20 @@ impl Members {
             _ => {
                 self.high.remove(&unit.name);
             }
+        }
+    }
+
+    /// The spawn failed: the cgroup made for it goes again.
+    pub fn spawn_failed(&mut self, unit: &UnitName, now: Instant) {
+        if let (Some(_), Some(rel)) = (&self.cgroups, self.paths.get(unit)) {
+            self.removals.insert(
+                rel.clone(),
+                Removal {
+                    at: now,
+                    delay: FIRST_REMOVAL_RETRY,
+                },
+            );
+            self.retry_removals(now);
         }
     }
 
@@ -248,6 +271,8 @@ impl Members {
         self.frozen.remove(&unit.name);
         let mut problems = Vec::new();
         if cgroups.exists(rel) {
+            // A cgroup left frozen (by an earlier corral) would freeze the child before exec.
+            let _ = cgroups.set_frozen(rel, false);
             match empty_leftovers(&**cgroups, rel) {
                 Ok(0) => {}
                 Ok(n) => {

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use tracing::{debug, error, info, warn};
 
-use crate::core::exit::{ExitReport, Termination};
+use crate::core::exit::ExitReport;
 use crate::core::reload::ReloadPlan;
 use crate::core::service::State;
 use crate::core::supervisor::{Effect, Input, RequestError, Supervisor};
@@ -274,13 +274,11 @@ impl Daemon {
             let now = Instant::now();
             let reaped = reaper::reap_all();
             for (pid, termination) in reaped.exits {
-                let sigkill = matches!(
+                let sigkill = ExitReport {
                     termination,
-                    Termination::Signaled {
-                        signal: Signal::SIGKILL,
-                        ..
-                    }
-                );
+                    oom: false,
+                }
+                .is_sigkill();
                 let mut oom = false;
                 if let Some(unit) = self.sup.unit_of_pid(pid).cloned() {
                     let (main_was_oom_killed, fresh) = self.members.on_main_exit(&unit, sigkill);
@@ -466,10 +464,13 @@ impl Daemon {
                             pid: child.pid,
                         })
                     }
-                    Err(e) => Some(Input::SpawnFailed {
-                        unit: unit.name.clone(),
-                        error: e.to_string(),
-                    }),
+                    Err(e) => {
+                        self.members.spawn_failed(&unit.name, now);
+                        Some(Input::SpawnFailed {
+                            unit: unit.name.clone(),
+                            error: e.to_string(),
+                        })
+                    }
                 }
             }
             Effect::Signal { unit, signal } => {
@@ -497,6 +498,7 @@ impl Daemon {
                 None
             }
             Effect::Forget { unit } => {
+                self.rings.remove(&unit);
                 self.members.forget(&unit, now);
                 self.drop_memory_watch(&unit);
                 None
@@ -511,7 +513,7 @@ impl Daemon {
                     }
                 }
                 self.phase = Phase::Leftovers(Leftovers {
-                    kill_at: now + self.opts.shutdown_timeout,
+                    kill_at: crate::core::service::after(now, self.opts.shutdown_timeout),
                     termed: HashSet::new(),
                 });
                 None
@@ -690,7 +692,10 @@ impl Daemon {
                 });
             }
         }
-        self.rings.entry(unit.clone()).or_default().push(line);
+        // A unit already forgotten (removed by a reload) gets no new buffer.
+        if let Some(ring) = self.rings.get_mut(unit) {
+            ring.push(line);
+        }
     }
 
     fn check_exit_with(&mut self, now: Instant) {

@@ -58,7 +58,7 @@ pub fn last_exit(exit: &ExitReport) -> LastExit {
             core_dumped,
         } => LastExit {
             code: None,
-            signal: Some(signal.as_str().to_owned()),
+            signal: Some(crate::core::exit::signal_name(signal)),
             core_dumped,
             oom: exit.oom,
         },

@@ -1,8 +1,6 @@
 //! Reaping: collect every exited child (ours and inherited orphans) without blocking.
 
 use nix::errno::Errno;
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-use nix::unistd::Pid;
 
 use crate::core::exit::Termination;
 
@@ -15,31 +13,41 @@ pub struct Reaped {
 }
 
 /// Reap until nothing more is ready; an orphan reparented to us is reaped like any child.
+///
+/// Raw `waitpid`: nix's decoding fails (after the kernel already reaped the child) for realtime
+/// signals, which have no `Signal` variant, and that exit would be lost.
 pub fn reap_all() -> Reaped {
     let mut reaped = Reaped::default();
     loop {
-        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(pid, code)) => {
-                reaped.exits.push((pid.as_raw(), Termination::Exited(code)));
-            }
-            Ok(WaitStatus::Signaled(pid, signal, core_dumped)) => {
+        let mut status: libc::c_int = 0;
+        // SAFETY: waitpid writes only to the status integer we pass.
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if pid > 0 {
+            if libc::WIFEXITED(status) {
+                reaped
+                    .exits
+                    .push((pid, Termination::Exited(libc::WEXITSTATUS(status))));
+            } else if libc::WIFSIGNALED(status) {
                 reaped.exits.push((
-                    pid.as_raw(),
+                    pid,
                     Termination::Signaled {
-                        signal,
-                        core_dumped,
+                        signal: libc::WTERMSIG(status),
+                        core_dumped: libc::WCOREDUMP(status),
                     },
                 ));
             }
-            Ok(WaitStatus::StillAlive) => return reaped,
-            // Stops and continues are not asked for (no WUNTRACED); skip anything else.
-            Ok(_) => {}
-            Err(Errno::EINTR) => {}
-            Err(Errno::ECHILD) => {
+            continue;
+        }
+        if pid == 0 {
+            return reaped;
+        }
+        match Errno::last() {
+            Errno::EINTR => {}
+            Errno::ECHILD => {
                 reaped.no_children_left = true;
                 return reaped;
             }
-            Err(_) => return reaped,
+            _ => return reaped,
         }
     }
 }

@@ -234,7 +234,13 @@ fn send(pid: i32, signal: Signal) {
 /// kernel has it; else freeze (so nobody forks), kill every listed pid until a pass finds no new
 /// one, thaw (so the kills are delivered).
 pub fn kill_all(backend: &dyn Backend, rel: &Path) -> Result<(), CgroupError> {
+    // Already removed (v2 lets rmdir succeed once members passed exit, before we reap them).
+    if !backend.exists(rel) {
+        return Ok(());
+    }
     if backend.kill_switch(rel)? {
+        // A frozen cgroup would keep the next generation frozen before its exec.
+        let _ = backend.set_frozen(rel, false);
         return Ok(());
     }
     let frozen = backend.set_frozen(rel, true).is_ok();
