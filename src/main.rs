@@ -152,7 +152,7 @@ fn main() -> ExitCode {
 }
 
 fn run(args: RunArgs, socket: PathBuf) -> i32 {
-    logging::init(args.log_format);
+    let log_flush = logging::init(args.log_format);
     let exit_with = match args.exit_with.as_deref().map(|n| (n, UnitName::new(n))) {
         None => None,
         Some((_, Some(name))) => Some(name),
@@ -170,7 +170,17 @@ fn run(args: RunArgs, socket: PathBuf) -> i32 {
         shutdown_timeout: args.shutdown_timeout,
     };
     match daemon::run(options) {
-        Ok(code) => code,
+        Ok(daemon::Ending::Exit(code)) => code,
+        Ok(daemon::Ending::Power(action)) => {
+            // Everything logged so far reaches the console before the machine goes down.
+            drop(log_flush);
+            let error = corral::os::pid1::power(action);
+            eprintln!("corral: reboot(2) failed: {error}; halting here");
+            // The kernel panics if PID 1 exits: wait for whoever can help, forever.
+            loop {
+                nix::unistd::pause();
+            }
+        }
         Err(e) => {
             eprintln!("corral: {e}");
             exit_code::FAILED

@@ -12,8 +12,15 @@ pub enum LogFormat {
 
 const JOURNALD_SOCKET: &str = "/run/systemd/journal/socket";
 
-/// Installs the global subscriber; `CORRAL_LOG` sets the filter (default `info`).
-pub fn init(format: LogFormat) {
+/// Lines corral's log may hold while its stderr does not take them; beyond, lines are dropped.
+const QUEUED_LINES: usize = 64 * 1024;
+
+/// Installs the global subscriber; `CORRAL_LOG` sets the filter (default `info`). Keep the
+/// returned guard alive until exit: dropping it flushes what is queued.
+///
+/// stderr is written by a helper thread through a bounded, lossy queue: a reader that stalls
+/// (a full pipe, `| less`) must never stop the event loop, and with it reaping and every unit.
+pub fn init(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = EnvFilter::try_from_env("CORRAL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let journald = std::path::Path::new(JOURNALD_SOCKET)
         .exists()
@@ -21,7 +28,11 @@ pub fn init(format: LogFormat) {
         .flatten()
         .map(|layer| layer.with_syslog_identifier("corral".to_owned()));
     let registry = tracing_subscriber::registry().with(filter).with(journald);
-    let stderr = std::io::stderr;
+    let (stderr, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(QUEUED_LINES)
+        .thread_name("corral-log")
+        .finish(std::io::stderr());
     // A second init (tests embedding the daemon) keeps the first subscriber.
     let _ = match format {
         LogFormat::Text => registry
@@ -31,4 +42,5 @@ pub fn init(format: LogFormat) {
             .with(tracing_subscriber::fmt::layer().json().with_writer(stderr))
             .try_init(),
     };
+    guard
 }

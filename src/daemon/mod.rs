@@ -133,7 +133,7 @@ struct Daemon {
 }
 
 /// Runs the supervisor in the foreground until shutdown; returns the process exit code.
-pub fn run(opts: Options) -> Result<i32, DaemonError> {
+pub fn run(opts: Options) -> Result<Ending, DaemonError> {
     let loaded = unit::load_dir(&opts.units_dir, &unit::SystemUserDb).map_err(|diagnostics| {
         DaemonError::Units {
             dir: opts.units_dir.clone(),
@@ -241,15 +241,18 @@ pub fn run(opts: Options) -> Result<i32, DaemonError> {
     let _ = std::fs::remove_file(&daemon.opts.socket);
     if daemon.host_init {
         info!(action = ?daemon.power, "every process is gone; syncing and powering down");
-        let error = pid1::power(daemon.power);
-        // The kernel panics if PID 1 exits: wait for whoever can help, forever.
-        error!("reboot(2) failed: {error}; halting here");
-        loop {
-            nix::unistd::pause();
-        }
+        return Ok(Ending::Power(daemon.power));
     }
     info!(code, "corral exits");
-    Ok(code)
+    Ok(Ending::Exit(code))
+}
+
+/// How a supervisor run ends: the process exits, or (the machine's init) the machine goes down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    Exit(i32),
+    /// The caller flushes the log, then calls `os::pid1::power`; it must never exit.
+    Power(PowerAction),
 }
 
 impl Daemon {
