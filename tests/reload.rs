@@ -892,7 +892,6 @@ fn settings_without_a_process_change_touch_no_process_and_enabling_starts_a_unit
 // Known bugs, reproduced; run with `cargo test --test reload -- --ignored`.
 
 #[test]
-#[ignore = "known bug: a relimit writes only the keys that are set, so a removed limit stays"]
 fn a_removed_limit_is_lifted_in_place() {
     if !require_cgroup_v1() {
         return;

@@ -384,6 +384,40 @@ impl PlanBuilder {
     }
 }
 
+/// `new`, plus "no limit" for every key `old` set and `new` drops, so a reload that removes a
+/// limit lifts it in place. `allowed-cpus` and `[[resources.io]]` devices are not lifted (the
+/// kernel has no single "unset" value for them); dropping them takes a restart.
+pub fn lift_removed(old: &Resources, new: &Resources) -> Resources {
+    let mut lifted = new.clone();
+    let dropped = |o: bool, n: bool| o && !n;
+    if dropped(old.cpu_quota.is_some(), new.cpu_quota.is_some()) && new.cpu_quota_period.is_none() {
+        lifted.cpu_quota_period = Some(DEFAULT_CPU_PERIOD);
+    }
+    if dropped(old.cpu_weight.is_some(), new.cpu_weight.is_some()) {
+        lifted.cpu_weight = Some(100);
+    }
+    for (o, n, l) in [
+        (old.memory_max, new.memory_max, &mut lifted.memory_max),
+        (old.memory_high, new.memory_high, &mut lifted.memory_high),
+        (
+            old.memory_swap_max,
+            new.memory_swap_max,
+            &mut lifted.memory_swap_max,
+        ),
+    ] {
+        if dropped(o.is_some(), n.is_some()) {
+            *l = Some(ByteLimit::Max);
+        }
+    }
+    if dropped(old.pids_max.is_some(), new.pids_max.is_some()) {
+        lifted.pids_max = Some(None);
+    }
+    if dropped(old.io_weight.is_some(), new.io_weight.is_some()) {
+        lifted.io_weight = Some(100);
+    }
+    lifted
+}
+
 /// The controllers a plan writes to (so v2 can enable exactly those down the tree).
 pub fn controllers(plan: &Plan) -> Vec<Controller> {
     let mut out: Vec<Controller> = plan.settings.iter().map(|s| s.controller).collect();
@@ -588,6 +622,41 @@ pub fn unit_cgroup(
         parent = parent_of(&p);
     }
     parts.iter().rev().collect()
+}
+
+#[cfg(test)]
+mod lift_tests {
+    use super::*;
+
+    #[test]
+    fn a_dropped_limit_is_written_back_to_no_limit() {
+        let old = Resources {
+            memory_max: Some(ByteLimit::Bytes(1 << 26)),
+            pids_max: Some(Some(10)),
+            cpu_quota: Some(crate::unit::CpuPercent(50)),
+            ..Resources::default()
+        };
+        let new = Resources::default();
+        let plan = plan(
+            &lift_removed(&old, &new),
+            &OomConfig::default(),
+            Version::V2,
+            &|_| Ok((0, 0)),
+        );
+        let files: Vec<(&str, &str)> = plan
+            .settings
+            .iter()
+            .map(|s| (s.file, s.value.as_str()))
+            .collect();
+        assert_eq!(
+            files,
+            vec![
+                ("cpu.max", "max 100000"),
+                ("memory.max", "max"),
+                ("pids.max", "max")
+            ]
+        );
+    }
 }
 
 #[cfg(test)]

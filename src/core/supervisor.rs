@@ -58,8 +58,12 @@ pub enum Effect {
         warn: bool,
         message: String,
     },
-    /// Re-apply the unit's limits to its cgroup in place (reload changed only limits).
-    Relimit { unit: Arc<Unit> },
+    /// Re-apply the unit's limits to its cgroup in place (reload changed only limits);
+    /// `previous` tells which limits were set before and must now be lifted.
+    Relimit {
+        unit: Arc<Unit>,
+        previous: Arc<Unit>,
+    },
     /// A removed unit is down and no longer known: release what the OS layer holds for it.
     Forget { unit: UnitName },
     /// Every unit is down after `Shutdown`: the daemon may clean up and exit.
@@ -297,7 +301,7 @@ impl Supervisor {
             };
             let change = reload::change(&e.unit, &unit);
             let newly_enabled = unit.enabled && !e.unit.enabled;
-            e.unit = Arc::new(unit);
+            let previous = std::mem::replace(&mut e.unit, Arc::new(unit));
             match change {
                 Change::Restart if e.rt.state.has_process() => {
                     self.feed(&name, Event::Stop(StopReason::Restart), now, &mut effects);
@@ -310,11 +314,13 @@ impl Supervisor {
                     if e.unit.kind == UnitKind::Slice {
                         effects.push(Effect::Relimit {
                             unit: Arc::clone(&e.unit),
+                            previous,
                         });
                     }
                 }
                 Change::Relimit => effects.push(Effect::Relimit {
                     unit: Arc::clone(&e.unit),
+                    previous,
                 }),
                 Change::Update | Change::None => {}
             }
@@ -909,7 +915,7 @@ mod tests {
         assert!(
             effects
                 .iter()
-                .any(|e| matches!(e, Effect::Relimit { unit } if unit.name == name("db")))
+                .any(|e| matches!(e, Effect::Relimit { unit, .. } if unit.name == name("db")))
         );
         assert_eq!(pid(&sup, "db"), db, "re-limited in place");
         for (p, exit) in [

@@ -181,17 +181,25 @@ impl Members {
     }
 
     /// Rewrites a unit's (or slice's) cgroup files in place, without touching its processes.
-    pub fn relimit(&mut self, unit: &Unit) {
+    pub fn relimit(&mut self, unit: &Unit, previous: &Unit) {
         let (Some(cgroups), Some(rel)) = (&self.cgroups, self.paths.get(&unit.name)) else {
             return;
         };
         let problems = if unit.kind == UnitKind::Slice {
             match cgroups.create(rel, true) {
-                Ok(()) => cgroup::apply(&**cgroups, rel, &plan_for(unit, cgroups.version())),
+                Ok(()) => cgroup::apply(
+                    &**cgroups,
+                    rel,
+                    &lifting_plan(unit, previous, cgroups.version()),
+                ),
                 Err(e) => vec![format!("creating the slice's cgroup: {e}")],
             }
         } else if cgroups.exists(rel) {
-            cgroup::apply(&**cgroups, rel, &plan_for(unit, cgroups.version()))
+            cgroup::apply(
+                &**cgroups,
+                rel,
+                &lifting_plan(unit, previous, cgroups.version()),
+            )
         } else {
             // Not running: the next start writes the new limits.
             Vec::new()
@@ -600,6 +608,22 @@ impl Members {
             warn!("{e}");
         }
     }
+}
+
+/// The plan of `unit`, with what `previous` limited and `unit` no longer does set back to
+/// "no limit" (and `memory.oom.group` cleared on v2 when group-kill was dropped).
+fn lifting_plan(unit: &Unit, previous: &Unit, version: Version) -> cgroup_plan::Plan {
+    let resources = cgroup_plan::lift_removed(&previous.resources, &unit.resources);
+    let mut plan = cgroup_plan::plan(&resources, &unit.oom, version, &resolve_device);
+    if previous.oom.group_kill && !unit.oom.group_kill && version == Version::V2 {
+        plan.settings.push(cgroup_plan::Setting {
+            controller: cgroup_plan::Controller::Memory,
+            file: "memory.oom.group",
+            value: "0".to_owned(),
+            key: "oom.group-kill",
+        });
+    }
+    plan
 }
 
 fn plan_for(unit: &Unit, version: Version) -> cgroup_plan::Plan {

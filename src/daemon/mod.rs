@@ -496,8 +496,8 @@ impl Daemon {
                 info!(unit = %unit, "{message}");
                 None
             }
-            Effect::Relimit { unit } => {
-                self.members.relimit(&unit);
+            Effect::Relimit { unit, previous } => {
+                self.members.relimit(&unit, &previous);
                 None
             }
             Effect::Forget { unit } => {
