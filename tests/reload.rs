@@ -944,7 +944,6 @@ fn a_score_adjust_edit_reaches_the_running_process() {
 }
 
 #[test]
-#[ignore = "known bug: moving a slice leaves its running services in the old cgroup"]
 fn moving_a_slice_moves_the_services_below_it() {
     if !require_cgroup_v1() {
         return;

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::core::cgroup_plan::unit_cgroup;
 use crate::unit::{Unit, UnitName};
 
 /// What a reload does to each unit. Every name of either set is in exactly one list.
@@ -63,11 +64,18 @@ pub fn diff<'a>(
 ) -> ReloadPlan {
     let mut plan = ReloadPlan::default();
     let old: BTreeMap<&UnitName, &Unit> = old.into_iter().map(|u| (&u.name, u)).collect();
+    let old_parent = |n: &UnitName| old.get(n).and_then(|u| u.slice.clone());
+    let new_parent = |n: &UnitName| new.get(n).and_then(|u| u.slice.clone());
     for (name, unit) in &old {
         if !new.contains_key(*name) {
             plan.removed.push((*name).clone());
         } else if let Some(next) = new.get(*name) {
+            // A slice moved above the unit moves its cgroup: only a restart puts the
+            // processes there.
+            let moved = unit_cgroup(name, unit.kind, &old_parent)
+                != unit_cgroup(name, next.kind, &new_parent);
             let list = match change(unit, next) {
+                _ if moved => &mut plan.restarted,
                 Change::Restart => &mut plan.restarted,
                 Change::Relimit => &mut plan.relimited,
                 Change::Update => &mut plan.updated,
@@ -135,6 +143,24 @@ mod tests {
         assert_eq!(names(&plan.updated), vec!["policy"]);
         assert_eq!(names(&plan.unchanged), vec!["same"]);
         assert!(!plan.is_noop());
+    }
+
+    #[test]
+    fn moving_a_slice_restarts_the_units_below_it() {
+        let mut app = service("app");
+        app.slice = Some(name("inner"));
+        let old = vec![
+            app.clone(),
+            unit("inner", UnitKind::Slice),
+            unit("outer", UnitKind::Slice),
+        ];
+        let mut inner = unit("inner", UnitKind::Slice);
+        inner.slice = Some(name("outer"));
+        let new = set(vec![app, inner, unit("outer", UnitKind::Slice)]);
+        let plan = diff(&old, &new);
+        let names = |v: &Vec<UnitName>| v.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert_eq!(names(&plan.restarted), vec!["app", "inner"]);
+        assert_eq!(names(&plan.unchanged), vec!["outer"]);
     }
 
     #[test]

@@ -299,7 +299,11 @@ impl Supervisor {
             let Some(e) = self.entries.get_mut(&name) else {
                 continue;
             };
-            let change = reload::change(&e.unit, &unit);
+            let change = if plan.restarted.contains(&name) {
+                Change::Restart
+            } else {
+                reload::change(&e.unit, &unit)
+            };
             let newly_enabled = unit.enabled && !e.unit.enabled;
             let previous = std::mem::replace(&mut e.unit, Arc::new(unit));
             match change {

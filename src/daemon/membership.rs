@@ -170,7 +170,20 @@ impl Members {
         for u in units.values() {
             let parent_of = |n: &UnitName| units.get(n).and_then(|u| u.slice.clone());
             let rel = cgroup_plan::unit_cgroup(&u.name, u.kind, &parent_of);
-            self.paths.insert(u.name.clone(), rel);
+            // A moved slice's old cgroup goes once the units below have left it.
+            if let Some(old) = self.paths.insert(u.name.clone(), rel.clone())
+                && old != rel
+                && u.kind == UnitKind::Slice
+                && self.cgroups.is_some()
+            {
+                self.removals.insert(
+                    old,
+                    Removal {
+                        at: Instant::now(),
+                        delay: FIRST_REMOVAL_RETRY,
+                    },
+                );
+            }
         }
         let added_slices: BTreeMap<UnitName, Unit> = units
             .iter()
@@ -592,7 +605,8 @@ impl Members {
         let Some(cgroups) = &self.cgroups else {
             return;
         };
-        let mut paths: Vec<&PathBuf> = self.paths.values().collect();
+        // Pending removals too: a moved slice's old cgroup, a forgotten unit's.
+        let mut paths: Vec<&PathBuf> = self.paths.values().chain(self.removals.keys()).collect();
         paths.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
         for rel in paths {
             if cgroups.exists(rel) {
