@@ -332,3 +332,33 @@ fn exit_with_a_killed_unit_gives_128_plus_the_signal() {
         "corral logs why it exits"
     );
 }
+
+#[test]
+fn requests_queued_on_one_connection_are_answered_in_order() {
+    if !require_root() {
+        return;
+    }
+    let mut c = Corral::new();
+    c.unit("talker", TALKER);
+    c.launch(&[]);
+    let stream = c.connect();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    // A blocking restart and a status in one write: the status waits for the restart's answer.
+    (&stream)
+        .write_all(b"{\"verb\":\"restart\",\"units\":[\"talker\"]}\n{\"verb\":\"status\"}\n")
+        .unwrap();
+    let restart = read_response(&mut reader);
+    assert_eq!(restart["ok"], true, "{restart}");
+    assert_eq!(restart["units"][0]["state"], "running", "{restart}");
+    let status = read_response(&mut reader);
+    assert_eq!(status["units"][0]["name"], "talker", "{status}");
+    // The same after a half-close: both are still answered.
+    let stream = c.connect();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    (&stream)
+        .write_all(b"{\"verb\":\"restart\",\"units\":[\"talker\"]}\n{\"verb\":\"status\"}")
+        .unwrap();
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(read_response(&mut reader)["ok"], true);
+    assert_eq!(read_response(&mut reader)["units"][0]["name"], "talker");
+}

@@ -78,7 +78,8 @@ impl Client {
                 Ok(0) => {
                     // Half-closed: a request may still be answered if one is complete.
                     self.closing = true;
-                    if !self.inbuf.is_empty() {
+                    // A busy client's buffered requests wait for its answer (`next_buffered`).
+                    if !self.inbuf.is_empty() && matches!(self.state, ClientState::Reading) {
                         let line = std::mem::take(&mut self.inbuf);
                         return Incoming::Line(line);
                     }
@@ -117,6 +118,27 @@ impl Client {
                 Some(Incoming::Line(line))
             }
             None if self.inbuf.len() > MAX_REQUEST_BYTES => Some(Incoming::TooLarge),
+            None => None,
+        }
+    }
+
+    /// Drops unread input (after a protocol violation the rest is not worth reading).
+    pub fn discard_input(&mut self) {
+        self.inbuf.clear();
+    }
+
+    /// A request that arrived while the previous one was being answered (requests on one
+    /// connection are served in order), once the client is free again.
+    pub fn next_buffered(&mut self) -> Option<Incoming> {
+        if !matches!(self.state, ClientState::Reading) || self.dead {
+            return None;
+        }
+        match self.take_line() {
+            Some(line) => Some(line),
+            // The peer closed after an unterminated last request.
+            None if self.closing && !self.inbuf.is_empty() => {
+                Some(Incoming::Line(std::mem::take(&mut self.inbuf)))
+            }
             None => None,
         }
     }
@@ -162,6 +184,7 @@ impl Client {
         self.dead
             || (self.closing
                 && self.outbuf.is_empty()
+                && self.inbuf.is_empty()
                 && matches!(self.state, ClientState::Reading))
     }
 }

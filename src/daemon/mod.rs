@@ -302,6 +302,8 @@ impl Daemon {
             }
             self.members.retry_removals(now);
             self.answer_waiters();
+            self.serve_buffered();
+            self.answer_waiters();
             self.check_exit_with(now);
             self.flush_clients();
             if let Phase::Leftovers(left) = &mut self.phase {

@@ -93,6 +93,7 @@ impl Daemon {
                         ));
                         client.state = ClientState::Reading;
                         client.closing = true;
+                        client.discard_input();
                         break;
                     }
                     Incoming::Nothing => break,
@@ -342,6 +343,21 @@ impl Daemon {
         }
         for (token, response) in answers {
             self.reply(token, response);
+        }
+    }
+
+    /// Serves requests that queued up on a connection while an earlier one was answered.
+    pub(super) fn serve_buffered(&mut self) {
+        let tokens: Vec<u64> = self.clients.keys().copied().collect();
+        for token in tokens {
+            while let Some(Incoming::Line(line)) =
+                self.clients.get_mut(&token).and_then(Client::next_buffered)
+            {
+                if let Some(client) = self.clients.get_mut(&token) {
+                    client.idle_deadline = None;
+                }
+                self.on_request(token, &line);
+            }
         }
     }
 
