@@ -81,8 +81,6 @@ pub enum ErrorKind {
     Failed,
     PermissionDenied,
     ShuttingDown,
-    /// The verb exists in the protocol but this build cannot do it yet.
-    Unsupported,
     /// reload: a unit file is invalid; nothing was applied.
     Invalid,
 }
