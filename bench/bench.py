@@ -1298,7 +1298,10 @@ class Report:
             "",
             f"* machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Linux {m['kernel']}, "
             f"Debian {m['debian']}, cgroup {m['cgroups']}; load average before "
-            f"{' '.join(m['loadavg_before'])}, after {' '.join(m.get('loadavg_after', []))}",
+            f"{' '.join(m['loadavg_before'])}, after {' '.join(m.get('loadavg_after', []))}"
+            + (f", 1-minute load during the timed runs {min(m['loadavg_during']):g}..{max(m['loadavg_during']):g}"
+               f" (the benchmark alone adds about 1; more means something else ran)"
+               if m.get("loadavg_during") else ""),
             f"* corral: commit {m['commit']}, {self.versions.get('corral', '')}",
             "* peers: " + "; ".join(f"{k}: {v}" for k, v in self.versions.items() if k != "corral"),
             f"* method: N = {', '.join(map(str, self.sizes))} units of `sleep {SLEEP_ARG}`; "
@@ -1541,6 +1544,8 @@ def main():
             order = runs[rep % len(runs):] + runs[:rep % len(runs)]
             for n in args.sizes:
                 log(f"repetition {rep + 1}/{args.reps}, N={n}")
+                meta.setdefault("loadavg_during", []).append(
+                    float(Path("/proc/loadavg").read_text().split()[0]))
                 for sup, variant in order:
                     label = sup.name + (f"+{variant}" if variant else "")
                     can_restart = "restart" not in sup.cannot and variant is None
