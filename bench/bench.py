@@ -539,6 +539,8 @@ class Bench:
                 setsigmask=set(),
             ) if cwd is None else self._spawn_cwd(argv, out, null, cwd)
         self.started.append(pid)
+        # pids wrap: an exit we reaped from an earlier process with this pid is not this one's.
+        self.exited.pop(pid, None)
         return pid
 
     def _spawn_cwd(self, argv, out, null, cwd):
@@ -1300,7 +1302,8 @@ class Report:
             f"Debian {m['debian']}, cgroup {m['cgroups']}; load average before "
             f"{' '.join(m['loadavg_before'])}, after {' '.join(m.get('loadavg_after', []))}"
             + (f", 1-minute load during the timed runs {min(m['loadavg_during']):g}..{max(m['loadavg_during']):g}"
-               f" (the benchmark alone adds about 1; more means something else ran)"
+               f" (sampled at the start of each N; the benchmark's own storms of thousands of processes"
+               f" raise it, so a quiet machine shows as a low load before the run)"
                if m.get("loadavg_during") else ""),
             f"* corral: commit {m['commit']}, {self.versions.get('corral', '')}",
             "* peers: " + "; ".join(f"{k}: {v}" for k, v in self.versions.items() if k != "corral"),
