@@ -176,13 +176,7 @@ impl Members {
                 && u.kind == UnitKind::Slice
                 && self.cgroups.is_some()
             {
-                self.removals.insert(
-                    old,
-                    Removal {
-                        at: Instant::now(),
-                        delay: FIRST_REMOVAL_RETRY,
-                    },
-                );
+                self.schedule_removal(old, Instant::now());
             }
         }
         let added_slices: BTreeMap<UnitName, Unit> = units
@@ -249,13 +243,7 @@ impl Members {
     /// The spawn failed: the cgroup made for it goes again.
     pub fn spawn_failed(&mut self, unit: &UnitName, now: Instant) {
         if let (Some(_), Some(rel)) = (&self.cgroups, self.paths.get(unit)) {
-            self.removals.insert(
-                rel.clone(),
-                Removal {
-                    at: now,
-                    delay: FIRST_REMOVAL_RETRY,
-                },
-            );
+            self.schedule_removal(rel.clone(), now);
             self.retry_removals(now);
         }
     }
@@ -265,13 +253,7 @@ impl Members {
         if let Some(rel) = self.paths.remove(unit)
             && self.cgroups.is_some()
         {
-            self.removals.insert(
-                rel,
-                Removal {
-                    at: now,
-                    delay: FIRST_REMOVAL_RETRY,
-                },
-            );
+            self.schedule_removal(rel, now);
         }
         self.doors.remove(unit);
         self.problems.remove(unit);
@@ -383,13 +365,7 @@ impl Members {
                 let rel = rel.clone();
                 let killed = cgroup::kill_all(&**cgroups, &rel).map_err(|e| e.to_string());
                 self.frozen.remove(unit);
-                self.removals.insert(
-                    rel,
-                    Removal {
-                        at: now,
-                        delay: FIRST_REMOVAL_RETRY,
-                    },
-                );
+                self.schedule_removal(rel, now);
                 killed
             }
             (Some(Door::Group(group)), _) => {
@@ -520,6 +496,17 @@ impl Members {
                 (fresh > 0).then(|| (unit, u32::try_from(fresh).unwrap_or(u32::MAX)))
             })
             .collect()
+    }
+
+    /// Queues `rel` for `rmdir`, first tried at `now`.
+    fn schedule_removal(&mut self, rel: PathBuf, now: Instant) {
+        self.removals.insert(
+            rel,
+            Removal {
+                at: now,
+                delay: FIRST_REMOVAL_RETRY,
+            },
+        );
     }
 
     /// Tries every due `rmdir`; an EBUSY one is tried again later, backing off.

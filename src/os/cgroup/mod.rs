@@ -71,6 +71,22 @@ pub(crate) fn write_file(path: &Path, value: &str) -> Result<(), CgroupError> {
     })
 }
 
+/// A cgroup path (`/corral/x`) as a path relative to a hierarchy's mount (`corral/x`).
+pub(crate) fn relative(p: &Path) -> PathBuf {
+    p.components()
+        .filter(|c| matches!(c, std::path::Component::Normal(_)))
+        .collect()
+}
+
+/// A cgroup as users name it: `/R/rel`.
+pub(crate) fn display_below(root_rel: &Path, rel: &Path) -> String {
+    Path::new("/")
+        .join(root_rel)
+        .join(rel)
+        .display()
+        .to_string()
+}
+
 pub(crate) fn read_file(path: &Path) -> Result<String, CgroupError> {
     std::fs::read_to_string(path).map_err(io_error("reading", path))
 }

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::OwnedFd;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::core::cgroup_plan::{Controller, Setting, Version};
@@ -11,7 +11,8 @@ use crate::proto::Usage;
 
 use super::stats::{flat_keyed, io_service_bytes_v1, single};
 use super::{
-    Backend, CgroupError, make_dir, open_for_join, read_file, read_pids, remove_dir, write_file,
+    Backend, CgroupError, display_below, make_dir, open_for_join, read_file, read_pids, relative,
+    remove_dir, write_file,
 };
 
 /// One mounted hierarchy and R inside it.
@@ -28,12 +29,6 @@ const FREEZE_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct V1 {
     hierarchies: Vec<Hierarchy>,
     root_rel: PathBuf,
-}
-
-fn strip(p: &Path) -> PathBuf {
-    p.components()
-        .filter(|c| matches!(c, Component::Normal(_)))
-        .collect()
 }
 
 impl V1 {
@@ -54,14 +49,14 @@ impl V1 {
         let mut hierarchies = Vec::new();
         for (mount, controllers) in by_mount {
             let rel = match root {
-                Some(r) => strip(r),
+                Some(r) => relative(r),
                 None => {
                     let name = controllers
                         .iter()
                         .next()
                         .map(|c| c.name(Version::V1))
                         .unwrap_or("");
-                    strip(own.get(name).ok_or(CgroupError::OwnCgroupUnknown)?)
+                    relative(own.get(name).ok_or(CgroupError::OwnCgroupUnknown)?)
                 }
             };
             hierarchies.push(Hierarchy {
@@ -71,7 +66,7 @@ impl V1 {
         }
         Ok(V1 {
             hierarchies,
-            root_rel: root.map(strip).unwrap_or_default(),
+            root_rel: root.map(relative).unwrap_or_default(),
         })
     }
 
@@ -285,11 +280,7 @@ impl Backend for V1 {
     }
 
     fn display(&self, rel: &Path) -> String {
-        Path::new("/")
-            .join(&self.root_rel)
-            .join(rel)
-            .display()
-            .to_string()
+        display_below(&self.root_rel, rel)
     }
 }
 

@@ -1,14 +1,15 @@
 //! cgroup v2 (the unified hierarchy): one tree, controllers enabled per level, no internal processes.
 
 use std::os::fd::OwnedFd;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use crate::core::cgroup_plan::{Controller, Setting, Version};
 use crate::proto::Usage;
 
 use super::stats::{flat_keyed, io_stat_v2, single};
 use super::{
-    Backend, CgroupError, make_dir, open_for_join, read_file, read_pids, remove_dir, write_file,
+    Backend, CgroupError, display_below, make_dir, open_for_join, read_file, read_pids, relative,
+    remove_dir, write_file,
 };
 
 /// Where corral moves itself when R is its own cgroup (no process may sit beside child cgroups).
@@ -31,18 +32,12 @@ pub struct V2 {
     own_rel: PathBuf,
 }
 
-fn strip(p: &Path) -> PathBuf {
-    p.components()
-        .filter(|c| matches!(c, Component::Normal(_)))
-        .collect()
-}
-
 impl V2 {
     pub fn new(mount: PathBuf, root_rel: &Path, own_rel: &Path) -> V2 {
         V2 {
             mount,
-            root_rel: strip(root_rel),
-            own_rel: strip(own_rel),
+            root_rel: relative(root_rel),
+            own_rel: relative(own_rel),
         }
     }
 
@@ -190,11 +185,7 @@ impl Backend for V2 {
     }
 
     fn display(&self, rel: &Path) -> String {
-        Path::new("/")
-            .join(&self.root_rel)
-            .join(rel)
-            .display()
-            .to_string()
+        display_below(&self.root_rel, rel)
     }
 }
 
