@@ -168,7 +168,24 @@ pub struct UnitStatus {
     /// In `backoff`: milliseconds until the next restart.
     #[serde(default)]
     pub restart_in_ms: Option<u64>,
+    /// Each namespace of the main process against corral's own; listed for a unit named in
+    /// the request or one that asks for any namespace, empty otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<NamespaceStatus>,
     pub error: Option<String>,
+}
+
+/// One namespace of a unit, for auditing its isolation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamespaceStatus {
+    /// pid, net, mount, uts, ipc, user or cgroup.
+    pub kind: String,
+    /// The unit file asks for a new one.
+    pub requested: bool,
+    /// The inode of the main process's namespace (null when nothing runs).
+    pub inode: Option<u64>,
+    /// It differs from corral's own (null when nothing runs).
+    pub isolated: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -76,21 +76,3 @@ fn the_shipped_units_and_examples_pass() {
         assert_eq!(out.code, 0, "{dir}: {out:?}");
     }
 }
-
-#[test]
-fn sections_this_build_does_not_apply_are_a_warning_not_silence() {
-    let c = Corral::new();
-    c.unit(
-        "isolated",
-        "[exec]\ncommand = [\"true\"]\n[namespaces]\nnet = true\n[sandbox]\nno-new-privileges = true\n",
-    );
-    let out = check(&c.units);
-    assert_eq!(out.code, 0, "{out:?}");
-    for section in ["[namespaces]", "[sandbox]"] {
-        assert!(
-            out.stderr
-                .contains(&format!("{section} is validated but not applied")),
-            "{section}: {out:?}"
-        );
-    }
-}

@@ -2,7 +2,9 @@
 
 use std::time::SystemTime;
 
-use crate::proto::{LastExit, LogLine, ReloadReport, Stream, UnitStatus, human_size as size};
+use crate::proto::{
+    LastExit, LogLine, NamespaceStatus, ReloadReport, Stream, UnitStatus, human_size as size,
+};
 
 fn secs(usec: u64) -> String {
     format!("{:.2}s", usec as f64 / 1e6)
@@ -211,6 +213,9 @@ pub fn print_status_details(units: &[UnitStatus]) {
             let peak = usage.memory_peak.map_or_else(|| "unknown".to_owned(), size);
             println!("  oom       oom-killed {times}{last} (memory-max {limit}, peak {peak})");
         }
+        if let Some(line) = namespaces_line(&u.namespaces) {
+            println!("  isolation {line}");
+        }
         for warning in &u.warnings {
             println!("  warning   {warning}");
         }
@@ -221,6 +226,47 @@ pub fn print_status_details(units: &[UnitStatus]) {
             println!("  error     {error}");
         }
     }
+}
+
+/// `own pid, net; shared uts, ipc, ...`: which namespaces the main process has to itself.
+/// A requested namespace the process does not have is called out, never blended in.
+fn namespaces_line(namespaces: &[NamespaceStatus]) -> Option<String> {
+    if namespaces.is_empty() {
+        return None;
+    }
+    let kinds = |pick: &dyn Fn(&NamespaceStatus) -> bool| {
+        let names: Vec<&str> = namespaces
+            .iter()
+            .filter(|n| pick(n))
+            .map(|n| n.kind.as_str())
+            .collect();
+        if names.is_empty() {
+            "none".to_owned()
+        } else {
+            names.join(", ")
+        }
+    };
+    if namespaces.iter().all(|n| n.isolated.is_none()) {
+        return Some(format!(
+            "asks for: {} (not running)",
+            kinds(&|n| n.requested)
+        ));
+    }
+    let mut line = format!(
+        "own: {}; shared with corral: {}",
+        kinds(&|n| n.isolated == Some(true)),
+        kinds(&|n| n.isolated == Some(false))
+    );
+    if namespaces
+        .iter()
+        .any(|n| n.requested && n.isolated == Some(false))
+    {
+        line.push_str(&format!(
+            "; REQUESTED BUT SHARED: {}",
+            kinds(&|n| n.requested && n.isolated == Some(false))
+        ));
+    }
+    Some(line)
 }
 
 /// `reload applied: 1 added (db), 0 removed, ...`.

@@ -10,8 +10,10 @@ use nix::sys::signal::Signal;
 use tracing::{debug, info, warn};
 
 use crate::core::cgroup_plan::{self, Version};
+use crate::core::exit::Termination;
 use crate::os::cgroup::{self, Cgroups};
 use crate::os::process_group::ProcessGroup;
+use crate::os::{reaper, spawn};
 use crate::proto::{Usage, human_size as size};
 use crate::unit::{ByteLimit, DeviceSpec, Unit, UnitKind, UnitName};
 
@@ -84,6 +86,15 @@ pub struct Members {
     high: HashMap<UnitName, HighEpisode>,
     /// R itself is removed at exit only when corral made it and does not live in it.
     remove_root_at_exit: bool,
+    /// Units in their own pid namespace: the main pid is a helper init that passes signals on.
+    helpers: HashMap<UnitName, Helper>,
+}
+
+/// The helper init of a unit's pid namespace, and the pipe that carries its command's status.
+#[derive(Debug)]
+struct Helper {
+    pid: i32,
+    status: OwnedFd,
 }
 
 impl Members {
@@ -110,6 +121,7 @@ impl Members {
             oom: HashMap::new(),
             high: HashMap::new(),
             remove_root_at_exit: root.is_some(),
+            helpers: HashMap::new(),
         };
         match cgroup::detect(root).and_then(|mut c| c.prepare_root().map(|notes| (c, notes))) {
             Ok((cgroups, notes)) => {
@@ -256,6 +268,7 @@ impl Members {
             self.schedule_removal(rel, now);
         }
         self.doors.remove(unit);
+        self.helpers.remove(unit);
         self.problems.remove(unit);
         self.oom.remove(unit);
         self.high.remove(unit);
@@ -332,23 +345,49 @@ impl Members {
     }
 
     /// Records the new main process: its cgroup when it joined one, else its process group.
-    pub fn spawned(&mut self, unit: &UnitName, pid: i32, in_cgroup: bool) {
+    pub fn spawned(
+        &mut self,
+        unit: &UnitName,
+        pid: i32,
+        in_cgroup: bool,
+        helper_status: Option<OwnedFd>,
+    ) {
         let door = match (in_cgroup, self.paths.get(unit)) {
             (true, Some(rel)) => Door::Cgroup(rel.clone()),
             _ => Door::Group(ProcessGroup(pid)),
         };
         self.doors.insert(unit.clone(), door);
+        match helper_status {
+            Some(status) => self.helpers.insert(unit.clone(), Helper { pid, status }),
+            None => self.helpers.remove(unit),
+        };
+    }
+
+    /// The main process of a pid-namespaced unit ended: what its command's end was, when the
+    /// helper lived to report it.
+    pub fn take_helper_exit(&mut self, unit: &UnitName) -> Option<Termination> {
+        let helper = self.helpers.remove(unit)?;
+        spawn::helper_exit(&helper.status).and_then(reaper::termination)
     }
 
     /// Signals every process of the unit. A frozen unit is thawed afterwards, or the signal
     /// would wait (v1 freezes even SIGKILL).
     pub fn signal(&mut self, unit: &UnitName, signal: Signal) {
-        let result = match (self.doors.get(unit), &self.cgroups) {
-            (Some(Door::Cgroup(rel)), Some(cgroups)) => {
-                cgroup::signal_all(&**cgroups, rel, signal).map_err(|e| e.to_string())
+        let result = if let Some(helper) = self.helpers.get(unit) {
+            // The helper passes it on to every process of its namespace, which holds them
+            // all; signalling them directly as well would deliver everything twice.
+            match nix::sys::signal::kill(nix::unistd::Pid::from_raw(helper.pid), signal) {
+                Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+                Err(e) => Err(e.to_string()),
             }
-            (Some(Door::Group(group)), _) => group.signal(signal).map_err(|e| e.to_string()),
-            _ => Ok(()),
+        } else {
+            match (self.doors.get(unit), &self.cgroups) {
+                (Some(Door::Cgroup(rel)), Some(cgroups)) => {
+                    cgroup::signal_all(&**cgroups, rel, signal).map_err(|e| e.to_string())
+                }
+                (Some(Door::Group(group)), _) => group.signal(signal).map_err(|e| e.to_string()),
+                _ => Ok(()),
+            }
         };
         if let Err(e) = result {
             warn!(unit = %unit, "sending {} to the unit: {e}", signal.as_str());

@@ -130,6 +130,8 @@ struct Daemon {
     host_init: bool,
     /// What a host init does after shutdown.
     power: PowerAction,
+    /// corral's own namespaces, which a unit's are compared with.
+    own_namespaces: [Option<u64>; 7],
 }
 
 /// Runs the supervisor in the foreground until shutdown; returns the process exit code.
@@ -235,6 +237,7 @@ pub fn run(opts: Options) -> Result<Ending, DaemonError> {
         own_uid: nix::unistd::geteuid().as_raw(),
         host_init,
         power: PowerAction::Poweroff,
+        own_namespaces: crate::os::namespaces::inodes(None),
     };
     let code = daemon.event_loop();
     daemon.members.teardown();
@@ -276,7 +279,12 @@ impl Daemon {
             }
             let now = Instant::now();
             let reaped = reaper::reap_all();
-            for (pid, termination) in reaped.exits {
+            for (pid, mut termination) in reaped.exits {
+                if let Some(unit) = self.sup.unit_of_pid(pid).cloned()
+                    && let Some(command) = self.members.take_helper_exit(&unit)
+                {
+                    termination = command;
+                }
                 let sigkill = ExitReport {
                     termination,
                     oom: false,
@@ -450,11 +458,26 @@ impl Daemon {
                     });
                 };
                 let cgroup = self.members.prepare_spawn(&unit);
-                match spawn::spawn(exec, exec.user.as_ref(), &cgroup, unit.oom.score_adjust) {
+                let confine = spawn::Confinement {
+                    namespaces: &unit.namespaces,
+                    sandbox: &unit.sandbox,
+                };
+                let spawned = spawn::spawn(
+                    exec,
+                    exec.user.as_ref(),
+                    &cgroup,
+                    unit.oom.score_adjust,
+                    confine,
+                );
+                match spawned {
                     Ok(child) => {
                         info!(unit = %unit.name, pid = child.pid, "started");
-                        self.members
-                            .spawned(&unit.name, child.pid, !cgroup.is_empty());
+                        self.members.spawned(
+                            &unit.name,
+                            child.pid,
+                            !cgroup.is_empty(),
+                            child.helper_status,
+                        );
                         self.drop_memory_watch(&unit.name);
                         for fd in self.members.memory_watch(&unit) {
                             let token = self.token();

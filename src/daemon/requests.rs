@@ -9,14 +9,14 @@ use tracing::{info, warn};
 
 use crate::core::reload::ReloadPlan;
 use crate::core::supervisor::{Goal, Input, RequestError};
-use crate::os::control_socket;
 use crate::os::poller::Readiness;
+use crate::os::{control_socket, namespaces};
 use crate::proto::{ErrorBody, ErrorKind, ReloadReport, Request, Response, UnitStatus, Verb};
-use crate::unit::UnitName;
+use crate::unit::{Namespaces, UnitName};
 
 use super::Daemon;
 use super::control::{Client, ClientState, Incoming, MAX_CLIENTS};
-use super::status::unit_status;
+use super::status::{namespace_status, unit_status};
 
 /// `logs` without `-n`.
 const DEFAULT_LOG_LINES: usize = 100;
@@ -311,7 +311,17 @@ impl Daemon {
             .units()
             .filter(|(unit, _)| names.is_empty() || names.contains(&unit.name))
             .map(|(unit, rt)| {
-                unit_status(unit, rt, self.members.facts(&unit.name), &self.clock, now)
+                let mut status =
+                    unit_status(unit, rt, self.members.facts(&unit.name), &self.clock, now);
+                // Seven reads of /proc per unit: only where someone asks or isolation is at stake.
+                if unit.exec.is_some()
+                    && (!names.is_empty() || unit.namespaces != Namespaces::default())
+                {
+                    let theirs = rt.pid.map(|pid| namespaces::inodes(Some(pid)));
+                    status.namespaces =
+                        namespace_status(&unit.namespaces, theirs, &self.own_namespaces);
+                }
+                status
             })
             .collect()
     }

@@ -4,8 +4,9 @@ use std::time::Instant;
 
 use crate::core::exit::{ExitReport, Termination};
 use crate::core::service::{Runtime, State};
-use crate::proto::{LastExit, Limits, UnitStatus};
-use crate::unit::{ByteLimit, Resources, Unit};
+use crate::os::namespaces::KINDS;
+use crate::proto::{LastExit, Limits, NamespaceStatus, UnitStatus};
+use crate::unit::{ByteLimit, Namespaces, Resources, Unit};
 
 use super::clock::{Clock, millis};
 use super::membership::CgroupFacts;
@@ -41,8 +42,41 @@ pub fn unit_status(
             (State::Backoff, Some(at)) => Some(millis(at.saturating_duration_since(now))),
             _ => None,
         },
+        namespaces: Vec::new(),
         error: rt.error.clone(),
     }
+}
+
+/// Each namespace kind: asked for by the unit, and (when its main process runs, `theirs`)
+/// whether it really differs from corral's.
+pub fn namespace_status(
+    asked: &Namespaces,
+    theirs: Option<[Option<u64>; 7]>,
+    ours: &[Option<u64>; 7],
+) -> Vec<NamespaceStatus> {
+    let requested = |kind: &str| match kind {
+        "pid" => asked.pid,
+        "net" => asked.net,
+        "mount" => asked.mount,
+        "uts" => asked.uts,
+        "ipc" => asked.ipc,
+        "user" => asked.user,
+        "cgroup" => asked.cgroup,
+        _ => false,
+    };
+    KINDS
+        .iter()
+        .enumerate()
+        .map(|(i, (kind, _))| {
+            let inode = theirs.and_then(|t| t[i]);
+            NamespaceStatus {
+                kind: (*kind).to_owned(),
+                requested: requested(kind),
+                inode,
+                isolated: inode.map(|inode| ours[i] != Some(inode)),
+            }
+        })
+        .collect()
 }
 
 pub fn last_exit(exit: &ExitReport) -> LastExit {

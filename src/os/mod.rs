@@ -2,6 +2,7 @@
 
 pub mod cgroup;
 pub mod control_socket;
+pub mod namespaces;
 pub mod pid1;
 pub mod poller;
 pub mod process_group;

@@ -23,18 +23,8 @@ pub fn reap_all() -> Reaped {
         // SAFETY: waitpid writes only to the status integer we pass.
         let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
         if pid > 0 {
-            if libc::WIFEXITED(status) {
-                reaped
-                    .exits
-                    .push((pid, Termination::Exited(libc::WEXITSTATUS(status))));
-            } else if libc::WIFSIGNALED(status) {
-                reaped.exits.push((
-                    pid,
-                    Termination::Signaled {
-                        signal: libc::WTERMSIG(status),
-                        core_dumped: libc::WCOREDUMP(status),
-                    },
-                ));
+            if let Some(termination) = termination(status) {
+                reaped.exits.push((pid, termination));
             }
             continue;
         }
@@ -49,6 +39,20 @@ pub fn reap_all() -> Reaped {
             }
             _ => return reaped,
         }
+    }
+}
+
+/// Decodes a raw wait status; `None` for stop and continue reports.
+pub fn termination(status: libc::c_int) -> Option<Termination> {
+    if libc::WIFEXITED(status) {
+        Some(Termination::Exited(libc::WEXITSTATUS(status)))
+    } else if libc::WIFSIGNALED(status) {
+        Some(Termination::Signaled {
+            signal: libc::WTERMSIG(status),
+            core_dumped: libc::WCOREDUMP(status),
+        })
+    } else {
+        None
     }
 }
 

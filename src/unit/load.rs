@@ -54,7 +54,6 @@ pub fn load_dir(dir: &Path, users: &dyn UserDb) -> Result<Loaded, LoadError> {
             units.insert(name, unit);
         }
     }
-    diagnostics.extend(super::unenforced_warnings(&units));
     sort_diagnostics(&mut diagnostics);
     if diagnostics.iter().any(Diagnostic::is_error) {
         Err(LoadError { diagnostics })

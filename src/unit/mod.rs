@@ -25,22 +25,6 @@ pub struct Loaded {
     pub warnings: Vec<Diagnostic>,
 }
 
-/// Warnings for sections of `units` this build does not apply yet (see `Unit::unenforced_sections`).
-pub fn unenforced_warnings(units: &UnitSet) -> Vec<Diagnostic> {
-    units
-        .values()
-        .flat_map(|u| {
-            u.unenforced_sections().into_iter().map(move |section| {
-                Diagnostic::warning(
-                    &u.source,
-                    format!("{section} is validated but not applied by this build: the unit runs without it"),
-                )
-                .with_key(section.trim_matches(['[', ']']))
-            })
-        })
-        .collect()
-}
-
 /// Parses and validates one unit file on its own: no checks against other units.
 ///
 /// `Ok` carries the unit and its warnings; `Err` every diagnostic (errors first), at least one an error.

@@ -73,19 +73,6 @@ pub struct Unit {
 }
 
 impl Unit {
-    /// Sections this build validates but does not apply yet, so users are told instead of
-    /// trusting an isolation that is not there.
-    pub fn unenforced_sections(&self) -> Vec<&'static str> {
-        let mut out = Vec::new();
-        if self.namespaces != Namespaces::default() {
-            out.push("[namespaces]");
-        }
-        if self.sandbox != Sandbox::default() {
-            out.push("[sandbox]");
-        }
-        out
-    }
-
     /// Units this one waits for before it starts: `after` and `requires` together.
     pub fn ordering_deps(&self) -> impl Iterator<Item = &UnitName> {
         self.after.iter().chain(self.requires.iter())

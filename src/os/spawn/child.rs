@@ -16,7 +16,7 @@ pub struct ExecPlan<'a> {
     pub stdin: RawFd,
     pub stdout: RawFd,
     pub stderr: RawFd,
-    /// O_CLOEXEC pipe: closed by a successful exec, or carries (stage, errno).
+    /// O_CLOEXEC pipe: closed by a successful exec, or carries (stage, errno) records.
     pub report: RawFd,
     pub credentials: Option<Ids<'a>>,
     /// Open `cgroup.procs` files: writing "0" moves the writer, so the unit is inside its
@@ -25,6 +25,48 @@ pub struct ExecPlan<'a> {
     /// `[oom] score-adjust`, pre-formatted: written to /proc/self/oom_score_adj while still
     /// privileged (lowering it needs CAP_SYS_RESOURCE).
     pub oom_score_adj: Option<&'a [u8]>,
+    pub isolation: Isolation<'a>,
+    pub privileges: Privileges,
+}
+
+/// The namespaces the child enters, in the order `exec_child` builds them.
+#[derive(Default)]
+pub struct Isolation<'a> {
+    /// Cloned into a new pid namespace: the child is its PID 1, stays there as the helper
+    /// init (see `helper_init`) and forks the command, which is PID 2.
+    pub pid: Option<PidHelper>,
+    /// A new mount namespace with private propagation. Every mount is made before the user
+    /// namespace, while the child still holds corral's privileges.
+    pub mount: bool,
+    pub private_tmp: bool,
+    pub read_only: &'a [CString],
+    /// A new user namespace: the child stops after unsharing it until the parent has written
+    /// its id maps and sends `GO` on this fd.
+    pub user_go: Option<RawFd>,
+    /// CLONE_NEW{UTS,IPC,NET,CGROUP}: unshared after the user namespace, so they belong to it,
+    /// and after joining the cgroups, so the cgroup namespace's root is the unit's cgroup.
+    pub unshare: libc::c_int,
+    pub hostname: Option<&'a [u8]>,
+    pub loopback_up: bool,
+}
+
+/// What the helper init of a pid namespace needs.
+pub struct PidHelper {
+    /// Write end of the pipe that carries the command's raw wait status to corral, since a
+    /// namespace's PID 1 cannot die by a signal it sends itself.
+    pub status: RawFd,
+    /// Every signal: the helper waits for them all with `sigwaitinfo`.
+    pub all_signals: libc::sigset_t,
+}
+
+/// `[sandbox]` as the child applies it.
+#[derive(Default, Clone, Copy)]
+pub struct Privileges {
+    pub no_new_privileges: bool,
+    /// `Some(mask)`: keep only these capabilities, in every set (bit n is capability n).
+    pub keep_capabilities: Option<u64>,
+    /// The highest capability this kernel knows (/proc/sys/kernel/cap_last_cap).
+    pub last_capability: u32,
 }
 
 const OOM_SCORE_ADJ: &std::ffi::CStr = c"/proc/self/oom_score_adj";
@@ -32,14 +74,18 @@ const OOM_SCORE_ADJ: &std::ffi::CStr = c"/proc/self/oom_score_adj";
 pub struct Ids<'a> {
     pub uid: u32,
     pub gid: u32,
-    pub groups: &'a [u32],
+    /// `None`: leave the supplementary groups alone (setgroups is denied in the namespace).
+    pub groups: Option<&'a [u32]>,
 }
 
 /// Linux has signals 1..=64; sigaction on the few glibc reserves fails harmlessly.
 const NSIG: libc::c_int = 65;
 
-/// Stages the child reports by index; keep in sync with `STAGE_NAMES`.
-const STAGE_NAMES: [&str; 10] = [
+/// The byte the parent sends on `user_go` once the id maps are written.
+pub const GO: u8 = b'g';
+
+/// Stages the child reports by index; keep in sync with the `stage::` constants.
+const STAGE_NAMES: [&str; 24] = [
     "resetting signal dispositions",
     "setsid",
     "redirecting stdio",
@@ -50,9 +96,51 @@ const STAGE_NAMES: [&str; 10] = [
     "execve",
     "joining the unit's cgroup",
     "setting oom_score_adj",
+    "unsharing the mount namespace",
+    "making mounts private",
+    "mounting /proc for the pid namespace",
+    "mounting a private /tmp",
+    "making a read-only-paths entry read-only",
+    "unsharing the user namespace",
+    "unsharing namespaces",
+    "setting the hostname",
+    "bringing up loopback",
+    "forking the command inside the pid namespace",
+    "dropping capabilities from the bounding set",
+    "setting capabilities",
+    "raising ambient capabilities",
+    "setting no-new-privileges",
 ];
 
-/// Fork; the child execs `plan` and never returns. Returns the child's pid.
+mod stage {
+    pub const SETSID: u32 = 1;
+    pub const STDIO: u32 = 2;
+    pub const SETGROUPS: u32 = 3;
+    pub const SETGID: u32 = 4;
+    pub const SETUID: u32 = 5;
+    pub const CHDIR: u32 = 6;
+    pub const EXECVE: u32 = 7;
+    pub const CGROUP: u32 = 8;
+    pub const OOM_SCORE_ADJ: u32 = 9;
+    pub const UNSHARE_MOUNT: u32 = 10;
+    pub const PRIVATE_MOUNTS: u32 = 11;
+    pub const PROC: u32 = 12;
+    pub const PRIVATE_TMP: u32 = 13;
+    pub const READ_ONLY: u32 = 14;
+    pub const UNSHARE_USER: u32 = 15;
+    pub const UNSHARE: u32 = 16;
+    pub const HOSTNAME: u32 = 17;
+    pub const LOOPBACK: u32 = 18;
+    pub const FORK_COMMAND: u32 = 19;
+    pub const BOUNDING: u32 = 20;
+    pub const CAPSET: u32 = 21;
+    pub const AMBIENT: u32 = 22;
+    pub const NO_NEW_PRIVS: u32 = 23;
+    /// Not a failure: the child has unshared its user namespace and waits for its id maps.
+    pub const MAP_IDS: u32 = u32::MAX;
+}
+
+/// Clone; the child execs `plan` and never returns. Returns the child's pid.
 pub fn fork_and_exec(plan: &ExecPlan<'_>) -> Result<i32, Errno> {
     // NULL-terminated pointer arrays, built before fork (allocation is not allowed after).
     let mut argv: Vec<*const libc::c_char> = plan.argv.iter().map(|a| a.as_ptr()).collect();
@@ -69,9 +157,16 @@ pub fn fork_and_exec(plan: &ExecPlan<'_>) -> Result<i32, Errno> {
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
     }
-    // SAFETY: fork is called with all signals blocked; the child branch below only makes
-    // async-signal-safe calls on memory prepared before fork and ends in execve or _exit.
-    let pid = unsafe { libc::fork() };
+    let flags = if plan.isolation.pid.is_some() {
+        libc::CLONE_NEWPID
+    } else {
+        0
+    };
+    // SAFETY: a raw clone without CLONE_VM is a fork (the child runs on a copy of this
+    // stack); the child branch below only makes raw syscalls on memory prepared before it
+    // and ends in execve or _exit. Raw rather than glibc's fork, because fork cannot create
+    // a pid namespace, and one path is easier to trust than two.
+    let pid = unsafe { raw_fork(flags) };
     if pid == 0 {
         // SAFETY: we are the child of fork; see `exec_child`.
         unsafe { exec_child(plan, argv.as_ptr(), envp.as_ptr()) }
@@ -87,8 +182,42 @@ pub fn fork_and_exec(plan: &ExecPlan<'_>) -> Result<i32, Errno> {
     Ok(pid)
 }
 
-/// Reads the child's report: `None` when exec succeeded (the pipe closed empty).
-pub fn read_report(report: &OwnedFd) -> Option<(&'static str, Errno)> {
+/// `clone(flags | SIGCHLD)` with no new stack: fork semantics, plus namespace flags.
+///
+/// # Safety
+/// The child shares nothing with the parent but a copy of its memory, and glibc in it still
+/// believes the process has the parent's threads: the child may only make raw syscalls
+/// (which is why set*id below are raw: glibc's wrappers would signal the parent's threads).
+unsafe fn raw_fork(flags: libc::c_int) -> libc::pid_t {
+    // SAFETY: see the function's contract; with a NULL stack the other arguments are unused,
+    // whatever their order on this architecture.
+    unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            libc::c_long::from(flags | libc::SIGCHLD),
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        ) as libc::pid_t
+    }
+}
+
+/// One record of the report pipe.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Report {
+    /// The pipe closed empty: exec succeeded.
+    Executed,
+    /// The child unshared its user namespace and waits for its id maps.
+    MapIds,
+    Failed {
+        stage: &'static str,
+        errno: Errno,
+    },
+}
+
+/// Reads the child's next report record.
+pub fn read_report(report: &OwnedFd) -> Report {
     let mut buf = [0u8; 8];
     let mut filled = 0;
     while filled < buf.len() {
@@ -109,14 +238,17 @@ pub fn read_report(report: &OwnedFd) -> Option<(&'static str, Errno)> {
         filled += n as usize;
     }
     if filled < buf.len() {
-        return None;
+        return Report::Executed;
     }
-    let stage = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    let stage = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]);
     let errno = i32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]);
-    Some((
-        STAGE_NAMES.get(stage).copied().unwrap_or("setup"),
-        Errno::from_raw(errno),
-    ))
+    if stage == stage::MAP_IDS {
+        return Report::MapIds;
+    }
+    Report::Failed {
+        stage: STAGE_NAMES.get(stage as usize).copied().unwrap_or("setup"),
+        errno: Errno::from_raw(errno),
+    }
 }
 
 /// The child side. Never returns.
@@ -154,44 +286,386 @@ unsafe fn exec_child(
         }
         for &fd in plan.join_cgroups {
             if libc::write(fd, b"0".as_ptr().cast(), 1) < 0 {
-                fail(plan.report, 8);
+                fail(plan.report, stage::CGROUP);
             }
         }
         if let Some(value) = plan.oom_score_adj {
             let fd = libc::open(OOM_SCORE_ADJ.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
             if fd < 0 || libc::write(fd, value.as_ptr().cast(), value.len()) < 0 {
-                fail(plan.report, 9);
+                fail(plan.report, stage::OOM_SCORE_ADJ);
             }
             libc::close(fd);
         }
+        isolate(plan);
+        if let Some(helper) = &plan.isolation.pid {
+            // PID 1 of the new namespace: the command becomes our child, we its init.
+            if libc::setsid() < 0 {
+                fail(plan.report, stage::SETSID);
+            }
+            let command = raw_fork(0);
+            if command < 0 {
+                fail(plan.report, stage::FORK_COMMAND);
+            }
+            if command > 0 {
+                helper_init(command, helper, plan.stdin)
+            }
+        }
         if libc::setsid() < 0 {
-            fail(plan.report, 1);
+            fail(plan.report, stage::SETSID);
         }
         for (from, to) in [(plan.stdin, 0), (plan.stdout, 1), (plan.stderr, 2)] {
             // dup2 clears O_CLOEXEC on the new descriptor, so exactly 0..=2 survive exec.
             if libc::dup2(from, to) < 0 {
-                fail(plan.report, 2);
+                fail(plan.report, stage::STDIO);
+            }
+        }
+        let privileges = plan.privileges;
+        if let Some(keep) = privileges.keep_capabilities {
+            drop_bounding_set(plan.report, keep, privileges.last_capability);
+            // Keep the permitted set across setuid, so the kept capabilities can be raised
+            // as ambient ones for a unit that does not run as root.
+            if libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) < 0 {
+                fail(plan.report, stage::CAPSET);
             }
         }
         if let Some(ids) = &plan.credentials {
-            if libc::setgroups(ids.groups.len(), ids.groups.as_ptr()) < 0 {
-                fail(plan.report, 3);
+            if let Some(groups) = ids.groups
+                && libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) < 0
+            {
+                fail(plan.report, stage::SETGROUPS);
             }
-            if libc::setgid(ids.gid) < 0 {
-                fail(plan.report, 4);
+            if libc::syscall(libc::SYS_setresgid, ids.gid, ids.gid, ids.gid) < 0 {
+                fail(plan.report, stage::SETGID);
             }
-            if libc::setuid(ids.uid) < 0 {
-                fail(plan.report, 5);
+            if libc::syscall(libc::SYS_setresuid, ids.uid, ids.uid, ids.uid) < 0 {
+                fail(plan.report, stage::SETUID);
             }
         }
+        if let Some(keep) = privileges.keep_capabilities {
+            set_capabilities(plan.report, keep, privileges.last_capability);
+        }
+        if privileges.no_new_privileges && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
+            fail(plan.report, stage::NO_NEW_PRIVS);
+        }
         if libc::chdir(plan.workdir.as_ptr()) < 0 {
-            fail(plan.report, 6);
+            fail(plan.report, stage::CHDIR);
         }
         close_everything_above_stderr(plan.report);
         let empty: libc::sigset_t = std::mem::zeroed();
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
         libc::execve(plan.path.as_ptr(), argv, envp);
-        fail(plan.report, 7)
+        fail(plan.report, stage::EXECVE)
+    }
+}
+
+/// Builds the namespaces of `plan.isolation` around the child, failing it on any error.
+///
+/// # Safety
+/// Child-side only; raw syscalls.
+unsafe fn isolate(plan: &ExecPlan<'_>) {
+    let iso = &plan.isolation;
+    let report = plan.report;
+    // SAFETY: raw syscalls on strings prepared before fork.
+    unsafe {
+        if iso.mount {
+            if libc::unshare(libc::CLONE_NEWNS) < 0 {
+                fail(report, stage::UNSHARE_MOUNT);
+            }
+            // A systemd host makes / shared; without this, every mount below would
+            // propagate back to the host.
+            let none = std::ptr::null::<libc::c_char>();
+            if libc::mount(
+                none,
+                c"/".as_ptr(),
+                none,
+                libc::MS_REC | libc::MS_PRIVATE,
+                null(),
+            ) < 0
+            {
+                fail(report, stage::PRIVATE_MOUNTS);
+            }
+            let nosuid_nodev = libc::MS_NOSUID | libc::MS_NODEV;
+            // procfs shows the pid namespace of the process that mounts it: ours, as its PID 1.
+            if iso.pid.is_some()
+                && libc::mount(
+                    c"proc".as_ptr(),
+                    c"/proc".as_ptr(),
+                    c"proc".as_ptr(),
+                    nosuid_nodev | libc::MS_NOEXEC,
+                    null(),
+                ) < 0
+            {
+                fail(report, stage::PROC);
+            }
+            if iso.private_tmp
+                && libc::mount(
+                    c"tmpfs".as_ptr(),
+                    c"/tmp".as_ptr(),
+                    c"tmpfs".as_ptr(),
+                    nosuid_nodev,
+                    c"mode=1777".as_ptr().cast(),
+                ) < 0
+            {
+                fail(report, stage::PRIVATE_TMP);
+            }
+            for path in iso.read_only {
+                make_read_only(report, path);
+            }
+        }
+        if let Some(go) = iso.user_go {
+            if libc::unshare(libc::CLONE_NEWUSER) < 0 {
+                fail(report, stage::UNSHARE_USER);
+            }
+            send_record(report, stage::MAP_IDS, 0);
+            let mut answer = 0u8;
+            let n = loop {
+                let n = libc::read(go, (&raw mut answer).cast(), 1);
+                if !(n < 0 && *libc::__errno_location() == libc::EINTR) {
+                    break n;
+                }
+            };
+            if n != 1 || answer != GO {
+                // The parent could not write the maps; it reports why and reaps us.
+                libc::_exit(127);
+            }
+        }
+        if iso.unshare != 0 && libc::unshare(iso.unshare) < 0 {
+            fail(report, stage::UNSHARE);
+        }
+        if let Some(name) = iso.hostname
+            && libc::syscall(libc::SYS_sethostname, name.as_ptr(), name.len()) < 0
+        {
+            fail(report, stage::HOSTNAME);
+        }
+        if iso.loopback_up && !loopback_up() {
+            fail(report, stage::LOOPBACK);
+        }
+    }
+}
+
+fn null() -> *const libc::c_void {
+    std::ptr::null()
+}
+
+/// Bind `path` onto itself and make it read-only, with everything mounted below it.
+///
+/// # Safety
+/// Child-side only; raw syscalls.
+unsafe fn make_read_only(report: RawFd, path: &CString) {
+    // SAFETY: raw syscalls on a string prepared before fork; `attr` lives on our stack.
+    unsafe {
+        let none = std::ptr::null::<libc::c_char>();
+        if libc::mount(
+            path.as_ptr(),
+            path.as_ptr(),
+            none,
+            libc::MS_BIND | libc::MS_REC,
+            null(),
+        ) < 0
+        {
+            fail(report, stage::READ_ONLY);
+        }
+        // mount_setattr (5.12) makes the whole bound tree read-only at once; the older bind
+        // remount only reaches the top mount.
+        let attr = MountAttr {
+            attr_set: MOUNT_ATTR_RDONLY,
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: 0,
+        };
+        let rc = libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::AT_RECURSIVE as libc::c_uint,
+            &raw const attr,
+            std::mem::size_of::<MountAttr>(),
+        );
+        if rc == 0 {
+            return;
+        }
+        let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY;
+        if libc::mount(none, path.as_ptr(), none, flags, null()) < 0 {
+            fail(report, stage::READ_ONLY);
+        }
+    }
+}
+
+/// `struct mount_attr` of mount_setattr(2).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+const MOUNT_ATTR_RDONLY: u64 = 1;
+
+/// `ip link set lo up`, through the SIOC[GS]IFFLAGS ioctls on a throwaway socket.
+///
+/// # Safety
+/// Child-side only; raw syscalls.
+unsafe fn loopback_up() -> bool {
+    // struct ifreq: 16 bytes of name, then a union whose first member is `short ifr_flags`.
+    let mut ifreq = [0u8; 40];
+    ifreq[..2].copy_from_slice(b"lo");
+    // SAFETY: the ioctls read and write within the 40-byte ifreq, the size the kernel uses.
+    unsafe {
+        let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if sock < 0 {
+            return false;
+        }
+        let ok = libc::ioctl(sock, libc::SIOCGIFFLAGS, ifreq.as_mut_ptr()) == 0 && {
+            let flags = i16::from_ne_bytes([ifreq[16], ifreq[17]]) | libc::IFF_UP as i16;
+            ifreq[16..18].copy_from_slice(&flags.to_ne_bytes());
+            libc::ioctl(sock, libc::SIOCSIFFLAGS, ifreq.as_mut_ptr()) == 0
+        };
+        libc::close(sock);
+        ok
+    }
+}
+
+/// Drops every capability not in `keep` from the bounding set.
+///
+/// # Safety
+/// Child-side only; raw syscalls.
+unsafe fn drop_bounding_set(report: RawFd, keep: u64, last: u32) {
+    for cap in 0..=last.min(63) {
+        if keep & (1 << cap) != 0 {
+            continue;
+        }
+        // SAFETY: prctl with integer arguments only.
+        if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) } < 0 {
+            // SAFETY: child-side, as this function.
+            unsafe { fail(report, stage::BOUNDING) };
+        }
+    }
+}
+
+/// Effective, permitted and inheritable become `keep` (as far as the process holds them), the
+/// ambient set exactly `keep`, so a non-root command still has them after exec.
+///
+/// # Safety
+/// Child-side only; raw syscalls.
+unsafe fn set_capabilities(report: RawFd, keep: u64, last: u32) {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    let mut header = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let empty = Data {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    };
+    let mut data = [empty; 2];
+    // SAFETY: capget/capset read and write the two-element array version 3 defines.
+    unsafe {
+        if libc::syscall(libc::SYS_capget, &raw mut header, data.as_mut_ptr()) < 0 {
+            fail(report, stage::CAPSET);
+        }
+        for (i, d) in data.iter_mut().enumerate() {
+            let keep = (keep >> (32 * i)) as u32;
+            d.permitted &= keep;
+            d.effective = d.permitted;
+            d.inheritable = d.permitted;
+        }
+        if libc::syscall(libc::SYS_capset, &raw mut header, data.as_ptr()) < 0 {
+            fail(report, stage::CAPSET);
+        }
+        let clear = libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong;
+        if libc::prctl(libc::PR_CAP_AMBIENT, clear, 0, 0, 0) < 0 {
+            fail(report, stage::AMBIENT);
+        }
+        for cap in 0..=last.min(63) {
+            let held = data[(cap / 32) as usize].permitted & (1 << (cap % 32)) != 0;
+            let raise = libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong;
+            if held && libc::prctl(libc::PR_CAP_AMBIENT, raise, cap as libc::c_ulong, 0, 0) < 0 {
+                fail(report, stage::AMBIENT);
+            }
+        }
+    }
+}
+
+/// PID 1 of a unit's pid namespace: reaps every orphan there, passes every signal on to every
+/// process of the namespace, and when the command ends, hands its raw wait status to corral
+/// and exits with the command's code (or 128 + signal). Never returns.
+///
+/// # Safety
+/// Child-side only; raw syscalls. Every signal is still blocked from the fork, which is what
+/// lets `sigwaitinfo` receive them: a namespace init drops unblocked signals it has no
+/// handler for.
+unsafe fn helper_init(command: libc::pid_t, helper: &PidHelper, null: RawFd) -> ! {
+    // SAFETY: raw syscalls on our own fds and stack.
+    unsafe {
+        // Hold nothing of corral's: its sockets and the unit's pipes must close when their
+        // owners close them, not when this helper exits.
+        for to in 0..=2 {
+            libc::dup2(null, to);
+        }
+        close_all_above_stderr_but(helper.status);
+        loop {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            let signal = libc::sigwaitinfo(&helper.all_signals, &mut info);
+            if signal == libc::SIGCHLD {
+                loop {
+                    let mut status: libc::c_int = 0;
+                    let pid = libc::waitpid(-1, &mut status, libc::WNOHANG);
+                    if pid <= 0 {
+                        break;
+                    }
+                    if pid == command {
+                        let bytes = status.to_ne_bytes();
+                        libc::write(helper.status, bytes.as_ptr().cast(), bytes.len());
+                        let code = if libc::WIFEXITED(status) {
+                            libc::WEXITSTATUS(status)
+                        } else {
+                            128 + libc::WTERMSIG(status)
+                        };
+                        // The kernel SIGKILLs whatever is left in the namespace.
+                        libc::_exit(code);
+                    }
+                }
+            } else if signal > 0 {
+                // kill(-1) from a namespace's init reaches every process in it but the init:
+                // what corral's signal to the unit's cgroup reaches without a namespace.
+                libc::kill(-1, signal);
+            }
+        }
+    }
+}
+
+/// Closes every descriptor above 2 except `keep`.
+///
+/// # Safety
+/// Child-side only; raw syscalls.
+unsafe fn close_all_above_stderr_but(keep: RawFd) {
+    let keep = keep as u32;
+    // SAFETY: close_range closes descriptors only.
+    unsafe {
+        let below = keep <= 3 || libc::syscall(libc::SYS_close_range, 3u32, keep - 1, 0u32) == 0;
+        let above = libc::syscall(libc::SYS_close_range, keep + 1, u32::MAX, 0u32) == 0;
+        if below && above {
+            return;
+        }
+        for fd in 3..1024 {
+            if fd != keep as RawFd {
+                libc::close(fd);
+            }
+        }
     }
 }
 
@@ -231,13 +705,23 @@ unsafe fn close_everything_above_stderr(report: RawFd) {
 /// # Safety
 /// Child-side only.
 unsafe fn fail(report: RawFd, stage: u32) -> ! {
-    // SAFETY: write of a stack buffer and _exit, both async-signal-safe.
+    // SAFETY: errno read, a pipe write and _exit, all async-signal-safe.
     unsafe {
-        let errno = *libc::__errno_location();
-        let mut buf = [0u8; 8];
-        buf[..4].copy_from_slice(&stage.to_ne_bytes());
-        buf[4..].copy_from_slice(&errno.to_ne_bytes());
-        libc::write(report, buf.as_ptr().cast(), buf.len());
+        send_record(report, stage, *libc::__errno_location());
         libc::_exit(127)
+    }
+}
+
+/// Writes one (stage, errno) record to the report pipe.
+///
+/// # Safety
+/// Child-side only.
+unsafe fn send_record(report: RawFd, stage: u32, errno: i32) {
+    let mut buf = [0u8; 8];
+    buf[..4].copy_from_slice(&stage.to_ne_bytes());
+    buf[4..].copy_from_slice(&errno.to_ne_bytes());
+    // SAFETY: write of a stack buffer; a pipe write of 8 bytes is atomic.
+    unsafe {
+        libc::write(report, buf.as_ptr().cast(), buf.len());
     }
 }

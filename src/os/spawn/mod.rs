@@ -12,7 +12,7 @@ use nix::fcntl::{OFlag, open};
 use nix::sys::stat::Mode;
 use nix::unistd::pipe2;
 
-use crate::unit::{Credentials, Exec};
+use crate::unit::{Credentials, Exec, IdMapEntry, Namespaces, Sandbox};
 
 /// The PATH a unit gets when its `env` does not set one (systemd's default).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -23,6 +23,9 @@ pub struct Child {
     pub pid: i32,
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
+    /// For a pid namespace, `pid` is the helper init; this pipe carries the command's raw wait
+    /// status (see `helper_exit`).
+    pub helper_status: Option<OwnedFd>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +41,12 @@ pub enum SpawnError {
     },
     #[error("in the child, {stage} failed: {errno}")]
     Child { stage: &'static str, errno: Errno },
+    #[error("writing {file} for the user namespace: {errno}")]
+    IdMap { file: String, errno: Errno },
+    #[error("the child exited before its user namespace was mapped")]
+    VanishedBeforeMapping,
+    #[error("read-only-paths: {path}: {errno}")]
+    ReadOnlyPath { path: String, errno: Errno },
 }
 
 /// Who corral itself runs as, for units with no `user`.
@@ -97,13 +106,22 @@ fn setup<T>(operation: &'static str, result: Result<T, Errno>) -> Result<T, Spaw
     result.map_err(|errno| SpawnError::Setup { operation, errno })
 }
 
-/// Start `exec` as `who`: inside the cgroups whose `cgroup.procs` are given, stdin from
-/// /dev/null, stdout and stderr into fresh pipes, a new session, nothing else inherited.
+/// What a unit asks to be isolated by: its `[namespaces]` and `[sandbox]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Confinement<'u> {
+    pub namespaces: &'u Namespaces,
+    pub sandbox: &'u Sandbox,
+}
+
+/// Start `exec` as `who`: inside the cgroups whose `cgroup.procs` are given and the namespaces
+/// `confine` asks for, stdin from /dev/null, stdout and stderr into fresh pipes, a new session,
+/// nothing else inherited.
 pub fn spawn(
     exec: &Exec,
     who: Option<&Credentials>,
     join_cgroups: &[OwnedFd],
     oom_score_adj: Option<i32>,
+    confine: Confinement<'_>,
 ) -> Result<Child, SpawnError> {
     let identity = match who {
         Some(c) => c.clone(),
@@ -134,6 +152,12 @@ pub fn spawn(
         Some(dir) => cstring(dir.as_os_str().as_bytes(), "working-dir")?,
         None => cstring(b"/", "working-dir")?,
     };
+    let ns = confine.namespaces;
+    let read_only = read_only_paths(&confine.sandbox.read_only_paths)?;
+    let hostname = match &ns.hostname {
+        Some(name) => Some(cstring(name.as_bytes(), "hostname")?),
+        None => None,
+    };
     let null = setup(
         "opening /dev/null",
         open(
@@ -148,9 +172,35 @@ pub fn spawn(
     for fd in [&stdout_read, &stderr_read] {
         setup("setting O_NONBLOCK", set_nonblocking(fd))?;
     }
+    let user_ns = if ns.user {
+        Some(UserNamespace::new(ns, &identity)?)
+    } else {
+        None
+    };
+    let status_pipe = if ns.pid {
+        let (read, write) = setup("creating a pipe", pipe2(OFlag::O_CLOEXEC))?;
+        setup("setting O_NONBLOCK", set_nonblocking(&read))?;
+        Some((read, write))
+    } else {
+        None
+    };
 
     let join_fds: Vec<RawFd> = join_cgroups.iter().map(AsRawFd::as_raw_fd).collect();
     let oom_score_adj = oom_score_adj.map(|v| v.to_string().into_bytes());
+    let credentials = match (&user_ns, who) {
+        (Some(userns), _) => Some(child::Ids {
+            uid: userns.inside_uid,
+            gid: userns.inside_gid,
+            // Host groups have no ids inside; drop them where the namespace allows setgroups.
+            groups: userns.setgroups_allowed.then_some(&[][..]),
+        }),
+        (None, Some(c)) => Some(child::Ids {
+            uid: c.uid,
+            gid: c.gid,
+            groups: Some(&c.groups),
+        }),
+        (None, None) => None,
+    };
     let plan = child::ExecPlan {
         path: &path,
         argv: &argv,
@@ -162,11 +212,29 @@ pub fn spawn(
         report: report_write.as_raw_fd(),
         join_cgroups: &join_fds,
         oom_score_adj: oom_score_adj.as_deref(),
-        credentials: who.map(|c| child::Ids {
-            uid: c.uid,
-            gid: c.gid,
-            groups: &c.groups,
-        }),
+        credentials,
+        isolation: child::Isolation {
+            pid: status_pipe.as_ref().map(|(_, write)| child::PidHelper {
+                status: write.as_raw_fd(),
+                all_signals: all_signals(),
+            }),
+            mount: ns.mount,
+            private_tmp: confine.sandbox.private_tmp,
+            read_only: &read_only,
+            user_go: user_ns.as_ref().map(|u| u.go_read.as_raw_fd()),
+            unshare: unshare_flags(ns),
+            hostname: hostname.as_ref().map(|h| h.as_bytes()),
+            loopback_up: ns.net,
+        },
+        privileges: child::Privileges {
+            no_new_privileges: confine.sandbox.no_new_privileges,
+            keep_capabilities: confine.sandbox.capabilities.as_ref().map(|caps| {
+                caps.iter()
+                    .filter(|c| c.0 < 64)
+                    .fold(0u64, |mask, c| mask | (1 << c.0))
+            }),
+            last_capability: last_capability(),
+        },
     };
     let pid = child::fork_and_exec(&plan).map_err(|errno| SpawnError::Setup {
         operation: "fork",
@@ -174,18 +242,187 @@ pub fn spawn(
     })?;
     // The child holds its own copies; ours must close so EOF means the unit closed its output.
     drop((stdout_write, stderr_write, report_write, null));
-    match child::read_report(&report_read) {
-        None => Ok(Child {
-            pid,
-            stdout: stdout_read,
-            stderr: stderr_read,
-        }),
-        Some((stage, errno)) => {
-            // The child has already _exit(127)ed; the reaper will collect it and the core
-            // ignores the pid, which it never learned.
-            Err(SpawnError::Child { stage, errno })
+    let (helper_status, status_write) = status_pipe.unzip();
+    drop(status_write);
+    let mut user_ns = user_ns.map(UserNamespace::into_parent_side);
+    loop {
+        match child::read_report(&report_read) {
+            child::Report::MapIds => {
+                let Some(userns) = user_ns.take() else {
+                    return Err(SpawnError::VanishedBeforeMapping);
+                };
+                // On failure `userns` drops its end of the go pipe and the child exits.
+                userns.map(pid)?;
+            }
+            child::Report::Executed if user_ns.is_some() => {
+                return Err(SpawnError::VanishedBeforeMapping);
+            }
+            child::Report::Executed => {
+                return Ok(Child {
+                    pid,
+                    stdout: stdout_read,
+                    stderr: stderr_read,
+                    helper_status,
+                });
+            }
+            child::Report::Failed { stage, errno } => {
+                // The child has already _exit(127)ed; the reaper will collect it and the core
+                // ignores the pid, which it never learned.
+                return Err(SpawnError::Child { stage, errno });
+            }
         }
     }
+}
+
+/// The command's wait status as the helper init of its pid namespace reported it, if it did
+/// (a helper that was itself killed, by a stop's SIGKILL or the OOM killer, reports nothing).
+pub fn helper_exit(status: &OwnedFd) -> Option<libc::c_int> {
+    let mut buf = [0u8; 4];
+    match nix::unistd::read(status, &mut buf) {
+        Ok(4) => Some(libc::c_int::from_ne_bytes(buf)),
+        _ => None,
+    }
+}
+
+fn unshare_flags(ns: &Namespaces) -> libc::c_int {
+    [
+        (ns.uts, libc::CLONE_NEWUTS),
+        (ns.ipc, libc::CLONE_NEWIPC),
+        (ns.net, libc::CLONE_NEWNET),
+        (ns.cgroup, libc::CLONE_NEWCGROUP),
+    ]
+    .into_iter()
+    .filter(|(wanted, _)| *wanted)
+    .fold(0, |flags, (_, flag)| flags | flag)
+}
+
+fn all_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data that sigfillset initialises.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut set);
+        set
+    }
+}
+
+/// The highest capability number this kernel knows; 40 (CAP_CHECKPOINT_RESTORE) if unreadable.
+fn last_capability() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(40)
+}
+
+/// Checked before fork, so a missing path is an error that names it rather than a stage number.
+fn read_only_paths(paths: &[PathBuf]) -> Result<Vec<CString>, SpawnError> {
+    paths
+        .iter()
+        .map(|p| {
+            nix::sys::stat::stat(p).map_err(|errno| SpawnError::ReadOnlyPath {
+                path: p.display().to_string(),
+                errno,
+            })?;
+            cstring(p.as_os_str().as_bytes(), "read-only-paths")
+        })
+        .collect()
+}
+
+/// The id maps of a unit's user namespace and the pipe that releases the child once written.
+struct UserNamespace {
+    uid_map: String,
+    gid_map: String,
+    setgroups_allowed: bool,
+    inside_uid: u32,
+    inside_gid: u32,
+    go_read: OwnedFd,
+    go_write: OwnedFd,
+}
+
+/// The parent's half of `UserNamespace`, after the child has its copy of the go pipe.
+struct MapWriter {
+    uid_map: String,
+    gid_map: String,
+    setgroups_allowed: bool,
+    go_write: OwnedFd,
+}
+
+impl UserNamespace {
+    fn new(ns: &Namespaces, who: &Credentials) -> Result<UserNamespace, SpawnError> {
+        // Default: root inside is the unit's user outside, and nothing else is mapped.
+        let single = |outside| {
+            vec![IdMapEntry {
+                inside: 0,
+                outside,
+                count: 1,
+            }]
+        };
+        let uid_map = if ns.uid_map.is_empty() {
+            single(who.uid)
+        } else {
+            ns.uid_map.clone()
+        };
+        let gid_map = if ns.gid_map.is_empty() {
+            single(who.gid)
+        } else {
+            ns.gid_map.clone()
+        };
+        let (go_read, go_write) = setup("creating a pipe", pipe2(OFlag::O_CLOEXEC))?;
+        Ok(UserNamespace {
+            inside_uid: inside_id(&uid_map, who.uid),
+            inside_gid: inside_id(&gid_map, who.gid),
+            uid_map: render_id_map(&uid_map),
+            gid_map: render_id_map(&gid_map),
+            // Only a writer with CAP_SETGID outside may leave setgroups allowed (user_namespaces(7)).
+            setgroups_allowed: nix::unistd::geteuid().is_root(),
+            go_read,
+            go_write,
+        })
+    }
+
+    fn into_parent_side(self) -> MapWriter {
+        drop(self.go_read);
+        MapWriter {
+            uid_map: self.uid_map,
+            gid_map: self.gid_map,
+            setgroups_allowed: self.setgroups_allowed,
+            go_write: self.go_write,
+        }
+    }
+}
+
+impl MapWriter {
+    /// Writes the child's maps (gid_map after setgroups, as the kernel requires) and lets it go on.
+    fn map(self, pid: i32) -> Result<(), SpawnError> {
+        let write = |file: &str, text: &str| {
+            let path = format!("/proc/{pid}/{file}");
+            std::fs::write(&path, text).map_err(|e| SpawnError::IdMap {
+                file: path,
+                errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+            })
+        };
+        if !self.setgroups_allowed {
+            write("setgroups", "deny")?;
+        }
+        write("uid_map", &self.uid_map)?;
+        write("gid_map", &self.gid_map)?;
+        setup(
+            "releasing the child",
+            nix::unistd::write(&self.go_write, &[child::GO]).map(drop),
+        )
+    }
+}
+
+/// The id inside that maps to `outside`, or root of the namespace when the map skips it.
+fn inside_id(map: &[IdMapEntry], outside: u32) -> u32 {
+    map.iter()
+        .find(|e| outside >= e.outside && outside - e.outside < e.count)
+        .map_or(0, |e| e.inside + (outside - e.outside))
+}
+
+fn render_id_map(map: &[IdMapEntry]) -> String {
+    map.iter()
+        .map(|e| format!("{} {} {}\n", e.inside, e.outside, e.count))
+        .collect()
 }
 
 fn set_nonblocking(fd: &OwnedFd) -> Result<(), Errno> {

@@ -1,0 +1,54 @@
+//! Which namespaces a process is in, read from the inode numbers under /proc/PID/ns.
+
+use std::os::unix::fs::MetadataExt;
+
+/// Each namespace kind by the name status shows and the file name under /proc/PID/ns.
+pub const KINDS: [(&str, &str); 7] = [
+    ("pid", "pid"),
+    ("net", "net"),
+    ("mount", "mnt"),
+    ("uts", "uts"),
+    ("ipc", "ipc"),
+    ("user", "user"),
+    ("cgroup", "cgroup"),
+];
+
+/// The inode of each namespace in `KINDS` order, `None` where unreadable (process gone, or a
+/// kernel without that namespace). `pid: None` reads corral's own.
+///
+/// For a pid namespace this is `pid`, not `pid_for_children`: where the process itself lives.
+pub fn inodes(pid: Option<i32>) -> [Option<u64>; 7] {
+    let dir = match pid {
+        Some(pid) => format!("/proc/{pid}/ns"),
+        None => "/proc/self/ns".to_owned(),
+    };
+    KINDS.map(|(_, file)| {
+        std::fs::metadata(format!("{dir}/{file}"))
+            .ok()
+            .map(|m| m.ino())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_child_without_new_namespaces_shares_every_one_of_ours() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let ours = inodes(None);
+        let its = inodes(Some(child.id() as i32));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(ours.iter().all(Option::is_some), "{ours:?}");
+        assert_eq!(ours, its);
+    }
+
+    #[test]
+    fn a_process_that_is_gone_has_no_namespaces() {
+        assert_eq!(inodes(Some(i32::MAX)), [None; 7]);
+    }
+}
