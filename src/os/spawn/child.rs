@@ -41,8 +41,9 @@ pub struct Isolation<'a> {
     pub private_tmp: bool,
     pub read_only: &'a [CString],
     /// A new user namespace: the child stops after unsharing it until the parent has written
-    /// its id maps and sends `GO` on this fd.
-    pub user_go: Option<RawFd>,
+    /// its id maps and sends `GO` on the first fd. The second is the parent's write end, which
+    /// the child closes, so that a parent that dies lets it see EOF rather than wait forever.
+    pub user_go: Option<(RawFd, RawFd)>,
     /// CLONE_NEW{UTS,IPC,NET,CGROUP}: unshared after the user namespace, so they belong to it,
     /// and after joining the cgroups, so the cgroup namespace's root is the unit's cgroup.
     pub unshare: libc::c_int,
@@ -412,7 +413,8 @@ unsafe fn isolate(plan: &ExecPlan<'_>) {
                 make_read_only(report, path);
             }
         }
-        if let Some(go) = iso.user_go {
+        if let Some((go, parents_end)) = iso.user_go {
+            libc::close(parents_end);
             if libc::unshare(libc::CLONE_NEWUSER) < 0 {
                 fail(report, stage::UNSHARE_USER);
             }

@@ -221,7 +221,9 @@ pub fn spawn(
             mount: ns.mount,
             private_tmp: confine.sandbox.private_tmp,
             read_only: &read_only,
-            user_go: user_ns.as_ref().map(|u| u.go_read.as_raw_fd()),
+            user_go: user_ns
+                .as_ref()
+                .map(|u| (u.go_read.as_raw_fd(), u.go_write.as_raw_fd())),
             unshare: unshare_flags(ns),
             hostname: hostname.as_ref().map(|h| h.as_bytes()),
             loopback_up: ns.net,
@@ -391,8 +393,19 @@ impl UserNamespace {
 }
 
 impl MapWriter {
-    /// Writes the child's maps (gid_map after setgroups, as the kernel requires) and lets it go on.
+    /// Writes the child's maps (gid_map after setgroups, as the kernel requires) and lets it go
+    /// on; on failure, tells it to exit.
     fn map(self, pid: i32) -> Result<(), SpawnError> {
+        let written = self.write_maps(pid);
+        let answer = if written.is_ok() { child::GO } else { b'x' };
+        let released = setup(
+            "releasing the child",
+            nix::unistd::write(&self.go_write, &[answer]).map(drop),
+        );
+        written.and(released)
+    }
+
+    fn write_maps(&self, pid: i32) -> Result<(), SpawnError> {
         let write = |file: &str, text: &str| {
             let path = format!("/proc/{pid}/{file}");
             std::fs::write(&path, text).map_err(|e| SpawnError::IdMap {
@@ -404,11 +417,7 @@ impl MapWriter {
             write("setgroups", "deny")?;
         }
         write("uid_map", &self.uid_map)?;
-        write("gid_map", &self.gid_map)?;
-        setup(
-            "releasing the child",
-            nix::unistd::write(&self.go_write, &[child::GO]).map(drop),
-        )
+        write("gid_map", &self.gid_map)
     }
 }
 

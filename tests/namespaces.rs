@@ -1,0 +1,506 @@
+//! [namespaces] and [sandbox] on the real kernel, checked from outside the unit through /proc.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::Instant;
+
+use common::{
+    Corral, DEADLINE, is_about, is_output, msg, require_cgroup_v1, require_root, toml_str,
+};
+
+/// The namespace files under /proc/PID/ns, by the kind names `status` uses.
+const KINDS: [(&str, &str); 7] = [
+    ("pid", "pid"),
+    ("net", "net"),
+    ("mount", "mnt"),
+    ("uts", "uts"),
+    ("ipc", "ipc"),
+    ("user", "user"),
+    ("cgroup", "cgroup"),
+];
+
+fn ns_inode(pid: i32, file: &str) -> u64 {
+    std::fs::metadata(format!("/proc/{pid}/ns/{file}"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/ns/{file}: {e}"))
+        .ino()
+}
+
+/// A unit whose shell prints `key=value` facts, then `ready`, then sleeps as the main command.
+fn reporting_unit(script: &str, sections: &str) -> String {
+    let script = format!("{script}\necho ready\nexec sleep 1000");
+    format!(
+        "[exec]\ncommand = [\"sh\", \"-c\", {}]\n[restart]\npolicy = \"never\"\n{sections}",
+        toml_str(&script)
+    )
+}
+
+/// Waits for `unit` to print `ready`; returns the `key=value` lines it printed before.
+fn facts(c: &mut Corral, unit: &str) -> BTreeMap<String, String> {
+    c.wait_count(&format!("{unit} ready"), 1, |l| {
+        is_output(l, unit) && msg(l) == "ready"
+    });
+    c.seen
+        .iter()
+        .filter(|l| is_output(l, unit))
+        .take_while(|l| msg(l) != "ready")
+        .filter_map(|l| {
+            let (k, v) = msg(l).split_once('=')?;
+            Some((k.to_owned(), v.to_owned()))
+        })
+        .collect()
+}
+
+fn main_pid(c: &Corral, unit: &str) -> i32 {
+    let status = c.status(unit);
+    assert_eq!(status["state"], "running", "{status}");
+    status["pid"].as_i64().unwrap() as i32
+}
+
+/// The direct children of `pid` (CONFIG_PROC_CHILDREN).
+fn children(pid: i32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect()
+}
+
+/// A line of /proc/PID/status, e.g. `proc_status(pid, "CapBnd")`.
+fn proc_status(pid: i32, key: &str) -> String {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}:")))
+        .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
+        .trim()
+        .to_owned()
+}
+
+/// An id map file with its columns' padding squeezed: "0 65534 1".
+fn id_map(pid: i32, file: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
+        .unwrap()
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Re-checks `cond` until it holds or DEADLINE passes: for kernel state that no event announces
+/// (a reaped zombie leaves no trace to wait on).
+fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + DEADLINE;
+    while !cond() {
+        assert!(Instant::now() < end, "gave up waiting for {what}");
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn requested_namespaces_are_new_and_the_others_are_corrals() {
+    if !require_cgroup_v1() {
+        return;
+    }
+    let mut c = Corral::new();
+    c.unit(
+        "all",
+        &reporting_unit(
+            "",
+            "[namespaces]\npid = true\nnet = true\nmount = true\nuts = true\nipc = true\nuser = true\ncgroup = true\n",
+        ),
+    );
+    c.unit(
+        "some",
+        &reporting_unit("", "[namespaces]\nnet = true\nipc = true\n"),
+    );
+    c.unit("none", &reporting_unit("", ""));
+    c.launch(&[]);
+    for unit in ["all", "some", "none"] {
+        facts(&mut c, unit);
+    }
+    let corral = c.pid();
+    for (unit, asked) in [
+        (
+            "all",
+            &["pid", "net", "mount", "uts", "ipc", "user", "cgroup"][..],
+        ),
+        ("some", &["net", "ipc"][..]),
+        ("none", &[][..]),
+    ] {
+        let pid = main_pid(&c, unit);
+        let status = c.status(unit);
+        let listed = status["namespaces"].as_array().unwrap();
+        for (kind, file) in KINDS {
+            let own = ns_inode(pid, file) != ns_inode(corral, file);
+            assert_eq!(own, asked.contains(&kind), "{unit}: {kind} namespace");
+            let entry = listed
+                .iter()
+                .find(|n| n["kind"] == kind)
+                .unwrap_or_else(|| panic!("{unit}: no {kind} in {status}"));
+            assert_eq!(
+                entry["inode"],
+                ns_inode(pid, file),
+                "{unit} {kind}: {entry}"
+            );
+            assert_eq!(entry["isolated"], own, "{unit} {kind}: {entry}");
+            assert_eq!(entry["requested"], asked.contains(&kind), "{unit} {kind}");
+        }
+    }
+    // The command under the pid namespace's helper is in the same namespaces as the helper.
+    let helper = main_pid(&c, "all");
+    let command = children(helper);
+    assert_eq!(
+        command.len(),
+        1,
+        "the helper has only the command: {command:?}"
+    );
+    for (_, file) in KINDS {
+        assert_eq!(ns_inode(command[0], file), ns_inode(helper, file), "{file}");
+    }
+    // The details view says it in words.
+    let out = c.ok(&["status", "some"]);
+    assert!(
+        out.stdout
+            .contains("isolation own: net, ipc; shared with corral: pid, mount, uts, user, cgroup"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn a_pid_namespace_shows_only_the_unit_and_its_orphans_are_reaped() {
+    if !require_cgroup_v1() {
+        return;
+    }
+    let mut c = Corral::new();
+    // `(true &)` leaves an orphan that the namespace's init must reap.
+    let script = r#"echo "self=$$"
+set -- /proc/[0-9]*
+echo "procs=$*"
+i=0
+while [ $i -lt 50 ]; do (true &); i=$((i+1)); done
+echo "cgroup=$(cat /proc/self/cgroup | grep -c ':/$')""#;
+    c.unit(
+        "isolated",
+        &reporting_unit(script, "[namespaces]\npid = true\ncgroup = true\n"),
+    );
+    c.launch(&[]);
+    let facts = facts(&mut c, "isolated");
+    assert_eq!(
+        facts["self"], "2",
+        "the command is PID 2, under the helper init"
+    );
+    assert_eq!(
+        facts["procs"], "/proc/1 /proc/2",
+        "/proc shows only the unit"
+    );
+    assert_ne!(facts["cgroup"], "0", "the unit sees its cgroup as /");
+
+    let helper = main_pid(&c, "isolated");
+    eventually("the helper to reap every orphan", || {
+        children(helper).len() == 1
+    });
+    let procs = c.cgroup_read("pids", "isolated.service/cgroup.procs");
+    for pid in procs.lines() {
+        let state = proc_status(pid.parse().unwrap(), "State");
+        assert!(!state.starts_with('Z'), "zombie {pid} in the unit: {state}");
+    }
+}
+
+#[test]
+fn a_pid_namespace_keeps_stop_traps_and_exit_statuses_exact() {
+    if !require_cgroup_v1() {
+        return;
+    }
+    let mut c = Corral::new();
+    let ns = "[namespaces]\npid = true\n";
+    let run = |command: &str| {
+        format!(
+            "[exec]\ncommand = [\"sh\", \"-c\", {}]\n[restart]\npolicy = \"never\"\n{ns}",
+            toml_str(command)
+        )
+    };
+    c.unit(
+        "trapper",
+        &run("trap 'echo trapped; exit 5' TERM; echo ready; while :; do sleep 0.05; done"),
+    );
+    c.unit("three", &run("echo ready; exit 3"));
+    c.unit("killed", &run("echo ready; kill -KILL $$"));
+    c.launch(&[]);
+    c.wait_log("trapper ready", |l| {
+        is_output(l, "trapper") && msg(l) == "ready"
+    });
+
+    c.ok(&["stop", "trapper"]);
+    c.wait_log("the trap", |l| {
+        is_output(l, "trapper") && msg(l) == "trapped"
+    });
+    let status = c.status("trapper");
+    assert_eq!(status["state"], "inactive", "{status}");
+    assert_eq!(status["last_exit"]["code"], 5, "{status}");
+
+    c.wait_count("three's exit", 1, |l| is_about(l, "three", "exited"));
+    let status = c.status("three");
+    assert_eq!(status["last_exit"]["code"], 3, "{status}");
+    let status = c.status("killed");
+    assert_eq!(
+        status["last_exit"]["signal"], "SIGKILL",
+        "not 137: {status}"
+    );
+    assert_ne!(status["last_exit"]["oom"], true, "{status}");
+}
+
+#[test]
+fn a_network_namespace_has_only_loopback_and_it_is_up() {
+    if !require_cgroup_v1() {
+        return;
+    }
+    let mut c = Corral::new();
+    let script = r#"echo "links=$(ip -o link | wc -l)"
+echo "lo=$(ip -o link show lo | grep -c '[<,]UP[,>]')""#;
+    c.unit(
+        "netless",
+        &reporting_unit(script, "[namespaces]\nnet = true\n"),
+    );
+    c.launch(&[]);
+    let facts = facts(&mut c, "netless");
+    assert_eq!(facts["links"], "1", "only lo: {facts:?}");
+    assert_eq!(facts["lo"], "1", "lo is up: {facts:?}");
+}
+
+#[test]
+fn the_hostname_is_the_units_and_the_hosts_is_unchanged() {
+    if !require_cgroup_v1() {
+        return;
+    }
+    let host = || std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let before = host();
+    let mut c = Corral::new();
+    c.unit(
+        "named",
+        &reporting_unit(
+            r#"echo "name=$(cat /proc/sys/kernel/hostname)""#,
+            "[namespaces]\nhostname = \"corral-test-web\"\n",
+        ),
+    );
+    c.launch(&[]);
+    let facts = facts(&mut c, "named");
+    assert_eq!(facts["name"], "corral-test-web");
+    assert_eq!(host(), before);
+    let pid = main_pid(&c, "named");
+    assert_ne!(ns_inode(pid, "uts"), ns_inode(c.pid(), "uts"));
+}
+
+#[test]
+fn a_mount_made_inside_is_invisible_outside() {
+    if !require_cgroup_v1() {
+        return;
+    }
+    let mut c = Corral::new();
+    let dir = c.path("mnt");
+    std::fs::create_dir(&dir).unwrap();
+    let script = format!(
+        "mount -t tmpfs corral-test {dir} && echo mounted=yes || echo mounted=no",
+        dir = dir.display()
+    );
+    c.unit(
+        "mounter",
+        &reporting_unit(&script, "[namespaces]\nmount = true\n"),
+    );
+    c.launch(&[]);
+    let facts = facts(&mut c, "mounter");
+    assert_eq!(facts["mounted"], "yes");
+    let pid = main_pid(&c, "mounter");
+    let mounted_in = |who: &str| {
+        std::fs::read_to_string(format!("/proc/{who}/mountinfo"))
+            .unwrap()
+            .lines()
+            .any(|l| l.split_whitespace().nth(4) == Some(dir.to_str().unwrap()))
+    };
+    assert!(mounted_in(&pid.to_string()), "the unit sees its mount");
+    assert!(!mounted_in("self"), "the host does not");
+    assert!(!mounted_in(&c.pid().to_string()), "nor does corral");
+}
+
+#[test]
+fn a_user_namespace_maps_root_inside_to_the_units_user_or_the_given_map() {
+    if !require_cgroup_v1() {
+        return;
+    }
+    let mut c = Corral::new();
+    let script = r#"echo "uid=$(id -u)""#;
+    c.unit(
+        "default-map",
+        &reporting_unit(script, "[namespaces]\nuser = true\n")
+            .replace("[exec]\n", "[exec]\nuser = \"nobody\"\n"),
+    );
+    c.unit(
+        "given-map",
+        &reporting_unit(
+            script,
+            "[namespaces]\nuser = true\nuid-map = \"0 100000 65536\"\ngid-map = \"0 100000 65536\"\n",
+        ),
+    );
+    c.launch(&[]);
+    for unit in ["default-map", "given-map"] {
+        assert_eq!(facts(&mut c, unit)["uid"], "0", "{unit}: root inside");
+    }
+    let nobody = main_pid(&c, "default-map");
+    assert_eq!(id_map(nobody, "uid_map"), "0 65534 1");
+    assert_eq!(id_map(nobody, "gid_map"), "0 65534 1");
+    assert_eq!(
+        proc_status(nobody, "Uid").split_whitespace().next(),
+        Some("65534")
+    );
+
+    let given = main_pid(&c, "given-map");
+    assert_eq!(id_map(given, "uid_map"), "0 100000 65536");
+    assert_eq!(id_map(given, "gid_map"), "0 100000 65536");
+    assert_eq!(
+        proc_status(given, "Uid").split_whitespace().next(),
+        Some("100000")
+    );
+}
+
+#[test]
+fn an_id_map_that_cannot_be_written_fails_the_start_and_leaves_nothing() {
+    if !require_root() {
+        return;
+    }
+    let mut c = Corral::new();
+    // Without CAP_SETUID, corral may map only its own uid: 100000 is refused by the kernel.
+    c.unit(
+        "unmappable",
+        &reporting_unit("", "[namespaces]\nuser = true\nuid-map = \"0 100000 1\"\n"),
+    );
+    c.launch_as(65534, 65534, &[]);
+    let failed = c.wait_log("the start to fail", |l| {
+        is_about(l, "unmappable", "uid_map")
+    });
+    let status = c.status("unmappable");
+    assert_eq!(status["state"], "failed", "{status} {failed}");
+    let error = status["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("/uid_map") && error.contains("EPERM"),
+        "{error}"
+    );
+    // The child corral left waiting for its map is gone, not kept as a half-started unit.
+    let corral = c.pid();
+    eventually("corral to have no child", || {
+        std::fs::read_dir(format!("/proc/{corral}/task"))
+            .unwrap()
+            .flatten()
+            .all(|t| {
+                std::fs::read_to_string(t.path().join("children"))
+                    .unwrap_or_default()
+                    .trim()
+                    .is_empty()
+            })
+    });
+}
+
+#[test]
+fn sandbox_sets_no_new_privs_and_keeps_only_the_listed_capabilities() {
+    if !require_cgroup_v1() {
+        return;
+    }
+    let mut c = Corral::new();
+    let sandbox = "[sandbox]\nno-new-privileges = true\ncapabilities = [\"CAP_NET_BIND_SERVICE\", \"CAP_KILL\"]\n";
+    c.unit("as-root", &reporting_unit("", sandbox));
+    c.unit(
+        "as-nobody",
+        &reporting_unit("", "[sandbox]\ncapabilities = [\"CAP_NET_BIND_SERVICE\"]\n")
+            .replace("[exec]\n", "[exec]\nuser = \"nobody\"\n"),
+    );
+    c.unit("untouched", &reporting_unit("", ""));
+    c.launch(&[]);
+    for unit in ["as-root", "as-nobody", "untouched"] {
+        facts(&mut c, unit);
+    }
+    let root = main_pid(&c, "as-root");
+    assert_eq!(proc_status(root, "NoNewPrivs"), "1");
+    // CAP_KILL is 5, CAP_NET_BIND_SERVICE 10.
+    for set in ["CapBnd", "CapEff", "CapPrm"] {
+        assert_eq!(proc_status(root, set), "0000000000000420", "{set}");
+    }
+    let nobody = main_pid(&c, "as-nobody");
+    assert_eq!(proc_status(nobody, "NoNewPrivs"), "0");
+    // A unit that is not root keeps its listed capability through exec as an ambient one.
+    for set in ["CapBnd", "CapEff", "CapAmb"] {
+        assert_eq!(proc_status(nobody, set), "0000000000000400", "{set}");
+    }
+    let untouched = main_pid(&c, "untouched");
+    assert_eq!(
+        proc_status(untouched, "CapBnd"),
+        proc_status(c.pid(), "CapBnd"),
+        "no [sandbox]: the bounding set is corral's"
+    );
+}
+
+#[test]
+fn read_only_paths_refuse_writes_and_tmp_is_private() {
+    if !require_cgroup_v1() {
+        return;
+    }
+    let mut c = Corral::new();
+    let ro = c.path("ro");
+    std::fs::create_dir(&ro).unwrap();
+    let marker = format!("corral-private-tmp-{}", std::process::id());
+    // Two units: the test's temp dir is under /tmp, which a private /tmp would hide.
+    c.unit(
+        "read-only",
+        &reporting_unit(
+            &format!(
+                "touch {}/x 2>/dev/null && echo ro=writable || echo ro=refused",
+                ro.display()
+            ),
+            &format!(
+                "[sandbox]\nread-only-paths = [{}]\n",
+                toml_str(ro.to_str().unwrap())
+            ),
+        ),
+    );
+    c.unit(
+        "private-tmp",
+        &reporting_unit(
+            &format!(
+                "echo \"tmp=$(ls -A /tmp | wc -l)\"\necho inside > /tmp/{marker} && echo tmpwrite=ok"
+            ),
+            "[sandbox]\nprivate-tmp = true\n",
+        ),
+    );
+    c.launch(&[]);
+    assert_eq!(facts(&mut c, "read-only")["ro"], "refused");
+    let facts = facts(&mut c, "private-tmp");
+    assert_eq!(facts["tmp"], "0", "a fresh /tmp");
+    assert_eq!(facts["tmpwrite"], "ok");
+    assert!(!ro.join("x").exists());
+    // Outside, the path stays writable and the unit's /tmp file does not exist.
+    std::fs::write(ro.join("host"), "ok").unwrap();
+    assert!(!Path::new("/tmp").join(&marker).exists());
+}
+
+#[test]
+fn a_missing_read_only_path_fails_the_start_naming_it() {
+    if !require_cgroup_v1() {
+        return;
+    }
+    let mut c = Corral::new();
+    c.unit(
+        "typo",
+        &reporting_unit(
+            "",
+            "[sandbox]\nread-only-paths = [\"/no/such/corral/path\"]\n",
+        ),
+    );
+    c.launch(&[]);
+    c.wait_log("the failed start", |l| {
+        is_about(l, "typo", "/no/such/corral/path")
+    });
+    let status = c.status("typo");
+    assert_eq!(status["state"], "failed", "{status}");
+    assert!(!c.cgroup_exists("typo.service"), "nothing is left behind");
+}
