@@ -62,8 +62,15 @@ const EXPECTED: &[(&str, bool)] = &[
     ("fork-bomb.stop", false),
     ("cgroup-kill-stop", false),
     ("reload-in-place", false),
-    // corral does not apply [namespaces] yet; the script says so.
-    ("namespaces", true),
+    ("namespaces.audit", false),
+    ("namespaces.pid", false),
+    ("namespaces.net", false),
+    ("namespaces.uts", false),
+    ("namespaces.user", false),
+    ("namespaces.cgroup", false),
+    ("namespaces.sandbox", false),
+    ("namespaces.mount", false),
+    ("namespaces.stop-trap", false),
     ("scenarios-done", false),
 ];
 

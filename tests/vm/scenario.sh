@@ -299,7 +299,73 @@ else
     result reload-in-place FAIL "reload exit $code: $out; memory.max $(cat $R/memory.max)"
 fi
 
-result namespaces SKIP "[namespaces] is not implemented in corral yet"
+# --- namespaces and sandbox: audited from outside, as the host tests do on v1 ------------------
+mkdir -p /facts/mnt && chmod 1777 /facts
+out=$(corral start isolated mounter 2>&1)
+if wait_for 20 [ -e /facts/ready ] && wait_for 10 [ -e /facts/mounted ]; then
+    st=$(status isolated)
+    pid=$(field "$st" pid)
+    differ=""
+    for ns in pid net mnt uts ipc user cgroup; do
+        [ "$(readlink /proc/$pid/ns/$ns)" != "$(readlink /proc/1/ns/$ns)" ] && differ="$differ $ns"
+    done
+    listed=$(printf '%s' "$(field "$st" namespaces)" | grep -o '"isolated":true' | wc -l)
+    if [ "$differ" = " pid net mnt uts ipc user cgroup" ] && [ "$listed" -eq 7 ]; then
+        result namespaces.audit PASS "all 7 differ from corral's (/proc/$pid/ns) and status says isolated"
+    else
+        result namespaces.audit FAIL "differ:$differ; status lists $listed isolated: $st"
+    fi
+    if [ "$(cat /facts/self)" = self=2 ] && [ "$(cat /facts/procs)" = "/proc/1 /proc/2" ] &&
+        wait_for 10 [ "$(cat /proc/$pid/task/$pid/children | wc -w)" -eq 1 ]; then
+        result namespaces.pid PASS "command is PID 2 under the helper, /proc shows 1 and 2, 20 orphans reaped"
+    else
+        result namespaces.pid FAIL "$(cat /facts/self) procs: $(cat /facts/procs); helper children: $(cat /proc/$pid/task/$pid/children)"
+    fi
+    if [ "$(cat /facts/links)" = 1 ] && [ "$(cat /facts/lo-up)" = 1 ]; then
+        result namespaces.net PASS "only lo, up"
+    else
+        result namespaces.net FAIL "links $(cat /facts/links), lo up $(cat /facts/lo-up)"
+    fi
+    if [ "$(cat /facts/hostname)" = vm-isolated ] && [ "$(hostname)" != vm-isolated ]; then
+        result namespaces.uts PASS "unit's hostname vm-isolated, host's $(hostname)"
+    else
+        result namespaces.uts FAIL "inside $(cat /facts/hostname), host $(hostname)"
+    fi
+    map=$(tr -s ' ' </proc/$pid/uid_map | sed 's/^ //')
+    if [ "$map" = "0 100000 65536" ] && [ "$(cat /facts/uid)" = 0 ]; then
+        result namespaces.user PASS "uid_map '$map', root inside"
+    else
+        result namespaces.user FAIL "uid_map '$map', uid inside $(cat /facts/uid)"
+    fi
+    if [ "$(cat /facts/cgroup)" = "0::/" ]; then
+        result namespaces.cgroup PASS "the unit sees its cgroup as /"
+    else
+        result namespaces.cgroup FAIL "/proc/self/cgroup inside: $(cat /facts/cgroup)"
+    fi
+    nnp=$(sed -n 's/^NoNewPrivs:\t//p' /proc/$pid/status)
+    bnd=$(sed -n 's/^CapBnd:\t//p' /proc/$pid/status)
+    if [ "$nnp" = 1 ] && [ "$bnd" = 0000000000000400 ] && [ "$(cat /facts/ro)" = refused ] &&
+        [ "$(cat /facts/tmp)" = 0 ] && [ ! -e /etc/corral-ro-test ]; then
+        result namespaces.sandbox PASS "NoNewPrivs 1, CapBnd $bnd, /etc read-only, /tmp empty"
+    else
+        result namespaces.sandbox FAIL "NoNewPrivs $nnp, CapBnd $bnd, /etc $(cat /facts/ro), /tmp entries $(cat /facts/tmp)"
+    fi
+    mpid=$(field "$(status mounter)" pid)
+    if grep -q ' /facts/mnt ' /proc/$mpid/mountinfo && ! grep -q ' /facts/mnt ' /proc/self/mountinfo; then
+        result namespaces.mount PASS "the unit's tmpfs on /facts/mnt is invisible outside"
+    else
+        result namespaces.mount FAIL "inside: $(grep -c ' /facts/mnt ' /proc/$mpid/mountinfo), outside: $(grep -c ' /facts/mnt ' /proc/self/mountinfo)"
+    fi
+    out=$(corral stop isolated mounter 2>&1)
+    st=$(status isolated)
+    if [ "$(cat /facts/trap 2>/dev/null)" = trapped ] && [ "$(field "$st" last_exit)" = '{"code":0}' ]; then
+        result namespaces.stop-trap PASS "stop ran the command's SIGTERM trap; last_exit $(field "$st" last_exit)"
+    else
+        result namespaces.stop-trap FAIL "stop: $out; trap file: $(cat /facts/trap 2>&1); $st"
+    fi
+else
+    result namespaces.audit FAIL "start: $out; $(status isolated) $(status mounter)"
+fi
 
 # --- shutdown: the host checks the stop order in corral's log and that the VM powers off -------
 result scenarios-done PASS "every scenario ran; requesting shutdown --poweroff"

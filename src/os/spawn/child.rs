@@ -298,6 +298,16 @@ unsafe fn exec_child(
             libc::close(fd);
         }
         isolate(plan);
+        // Before the helper forks, so that the helper, which stays in the unit's namespaces,
+        // is as bounded as the command (it never execs, and keeps the effective capabilities
+        // it needs to pass signals on).
+        let privileges = plan.privileges;
+        if let Some(keep) = privileges.keep_capabilities {
+            drop_bounding_set(plan.report, keep, privileges.last_capability);
+        }
+        if privileges.no_new_privileges && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
+            fail(plan.report, stage::NO_NEW_PRIVS);
+        }
         if let Some(helper) = &plan.isolation.pid {
             // PID 1 of the new namespace: the command becomes our child, we its init.
             if libc::setsid() < 0 {
@@ -320,9 +330,7 @@ unsafe fn exec_child(
                 fail(plan.report, stage::STDIO);
             }
         }
-        let privileges = plan.privileges;
-        if let Some(keep) = privileges.keep_capabilities {
-            drop_bounding_set(plan.report, keep, privileges.last_capability);
+        if privileges.keep_capabilities.is_some() {
             // Keep the permitted set across setuid, so the kept capabilities can be raised
             // as ambient ones for a unit that does not run as root.
             if libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) < 0 {
@@ -344,9 +352,6 @@ unsafe fn exec_child(
         }
         if let Some(keep) = privileges.keep_capabilities {
             set_capabilities(plan.report, keep, privileges.last_capability);
-        }
-        if privileges.no_new_privileges && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
-            fail(plan.report, stage::NO_NEW_PRIVS);
         }
         if libc::chdir(plan.workdir.as_ptr()) < 0 {
             fail(plan.report, stage::CHDIR);
