@@ -71,6 +71,7 @@ fn the_shipped_units_and_examples_pass() {
         "examples/slices",
         "examples/oom-restart",
         "examples/container/units",
+        "examples/namespaces/units",
     ] {
         let out = check(&root.join(dir));
         assert_eq!(out.code, 0, "{dir}: {out:?}");

@@ -115,3 +115,55 @@ fn limits(r: &Resources) -> Limits {
         io_weight: r.io_weight,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespaces_are_isolated_where_the_inode_differs_and_unknown_when_nothing_runs() {
+        let asked = Namespaces {
+            pid: true,
+            net: true,
+            ..Namespaces::default()
+        };
+        let ours = [
+            Some(1),
+            Some(2),
+            Some(3),
+            Some(4),
+            Some(5),
+            Some(6),
+            Some(7),
+        ];
+        // The net namespace was asked for but is corral's: status must say so, not assume.
+        let theirs = [Some(11), Some(2), Some(3), Some(4), Some(5), Some(6), None];
+        let listed = namespace_status(&asked, Some(theirs), &ours);
+        let row = |kind: &str| listed.iter().find(|n| n.kind == kind).unwrap().clone();
+        assert_eq!(listed.len(), 7);
+        assert_eq!(
+            (row("pid").requested, row("pid").isolated),
+            (true, Some(true))
+        );
+        assert_eq!(
+            (row("net").requested, row("net").isolated),
+            (true, Some(false))
+        );
+        assert_eq!(
+            (row("uts").requested, row("uts").isolated),
+            (false, Some(false))
+        );
+        assert_eq!(
+            row("cgroup").isolated,
+            None,
+            "unreadable is unknown, not shared"
+        );
+        let stopped = namespace_status(&asked, None, &ours);
+        assert!(
+            stopped
+                .iter()
+                .all(|n| n.inode.is_none() && n.isolated.is_none())
+        );
+        assert!(stopped.iter().find(|n| n.kind == "pid").unwrap().requested);
+    }
+}

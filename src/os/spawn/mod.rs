@@ -461,6 +461,28 @@ mod tests {
     }
 
     #[test]
+    fn the_command_runs_as_the_inside_id_of_its_user_or_as_root_inside() {
+        let map = [
+            IdMapEntry {
+                inside: 0,
+                outside: 100_000,
+                count: 1000,
+            },
+            IdMapEntry {
+                inside: 5000,
+                outside: 33,
+                count: 1,
+            },
+        ];
+        assert_eq!(inside_id(&map, 100_000), 0);
+        assert_eq!(inside_id(&map, 100_999), 999);
+        assert_eq!(inside_id(&map, 101_000), 0, "past the range: root inside");
+        assert_eq!(inside_id(&map, 33), 5000);
+        assert_eq!(inside_id(&[], 33), 0);
+        assert_eq!(render_id_map(&map), "0 100000 1000\n5000 33 1\n");
+    }
+
+    #[test]
     fn unit_env_wins_and_identity_fills_the_rest() {
         let exec = Exec {
             command: vec!["true".into()],
