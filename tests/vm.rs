@@ -653,6 +653,19 @@ fn cgroup_v2_scenarios_in_a_vm_with_corral_as_pid_1() {
         }
     }
 
+    // On cgroup v2 every unit is created inside its cgroup by clone3, not by a write after fork.
+    let starts: Vec<&Value> = run.log.iter().filter(|l| msg(l) == "started").collect();
+    let written: Vec<String> = starts
+        .iter()
+        .filter(|l| l["fields"]["clone_into_cgroup"] != true)
+        .map(|l| unit_of(l).to_owned())
+        .collect();
+    if starts.is_empty() || !written.is_empty() {
+        failures.push(format!(
+            "clone3 CLONE_INTO_CGROUP did not start these units: {written:?} (of {} starts)",
+            starts.len()
+        ));
+    }
     if run.find_message("running as the machine's init").is_none() {
         failures.push("corral did not recognise itself as the machine's init (PID 1)".into());
     }

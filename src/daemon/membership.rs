@@ -11,7 +11,7 @@ use tracing::{debug, info, warn};
 
 use crate::core::cgroup_plan::{self, Version};
 use crate::core::exit::Termination;
-use crate::os::cgroup::{self, Cgroups};
+use crate::os::cgroup::{self, Cgroups, Join};
 use crate::os::process_group::ProcessGroup;
 use crate::os::{reaper, spawn};
 use crate::proto::{Usage, human_size as size};
@@ -279,9 +279,9 @@ impl Members {
     /// Gets a unit's cgroup ready for a new main process: empties what an earlier generation
     /// left, creates it, writes its limits, and opens `cgroup.procs` for the child to join.
     /// An empty list means "no cgroup": the unit runs in its process group only.
-    pub fn prepare_spawn(&mut self, unit: &Unit) -> Vec<OwnedFd> {
+    pub fn prepare_spawn(&mut self, unit: &Unit) -> Join {
         let (Some(cgroups), Some(rel)) = (&self.cgroups, self.paths.get(&unit.name)) else {
-            return Vec::new();
+            return Join::default();
         };
         self.removals.remove(rel);
         self.frozen.remove(&unit.name);
@@ -297,7 +297,7 @@ impl Members {
                 Err(e) => problems.push(format!("emptying the unit's cgroup: {e}")),
             }
         }
-        let fds = match cgroups.create(rel, false) {
+        let join = match cgroups.create(rel, false) {
             Ok(()) => {
                 match unit.resources.memory_high {
                     Some(ByteLimit::Bytes(limit)) => {
@@ -326,22 +326,22 @@ impl Members {
                     rel,
                     &plan_for(unit, cgroups.version()),
                 ));
-                match cgroups.join_fds(rel) {
-                    Ok(fds) => fds,
+                match cgroups.join(rel) {
+                    Ok(join) => join,
                     Err(e) => {
                         problems.push(format!("opening the unit's cgroup: {e}"));
-                        Vec::new()
+                        Join::default()
                     }
                 }
             }
             Err(e) => {
                 problems.push(format!("creating the unit's cgroup: {e}"));
-                Vec::new()
+                Join::default()
             }
         };
         report(&unit.name, &problems);
         self.problems.insert(unit.name.clone(), problems);
-        fds
+        join
     }
 
     /// Records the new main process: its cgroup when it joined one, else its process group.

@@ -471,7 +471,12 @@ impl Daemon {
                 );
                 match spawned {
                     Ok(child) => {
-                        info!(unit = %unit.name, pid = child.pid, "started");
+                        info!(
+                            unit = %unit.name,
+                            pid = child.pid,
+                            clone_into_cgroup = child.cloned_into_cgroup,
+                            "started"
+                        );
                         self.members.spawned(
                             &unit.name,
                             child.pid,

@@ -117,6 +117,36 @@ pub(crate) fn remove_dir(path: &Path) -> Result<bool, CgroupError> {
     }
 }
 
+/// How a new process gets into a unit's cgroup before its first instruction.
+#[derive(Debug, Default)]
+pub struct Join {
+    /// Files the child writes "0" into. v1: each hierarchy's `tasks`, which moves only the
+    /// writing thread (the whole child, which has one) and so skips the global threadgroup
+    /// lock whose RCU grace period made `cgroup.procs` cost milliseconds per spawn. v2:
+    /// `cgroup.procs`, used only when `clone_into` cannot be.
+    pub write_zero: Vec<OwnedFd>,
+    /// v2: the cgroup's directory, for clone3's `CLONE_INTO_CGROUP` (Linux 5.7), which
+    /// creates the child in it with no write at all.
+    pub clone_into: Option<OwnedFd>,
+}
+
+impl Join {
+    /// No cgroup: the unit runs in its process group only.
+    pub fn is_empty(&self) -> bool {
+        self.write_zero.is_empty() && self.clone_into.is_none()
+    }
+}
+
+pub(crate) fn open_directory(path: &Path) -> Result<OwnedFd, CgroupError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_DIRECTORY)
+        .open(path)
+        .map(OwnedFd::from)
+        .map_err(io_error("opening", path))
+}
+
 pub(crate) fn open_for_join(path: &Path) -> Result<OwnedFd, CgroupError> {
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()
@@ -136,8 +166,8 @@ pub trait Backend {
     /// controllers below it).
     fn create(&self, rel: &Path, holds_children: bool) -> Result<(), CgroupError>;
     fn write(&self, rel: &Path, setting: &Setting) -> Result<(), CgroupError>;
-    /// `cgroup.procs` of every hierarchy, open for the child to write "0" into before exec.
-    fn join_fds(&self, rel: &Path) -> Result<Vec<OwnedFd>, CgroupError>;
+    /// What the child needs to start inside the cgroup (see `Join`).
+    fn join(&self, rel: &Path) -> Result<Join, CgroupError>;
     fn procs(&self, rel: &Path) -> Result<Vec<i32>, CgroupError>;
     fn set_frozen(&self, rel: &Path, frozen: bool) -> Result<(), CgroupError>;
     /// v2 `cgroup.kill` (5.14+): `Ok(true)` when the kernel killed every member at once.

@@ -11,8 +11,8 @@ use crate::proto::Usage;
 
 use super::stats::{flat_keyed, io_service_bytes_v1, single};
 use super::{
-    Backend, CgroupError, display_below, make_dir, open_for_join, read_file, read_pids, relative,
-    remove_dir, write_file,
+    Backend, CgroupError, Join, display_below, make_dir, open_for_join, read_file, read_pids,
+    relative, remove_dir, write_file,
 };
 
 /// One mounted hierarchy and R inside it.
@@ -152,11 +152,15 @@ impl Backend for V1 {
         write_file(&dir.join(setting.file), &setting.value)
     }
 
-    fn join_fds(&self, rel: &Path) -> Result<Vec<OwnedFd>, CgroupError> {
-        self.hierarchies
-            .iter()
-            .map(|h| open_for_join(&h.root.join(rel).join("cgroup.procs")))
-            .collect()
+    fn join(&self, rel: &Path) -> Result<Join, CgroupError> {
+        Ok(Join {
+            write_zero: self
+                .hierarchies
+                .iter()
+                .map(|h| open_for_join(&h.root.join(rel).join("tasks")))
+                .collect::<Result<_, _>>()?,
+            clone_into: None,
+        })
     }
 
     fn procs(&self, rel: &Path) -> Result<Vec<i32>, CgroupError> {

@@ -8,8 +8,8 @@ use crate::proto::Usage;
 
 use super::stats::{flat_keyed, io_stat_v2, single};
 use super::{
-    Backend, CgroupError, display_below, make_dir, open_for_join, read_file, read_pids, relative,
-    remove_dir, write_file,
+    Backend, CgroupError, Join, display_below, make_dir, open_directory, open_for_join, read_file,
+    read_pids, relative, remove_dir, write_file,
 };
 
 /// Where corral moves itself when R is its own cgroup (no process may sit beside child cgroups).
@@ -117,8 +117,12 @@ impl Backend for V2 {
         write_file(&self.dir(rel).join(setting.file), &setting.value)
     }
 
-    fn join_fds(&self, rel: &Path) -> Result<Vec<OwnedFd>, CgroupError> {
-        Ok(vec![open_for_join(&self.dir(rel).join("cgroup.procs"))?])
+    fn join(&self, rel: &Path) -> Result<Join, CgroupError> {
+        let dir = self.dir(rel);
+        Ok(Join {
+            write_zero: vec![open_for_join(&dir.join("cgroup.procs"))?],
+            clone_into: Some(open_directory(&dir)?),
+        })
     }
 
     fn procs(&self, rel: &Path) -> Result<Vec<i32>, CgroupError> {

@@ -19,9 +19,11 @@ pub struct ExecPlan<'a> {
     /// O_CLOEXEC pipe: closed by a successful exec, or carries (stage, errno) records.
     pub report: RawFd,
     pub credentials: Option<Ids<'a>>,
-    /// Open `cgroup.procs` files: writing "0" moves the writer, so the unit is inside its
-    /// cgroup before its first instruction.
+    /// Open `tasks`/`cgroup.procs` files: writing "0" moves the writer, so the unit is inside
+    /// its cgroup before its first instruction. Skipped when `clone_into` took.
     pub join_cgroups: &'a [RawFd],
+    /// A v2 cgroup directory to create the child in with clone3's CLONE_INTO_CGROUP.
+    pub clone_into: Option<RawFd>,
     /// `[oom] score-adjust`, pre-formatted: written to /proc/self/oom_score_adj while still
     /// privileged (lowering it needs CAP_SYS_RESOURCE).
     pub oom_score_adj: Option<&'a [u8]>,
@@ -141,8 +143,9 @@ mod stage {
     pub const MAP_IDS: u32 = u32::MAX;
 }
 
-/// Clone; the child execs `plan` and never returns. Returns the child's pid.
-pub fn fork_and_exec(plan: &ExecPlan<'_>) -> Result<i32, Errno> {
+/// Clone; the child execs `plan` and never returns. Returns the child's pid, and whether
+/// clone3 created it inside its cgroup (rather than the child writing itself in).
+pub fn fork_and_exec(plan: &ExecPlan<'_>) -> Result<(i32, bool), Errno> {
     // NULL-terminated pointer arrays, built before fork (allocation is not allowed after).
     let mut argv: Vec<*const libc::c_char> = plan.argv.iter().map(|a| a.as_ptr()).collect();
     argv.push(std::ptr::null());
@@ -166,11 +169,17 @@ pub fn fork_and_exec(plan: &ExecPlan<'_>) -> Result<i32, Errno> {
     // SAFETY: a raw clone without CLONE_VM is a fork (the child runs on a copy of this
     // stack); the child branch below only makes raw syscalls on memory prepared before it
     // and ends in execve or _exit. Raw rather than glibc's fork, because fork cannot create
-    // a pid namespace, and one path is easier to trust than two.
-    let pid = unsafe { raw_fork(flags) };
+    // a pid namespace or a process in a cgroup, and one path is easier to trust than two.
+    let (pid, in_cgroup) = unsafe {
+        match plan.clone_into.map(|dir| raw_clone3(flags, dir)) {
+            Some(pid) if pid >= 0 => (pid, true),
+            // Older kernels (ENOSYS, E2BIG) and cgroups clone3 refuses: the write path.
+            _ => (raw_fork(flags), false),
+        }
+    };
     if pid == 0 {
         // SAFETY: we are the child of fork; see `exec_child`.
-        unsafe { exec_child(plan, argv.as_ptr(), envp.as_ptr()) }
+        unsafe { exec_child(plan, in_cgroup, argv.as_ptr(), envp.as_ptr()) }
     }
     let fork_errno = Errno::last();
     // SAFETY: restores the mask saved above.
@@ -180,7 +189,7 @@ pub fn fork_and_exec(plan: &ExecPlan<'_>) -> Result<i32, Errno> {
     if pid < 0 {
         return Err(fork_errno);
     }
-    Ok(pid)
+    Ok((pid, in_cgroup))
 }
 
 /// `clone(flags | SIGCHLD)` with no new stack: fork semantics, plus namespace flags.
@@ -200,6 +209,52 @@ unsafe fn raw_fork(flags: libc::c_int) -> libc::pid_t {
             0usize,
             0usize,
             0usize,
+        ) as libc::pid_t
+    }
+}
+
+/// clone3 into the v2 cgroup `dir`: fork semantics, plus namespace flags, in the cgroup from
+/// the first instruction without the threadgroup lock a `cgroup.procs` write takes.
+///
+/// # Safety
+/// As `raw_fork`.
+unsafe fn raw_clone3(flags: libc::c_int, dir: RawFd) -> libc::pid_t {
+    /// `struct clone_args` up to `cgroup` (CLONE_ARGS_SIZE_VER2).
+    #[repr(C)]
+    struct CloneArgs {
+        flags: u64,
+        pidfd: u64,
+        child_tid: u64,
+        parent_tid: u64,
+        exit_signal: u64,
+        stack: u64,
+        stack_size: u64,
+        tls: u64,
+        set_tid: u64,
+        set_tid_size: u64,
+        cgroup: u64,
+    }
+    const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+    let args = CloneArgs {
+        flags: flags as u64 | CLONE_INTO_CGROUP,
+        pidfd: 0,
+        child_tid: 0,
+        parent_tid: 0,
+        exit_signal: libc::SIGCHLD as u64,
+        // No stack: the child runs on a copy of ours, as after fork.
+        stack: 0,
+        stack_size: 0,
+        tls: 0,
+        set_tid: 0,
+        set_tid_size: 0,
+        cgroup: dir as u64,
+    };
+    // SAFETY: clone3 reads `size_of::<CloneArgs>()` bytes of `args`; see `raw_fork`.
+    unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &raw const args,
+            std::mem::size_of::<CloneArgs>(),
         ) as libc::pid_t
     }
 }
@@ -259,6 +314,7 @@ pub fn read_report(report: &OwnedFd) -> Report {
 /// arrays of pointers into `plan`, all of which stay valid (the child owns a copy of memory).
 unsafe fn exec_child(
     plan: &ExecPlan<'_>,
+    in_cgroup: bool,
     argv: *const *const libc::c_char,
     envp: *const *const libc::c_char,
 ) -> ! {
@@ -285,7 +341,7 @@ unsafe fn exec_child(
                 );
             }
         }
-        for &fd in plan.join_cgroups {
+        for &fd in plan.join_cgroups.iter().filter(|_| !in_cgroup) {
             if libc::write(fd, b"0".as_ptr().cast(), 1) < 0 {
                 fail(plan.report, stage::CGROUP);
             }

@@ -12,6 +12,7 @@ use nix::fcntl::{OFlag, open};
 use nix::sys::stat::Mode;
 use nix::unistd::pipe2;
 
+use crate::os::cgroup::Join;
 use crate::unit::{Credentials, Exec, IdMapEntry, Namespaces, Sandbox};
 
 /// The PATH a unit gets when its `env` does not set one (systemd's default).
@@ -26,6 +27,8 @@ pub struct Child {
     /// For a pid namespace, `pid` is the helper init; this pipe carries the command's raw wait
     /// status (see `helper_exit`).
     pub helper_status: Option<OwnedFd>,
+    /// clone3 created it inside its (v2) cgroup.
+    pub cloned_into_cgroup: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -113,13 +116,13 @@ pub struct Confinement<'u> {
     pub sandbox: &'u Sandbox,
 }
 
-/// Start `exec` as `who`: inside the cgroups whose `cgroup.procs` are given and the namespaces
+/// Start `exec` as `who`: inside the cgroup `cgroup` opens and the namespaces
 /// `confine` asks for, stdin from /dev/null, stdout and stderr into fresh pipes, a new session,
 /// nothing else inherited.
 pub fn spawn(
     exec: &Exec,
     who: Option<&Credentials>,
-    join_cgroups: &[OwnedFd],
+    cgroup: &Join,
     oom_score_adj: Option<i32>,
     confine: Confinement<'_>,
 ) -> Result<Child, SpawnError> {
@@ -185,7 +188,7 @@ pub fn spawn(
         None
     };
 
-    let join_fds: Vec<RawFd> = join_cgroups.iter().map(AsRawFd::as_raw_fd).collect();
+    let join_fds: Vec<RawFd> = cgroup.write_zero.iter().map(AsRawFd::as_raw_fd).collect();
     let oom_score_adj = oom_score_adj.map(|v| v.to_string().into_bytes());
     let credentials = match (&user_ns, who) {
         (Some(userns), _) => Some(child::Ids {
@@ -211,6 +214,7 @@ pub fn spawn(
         stderr: stderr_write.as_raw_fd(),
         report: report_write.as_raw_fd(),
         join_cgroups: &join_fds,
+        clone_into: cgroup.clone_into.as_ref().map(AsRawFd::as_raw_fd),
         oom_score_adj: oom_score_adj.as_deref(),
         credentials,
         isolation: child::Isolation {
@@ -238,10 +242,11 @@ pub fn spawn(
             last_capability: last_capability(),
         },
     };
-    let pid = child::fork_and_exec(&plan).map_err(|errno| SpawnError::Setup {
-        operation: "fork",
-        errno,
-    })?;
+    let (pid, cloned_into_cgroup) =
+        child::fork_and_exec(&plan).map_err(|errno| SpawnError::Setup {
+            operation: "fork",
+            errno,
+        })?;
     // The child holds its own copies; ours must close so EOF means the unit closed its output.
     drop((stdout_write, stderr_write, report_write, null));
     let (helper_status, status_write) = status_pipe.unzip();
@@ -265,6 +270,7 @@ pub fn spawn(
                     stdout: stdout_read,
                     stderr: stderr_read,
                     helper_status,
+                    cloned_into_cgroup,
                 });
             }
             child::Report::Failed { stage, errno } => {
