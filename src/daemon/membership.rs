@@ -379,6 +379,39 @@ impl Members {
         self.retry_removals(now);
     }
 
+    /// Whether no process of the unit is left: its cgroup lists none (a removed cgroup is
+    /// empty), or its process group has no member. Zombies do not count: they are dead, and
+    /// corral reaps them.
+    pub fn is_empty(&self, unit: &UnitName) -> bool {
+        match (self.doors.get(unit), &self.cgroups) {
+            (Some(Door::Cgroup(rel)), Some(cgroups)) => {
+                if !cgroups.exists(rel) {
+                    return true;
+                }
+                match cgroups.procs(rel) {
+                    Ok(pids) => pids.is_empty(),
+                    Err(e) => {
+                        // Cannot tell: waiting for good would hang the stop.
+                        warn!(unit = %unit, "cannot tell whether the unit is empty: {e}");
+                        true
+                    }
+                }
+            }
+            (Some(Door::Group(group)), _) => group.is_empty(),
+            _ => true,
+        }
+    }
+
+    /// The unit is empty: its cgroup, queued for removal by the kill, goes now.
+    pub fn emptied(&mut self, unit: &UnitName, now: Instant) {
+        if let Some(Door::Cgroup(rel)) = self.doors.get(unit)
+            && let Some(removal) = self.removals.get_mut(rel)
+        {
+            removal.at = now;
+            removal.delay = FIRST_REMOVAL_RETRY;
+        }
+    }
+
     pub fn set_frozen(&mut self, unit: &UnitName, frozen: bool) -> Result<(), String> {
         let (Some(Door::Cgroup(rel)), Some(cgroups)) = (self.doors.get(unit), &self.cgroups) else {
             return Err(match &self.disabled {

@@ -96,6 +96,8 @@ struct Pipe {
 /// After every unit is down: leftover descendants get SIGTERM, then SIGKILL at `kill_at`.
 struct Leftovers {
     kill_at: Instant,
+    /// Pids that got their SIGTERM (as PID 1: 0 once every process got it through kill(-1),
+    /// and -1 once the SIGKILL to all was logged).
     termed: HashSet<i32>,
 }
 
@@ -293,6 +295,7 @@ impl Daemon {
                 debug!(pid, "reaped: {exit}");
                 self.feed(Input::Exited { pid, exit }, now);
             }
+            self.feed_empty_units(now);
             if self.reload_due.is_some_and(|(due, _)| due <= now) {
                 let _ = self.reload(now);
             }
@@ -311,6 +314,26 @@ impl Daemon {
                     return self.exit_code;
                 }
                 let kill = now >= left.kill_at;
+                if std::process::id() == 1 {
+                    // Every process of the namespace descends from PID 1, and kill(-1) reaches
+                    // them all but ourselves, however deep (the pids of a /proc mounted for
+                    // another pid namespace would name strangers). Later forks get the SIGKILL.
+                    let signal = if kill {
+                        Some(Signal::SIGKILL)
+                    } else if left.termed.insert(0) {
+                        Some(Signal::SIGTERM)
+                    } else {
+                        None
+                    };
+                    if let Some(signal) = signal {
+                        // Logged once per signal: SIGKILL is repeated on every wake after it.
+                        if signal == Signal::SIGTERM || left.termed.insert(-1) {
+                            info!("sending {} to every remaining process", signal.as_str());
+                        }
+                        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-1), signal);
+                    }
+                    continue;
+                }
                 for pid in reaper::direct_children() {
                     let signal = if kill {
                         Some(Signal::SIGKILL)
@@ -324,6 +347,20 @@ impl Daemon {
                         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
                     }
                 }
+            }
+        }
+    }
+
+    /// Ends the stops whose units are empty. The last process of a unit is always reaped by
+    /// corral (its parent, or the subreaper/PID 1 it was orphaned to), so checking after each
+    /// reaping sweep sees every unit empty as soon as it is: no cgroup notification needed,
+    /// on v1 (which has none usable) and v2 alike.
+    fn feed_empty_units(&mut self, now: Instant) {
+        for unit in self.sup.awaiting_empty() {
+            if self.members.is_empty(&unit) {
+                debug!(unit = %unit, "no process of the unit is left");
+                self.members.emptied(&unit, now);
+                self.feed(Input::UnitEmpty { unit }, now);
             }
         }
     }
