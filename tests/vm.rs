@@ -79,12 +79,6 @@ const EXPECTED_WARNINGS: &[&str] = &[
     "did not stop within 1s; sending SIGKILL",
 ];
 
-/// A known corral bug, reported rather than failed on until it is fixed: `stop` answers (and the
-/// unit reads `inactive`) once the main process is reaped, while processes killed with it can
-/// still be alive for a moment; the scenarios report how many as `dying=N`. Set this to false
-/// once a unit stays `stopping` until its cgroup is empty.
-const TOLERATE_STOP_BEFORE_EMPTY: bool = true;
-
 /// What the host must have to boot the VM.
 struct Host {
     qemu: PathBuf,
@@ -678,7 +672,6 @@ fn cgroup_v2_scenarios_in_a_vm_with_corral_as_pid_1() {
         }
     }
     // corral's own warnings and errors: only the ones the scenarios provoke.
-    let mut known_bug = Vec::new();
     for line in &run.log {
         let level = line["level"].as_str().unwrap_or("");
         if line["target"] == "unit" || !matches!(level, "WARN" | "ERROR") {
@@ -701,18 +694,8 @@ fn cgroup_v2_scenarios_in_a_vm_with_corral_as_pid_1() {
                 "{}: `corral stop` returned while {dying} of the unit's processes still ran",
                 r.name
             );
-            if TOLERATE_STOP_BEFORE_EMPTY {
-                known_bug.push(text);
-            } else {
-                failures.push(text);
-            }
+            failures.push(text);
         }
-    }
-    if !known_bug.is_empty() {
-        eprintln!(
-            "KNOWN BUGS still present (see KNOWN_BUG_WARNING and TOLERATE_STOP_BEFORE_EMPTY in tests/vm.rs): {}",
-            known_bug.join(" / ")
-        );
     }
     match (timed_out, status) {
         (false, Some(status)) if status.success() => {}
