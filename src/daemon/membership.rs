@@ -402,6 +402,18 @@ impl Members {
         }
     }
 
+    /// A wakeup for when the unit's cgroup may have become empty (v2), so that a unit whose
+    /// last process is not corral's to reap is still seen empty at once.
+    pub fn populated_watch(&self, unit: &UnitName) -> Option<OwnedFd> {
+        let (Some(Door::Cgroup(rel)), Some(cgroups)) = (self.doors.get(unit), &self.cgroups) else {
+            return None;
+        };
+        cgroups.populated_watch(rel).unwrap_or_else(|e| {
+            debug!(unit = %unit, "no populated notification: {e}");
+            None
+        })
+    }
+
     /// The unit is empty: its cgroup, queued for removal by the kill, goes now.
     pub fn emptied(&mut self, unit: &UnitName, now: Instant) {
         if let Some(Door::Cgroup(rel)) = self.doors.get(unit)

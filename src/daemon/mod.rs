@@ -121,6 +121,8 @@ struct Daemon {
     reload_error: Option<String>,
     /// Memory-event fds (OOM kills, memory-high) of running units.
     memory_watches: HashMap<u64, (UnitName, OwnedFd)>,
+    /// `populated` watches of units' cgroups (v2): a wake to look for units that became empty.
+    populated_watches: HashMap<u64, (UnitName, OwnedFd)>,
     members: Members,
     rings: HashMap<UnitName, Ring>,
     next_token: u64,
@@ -226,6 +228,7 @@ pub fn run(opts: Options) -> Result<Ending, DaemonError> {
         clients: HashMap::new(),
         pipes: HashMap::new(),
         memory_watches: HashMap::new(),
+        populated_watches: HashMap::new(),
         watch,
         reload_due: None,
         reload_error: None,
@@ -353,8 +356,9 @@ impl Daemon {
 
     /// Ends the stops whose units are empty. The last process of a unit is always reaped by
     /// corral (its parent, or the subreaper/PID 1 it was orphaned to), so checking after each
-    /// reaping sweep sees every unit empty as soon as it is: no cgroup notification needed,
-    /// on v1 (which has none usable) and v2 alike.
+    /// reaping sweep sees a unit empty as soon as it is, on v1 (which has no usable populated
+    /// event) as on v2; v2's `cgroup.events` watch also wakes us for a process that joined the
+    /// cgroup from outside corral's tree.
     fn feed_empty_units(&mut self, now: Instant) {
         for unit in self.sup.awaiting_empty() {
             if self.members.is_empty(&unit) {
@@ -412,6 +416,12 @@ impl Daemon {
                     let unit = unit.clone();
                     debug!(unit = %unit, "memory event");
                     self.members.on_memory_event(&unit, Instant::now());
+                }
+            }
+            // The wake is the point: every wake looks for units that became empty.
+            token if self.populated_watches.contains_key(&token) => {
+                if let Some((_, fd)) = self.populated_watches.get(&token) {
+                    cgroup::drain(fd);
                 }
             }
             token if self.pipes.contains_key(&token) => self.read_pipe(token),
@@ -499,6 +509,14 @@ impl Daemon {
                                 self.memory_watches.insert(token, (unit.name.clone(), fd));
                             }
                         }
+                        self.drop_populated_watch(&unit.name);
+                        if let Some(fd) = self.members.populated_watch(&unit.name) {
+                            let token = self.token();
+                            if self.poller.add(fd.as_fd(), token, false).is_ok() {
+                                self.populated_watches
+                                    .insert(token, (unit.name.clone(), fd));
+                            }
+                        }
                         self.watch_pipe(&unit.name, Stream::Stdout, child.stdout);
                         self.watch_pipe(&unit.name, Stream::Stderr, child.stderr);
                         Some(Input::Spawned {
@@ -543,6 +561,7 @@ impl Daemon {
                 self.rings.remove(&unit);
                 self.members.forget(&unit, now);
                 self.drop_memory_watch(&unit);
+                self.drop_populated_watch(&unit);
                 None
             }
             Effect::ShutdownComplete => {
@@ -610,6 +629,17 @@ impl Daemon {
         }
         self.run_effects(effects, now);
         Ok(plan)
+    }
+
+    fn drop_populated_watch(&mut self, unit: &UnitName) {
+        let token = self
+            .populated_watches
+            .iter()
+            .find(|(_, (u, _))| u == unit)
+            .map(|(t, _)| *t);
+        if let Some((_, fd)) = token.and_then(|t| self.populated_watches.remove(&t)) {
+            let _ = self.poller.remove(&fd);
+        }
     }
 
     fn drop_memory_watch(&mut self, unit: &UnitName) {
