@@ -61,6 +61,7 @@ const EXPECTED: &[(&str, bool)] = &[
     ("fork-bomb.held", false),
     ("fork-bomb.stop", false),
     ("cgroup-kill-stop", false),
+    ("joined-stop", false),
     ("reload-in-place", false),
     // corral does not apply [namespaces] yet; the script says so.
     ("namespaces", true),
@@ -640,6 +641,22 @@ fn cgroup_v2_scenarios_in_a_vm_with_corral_as_pid_1() {
         }
     }
 
+    // joined-stop passes on any wake of corral that comes after the joined process is gone
+    // (other units' output wakes it too, and the SIGKILL may even win the race with the check
+    // right after the main process's reap); that the cgroup's own `populated` event reaches
+    // corral is shown here.
+    let joiner_stop = run
+        .log
+        .iter()
+        .position(|l| msg(l) == "control request" && l["fields"]["units"] == "[\"joiner\"]");
+    if joiner_stop
+        .and_then(|from| run.find(from, "joiner", "cgroup.events changed"))
+        .is_none()
+    {
+        failures.push(format!(
+            "joiner: no cgroup.events (populated) wake after its stop request (log line {joiner_stop:?})"
+        ));
+    }
     if run.find_message("running as the machine's init").is_none() {
         failures.push("corral did not recognise itself as the machine's init (PID 1)".into());
     }

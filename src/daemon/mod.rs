@@ -420,8 +420,9 @@ impl Daemon {
             }
             // The wake is the point: every wake looks for units that became empty.
             token if self.populated_watches.contains_key(&token) => {
-                if let Some((_, fd)) = self.populated_watches.get(&token) {
+                if let Some((unit, fd)) = self.populated_watches.get(&token) {
                     cgroup::drain(fd);
+                    debug!(unit = %unit, "cgroup.events changed");
                 }
             }
             token if self.pipes.contains_key(&token) => self.read_pipe(token),
