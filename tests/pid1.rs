@@ -255,6 +255,17 @@ fn ten_thousand_orphaned_zombies_in_a_burst_are_all_reaped() {
 /// into the test's cgroup root, in every hierarchy where corral made one), which no unit's stop
 /// reaches; `trap` is the orphan's SIGTERM handling. Returns the orphan's pid inside.
 fn launch_with_escaped_orphan(c: &mut Corral, trap: &str, shutdown_timeout: &str) -> i64 {
+    launch_with_escaped_orphan_in(c, trap, shutdown_timeout, &[])
+}
+
+/// `launch_with_escaped_orphan` below `init` (a command line that runs corral, in the new
+/// namespace, as its child), instead of corral being PID 1 itself.
+fn launch_with_escaped_orphan_in(
+    c: &mut Corral,
+    trap: &str,
+    shutdown_timeout: &str,
+    init: &[&str],
+) -> i64 {
     let files: Vec<String> = cgroup_mounts()
         .iter()
         .map(|m| {
@@ -275,7 +286,9 @@ fn launch_with_escaped_orphan(c: &mut Corral, trap: &str, shutdown_timeout: &str
             toml_str(&orphan)
         ),
     );
-    c.launch_in_pid_namespace(&["--shutdown-timeout", shutdown_timeout]);
+    let mut wrapper = vec!["unshare", "--pid", "--fork", "--kill-child"];
+    wrapper.extend_from_slice(init);
+    c.launch_wrapped(&wrapper, &["--shutdown-timeout", shutdown_timeout]);
     let line = c.wait_log("the orphan's escape", |l| {
         is_output(l, "leaver") && msg(l).starts_with("escaped ")
     });
@@ -335,6 +348,46 @@ fn a_leftover_that_exits_on_sigterm_does_not_wait_for_the_shutdown_timeout() {
     assert_eq!(status.code(), Some(0));
     assert!(said(&c, "sending SIGTERM to every remaining process"));
     assert!(!said(&c, "sending SIGKILL to every remaining process"));
+    assert_eq!(
+        reaped_as(&c, orphan).as_deref(),
+        Some("reaped: killed by SIGTERM"),
+        "the orphan (pid {orphan} inside)"
+    );
+}
+
+/// A shell as PID 1 of the namespace that runs corral as its child (not as its last command,
+/// which a shell may exec in its own place).
+const SHELL_INIT: [&str; 4] = ["sh", "-c", "\"$@\"; code=$?; exit $code", "sh"];
+
+#[test]
+fn below_another_init_with_the_hosts_proc_leftovers_are_signalled_by_their_pids_in_corrals_namespace()
+ {
+    if !require_unshare() || !require_cgroup_v1() {
+        return;
+    }
+    let mut c = Corral::new();
+    // The namespace's /proc is the host's: corral (pid 2, a subreaper) reads its children
+    // there as host pids, and must signal them by their pids in its own namespace.
+    let orphan = launch_with_escaped_orphan_in(&mut c, "true", "1h", &SHELL_INIT);
+    assert_ne!(c.pid(), 1);
+    c.signal(Signal::SIGTERM);
+    let status = c.wait_exit();
+    assert_eq!(status.code(), Some(0), "the shell passes corral's code on");
+    let hello = c
+        .seen
+        .iter()
+        .find(|l| msg(l) == "corral supervising")
+        .expect("corral's first words");
+    assert_eq!(
+        hello["fields"]["pid"], 2,
+        "corral runs below the shell: {hello}"
+    );
+    assert!(
+        c.seen
+            .iter()
+            .any(|l| msg(l) == "leftover process gets SIGTERM" && l["fields"]["pid"] == orphan),
+        "the orphan (pid {orphan} inside) got its SIGTERM by that pid"
+    );
     assert_eq!(
         reaped_as(&c, orphan).as_deref(),
         Some("reaped: killed by SIGTERM"),

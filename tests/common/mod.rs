@@ -344,18 +344,32 @@ impl Corral {
     /// and `signal()` then reach corral itself (from this, the parent namespace), and
     /// `wait_exit` gives unshare's status, which is corral's exit code.
     pub fn launch_in_pid_namespace(&mut self, extra_args: &[&str]) -> &mut Corral {
-        let mut cmd = Command::new("unshare");
         // --kill-child: should unshare die (a failed test's cleanup), corral and with it the
         // whole namespace die too.
-        cmd.args(["--pid", "--fork", "--kill-child"]).arg(BIN);
+        self.launch_wrapped(&["unshare", "--pid", "--fork", "--kill-child"], extra_args)
+    }
+
+    /// `launch` with `wrapper` (a command and its arguments) in front of the corral command
+    /// line; `pid()` and `signal()` reach corral itself, found below the wrapper by its
+    /// executable, and `wait_exit` gives the wrapper's status.
+    pub fn launch_wrapped(&mut self, wrapper: &[&str], extra_args: &[&str]) -> &mut Corral {
+        let mut cmd = Command::new(wrapper[0]);
+        cmd.args(&wrapper[1..]).arg(BIN);
         self.launch_with(cmd, extra_args);
-        // corral logged, so it runs: it is unshare's only child.
-        let unshare = self.child.as_ref().expect("unshare was launched").id() as i32;
-        let children = children_of(unshare);
-        let [corral] = children[..] else {
-            self.fail(&format!(
-                "unshare {unshare} should have one child, has {children:?}"
-            ));
+        // corral logged, so it runs somewhere below the wrapper.
+        let top = self.child.as_ref().expect("the wrapper was launched").id() as i32;
+        let bin = std::fs::canonicalize(BIN).expect("corral's binary");
+        let mut below = children_of(top);
+        let mut found = None;
+        while let Some(pid) = below.pop() {
+            if std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == bin) {
+                found = Some(pid);
+                break;
+            }
+            below.extend(children_of(pid));
+        }
+        let Some(corral) = found else {
+            self.fail(&format!("no corral process below {wrapper:?} (pid {top})"));
         };
         self.wrapped_pid = Some(corral);
         self
