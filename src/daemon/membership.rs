@@ -380,8 +380,8 @@ impl Members {
     }
 
     /// Whether no process of the unit is left: its cgroup lists none (a removed cgroup is
-    /// empty), or its process group has no member. Zombies do not count: they are dead, and
-    /// corral reaps them.
+    /// empty; the kernel lists no zombie there), or its process group has no member (where a
+    /// zombie counts until corral reaps it, which wakes this check again).
     pub fn is_empty(&self, unit: &UnitName) -> bool {
         match (self.doors.get(unit), &self.cgroups) {
             (Some(Door::Cgroup(rel)), Some(cgroups)) => {

@@ -354,11 +354,11 @@ impl Daemon {
         }
     }
 
-    /// Ends the stops whose units are empty. The last process of a unit is always reaped by
+    /// Ends the stops whose units are empty. The last process of a unit is normally reaped by
     /// corral (its parent, or the subreaper/PID 1 it was orphaned to), so checking after each
     /// reaping sweep sees a unit empty as soon as it is, on v1 (which has no usable populated
     /// event) as on v2; v2's `cgroup.events` watch also wakes us for a process that joined the
-    /// cgroup from outside corral's tree.
+    /// cgroup from outside corral's tree, whose end corral does not reap.
     fn feed_empty_units(&mut self, now: Instant) {
         for unit in self.sup.awaiting_empty() {
             if self.members.is_empty(&unit) {
