@@ -785,3 +785,51 @@ fn a_reload_raises_and_lowers_memory_max_together_with_swap_in_place() {
         assert_eq!(status["pid"], pid, "{max}: not restarted");
     }
 }
+
+#[test]
+fn stop_answers_only_once_no_process_of_the_unit_is_left() {
+    if !require_cgroup_v1() {
+        return;
+    }
+    const STUBBORN: usize = 20;
+    let mut c = Corral::new();
+    // Escapees in sessions of their own that ignore SIGTERM: the main process dies of the
+    // stop signal, they die only of the SIGKILL that follows it, a moment later.
+    let script = format!(
+        "for i in $(seq {STUBBORN}); do setsid sh -c 'trap \"\" TERM; echo up; exec sleep 1000' & done; \
+         exec sleep 1000"
+    );
+    c.unit(
+        "stubborn",
+        &format!(
+            "[exec]\ncommand = [\"sh\", \"-c\", {}]\n",
+            toml_str(&script)
+        ),
+    );
+    c.launch(&[]);
+    c.wait_count("the escapees ready", STUBBORN, |l| {
+        is_output(l, "stubborn") && msg(l) == "up"
+    });
+    let rel = "stubborn.service";
+    let members = procs(&c, "pids", rel);
+    assert_eq!(members.len(), STUBBORN + 1);
+
+    c.ok(&["stop", "stubborn"]);
+    // Right after the answer: a zombie is dead (corral reaps it on its next wake); a live
+    // process still in this test's cgroup tree is one the stop did not wait for.
+    let in_tree = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+            .is_ok_and(|text| text.contains(&c.cgroup_root))
+    };
+    let alive: Vec<(i32, char)> = members
+        .iter()
+        .filter_map(|&pid| Some((pid, common::proc_state(pid)?)))
+        .filter(|&(pid, state)| state != 'Z' && in_tree(pid))
+        .collect();
+    assert!(alive.is_empty(), "stop answered while {alive:?} still ran");
+    assert!(
+        !c.cgroup_exists(rel),
+        "the unit's cgroup is removed when stop answers"
+    );
+    assert_eq!(c.status("stubborn")["state"], "inactive");
+}

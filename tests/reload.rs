@@ -671,12 +671,30 @@ fn changing_5_of_500_units_restarts_exactly_those_5() {
     for name in changed {
         c.unit(name, &sleeper("2000"));
     }
-    assert_eq!(next_reload(&mut c), Plan::restarts(&changed, 495));
+    // Usually one reload; a loaded machine may take longer than the debounce window between
+    // two of the writes and split them. Either way, only the changed units restart.
+    let mut restarted: Vec<String> = Vec::new();
+    let mut reloads = 0;
+    while restarted.len() < changed.len() {
+        let plan = next_reload(&mut c);
+        reloads += 1;
+        assert_eq!(
+            plan,
+            Plan::restarts(
+                &plan.restarted.iter().map(String::as_str).collect::<Vec<_>>(),
+                500 - plan.restarted.len() as u64
+            ),
+            "a reload did more than restart"
+        );
+        restarted.extend(plan.restarted);
+    }
+    restarted.sort();
+    assert_eq!(restarted, strings(&changed));
     for name in changed {
         wait_started(&mut c, name, 2);
     }
     let upto = settle(&mut c);
-    assert_eq!(count(&c, upto, is_applied), 1);
+    assert_eq!(count(&c, upto, is_applied), reloads);
     assert_eq!(
         count(&c, upto, |l| l["target"] != "unit" && msg(l) == "started"),
         505
@@ -957,6 +975,8 @@ fn moving_a_slice_moves_the_services_below_it() {
 
     c.unit("inner", "kind = \"slice\"\nslice = \"b\"\n");
     next_reload(&mut c);
+    // The restart's start comes once the old process is gone and its cgroup empty.
+    wait_started(&mut c, "w", 2);
     settle(&mut c);
     let w = pids(&c)["w"].as_i64().unwrap();
     let procs = c.cgroup_read("pids", "b.slice/inner.slice/w.service/cgroup.procs");

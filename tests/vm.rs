@@ -61,6 +61,7 @@ const EXPECTED: &[(&str, bool)] = &[
     ("fork-bomb.held", false),
     ("fork-bomb.stop", false),
     ("cgroup-kill-stop", false),
+    ("joined-stop", false),
     ("reload-in-place", false),
     ("namespaces.audit", false),
     ("namespaces.pid", false),
@@ -85,12 +86,6 @@ const EXPECTED_WARNINGS: &[&str] = &[
     "(OOM kill); not restarting",
     "did not stop within 1s; sending SIGKILL",
 ];
-
-/// A known corral bug, reported rather than failed on until it is fixed: `stop` answers (and the
-/// unit reads `inactive`) once the main process is reaped, while processes killed with it can
-/// still be alive for a moment; the scenarios report how many as `dying=N`. Set this to false
-/// once a unit stays `stopping` until its cgroup is empty.
-const TOLERATE_STOP_BEFORE_EMPTY: bool = true;
 
 /// What the host must have to boot the VM.
 struct Host {
@@ -666,6 +661,22 @@ fn cgroup_v2_scenarios_in_a_vm_with_corral_as_pid_1() {
             starts.len()
         ));
     }
+    // joined-stop passes on any wake of corral that comes after the joined process is gone
+    // (other units' output wakes it too, and the SIGKILL may even win the race with the check
+    // right after the main process's reap); that the cgroup's own `populated` event reaches
+    // corral is shown here.
+    let joiner_stop = run
+        .log
+        .iter()
+        .position(|l| msg(l) == "control request" && l["fields"]["units"] == "[\"joiner\"]");
+    if joiner_stop
+        .and_then(|from| run.find(from, "joiner", "cgroup.events changed"))
+        .is_none()
+    {
+        failures.push(format!(
+            "joiner: no cgroup.events (populated) wake after its stop request (log line {joiner_stop:?})"
+        ));
+    }
     if run.find_message("running as the machine's init").is_none() {
         failures.push("corral did not recognise itself as the machine's init (PID 1)".into());
     }
@@ -698,7 +709,6 @@ fn cgroup_v2_scenarios_in_a_vm_with_corral_as_pid_1() {
         }
     }
     // corral's own warnings and errors: only the ones the scenarios provoke.
-    let mut known_bug = Vec::new();
     for line in &run.log {
         let level = line["level"].as_str().unwrap_or("");
         if line["target"] == "unit" || !matches!(level, "WARN" | "ERROR") {
@@ -721,18 +731,8 @@ fn cgroup_v2_scenarios_in_a_vm_with_corral_as_pid_1() {
                 "{}: `corral stop` returned while {dying} of the unit's processes still ran",
                 r.name
             );
-            if TOLERATE_STOP_BEFORE_EMPTY {
-                known_bug.push(text);
-            } else {
-                failures.push(text);
-            }
+            failures.push(text);
         }
-    }
-    if !known_bug.is_empty() {
-        eprintln!(
-            "KNOWN BUGS still present (see KNOWN_BUG_WARNING and TOLERATE_STOP_BEFORE_EMPTY in tests/vm.rs): {}",
-            known_bug.join(" / ")
-        );
     }
     match (timed_out, status) {
         (false, Some(status)) if status.success() => {}

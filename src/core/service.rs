@@ -73,6 +73,8 @@ pub enum Event {
         error: String,
     },
     Exited(ExitReport),
+    /// No process of the unit is left (its cgroup, or its process group, is empty).
+    UnitEmpty,
     Stop(StopReason),
     /// The unit's own deadline (backoff end or stop timeout) has come.
     DeadlineReached,
@@ -114,6 +116,8 @@ pub struct Runtime {
     stop_reason: Option<StopReason>,
     /// Set when the backoff timer ended: the next start is an automatic restart.
     restart_due: bool,
+    /// While stopping: the unit was seen empty before its main process was reaped.
+    emptied: bool,
 }
 
 impl Runtime {
@@ -134,6 +138,7 @@ impl Runtime {
             deadline: None,
             stop_reason: None,
             restart_due: false,
+            emptied: false,
         }
     }
 
@@ -210,14 +215,23 @@ impl Runtime {
                 self.record_exit(exit, &mut actions);
                 self.after_unexpected_exit(exit, now, unit, &mut actions);
             }
+            // The main process is gone, but what it left (killed with it) may still be dying:
+            // the unit stays `stopping` until it is empty, so a stop answers, a restart starts
+            // and a shutdown moves on only once no process of the unit is left.
             (Stopping, Event::Exited(exit)) => {
                 self.record_exit(exit, &mut actions);
-                actions.push(note(false, format!("stopped ({exit})")));
-                self.deadline = None;
-                self.stop_reason = None;
-                self.enter(Inactive, now);
+                if self.emptied {
+                    self.finish_stop(now, &mut actions);
+                }
+            }
+            (Stopping, Event::UnitEmpty) => {
+                self.emptied = true;
+                if self.pid.is_none() {
+                    self.finish_stop(now, &mut actions);
+                }
             }
             (Starting | Running, Event::Stop(reason)) => {
+                self.emptied = false;
                 self.stop_reason = Some(reason);
                 self.deadline = Some(after(now, unit.stop.timeout));
                 self.enter(Stopping, now);
@@ -252,6 +266,17 @@ impl Runtime {
             _ => {}
         }
         actions
+    }
+
+    fn finish_stop(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        let how = self
+            .last_exit
+            .map_or_else(|| "no exit seen".to_owned(), |e| e.to_string());
+        actions.push(note(false, format!("stopped ({how})")));
+        self.deadline = None;
+        self.stop_reason = None;
+        self.emptied = false;
+        self.enter(State::Inactive, now);
     }
 
     fn record_exit(&mut self, exit: ExitReport, actions: &mut Vec<Action>) {
@@ -389,9 +414,12 @@ mod tests {
             (
                 Stopping,
                 Event::Exited(ExitReport::signal(Signal::SIGTERM)),
-                Inactive,
-                vec!["killall", "note"],
+                Stopping,
+                vec!["killall"],
             ),
+            (Stopping, Event::UnitEmpty, Stopping, vec![]),
+            (Running, Event::UnitEmpty, Running, vec![]),
+            (Inactive, Event::UnitEmpty, Inactive, vec![]),
             (
                 Stopping,
                 Event::DeadlineReached,
@@ -547,6 +575,7 @@ mod tests {
         let mut rt = in_state(Running, t0);
         rt.transition(Event::Stop(StopReason::User), t0, &unit);
         rt.transition(Event::Exited(ExitReport::code(1)), t0, &unit);
+        rt.transition(Event::UnitEmpty, t0, &unit);
         assert_eq!(rt.state, Inactive);
         assert_eq!(rt.restarts, 0);
     }
@@ -562,6 +591,46 @@ mod tests {
         let actions = rt.transition(Event::DeadlineReached, t0 + Duration::from_secs(3), &unit);
         assert!(actions.contains(&Action::KillAll));
         assert_eq!(rt.deadline(), None);
+    }
+
+    #[test]
+    fn a_stop_ends_when_the_main_process_is_reaped_and_the_unit_is_empty() {
+        let mut unit = service("web");
+        unit.stop.timeout = Duration::from_secs(3);
+        let t0 = Instant::now();
+        let term = ExitReport::signal(Signal::SIGTERM);
+
+        // Reaped first, empty later; the stop timeout still escalates in between.
+        let mut rt = in_state(Running, t0);
+        rt.transition(Event::Stop(StopReason::User), t0, &unit);
+        let actions = rt.transition(Event::Exited(term), t0 + MS(1), &unit);
+        assert_eq!(actions, vec![Action::KillAll]);
+        assert_eq!((rt.state, rt.pid), (Stopping, None));
+        let actions = rt.transition(Event::DeadlineReached, t0 + Duration::from_secs(3), &unit);
+        assert!(actions.contains(&Action::KillAll));
+        assert_eq!(rt.state, Stopping);
+        let actions = rt.transition(Event::UnitEmpty, t0 + Duration::from_secs(4), &unit);
+        assert_eq!(rt.state, Inactive);
+        assert_eq!(rt.since, t0 + Duration::from_secs(4));
+        assert!(
+            matches!(&actions[..], [Action::Note { message, .. }] if message == "stopped (killed by SIGTERM)")
+        );
+        assert_eq!(rt.deadline(), None);
+
+        // Empty first (v2: a cgroup empties at exit, before the reap), reaped later.
+        let mut rt = in_state(Running, t0);
+        rt.transition(Event::Stop(StopReason::User), t0, &unit);
+        assert_eq!(rt.transition(Event::UnitEmpty, t0, &unit), vec![]);
+        assert_eq!(rt.state, Stopping);
+        rt.transition(Event::Exited(term), t0 + MS(1), &unit);
+        assert_eq!(rt.state, Inactive);
+
+        // An emptiness seen during an earlier stop does not end the next one early.
+        rt.transition(Event::Start, t0 + MS(2), &unit);
+        rt.transition(Event::Spawned { pid: 8 }, t0 + MS(2), &unit);
+        rt.transition(Event::Stop(StopReason::User), t0 + MS(3), &unit);
+        rt.transition(Event::Exited(term), t0 + MS(4), &unit);
+        assert_eq!(rt.state, Stopping);
     }
 
     #[test]

@@ -39,6 +39,10 @@ pub enum Input {
         pid: i32,
         exit: ExitReport,
     },
+    /// No process of the unit is left; the daemon says so only for a unit that is stopping.
+    UnitEmpty {
+        unit: UnitName,
+    },
     /// Time passed; deadlines at or before `now` fire.
     Tick,
     Shutdown,
@@ -158,6 +162,16 @@ impl Supervisor {
         self.by_pid.get(&pid)
     }
 
+    /// Units whose main process is gone while they stop: the daemon answers with `UnitEmpty`
+    /// once nothing of them is left.
+    pub fn awaiting_empty(&self) -> Vec<UnitName> {
+        self.entries
+            .values()
+            .filter(|e| e.rt.state == State::Stopping && e.rt.pid.is_none())
+            .map(|e| e.unit.name.clone())
+            .collect()
+    }
+
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down
     }
@@ -241,6 +255,9 @@ impl Supervisor {
                 if let Some(unit) = self.by_pid.remove(&pid) {
                     self.feed(&unit, Event::Exited(exit), now, &mut effects);
                 }
+            }
+            Input::UnitEmpty { unit } => {
+                self.feed(&unit, Event::UnitEmpty, now, &mut effects);
             }
             Input::OomKills { unit, count } => {
                 if let Some(e) = self.entries.get_mut(&unit) {
@@ -635,15 +652,24 @@ mod tests {
         while let Some(input) = queue.pop() {
             let effects = sup.handle(input, now).expect("request accepted");
             for effect in &effects {
-                if let Effect::Spawn { unit } = effect {
-                    *next_pid += 1;
-                    queue.insert(
-                        0,
-                        Input::Spawned {
-                            unit: unit.name.clone(),
-                            pid: *next_pid,
-                        },
-                    );
+                match effect {
+                    Effect::Spawn { unit } => {
+                        *next_pid += 1;
+                        queue.insert(
+                            0,
+                            Input::Spawned {
+                                unit: unit.name.clone(),
+                                pid: *next_pid,
+                            },
+                        );
+                    }
+                    // A unit killed after its main process was reaped is empty at once here.
+                    Effect::KillAll { unit }
+                        if sup.get(unit).is_some_and(|(_, rt)| rt.pid.is_none()) =>
+                    {
+                        queue.insert(0, Input::UnitEmpty { unit: unit.clone() });
+                    }
+                    _ => {}
                 }
             }
             all.extend(effects);
@@ -816,6 +842,64 @@ mod tests {
         }
         assert_eq!(order, vec!["app", "cache", "db"]);
         assert!(sup.handle(Input::Start(vec![name("db")]), t0).is_err());
+    }
+
+    #[test]
+    fn a_stop_a_restart_and_a_shutdown_wait_until_the_unit_is_empty() {
+        let t0 = Instant::now();
+        let mut app = service("app");
+        app.after = vec![name("db")];
+        let mut sup = Supervisor::new([app, service("db")], t0);
+        let mut pids = 0;
+        run(&mut sup, Input::Tick, t0, &mut pids);
+        let reaped = |sup: &Supervisor, n: &str| Input::Exited {
+            pid: pid(sup, n),
+            exit: ExitReport::signal(Signal::SIGTERM),
+        };
+        let empty = |n: &str| Input::UnitEmpty { unit: name(n) };
+
+        // stop: the main process is reaped, but the unit is stopping until it is empty.
+        sup.handle(Input::Stop(vec![name("app")]), t0)
+            .expect("stop");
+        let effects = sup.handle(reaped(&sup, "app"), t0).expect("exit");
+        assert!(effects.contains(&Effect::KillAll { unit: name("app") }));
+        assert_eq!(state(&sup, "app"), State::Stopping);
+        assert_eq!(sup.awaiting_empty(), vec![name("app")]);
+        assert_eq!(sup.settled(&name("app"), Goal::Stopped), None);
+        sup.handle(empty("app"), t0).expect("empty");
+        assert_eq!(state(&sup, "app"), State::Inactive);
+        assert_eq!(sup.settled(&name("app"), Goal::Stopped), Some(Ok(())));
+        assert!(sup.awaiting_empty().is_empty());
+
+        // restart: the new process starts only once the old one's leftovers are gone.
+        let old = pid(&sup, "db");
+        run(&mut sup, Input::Restart(vec![name("db")]), t0, &mut pids);
+        let effects = sup.handle(reaped(&sup, "db"), t0).expect("exit");
+        assert_eq!(spawned(&effects), Vec::<String>::new());
+        let effects = run(&mut sup, empty("db"), t0, &mut pids);
+        assert_eq!(spawned(&effects), vec!["db"]);
+        assert_ne!(pid(&sup, "db"), old);
+
+        // Empty before the reap (v2 empties a cgroup at exit, before the parent reaps): the
+        // reap then ends the stop at once.
+        run(&mut sup, Input::Start(vec![name("app")]), t0, &mut pids);
+        sup.handle(Input::Shutdown, t0).expect("shutdown");
+        sup.handle(empty("app"), t0).expect("empty");
+        assert_eq!(state(&sup, "app"), State::Stopping);
+        let effects = sup.handle(reaped(&sup, "app"), t0).expect("exit");
+        assert_eq!(state(&sup, "app"), State::Inactive);
+        assert_eq!(
+            signalled(&effects),
+            vec!["db"],
+            "db stops after app is empty"
+        );
+        let effects = sup.handle(reaped(&sup, "db"), t0).expect("exit");
+        assert!(
+            !effects.contains(&Effect::ShutdownComplete),
+            "db is not empty yet"
+        );
+        let effects = sup.handle(empty("db"), t0).expect("empty");
+        assert!(effects.contains(&Effect::ShutdownComplete));
     }
 
     #[test]

@@ -418,6 +418,51 @@ impl Members {
         self.retry_removals(now);
     }
 
+    /// Whether no process of the unit is left: its cgroup lists none (a removed cgroup is
+    /// empty; the kernel lists no zombie there), or its process group has no member (where a
+    /// zombie counts until corral reaps it, which wakes this check again).
+    pub fn is_empty(&self, unit: &UnitName) -> bool {
+        match (self.doors.get(unit), &self.cgroups) {
+            (Some(Door::Cgroup(rel)), Some(cgroups)) => {
+                if !cgroups.exists(rel) {
+                    return true;
+                }
+                match cgroups.procs(rel) {
+                    Ok(pids) => pids.is_empty(),
+                    Err(e) => {
+                        // Cannot tell: waiting for good would hang the stop.
+                        warn!(unit = %unit, "cannot tell whether the unit is empty: {e}");
+                        true
+                    }
+                }
+            }
+            (Some(Door::Group(group)), _) => group.is_empty(),
+            _ => true,
+        }
+    }
+
+    /// A wakeup for when the unit's cgroup may have become empty (v2), so that a unit whose
+    /// last process is not corral's to reap is still seen empty at once.
+    pub fn populated_watch(&self, unit: &UnitName) -> Option<OwnedFd> {
+        let (Some(Door::Cgroup(rel)), Some(cgroups)) = (self.doors.get(unit), &self.cgroups) else {
+            return None;
+        };
+        cgroups.populated_watch(rel).unwrap_or_else(|e| {
+            debug!(unit = %unit, "no populated notification: {e}");
+            None
+        })
+    }
+
+    /// The unit is empty: its cgroup, queued for removal by the kill, goes now.
+    pub fn emptied(&mut self, unit: &UnitName, now: Instant) {
+        if let Some(Door::Cgroup(rel)) = self.doors.get(unit)
+            && let Some(removal) = self.removals.get_mut(rel)
+        {
+            removal.at = now;
+            removal.delay = FIRST_REMOVAL_RETRY;
+        }
+    }
+
     pub fn set_frozen(&mut self, unit: &UnitName, frozen: bool) -> Result<(), String> {
         let (Some(Door::Cgroup(rel)), Some(cgroups)) = (self.doors.get(unit), &self.cgroups) else {
             return Err(match &self.disabled {

@@ -96,6 +96,8 @@ struct Pipe {
 /// After every unit is down: leftover descendants get SIGTERM, then SIGKILL at `kill_at`.
 struct Leftovers {
     kill_at: Instant,
+    /// Pids that got their SIGTERM (as PID 1: 0 once every process got it through kill(-1),
+    /// and -1 once the SIGKILL to all was logged).
     termed: HashSet<i32>,
 }
 
@@ -119,6 +121,8 @@ struct Daemon {
     reload_error: Option<String>,
     /// Memory-event fds (OOM kills, memory-high) of running units.
     memory_watches: HashMap<u64, (UnitName, OwnedFd)>,
+    /// `populated` watches of units' cgroups (v2): a wake to look for units that became empty.
+    populated_watches: HashMap<u64, (UnitName, OwnedFd)>,
     members: Members,
     rings: HashMap<UnitName, Ring>,
     next_token: u64,
@@ -226,6 +230,7 @@ pub fn run(opts: Options) -> Result<Ending, DaemonError> {
         clients: HashMap::new(),
         pipes: HashMap::new(),
         memory_watches: HashMap::new(),
+        populated_watches: HashMap::new(),
         watch,
         reload_due: None,
         reload_error: None,
@@ -301,6 +306,7 @@ impl Daemon {
                 debug!(pid, "reaped: {exit}");
                 self.feed(Input::Exited { pid, exit }, now);
             }
+            self.feed_empty_units(now);
             if self.reload_due.is_some_and(|(due, _)| due <= now) {
                 let _ = self.reload(now);
             }
@@ -319,6 +325,26 @@ impl Daemon {
                     return self.exit_code;
                 }
                 let kill = now >= left.kill_at;
+                if std::process::id() == 1 {
+                    // Every process of the namespace descends from PID 1, and kill(-1) reaches
+                    // them all but ourselves, however deep (the pids of a /proc mounted for
+                    // another pid namespace would name strangers). Later forks get the SIGKILL.
+                    let signal = if kill {
+                        Some(Signal::SIGKILL)
+                    } else if left.termed.insert(0) {
+                        Some(Signal::SIGTERM)
+                    } else {
+                        None
+                    };
+                    if let Some(signal) = signal {
+                        // Logged once per signal: SIGKILL is repeated on every wake after it.
+                        if signal == Signal::SIGTERM || left.termed.insert(-1) {
+                            info!("sending {} to every remaining process", signal.as_str());
+                        }
+                        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-1), signal);
+                    }
+                    continue;
+                }
                 for pid in reaper::direct_children() {
                     let signal = if kill {
                         Some(Signal::SIGKILL)
@@ -332,6 +358,21 @@ impl Daemon {
                         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
                     }
                 }
+            }
+        }
+    }
+
+    /// Ends the stops whose units are empty. The last process of a unit is normally reaped by
+    /// corral (its parent, or the subreaper/PID 1 it was orphaned to), so checking after each
+    /// reaping sweep sees a unit empty as soon as it is, on v1 (which has no usable populated
+    /// event) as on v2; v2's `cgroup.events` watch also wakes us for a process that joined the
+    /// cgroup from outside corral's tree, whose end corral does not reap.
+    fn feed_empty_units(&mut self, now: Instant) {
+        for unit in self.sup.awaiting_empty() {
+            if self.members.is_empty(&unit) {
+                debug!(unit = %unit, "no process of the unit is left");
+                self.members.emptied(&unit, now);
+                self.feed(Input::UnitEmpty { unit }, now);
             }
         }
     }
@@ -383,6 +424,13 @@ impl Daemon {
                     let unit = unit.clone();
                     debug!(unit = %unit, "memory event");
                     self.members.on_memory_event(&unit, Instant::now());
+                }
+            }
+            // The wake is the point: every wake looks for units that became empty.
+            token if self.populated_watches.contains_key(&token) => {
+                if let Some((unit, fd)) = self.populated_watches.get(&token) {
+                    cgroup::drain(fd);
+                    debug!(unit = %unit, "cgroup.events changed");
                 }
             }
             token if self.pipes.contains_key(&token) => self.read_pipe(token),
@@ -490,6 +538,14 @@ impl Daemon {
                                 self.memory_watches.insert(token, (unit.name.clone(), fd));
                             }
                         }
+                        self.drop_populated_watch(&unit.name);
+                        if let Some(fd) = self.members.populated_watch(&unit.name) {
+                            let token = self.token();
+                            if self.poller.add(fd.as_fd(), token, false).is_ok() {
+                                self.populated_watches
+                                    .insert(token, (unit.name.clone(), fd));
+                            }
+                        }
                         self.watch_pipe(&unit.name, Stream::Stdout, child.stdout);
                         self.watch_pipe(&unit.name, Stream::Stderr, child.stderr);
                         Some(Input::Spawned {
@@ -534,6 +590,7 @@ impl Daemon {
                 self.rings.remove(&unit);
                 self.members.forget(&unit, now);
                 self.drop_memory_watch(&unit);
+                self.drop_populated_watch(&unit);
                 None
             }
             Effect::ShutdownComplete => {
@@ -601,6 +658,17 @@ impl Daemon {
         }
         self.run_effects(effects, now);
         Ok(plan)
+    }
+
+    fn drop_populated_watch(&mut self, unit: &UnitName) {
+        let token = self
+            .populated_watches
+            .iter()
+            .find(|(_, (u, _))| u == unit)
+            .map(|(t, _)| *t);
+        if let Some((_, fd)) = token.and_then(|t| self.populated_watches.remove(&t)) {
+            let _ = self.poller.remove(&fd);
+        }
     }
 
     fn drop_memory_watch(&mut self, unit: &UnitName) {

@@ -11,15 +11,26 @@ pub enum PowerAction {
     Reboot,
 }
 
-/// PID 1 of the initial pid namespace: the kernel's own threads are then visible, and pid 2
-/// (kthreadd) has no parent. In a container's pid namespace pid 2, if any, is a child of ours.
+/// The inode of the initial pid namespace's `/proc/<pid>/ns/pid`, fixed by the kernel
+/// (`PROC_PID_INIT_INO` in include/linux/proc_ns.h).
+const INITIAL_PID_NS_INODE: u64 = 0xEFFF_FFFC;
+
+/// PID 1 of the initial pid namespace. `/proc/self/ns/pid` names our own namespace whichever
+/// pid namespace mounted /proc (a container started with the host's /proc sees the host's
+/// kthreadd as pid 2, so pid 2's parentage proves nothing there). Without /proc/self/ns, pid 2
+/// (kthreadd) having no parent tells the initial namespace.
 pub fn is_host_init() -> bool {
-    std::process::id() == 1
-        && std::fs::read_to_string("/proc/2/status").is_ok_and(|status| {
+    if std::process::id() != 1 {
+        return false;
+    }
+    match nix::sys::stat::stat("/proc/self/ns/pid") {
+        Ok(stat) => stat.st_ino == INITIAL_PID_NS_INODE,
+        Err(_) => std::fs::read_to_string("/proc/2/status").is_ok_and(|status| {
             status
                 .lines()
                 .any(|line| line.split_whitespace().eq(["PPid:", "0"]))
-        })
+        }),
+    }
 }
 
 /// Flushes file systems and powers off or reboots. Returns only if the kernel refused, and then

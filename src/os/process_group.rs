@@ -18,4 +18,10 @@ impl ProcessGroup {
             Err(e) => Err(e),
         }
     }
+
+    /// No process is left in the group (signal 0 checks without sending). A zombie still
+    /// counts until it is reaped.
+    pub fn is_empty(self) -> bool {
+        killpg(Pid::from_raw(self.0), None) == Err(Errno::ESRCH)
+    }
 }

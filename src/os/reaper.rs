@@ -63,8 +63,16 @@ pub fn become_subreaper() -> Result<(), Errno> {
     Errno::result(rc).map(drop)
 }
 
-/// The pids of this process's direct children, from /proc (CONFIG_PROC_CHILDREN).
+/// The pids of this process's direct children, from /proc (CONFIG_PROC_CHILDREN), numbered in
+/// this process's own pid namespace.
+///
+/// /proc may have been mounted by an ancestor pid namespace (a container started with the host's
+/// /proc): its numbers would name other processes here. `NSpid:` lists a task's pid in each
+/// namespace from /proc's down to its own; a child's pid in ours is at our own depth.
 pub fn direct_children() -> Vec<i32> {
+    let depth = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| nspids(&status)?.len().checked_sub(1));
     let mut children = Vec::new();
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return children;
@@ -78,5 +86,34 @@ pub fn direct_children() -> Vec<i32> {
             );
         }
     }
-    children
+    match depth {
+        // /proc is our namespace's own (or too old to say): its numbers are ours.
+        None | Some(0) => children,
+        Some(depth) => children
+            .into_iter()
+            .filter_map(|pid| {
+                let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+                nspids(&status)?.get(depth).copied()
+            })
+            .collect(),
+    }
+}
+
+/// The `NSpid:` line of a /proc status file: the pid in each namespace, outermost first.
+fn nspids(status: &str) -> Option<Vec<i32>> {
+    let line = status.lines().find_map(|l| l.strip_prefix("NSpid:"))?;
+    line.split_whitespace().map(|p| p.parse().ok()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::nspids;
+
+    #[test]
+    fn nspid_lists_the_pid_in_each_namespace_outermost_first() {
+        let status = "Name:\tsleep\nTgid:\t4242\nNSpid:\t4242\t7\t1\nPPid:\t4200\n";
+        assert_eq!(nspids(status), Some(vec![4242, 7, 1]));
+        assert_eq!(nspids("Name:\tinit\nNSpid:\t1\n"), Some(vec![1]));
+        assert_eq!(nspids("Name:\told kernel\n"), None);
+    }
 }

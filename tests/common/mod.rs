@@ -47,6 +47,57 @@ pub fn require_cgroup_v1() -> bool {
     false
 }
 
+/// `require_root`, and util-linux `unshare` to start corral in a new pid namespace; under
+/// `CI=true` a missing one fails the calling test instead of skipping it.
+pub fn require_unshare() -> bool {
+    if !require_root() {
+        return false;
+    }
+    if in_path("unshare").is_some() {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!(
+            "the pid-namespace tests need util-linux `unshare`, and CI=true does not allow skipping them"
+        );
+    }
+    eprintln!("SKIPPED: the pid-namespace tests need util-linux `unshare`");
+    false
+}
+
+/// The first `name` in `$PATH`.
+pub fn in_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+/// The children of process `pid` (every thread's), as this test's pid namespace numbers them.
+pub fn children_of(pid: i32) -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut children: Vec<i32> = tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|text| {
+            text.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<i32>>()
+        })
+        .collect();
+    children.sort_unstable();
+    children
+}
+
+/// The one-letter state of process `pid` ('Z' for a zombie), or None once it is gone.
+pub fn proc_state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name in parentheses may hold spaces: the state follows its last ')'.
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
 /// One finished CLI invocation.
 #[derive(Debug)]
 pub struct Out {
@@ -168,6 +219,8 @@ pub struct Corral {
     pub units: PathBuf,
     pub socket: PathBuf,
     child: Option<Child>,
+    /// corral's own pid when `child` is a wrapper (unshare) that runs it.
+    wrapped_pid: Option<i32>,
     log: Option<Receiver<Value>>,
     /// Every log line received so far, in order.
     pub seen: Vec<Value>,
@@ -215,6 +268,7 @@ impl Corral {
             units,
             socket,
             child: None,
+            wrapped_pid: None,
             log: None,
             seen: Vec::new(),
             cursor: 0,
@@ -286,6 +340,41 @@ impl Corral {
         self.launch_with(cmd, extra_args)
     }
 
+    /// `launch`, with corral as PID 1 of a new pid namespace (`unshare --pid --fork`); `pid()`
+    /// and `signal()` then reach corral itself (from this, the parent namespace), and
+    /// `wait_exit` gives unshare's status, which is corral's exit code.
+    pub fn launch_in_pid_namespace(&mut self, extra_args: &[&str]) -> &mut Corral {
+        // --kill-child: should unshare die (a failed test's cleanup), corral and with it the
+        // whole namespace die too.
+        self.launch_wrapped(&["unshare", "--pid", "--fork", "--kill-child"], extra_args)
+    }
+
+    /// `launch` with `wrapper` (a command and its arguments) in front of the corral command
+    /// line; `pid()` and `signal()` reach corral itself, found below the wrapper by its
+    /// executable, and `wait_exit` gives the wrapper's status.
+    pub fn launch_wrapped(&mut self, wrapper: &[&str], extra_args: &[&str]) -> &mut Corral {
+        let mut cmd = Command::new(wrapper[0]);
+        cmd.args(&wrapper[1..]).arg(BIN);
+        self.launch_with(cmd, extra_args);
+        // corral logged, so it runs somewhere below the wrapper.
+        let top = self.child.as_ref().expect("the wrapper was launched").id() as i32;
+        let bin = std::fs::canonicalize(BIN).expect("corral's binary");
+        let mut below = children_of(top);
+        let mut found = None;
+        while let Some(pid) = below.pop() {
+            if std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == bin) {
+                found = Some(pid);
+                break;
+            }
+            below.extend(children_of(pid));
+        }
+        let Some(corral) = found else {
+            self.fail(&format!("no corral process below {wrapper:?} (pid {top})"));
+        };
+        self.wrapped_pid = Some(corral);
+        self
+    }
+
     fn launch_with(&mut self, mut cmd: Command, extra_args: &[&str]) -> &mut Corral {
         let mut child = cmd
             .arg("run")
@@ -322,9 +411,10 @@ impl Corral {
         self
     }
 
-    /// corral's pid.
+    /// corral's pid (as this test's pid namespace sees it).
     pub fn pid(&self) -> i32 {
-        self.child.as_ref().expect("corral was launched").id() as i32
+        self.wrapped_pid
+            .unwrap_or_else(|| self.child.as_ref().expect("corral was launched").id() as i32)
     }
 
     pub fn signal(&self, signal: Signal) {
@@ -469,7 +559,9 @@ impl Drop for Corral {
         if let Some(mut child) = self.child.take()
             && matches!(child.try_wait(), Ok(None))
         {
-            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+            // corral itself: a wrapper such as unshare ignores SIGTERM while it waits.
+            let corral = self.wrapped_pid.unwrap_or(child.id() as i32);
+            let _ = kill(Pid::from_raw(corral), Signal::SIGTERM);
             if wait_child(&mut child, DEADLINE).is_none() {
                 let _ = child.kill();
                 let _ = child.wait();

@@ -277,6 +277,26 @@ else
     result cgroup-kill-stop FAIL "stop: $out; state $state; processes $procs, live $(live $procs); cgroup $(ls -d $K 2>&1); $(status stubborn)"
 fi
 
+# --- stop of a unit whose last process is not corral's to reap -----------------------------------
+# A child of this script (its exit reaches this shell, not corral) joins the unit and ignores
+# SIGTERM: the unit's main process dies of the stop signal, the joined one of the SIGKILL that
+# follows, and its end reaches corral as the cgroup's `populated` event (cgroup.events), not as a
+# reap (tests/vm.rs checks that the event came).
+J=$CG/joiner.service
+wait_for 30 state_is joiner running
+sh -c "trap '' TERM; exec sleep 100000" &
+joined=$!
+is_sleep() { [ "$(cat /proc/$joined/comm 2>/dev/null)" = sleep ]; }
+wait_for 10 is_sleep
+echo $joined >$J/cgroup.procs
+out=$(corral stop --no-block joiner 2>&1)
+if wait_for 20 state_is joiner inactive && [ "$(live $joined)" -eq 0 ] && wait_for 10 gone $J; then
+    result joined-stop PASS "process $joined (this script's child, ignoring SIGTERM) joined the unit; stop ended once it was gone, without the 1h stop timeout; cgroup removed"
+else
+    result joined-stop FAIL "stop: $out; $(status joiner); process $joined live: $(live $joined); cgroup $(ls -d $J 2>&1)"
+fi
+wait $joined 2>/dev/null
+
 # --- reload: memory-max changed in place, same process ---------------------------------------------
 R=$CG/reloadme.service
 st=$(status reloadme)

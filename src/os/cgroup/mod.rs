@@ -185,6 +185,10 @@ pub trait Backend {
     /// of `memory.events`. Read the counters to learn what happened: a wakeup alone proves
     /// nothing (v1 also signals the eventfd when the cgroup is removed).
     fn memory_watch(&self, rel: &Path, high: Option<u64>) -> Result<Vec<OwnedFd>, CgroupError>;
+    /// An fd that becomes readable when the cgroup's `populated` flag changes (v2: inotify on
+    /// `cgroup.events`), or None where the kernel offers no such event (v1: its only one is the
+    /// hierarchy-wide release_agent program). Read `procs` to learn whether it is empty.
+    fn populated_watch(&self, rel: &Path) -> Result<Option<OwnedFd>, CgroupError>;
 }
 
 /// Empties a watch fd from `Backend::memory_watch` (eventfd counter or inotify events).

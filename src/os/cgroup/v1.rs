@@ -256,6 +256,12 @@ impl Backend for V1 {
         )
     }
 
+    fn populated_watch(&self, _rel: &Path) -> Result<Option<OwnedFd>, CgroupError> {
+        // notify_on_release runs the hierarchy's release_agent, a program, not an event to us:
+        // corral learns of emptiness from reaping instead (the last member is always its reap).
+        Ok(None)
+    }
+
     fn memory_watch(&self, rel: &Path, high: Option<u64>) -> Result<Vec<OwnedFd>, CgroupError> {
         use nix::sys::eventfd::{EfdFlags, EventFd};
         use std::os::fd::AsRawFd;

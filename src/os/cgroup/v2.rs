@@ -175,6 +175,19 @@ impl Backend for V2 {
         flat_keyed(&events, "oom_kill")
     }
 
+    fn populated_watch(&self, rel: &Path) -> Result<Option<OwnedFd>, CgroupError> {
+        use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+        let file = self.dir(rel).join("cgroup.events");
+        let os_err = |e: nix::errno::Errno| super::io_error("watching", &file)(e.into());
+        let inotify =
+            Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK).map_err(os_err)?;
+        // cgroup-v2.rst: "A value change in this file generates a file modified event."
+        inotify
+            .add_watch(&file, AddWatchFlags::IN_MODIFY)
+            .map_err(os_err)?;
+        Ok(Some(OwnedFd::from(inotify)))
+    }
+
     fn memory_watch(&self, rel: &Path, _high: Option<u64>) -> Result<Vec<OwnedFd>, CgroupError> {
         use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
         let file = self.dir(rel).join("memory.events");
@@ -226,6 +239,38 @@ mod tests {
 
     fn read(path: &Path) -> String {
         fs::read_to_string(path).unwrap()
+    }
+
+    #[test]
+    fn a_change_of_cgroup_events_wakes_the_populated_watch() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mount = tmp.path();
+        let unit = mount.join("corral/web.service");
+        fake_cgroup(&unit, "memory pids");
+        fs::write(unit.join("cgroup.events"), "populated 1\nfrozen 0\n").unwrap();
+        let v2 = V2::new(
+            mount.to_owned(),
+            Path::new("/corral"),
+            Path::new("/elsewhere"),
+        );
+        let fd = v2
+            .populated_watch(Path::new("web.service"))
+            .unwrap()
+            .expect("v2 has a populated event");
+        let readable = |fd: &OwnedFd| {
+            use std::os::fd::AsFd;
+            let mut fds = [nix::poll::PollFd::new(
+                fd.as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO).unwrap() > 0
+        };
+        assert!(!readable(&fd));
+        // What the kernel does when the last member leaves.
+        fs::write(unit.join("cgroup.events"), "populated 0\nfrozen 0\n").unwrap();
+        assert!(readable(&fd));
+        super::super::drain(&fd);
+        assert!(!readable(&fd));
     }
 
     #[test]
