@@ -4,7 +4,8 @@ use std::time::{Duration, Instant};
 
 use crate::core::backoff::{StartHistory, restart_delay};
 use crate::core::exit::{ExitReport, policy_restarts};
-use crate::unit::{Unit, UnitKind};
+use crate::core::notify::NotifyMessage;
+use crate::unit::{ReadyMode, RestartPolicy, Unit, UnitKind};
 use nix::sys::signal::Signal;
 
 /// The states of SPEC section 3.
@@ -59,6 +60,52 @@ pub enum StopReason {
     /// A required unit stopped or failed; start again when it is back.
     Dependency,
     Shutdown,
+    /// corral gave up on the unit: its stop counts as a failure, for the restart policy.
+    Failed(FailureCause),
+}
+
+/// Why corral itself ended a unit's run (shown as `last_exit.reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureCause {
+    /// Not ready within `start-timeout`.
+    StartTimeout,
+    /// The health probe failed `failure-threshold` times in a row.
+    Health,
+    /// No `WATCHDOG=1` within the watchdog timeout (or `WATCHDOG=trigger`).
+    Watchdog,
+}
+
+impl FailureCause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureCause::StartTimeout => "start-timeout",
+            FailureCause::Health => "health",
+            FailureCause::Watchdog => "watchdog",
+        }
+    }
+}
+
+/// The outcome of one health probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeReport {
+    pub ok: bool,
+    /// What the probe saw ("HTTP 200", "connection refused", "exit code 1").
+    pub message: String,
+    pub at: Instant,
+}
+
+/// A health probe's schedule and its run of consecutive results, for one generation.
+#[derive(Debug, Clone, Default)]
+pub struct ProbeTrack {
+    next_at: Option<Instant>,
+    /// The probe running now: its number and when it started.
+    in_flight: Option<(u64, Instant)>,
+    seq: u64,
+    pub successes: u32,
+    pub failures: u32,
+    /// `success-threshold` was reached this generation.
+    pub passed: bool,
+    pub last: Option<ProbeReport>,
 }
 
 /// Events the supervisor feeds into one unit.
@@ -74,8 +121,16 @@ pub enum Event {
     },
     Exited(ExitReport),
     Stop(StopReason),
-    /// The unit's own deadline (backoff end or stop timeout) has come.
+    /// The unit's own deadline (backoff end, stop or start timeout, watchdog, probe due) has come.
     DeadlineReached,
+    /// A datagram on the unit's notify socket from one of its processes (the daemon checked).
+    Notify(NotifyMessage),
+    /// Probe number `seq` finished.
+    ProbeDone {
+        seq: u64,
+        ok: bool,
+        message: String,
+    },
 }
 
 /// What one transition asks the outside world to do.
@@ -86,6 +141,10 @@ pub enum Action {
     Signal(Signal),
     /// SIGKILL every process left in the unit.
     KillAll,
+    /// Run health probe number `seq`; answer with `ProbeDone`.
+    Probe {
+        seq: u64,
+    },
     /// A line for the supervisor's log.
     Note {
         warn: bool,
@@ -106,7 +165,20 @@ pub struct Runtime {
     pub oom_kills: u32,
     pub last_oom_at: Option<Instant>,
     pub last_exit: Option<ExitReport>,
+    /// Set when corral ended the last run itself (start timeout, health, watchdog).
+    pub last_exit_cause: Option<FailureCause>,
     pub error: Option<String>,
+    /// The last `STATUS=` the unit sent this generation.
+    pub notify_status: Option<String>,
+    /// `READY=1` arrived this generation.
+    pub ready_notified: bool,
+    /// `STOPPING=1` arrived this generation.
+    pub stopping_notified: bool,
+    pub probe: ProbeTrack,
+    /// The watchdog fires at this moment unless a `WATCHDOG=1` pushes it on.
+    watchdog_at: Option<Instant>,
+    /// `WATCHDOG_USEC=` from the unit overrides the file's `watchdog` for this generation.
+    watchdog_override: Option<Duration>,
     consecutive_failures: u32,
     history: StartHistory,
     running_since: Option<Instant>,
@@ -127,7 +199,14 @@ impl Runtime {
             oom_kills: 0,
             last_oom_at: None,
             last_exit: None,
+            last_exit_cause: None,
             error: None,
+            notify_status: None,
+            ready_notified: false,
+            stopping_notified: false,
+            probe: ProbeTrack::default(),
+            watchdog_at: None,
+            watchdog_override: None,
             consecutive_failures: 0,
             history: StartHistory::default(),
             running_since: None,
@@ -137,8 +216,22 @@ impl Runtime {
         }
     }
 
+    /// The earliest of the unit's timers: its state's deadline, the watchdog, the next probe.
     pub fn deadline(&self) -> Option<Instant> {
-        self.deadline
+        let probe_due = self
+            .probe
+            .next_at
+            .filter(|_| self.probe.in_flight.is_none());
+        [self.deadline, self.watchdog_at, probe_due]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// The watchdog timeout in force: the unit's `WATCHDOG_USEC=`, else its file's.
+    pub fn watchdog_timeout(&self, unit: &Unit) -> Option<Duration> {
+        self.watchdog_override
+            .or_else(|| unit.health.as_ref().and_then(|h| h.watchdog))
     }
 
     pub fn stop_reason(&self) -> Option<StopReason> {
@@ -189,6 +282,12 @@ impl Runtime {
                 self.history.record(now, unit.restart.start_limit_interval);
                 self.error = None;
                 self.deadline = None;
+                self.notify_status = None;
+                self.ready_notified = false;
+                self.stopping_notified = false;
+                self.probe = ProbeTrack::default();
+                self.watchdog_override = None;
+                self.watchdog_at = None;
                 self.enter(Starting, now);
                 actions.push(Action::Spawn);
             }
@@ -196,9 +295,25 @@ impl Runtime {
                 self.pid = Some(pid);
                 // A oneshot stays `starting` until its process has exited successfully.
                 if unit.kind != UnitKind::Oneshot {
-                    self.running_since = Some(now);
-                    self.enter(Running, now);
+                    self.watchdog_at = self.watchdog_timeout(unit).map(|t| after(now, t));
+                    if let Some(cfg) = unit.health.as_ref().and_then(|h| h.probe.as_ref()) {
+                        self.probe.next_at = Some(after(now, cfg.initial_delay));
+                    }
+                    if unit.gates_readiness() {
+                        self.deadline = Some(after(now, unit.readiness.start_timeout));
+                    } else {
+                        self.become_ready(now, unit, &mut actions);
+                    }
                 }
+            }
+            (Starting | Running, Event::Notify(msg)) => {
+                self.on_notify(msg, now, unit, &mut actions);
+            }
+            (Starting | Running, Event::ProbeDone { seq, ok, message }) => {
+                self.on_probe_done(seq, ok, message, now, unit, &mut actions);
+            }
+            (Starting | Running, Event::DeadlineReached) => {
+                self.on_timers(now, unit, &mut actions);
             }
             (Starting, Event::SpawnFailed { error }) => {
                 self.pid = None;
@@ -207,17 +322,25 @@ impl Runtime {
                 self.error = Some(error);
             }
             (Starting | Running, Event::Exited(exit)) => {
-                self.record_exit(exit, &mut actions);
-                self.after_unexpected_exit(exit, now, unit, &mut actions);
+                self.record_exit(exit, None, &mut actions);
+                self.after_unexpected_exit(exit, None, now, unit, &mut actions);
+            }
+            (Stopping, Event::Exited(exit)) if self.failure_stop().is_some() => {
+                let cause = self.failure_stop();
+                self.record_exit(exit, cause, &mut actions);
+                self.deadline = None;
+                self.stop_reason = None;
+                self.after_unexpected_exit(exit, cause, now, unit, &mut actions);
             }
             (Stopping, Event::Exited(exit)) => {
-                self.record_exit(exit, &mut actions);
+                self.record_exit(exit, None, &mut actions);
                 actions.push(note(false, format!("stopped ({exit})")));
                 self.deadline = None;
                 self.stop_reason = None;
                 self.enter(Inactive, now);
             }
             (Starting | Running, Event::Stop(reason)) => {
+                self.disarm_timers();
                 self.stop_reason = Some(reason);
                 self.deadline = Some(after(now, unit.stop.timeout));
                 self.enter(Stopping, now);
@@ -254,9 +377,210 @@ impl Runtime {
         actions
     }
 
-    fn record_exit(&mut self, exit: ExitReport, actions: &mut Vec<Action>) {
+    /// The unit is ready: `running` from now on, and its dependents may start.
+    fn become_ready(&mut self, now: Instant, unit: &Unit, actions: &mut Vec<Action>) {
+        self.deadline = None;
+        self.running_since = Some(now);
+        self.enter(State::Running, now);
+        if unit.gates_readiness() {
+            let how = match (unit.readiness.mode, self.probe.passed) {
+                (ReadyMode::Notify, true) => "READY=1 and the health probe",
+                (ReadyMode::Notify, false) => "READY=1",
+                (ReadyMode::Started, _) => "the health probe",
+            };
+            actions.push(note(false, format!("ready ({how})")));
+        }
+    }
+
+    /// Every readiness gate of the unit is passed.
+    fn gates_passed(&self, unit: &Unit) -> bool {
+        let notified = unit.readiness.mode != ReadyMode::Notify || self.ready_notified;
+        let has_probe = unit.health.as_ref().is_some_and(|h| h.probe.is_some());
+        notified && (!has_probe || self.probe.passed)
+    }
+
+    fn on_notify(
+        &mut self,
+        msg: NotifyMessage,
+        now: Instant,
+        unit: &Unit,
+        actions: &mut Vec<Action>,
+    ) {
+        if let Some(status) = msg.status {
+            self.notify_status = Some(status);
+        }
+        if let Some(pid) = msg.main_pid
+            && self.pid != Some(pid)
+        {
+            actions.push(note(
+                false,
+                format!("main process is now pid {pid} (MAINPID=)"),
+            ));
+            self.pid = Some(pid);
+        }
+        if let Some(usec) = msg.watchdog_usec {
+            self.watchdog_override = Some(Duration::from_micros(usec));
+        }
+        if (msg.watchdog_ping || msg.watchdog_usec.is_some())
+            && !self.stopping_notified
+            && let Some(timeout) = self.watchdog_timeout(unit)
+        {
+            self.watchdog_at = Some(after(now, timeout));
+        }
+        if msg.stopping && !self.stopping_notified {
+            self.stopping_notified = true;
+            // A service on its way out fails its probes and stops pinging: neither is a hang.
+            self.watchdog_at = None;
+            self.probe.next_at = None;
+            actions.push(note(
+                false,
+                "reports it is stopping (STOPPING=1)".to_owned(),
+            ));
+        }
+        if msg.watchdog_trigger {
+            actions.push(note(
+                true,
+                "asked for its watchdog to fire (WATCHDOG=trigger)".to_owned(),
+            ));
+            self.fail(FailureCause::Watchdog, now, unit, actions);
+            return;
+        }
+        if msg.ready {
+            self.ready_notified = true;
+            if self.state == State::Starting && self.gates_passed(unit) {
+                self.become_ready(now, unit, actions);
+            }
+        }
+    }
+
+    fn on_probe_done(
+        &mut self,
+        seq: u64,
+        ok: bool,
+        message: String,
+        now: Instant,
+        unit: &Unit,
+        actions: &mut Vec<Action>,
+    ) {
+        let Some(cfg) = unit.health.as_ref().and_then(|h| h.probe.as_ref()) else {
+            return;
+        };
+        // A result of an earlier generation, or of a probe whose unit was stopped since.
+        let Some((running, started)) = self.probe.in_flight else {
+            return;
+        };
+        if running != seq {
+            return;
+        }
+        self.probe.in_flight = None;
+        if !self.stopping_notified {
+            self.probe.next_at = Some(after(started, cfg.interval).max(now));
+        }
+        let was_ok = self.probe.last.as_ref().map(|r| r.ok);
+        self.probe.last = Some(ProbeReport {
+            ok,
+            message: message.clone(),
+            at: now,
+        });
+        if ok {
+            self.probe.failures = 0;
+            self.probe.successes = self.probe.successes.saturating_add(1);
+            if was_ok == Some(false) {
+                actions.push(note(
+                    false,
+                    format!("health probe passes again ({message})"),
+                ));
+            }
+            if self.probe.successes >= cfg.success_threshold && !self.probe.passed {
+                self.probe.passed = true;
+                if self.state == State::Starting && self.gates_passed(unit) {
+                    self.become_ready(now, unit, actions);
+                }
+            }
+            return;
+        }
+        self.probe.successes = 0;
+        self.probe.failures = self.probe.failures.saturating_add(1);
+        actions.push(note(
+            true,
+            format!(
+                "health probe failed ({}/{}): {message}",
+                self.probe.failures, cfg.failure_threshold
+            ),
+        ));
+        // While starting, failures only delay readiness: start-timeout bounds that phase.
+        if self.state == State::Running && self.probe.failures >= cfg.failure_threshold {
+            self.fail(FailureCause::Health, now, unit, actions);
+        }
+    }
+
+    fn on_timers(&mut self, now: Instant, unit: &Unit, actions: &mut Vec<Action>) {
+        if self.state == State::Starting && self.deadline.is_some_and(|d| d <= now) {
+            let mut why = format!(
+                "not ready within start-timeout {}",
+                humantime::format_duration(unit.readiness.start_timeout)
+            );
+            if unit.readiness.mode == ReadyMode::Notify && !self.ready_notified {
+                why.push_str(" (no READY=1)");
+            }
+            actions.push(note(true, why));
+            self.fail(FailureCause::StartTimeout, now, unit, actions);
+            return;
+        }
+        if self.watchdog_at.is_some_and(|d| d <= now) {
+            let timeout = self.watchdog_timeout(unit).unwrap_or_default();
+            actions.push(note(
+                true,
+                format!(
+                    "watchdog: no WATCHDOG=1 within {}",
+                    humantime::format_duration(timeout)
+                ),
+            ));
+            self.fail(FailureCause::Watchdog, now, unit, actions);
+            return;
+        }
+        if self.probe.in_flight.is_none() && self.probe.next_at.is_some_and(|d| d <= now) {
+            self.probe.seq += 1;
+            self.probe.in_flight = Some((self.probe.seq, now));
+            self.probe.next_at = None;
+            actions.push(Action::Probe {
+                seq: self.probe.seq,
+            });
+        }
+    }
+
+    /// corral gives up on this run: stop it, and count the stop as a failure.
+    fn fail(&mut self, cause: FailureCause, now: Instant, unit: &Unit, actions: &mut Vec<Action>) {
+        self.disarm_timers();
+        self.stop_reason = Some(StopReason::Failed(cause));
+        self.deadline = Some(after(now, unit.stop.timeout));
+        self.enter(State::Stopping, now);
+        actions.push(Action::Signal(unit.stop.signal.0));
+    }
+
+    fn failure_stop(&self) -> Option<FailureCause> {
+        match self.stop_reason {
+            Some(StopReason::Failed(cause)) => Some(cause),
+            _ => None,
+        }
+    }
+
+    fn disarm_timers(&mut self) {
+        self.watchdog_at = None;
+        self.probe.next_at = None;
+        self.probe.in_flight = None;
+    }
+
+    fn record_exit(
+        &mut self,
+        exit: ExitReport,
+        cause: Option<FailureCause>,
+        actions: &mut Vec<Action>,
+    ) {
+        self.disarm_timers();
         self.pid = None;
         self.last_exit = Some(exit);
+        self.last_exit_cause = cause;
         // Whatever the main process left behind goes with it: never two generations at once.
         actions.push(Action::KillAll);
     }
@@ -264,6 +588,7 @@ impl Runtime {
     fn after_unexpected_exit(
         &mut self,
         exit: ExitReport,
+        cause: Option<FailureCause>,
         now: Instant,
         unit: &Unit,
         actions: &mut Vec<Action>,
@@ -274,7 +599,20 @@ impl Runtime {
         {
             self.consecutive_failures = 0;
         }
-        let success = exit.is_success(&cfg.success_exit_codes);
+        // A run corral ended is a failure whatever the exit code (systemd's `timeout` and
+        // `watchdog` results), and restarts as `on-failure` and `on-abnormal` promise.
+        let success = cause.is_none() && exit.is_success(&cfg.success_exit_codes);
+        let restarts = match cause {
+            Some(_) => matches!(
+                cfg.policy,
+                RestartPolicy::Always | RestartPolicy::OnFailure | RestartPolicy::OnAbnormal
+            ),
+            None => policy_restarts(cfg.policy, &exit, &cfg.success_exit_codes),
+        };
+        let exit = match cause {
+            Some(cause) => format!("{exit} (stopped by corral: {})", cause.as_str()),
+            None => exit.to_string(),
+        };
         if !success {
             self.consecutive_failures = self.consecutive_failures.saturating_add(1);
         }
@@ -283,7 +621,7 @@ impl Runtime {
             actions.push(note(false, format!("{exit}")));
             return;
         }
-        if !policy_restarts(cfg.policy, &exit, &cfg.success_exit_codes) {
+        if !restarts {
             let end = if success {
                 State::Exited
             } else {

@@ -7,6 +7,7 @@ use std::time::Instant;
 use nix::sys::signal::Signal;
 
 use crate::core::exit::ExitReport;
+use crate::core::notify::NotifyMessage;
 use crate::core::reload::{self, Change, ReloadPlan};
 use crate::core::service::{Action, Event, Runtime, State, StopReason, Want};
 use crate::unit::{Unit, UnitKind, UnitName, UnitSet};
@@ -39,6 +40,18 @@ pub enum Input {
         pid: i32,
         exit: ExitReport,
     },
+    /// A notify datagram from a process the daemon found inside the unit.
+    Notify {
+        unit: UnitName,
+        message: NotifyMessage,
+    },
+    /// Health probe `seq` of the unit finished.
+    ProbeDone {
+        unit: UnitName,
+        seq: u64,
+        ok: bool,
+        message: String,
+    },
     /// Time passed; deadlines at or before `now` fire.
     Tick,
     Shutdown,
@@ -53,6 +66,8 @@ pub enum Effect {
     Signal { unit: UnitName, signal: Signal },
     /// SIGKILL every process left in the unit.
     KillAll { unit: UnitName },
+    /// Run the unit's health probe once; answer with `ProbeDone` carrying `seq`.
+    Probe { unit: Arc<Unit>, seq: u64 },
     Log {
         unit: UnitName,
         warn: bool,
@@ -241,6 +256,18 @@ impl Supervisor {
                 if let Some(unit) = self.by_pid.remove(&pid) {
                     self.feed(&unit, Event::Exited(exit), now, &mut effects);
                 }
+            }
+            Input::Notify { unit, message } => {
+                self.feed(&unit, Event::Notify(message), now, &mut effects);
+            }
+            Input::ProbeDone {
+                unit,
+                seq,
+                ok,
+                message,
+            } => {
+                let event = Event::ProbeDone { seq, ok, message };
+                self.feed(&unit, event, now, &mut effects);
             }
             Input::OomKills { unit, count } => {
                 if let Some(e) = self.entries.get_mut(&unit) {
@@ -477,7 +504,18 @@ impl Supervisor {
         let Some(e) = self.entries.get_mut(name) else {
             return;
         };
+        let pid_before = e.rt.pid;
         let actions = e.rt.transition(event, now, &e.unit);
+        // MAINPID= moved the main process: its exit is now the one that counts.
+        if let (Some(old), Some(new)) = (pid_before, e.rt.pid)
+            && old != new
+        {
+            self.by_pid.remove(&old);
+            self.by_pid.insert(new, name.clone());
+        }
+        let Some(e) = self.entries.get(name) else {
+            return;
+        };
         for action in actions {
             effects.push(match action {
                 Action::Spawn => Effect::Spawn {
@@ -488,6 +526,10 @@ impl Supervisor {
                     signal,
                 },
                 Action::KillAll => Effect::KillAll { unit: name.clone() },
+                Action::Probe { seq } => Effect::Probe {
+                    unit: Arc::clone(&e.unit),
+                    seq,
+                },
                 Action::Note { warn, message } => Effect::Log {
                     unit: name.clone(),
                     warn,

@@ -886,6 +886,8 @@ fn spec_example_parses_into_the_expected_model() {
             read_only_paths: vec!["/etc".into()],
             private_tmp: true,
         },
+        readiness: Readiness::default(),
+        health: None,
     };
     assert_eq!(unit, expected);
 }
