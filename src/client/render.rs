@@ -20,6 +20,9 @@ fn last_exit_text(exit: &LastExit) -> String {
     if exit.oom {
         text.push_str(" (oom)");
     }
+    if let Some(reason) = &exit.reason {
+        text.push_str(&format!(" ({reason})"));
+    }
     text
 }
 
@@ -213,6 +216,27 @@ pub fn print_status_details(units: &[UnitStatus]) {
         }
         for warning in &u.warnings {
             println!("  warning   {warning}");
+        }
+        if u.ready.as_deref() == Some("notify") || u.status_text.is_some() {
+            let text = u.status_text.as_deref().unwrap_or("-");
+            println!("  notify    {text}");
+        }
+        if let Some(health) = &u.health {
+            if let Some(probe) = &health.probe {
+                let last = match (&health.last_result, &health.last_message) {
+                    (Some(result), Some(message)) => format!("{result}: {message}"),
+                    _ => "not probed yet".to_owned(),
+                };
+                let streak = match health.consecutive_failures {
+                    0 => String::new(),
+                    1 => " (once)".to_owned(),
+                    n => format!(" ({n} times in a row)"),
+                };
+                println!("  health    {probe}: {last}{streak}");
+            }
+            if let Some(ms) = health.watchdog_ms {
+                println!("  watchdog  {ms} ms");
+            }
         }
         if let Some(ms) = u.restart_in_ms {
             println!("  next      restart in {ms} ms");

@@ -618,7 +618,7 @@ impl Runtime {
         }
         if self.want == Want::Down {
             self.enter(State::Inactive, now);
-            actions.push(note(false, format!("{exit}")));
+            actions.push(note(false, exit.clone()));
             return;
         }
         if !restarts {
@@ -765,6 +765,7 @@ mod tests {
                         "signal"
                     }
                     Action::KillAll => "killall",
+                    Action::Probe { .. } => "probe",
                     Action::Note { .. } => "note",
                 })
                 .collect();
@@ -922,5 +923,290 @@ mod tests {
         assert_eq!(rt.state, Inactive);
         assert_eq!(rt.error, None);
         assert_eq!(rt.transition(Event::Start, t0, &unit), vec![Action::Spawn]);
+    }
+
+    fn notify_service(name: &str) -> Unit {
+        let mut unit = service(name);
+        unit.readiness = crate::unit::Readiness {
+            mode: ReadyMode::Notify,
+            start_timeout: Duration::from_secs(5),
+        };
+        unit
+    }
+
+    fn probed_service(name: &str) -> Unit {
+        let mut unit = service(name);
+        unit.health = Some(crate::unit::Health {
+            probe: Some(crate::unit::ProbeConfig {
+                probe: crate::unit::Probe::Tcp(([127, 0, 0, 1], 5432).into()),
+                interval: Duration::from_secs(1),
+                timeout: Duration::from_millis(500),
+                initial_delay: Duration::from_secs(2),
+                failure_threshold: 3,
+                success_threshold: 2,
+            }),
+            watchdog: None,
+        });
+        unit
+    }
+
+    fn ready_msg() -> Event {
+        Event::Notify(NotifyMessage {
+            ready: true,
+            ..NotifyMessage::default()
+        })
+    }
+
+    fn started(unit: &Unit, t0: Instant) -> Runtime {
+        let mut rt = Runtime::new(t0, Want::Up);
+        rt.transition(Event::Start, t0, unit);
+        rt.transition(Event::Spawned { pid: 7 }, t0, unit);
+        rt
+    }
+
+    /// Runs the probe that is due at the runtime's deadline; returns its seq.
+    fn run_due_probe(rt: &mut Runtime, unit: &Unit) -> (Instant, u64) {
+        let due = rt.deadline().expect("a probe is due");
+        let actions = rt.transition(Event::DeadlineReached, due, unit);
+        match actions.as_slice() {
+            [Action::Probe { seq }] => (due, *seq),
+            other => panic!("expected one probe, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn readiness_gates_decide_when_a_spawned_service_is_running() {
+        let t0 = Instant::now();
+        // (unit, events after the spawn, state)
+        let ok = |seq| Event::ProbeDone {
+            seq,
+            ok: true,
+            message: "ok".into(),
+        };
+        let table: Vec<(Unit, Vec<Event>, State)> = vec![
+            (service("plain"), vec![], Running),
+            (notify_service("n"), vec![], Starting),
+            (notify_service("n"), vec![ready_msg()], Running),
+            // READY=0 and unrelated fields do not make it ready.
+            (
+                notify_service("n"),
+                vec![Event::Notify(NotifyMessage::parse(
+                    b"READY=0\nSTATUS=warming",
+                ))],
+                Starting,
+            ),
+            (probed_service("p"), vec![ok(1)], Starting),
+            (probed_service("p"), vec![ready_msg()], Starting),
+        ];
+        for (unit, events, want) in table {
+            let mut rt = started(&unit, t0);
+            for event in events {
+                if let Event::ProbeDone { .. } = event {
+                    run_due_probe(&mut rt, &unit);
+                }
+                rt.transition(event, t0, &unit);
+            }
+            assert_eq!(rt.state, want, "{} {:?}", unit.name, unit.readiness.mode);
+        }
+    }
+
+    #[test]
+    fn ready_1_makes_a_notify_service_running_and_records_its_status_text() {
+        let unit = notify_service("db");
+        let t0 = Instant::now();
+        let mut rt = started(&unit, t0);
+        assert_eq!(rt.state, Starting);
+        assert_eq!(rt.deadline(), Some(t0 + Duration::from_secs(5)));
+        let msg = Event::Notify(NotifyMessage::parse(b"READY=1\nSTATUS=accepting"));
+        let actions = rt.transition(msg, t0 + MS(1000), &unit);
+        assert_eq!(rt.state, Running);
+        assert_eq!(rt.since, t0 + MS(1000));
+        assert_eq!(rt.deadline(), None, "the start timeout is disarmed");
+        assert_eq!(rt.notify_status.as_deref(), Some("accepting"));
+        assert!(
+            matches!(&actions[..], [Action::Note { message, .. }] if message == "ready (READY=1)")
+        );
+    }
+
+    #[test]
+    fn start_timeout_stops_the_unit_and_counts_as_a_failure_whatever_the_exit_code() {
+        let unit = notify_service("mute");
+        let t0 = Instant::now();
+        let mut rt = started(&unit, t0);
+        let at = t0 + Duration::from_secs(5);
+        let actions = rt.transition(Event::DeadlineReached, at, &unit);
+        assert_eq!(rt.state, Stopping);
+        assert!(actions.contains(&Action::Signal(Signal::SIGTERM)));
+        assert_eq!(rt.deadline(), Some(at + unit.stop.timeout));
+        // The service handles SIGTERM and exits 0: still a failed start.
+        rt.transition(Event::Exited(ExitReport::code(0)), at + MS(10), &unit);
+        assert_eq!(rt.state, Backoff);
+        assert_eq!(rt.last_exit_cause, Some(FailureCause::StartTimeout));
+        assert_eq!(rt.consecutive_failures(), 1);
+
+        // Under `never` it is failed, under `on-oom` too; a user's stop meanwhile wins.
+        for (policy, end) in [
+            (RestartPolicy::Never, Failed),
+            (RestartPolicy::OnOom, Failed),
+            (RestartPolicy::OnAbnormal, Backoff),
+            (RestartPolicy::Always, Backoff),
+        ] {
+            let mut unit = notify_service("mute");
+            unit.restart.policy = policy;
+            let mut rt = started(&unit, t0);
+            rt.transition(Event::DeadlineReached, at, &unit);
+            rt.transition(Event::Exited(ExitReport::code(0)), at, &unit);
+            assert_eq!(rt.state, end, "{policy:?}");
+        }
+        let mut rt = started(&unit, t0);
+        rt.transition(Event::DeadlineReached, at, &unit);
+        rt.transition(Event::Stop(StopReason::User), at, &unit);
+        rt.transition(Event::Exited(ExitReport::code(0)), at, &unit);
+        assert_eq!(rt.state, Inactive, "the user's stop wins");
+    }
+
+    #[test]
+    fn probes_follow_initial_delay_and_interval_and_gate_then_guard_liveness() {
+        let unit = probed_service("db");
+        let t0 = Instant::now();
+        let mut rt = started(&unit, t0);
+        // First probe after initial-delay (2s), the start timeout (90s) still ahead.
+        let (at, seq) = run_due_probe(&mut rt, &unit);
+        assert_eq!(at, t0 + Duration::from_secs(2));
+        assert_eq!(
+            rt.deadline(),
+            Some(t0 + Duration::from_secs(90)),
+            "one probe at a time"
+        );
+        let done = |seq, ok| Event::ProbeDone {
+            seq,
+            ok,
+            message: if ok { "HTTP 200" } else { "HTTP 503" }.into(),
+        };
+        rt.transition(done(seq, true), at + MS(100), &unit);
+        assert_eq!(rt.state, Starting, "success-threshold is 2");
+        // The next probe is an interval after the previous one started.
+        let (at, seq) = run_due_probe(&mut rt, &unit);
+        assert_eq!(at, t0 + Duration::from_secs(3));
+        // A stale answer (an earlier seq) changes nothing.
+        rt.transition(done(seq - 1, true), at, &unit);
+        assert_eq!(rt.state, Starting);
+        rt.transition(done(seq, true), at, &unit);
+        assert_eq!(rt.state, Running);
+
+        // Liveness: two failures are tolerated, a success resets the count, three restart.
+        let mut outcomes = vec![false, false, true, false, false];
+        outcomes.reverse();
+        while let Some(ok) = outcomes.pop() {
+            let (at, seq) = run_due_probe(&mut rt, &unit);
+            rt.transition(done(seq, ok), at, &unit);
+            assert_eq!(rt.state, Running);
+        }
+        assert_eq!(rt.probe.failures, 2);
+        let (at, seq) = run_due_probe(&mut rt, &unit);
+        let actions = rt.transition(done(seq, false), at, &unit);
+        assert_eq!(rt.state, Stopping);
+        assert!(actions.contains(&Action::Signal(Signal::SIGTERM)));
+        assert_eq!(
+            rt.deadline(),
+            Some(at + unit.stop.timeout),
+            "no probe while stopping"
+        );
+        rt.transition(
+            Event::Exited(ExitReport::signal(Signal::SIGTERM)),
+            at,
+            &unit,
+        );
+        assert_eq!(rt.state, Backoff);
+        assert_eq!(rt.last_exit_cause, Some(FailureCause::Health));
+        assert_eq!(rt.probe.last.as_ref().map(|r| r.ok), Some(false));
+    }
+
+    #[test]
+    fn failing_probes_while_starting_only_delay_readiness() {
+        let unit = probed_service("db");
+        let t0 = Instant::now();
+        let mut rt = started(&unit, t0);
+        for _ in 0..5 {
+            let (at, seq) = run_due_probe(&mut rt, &unit);
+            let event = Event::ProbeDone {
+                seq,
+                ok: false,
+                message: "refused".into(),
+            };
+            rt.transition(event, at, &unit);
+            assert_eq!(rt.state, Starting);
+        }
+        assert_eq!(rt.probe.failures, 5);
+    }
+
+    #[test]
+    fn the_watchdog_fires_without_pings_and_is_pushed_on_by_each() {
+        let mut unit = service("dog");
+        unit.health = Some(crate::unit::Health {
+            probe: None,
+            watchdog: Some(Duration::from_secs(1)),
+        });
+        let ping = || Event::Notify(NotifyMessage::parse(b"WATCHDOG=1"));
+        let t0 = Instant::now();
+        let mut rt = started(&unit, t0);
+        assert_eq!(rt.state, Running, "a watchdog alone gates nothing");
+        assert_eq!(rt.deadline(), Some(t0 + MS(1000)));
+        rt.transition(ping(), t0 + MS(900), &unit);
+        assert_eq!(rt.deadline(), Some(t0 + MS(1900)));
+        // WATCHDOG_USEC= from the unit changes the timeout from then on.
+        rt.transition(
+            Event::Notify(NotifyMessage::parse(b"WATCHDOG_USEC=3000000")),
+            t0 + MS(1000),
+            &unit,
+        );
+        assert_eq!(rt.deadline(), Some(t0 + MS(4000)));
+        assert_eq!(rt.watchdog_timeout(&unit), Some(Duration::from_secs(3)));
+        rt.transition(Event::DeadlineReached, t0 + MS(4000), &unit);
+        assert_eq!(rt.state, Stopping);
+        rt.transition(
+            Event::Exited(ExitReport::signal(Signal::SIGTERM)),
+            t0 + MS(4001),
+            &unit,
+        );
+        assert_eq!(rt.last_exit_cause, Some(FailureCause::Watchdog));
+        assert_eq!(rt.state, Backoff);
+
+        // STOPPING=1 suspends the watchdog; WATCHDOG=trigger fires it at once.
+        let mut rt = started(&unit, t0);
+        rt.transition(
+            Event::Notify(NotifyMessage::parse(b"STOPPING=1")),
+            t0,
+            &unit,
+        );
+        assert!(rt.stopping_notified);
+        assert_eq!(rt.deadline(), None);
+        let mut rt = started(&unit, t0);
+        rt.transition(
+            Event::Notify(NotifyMessage::parse(b"WATCHDOG=trigger")),
+            t0,
+            &unit,
+        );
+        assert_eq!(rt.state, Stopping);
+    }
+
+    #[test]
+    fn mainpid_moves_the_main_process_and_a_new_run_forgets_the_last_ones_notify_state() {
+        let unit = notify_service("forking");
+        let t0 = Instant::now();
+        let mut rt = started(&unit, t0);
+        rt.transition(
+            Event::Notify(NotifyMessage::parse(b"MAINPID=99\nREADY=1\nSTATUS=up")),
+            t0,
+            &unit,
+        );
+        assert_eq!((rt.pid, rt.state), (Some(99), Running));
+        rt.transition(Event::Exited(ExitReport::code(1)), t0, &unit);
+        let due = rt.deadline().expect("backoff");
+        rt.transition(Event::DeadlineReached, due, &unit);
+        rt.transition(Event::Start, due, &unit);
+        assert_eq!(rt.notify_status, None);
+        assert!(!rt.ready_notified);
+        assert_eq!(rt.last_exit_cause, None, "an exit of its own");
     }
 }

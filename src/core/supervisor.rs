@@ -669,6 +669,7 @@ fn failure_text(name: &UnitName, rt: &Runtime) -> String {
 mod tests {
     use super::*;
     use crate::core::fixtures::{name, oneshot, service};
+    use std::time::Duration;
 
     /// A fake OS: spawns get sequential pids; returns the names spawned, in order.
     fn run(sup: &mut Supervisor, input: Input, now: Instant, next_pid: &mut i32) -> Vec<Effect> {
@@ -738,6 +739,71 @@ mod tests {
         let effects = run(&mut sup, exit, t0, &mut pids);
         assert_eq!(spawned(&effects), vec!["web"]);
         assert_eq!(state(&sup, "web"), State::Running);
+    }
+
+    fn notify(unit: &str, datagram: &[u8]) -> Input {
+        Input::Notify {
+            unit: name(unit),
+            message: NotifyMessage::parse(datagram),
+        }
+    }
+
+    #[test]
+    fn after_and_requires_wait_for_readiness_not_the_spawn() {
+        let t0 = Instant::now();
+        let mut db = service("db");
+        db.readiness.mode = crate::unit::ReadyMode::Notify;
+        let mut web = service("web");
+        web.after = vec![name("db")];
+        let mut api = service("api");
+        api.requires = vec![name("db")];
+        let mut sup = Supervisor::new([db, web, api], t0);
+        let mut pids = 0;
+        let effects = run(&mut sup, Input::Tick, t0, &mut pids);
+        assert_eq!(spawned(&effects), vec!["db"]);
+        assert_eq!(state(&sup, "db"), State::Starting);
+        assert_eq!(
+            sup.settled(&name("db"), Goal::Started),
+            None,
+            "start waits too"
+        );
+        let later = t0 + Duration::from_secs(1);
+        let effects = run(&mut sup, notify("db", b"READY=1"), later, &mut pids);
+        assert_eq!(spawned(&effects), vec!["api", "web"]);
+        assert_eq!(sup.settled(&name("db"), Goal::Started), Some(Ok(())));
+    }
+
+    #[test]
+    fn mainpid_hands_the_units_fate_to_the_new_main_process() {
+        let t0 = Instant::now();
+        let mut db = service("db");
+        db.readiness.mode = crate::unit::ReadyMode::Notify;
+        let mut sup = Supervisor::new([db], t0);
+        let mut pids = 0;
+        run(&mut sup, Input::Tick, t0, &mut pids);
+        let launcher = pid(&sup, "db");
+        run(
+            &mut sup,
+            notify("db", b"MAINPID=500\nREADY=1"),
+            t0,
+            &mut pids,
+        );
+        assert_eq!(sup.unit_of_pid(500), Some(&name("db")));
+        assert_eq!(sup.unit_of_pid(launcher), None);
+        // The launcher's exit is no longer the unit's...
+        let exit = Input::Exited {
+            pid: launcher,
+            exit: ExitReport::code(0),
+        };
+        run(&mut sup, exit, t0, &mut pids);
+        assert_eq!(state(&sup, "db"), State::Running);
+        // ...the new main process's is.
+        let exit = Input::Exited {
+            pid: 500,
+            exit: ExitReport::code(1),
+        };
+        run(&mut sup, exit, t0, &mut pids);
+        assert_eq!(state(&sup, "db"), State::Backoff);
     }
 
     #[test]

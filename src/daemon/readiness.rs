@@ -255,7 +255,7 @@ impl Daemon {
         let join = self.members.join_running(&unit.name);
         match spawn::spawn(&exec, exec.user.as_ref(), &join, unit.oom.score_adjust) {
             Ok(child) => {
-                debug!(unit = %unit.name, pid = child.pid, "health probe started");
+                debug!(unit = %unit.name, pid = child.pid, "health probe spawned");
                 self.watch_pipe_as(&unit.name, Stream::Stdout, child.stdout, true);
                 self.watch_pipe_as(&unit.name, Stream::Stderr, child.stderr, true);
                 self.readiness.exec.insert(

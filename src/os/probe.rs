@@ -268,6 +268,8 @@ mod tests {
         assert!(ok);
 
         let server = std::thread::spawn(move || {
+            // The first connection in the backlog is the TCP probe's, closed already.
+            drop(listener.accept().unwrap());
             let (mut conn, _) = listener.accept().unwrap();
             let mut req = [0u8; 512];
             let n = conn.read(&mut req).unwrap();

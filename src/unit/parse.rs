@@ -822,11 +822,10 @@ fn positive_duration(v: &DeValue) -> Parse<Duration> {
 /// `[health]`: at most one probe, its tuning, and a watchdog; at least a probe or a watchdog.
 fn health(cx: &mut Ctx, sec: &Section) -> Option<Health> {
     sec.check_keys(cx, HEALTH_KEYS);
-    let given: Vec<&str> = PROBE_KEYS
-        .iter()
-        .copied()
-        .filter(|k| sec.get(k).is_some())
-        .collect();
+    // In the order written, so the one reported is the one added last.
+    let mut given: Vec<(&str, Span)> = sec.keys().filter(|(k, _)| PROBE_KEYS.contains(k)).collect();
+    given.sort_by_key(|(_, span)| span.start);
+    let given: Vec<&str> = given.into_iter().map(|(k, _)| k).collect();
     for extra in given.iter().skip(1) {
         cx.error(
             sec.span_of(extra),
