@@ -238,7 +238,10 @@ impl Daemon {
     }
 
     /// An exec probe runs as the unit's user, with its env and working directory, inside its
-    /// cgroup. Namespaces: see `join_unit_namespaces` in docs/units.md (not joined yet).
+    /// cgroup.
+    // TODO(join_unit_namespaces): once [namespaces] is applied (os/spawn), the probe must also
+    // enter the main process's namespaces (setns on /proc/PID/ns/*) where it joins the cgroup;
+    // see docs/units.md, "[health]".
     fn start_exec_probe(
         &mut self,
         unit: &Unit,
