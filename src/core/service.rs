@@ -477,6 +477,11 @@ impl Runtime {
             self.probe.next_at = Some(after(started, cfg.interval).max(now));
         }
         let was_ok = self.probe.last.as_ref().map(|r| r.ok);
+        let same_failure = self
+            .probe
+            .last
+            .as_ref()
+            .is_some_and(|r| !r.ok && r.message == message);
         self.probe.last = Some(ProbeReport {
             ok,
             message: message.clone(),
@@ -501,6 +506,17 @@ impl Runtime {
         }
         self.probe.successes = 0;
         self.probe.failures = self.probe.failures.saturating_add(1);
+        // While starting, failures only delay readiness (start-timeout bounds that phase), so
+        // they are told once per new reason, not at every interval.
+        if self.state == State::Starting {
+            if !same_failure {
+                actions.push(note(
+                    false,
+                    format!("health probe failed, not ready yet: {message}"),
+                ));
+            }
+            return;
+        }
         actions.push(note(
             true,
             format!(
@@ -508,8 +524,7 @@ impl Runtime {
                 self.probe.failures, cfg.failure_threshold
             ),
         ));
-        // While starting, failures only delay readiness: start-timeout bounds that phase.
-        if self.state == State::Running && self.probe.failures >= cfg.failure_threshold {
+        if self.probe.failures >= cfg.failure_threshold {
             self.fail(FailureCause::Health, now, unit, actions);
         }
     }
@@ -1127,17 +1142,30 @@ mod tests {
         let unit = probed_service("db");
         let t0 = Instant::now();
         let mut rt = started(&unit, t0);
-        for _ in 0..5 {
+        let mut notes = Vec::new();
+        for message in ["refused", "refused", "refused", "HTTP 503", "HTTP 503"] {
             let (at, seq) = run_due_probe(&mut rt, &unit);
             let event = Event::ProbeDone {
                 seq,
                 ok: false,
-                message: "refused".into(),
+                message: message.into(),
             };
-            rt.transition(event, at, &unit);
+            for action in rt.transition(event, at, &unit) {
+                if let Action::Note { message, .. } = action {
+                    notes.push(message);
+                }
+            }
             assert_eq!(rt.state, Starting);
         }
         assert_eq!(rt.probe.failures, 5);
+        assert_eq!(
+            notes,
+            vec![
+                "health probe failed, not ready yet: refused",
+                "health probe failed, not ready yet: HTTP 503"
+            ],
+            "told once per new reason"
+        );
     }
 
     #[test]

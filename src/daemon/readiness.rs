@@ -192,7 +192,6 @@ impl Daemon {
 
     /// Starts probe `seq` of `unit`; an answer known at once comes back as the follow-up input.
     pub(super) fn start_probe(&mut self, unit: &Unit, seq: u64, now: Instant) -> Option<Input> {
-        let cfg = unit.health.as_ref().and_then(|h| h.probe.as_ref())?;
         let failed = |message: String| {
             Some(Input::ProbeDone {
                 unit: unit.name.clone(),
@@ -200,6 +199,9 @@ impl Daemon {
                 ok: false,
                 message,
             })
+        };
+        let Some(cfg) = unit.health.as_ref().and_then(|h| h.probe.as_ref()) else {
+            return failed("the unit has no probe".to_owned());
         };
         let started = match &cfg.probe {
             Probe::Tcp(addr) => NetProbe::tcp(*addr),
@@ -249,8 +251,21 @@ impl Daemon {
         seq: u64,
         now: Instant,
     ) -> Option<Input> {
-        let cfg = unit.health.as_ref().and_then(|h| h.probe.as_ref())?;
-        let base = unit.exec.as_ref()?;
+        let failed = |message: &str| {
+            Some(Input::ProbeDone {
+                unit: unit.name.clone(),
+                seq,
+                ok: false,
+                message: message.to_owned(),
+            })
+        };
+        // Validation makes both present; answering anyway keeps the core from waiting forever.
+        let Some(cfg) = unit.health.as_ref().and_then(|h| h.probe.as_ref()) else {
+            return failed("the unit has no probe");
+        };
+        let Some(base) = unit.exec.as_ref() else {
+            return failed("the unit has no [exec]");
+        };
         let exec = Exec {
             command: argv.to_vec(),
             ..base.clone()
