@@ -328,7 +328,11 @@ impl Daemon {
         for token in late {
             if let Some(run) = self.readiness.net.remove(&token) {
                 let _ = self.poller.remove(run.probe.as_fd());
-                self.probe_done(run.unit, run.seq, false, timed_out(run.timeout), now);
+                let (ok, message) = run
+                    .probe
+                    .verdict()
+                    .unwrap_or_else(|| (false, timed_out(run.timeout)));
+                self.probe_done(run.unit, run.seq, ok, message, now);
             }
         }
         let late: Vec<i32> = self

@@ -13,8 +13,11 @@ use nix::sys::socket::{
 
 use crate::unit::HttpTarget;
 
-/// Enough of an answer to hold its status line; the body is never read.
+/// Enough of an answer to hold its status line.
 const RESPONSE_HEAD_MAX: usize = 1024;
+/// The body is read (and dropped) up to this much, so the server's writes do not fail on a
+/// closed socket; a longer body ends the probe with the status line's verdict.
+const RESPONSE_DRAIN_MAX: usize = 64 * 1024;
 
 /// Where a probe stands after an event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +46,9 @@ pub struct NetProbe {
     /// `Some` for HTTP: the request to send once connected.
     request: Option<Vec<u8>>,
     addr: SocketAddr,
+    /// The HTTP status line's verdict, once read; the rest of the answer is drained.
+    verdict: Option<(bool, String)>,
+    drained: usize,
 }
 
 impl NetProbe {
@@ -90,8 +96,16 @@ impl NetProbe {
             stage: Stage::Connecting,
             request,
             addr,
+            verdict: None,
+            drained: 0,
         };
         Ok((probe, progress))
+    }
+
+    /// What the probe knows already: an HTTP status line read while the body still drains.
+    /// At its timeout that verdict stands, so a server that never closes is judged by it.
+    pub fn verdict(&self) -> Option<(bool, String)> {
+        self.verdict.clone()
     }
 
     /// The socket became ready (or hung up): take the next step.
@@ -142,20 +156,41 @@ impl NetProbe {
                     }
                 }
                 Stage::Receiving(head) => {
-                    let mut buf = [0u8; 512];
-                    let n = self.stream.read(&mut buf).map_err(io_errno)?;
-                    head.extend_from_slice(&buf[..n]);
+                    let mut buf = [0u8; 4096];
+                    let n = match self.stream.read(&mut buf) {
+                        Ok(n) => n,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            return Err(Errno::EAGAIN);
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        // A reset after the status line (the server closed with our request
+                        // unread) does not undo the answer.
+                        Err(_) if self.verdict.is_some() => 0,
+                        Err(e) => return Err(io_errno(e)),
+                    };
                     let eof = n == 0;
-                    if let Some(verdict) = http_verdict(head, eof) {
-                        return Ok(verdict);
+                    self.drained += n;
+                    if self.verdict.is_none() {
+                        head.extend_from_slice(&buf[..n]);
+                        self.verdict = match http_verdict(head, eof) {
+                            Some(Progress::Done { ok, message }) => Some((ok, message)),
+                            _ => None,
+                        };
+                        if self.verdict.is_none() && (eof || head.len() >= RESPONSE_HEAD_MAX) {
+                            return Ok(Progress::Done {
+                                ok: false,
+                                message: "no HTTP status line in the answer".to_owned(),
+                            });
+                        }
                     }
-                    if !eof && head.len() < RESPONSE_HEAD_MAX {
-                        continue;
+                    if let Some((ok, message)) = &self.verdict
+                        && (eof || self.drained >= RESPONSE_DRAIN_MAX)
+                    {
+                        return Ok(Progress::Done {
+                            ok: *ok,
+                            message: message.clone(),
+                        });
                     }
-                    return Ok(Progress::Done {
-                        ok: false,
-                        message: "no HTTP status line in the answer".to_owned(),
-                    });
                 }
             }
         }
@@ -295,5 +330,54 @@ mod tests {
         let (ok, message) = drive(probe, progress);
         assert!(!ok);
         assert!(message.contains("refused"), "{message}");
+    }
+
+    #[test]
+    fn a_server_that_never_closes_is_judged_by_its_status_line_at_the_timeout() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut req = [0u8; 512];
+            let _ = conn.read(&mut req).unwrap();
+            conn.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").unwrap();
+            let written = conn.write_all(&vec![b'x'; RESPONSE_DRAIN_MAX / 2]);
+            // Keep the connection open until the probe has given up on an end.
+            let _ = done_rx.recv();
+            written.is_ok()
+        });
+        let target = HttpTarget {
+            addr,
+            host: addr.to_string(),
+            path: "/".into(),
+        };
+        let (mut probe, mut progress) = NetProbe::http(&target).unwrap();
+        // Drive it until the socket stays quiet: the body is read, no EOF comes.
+        while let Progress::Pending { writable } = progress {
+            let flags = if writable {
+                nix::poll::PollFlags::POLLOUT
+            } else {
+                nix::poll::PollFlags::POLLIN
+            };
+            let mut fds = [nix::poll::PollFd::new(probe.as_fd(), flags)];
+            if nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(300u16)).unwrap() == 0 {
+                break;
+            }
+            progress = probe.on_ready();
+        }
+        assert!(matches!(progress, Progress::Pending { .. }), "{progress:?}");
+        assert_eq!(probe.verdict(), Some((true, "HTTP 204".to_owned())));
+        let head = b"HTTP/1.1 204 No Content\r\n\r\n".len();
+        assert_eq!(
+            probe.drained,
+            head + RESPONSE_DRAIN_MAX / 2,
+            "all of it was read"
+        );
+        drop(done_tx);
+        assert!(
+            server.join().unwrap(),
+            "the server's writes all went through"
+        );
     }
 }
