@@ -175,6 +175,8 @@ fn a_notify_message_from_a_process_outside_the_unit_is_ignored() {
     let status = c.status("svc");
     assert_eq!(status["state"], "starting", "{status}");
     assert!(status["status_text"].is_null(), "{status}");
+    let table = c.ok(&["status"]).stdout;
+    assert!(table.contains("waiting for READY=1"), "{table}");
 }
 
 /// A tiny HTTP server the test controls: 200 while `healthy`, 503 after.
@@ -302,6 +304,9 @@ fn a_tcp_probe_gates_readiness_and_the_dependent_waits_for_it() {
     let status = c.status("db");
     assert_eq!(status["state"], "starting", "{status}");
     assert_eq!(status["health"]["last_result"], "failed", "{status}");
+    let table = c.ok(&["status"]).stdout;
+    let refused = format!("not ready: connection to 127.0.0.1:{port} refused");
+    assert!(table.contains(&refused), "{table}");
     assert_eq!(c.status("app")["state"], "inactive");
 
     let _listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
