@@ -285,7 +285,12 @@ impl Runtime {
                 self.notify_status = None;
                 self.ready_notified = false;
                 self.stopping_notified = false;
-                self.probe = ProbeTrack::default();
+                // Probe numbers keep counting across runs: a late answer to the last run's probe
+                // must not pass for this run's.
+                self.probe = ProbeTrack {
+                    seq: self.probe.seq,
+                    ..ProbeTrack::default()
+                };
                 self.watchdog_override = None;
                 self.watchdog_at = None;
                 self.enter(Starting, now);
@@ -1135,6 +1140,18 @@ mod tests {
         assert_eq!(rt.state, Backoff);
         assert_eq!(rt.last_exit_cause, Some(FailureCause::Health));
         assert_eq!(rt.probe.last.as_ref().map(|r| r.ok), Some(false));
+
+        // The next run: the answer to the last run's final probe arrives late and is ignored.
+        let due = rt.deadline().expect("backoff");
+        rt.transition(Event::DeadlineReached, due, &unit);
+        rt.transition(Event::Start, due, &unit);
+        rt.transition(Event::Spawned { pid: 8 }, due, &unit);
+        let (at, new_seq) = run_due_probe(&mut rt, &unit);
+        assert!(new_seq > seq);
+        rt.transition(done(seq, true), at, &unit);
+        assert_eq!(rt.probe.last, None, "a late answer of the last run");
+        rt.transition(done(new_seq, true), at, &unit);
+        assert_eq!(rt.probe.successes, 1);
     }
 
     #[test]
