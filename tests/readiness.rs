@@ -400,6 +400,15 @@ fn a_watchdog_unit_that_stops_pinging_is_restarted() {
         .filter(|l| unit_of_debug(l) == "dog" && msg(l).starts_with("notify: WATCHDOG=1"))
         .count();
     assert_eq!(pings, 5, "every ping was heard before the watchdog fired");
+    // systemd-notify sends each ping in its parent's name and then a BARRIER=1 in its own,
+    // and exits as soon as corral closes the barrier fd: checked first, it is never refused.
+    let refused: Vec<&str> = c
+        .seen
+        .iter()
+        .filter(|l| is_about(l, "dog", "ignoring"))
+        .map(msg)
+        .collect();
+    assert!(refused.is_empty(), "{refused:?}");
     let restart = c.wait_log("the restart", |l| is_about(l, "dog", "restarting in"));
     assert!(
         msg(&restart).contains("(stopped by corral: watchdog)"),

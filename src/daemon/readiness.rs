@@ -161,6 +161,8 @@ impl Daemon {
                 warn!(unit = %unit, pid, "ignoring a notify message from pid {pid}: not a process of the unit");
                 continue;
             }
+            // `datagram` (with any barrier fd) lives to the end of this iteration: the sender
+            // is still waiting, so still findable in the unit, while it is checked.
             let mut message = NotifyMessage::parse(&datagram.bytes);
             if let Some(main) = message.main_pid
                 && !self.belongs_to(unit, main)

@@ -37,12 +37,17 @@ pub struct NotifySocket {
 }
 
 /// One datagram and who sent it, as the kernel vouches (SCM_CREDENTIALS).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Datagram {
     pub bytes: Vec<u8>,
     /// `None` when the kernel attached no credentials (it always does with SO_PASSCRED).
     pub pid: Option<i32>,
     pub uid: Option<u32>,
+    /// Descriptors that came with it (`BARRIER=1` sends one). Dropping the datagram closes
+    /// them, which ends the sender's barrier wait, and the sender may exit right then: so drop
+    /// it only after the sender has been checked against the unit, or a live sender would be
+    /// looked up as a dead one.
+    pub fds: Vec<OwnedFd>,
 }
 
 impl NotifySocket {
@@ -77,8 +82,7 @@ impl NotifySocket {
         format!("@{}", self.name)
     }
 
-    /// The next datagram, or `None` when none is queued. File descriptors that came with it
-    /// are closed at once: that is what ends a sender's `BARRIER=1` wait.
+    /// The next datagram, or `None` when none is queued.
     pub fn recv(&self) -> Result<Option<Datagram>, Errno> {
         let mut buf = vec![0u8; DATAGRAM_MAX];
         let mut cmsg = nix::cmsg_space!(libc::ucred, [RawFd; FDS_MAX]);
@@ -109,16 +113,18 @@ impl NotifySocket {
                 Err(e) => return Err(e),
             }
         };
-        for raw in fds {
-            // SAFETY: the kernel just installed `raw` in our table for us (SCM_RIGHTS); nothing
-            // else knows it, so owning and dropping it closes it exactly once.
-            drop(unsafe { OwnedFd::from_raw_fd(raw) });
-        }
+        let fds = fds
+            .into_iter()
+            // SAFETY: the kernel just installed `raw` in our table for us (SCM_RIGHTS, with
+            // MSG_CMSG_CLOEXEC); nothing else knows it, so owning it closes it exactly once.
+            .map(|raw| unsafe { OwnedFd::from_raw_fd(raw) })
+            .collect();
         buf.truncate(len);
         Ok(Some(Datagram {
             bytes: buf,
             pid,
             uid,
+            fds,
         }))
     }
 }
@@ -139,7 +145,7 @@ mod tests {
         let name = format!("corral-test/{}/notify", std::process::id());
         let sock = NotifySocket::bind(&name).unwrap();
         assert_eq!(sock.env_value(), format!("@{name}"));
-        assert_eq!(sock.recv().unwrap(), None);
+        assert!(sock.recv().unwrap().is_none());
 
         let sender = socket(
             AddressFamily::Unix,
@@ -163,8 +169,20 @@ mod tests {
         let got = sock.recv().unwrap().unwrap();
         assert_eq!(got.bytes, b"READY=1\nBARRIER=1");
         assert_eq!(got.pid, Some(std::process::id() as i32));
-        // Our copy of the write end was dropped and corral closed its own: the reader sees EOF.
+        assert_eq!(got.fds.len(), 1);
+        // The barrier holds while corral keeps the datagram...
+        nix::fcntl::fcntl(
+            &barrier_read,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )
+        .unwrap();
         let mut byte = [0u8; 1];
+        assert_eq!(
+            nix::unistd::read(&barrier_read, &mut byte),
+            Err(Errno::EAGAIN)
+        );
+        // ...and ends when it drops it: the reader sees EOF.
+        drop(got);
         assert_eq!(nix::unistd::read(&barrier_read, &mut byte), Ok(0));
     }
 }
