@@ -102,6 +102,26 @@ pub struct LastExit {
     pub core_dumped: bool,
     #[serde(skip_serializing_if = "is_false", default)]
     pub oom: bool,
+    /// corral ended the run itself: `start-timeout`, `health` or `watchdog`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reason: Option<String>,
+}
+
+/// `[health]` as it stands: the probe's last result and the watchdog.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HealthStatus {
+    /// What is probed: `http http://127.0.0.1:8080/healthz`, `tcp 127.0.0.1:5432`, `exec pg_isready`.
+    pub probe: Option<String>,
+    /// `ok` or `failed`; null before the first probe of this run.
+    pub last_result: Option<String>,
+    /// What the last probe saw: `HTTP 200`, `connection to ... refused`, `exited with code 1`.
+    pub last_message: Option<String>,
+    /// When the last probe ended (RFC 3339, UTC).
+    pub last_probe_at: Option<String>,
+    pub consecutive_failures: u32,
+    pub consecutive_successes: u32,
+    /// The watchdog timeout in force (the file's `watchdog`, or the unit's `WATCHDOG_USEC=`).
+    pub watchdog_ms: Option<u64>,
 }
 
 /// Live usage from the unit's cgroup; every field is null where the kernel does not say.
@@ -172,6 +192,15 @@ pub struct UnitStatus {
     /// the request or one that asks for any namespace, empty otherwise.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub namespaces: Vec<NamespaceStatus>,
+    /// `[exec] ready`: `started` or `notify`.
+    #[serde(default)]
+    pub ready: Option<String>,
+    /// The last `STATUS=` text the unit sent over sd_notify in this run.
+    #[serde(default)]
+    pub status_text: Option<String>,
+    /// Null when the unit has no `[health]` section.
+    #[serde(default)]
+    pub health: Option<HealthStatus>,
     pub error: Option<String>,
 }
 

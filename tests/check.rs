@@ -70,6 +70,7 @@ fn the_shipped_units_and_examples_pass() {
         "units",
         "examples/slices",
         "examples/oom-restart",
+        "examples/readiness",
         "examples/container/units",
         "examples/namespaces/units",
     ] {

@@ -681,7 +681,11 @@ fn changing_5_of_500_units_restarts_exactly_those_5() {
         assert_eq!(
             plan,
             Plan::restarts(
-                &plan.restarted.iter().map(String::as_str).collect::<Vec<_>>(),
+                &plan
+                    .restarted
+                    .iter()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>(),
                 500 - plan.restarted.len() as u64
             ),
             "a reload did more than restart"

@@ -22,7 +22,28 @@ fn last_exit_text(exit: &LastExit) -> String {
     if exit.oom {
         text.push_str(" (oom)");
     }
+    if let Some(reason) = &exit.reason {
+        text.push_str(&format!(" ({reason})"));
+    }
     text
+}
+
+/// What a `starting` unit waits for: its probe's last failure, its READY=1, or its exit.
+fn waiting_for(u: &UnitStatus) -> String {
+    let probe_failure = u.health.as_ref().and_then(|h| {
+        (h.last_result.as_deref() == Some("failed"))
+            .then(|| h.last_message.clone())
+            .flatten()
+    });
+    match (probe_failure, &u.status_text) {
+        (Some(message), _) => format!("not ready: {message}"),
+        (None, Some(text)) => text.clone(),
+        (None, None) if u.ready.as_deref() == Some("notify") => "waiting for READY=1".to_owned(),
+        (None, None) if u.health.as_ref().is_some_and(|h| h.probe.is_some()) => {
+            "waiting for the health probe".to_owned()
+        }
+        (None, None) => u.description.clone().unwrap_or_default(),
+    }
 }
 
 /// "3m 12s" since an RFC 3339 timestamp, rounded to what a person cares about.
@@ -56,11 +77,13 @@ pub fn print_status_table(units: &[UnitStatus]) {
     let rows: Vec<[String; 8]> = units
         .iter()
         .map(|u| {
-            let note = match (&u.error, u.restart_in_ms, &u.description) {
-                (Some(error), _, _) => error.clone(),
-                (None, Some(ms), _) => format!("restart in {ms} ms"),
-                (None, None, Some(d)) => d.clone(),
-                (None, None, None) => String::new(),
+            let note = match (&u.error, u.restart_in_ms, &u.status_text, &u.description) {
+                (Some(error), _, _, _) => error.clone(),
+                (None, Some(ms), _, _) => format!("restart in {ms} ms"),
+                (None, None, _, _) if u.state == "starting" => waiting_for(u),
+                (None, None, Some(text), _) => text.clone(),
+                (None, None, None, Some(d)) => d.clone(),
+                (None, None, None, None) => String::new(),
             };
             [
                 u.name.clone(),
@@ -218,6 +241,27 @@ pub fn print_status_details(units: &[UnitStatus]) {
         }
         for warning in &u.warnings {
             println!("  warning   {warning}");
+        }
+        if u.ready.as_deref() == Some("notify") || u.status_text.is_some() {
+            let text = u.status_text.as_deref().unwrap_or("-");
+            println!("  notify    {text}");
+        }
+        if let Some(health) = &u.health {
+            if let Some(probe) = &health.probe {
+                let last = match (&health.last_result, &health.last_message) {
+                    (Some(result), Some(message)) => format!("{result}: {message}"),
+                    _ => "not probed yet".to_owned(),
+                };
+                let streak = match health.consecutive_failures {
+                    0 => String::new(),
+                    1 => " (once)".to_owned(),
+                    n => format!(" ({n} times in a row)"),
+                };
+                println!("  health    {probe}: {last}{streak}");
+            }
+            if let Some(ms) = health.watchdog_ms {
+                println!("  watchdog  {ms} ms");
+            }
         }
         if let Some(ms) = u.restart_in_ms {
             println!("  next      restart in {ms} ms");

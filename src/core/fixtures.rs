@@ -43,5 +43,7 @@ pub fn unit(n: &str, kind: UnitKind) -> Unit {
         oom: OomConfig::default(),
         namespaces: Namespaces::default(),
         sandbox: Sandbox::default(),
+        readiness: Readiness::default(),
+        health: None,
     }
 }

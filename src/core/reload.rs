@@ -47,6 +47,8 @@ pub fn change(old: &Unit, new: &Unit) -> Change {
         || old.sandbox != new.sandbox
         || old.slice != new.slice
         || old.kind != new.kind
+        || old.readiness != new.readiness
+        || old.health != new.health
     {
         Change::Restart
     } else if old.resources != new.resources || old.oom != new.oom {

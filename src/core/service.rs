@@ -4,7 +4,8 @@ use std::time::{Duration, Instant};
 
 use crate::core::backoff::{StartHistory, restart_delay};
 use crate::core::exit::{ExitReport, policy_restarts};
-use crate::unit::{Unit, UnitKind};
+use crate::core::notify::NotifyMessage;
+use crate::unit::{ReadyMode, RestartPolicy, Unit, UnitKind};
 use nix::sys::signal::Signal;
 
 /// The states of SPEC section 3.
@@ -59,6 +60,52 @@ pub enum StopReason {
     /// A required unit stopped or failed; start again when it is back.
     Dependency,
     Shutdown,
+    /// corral gave up on the unit: its stop counts as a failure, for the restart policy.
+    Failed(FailureCause),
+}
+
+/// Why corral itself ended a unit's run (shown as `last_exit.reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureCause {
+    /// Not ready within `start-timeout`.
+    StartTimeout,
+    /// The health probe failed `failure-threshold` times in a row.
+    Health,
+    /// No `WATCHDOG=1` within the watchdog timeout (or `WATCHDOG=trigger`).
+    Watchdog,
+}
+
+impl FailureCause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureCause::StartTimeout => "start-timeout",
+            FailureCause::Health => "health",
+            FailureCause::Watchdog => "watchdog",
+        }
+    }
+}
+
+/// The outcome of one health probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeReport {
+    pub ok: bool,
+    /// What the probe saw ("HTTP 200", "connection refused", "exit code 1").
+    pub message: String,
+    pub at: Instant,
+}
+
+/// A health probe's schedule and its run of consecutive results, for one generation.
+#[derive(Debug, Clone, Default)]
+pub struct ProbeTrack {
+    next_at: Option<Instant>,
+    /// The probe running now: its number and when it started.
+    in_flight: Option<(u64, Instant)>,
+    seq: u64,
+    pub successes: u32,
+    pub failures: u32,
+    /// `success-threshold` was reached this generation.
+    pub passed: bool,
+    pub last: Option<ProbeReport>,
 }
 
 /// Events the supervisor feeds into one unit.
@@ -76,8 +123,16 @@ pub enum Event {
     /// No process of the unit is left (its cgroup, or its process group, is empty).
     UnitEmpty,
     Stop(StopReason),
-    /// The unit's own deadline (backoff end or stop timeout) has come.
+    /// The unit's own deadline (backoff end, stop or start timeout, watchdog, probe due) has come.
     DeadlineReached,
+    /// A datagram on the unit's notify socket from one of its processes (the daemon checked).
+    Notify(NotifyMessage),
+    /// Probe number `seq` finished.
+    ProbeDone {
+        seq: u64,
+        ok: bool,
+        message: String,
+    },
 }
 
 /// What one transition asks the outside world to do.
@@ -88,6 +143,10 @@ pub enum Action {
     Signal(Signal),
     /// SIGKILL every process left in the unit.
     KillAll,
+    /// Run health probe number `seq`; answer with `ProbeDone`.
+    Probe {
+        seq: u64,
+    },
     /// A line for the supervisor's log.
     Note {
         warn: bool,
@@ -108,7 +167,20 @@ pub struct Runtime {
     pub oom_kills: u32,
     pub last_oom_at: Option<Instant>,
     pub last_exit: Option<ExitReport>,
+    /// Set when corral ended the last run itself (start timeout, health, watchdog).
+    pub last_exit_cause: Option<FailureCause>,
     pub error: Option<String>,
+    /// The last `STATUS=` the unit sent this generation.
+    pub notify_status: Option<String>,
+    /// `READY=1` arrived this generation.
+    pub ready_notified: bool,
+    /// `STOPPING=1` arrived this generation.
+    pub stopping_notified: bool,
+    pub probe: ProbeTrack,
+    /// The watchdog fires at this moment unless a `WATCHDOG=1` pushes it on.
+    watchdog_at: Option<Instant>,
+    /// `WATCHDOG_USEC=` from the unit overrides the file's `watchdog` for this generation.
+    watchdog_override: Option<Duration>,
     consecutive_failures: u32,
     history: StartHistory,
     running_since: Option<Instant>,
@@ -131,7 +203,14 @@ impl Runtime {
             oom_kills: 0,
             last_oom_at: None,
             last_exit: None,
+            last_exit_cause: None,
             error: None,
+            notify_status: None,
+            ready_notified: false,
+            stopping_notified: false,
+            probe: ProbeTrack::default(),
+            watchdog_at: None,
+            watchdog_override: None,
             consecutive_failures: 0,
             history: StartHistory::default(),
             running_since: None,
@@ -142,8 +221,22 @@ impl Runtime {
         }
     }
 
+    /// The earliest of the unit's timers: its state's deadline, the watchdog, the next probe.
     pub fn deadline(&self) -> Option<Instant> {
-        self.deadline
+        let probe_due = self
+            .probe
+            .next_at
+            .filter(|_| self.probe.in_flight.is_none());
+        [self.deadline, self.watchdog_at, probe_due]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// The watchdog timeout in force: the unit's `WATCHDOG_USEC=`, else its file's.
+    pub fn watchdog_timeout(&self, unit: &Unit) -> Option<Duration> {
+        self.watchdog_override
+            .or_else(|| unit.health.as_ref().and_then(|h| h.watchdog))
     }
 
     pub fn stop_reason(&self) -> Option<StopReason> {
@@ -194,6 +287,17 @@ impl Runtime {
                 self.history.record(now, unit.restart.start_limit_interval);
                 self.error = None;
                 self.deadline = None;
+                self.notify_status = None;
+                self.ready_notified = false;
+                self.stopping_notified = false;
+                // Probe numbers keep counting across runs: a late answer to the last run's probe
+                // must not pass for this run's.
+                self.probe = ProbeTrack {
+                    seq: self.probe.seq,
+                    ..ProbeTrack::default()
+                };
+                self.watchdog_override = None;
+                self.watchdog_at = None;
                 self.enter(Starting, now);
                 actions.push(Action::Spawn);
             }
@@ -201,9 +305,25 @@ impl Runtime {
                 self.pid = Some(pid);
                 // A oneshot stays `starting` until its process has exited successfully.
                 if unit.kind != UnitKind::Oneshot {
-                    self.running_since = Some(now);
-                    self.enter(Running, now);
+                    self.watchdog_at = self.watchdog_timeout(unit).map(|t| after(now, t));
+                    if let Some(cfg) = unit.health.as_ref().and_then(|h| h.probe.as_ref()) {
+                        self.probe.next_at = Some(after(now, cfg.initial_delay));
+                    }
+                    if unit.gates_readiness() {
+                        self.deadline = Some(after(now, unit.readiness.start_timeout));
+                    } else {
+                        self.become_ready(now, unit, &mut actions);
+                    }
                 }
+            }
+            (Starting | Running, Event::Notify(msg)) => {
+                self.on_notify(msg, now, unit, &mut actions);
+            }
+            (Starting | Running, Event::ProbeDone { seq, ok, message }) => {
+                self.on_probe_done(seq, ok, message, now, unit, &mut actions);
+            }
+            (Starting | Running, Event::DeadlineReached) => {
+                self.on_timers(now, unit, &mut actions);
             }
             (Starting, Event::SpawnFailed { error }) => {
                 self.pid = None;
@@ -212,14 +332,21 @@ impl Runtime {
                 self.error = Some(error);
             }
             (Starting | Running, Event::Exited(exit)) => {
-                self.record_exit(exit, &mut actions);
-                self.after_unexpected_exit(exit, now, unit, &mut actions);
+                self.record_exit(exit, None, &mut actions);
+                self.after_unexpected_exit(exit, None, now, unit, &mut actions);
+            }
+            (Stopping, Event::Exited(exit)) if self.failure_stop().is_some() => {
+                let cause = self.failure_stop();
+                self.record_exit(exit, cause, &mut actions);
+                self.deadline = None;
+                self.stop_reason = None;
+                self.after_unexpected_exit(exit, cause, now, unit, &mut actions);
             }
             // The main process is gone, but what it left (killed with it) may still be dying:
             // the unit stays `stopping` until it is empty, so a stop answers, a restart starts
             // and a shutdown moves on only once no process of the unit is left.
             (Stopping, Event::Exited(exit)) => {
-                self.record_exit(exit, &mut actions);
+                self.record_exit(exit, None, &mut actions);
                 if self.emptied {
                     self.finish_stop(now, &mut actions);
                 }
@@ -231,6 +358,7 @@ impl Runtime {
                 }
             }
             (Starting | Running, Event::Stop(reason)) => {
+                self.disarm_timers();
                 self.emptied = false;
                 self.stop_reason = Some(reason);
                 self.deadline = Some(after(now, unit.stop.timeout));
@@ -279,9 +407,226 @@ impl Runtime {
         self.enter(State::Inactive, now);
     }
 
-    fn record_exit(&mut self, exit: ExitReport, actions: &mut Vec<Action>) {
+    /// The unit is ready: `running` from now on, and its dependents may start.
+    fn become_ready(&mut self, now: Instant, unit: &Unit, actions: &mut Vec<Action>) {
+        self.deadline = None;
+        self.running_since = Some(now);
+        self.enter(State::Running, now);
+        if unit.gates_readiness() {
+            let how = match (unit.readiness.mode, self.probe.passed) {
+                (ReadyMode::Notify, true) => "READY=1 and the health probe",
+                (ReadyMode::Notify, false) => "READY=1",
+                (ReadyMode::Started, _) => "the health probe",
+            };
+            actions.push(note(false, format!("ready ({how})")));
+        }
+    }
+
+    /// Every readiness gate of the unit is passed.
+    fn gates_passed(&self, unit: &Unit) -> bool {
+        let notified = unit.readiness.mode != ReadyMode::Notify || self.ready_notified;
+        let has_probe = unit.health.as_ref().is_some_and(|h| h.probe.is_some());
+        notified && (!has_probe || self.probe.passed)
+    }
+
+    fn on_notify(
+        &mut self,
+        msg: NotifyMessage,
+        now: Instant,
+        unit: &Unit,
+        actions: &mut Vec<Action>,
+    ) {
+        if let Some(status) = msg.status {
+            self.notify_status = Some(status);
+        }
+        if let Some(pid) = msg.main_pid
+            && self.pid != Some(pid)
+        {
+            actions.push(note(
+                false,
+                format!("main process is now pid {pid} (MAINPID=)"),
+            ));
+            self.pid = Some(pid);
+        }
+        if let Some(usec) = msg.watchdog_usec {
+            self.watchdog_override = Some(Duration::from_micros(usec));
+        }
+        if (msg.watchdog_ping || msg.watchdog_usec.is_some())
+            && !self.stopping_notified
+            && let Some(timeout) = self.watchdog_timeout(unit)
+        {
+            self.watchdog_at = Some(after(now, timeout));
+        }
+        if msg.stopping && !self.stopping_notified {
+            self.stopping_notified = true;
+            // A service on its way out fails its probes and stops pinging: neither is a hang.
+            self.watchdog_at = None;
+            self.probe.next_at = None;
+            actions.push(note(
+                false,
+                "reports it is stopping (STOPPING=1)".to_owned(),
+            ));
+        }
+        if msg.watchdog_trigger {
+            actions.push(note(
+                true,
+                "asked for its watchdog to fire (WATCHDOG=trigger)".to_owned(),
+            ));
+            self.fail(FailureCause::Watchdog, now, unit, actions);
+            return;
+        }
+        if msg.ready {
+            self.ready_notified = true;
+            if self.state == State::Starting && self.gates_passed(unit) {
+                self.become_ready(now, unit, actions);
+            }
+        }
+    }
+
+    fn on_probe_done(
+        &mut self,
+        seq: u64,
+        ok: bool,
+        message: String,
+        now: Instant,
+        unit: &Unit,
+        actions: &mut Vec<Action>,
+    ) {
+        let Some(cfg) = unit.health.as_ref().and_then(|h| h.probe.as_ref()) else {
+            return;
+        };
+        // A result of an earlier generation, or of a probe whose unit was stopped since.
+        let Some((running, started)) = self.probe.in_flight else {
+            return;
+        };
+        if running != seq {
+            return;
+        }
+        self.probe.in_flight = None;
+        if !self.stopping_notified {
+            self.probe.next_at = Some(after(started, cfg.interval).max(now));
+        }
+        let was_ok = self.probe.last.as_ref().map(|r| r.ok);
+        let same_failure = self
+            .probe
+            .last
+            .as_ref()
+            .is_some_and(|r| !r.ok && r.message == message);
+        self.probe.last = Some(ProbeReport {
+            ok,
+            message: message.clone(),
+            at: now,
+        });
+        if ok {
+            self.probe.failures = 0;
+            self.probe.successes = self.probe.successes.saturating_add(1);
+            if was_ok == Some(false) {
+                actions.push(note(
+                    false,
+                    format!("health probe passes again ({message})"),
+                ));
+            }
+            if self.probe.successes >= cfg.success_threshold && !self.probe.passed {
+                self.probe.passed = true;
+                if self.state == State::Starting && self.gates_passed(unit) {
+                    self.become_ready(now, unit, actions);
+                }
+            }
+            return;
+        }
+        self.probe.successes = 0;
+        self.probe.failures = self.probe.failures.saturating_add(1);
+        // While starting, failures only delay readiness (start-timeout bounds that phase), so
+        // they are told once per new reason, not at every interval.
+        if self.state == State::Starting {
+            if !same_failure {
+                actions.push(note(
+                    false,
+                    format!("health probe failed, not ready yet: {message}"),
+                ));
+            }
+            return;
+        }
+        actions.push(note(
+            true,
+            format!(
+                "health probe failed ({}/{}): {message}",
+                self.probe.failures, cfg.failure_threshold
+            ),
+        ));
+        if self.probe.failures >= cfg.failure_threshold {
+            self.fail(FailureCause::Health, now, unit, actions);
+        }
+    }
+
+    fn on_timers(&mut self, now: Instant, unit: &Unit, actions: &mut Vec<Action>) {
+        if self.state == State::Starting && self.deadline.is_some_and(|d| d <= now) {
+            let mut why = format!(
+                "not ready within start-timeout {}",
+                humantime::format_duration(unit.readiness.start_timeout)
+            );
+            if unit.readiness.mode == ReadyMode::Notify && !self.ready_notified {
+                why.push_str(" (no READY=1)");
+            }
+            actions.push(note(true, why));
+            self.fail(FailureCause::StartTimeout, now, unit, actions);
+            return;
+        }
+        if self.watchdog_at.is_some_and(|d| d <= now) {
+            let timeout = self.watchdog_timeout(unit).unwrap_or_default();
+            actions.push(note(
+                true,
+                format!(
+                    "watchdog: no WATCHDOG=1 within {}",
+                    humantime::format_duration(timeout)
+                ),
+            ));
+            self.fail(FailureCause::Watchdog, now, unit, actions);
+            return;
+        }
+        if self.probe.in_flight.is_none() && self.probe.next_at.is_some_and(|d| d <= now) {
+            self.probe.seq += 1;
+            self.probe.in_flight = Some((self.probe.seq, now));
+            self.probe.next_at = None;
+            actions.push(Action::Probe {
+                seq: self.probe.seq,
+            });
+        }
+    }
+
+    /// corral gives up on this run: stop it, and count the stop as a failure.
+    fn fail(&mut self, cause: FailureCause, now: Instant, unit: &Unit, actions: &mut Vec<Action>) {
+        self.disarm_timers();
+        self.emptied = false;
+        self.stop_reason = Some(StopReason::Failed(cause));
+        self.deadline = Some(after(now, unit.stop.timeout));
+        self.enter(State::Stopping, now);
+        actions.push(Action::Signal(unit.stop.signal.0));
+    }
+
+    fn failure_stop(&self) -> Option<FailureCause> {
+        match self.stop_reason {
+            Some(StopReason::Failed(cause)) => Some(cause),
+            _ => None,
+        }
+    }
+
+    fn disarm_timers(&mut self) {
+        self.watchdog_at = None;
+        self.probe.next_at = None;
+        self.probe.in_flight = None;
+    }
+
+    fn record_exit(
+        &mut self,
+        exit: ExitReport,
+        cause: Option<FailureCause>,
+        actions: &mut Vec<Action>,
+    ) {
+        self.disarm_timers();
         self.pid = None;
         self.last_exit = Some(exit);
+        self.last_exit_cause = cause;
         // Whatever the main process left behind goes with it: never two generations at once.
         actions.push(Action::KillAll);
     }
@@ -289,6 +634,7 @@ impl Runtime {
     fn after_unexpected_exit(
         &mut self,
         exit: ExitReport,
+        cause: Option<FailureCause>,
         now: Instant,
         unit: &Unit,
         actions: &mut Vec<Action>,
@@ -299,16 +645,29 @@ impl Runtime {
         {
             self.consecutive_failures = 0;
         }
-        let success = exit.is_success(&cfg.success_exit_codes);
+        // A run corral ended is a failure whatever the exit code (systemd's `timeout` and
+        // `watchdog` results), and restarts as `on-failure` and `on-abnormal` promise.
+        let success = cause.is_none() && exit.is_success(&cfg.success_exit_codes);
+        let restarts = match cause {
+            Some(_) => matches!(
+                cfg.policy,
+                RestartPolicy::Always | RestartPolicy::OnFailure | RestartPolicy::OnAbnormal
+            ),
+            None => policy_restarts(cfg.policy, &exit, &cfg.success_exit_codes),
+        };
+        let exit = match cause {
+            Some(cause) => format!("{exit} (stopped by corral: {})", cause.as_str()),
+            None => exit.to_string(),
+        };
         if !success {
             self.consecutive_failures = self.consecutive_failures.saturating_add(1);
         }
         if self.want == Want::Down {
             self.enter(State::Inactive, now);
-            actions.push(note(false, format!("{exit}")));
+            actions.push(note(false, exit.clone()));
             return;
         }
-        if !policy_restarts(cfg.policy, &exit, &cfg.success_exit_codes) {
+        if !restarts {
             let end = if success {
                 State::Exited
             } else {
@@ -455,6 +814,7 @@ mod tests {
                         "signal"
                     }
                     Action::KillAll => "killall",
+                    Action::Probe { .. } => "probe",
                     Action::Note { .. } => "note",
                 })
                 .collect();
@@ -653,5 +1013,316 @@ mod tests {
         assert_eq!(rt.state, Inactive);
         assert_eq!(rt.error, None);
         assert_eq!(rt.transition(Event::Start, t0, &unit), vec![Action::Spawn]);
+    }
+
+    fn notify_service(name: &str) -> Unit {
+        let mut unit = service(name);
+        unit.readiness = crate::unit::Readiness {
+            mode: ReadyMode::Notify,
+            start_timeout: Duration::from_secs(5),
+        };
+        unit
+    }
+
+    fn probed_service(name: &str) -> Unit {
+        let mut unit = service(name);
+        unit.health = Some(crate::unit::Health {
+            probe: Some(crate::unit::ProbeConfig {
+                probe: crate::unit::Probe::Tcp(([127, 0, 0, 1], 5432).into()),
+                interval: Duration::from_secs(1),
+                timeout: Duration::from_millis(500),
+                initial_delay: Duration::from_secs(2),
+                failure_threshold: 3,
+                success_threshold: 2,
+            }),
+            watchdog: None,
+        });
+        unit
+    }
+
+    fn ready_msg() -> Event {
+        Event::Notify(NotifyMessage {
+            ready: true,
+            ..NotifyMessage::default()
+        })
+    }
+
+    fn started(unit: &Unit, t0: Instant) -> Runtime {
+        let mut rt = Runtime::new(t0, Want::Up);
+        rt.transition(Event::Start, t0, unit);
+        rt.transition(Event::Spawned { pid: 7 }, t0, unit);
+        rt
+    }
+
+    /// Runs the probe that is due at the runtime's deadline; returns its seq.
+    fn run_due_probe(rt: &mut Runtime, unit: &Unit) -> (Instant, u64) {
+        let due = rt.deadline().expect("a probe is due");
+        let actions = rt.transition(Event::DeadlineReached, due, unit);
+        match actions.as_slice() {
+            [Action::Probe { seq }] => (due, *seq),
+            other => panic!("expected one probe, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn readiness_gates_decide_when_a_spawned_service_is_running() {
+        let t0 = Instant::now();
+        // (unit, events after the spawn, state)
+        let ok = |seq| Event::ProbeDone {
+            seq,
+            ok: true,
+            message: "ok".into(),
+        };
+        let table: Vec<(Unit, Vec<Event>, State)> = vec![
+            (service("plain"), vec![], Running),
+            (notify_service("n"), vec![], Starting),
+            (notify_service("n"), vec![ready_msg()], Running),
+            // READY=0 and unrelated fields do not make it ready.
+            (
+                notify_service("n"),
+                vec![Event::Notify(NotifyMessage::parse(
+                    b"READY=0\nSTATUS=warming",
+                ))],
+                Starting,
+            ),
+            (probed_service("p"), vec![ok(1)], Starting),
+            (probed_service("p"), vec![ready_msg()], Starting),
+        ];
+        for (unit, events, want) in table {
+            let mut rt = started(&unit, t0);
+            for event in events {
+                if let Event::ProbeDone { .. } = event {
+                    run_due_probe(&mut rt, &unit);
+                }
+                rt.transition(event, t0, &unit);
+            }
+            assert_eq!(rt.state, want, "{} {:?}", unit.name, unit.readiness.mode);
+        }
+    }
+
+    #[test]
+    fn ready_1_makes_a_notify_service_running_and_records_its_status_text() {
+        let unit = notify_service("db");
+        let t0 = Instant::now();
+        let mut rt = started(&unit, t0);
+        assert_eq!(rt.state, Starting);
+        assert_eq!(rt.deadline(), Some(t0 + Duration::from_secs(5)));
+        let msg = Event::Notify(NotifyMessage::parse(b"READY=1\nSTATUS=accepting"));
+        let actions = rt.transition(msg, t0 + MS(1000), &unit);
+        assert_eq!(rt.state, Running);
+        assert_eq!(rt.since, t0 + MS(1000));
+        assert_eq!(rt.deadline(), None, "the start timeout is disarmed");
+        assert_eq!(rt.notify_status.as_deref(), Some("accepting"));
+        assert!(
+            matches!(&actions[..], [Action::Note { message, .. }] if message == "ready (READY=1)")
+        );
+    }
+
+    #[test]
+    fn start_timeout_stops_the_unit_and_counts_as_a_failure_whatever_the_exit_code() {
+        let unit = notify_service("mute");
+        let t0 = Instant::now();
+        let mut rt = started(&unit, t0);
+        let at = t0 + Duration::from_secs(5);
+        let actions = rt.transition(Event::DeadlineReached, at, &unit);
+        assert_eq!(rt.state, Stopping);
+        assert!(actions.contains(&Action::Signal(Signal::SIGTERM)));
+        assert_eq!(rt.deadline(), Some(at + unit.stop.timeout));
+        // The service handles SIGTERM and exits 0: still a failed start.
+        rt.transition(Event::Exited(ExitReport::code(0)), at + MS(10), &unit);
+        assert_eq!(rt.state, Backoff);
+        assert_eq!(rt.last_exit_cause, Some(FailureCause::StartTimeout));
+        assert_eq!(rt.consecutive_failures(), 1);
+
+        // Under `never` it is failed, under `on-oom` too; a user's stop meanwhile wins.
+        for (policy, end) in [
+            (RestartPolicy::Never, Failed),
+            (RestartPolicy::OnOom, Failed),
+            (RestartPolicy::OnAbnormal, Backoff),
+            (RestartPolicy::Always, Backoff),
+        ] {
+            let mut unit = notify_service("mute");
+            unit.restart.policy = policy;
+            let mut rt = started(&unit, t0);
+            rt.transition(Event::DeadlineReached, at, &unit);
+            rt.transition(Event::Exited(ExitReport::code(0)), at, &unit);
+            assert_eq!(rt.state, end, "{policy:?}");
+        }
+        let mut rt = started(&unit, t0);
+        rt.transition(Event::DeadlineReached, at, &unit);
+        rt.transition(Event::Stop(StopReason::User), at, &unit);
+        rt.transition(Event::Exited(ExitReport::code(0)), at, &unit);
+        rt.transition(Event::UnitEmpty, at, &unit);
+        assert_eq!(rt.state, Inactive, "the user's stop wins");
+    }
+
+    #[test]
+    fn probes_follow_initial_delay_and_interval_and_gate_then_guard_liveness() {
+        let unit = probed_service("db");
+        let t0 = Instant::now();
+        let mut rt = started(&unit, t0);
+        // First probe after initial-delay (2s), the start timeout (90s) still ahead.
+        let (at, seq) = run_due_probe(&mut rt, &unit);
+        assert_eq!(at, t0 + Duration::from_secs(2));
+        assert_eq!(
+            rt.deadline(),
+            Some(t0 + Duration::from_secs(90)),
+            "one probe at a time"
+        );
+        let done = |seq, ok| Event::ProbeDone {
+            seq,
+            ok,
+            message: if ok { "HTTP 200" } else { "HTTP 503" }.into(),
+        };
+        rt.transition(done(seq, true), at + MS(100), &unit);
+        assert_eq!(rt.state, Starting, "success-threshold is 2");
+        // The next probe is an interval after the previous one started.
+        let (at, seq) = run_due_probe(&mut rt, &unit);
+        assert_eq!(at, t0 + Duration::from_secs(3));
+        // A stale answer (an earlier seq) changes nothing.
+        rt.transition(done(seq - 1, true), at, &unit);
+        assert_eq!(rt.state, Starting);
+        rt.transition(done(seq, true), at, &unit);
+        assert_eq!(rt.state, Running);
+
+        // Liveness: two failures are tolerated, a success resets the count, three restart.
+        let mut outcomes = vec![false, false, true, false, false];
+        outcomes.reverse();
+        while let Some(ok) = outcomes.pop() {
+            let (at, seq) = run_due_probe(&mut rt, &unit);
+            rt.transition(done(seq, ok), at, &unit);
+            assert_eq!(rt.state, Running);
+        }
+        assert_eq!(rt.probe.failures, 2);
+        let (at, seq) = run_due_probe(&mut rt, &unit);
+        let actions = rt.transition(done(seq, false), at, &unit);
+        assert_eq!(rt.state, Stopping);
+        assert!(actions.contains(&Action::Signal(Signal::SIGTERM)));
+        assert_eq!(
+            rt.deadline(),
+            Some(at + unit.stop.timeout),
+            "no probe while stopping"
+        );
+        rt.transition(
+            Event::Exited(ExitReport::signal(Signal::SIGTERM)),
+            at,
+            &unit,
+        );
+        assert_eq!(rt.state, Backoff);
+        assert_eq!(rt.last_exit_cause, Some(FailureCause::Health));
+        assert_eq!(rt.probe.last.as_ref().map(|r| r.ok), Some(false));
+
+        // The next run: the answer to the last run's final probe arrives late and is ignored.
+        let due = rt.deadline().expect("backoff");
+        rt.transition(Event::DeadlineReached, due, &unit);
+        rt.transition(Event::Start, due, &unit);
+        rt.transition(Event::Spawned { pid: 8 }, due, &unit);
+        let (at, new_seq) = run_due_probe(&mut rt, &unit);
+        assert!(new_seq > seq);
+        rt.transition(done(seq, true), at, &unit);
+        assert_eq!(rt.probe.last, None, "a late answer of the last run");
+        rt.transition(done(new_seq, true), at, &unit);
+        assert_eq!(rt.probe.successes, 1);
+    }
+
+    #[test]
+    fn failing_probes_while_starting_only_delay_readiness() {
+        let unit = probed_service("db");
+        let t0 = Instant::now();
+        let mut rt = started(&unit, t0);
+        let mut notes = Vec::new();
+        for message in ["refused", "refused", "refused", "HTTP 503", "HTTP 503"] {
+            let (at, seq) = run_due_probe(&mut rt, &unit);
+            let event = Event::ProbeDone {
+                seq,
+                ok: false,
+                message: message.into(),
+            };
+            for action in rt.transition(event, at, &unit) {
+                if let Action::Note { message, .. } = action {
+                    notes.push(message);
+                }
+            }
+            assert_eq!(rt.state, Starting);
+        }
+        assert_eq!(rt.probe.failures, 5);
+        assert_eq!(
+            notes,
+            vec![
+                "health probe failed, not ready yet: refused",
+                "health probe failed, not ready yet: HTTP 503"
+            ],
+            "told once per new reason"
+        );
+    }
+
+    #[test]
+    fn the_watchdog_fires_without_pings_and_is_pushed_on_by_each() {
+        let mut unit = service("dog");
+        unit.health = Some(crate::unit::Health {
+            probe: None,
+            watchdog: Some(Duration::from_secs(1)),
+        });
+        let ping = || Event::Notify(NotifyMessage::parse(b"WATCHDOG=1"));
+        let t0 = Instant::now();
+        let mut rt = started(&unit, t0);
+        assert_eq!(rt.state, Running, "a watchdog alone gates nothing");
+        assert_eq!(rt.deadline(), Some(t0 + MS(1000)));
+        rt.transition(ping(), t0 + MS(900), &unit);
+        assert_eq!(rt.deadline(), Some(t0 + MS(1900)));
+        // WATCHDOG_USEC= from the unit changes the timeout from then on.
+        rt.transition(
+            Event::Notify(NotifyMessage::parse(b"WATCHDOG_USEC=3000000")),
+            t0 + MS(1000),
+            &unit,
+        );
+        assert_eq!(rt.deadline(), Some(t0 + MS(4000)));
+        assert_eq!(rt.watchdog_timeout(&unit), Some(Duration::from_secs(3)));
+        rt.transition(Event::DeadlineReached, t0 + MS(4000), &unit);
+        assert_eq!(rt.state, Stopping);
+        rt.transition(
+            Event::Exited(ExitReport::signal(Signal::SIGTERM)),
+            t0 + MS(4001),
+            &unit,
+        );
+        assert_eq!(rt.last_exit_cause, Some(FailureCause::Watchdog));
+        assert_eq!(rt.state, Backoff);
+
+        // STOPPING=1 suspends the watchdog; WATCHDOG=trigger fires it at once.
+        let mut rt = started(&unit, t0);
+        rt.transition(
+            Event::Notify(NotifyMessage::parse(b"STOPPING=1")),
+            t0,
+            &unit,
+        );
+        assert!(rt.stopping_notified);
+        assert_eq!(rt.deadline(), None);
+        let mut rt = started(&unit, t0);
+        rt.transition(
+            Event::Notify(NotifyMessage::parse(b"WATCHDOG=trigger")),
+            t0,
+            &unit,
+        );
+        assert_eq!(rt.state, Stopping);
+    }
+
+    #[test]
+    fn mainpid_moves_the_main_process_and_a_new_run_forgets_the_last_ones_notify_state() {
+        let unit = notify_service("forking");
+        let t0 = Instant::now();
+        let mut rt = started(&unit, t0);
+        rt.transition(
+            Event::Notify(NotifyMessage::parse(b"MAINPID=99\nREADY=1\nSTATUS=up")),
+            t0,
+            &unit,
+        );
+        assert_eq!((rt.pid, rt.state), (Some(99), Running));
+        rt.transition(Event::Exited(ExitReport::code(1)), t0, &unit);
+        let due = rt.deadline().expect("backoff");
+        rt.transition(Event::DeadlineReached, due, &unit);
+        rt.transition(Event::Start, due, &unit);
+        assert_eq!(rt.notify_status, None);
+        assert!(!rt.ready_notified);
+        assert_eq!(rt.last_exit_cause, None, "an exit of its own");
     }
 }

@@ -7,6 +7,7 @@ use std::time::Instant;
 use nix::sys::signal::Signal;
 
 use crate::core::exit::ExitReport;
+use crate::core::notify::NotifyMessage;
 use crate::core::reload::{self, Change, ReloadPlan};
 use crate::core::service::{Action, Event, Runtime, State, StopReason, Want};
 use crate::unit::{Unit, UnitKind, UnitName, UnitSet};
@@ -43,6 +44,18 @@ pub enum Input {
     UnitEmpty {
         unit: UnitName,
     },
+    /// A notify datagram from a process the daemon found inside the unit.
+    Notify {
+        unit: UnitName,
+        message: NotifyMessage,
+    },
+    /// Health probe `seq` of the unit finished.
+    ProbeDone {
+        unit: UnitName,
+        seq: u64,
+        ok: bool,
+        message: String,
+    },
     /// Time passed; deadlines at or before `now` fire.
     Tick,
     Shutdown,
@@ -57,6 +70,8 @@ pub enum Effect {
     Signal { unit: UnitName, signal: Signal },
     /// SIGKILL every process left in the unit.
     KillAll { unit: UnitName },
+    /// Run the unit's health probe once; answer with `ProbeDone` carrying `seq`.
+    Probe { unit: Arc<Unit>, seq: u64 },
     Log {
         unit: UnitName,
         warn: bool,
@@ -258,6 +273,18 @@ impl Supervisor {
             }
             Input::UnitEmpty { unit } => {
                 self.feed(&unit, Event::UnitEmpty, now, &mut effects);
+            }
+            Input::Notify { unit, message } => {
+                self.feed(&unit, Event::Notify(message), now, &mut effects);
+            }
+            Input::ProbeDone {
+                unit,
+                seq,
+                ok,
+                message,
+            } => {
+                let event = Event::ProbeDone { seq, ok, message };
+                self.feed(&unit, event, now, &mut effects);
             }
             Input::OomKills { unit, count } => {
                 if let Some(e) = self.entries.get_mut(&unit) {
@@ -494,7 +521,18 @@ impl Supervisor {
         let Some(e) = self.entries.get_mut(name) else {
             return;
         };
+        let pid_before = e.rt.pid;
         let actions = e.rt.transition(event, now, &e.unit);
+        // MAINPID= moved the main process: its exit is now the one that counts.
+        if let (Some(old), Some(new)) = (pid_before, e.rt.pid)
+            && old != new
+        {
+            self.by_pid.remove(&old);
+            self.by_pid.insert(new, name.clone());
+        }
+        let Some(e) = self.entries.get(name) else {
+            return;
+        };
         for action in actions {
             effects.push(match action {
                 Action::Spawn => Effect::Spawn {
@@ -505,6 +543,10 @@ impl Supervisor {
                     signal,
                 },
                 Action::KillAll => Effect::KillAll { unit: name.clone() },
+                Action::Probe { seq } => Effect::Probe {
+                    unit: Arc::clone(&e.unit),
+                    seq,
+                },
                 Action::Note { warn, message } => Effect::Log {
                     unit: name.clone(),
                     warn,
@@ -644,6 +686,7 @@ fn failure_text(name: &UnitName, rt: &Runtime) -> String {
 mod tests {
     use super::*;
     use crate::core::fixtures::{name, oneshot, service};
+    use std::time::Duration;
 
     /// A fake OS: spawns get sequential pids; returns the names spawned, in order.
     fn run(sup: &mut Supervisor, input: Input, now: Instant, next_pid: &mut i32) -> Vec<Effect> {
@@ -722,6 +765,71 @@ mod tests {
         let effects = run(&mut sup, exit, t0, &mut pids);
         assert_eq!(spawned(&effects), vec!["web"]);
         assert_eq!(state(&sup, "web"), State::Running);
+    }
+
+    fn notify(unit: &str, datagram: &[u8]) -> Input {
+        Input::Notify {
+            unit: name(unit),
+            message: NotifyMessage::parse(datagram),
+        }
+    }
+
+    #[test]
+    fn after_and_requires_wait_for_readiness_not_the_spawn() {
+        let t0 = Instant::now();
+        let mut db = service("db");
+        db.readiness.mode = crate::unit::ReadyMode::Notify;
+        let mut web = service("web");
+        web.after = vec![name("db")];
+        let mut api = service("api");
+        api.requires = vec![name("db")];
+        let mut sup = Supervisor::new([db, web, api], t0);
+        let mut pids = 0;
+        let effects = run(&mut sup, Input::Tick, t0, &mut pids);
+        assert_eq!(spawned(&effects), vec!["db"]);
+        assert_eq!(state(&sup, "db"), State::Starting);
+        assert_eq!(
+            sup.settled(&name("db"), Goal::Started),
+            None,
+            "start waits too"
+        );
+        let later = t0 + Duration::from_secs(1);
+        let effects = run(&mut sup, notify("db", b"READY=1"), later, &mut pids);
+        assert_eq!(spawned(&effects), vec!["api", "web"]);
+        assert_eq!(sup.settled(&name("db"), Goal::Started), Some(Ok(())));
+    }
+
+    #[test]
+    fn mainpid_hands_the_units_fate_to_the_new_main_process() {
+        let t0 = Instant::now();
+        let mut db = service("db");
+        db.readiness.mode = crate::unit::ReadyMode::Notify;
+        let mut sup = Supervisor::new([db], t0);
+        let mut pids = 0;
+        run(&mut sup, Input::Tick, t0, &mut pids);
+        let launcher = pid(&sup, "db");
+        run(
+            &mut sup,
+            notify("db", b"MAINPID=500\nREADY=1"),
+            t0,
+            &mut pids,
+        );
+        assert_eq!(sup.unit_of_pid(500), Some(&name("db")));
+        assert_eq!(sup.unit_of_pid(launcher), None);
+        // The launcher's exit is no longer the unit's...
+        let exit = Input::Exited {
+            pid: launcher,
+            exit: ExitReport::code(0),
+        };
+        run(&mut sup, exit, t0, &mut pids);
+        assert_eq!(state(&sup, "db"), State::Running);
+        // ...the new main process's is.
+        let exit = Input::Exited {
+            pid: 500,
+            exit: ExitReport::code(1),
+        };
+        run(&mut sup, exit, t0, &mut pids);
+        assert_eq!(state(&sup, "db"), State::Backoff);
     }
 
     #[test]

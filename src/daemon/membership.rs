@@ -463,6 +463,33 @@ impl Members {
         }
     }
 
+    /// Whether process `pid` belongs to the unit now: a member of its cgroup, or of its
+    /// process group where it has no cgroup. (A process gone already belongs to nobody.)
+    pub fn contains(&self, unit: &UnitName, pid: i32) -> bool {
+        match (self.doors.get(unit), &self.cgroups) {
+            (Some(Door::Cgroup(rel)), Some(cgroups)) => {
+                cgroups.procs(rel).is_ok_and(|procs| procs.contains(&pid))
+            }
+            (Some(Door::Group(group)), _) => {
+                nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid)))
+                    .is_ok_and(|pgid| pgid.as_raw() == group.0)
+            }
+            _ => false,
+        }
+    }
+
+    /// `cgroup.procs` of the unit's running generation, for a health probe to join: unlike
+    /// `prepare_spawn` it neither creates nor empties anything. Empty without a cgroup.
+    pub fn join_running(&self, unit: &UnitName) -> Join {
+        match (self.doors.get(unit), &self.cgroups) {
+            (Some(Door::Cgroup(rel)), Some(cgroups)) => cgroups.join(rel).unwrap_or_else(|e| {
+                warn!(unit = %unit, "the health probe runs outside the unit's cgroup: {e}");
+                Join::default()
+            }),
+            _ => Join::default(),
+        }
+    }
+
     pub fn set_frozen(&mut self, unit: &UnitName, frozen: bool) -> Result<(), String> {
         let (Some(Door::Cgroup(rel)), Some(cgroups)) = (self.doors.get(unit), &self.cgroups) else {
             return Err(match &self.disabled {

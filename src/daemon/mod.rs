@@ -5,6 +5,7 @@ mod control;
 pub mod logging;
 mod membership;
 mod output;
+mod readiness;
 mod requests;
 mod status;
 
@@ -91,6 +92,9 @@ struct Pipe {
     stream: Stream,
     fd: OwnedFd,
     splitter: LineSplitter,
+    /// An exec health probe's output: read so the probe never blocks on a full pipe, then
+    /// dropped, so a probe every few seconds does not drown the unit's own log.
+    discard: bool,
 }
 
 /// After every unit is down: leftover descendants get SIGTERM, then SIGKILL at `kill_at`.
@@ -124,6 +128,8 @@ struct Daemon {
     /// `populated` watches of units' cgroups (v2): a wake to look for units that became empty.
     populated_watches: HashMap<u64, (UnitName, OwnedFd)>,
     members: Members,
+    /// Notify sockets, health probes in flight: see readiness.rs.
+    readiness: readiness::Readiness,
     rings: HashMap<UnitName, Ring>,
     next_token: u64,
     clock: Clock,
@@ -231,6 +237,7 @@ pub fn run(opts: Options) -> Result<Ending, DaemonError> {
         pipes: HashMap::new(),
         memory_watches: HashMap::new(),
         populated_watches: HashMap::new(),
+        readiness: readiness::Readiness::default(),
         watch,
         reload_due: None,
         reload_error: None,
@@ -285,6 +292,9 @@ impl Daemon {
             let now = Instant::now();
             let reaped = reaper::reap_all();
             for (pid, mut termination) in reaped.exits {
+                if self.exec_probe_exited(pid, termination, now) {
+                    continue;
+                }
                 if let Some(unit) = self.sup.unit_of_pid(pid).cloned()
                     && let Some(command) = self.members.take_helper_exit(&unit)
                 {
@@ -310,6 +320,7 @@ impl Daemon {
             if self.reload_due.is_some_and(|(due, _)| due <= now) {
                 let _ = self.reload(now);
             }
+            self.expire_probes(now);
             self.feed(Input::Tick, now);
             for (unit, count) in self.members.spared_main_oom_kills(now) {
                 self.record_oom_kills(&unit, count, true, now);
@@ -387,6 +398,7 @@ impl Daemon {
             .next_deadline()
             .into_iter()
             .chain(self.members.next_deadline())
+            .chain(self.readiness.next_deadline())
             .chain(self.reload_due.map(|(due, _)| due))
             .chain(clients)
             .chain(leftovers)
@@ -434,6 +446,7 @@ impl Daemon {
                 }
             }
             token if self.pipes.contains_key(&token) => self.read_pipe(token),
+            token if self.readiness.owns(token) => self.on_readiness_event(token),
             token => self.serve_client(token, r),
         }
     }
@@ -505,13 +518,14 @@ impl Daemon {
                         error: "unit has no [exec]".into(),
                     });
                 };
+                let exec = self.with_notify_env(&unit, exec);
                 let cgroup = self.members.prepare_spawn(&unit);
                 let confine = spawn::Confinement {
                     namespaces: &unit.namespaces,
                     sandbox: &unit.sandbox,
                 };
                 let spawned = spawn::spawn(
-                    exec,
+                    &exec,
                     exec.user.as_ref(),
                     &cgroup,
                     unit.oom.score_adjust,
@@ -570,6 +584,7 @@ impl Daemon {
                 self.members.kill_all(&unit, now);
                 None
             }
+            Effect::Probe { unit, seq } => self.start_probe(&unit, seq, now),
             Effect::Log {
                 unit,
                 warn: true,
@@ -587,6 +602,7 @@ impl Daemon {
                 None
             }
             Effect::Forget { unit } => {
+                self.readiness.forget(&self.poller, &unit);
                 self.rings.remove(&unit);
                 self.members.forget(&unit, now);
                 self.drop_memory_watch(&unit);
@@ -720,6 +736,10 @@ impl Daemon {
     }
 
     fn watch_pipe(&mut self, unit: &UnitName, stream: Stream, fd: OwnedFd) {
+        self.watch_pipe_as(unit, stream, fd, false);
+    }
+
+    fn watch_pipe_as(&mut self, unit: &UnitName, stream: Stream, fd: OwnedFd, discard: bool) {
         let token = self.token();
         if let Err(e) = self.poller.add(fd.as_fd(), token, false) {
             warn!(unit = %unit, "cannot watch the unit's output: {e}");
@@ -732,6 +752,7 @@ impl Daemon {
                 stream,
                 fd,
                 splitter: LineSplitter::default(),
+                discard,
             },
         );
     }
@@ -765,6 +786,9 @@ impl Daemon {
             pipe.splitter.finish(&mut pieces);
         }
         let (unit, stream) = (pipe.unit.clone(), pipe.stream);
+        if pipe.discard {
+            pieces.clear();
+        }
         for piece in pieces {
             self.emit_line(&unit, stream, piece);
         }

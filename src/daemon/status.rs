@@ -5,8 +5,8 @@ use std::time::Instant;
 use crate::core::exit::{ExitReport, Termination};
 use crate::core::service::{Runtime, State};
 use crate::os::namespaces::KINDS;
-use crate::proto::{LastExit, Limits, NamespaceStatus, UnitStatus};
-use crate::unit::{ByteLimit, Namespaces, Resources, Unit};
+use crate::proto::{HealthStatus, LastExit, Limits, NamespaceStatus, UnitStatus};
+use crate::unit::{ByteLimit, Namespaces, Probe, ReadyMode, Resources, Unit};
 
 use super::clock::{Clock, millis};
 use super::membership::CgroupFacts;
@@ -28,7 +28,10 @@ pub fn unit_status(
         since: clock.rfc3339(rt.since),
         restarts: rt.restarts,
         oom_kills: rt.oom_kills,
-        last_exit: rt.last_exit.as_ref().map(last_exit),
+        last_exit: rt.last_exit.as_ref().map(|exit| LastExit {
+            reason: rt.last_exit_cause.map(|c| c.as_str().to_owned()),
+            ..last_exit(exit)
+        }),
         last_exit_status: rt.last_exit.as_ref().map(ExitReport::shell_code),
         cgroup: cgroup.cgroup,
         limits_enforced: cgroup.limits_enforced,
@@ -43,6 +46,27 @@ pub fn unit_status(
             _ => None,
         },
         namespaces: Vec::new(),
+        ready: unit.exec.as_ref().map(|_| {
+            match unit.readiness.mode {
+                ReadyMode::Started => "started",
+                ReadyMode::Notify => "notify",
+            }
+            .to_owned()
+        }),
+        status_text: rt.notify_status.clone(),
+        health: unit.health.as_ref().map(|h| HealthStatus {
+            probe: h.probe.as_ref().map(|p| probe_text(&p.probe)),
+            last_result: rt
+                .probe
+                .last
+                .as_ref()
+                .map(|r| if r.ok { "ok" } else { "failed" }.to_owned()),
+            last_message: rt.probe.last.as_ref().map(|r| r.message.clone()),
+            last_probe_at: rt.probe.last.as_ref().map(|r| clock.rfc3339(r.at)),
+            consecutive_failures: rt.probe.failures,
+            consecutive_successes: rt.probe.successes,
+            watchdog_ms: rt.watchdog_timeout(unit).map(millis),
+        }),
         error: rt.error.clone(),
     }
 }
@@ -79,6 +103,14 @@ pub fn namespace_status(
         .collect()
 }
 
+fn probe_text(probe: &Probe) -> String {
+    match probe {
+        Probe::Exec(argv) => format!("exec {}", argv.join(" ")),
+        Probe::Http(t) => format!("http http://{}{}", t.host, t.path),
+        Probe::Tcp(addr) => format!("tcp {addr}"),
+    }
+}
+
 pub fn last_exit(exit: &ExitReport) -> LastExit {
     match exit.termination {
         Termination::Exited(code) => LastExit {
@@ -86,6 +118,7 @@ pub fn last_exit(exit: &ExitReport) -> LastExit {
             signal: None,
             core_dumped: false,
             oom: exit.oom,
+            reason: None,
         },
         Termination::Signaled {
             signal,
@@ -95,6 +128,7 @@ pub fn last_exit(exit: &ExitReport) -> LastExit {
             signal: Some(crate::core::exit::signal_name(signal)),
             core_dumped,
             oom: exit.oom,
+            reason: None,
         },
     }
 }

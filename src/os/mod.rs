@@ -3,8 +3,10 @@
 pub mod cgroup;
 pub mod control_socket;
 pub mod namespaces;
+pub mod notify;
 pub mod pid1;
 pub mod poller;
+pub mod probe;
 pub mod process_group;
 pub mod reaper;
 pub mod signals;

@@ -70,12 +70,98 @@ pub struct Unit {
     pub oom: OomConfig,
     pub namespaces: Namespaces,
     pub sandbox: Sandbox,
+    /// `[exec] ready` and `start-timeout`: when a started unit counts as up.
+    pub readiness: Readiness,
+    /// `[health]`: a probe and/or a watchdog; `None` when the unit has no such section.
+    pub health: Option<Health>,
 }
 
 impl Unit {
     /// Units this one waits for before it starts: `after` and `requires` together.
     pub fn ordering_deps(&self) -> impl Iterator<Item = &UnitName> {
         self.after.iter().chain(self.requires.iter())
+    }
+}
+
+/// How a unit tells corral it is ready (`[exec] ready`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReadyMode {
+    /// Ready once its main process is spawned (systemd `Type=exec`).
+    Started,
+    /// Ready when a process of the unit sends `READY=1` to `$NOTIFY_SOCKET` (systemd `Type=notify`).
+    Notify,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Readiness {
+    pub mode: ReadyMode,
+    /// A unit not ready this long after its spawn has failed its start.
+    pub start_timeout: Duration,
+}
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Readiness {
+            mode: ReadyMode::Started,
+            start_timeout: Duration::from_secs(90),
+        }
+    }
+}
+
+/// What one probe checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// argv, run inside the unit's cgroup; exit code 0 is a success.
+    Exec(Vec<String>),
+    /// `http://HOST:PORT/PATH`: a 2xx or 3xx answer to an HTTP/1.0 GET is a success.
+    Http(HttpTarget),
+    /// `HOST:PORT`: an accepted TCP connection is a success.
+    Tcp(std::net::SocketAddr),
+}
+
+/// A parsed `http = "..."` probe target: an IP address (no DNS in PID 1), a port and a path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpTarget {
+    pub addr: std::net::SocketAddr,
+    /// The `Host:` header: the authority as written.
+    pub host: String,
+    /// Starts with '/'.
+    pub path: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbeConfig {
+    pub probe: Probe,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub initial_delay: Duration,
+    /// Consecutive failures of a ready unit that restart it.
+    pub failure_threshold: u32,
+    /// Consecutive successes that make a starting unit ready.
+    pub success_threshold: u32,
+}
+
+/// `[health]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Health {
+    pub probe: Option<ProbeConfig>,
+    /// Restart the unit when no `WATCHDOG=1` arrives for this long.
+    pub watchdog: Option<Duration>,
+}
+
+impl Unit {
+    /// The unit is given a `$NOTIFY_SOCKET`: it reports readiness or watchdog pings there.
+    pub fn wants_notify_socket(&self) -> bool {
+        self.readiness.mode == ReadyMode::Notify
+            || self.health.as_ref().is_some_and(|h| h.watchdog.is_some())
+    }
+
+    /// The unit stays `starting` after its spawn until it proves it is ready.
+    pub fn gates_readiness(&self) -> bool {
+        self.kind == UnitKind::Service
+            && (self.readiness.mode == ReadyMode::Notify
+                || self.health.as_ref().is_some_and(|h| h.probe.is_some()))
     }
 }
 

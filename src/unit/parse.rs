@@ -30,9 +30,37 @@ const TOP_KEYS: &[&str] = &[
     "oom",
     "namespaces",
     "sandbox",
+    "health",
 ];
 const SLICE_KEYS: &[&str] = &["kind", "description", "slice", "resources"];
-const EXEC_KEYS: &[&str] = &["command", "working-dir", "env", "user", "group"];
+const EXEC_KEYS: &[&str] = &[
+    "command",
+    "working-dir",
+    "env",
+    "user",
+    "group",
+    "ready",
+    "start-timeout",
+];
+const HEALTH_KEYS: &[&str] = &[
+    "exec",
+    "http",
+    "tcp",
+    "interval",
+    "timeout",
+    "initial-delay",
+    "failure-threshold",
+    "success-threshold",
+    "watchdog",
+];
+const PROBE_KEYS: &[&str] = &["exec", "http", "tcp"];
+const PROBE_TUNING_KEYS: &[&str] = &[
+    "interval",
+    "timeout",
+    "initial-delay",
+    "failure-threshold",
+    "success-threshold",
+];
 const RESTART_KEYS: &[&str] = &[
     "policy",
     "delay",
@@ -71,6 +99,10 @@ const KINDS: &[(&str, UnitKind)] = &[
     ("service", UnitKind::Service),
     ("oneshot", UnitKind::Oneshot),
     ("slice", UnitKind::Slice),
+];
+const READY_MODES: &[(&str, ReadyMode)] = &[
+    ("started", ReadyMode::Started),
+    ("notify", ReadyMode::Notify),
 ];
 const POLICIES: &[(&str, RestartPolicy)] = &[
     ("never", RestartPolicy::Never),
@@ -543,6 +575,8 @@ impl Reader<'_> {
             oom: OomConfig::default(),
             namespaces: Namespaces::default(),
             sandbox: Sandbox::default(),
+            readiness: Readiness::default(),
+            health: None,
         };
         let cx = &mut self.cx;
         if let Some(sec) = root.section(cx, "resources") {
@@ -553,7 +587,10 @@ impl Reader<'_> {
         }
         root.set(cx, "enabled", &mut unit.enabled, boolean);
         unit.exec = match root.section(cx, "exec") {
-            Some(sec) => exec(cx, &sec, users),
+            Some(sec) => {
+                readiness(cx, &sec, kind, &mut unit.readiness);
+                exec(cx, &sec, users)
+            }
             None => {
                 // With an invalid `kind` the user may have meant a slice; do not pile on.
                 if root.get("exec").is_none() && !cx.kind_invalid {
@@ -583,6 +620,18 @@ impl Reader<'_> {
         }
         if let Some(sec) = root.section(cx, "sandbox") {
             unit.sandbox = sandbox(cx, &sec);
+        }
+        if let Some(sec) = root.section(cx, "health") {
+            if kind == UnitKind::Oneshot {
+                cx.error(
+                    sec.span.clone(),
+                    "health",
+                    Invalid::new("[health] is for services").hint(
+                        "a oneshot is done when it exits successfully; it has no life to probe",
+                    ),
+                );
+            }
+            unit.health = health(cx, &sec);
         }
         implied_namespaces(cx, ns.as_ref(), &mut unit.namespaces, &unit.sandbox);
         unit.after = self.refs(root, "after", RefField::After);
@@ -740,6 +789,117 @@ fn credentials(cx: &mut Ctx, sec: &Section, users: &dyn UserDb) -> Option<Creden
         gid,
         home: entry.home,
     })
+}
+
+/// `[exec] ready` and `start-timeout`.
+fn readiness(cx: &mut Ctx, sec: &Section, kind: UnitKind, cfg: &mut Readiness) {
+    sec.set(cx, "ready", &mut cfg.mode, one_of(READY_MODES));
+    sec.set(
+        cx,
+        "start-timeout",
+        &mut cfg.start_timeout,
+        positive_duration,
+    );
+    if kind == UnitKind::Oneshot && cfg.mode == ReadyMode::Notify {
+        cx.error(
+            sec.span_of("ready"),
+            &sec.key("ready"),
+            Invalid::new("`ready = \"notify\"` is for services")
+                .hint("a oneshot is ready when it exits successfully"),
+        );
+    }
+}
+
+fn positive_duration(v: &DeValue) -> Parse<Duration> {
+    let d = duration(v)?;
+    if d.is_zero() {
+        Err(Invalid::new("must be longer than zero"))
+    } else {
+        Ok(d)
+    }
+}
+
+/// `[health]`: at most one probe, its tuning, and a watchdog; at least a probe or a watchdog.
+fn health(cx: &mut Ctx, sec: &Section) -> Option<Health> {
+    sec.check_keys(cx, HEALTH_KEYS);
+    // In the order written, so the one reported is the one added last.
+    let mut given: Vec<(&str, Span)> = sec.keys().filter(|(k, _)| PROBE_KEYS.contains(k)).collect();
+    given.sort_by_key(|(_, span)| span.start);
+    let given: Vec<&str> = given.into_iter().map(|(k, _)| k).collect();
+    for extra in given.iter().skip(1) {
+        cx.error(
+            sec.span_of(extra),
+            &sec.key(extra),
+            Invalid::new(format!(
+                "a unit has one probe: `{}` and `{extra}` are both set",
+                given[0]
+            ))
+            .hint("keep one of `exec`, `http` and `tcp`"),
+        );
+    }
+    let probe = match given.first().copied() {
+        Some("exec") => {
+            let argv: Vec<String> = sec
+                .list(cx, "exec", owned)
+                .into_iter()
+                .flatten()
+                .map(|(s, _)| s)
+                .collect();
+            if sec.empty_array_span("exec").is_some() || argv.first().is_some_and(String::is_empty)
+            {
+                cx.error(
+                    sec.span_of("exec"),
+                    &sec.key("exec"),
+                    "the probe's command must not be empty",
+                );
+            }
+            (!argv.is_empty()).then_some(Probe::Exec(argv))
+        }
+        Some("http") => sec
+            .read(cx, "http", text(values::http_target))
+            .map(Probe::Http),
+        Some("tcp") => sec
+            .read(cx, "tcp", text(|s| values::socket_addr(s, None)))
+            .map(Probe::Tcp),
+        _ => None,
+    };
+    let watchdog = sec.read(cx, "watchdog", positive_duration);
+    if given.is_empty() {
+        for k in PROBE_TUNING_KEYS {
+            if sec.get(k).is_some() {
+                cx.error(
+                    sec.span_of(k),
+                    &sec.key(k),
+                    Invalid::new(format!("`{k}` tunes a probe, and [health] has none"))
+                        .hint("add one of `exec`, `http` or `tcp`"),
+                );
+            }
+        }
+        if sec.get("watchdog").is_none() {
+            cx.error(
+                sec.span.clone(),
+                "health",
+                Invalid::new("[health] needs a probe or a watchdog")
+                    .hint("set one of `exec`, `http`, `tcp`, or `watchdog`"),
+            );
+        }
+    }
+    let mut cfg = ProbeConfig {
+        probe: Probe::Tcp(std::net::SocketAddr::from(([127, 0, 0, 1], 1))),
+        interval: Duration::from_secs(10),
+        timeout: Duration::from_secs(1),
+        initial_delay: Duration::ZERO,
+        failure_threshold: 3,
+        success_threshold: 1,
+    };
+    sec.set(cx, "interval", &mut cfg.interval, positive_duration);
+    sec.set(cx, "timeout", &mut cfg.timeout, positive_duration);
+    sec.set(cx, "initial-delay", &mut cfg.initial_delay, duration);
+    let count = int_in(1, i64::from(u32::MAX));
+    sec.set(cx, "failure-threshold", &mut cfg.failure_threshold, &count);
+    sec.set(cx, "success-threshold", &mut cfg.success_threshold, &count);
+    let probe = probe.map(|probe| ProbeConfig { probe, ..cfg });
+    Some(Health { probe, watchdog })
 }
 
 fn restart(cx: &mut Ctx, sec: &Section, cfg: &mut RestartConfig) {

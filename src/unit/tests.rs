@@ -886,6 +886,8 @@ fn spec_example_parses_into_the_expected_model() {
             read_only_paths: vec!["/etc".into()],
             private_tmp: true,
         },
+        readiness: Readiness::default(),
+        health: None,
     };
     assert_eq!(unit, expected);
 }
@@ -1185,4 +1187,156 @@ fn graph_helpers_see_loaded_units() {
     );
     let dependents = crate::core::graph::ordering_graph(&units).dependents(&name("db"));
     assert_eq!(dependents.into_iter().collect::<Vec<_>>(), [name("web")]);
+}
+
+#[test]
+fn readiness_and_health_keys_parse_with_their_defaults() {
+    let unit = ok("[exec]\ncommand = [\"db\"]\nready = \"notify\"\nstart-timeout = \"5s\"");
+    assert_eq!(
+        unit.readiness,
+        Readiness {
+            mode: ReadyMode::Notify,
+            start_timeout: Duration::from_secs(5),
+        }
+    );
+    assert_eq!(unit.health, None);
+    assert_eq!(ok("").readiness, Readiness::default());
+
+    let unit = ok("[health]\nhttp = \"http://127.0.0.1:8080/healthz?full=1\"");
+    let probe = unit.health.unwrap().probe.unwrap();
+    assert_eq!(
+        probe,
+        ProbeConfig {
+            probe: Probe::Http(HttpTarget {
+                addr: "127.0.0.1:8080".parse().unwrap(),
+                host: "127.0.0.1:8080".into(),
+                path: "/healthz?full=1".into(),
+            }),
+            interval: Duration::from_secs(10),
+            timeout: Duration::from_secs(1),
+            initial_delay: Duration::ZERO,
+            failure_threshold: 3,
+            success_threshold: 1,
+        }
+    );
+    let health = ok(
+        "[health]\ntcp = \"localhost:5432\"\ninterval = \"2s\"\ntimeout = \"500ms\"\n\
+         initial-delay = \"3s\"\nfailure-threshold = 5\nsuccess-threshold = 2\nwatchdog = \"30s\"",
+    )
+    .health
+    .unwrap();
+    let probe = health.probe.unwrap();
+    assert_eq!(probe.probe, Probe::Tcp("127.0.0.1:5432".parse().unwrap()));
+    assert_eq!(
+        (probe.interval, probe.timeout, probe.initial_delay),
+        (
+            Duration::from_secs(2),
+            Duration::from_millis(500),
+            Duration::from_secs(3)
+        )
+    );
+    assert_eq!((probe.failure_threshold, probe.success_threshold), (5, 2));
+    assert_eq!(health.watchdog, Some(Duration::from_secs(30)));
+
+    let health = ok("[exec]\ncommand = [\"pg\"]\n[health]\nexec = [\"pg_isready\", \"-q\"]")
+        .health
+        .unwrap();
+    assert_eq!(
+        health.probe.map(|p| p.probe),
+        Some(Probe::Exec(vec!["pg_isready".into(), "-q".into()]))
+    );
+    let health = ok("[health]\nwatchdog = \"10s\"").health.unwrap();
+    assert_eq!(
+        (health.probe, health.watchdog),
+        (None, Some(Duration::from_secs(10)))
+    );
+    let http = ok("[health]\nhttp = \"http://[::1]\"")
+        .health
+        .unwrap()
+        .probe
+        .unwrap();
+    assert_eq!(
+        http.probe,
+        Probe::Http(HttpTarget {
+            addr: "[::1]:80".parse().unwrap(),
+            host: "[::1]".into(),
+            path: "/".into(),
+        })
+    );
+}
+
+#[test]
+fn readiness_and_health_mistakes_are_reported_with_position_and_key() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "[exec]\ncommand = [\"x\"]\nready = \"notfy\"",
+            "3:9: error: exec.ready: invalid value \"notfy\" (did you mean `notify`?)",
+        ),
+        (
+            "[exec]\ncommand = [\"x\"]\nstart-timeout = \"0s\"",
+            "3:17: error: exec.start-timeout: must be longer than zero",
+        ),
+        (
+            "kind = \"oneshot\"\n[exec]\ncommand = [\"x\"]\nready = \"notify\"",
+            "4:9: error: exec.ready: `ready = \"notify\"` is for services",
+        ),
+        (
+            "[health]\nhttp = \"https://127.0.0.1/\"",
+            "2:8: error: health.http: \"https://127.0.0.1/\" is not an http:// URL (https is not probed",
+        ),
+        (
+            "[health]\ntcp = \"db.internal:5432\"",
+            "2:7: error: health.tcp: \"db.internal\" is not an IP address",
+        ),
+        (
+            "[health]\ntcp = \"127.0.0.1\"",
+            "2:7: error: health.tcp: \"127.0.0.1\" has no port",
+        ),
+        (
+            "[health]\ntcp = \"127.0.0.1:99999\"",
+            "2:7: error: health.tcp: invalid port \"99999\"",
+        ),
+        (
+            "[health]\ntcp = \"127.0.0.1:1\"\nhttp = \"http://127.0.0.1/\"",
+            "3:8: error: health.http: a unit has one probe: `tcp` and `http` are both set",
+        ),
+        (
+            "[health]\ninterval = \"1s\"\nwatchdog = \"1s\"",
+            "2:12: error: health.interval: `interval` tunes a probe, and [health] has none",
+        ),
+        (
+            "[health]\n",
+            "error: health: [health] needs a probe or a watchdog",
+        ),
+        (
+            "[exec]\ncommand = [\"x\"]\n[health]\nexec = []",
+            "4:8: error: health.exec: the probe's command must not be empty",
+        ),
+        (
+            "[health]\nwatchdog = \"0s\"",
+            "2:12: error: health.watchdog: must be longer than zero",
+        ),
+        (
+            "[health]\ntcp = \"127.0.0.1:1\"\nfailure-threshold = 0",
+            "3:21: error: health.failure-threshold: 0 is out of range",
+        ),
+        (
+            "[health]\ntcp = \"127.0.0.1:1\"\nprobe = 1",
+            "3:1: error: health.probe: unknown key",
+        ),
+        (
+            "kind = \"oneshot\"\n[exec]\ncommand = [\"x\"]\n[health]\nwatchdog = \"1s\"",
+            "error: health: [health] is for services",
+        ),
+    ];
+    for (text, want) in cases {
+        let text = service(text);
+        let got = errors(&text);
+        assert_eq!(got.len(), 1, "{text:?}: expected one error, got {got:#?}");
+        assert!(
+            got[0].contains(want),
+            "{text:?}:\n  got  {}\n  want {want}",
+            got[0]
+        );
+    }
 }

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-use super::model::{ByteLimit, Capability, CpuPercent, DeviceSpec, IdMapEntry, SignalSpec};
+use super::model::{
+    ByteLimit, Capability, CpuPercent, DeviceSpec, HttpTarget, IdMapEntry, SignalSpec,
+};
 
 /// Why a value was rejected: the message, plus an optional hint sentence.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +54,65 @@ pub(crate) fn did_you_mean<'c>(
     candidates: impl IntoIterator<Item = &'c str>,
 ) -> Option<String> {
     closest(word, candidates).map(|c| format!("did you mean `{c}`?"))
+}
+
+/// `HOST:PORT` of a probe: an IP address (PID 1 does no DNS) or `localhost`, and a port.
+pub(crate) fn socket_addr(s: &str, default_port: Option<u16>) -> Parse<std::net::SocketAddr> {
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+    let hint = "write an IP address and a port: \"127.0.0.1:8080\" or \"[::1]:8080\"";
+    let (host, port) = match s.rsplit_once(':') {
+        // `[::1]` alone has colons but no port.
+        Some((host, port)) if !port.contains(']') => (host, Some(port)),
+        _ => (s, None),
+    };
+    let port = match (port, default_port) {
+        (Some(p), _) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| Invalid::new(format!("invalid port {p:?} in {s:?}")).hint(hint))?,
+        (None, Some(p)) => p,
+        (None, None) => {
+            return Err(Invalid::new(format!("{s:?} has no port")).hint(hint));
+        }
+    };
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let ip = if host == "localhost" {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    } else {
+        bare.parse::<IpAddr>().map_err(|_| {
+            Invalid::new(format!("{host:?} is not an IP address"))
+                .hint(format!("{hint}; corral resolves no host names"))
+        })?
+    };
+    Ok(SocketAddr::new(ip, port))
+}
+
+/// `http://HOST[:PORT][/PATH]` of an HTTP probe.
+pub(crate) fn http_target(s: &str) -> Parse<HttpTarget> {
+    let Some(rest) = s.strip_prefix("http://") else {
+        let mut problem = Invalid::new(format!("{s:?} is not an http:// URL"));
+        if s.starts_with("https://") {
+            problem = problem
+                .hint("https is not probed: probe the plain-HTTP port, or use an exec probe");
+        }
+        return Err(problem);
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    if path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+        return Err(Invalid::new(format!(
+            "the path of {s:?} has spaces or control characters"
+        )));
+    }
+    let addr = socket_addr(authority, Some(80))?;
+    Ok(HttpTarget {
+        addr,
+        host: authority.to_owned(),
+        path: path.to_owned(),
+    })
 }
 
 pub(crate) fn duration(s: &str) -> Parse<Duration> {

@@ -116,6 +116,34 @@ pub struct Confinement<'u> {
     pub sandbox: &'u Sandbox,
 }
 
+impl Confinement<'static> {
+    /// No namespace and no sandbox: the process shares corral's view.
+    pub fn none() -> Confinement<'static> {
+        static NO_NAMESPACES: Namespaces = Namespaces {
+            pid: false,
+            net: false,
+            mount: false,
+            uts: false,
+            hostname: None,
+            ipc: false,
+            cgroup: false,
+            user: false,
+            uid_map: Vec::new(),
+            gid_map: Vec::new(),
+        };
+        static NO_SANDBOX: Sandbox = Sandbox {
+            no_new_privileges: false,
+            capabilities: None,
+            read_only_paths: Vec::new(),
+            private_tmp: false,
+        };
+        Confinement {
+            namespaces: &NO_NAMESPACES,
+            sandbox: &NO_SANDBOX,
+        }
+    }
+}
+
 /// Start `exec` as `who`: inside the cgroup `cgroup` opens and the namespaces
 /// `confine` asks for, stdin from /dev/null, stdout and stderr into fresh pipes, a new session,
 /// nothing else inherited.

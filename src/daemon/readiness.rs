@@ -1,0 +1,374 @@
+//! Wiring of readiness and health: units' notify sockets and health probes in flight on the loop.
+
+use std::collections::HashMap;
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use tracing::{debug, warn};
+
+use crate::core::exit::{ExitReport, Termination};
+use crate::core::notify::NotifyMessage;
+use crate::core::service::after;
+use crate::core::supervisor::Input;
+use crate::os::notify::NotifySocket;
+use crate::os::poller::Poller;
+use crate::os::probe::{NetProbe, Progress};
+use crate::os::spawn;
+use crate::proto::Stream;
+use crate::unit::{Exec, Probe, Unit, UnitName};
+
+use super::Daemon;
+
+/// A TCP or HTTP probe waiting on its socket.
+struct NetRun {
+    unit: UnitName,
+    seq: u64,
+    deadline: Instant,
+    timeout: Duration,
+    probe: NetProbe,
+}
+
+/// An exec probe's process, until it is reaped or its timeout kills it.
+struct ExecRun {
+    unit: UnitName,
+    seq: u64,
+    deadline: Instant,
+    timeout: Duration,
+}
+
+/// What the daemon holds for readiness and health, keyed by epoll token or pid.
+#[derive(Default)]
+pub(super) struct Readiness {
+    sockets: HashMap<UnitName, (u64, NotifySocket)>,
+    socket_tokens: HashMap<u64, UnitName>,
+    net: HashMap<u64, NetRun>,
+    exec: HashMap<i32, ExecRun>,
+}
+
+impl Readiness {
+    pub(super) fn owns(&self, token: u64) -> bool {
+        self.socket_tokens.contains_key(&token) || self.net.contains_key(&token)
+    }
+
+    pub(super) fn next_deadline(&self) -> Option<Instant> {
+        let net = self.net.values().map(|r| r.deadline);
+        let exec = self.exec.values().map(|r| r.deadline);
+        net.chain(exec).min()
+    }
+
+    /// A removed unit's socket closes; its probes' answers would find no unit anyway.
+    pub(super) fn forget(&mut self, poller: &Poller, unit: &UnitName) {
+        if let Some((token, socket)) = self.sockets.remove(unit) {
+            self.socket_tokens.remove(&token);
+            let _ = poller.remove(socket.as_fd());
+        }
+    }
+}
+
+fn timed_out(timeout: Duration) -> String {
+    format!("no answer within {}", humantime::format_duration(timeout))
+}
+
+impl Daemon {
+    /// The unit's `Exec` plus `NOTIFY_SOCKET` (and `WATCHDOG_USEC`) when it reports over
+    /// sd_notify. systemd's own values win over the unit's env, as under systemd.
+    pub(super) fn with_notify_env(&mut self, unit: &Unit, exec: &Exec) -> Exec {
+        let mut exec = exec.clone();
+        if !unit.wants_notify_socket() {
+            return exec;
+        }
+        if !self.readiness.sockets.contains_key(&unit.name) {
+            let name = format!("corral/{}/notify/{}", std::process::id(), unit.name);
+            match NotifySocket::bind(&name) {
+                Ok(socket) => {
+                    let token = self.token();
+                    if let Err(e) = self.poller.add(socket.as_fd(), token, false) {
+                        warn!(unit = %unit.name, "cannot watch the unit's notify socket: {e}");
+                        return exec;
+                    }
+                    self.readiness
+                        .socket_tokens
+                        .insert(token, unit.name.clone());
+                    self.readiness
+                        .sockets
+                        .insert(unit.name.clone(), (token, socket));
+                }
+                Err(e) => {
+                    warn!(unit = %unit.name, "{e}; the unit gets no NOTIFY_SOCKET");
+                    return exec;
+                }
+            }
+        }
+        if let Some((_, socket)) = self.readiness.sockets.get(&unit.name) {
+            exec.env
+                .insert("NOTIFY_SOCKET".to_owned(), socket.env_value());
+        }
+        // WATCHDOG_PID is left out: the pid is unknown before fork, and sd_watchdog_enabled()
+        // without it applies the watchdog to whichever process asks (see docs/units.md).
+        if let Some(watchdog) = unit.health.as_ref().and_then(|h| h.watchdog) {
+            exec.env
+                .insert("WATCHDOG_USEC".to_owned(), watchdog.as_micros().to_string());
+        }
+        exec
+    }
+
+    /// Reads every queued datagram of a notify socket or advances a network probe.
+    pub(super) fn on_readiness_event(&mut self, token: u64) {
+        let now = Instant::now();
+        if let Some(unit) = self.readiness.socket_tokens.get(&token).cloned() {
+            self.drain_notify(&unit, now);
+            return;
+        }
+        let Some(run) = self.readiness.net.get_mut(&token) else {
+            return;
+        };
+        match run.probe.on_ready() {
+            Progress::Pending { writable } => {
+                let _ = self
+                    .poller
+                    .modify(run.probe.as_fd(), token, !writable, writable);
+            }
+            Progress::Done { ok, message } => {
+                if let Some(run) = self.readiness.net.remove(&token) {
+                    let _ = self.poller.remove(run.probe.as_fd());
+                    self.probe_done(run.unit, run.seq, ok, message, now);
+                }
+            }
+        }
+    }
+
+    fn drain_notify(&mut self, unit: &UnitName, now: Instant) {
+        // Bounded per wake so one chatty unit cannot hold the loop; level-triggered epoll
+        // brings us back for the rest.
+        for _ in 0..64 {
+            let Some((_, socket)) = self.readiness.sockets.get(unit) else {
+                return;
+            };
+            let datagram = match socket.recv() {
+                Ok(Some(d)) => d,
+                Ok(None) => return,
+                Err(e) => {
+                    warn!(unit = %unit, "reading the unit's notify socket: {e}");
+                    return;
+                }
+            };
+            let Some(pid) = datagram.pid else {
+                warn!(unit = %unit, "ignoring a notify message without sender credentials");
+                continue;
+            };
+            if !self.belongs_to(unit, pid) {
+                warn!(unit = %unit, pid, "ignoring a notify message from pid {pid}: not a process of the unit");
+                continue;
+            }
+            // `datagram` (with any barrier fd) lives to the end of this iteration: the sender
+            // is still waiting, so still findable in the unit, while it is checked.
+            let mut message = NotifyMessage::parse(&datagram.bytes);
+            if let Some(main) = message.main_pid
+                && !self.belongs_to(unit, main)
+            {
+                warn!(unit = %unit, pid, "ignoring MAINPID={main}: not a process of the unit");
+                message.main_pid = None;
+            }
+            debug!(unit = %unit, pid, "notify: {}", String::from_utf8_lossy(&datagram.bytes).escape_debug());
+            if !message.is_empty() {
+                self.feed(
+                    Input::Notify {
+                        unit: unit.clone(),
+                        message,
+                    },
+                    now,
+                );
+            }
+        }
+    }
+
+    /// Whether `pid` may speak for the unit. systemd attributes a message by its sender's
+    /// cgroup, or, when the sender is gone already, by the pids it tracks (the main process);
+    /// the main pid is checked first, so a main process that exited right after sending
+    /// (as `systemd-notify` may) is still heard.
+    fn belongs_to(&self, unit: &UnitName, pid: i32) -> bool {
+        let main = self.sup.get(unit).and_then(|(_, rt)| rt.pid);
+        main == Some(pid) || self.members.contains(unit, pid)
+    }
+
+    /// Starts probe `seq` of `unit`; an answer known at once comes back as the follow-up input.
+    pub(super) fn start_probe(&mut self, unit: &Unit, seq: u64, now: Instant) -> Option<Input> {
+        let failed = |message: String| {
+            Some(Input::ProbeDone {
+                unit: unit.name.clone(),
+                seq,
+                ok: false,
+                message,
+            })
+        };
+        let Some(cfg) = unit.health.as_ref().and_then(|h| h.probe.as_ref()) else {
+            return failed("the unit has no probe".to_owned());
+        };
+        let started = match &cfg.probe {
+            Probe::Tcp(addr) => NetProbe::tcp(*addr),
+            Probe::Http(target) => NetProbe::http(target),
+            Probe::Exec(argv) => return self.start_exec_probe(unit, argv, seq, now),
+        };
+        let (probe, progress) = match started {
+            Ok(started) => started,
+            Err(e) => return failed(e),
+        };
+        match progress {
+            Progress::Done { ok, message } => Some(Input::ProbeDone {
+                unit: unit.name.clone(),
+                seq,
+                ok,
+                message,
+            }),
+            Progress::Pending { writable } => {
+                let token = self.token();
+                if let Err(e) = self.poller.add(probe.as_fd(), token, writable) {
+                    return failed(format!("registering the probe with epoll: {e}"));
+                }
+                self.readiness.net.insert(
+                    token,
+                    NetRun {
+                        unit: unit.name.clone(),
+                        seq,
+                        deadline: after(now, cfg.timeout),
+                        timeout: cfg.timeout,
+                        probe,
+                    },
+                );
+                None
+            }
+        }
+    }
+
+    /// An exec probe runs as the unit's user, with its env and working directory, inside its
+    /// cgroup.
+    // TODO(join_unit_namespaces): once [namespaces] is applied (os/spawn), the probe must also
+    // enter the main process's namespaces (setns on /proc/PID/ns/*) where it joins the cgroup;
+    // see docs/units.md, "[health]".
+    fn start_exec_probe(
+        &mut self,
+        unit: &Unit,
+        argv: &[String],
+        seq: u64,
+        now: Instant,
+    ) -> Option<Input> {
+        let failed = |message: &str| {
+            Some(Input::ProbeDone {
+                unit: unit.name.clone(),
+                seq,
+                ok: false,
+                message: message.to_owned(),
+            })
+        };
+        // Validation makes both present; answering anyway keeps the core from waiting forever.
+        let Some(cfg) = unit.health.as_ref().and_then(|h| h.probe.as_ref()) else {
+            return failed("the unit has no probe");
+        };
+        let Some(base) = unit.exec.as_ref() else {
+            return failed("the unit has no [exec]");
+        };
+        let exec = Exec {
+            command: argv.to_vec(),
+            ..base.clone()
+        };
+        let join = self.members.join_running(&unit.name);
+        let confine = spawn::Confinement::none();
+        match spawn::spawn(
+            &exec,
+            exec.user.as_ref(),
+            &join,
+            unit.oom.score_adjust,
+            confine,
+        ) {
+            Ok(child) => {
+                debug!(unit = %unit.name, pid = child.pid, "health probe spawned");
+                self.watch_pipe_as(&unit.name, Stream::Stdout, child.stdout, true);
+                self.watch_pipe_as(&unit.name, Stream::Stderr, child.stderr, true);
+                self.readiness.exec.insert(
+                    child.pid,
+                    ExecRun {
+                        unit: unit.name.clone(),
+                        seq,
+                        deadline: after(now, cfg.timeout),
+                        timeout: cfg.timeout,
+                    },
+                );
+                None
+            }
+            Err(e) => Some(Input::ProbeDone {
+                unit: unit.name.clone(),
+                seq,
+                ok: false,
+                message: format!("cannot run the probe: {e}"),
+            }),
+        }
+    }
+
+    /// A reaped pid that was an exec probe: its exit is the probe's verdict. True if it was one.
+    pub(super) fn exec_probe_exited(
+        &mut self,
+        pid: i32,
+        termination: Termination,
+        now: Instant,
+    ) -> bool {
+        let Some(run) = self.readiness.exec.remove(&pid) else {
+            return false;
+        };
+        let ok = termination == Termination::Exited(0);
+        let exit = ExitReport {
+            termination,
+            oom: false,
+        };
+        self.probe_done(run.unit, run.seq, ok, exit.to_string(), now);
+        true
+    }
+
+    /// Probes past their timeout fail; an exec probe's process is killed (still unreaped,
+    /// so its pid is still ours).
+    pub(super) fn expire_probes(&mut self, now: Instant) {
+        let late: Vec<u64> = self
+            .readiness
+            .net
+            .iter()
+            .filter(|(_, r)| r.deadline <= now)
+            .map(|(t, _)| *t)
+            .collect();
+        for token in late {
+            if let Some(run) = self.readiness.net.remove(&token) {
+                let _ = self.poller.remove(run.probe.as_fd());
+                let (ok, message) = run
+                    .probe
+                    .verdict()
+                    .unwrap_or_else(|| (false, timed_out(run.timeout)));
+                self.probe_done(run.unit, run.seq, ok, message, now);
+            }
+        }
+        let late: Vec<i32> = self
+            .readiness
+            .exec
+            .iter()
+            .filter(|(_, r)| r.deadline <= now)
+            .map(|(p, _)| *p)
+            .collect();
+        for pid in late {
+            if let Some(run) = self.readiness.exec.remove(&pid) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+                self.probe_done(run.unit, run.seq, false, timed_out(run.timeout), now);
+            }
+        }
+    }
+
+    fn probe_done(&mut self, unit: UnitName, seq: u64, ok: bool, message: String, now: Instant) {
+        debug!(unit = %unit, seq, ok, "health probe: {message}");
+        self.feed(
+            Input::ProbeDone {
+                unit,
+                seq,
+                ok,
+                message,
+            },
+            now,
+        );
+    }
+}

@@ -1,0 +1,445 @@
+//! Black-box readiness and health: sd_notify (with Debian's own `systemd-notify`), start
+//! timeouts, HTTP/TCP/exec probes gating readiness and restarting, and the watchdog.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use common::{Corral, is_about, is_output, msg, require_cgroup_v1, require_root, toml_str};
+use serde_json::Value;
+
+/// The index in `c.seen` of the first line matching `pred`.
+fn index_of(c: &Corral, what: &str, pred: impl Fn(&Value) -> bool) -> usize {
+    c.seen
+        .iter()
+        .position(pred)
+        .unwrap_or_else(|| c.fail(&format!("no log line for {what}")))
+}
+
+/// `systemd-notify` from Debian's `systemd` package, which .ci/run installs.
+fn systemd_notify() -> bool {
+    if std::path::Path::new("/usr/bin/systemd-notify").exists() {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("systemd-notify is missing (apt-get install systemd); CI=true does not skip");
+    }
+    eprintln!("SKIPPED: needs /usr/bin/systemd-notify (apt-get install systemd)");
+    false
+}
+
+/// A port nothing listens on right now (bound, then released).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn a_dependent_waits_for_ready_1_sent_by_debians_systemd_notify() {
+    if !require_root() || !systemd_notify() {
+        return;
+    }
+    let mut c = Corral::new();
+    // Ready only a second after its spawn, through the stock tool, unchanged.
+    c.unit(
+        "db",
+        r#"
+        [exec]
+        command = ["sh", "-c", "sleep 1; systemd-notify --ready --status='accepting connections'; exec sleep 600"]
+        ready = "notify"
+        "#,
+    );
+    c.unit(
+        "web",
+        r#"
+        after = ["db"]
+        [exec]
+        command = ["sleep", "600"]
+        "#,
+    );
+    c.launch(&[]);
+    c.wait_log("web started", |l| is_about(l, "web", "started"));
+
+    let db_ready = index_of(&c, "db ready", |l| is_about(l, "db", "ready (READY=1)"));
+    let web_started = index_of(&c, "web started", |l| is_about(l, "web", "started"));
+    let db_started = index_of(&c, "db started", |l| is_about(l, "db", "started"));
+    // db was spawned, spent its second starting, became ready, and only then web started.
+    assert!(db_started < db_ready && db_ready < web_started);
+    let db_heard = index_of(&c, "db's READY=1 datagram", |l| {
+        unit_of_debug(l) == "db" && msg(l).starts_with("notify: READY=1")
+    });
+    assert!(db_heard < db_ready);
+
+    let db = c.status("db");
+    assert_eq!(db["state"], "running");
+    assert_eq!(db["ready"], "notify");
+    assert_eq!(db["status_text"], "accepting connections");
+    let human = c.ok(&["status", "db"]).stdout;
+    assert!(human.contains("notify    accepting connections"), "{human}");
+    // `start` answers once the unit is ready, not merely spawned.
+    assert_eq!(c.status("web")["state"], "running");
+}
+
+fn unit_of_debug(line: &Value) -> &str {
+    line["fields"]["unit"].as_str().unwrap_or("")
+}
+
+#[test]
+fn a_unit_that_never_sends_ready_fails_its_start_at_start_timeout_and_backs_off() {
+    if !require_root() {
+        return;
+    }
+    let mut c = Corral::new();
+    c.unit(
+        "mute",
+        r#"
+        [exec]
+        command = ["sleep", "600"]
+        ready = "notify"
+        start-timeout = "300ms"
+        [restart]
+        delay = "100ms"
+        "#,
+    );
+    c.launch(&[]);
+    let spawned = c.wait_log("mute spawned", |l| is_about(l, "mute", "started"));
+    let pid = spawned["fields"]["pid"].as_i64().unwrap() as i32;
+    c.wait_log("the start timeout", |l| {
+        is_about(
+            l,
+            "mute",
+            "not ready within start-timeout 300ms (no READY=1)",
+        )
+    });
+    let backoff = c.wait_log("the restart", |l| is_about(l, "mute", "restarting in"));
+    assert!(
+        msg(&backoff).contains("killed by SIGTERM (stopped by corral: start-timeout)"),
+        "{backoff}"
+    );
+    assert!(
+        common::wait_pid_exit(pid, common::DEADLINE),
+        "the timed-out process is gone"
+    );
+    c.wait_log("the second try", |l| is_about(l, "mute", "started"));
+    let status = c.status("mute");
+    assert_eq!(status["last_exit"]["reason"], "start-timeout", "{status}");
+    assert_eq!(status["last_exit"]["signal"], "SIGTERM", "{status}");
+    assert!(status["restarts"].as_u64().unwrap() >= 1, "{status}");
+}
+
+#[test]
+fn a_notify_message_from_a_process_outside_the_unit_is_ignored() {
+    if !require_root() {
+        return;
+    }
+    let mut c = Corral::new();
+    c.unit(
+        "svc",
+        r#"
+        [exec]
+        command = ["sh", "-c", "echo \"socket=$NOTIFY_SOCKET\"; exec sleep 600"]
+        ready = "notify"
+        start-timeout = "10m"
+        "#,
+    );
+    c.launch(&[]);
+    let line = c.wait_log("the unit's NOTIFY_SOCKET", |l| {
+        is_output(l, "svc") && msg(l).starts_with("socket=")
+    });
+    let socket = msg(&line).trim_start_matches("socket=").to_owned();
+    let name = socket
+        .strip_prefix('@')
+        .unwrap_or_else(|| panic!("an abstract socket: {socket:?}"));
+
+    // The test process is no process of the unit: its READY=1 must change nothing.
+    let sender = UnixDatagram::unbound().unwrap();
+    let to = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+    sender.send_to_addr(b"READY=1\nSTATUS=forged", &to).unwrap();
+    let me = std::process::id();
+    c.wait_log("the refusal", |l| {
+        is_about(
+            l,
+            "svc",
+            &format!("ignoring a notify message from pid {me}"),
+        )
+    });
+    let status = c.status("svc");
+    assert_eq!(status["state"], "starting", "{status}");
+    assert!(status["status_text"].is_null(), "{status}");
+    let table = c.ok(&["status"]).stdout;
+    assert!(table.contains("waiting for READY=1"), "{table}");
+}
+
+/// A tiny HTTP server the test controls: 200 while `healthy`, 503 after.
+fn http_server(healthy: Arc<AtomicBool>) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut req = [0u8; 1024];
+            let _ = conn.read(&mut req);
+            let answer: &[u8] = if healthy.load(Ordering::SeqCst) {
+                b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok"
+            } else {
+                b"HTTP/1.0 503 Service Unavailable\r\n\r\n"
+            };
+            let _ = conn.write_all(answer);
+        }
+    });
+    port
+}
+
+#[test]
+fn an_http_probe_that_starts_failing_restarts_the_unit_after_failure_threshold_failures() {
+    if !require_root() {
+        return;
+    }
+    let healthy = Arc::new(AtomicBool::new(true));
+    let port = http_server(Arc::clone(&healthy));
+    let mut c = Corral::new();
+    c.unit(
+        "api",
+        &format!(
+            r#"
+            [exec]
+            command = ["sleep", "600"]
+            [health]
+            http = "http://127.0.0.1:{port}/healthz"
+            interval = "100ms"
+            timeout = "5s"
+            failure-threshold = 3
+            [restart]
+            delay = "100ms"
+            "#
+        ),
+    );
+    c.launch(&[]);
+    c.wait_log("api ready", |l| {
+        is_about(l, "api", "ready (the health probe)")
+    });
+    let status = c.status("api");
+    assert_eq!(status["state"], "running");
+    assert_eq!(status["health"]["last_result"], "ok", "{status}");
+    assert_eq!(status["health"]["last_message"], "HTTP 200", "{status}");
+
+    healthy.store(false, Ordering::SeqCst);
+    let from = c.cursor();
+    let restart = c.wait_log("the health restart", |l| {
+        is_about(l, "api", "restarting in")
+    });
+    assert!(
+        msg(&restart).contains("(stopped by corral: health)"),
+        "{restart}"
+    );
+    let failures: Vec<String> = c.seen[from..]
+        .iter()
+        .filter(|l| is_about(l, "api", "health probe failed"))
+        .map(|l| msg(l).to_owned())
+        .collect();
+    assert_eq!(
+        failures,
+        vec![
+            "health probe failed (1/3): HTTP 503",
+            "health probe failed (2/3): HTTP 503",
+            "health probe failed (3/3): HTTP 503",
+        ],
+        "exactly failure-threshold failures before the restart"
+    );
+    // Restarted, and while the server says 503 it never becomes ready again.
+    c.wait_log("the restart's spawn", |l| is_about(l, "api", "started"));
+    let status = c.status("api");
+    assert_eq!(status["last_exit"]["reason"], "health", "{status}");
+    assert_eq!(status["restarts"], 1, "{status}");
+    // Not running (restarted, starting again): `status` says so with exit code 3.
+    let human = c.cli(&["status", "api"]);
+    assert_eq!(human.code, 3, "{human:?}");
+    assert!(
+        human.stdout.contains("last exit: SIGTERM (health)"),
+        "{human:?}"
+    );
+    assert!(human.stdout.contains("failed: HTTP 503"), "{human:?}");
+}
+
+#[test]
+fn a_tcp_probe_gates_readiness_and_the_dependent_waits_for_it() {
+    if !require_root() {
+        return;
+    }
+    let port = free_port();
+    let mut c = Corral::new();
+    c.unit(
+        "db",
+        &format!(
+            r#"
+            [exec]
+            command = ["sleep", "600"]
+            [health]
+            tcp = "127.0.0.1:{port}"
+            interval = "100ms"
+            "#
+        ),
+    );
+    c.unit(
+        "app",
+        r#"
+        after = ["db"]
+        [exec]
+        command = ["sleep", "600"]
+        "#,
+    );
+    c.launch(&[]);
+    c.wait_log("a refused probe", |l| {
+        is_about(l, "db", "health probe failed") && msg(l).contains("refused")
+    });
+    let status = c.status("db");
+    assert_eq!(status["state"], "starting", "{status}");
+    assert_eq!(status["health"]["last_result"], "failed", "{status}");
+    let table = c.ok(&["status"]).stdout;
+    let refused = format!("not ready: connection to 127.0.0.1:{port} refused");
+    assert!(table.contains(&refused), "{table}");
+    assert_eq!(c.status("app")["state"], "inactive");
+
+    let _listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    c.wait_log("db ready", |l| {
+        is_about(l, "db", "ready (the health probe)")
+    });
+    c.wait_log("app started", |l| is_about(l, "app", "started"));
+    let status = c.status("db");
+    assert_eq!(status["state"], "running");
+    assert_eq!(status["health"]["probe"], format!("tcp 127.0.0.1:{port}"));
+    assert_eq!(status["health"]["last_result"], "ok");
+}
+
+#[test]
+fn an_exec_probe_gates_readiness_and_runs_inside_the_units_cgroup() {
+    if !require_cgroup_v1() {
+        return;
+    }
+    let mut c = Corral::new();
+    let flag = c.path("flag");
+    let seen = c.path("probe-cgroup");
+    let script = format!(
+        "cat /proc/self/cgroup > {}; test -e {}",
+        seen.display(),
+        flag.display()
+    );
+    c.unit(
+        "worker",
+        &format!(
+            r#"
+            [exec]
+            command = ["sleep", "600"]
+            [health]
+            exec = ["sh", "-c", {}]
+            interval = "100ms"
+            success-threshold = 2
+            "#,
+            toml_str(&script)
+        ),
+    );
+    c.launch(&[]);
+    c.wait_log("a failed exec probe", |l| {
+        is_about(l, "worker", "health probe failed") && msg(l).contains("exited with code 1")
+    });
+    assert_eq!(c.status("worker")["state"], "starting");
+    std::fs::write(&flag, "").unwrap();
+    c.wait_log("worker ready", |l| {
+        is_about(l, "worker", "ready (the health probe)")
+    });
+    let status = c.status("worker");
+    assert_eq!(status["state"], "running");
+    assert!(status["health"]["consecutive_successes"].as_u64().unwrap() >= 2);
+    let cgroups = std::fs::read_to_string(&seen).unwrap();
+    let unit_cgroup = format!("{}/worker.service", c.cgroup_root);
+    assert!(
+        cgroups.lines().any(|l| l.ends_with(&unit_cgroup)),
+        "the probe ran in {cgroups}, not in {unit_cgroup}"
+    );
+}
+
+#[test]
+fn a_watchdog_unit_that_stops_pinging_is_restarted() {
+    if !require_root() || !systemd_notify() {
+        return;
+    }
+    let mut c = Corral::new();
+    // Five pings 100ms apart, through the stock tool, then silence; the 3s watchdog leaves a
+    // slow machine ample room between two pings.
+    c.unit(
+        "dog",
+        r#"
+        [exec]
+        command = ["sh", "-c", "echo \"usec=$WATCHDOG_USEC\"; for i in 1 2 3 4 5; do systemd-notify WATCHDOG=1; sleep 0.1; done; exec sleep 600"]
+        [health]
+        watchdog = "3s"
+        [restart]
+        delay = "100ms"
+        "#,
+    );
+    c.launch(&[]);
+    c.wait_log("WATCHDOG_USEC", |l| {
+        is_output(l, "dog") && msg(l) == "usec=3000000"
+    });
+    let fired = c.wait_log("the watchdog", |l| {
+        is_about(l, "dog", "watchdog: no WATCHDOG=1 within 3s")
+    });
+    let pings = c
+        .seen
+        .iter()
+        .take_while(|l| *l != &fired)
+        .filter(|l| unit_of_debug(l) == "dog" && msg(l).starts_with("notify: WATCHDOG=1"))
+        .count();
+    assert_eq!(pings, 5, "every ping was heard before the watchdog fired");
+    // systemd-notify sends each ping in its parent's name and then a BARRIER=1 in its own,
+    // and exits as soon as corral closes the barrier fd: checked first, it is never refused.
+    let refused: Vec<&str> = c
+        .seen
+        .iter()
+        .filter(|l| is_about(l, "dog", "ignoring"))
+        .map(msg)
+        .collect();
+    assert!(refused.is_empty(), "{refused:?}");
+    let restart = c.wait_log("the restart", |l| is_about(l, "dog", "restarting in"));
+    assert!(
+        msg(&restart).contains("(stopped by corral: watchdog)"),
+        "{restart}"
+    );
+    c.wait_log("the new run", |l| is_about(l, "dog", "started"));
+    let status = c.status("dog");
+    assert_eq!(status["last_exit"]["reason"], "watchdog", "{status}");
+    assert_eq!(status["health"]["watchdog_ms"], 3000, "{status}");
+}
+
+#[test]
+fn systemd_notify_works_unchanged_from_a_unit_running_as_nobody() {
+    if !require_root() || !systemd_notify() {
+        return;
+    }
+    let mut c = Corral::new();
+    // Unprivileged, systemd-notify cannot send in its parent's name: the kernel vouches for
+    // its own pid, a process of the unit for as long as it waits on its BARRIER=1.
+    c.unit(
+        "lowly",
+        r#"
+        [exec]
+        command = ["sh", "-c", "systemd-notify --ready --status=unprivileged; exec sleep 600"]
+        ready = "notify"
+        user = "nobody"
+        "#,
+    );
+    c.launch(&[]);
+    c.wait_log("ready", |l| is_about(l, "lowly", "ready (READY=1)"));
+    let status = c.status("lowly");
+    assert_eq!(status["state"], "running");
+    assert_eq!(status["status_text"], "unprivileged");
+}
