@@ -504,3 +504,74 @@ fn a_missing_read_only_path_fails_the_start_naming_it() {
     assert_eq!(status["state"], "failed", "{status}");
     assert!(!c.cgroup_exists("typo.service"), "nothing is left behind");
 }
+
+#[test]
+fn an_exec_health_probe_runs_in_the_units_namespaces() {
+    if !require_cgroup_v1() {
+        return;
+    }
+    let mut c = Corral::new();
+    // Each check fails outside the unit: the private /tmp holds the unit's marker, the host
+    // name is the unit's, /proc/self resolves only inside the unit's pid namespace (its /proc
+    // is the unit's), and the user is root of the unit's user namespace.
+    let probe = r#"test -e /tmp/unit-marker &&
+test "$(cat /proc/sys/kernel/hostname)" = probed &&
+readlink /proc/self >/dev/null &&
+test "$(id -u)" = 0 &&
+test "$(ip -o link | wc -l)" = 1"#;
+    c.unit(
+        "probed",
+        &format!(
+            r#"[exec]
+command = ["sh", "-c", "touch /tmp/unit-marker; exec sleep 1000"]
+user = "nobody"
+[namespaces]
+pid = true
+net = true
+hostname = "probed"
+user = true
+[sandbox]
+private-tmp = true
+[health]
+exec = ["sh", "-c", {}]
+interval = "100ms"
+"#,
+            toml_str(probe)
+        ),
+    );
+    c.launch(&[]);
+    c.wait_log("the probe to pass", |l| {
+        is_about(l, "probed", "ready (the health probe)")
+    });
+    assert_eq!(c.status("probed")["state"], "running");
+    assert!(!Path::new("/tmp/unit-marker").exists());
+}
+
+#[test]
+fn an_http_probe_reaches_a_unit_on_its_own_loopback() {
+    if !require_cgroup_v1() {
+        return;
+    }
+    let mut c = Corral::new();
+    // The server listens on the loopback of the unit's network namespace only: a probe that
+    // connected from corral's namespace would be refused.
+    c.unit(
+        "netted",
+        r#"[exec]
+command = ["python3", "-m", "http.server", "47999", "--bind", "127.0.0.1", "--directory", "/"]
+[namespaces]
+net = true
+[health]
+http = "http://127.0.0.1:47999/"
+interval = "100ms"
+"#,
+    );
+    c.launch(&[]);
+    c.wait_log("the probe to pass", |l| {
+        is_about(l, "netted", "ready (the health probe)")
+    });
+    assert!(
+        std::net::TcpStream::connect("127.0.0.1:47999").is_err(),
+        "the unit's port is not on the host's loopback"
+    );
+}

@@ -523,6 +523,7 @@ impl Daemon {
                 let confine = spawn::Confinement {
                     namespaces: &unit.namespaces,
                     sandbox: &unit.sandbox,
+                    enter: None,
                 };
                 let spawned = spawn::spawn(
                     &exec,

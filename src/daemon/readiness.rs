@@ -11,6 +11,7 @@ use crate::core::exit::{ExitReport, Termination};
 use crate::core::notify::NotifyMessage;
 use crate::core::service::after;
 use crate::core::supervisor::Input;
+use crate::os::namespaces;
 use crate::os::notify::NotifySocket;
 use crate::os::poller::Poller;
 use crate::os::probe::{NetProbe, Progress};
@@ -205,10 +206,23 @@ impl Daemon {
         let Some(cfg) = unit.health.as_ref().and_then(|h| h.probe.as_ref()) else {
             return failed("the unit has no probe".to_owned());
         };
-        let started = match &cfg.probe {
-            Probe::Tcp(addr) => NetProbe::tcp(*addr),
-            Probe::Http(target) => NetProbe::http(target),
-            Probe::Exec(argv) => return self.start_exec_probe(unit, argv, seq, now),
+        let connect = || match &cfg.probe {
+            Probe::Tcp(addr) => Some(NetProbe::tcp(*addr)),
+            Probe::Http(target) => Some(NetProbe::http(target)),
+            Probe::Exec(_) => None,
+        };
+        // A unit with its own network has its own loopback: the probe connects from there.
+        let main_pid = self.sup.get(&unit.name).and_then(|(_, rt)| rt.pid);
+        let started = match (unit.namespaces.net, main_pid) {
+            (true, Some(pid)) => {
+                namespaces::within_net_namespace_of(pid, connect).unwrap_or_else(|e| Some(Err(e)))
+            }
+            _ => connect(),
+        };
+        let started = match (started, &cfg.probe) {
+            (Some(started), _) => started,
+            (None, Probe::Exec(argv)) => return self.start_exec_probe(unit, argv, seq, now),
+            (None, _) => return failed("the probe has no address".to_owned()),
         };
         let (probe, progress) = match started {
             Ok(started) => started,
@@ -242,10 +256,7 @@ impl Daemon {
     }
 
     /// An exec probe runs as the unit's user, with its env and working directory, inside its
-    /// cgroup.
-    // TODO(join_unit_namespaces): once [namespaces] is applied (os/spawn), the probe must also
-    // enter the main process's namespaces (setns on /proc/PID/ns/*) where it joins the cgroup;
-    // see docs/units.md, "[health]".
+    /// cgroup, namespaces and sandbox.
     fn start_exec_probe(
         &mut self,
         unit: &Unit,
@@ -273,7 +284,12 @@ impl Daemon {
             ..base.clone()
         };
         let join = self.members.join_running(&unit.name);
-        let confine = spawn::Confinement::none();
+        // The probe sees what the unit sees: its cgroup, namespaces and sandbox.
+        let confine = spawn::Confinement {
+            namespaces: &unit.namespaces,
+            sandbox: &unit.sandbox,
+            enter: self.sup.get(&unit.name).and_then(|(_, rt)| rt.pid),
+        };
         match spawn::spawn(
             &exec,
             exec.user.as_ref(),

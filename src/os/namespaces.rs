@@ -29,6 +29,23 @@ pub fn inodes(pid: Option<i32>) -> [Option<u64>; 7] {
     })
 }
 
+/// Runs `f` with this thread in the network namespace of process `pid`, then returns to its
+/// own. A socket belongs to the namespace it was created in, so one created by `f` reaches a
+/// unit's own loopback after the thread is back.
+pub fn within_net_namespace_of<T>(pid: i32, f: impl FnOnce() -> T) -> Result<T, String> {
+    use nix::sched::{CloneFlags, setns};
+    let open =
+        |path: String| std::fs::File::open(&path).map_err(|e| format!("opening {path}: {e}"));
+    let ours = open("/proc/thread-self/ns/net".to_owned())?;
+    let theirs = open(format!("/proc/{pid}/ns/net"))?;
+    setns(&theirs, CloneFlags::CLONE_NEWNET)
+        .map_err(|e| format!("entering the network namespace of pid {pid}: {e}"))?;
+    let out = f();
+    // Returning to the namespace this thread came from cannot fail for lack of rights.
+    let _ = setns(&ours, CloneFlags::CLONE_NEWNET);
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

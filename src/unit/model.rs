@@ -330,6 +330,17 @@ pub struct Sandbox {
     pub private_tmp: bool,
 }
 
+impl Sandbox {
+    /// The privileges part alone, for a process that enters a mount namespace already set up.
+    pub fn without_mounts(&self) -> Sandbox {
+        Sandbox {
+            read_only_paths: Vec::new(),
+            private_tmp: false,
+            ..self.clone()
+        }
+    }
+}
+
 /// A Linux capability by its number (CAP_NET_BIND_SERVICE is 10).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Capability(pub u8);

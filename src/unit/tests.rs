@@ -1328,6 +1328,14 @@ fn readiness_and_health_mistakes_are_reported_with_position_and_key() {
             "kind = \"oneshot\"\n[exec]\ncommand = [\"x\"]\n[health]\nwatchdog = \"1s\"",
             "error: health: [health] is for services",
         ),
+        (
+            "[health]\nwatchdog = \"1s\"\n[namespaces]\nnet = true",
+            "4:7: error: namespaces.net: a unit in its own network namespace cannot reach corral's notify socket",
+        ),
+        (
+            "[exec]\ncommand = [\"x\"]\nready = \"notify\"\n[namespaces]\nnet = true",
+            "namespaces.net: a unit in its own network namespace cannot reach",
+        ),
     ];
     for (text, want) in cases {
         let text = service(text);

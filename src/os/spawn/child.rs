@@ -34,6 +34,12 @@ pub struct ExecPlan<'a> {
 /// The namespaces the child enters, in the order `exec_child` builds them.
 #[derive(Default)]
 pub struct Isolation<'a> {
+    /// Namespaces of a running process to enter rather than create (a health probe joining
+    /// its unit), user last: entering it first would lose the rights to enter the others.
+    pub enter: &'a [(RawFd, libc::c_int)],
+    /// That process's pid namespace and corral's own: the parent enters the first around the
+    /// clone and returns to the second, since a pid namespace is entered by one's children.
+    pub enter_pid: Option<(RawFd, RawFd)>,
     /// Cloned into a new pid namespace: the child is its PID 1, stays there as the helper
     /// init (see `helper_init`) and forks the command, which is PID 2.
     pub pid: Option<PidHelper>,
@@ -88,7 +94,7 @@ const NSIG: libc::c_int = 65;
 pub const GO: u8 = b'g';
 
 /// Stages the child reports by index; keep in sync with the `stage::` constants.
-const STAGE_NAMES: [&str; 24] = [
+const STAGE_NAMES: [&str; 25] = [
     "resetting signal dispositions",
     "setsid",
     "redirecting stdio",
@@ -113,6 +119,7 @@ const STAGE_NAMES: [&str; 24] = [
     "setting capabilities",
     "raising ambient capabilities",
     "setting no-new-privileges",
+    "entering the unit's namespaces",
 ];
 
 mod stage {
@@ -139,6 +146,7 @@ mod stage {
     pub const CAPSET: u32 = 21;
     pub const AMBIENT: u32 = 22;
     pub const NO_NEW_PRIVS: u32 = 23;
+    pub const ENTER: u32 = 24;
     /// Not a failure: the child has unshared its user namespace and waits for its id maps.
     pub const MAP_IDS: u32 = u32::MAX;
 }
@@ -152,6 +160,13 @@ pub fn fork_and_exec(plan: &ExecPlan<'_>) -> Result<(i32, bool), Errno> {
     let mut envp: Vec<*const libc::c_char> = plan.envp.iter().map(|e| e.as_ptr()).collect();
     envp.push(std::ptr::null());
 
+    if let Some((theirs, _)) = plan.isolation.enter_pid {
+        // SAFETY: setns on a descriptor of ours; it changes only which pid namespace this
+        // thread's next child is created in, and is undone right after the clone.
+        if unsafe { libc::setns(theirs, libc::CLONE_NEWPID) } < 0 {
+            return Err(Errno::last());
+        }
+    }
     // Block every signal across fork so no handler of ours runs in the child before the
     // dispositions are reset; the child unblocks all of them right before exec.
     // SAFETY: sigset_t is plain data; sigfillset/pthread_sigmask only write to the sets given.
@@ -182,6 +197,10 @@ pub fn fork_and_exec(plan: &ExecPlan<'_>) -> Result<(i32, bool), Errno> {
         unsafe { exec_child(plan, in_cgroup, argv.as_ptr(), envp.as_ptr()) }
     }
     let fork_errno = Errno::last();
+    if let Some((_, ours)) = plan.isolation.enter_pid {
+        // SAFETY: as above; our own active pid namespace is always one we may return to.
+        unsafe { libc::setns(ours, libc::CLONE_NEWPID) };
+    }
     // SAFETY: restores the mask saved above.
     unsafe {
         libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
@@ -429,6 +448,11 @@ unsafe fn isolate(plan: &ExecPlan<'_>) {
     let report = plan.report;
     // SAFETY: raw syscalls on strings prepared before fork.
     unsafe {
+        for &(fd, kind) in iso.enter {
+            if libc::setns(fd, kind) < 0 {
+                fail(report, stage::ENTER);
+            }
+        }
         if iso.mount {
             if libc::unshare(libc::CLONE_NEWNS) < 0 {
                 fail(report, stage::UNSHARE_MOUNT);

@@ -114,6 +114,9 @@ fn setup<T>(operation: &'static str, result: Result<T, Errno>) -> Result<T, Spaw
 pub struct Confinement<'u> {
     pub namespaces: &'u Namespaces,
     pub sandbox: &'u Sandbox,
+    /// Enter the namespaces of this running process (the unit's main process) instead of
+    /// creating new ones: for a health probe, which must see what the unit sees.
+    pub enter: Option<i32>,
 }
 
 impl Confinement<'static> {
@@ -140,6 +143,7 @@ impl Confinement<'static> {
         Confinement {
             namespaces: &NO_NAMESPACES,
             sandbox: &NO_SANDBOX,
+            enter: None,
         }
     }
 }
@@ -183,8 +187,19 @@ pub fn spawn(
         Some(dir) => cstring(dir.as_os_str().as_bytes(), "working-dir")?,
         None => cstring(b"/", "working-dir")?,
     };
-    let ns = confine.namespaces;
-    let read_only = read_only_paths(&confine.sandbox.read_only_paths)?;
+    // Entering a unit's namespaces: nothing is created, and the mounts are the unit's already.
+    let entering = match confine.enter {
+        Some(pid) => Some(EnteredNamespaces::open(pid, confine.namespaces)?),
+        None => None,
+    };
+    let (ns, sandbox) = match entering {
+        Some(_) => (
+            Confinement::none().namespaces,
+            confine.sandbox.without_mounts(),
+        ),
+        None => (confine.namespaces, confine.sandbox.clone()),
+    };
+    let read_only = read_only_paths(&sandbox.read_only_paths)?;
     let hostname = match &ns.hostname {
         Some(name) => Some(cstring(name.as_bytes(), "hostname")?),
         None => None,
@@ -218,20 +233,38 @@ pub fn spawn(
 
     let join_fds: Vec<RawFd> = cgroup.write_zero.iter().map(AsRawFd::as_raw_fd).collect();
     let oom_score_adj = oom_score_adj.map(|v| v.to_string().into_bytes());
-    let credentials = match (&user_ns, who) {
-        (Some(userns), _) => Some(child::Ids {
+    let entered_user = entering
+        .as_ref()
+        .is_some_and(|_| confine.namespaces.user)
+        .then(|| inside_ids(confine.namespaces, &identity));
+    let credentials = match (&user_ns, entered_user, who) {
+        (Some(userns), _, _) => Some(child::Ids {
             uid: userns.inside_uid,
             gid: userns.inside_gid,
             // Host groups have no ids inside; drop them where the namespace allows setgroups.
             groups: userns.setgroups_allowed.then_some(&[][..]),
         }),
-        (None, Some(c)) => Some(child::Ids {
+        (None, Some((uid, gid)), _) => Some(child::Ids {
+            uid,
+            gid,
+            groups: nix::unistd::geteuid().is_root().then_some(&[][..]),
+        }),
+        (None, None, Some(c)) => Some(child::Ids {
             uid: c.uid,
             gid: c.gid,
             groups: Some(&c.groups),
         }),
-        (None, None) => None,
+        (None, None, None) => None,
     };
+    let enter: Vec<(RawFd, libc::c_int)> = entering
+        .as_ref()
+        .map(|e| {
+            e.ordered
+                .iter()
+                .map(|(fd, kind)| (fd.as_raw_fd(), *kind))
+                .collect()
+        })
+        .unwrap_or_default();
     let plan = child::ExecPlan {
         path: &path,
         argv: &argv,
@@ -246,12 +279,18 @@ pub fn spawn(
         oom_score_adj: oom_score_adj.as_deref(),
         credentials,
         isolation: child::Isolation {
+            enter: &enter,
+            enter_pid: entering.as_ref().and_then(|e| {
+                e.pid
+                    .as_ref()
+                    .map(|(theirs, ours)| (theirs.as_raw_fd(), ours.as_raw_fd()))
+            }),
             pid: status_pipe.as_ref().map(|(_, write)| child::PidHelper {
                 status: write.as_raw_fd(),
                 all_signals: all_signals(),
             }),
             mount: ns.mount,
-            private_tmp: confine.sandbox.private_tmp,
+            private_tmp: sandbox.private_tmp,
             read_only: &read_only,
             user_go: user_ns
                 .as_ref()
@@ -261,8 +300,8 @@ pub fn spawn(
             loopback_up: ns.net,
         },
         privileges: child::Privileges {
-            no_new_privileges: confine.sandbox.no_new_privileges,
-            keep_capabilities: confine.sandbox.capabilities.as_ref().map(|caps| {
+            no_new_privileges: sandbox.no_new_privileges,
+            keep_capabilities: sandbox.capabilities.as_ref().map(|caps| {
                 caps.iter()
                     .filter(|c| c.0 < 64)
                     .fold(0u64, |mask, c| mask | (1 << c.0))
@@ -403,9 +442,10 @@ impl UserNamespace {
             ns.gid_map.clone()
         };
         let (go_read, go_write) = setup("creating a pipe", pipe2(OFlag::O_CLOEXEC))?;
+        let (inside_uid, inside_gid) = inside_ids(ns, who);
         Ok(UserNamespace {
-            inside_uid: inside_id(&uid_map, who.uid),
-            inside_gid: inside_id(&gid_map, who.gid),
+            inside_uid,
+            inside_gid,
             uid_map: render_id_map(&uid_map),
             gid_map: render_id_map(&gid_map),
             // Only a writer with CAP_SETGID outside may leave setgroups allowed (user_namespaces(7)).
@@ -452,6 +492,71 @@ impl MapWriter {
         }
         write("uid_map", &self.uid_map)?;
         write("gid_map", &self.gid_map)
+    }
+}
+
+/// The uid and gid the command has inside its user namespace (see `inside_id`).
+fn inside_ids(ns: &Namespaces, who: &Credentials) -> (u32, u32) {
+    let single = |outside| {
+        [IdMapEntry {
+            inside: 0,
+            outside,
+            count: 1,
+        }]
+    };
+    let pick = |map: &[IdMapEntry], outside: u32| {
+        if map.is_empty() {
+            inside_id(&single(outside), outside)
+        } else {
+            inside_id(map, outside)
+        }
+    };
+    (pick(&ns.uid_map, who.uid), pick(&ns.gid_map, who.gid))
+}
+
+/// The namespaces of a running process, opened for a new process to enter.
+struct EnteredNamespaces {
+    /// Every kind the unit has of its own but pid, in the order they must be entered.
+    ordered: Vec<(OwnedFd, libc::c_int)>,
+    /// Its pid namespace and corral's own, for the parent to enter around the clone.
+    pid: Option<(OwnedFd, OwnedFd)>,
+}
+
+impl EnteredNamespaces {
+    fn open(pid: i32, ns: &Namespaces) -> Result<EnteredNamespaces, SpawnError> {
+        let open_ns = |who: &str, file: &str| {
+            let path = format!("/proc/{who}/ns/{file}");
+            setup(
+                "opening a namespace of the unit",
+                open(
+                    path.as_str(),
+                    OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                ),
+            )
+        };
+        let who = pid.to_string();
+        let mut ordered = Vec::new();
+        // The user namespace last: entering it gives up the rights to enter the others, which
+        // belong to corral's (mount) or are entered as root of corral's namespace anyway.
+        for (wanted, file, kind) in [
+            (ns.mount, "mnt", libc::CLONE_NEWNS),
+            (ns.uts, "uts", libc::CLONE_NEWUTS),
+            (ns.ipc, "ipc", libc::CLONE_NEWIPC),
+            (ns.net, "net", libc::CLONE_NEWNET),
+            (ns.cgroup, "cgroup", libc::CLONE_NEWCGROUP),
+            (ns.user, "user", libc::CLONE_NEWUSER),
+        ] {
+            if wanted {
+                ordered.push((open_ns(&who, file)?, kind));
+            }
+        }
+        let pid = if ns.pid {
+            Some((open_ns(&who, "pid")?, open_ns("self", "pid")?))
+        } else {
+            None
+        };
+        Ok(EnteredNamespaces { ordered, pid })
     }
 }
 
