@@ -115,6 +115,27 @@ pub struct Usage {
     pub pids_current: Option<u64>,
     pub io_read_bytes: Option<u64>,
     pub io_write_bytes: Option<u64>,
+    /// The memory limit in force in the kernel (null: none).
+    #[serde(default)]
+    pub memory_max: Option<u64>,
+    /// The pids limit in force in the kernel (null: none).
+    #[serde(default)]
+    pub pids_max: Option<u64>,
+    #[serde(default)]
+    pub io_read_ops: Option<u64>,
+    #[serde(default)]
+    pub io_write_ops: Option<u64>,
+    /// The kernel's count of OOM kills in this cgroup (since it was created).
+    #[serde(default)]
+    pub oom_kills: Option<u64>,
+    /// PSI `some avg10`: percent of the last 10 s in which some task waited for CPU, memory or
+    /// IO. Null where the kernel has no pressure files for the cgroup (v1 without `psi_cgroupv1`).
+    #[serde(default)]
+    pub cpu_pressure: Option<f64>,
+    #[serde(default)]
+    pub memory_pressure: Option<f64>,
+    #[serde(default)]
+    pub io_pressure: Option<f64>,
 }
 
 /// The limits a unit's file asks for; null where it sets none (or "max").

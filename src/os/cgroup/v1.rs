@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crate::core::cgroup_plan::{Controller, Setting, Version};
 use crate::proto::Usage;
 
-use super::stats::{flat_keyed, io_service_bytes_v1, single};
+use super::stats::flat_keyed;
 use super::{
     Backend, CgroupError, display_below, make_dir, open_for_join, read_file, read_pids, relative,
     remove_dir, write_file,
@@ -218,30 +218,7 @@ impl Backend for V1 {
     }
 
     fn usage(&self, rel: &Path) -> Usage {
-        let read = |c: Controller, file: &str| {
-            self.dir_of(c, rel)
-                .and_then(|d| read_file(&d.join(file)).ok())
-        };
-        let cpu = read(Controller::Cpu, "cpu.stat");
-        let io = read(Controller::Io, "blkio.throttle.io_service_bytes")
-            .map(|t| io_service_bytes_v1(&t));
-        Usage {
-            memory_current: read(Controller::Memory, "memory.usage_in_bytes")
-                .and_then(|t| single(&t)),
-            memory_peak: read(Controller::Memory, "memory.max_usage_in_bytes")
-                .and_then(|t| single(&t)),
-            cpu_usage_usec: read(Controller::Cpuacct, "cpuacct.usage")
-                .and_then(|t| single(&t))
-                .map(|ns| ns / 1000),
-            cpu_throttled_usec: cpu
-                .as_deref()
-                .and_then(|t| flat_keyed(t, "throttled_time"))
-                .map(|ns| ns / 1000),
-            nr_throttled: cpu.as_deref().and_then(|t| flat_keyed(t, "nr_throttled")),
-            pids_current: read(Controller::Pids, "pids.current").and_then(|t| single(&t)),
-            io_read_bytes: io.map(|(r, _)| r),
-            io_write_bytes: io.map(|(_, w)| w),
-        }
+        super::stats::usage_v1(&|c| self.dir_of(c, rel))
     }
 
     fn oom_kills(&self, rel: &Path) -> Option<u64> {
