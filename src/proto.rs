@@ -18,12 +18,14 @@ pub enum Verb {
     Reload,
     Logs,
     Shutdown,
+    /// The Prometheus text exposition of every unit (see docs/metrics.md).
+    Metrics,
 }
 
 impl Verb {
     /// Verbs a `--socket-group` peer may use: they read, never change.
     pub fn is_read_only(self) -> bool {
-        matches!(self, Verb::Status | Verb::Logs)
+        matches!(self, Verb::Status | Verb::Logs | Verb::Metrics)
     }
 }
 
@@ -183,6 +185,12 @@ pub struct UnitStatus {
     /// Limits about to bite (e.g. memory above memory-high), worded for people.
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// Limit-warning episodes under way, by concern: `memory`, `pids`, `cpu-throttling`.
+    #[serde(default)]
+    pub near_limits: Vec<String>,
+    /// The parent slice; null at the root.
+    #[serde(default)]
+    pub slice: Option<String>,
     /// The last OOM kill in the unit (RFC 3339), if any.
     #[serde(default)]
     pub last_oom: Option<String>,
@@ -230,6 +238,9 @@ pub struct Response {
     /// reload: what was applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reload: Option<ReloadReport>,
+    /// metrics: the Prometheus text exposition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
     /// status: the last reload failed; the units keep running their last good definitions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reload_error: Option<String>,

@@ -4,9 +4,11 @@ mod clock;
 mod control;
 pub mod logging;
 mod membership;
+mod metrics_http;
 mod output;
 mod requests;
 mod status;
+mod usage_watch;
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, OwnedFd};
@@ -18,6 +20,7 @@ use nix::sys::signal::Signal;
 use tracing::{debug, error, info, warn};
 
 use crate::core::exit::ExitReport;
+use crate::core::limit_watch::Thresholds;
 use crate::core::reload::ReloadPlan;
 use crate::core::service::State;
 use crate::core::supervisor::{Effect, Input, RequestError, Supervisor};
@@ -35,6 +38,10 @@ use crate::unit::{self, UnitName};
 use clock::Clock;
 use control::{Client, ClientState};
 use membership::Members;
+use metrics_http::MetricsServer;
+use usage_watch::UsageWatch;
+
+pub use metrics_http::is_loopback;
 use output::{LineSplitter, Piece, Ring};
 
 pub use output::{MAX_LINE_BYTES, RING_LINES};
@@ -48,6 +55,12 @@ pub struct Options {
     pub cgroup_root: Option<PathBuf>,
     pub exit_with: Option<UnitName>,
     pub shutdown_timeout: Duration,
+    /// When a unit counts as near its limits.
+    pub thresholds: Thresholds,
+    /// How often running units with a limit no kernel notification covers are sampled.
+    pub usage_interval: Duration,
+    /// Serve `GET /metrics` here (already checked: loopback unless asked otherwise).
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +76,11 @@ pub enum DaemonError {
     UnknownGroup(String),
     #[error(transparent)]
     Socket(#[from] SocketError),
+    #[error("--metrics-listen {addr}: {source}")]
+    MetricsListen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("{operation}: {source}")]
     Os {
         operation: &'static str,
@@ -77,7 +95,8 @@ fn os_err(operation: &'static str) -> impl FnOnce(std::io::Error) -> DaemonError
 const TOKEN_SIGNALS: u64 = 0;
 const TOKEN_LISTENER: u64 = 1;
 const TOKEN_WATCH: u64 = 2;
-const FIRST_DYNAMIC_TOKEN: u64 = 3;
+const TOKEN_METRICS: u64 = 3;
+const FIRST_DYNAMIC_TOKEN: u64 = 4;
 
 /// Changes in the units directory settle for this long before a reload (editors write in
 /// several steps)...
@@ -120,6 +139,9 @@ struct Daemon {
     /// Memory-event fds (OOM kills, memory-high) of running units.
     memory_watches: HashMap<u64, (UnitName, OwnedFd)>,
     members: Members,
+    usage_watch: UsageWatch,
+    /// `--metrics-listen`: the HTTP listener and its connections.
+    metrics: Option<MetricsServer>,
     rings: HashMap<UnitName, Ring>,
     next_token: u64,
     clock: Clock,
@@ -184,6 +206,21 @@ pub fn run(opts: Options) -> Result<Ending, DaemonError> {
             operation: "registering with epoll",
             source: e.into(),
         })?;
+    let metrics = match opts.metrics_listen {
+        None => None,
+        Some(addr) => {
+            let server = MetricsServer::bind(addr)
+                .map_err(|source| DaemonError::MetricsListen { addr, source })?;
+            poller
+                .add(server.listener.as_fd(), TOKEN_METRICS, false)
+                .map_err(|e| DaemonError::Os {
+                    operation: "registering with epoll",
+                    source: e.into(),
+                })?;
+            info!(address = %addr, "serving GET /metrics");
+            Some(server)
+        }
+    };
     info!(
         units = loaded.units.len(),
         dir = %opts.units_dir.display(),
@@ -214,8 +251,11 @@ pub fn run(opts: Options) -> Result<Ending, DaemonError> {
             None
         }
     };
+    let usage_watch = UsageWatch::new(opts.thresholds, opts.usage_interval);
     let mut daemon = Daemon {
         members,
+        usage_watch,
+        metrics,
         sup: Supervisor::new(loaded.units.into_values(), now),
         opts,
         poller,
@@ -258,6 +298,8 @@ pub enum Ending {
 impl Daemon {
     fn event_loop(&mut self) -> i32 {
         self.feed(Input::Tick, Instant::now());
+        // Arms the usage timer for the units that just started, before the first wait.
+        self.sample_usage(Instant::now());
         loop {
             let timeout = self
                 .next_deadline()
@@ -288,6 +330,7 @@ impl Daemon {
                     oom = main_was_oom_killed;
                     self.record_oom_kills(&unit, fresh, false, now);
                     self.drop_memory_watch(&unit);
+                    self.usage_watch.forget(&unit);
                 }
                 let exit = ExitReport { termination, oom };
                 debug!(pid, "reaped: {exit}");
@@ -301,6 +344,8 @@ impl Daemon {
                 self.record_oom_kills(&unit, count, true, now);
             }
             self.members.retry_removals(now);
+            self.sample_usage(now);
+            self.expire_metrics_clients(now);
             self.answer_waiters();
             self.serve_buffered();
             self.answer_waiters();
@@ -338,6 +383,8 @@ impl Daemon {
             .next_deadline()
             .into_iter()
             .chain(self.members.next_deadline())
+            .chain(self.usage_watch.next_deadline())
+            .chain(self.metrics.as_ref().and_then(MetricsServer::next_deadline))
             .chain(self.reload_due.map(|(due, _)| due))
             .chain(clients)
             .chain(leftovers)
@@ -358,6 +405,7 @@ impl Daemon {
                 }
             }
             TOKEN_LISTENER => self.accept_clients(),
+            TOKEN_METRICS => self.accept_metrics_clients(),
             TOKEN_WATCH => {
                 if let Some(watch) = &mut self.watch
                     && let Err(e) = watch.drain()
@@ -374,10 +422,15 @@ impl Daemon {
                     cgroup::drain(fd);
                     let unit = unit.clone();
                     debug!(unit = %unit, "memory event");
-                    self.members.on_memory_event(&unit, Instant::now());
+                    let now = Instant::now();
+                    self.members.on_memory_event(&unit, now);
+                    self.sample_unit(&unit, now);
                 }
             }
             token if self.pipes.contains_key(&token) => self.read_pipe(token),
+            token if self.metrics.as_ref().is_some_and(|m| m.has_client(token)) => {
+                self.serve_metrics_client(token, r)
+            }
             token => self.serve_client(token, r),
         }
     }
@@ -456,7 +509,11 @@ impl Daemon {
                         self.members
                             .spawned(&unit.name, child.pid, !cgroup.is_empty());
                         self.drop_memory_watch(&unit.name);
-                        for fd in self.members.memory_watch(&unit) {
+                        self.usage_watch.forget(&unit.name);
+                        for fd in self
+                            .members
+                            .memory_watch(&unit, &self.usage_watch.thresholds)
+                        {
                             let token = self.token();
                             if self.poller.add(fd.as_fd(), token, false).is_ok() {
                                 self.memory_watches.insert(token, (unit.name.clone(), fd));
@@ -506,6 +563,7 @@ impl Daemon {
                 self.rings.remove(&unit);
                 self.members.forget(&unit, now);
                 self.drop_memory_watch(&unit);
+                self.usage_watch.forget(&unit);
                 None
             }
             Effect::ShutdownComplete => {

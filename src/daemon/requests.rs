@@ -207,6 +207,17 @@ impl Daemon {
                 self.reply(token, response);
             }
             Verb::Logs => self.start_logs(token, &request, names),
+            Verb::Metrics => {
+                let response = match self.sup.check_names(&names) {
+                    Ok(()) => Response {
+                        ok: true,
+                        metrics: Some(crate::metrics::render(&self.statuses(&names, now))),
+                        ..Response::default()
+                    },
+                    Err(e) => refused(&e),
+                };
+                self.reply(token, response);
+            }
             Verb::Shutdown => {
                 if request.power.is_some() && !self.host_init {
                     let why = "corral is not the host's init (PID 1 of the first pid namespace): \
@@ -311,7 +322,13 @@ impl Daemon {
             .units()
             .filter(|(unit, _)| names.is_empty() || names.contains(&unit.name))
             .map(|(unit, rt)| {
-                unit_status(unit, rt, self.members.facts(&unit.name), &self.clock, now)
+                let mut status =
+                    unit_status(unit, rt, self.members.facts(&unit.name), &self.clock, now);
+                status
+                    .warnings
+                    .extend(self.usage_watch.warnings(&unit.name));
+                status.near_limits = self.usage_watch.concerns(&unit.name);
+                status
             })
             .collect()
     }

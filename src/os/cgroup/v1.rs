@@ -229,7 +229,11 @@ impl Backend for V1 {
         )
     }
 
-    fn memory_watch(&self, rel: &Path, high: Option<u64>) -> Result<Vec<OwnedFd>, CgroupError> {
+    fn notifies_memory_marks(&self) -> bool {
+        self.hierarchy(Controller::Memory).is_some()
+    }
+
+    fn memory_watch(&self, rel: &Path, marks: &[u64]) -> Result<Vec<OwnedFd>, CgroupError> {
         use nix::sys::eventfd::{EfdFlags, EventFd};
         use std::os::fd::AsRawFd;
         let dir = self
@@ -237,10 +241,11 @@ impl Backend for V1 {
             .ok_or(CgroupError::Unavailable("the v1 memory controller"))?;
         let control = dir.join("cgroup.event_control");
         // memory.oom_control wakes on OOM; memory.usage_in_bytes with a threshold wakes when
-        // usage crosses it in either direction (memcg v1 notification API).
+        // usage crosses it in either direction (memcg v1 notification API, one eventfd per
+        // threshold).
         let mut targets = vec![("memory.oom_control", String::new())];
-        if let Some(high) = high {
-            targets.push(("memory.usage_in_bytes", format!(" {high}")));
+        for mark in marks {
+            targets.push(("memory.usage_in_bytes", format!(" {mark}")));
         }
         let mut fds = Vec::new();
         for (file, suffix) in targets {

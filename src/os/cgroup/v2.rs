@@ -157,7 +157,11 @@ impl Backend for V2 {
         flat_keyed(&events, "oom_kill")
     }
 
-    fn memory_watch(&self, rel: &Path, _high: Option<u64>) -> Result<Vec<OwnedFd>, CgroupError> {
+    fn notifies_memory_marks(&self) -> bool {
+        false
+    }
+
+    fn memory_watch(&self, rel: &Path, _marks: &[u64]) -> Result<Vec<OwnedFd>, CgroupError> {
         use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
         let file = self.dir(rel).join("memory.events");
         let os_err = |e: nix::errno::Errno| super::io_error("watching", &file)(e.into());
