@@ -146,6 +146,14 @@ fn parse_interval(text: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+fn parse_top_interval(text: &str) -> Result<Duration, String> {
+    let d = parse_interval(text)?;
+    if d > Duration::from_secs(20) {
+        return Err("must be at most 20s".to_owned());
+    }
+    Ok(d)
+}
+
 #[derive(Args)]
 struct TopArgs {
     /// Print one frame and exit (CPU % is measured over one interval)
@@ -157,8 +165,8 @@ struct TopArgs {
     /// Sort by: cpu or memory (keys c and m switch while running)
     #[arg(long, value_enum, default_value = "cpu")]
     sort: client::top::SortKey,
-    /// Time between frames
-    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_interval)]
+    /// Time between frames (100ms to 20s: the socket drops a connection silent for 30s)
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_top_interval)]
     interval: Duration,
 }
 

@@ -193,7 +193,7 @@ fn samples(name: &str, u: &UnitStatus) -> Vec<(Labels, f64)> {
             .collect(),
         "corral_unit_restarts_total" => plain(Some(u64::from(u.restarts))),
         "corral_unit_oom_kills_total" => plain(if u.kind == "slice" {
-            usage.oom_kills
+            usage.cgroup_oom_kills
         } else {
             Some(u64::from(u.oom_kills))
         }),

@@ -129,7 +129,7 @@ pub struct Usage {
     pub io_write_ops: Option<u64>,
     /// The kernel's count of OOM kills in this cgroup (since it was created).
     #[serde(default)]
-    pub oom_kills: Option<u64>,
+    pub cgroup_oom_kills: Option<u64>,
     /// PSI `some avg10`: percent of the last 10 s in which some task waited for CPU, memory or
     /// IO. Null where the kernel has no pressure files for the cgroup (v1 without `psi_cgroupv1`).
     #[serde(default)]
@@ -309,5 +309,30 @@ pub fn human_size(bytes: u64) -> String {
         format!("{bytes}B")
     } else {
         format!("{value:.1}{}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_group_peers_get_the_read_verbs_only() {
+        let read = [Verb::Status, Verb::Logs, Verb::Metrics];
+        for verb in [
+            Verb::Status,
+            Verb::Start,
+            Verb::Stop,
+            Verb::Restart,
+            Verb::Kill,
+            Verb::Freeze,
+            Verb::Thaw,
+            Verb::Reload,
+            Verb::Logs,
+            Verb::Shutdown,
+            Verb::Metrics,
+        ] {
+            assert_eq!(verb.is_read_only(), read.contains(&verb), "{verb:?}");
+        }
     }
 }

@@ -62,6 +62,12 @@ const EXPECTED: &[(&str, bool)] = &[
     ("fork-bomb.stop", false),
     ("cgroup-kill-stop", false),
     ("reload-in-place", false),
+    ("v2-usage", false),
+    // Only a kernel without PSI lacks the pressure files.
+    ("v2-pressure", true),
+    ("v2-metrics", false),
+    ("v2-top", false),
+    ("v2-memory-warning", false),
     // corral does not apply [namespaces] yet; the script says so.
     ("namespaces", true),
     ("scenarios-done", false),
@@ -77,6 +83,8 @@ const EXPECTED_WARNINGS: &[&str] = &[
     "(OOM kill); restarting in",
     "(OOM kill); not restarting",
     "did not stop within 1s; sending SIGKILL",
+    // The fork bomb at pids-max, the OOM scenarios and `nearmax` near memory-max.
+    "near a limit: ",
 ];
 
 /// A known corral bug, reported rather than failed on until it is fixed: `stop` answers (and the

@@ -508,17 +508,8 @@ impl Daemon {
                         info!(unit = %unit.name, pid = child.pid, "started");
                         self.members
                             .spawned(&unit.name, child.pid, !cgroup.is_empty());
-                        self.drop_memory_watch(&unit.name);
                         self.usage_watch.forget(&unit.name);
-                        for fd in self
-                            .members
-                            .memory_watch(&unit, &self.usage_watch.thresholds)
-                        {
-                            let token = self.token();
-                            if self.poller.add(fd.as_fd(), token, false).is_ok() {
-                                self.memory_watches.insert(token, (unit.name.clone(), fd));
-                            }
-                        }
+                        self.watch_memory(&unit);
                         self.watch_pipe(&unit.name, Stream::Stdout, child.stdout);
                         self.watch_pipe(&unit.name, Stream::Stderr, child.stderr);
                         Some(Input::Spawned {
@@ -557,6 +548,14 @@ impl Daemon {
             }
             Effect::Relimit { unit, previous } => {
                 self.members.relimit(&unit, &previous);
+                // v1 thresholds are fixed numbers: a new memory-max or memory-high needs new ones.
+                let running = self
+                    .sup
+                    .get(&unit.name)
+                    .is_some_and(|(_, rt)| rt.pid.is_some());
+                if running && unit.resources != previous.resources {
+                    self.watch_memory(&unit);
+                }
                 None
             }
             Effect::Forget { unit } => {
@@ -631,6 +630,21 @@ impl Daemon {
         }
         self.run_effects(effects, now);
         Ok(plan)
+    }
+
+    /// (Re)opens the memory-event fds of a running unit: OOM kills, memory-high, and the
+    /// warning marks below memory-max.
+    fn watch_memory(&mut self, unit: &crate::unit::Unit) {
+        self.drop_memory_watch(&unit.name);
+        for fd in self
+            .members
+            .memory_watch(unit, &self.usage_watch.thresholds)
+        {
+            let token = self.token();
+            if self.poller.add(fd.as_fd(), token, false).is_ok() {
+                self.memory_watches.insert(token, (unit.name.clone(), fd));
+            }
+        }
     }
 
     fn drop_memory_watch(&mut self, unit: &UnitName) {

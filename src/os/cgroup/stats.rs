@@ -29,7 +29,7 @@ pub fn usage_v2(dir: &Path) -> Usage {
         io_write_bytes: io.map(|t| t.write_bytes),
         io_read_ops: io.map(|t| t.read_ops),
         io_write_ops: io.map(|t| t.write_ops),
-        oom_kills: read("memory.events").and_then(|t| flat_keyed(&t, "oom_kill")),
+        cgroup_oom_kills: read("memory.events").and_then(|t| flat_keyed(&t, "oom_kill")),
         cpu_pressure: read("cpu.pressure").and_then(|t| pressure_some_avg10(&t)),
         memory_pressure: read("memory.pressure").and_then(|t| pressure_some_avg10(&t)),
         io_pressure: read("io.pressure").and_then(|t| pressure_some_avg10(&t)),
@@ -65,7 +65,7 @@ pub fn usage_v1(dir_of: &dyn Fn(Controller) -> Option<PathBuf>) -> Usage {
         io_write_bytes: io_bytes.map(|(_, w)| w),
         io_read_ops: io_ops.map(|(r, _)| r),
         io_write_ops: io_ops.map(|(_, w)| w),
-        oom_kills: read(Controller::Memory, "memory.oom_control")
+        cgroup_oom_kills: read(Controller::Memory, "memory.oom_control")
             .and_then(|t| flat_keyed(&t, "oom_kill")),
         // Only kernels booted with `psi_cgroupv1` show pressure files in v1 hierarchies.
         cpu_pressure: read(Controller::Cpu, "cpu.pressure").and_then(|t| pressure_some_avg10(&t)),
@@ -266,7 +266,7 @@ mod tests {
                     io_write_bytes: Some(20),
                     io_read_ops: Some(1),
                     io_write_ops: Some(4),
-                    oom_kills: Some(1),
+                    cgroup_oom_kills: Some(1),
                     cpu_pressure: Some(2.5),
                     memory_pressure: Some(0.0),
                     io_pressure: Some(9.1),
@@ -283,7 +283,7 @@ mod tests {
                 Usage {
                     memory_current: Some(5),
                     cpu_usage_usec: Some(1),
-                    oom_kills: Some(0),
+                    cgroup_oom_kills: Some(0),
                     ..Usage::default()
                 },
             ),
@@ -361,7 +361,7 @@ mod tests {
                 io_write_bytes: Some(512),
                 io_read_ops: Some(3),
                 io_write_ops: Some(1),
-                oom_kills: Some(2),
+                cgroup_oom_kills: Some(2),
                 cpu_pressure: None,
                 memory_pressure: None,
                 io_pressure: None,
