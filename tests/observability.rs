@@ -311,7 +311,7 @@ fn a_cpu_bound_unit_under_a_quota_shows_growing_throttling_in_status_top_and_met
         "spin",
         "[exec]\ncommand = [\"sh\", \"-c\", \"while :; do :; done\"]\n[resources]\ncpu-quota = \"10%\"\n",
     );
-    c.launch(&[]);
+    c.launch(&["--usage-interval", "200ms"]);
     c.wait_log("spin starts", |l| is_about(l, "spin", "started"));
     grows("status nr_throttled", || status_throttled(&c));
     grows("top --once --json nr_throttled", || top_throttled(&c));
@@ -329,6 +329,23 @@ fn a_cpu_bound_unit_under_a_quota_shows_growing_throttling_in_status_top_and_met
         sample(&text, "corral_unit_cpu_quota_ratio{unit=\"spin\"}"),
         Some(0.1),
         "{text}"
+    );
+    // Throttled ~90% of the time, far above 1s per minute: one warning for the whole episode.
+    let is_throttle_warning =
+        |l: &Value| is_about(l, "spin", "near a limit: CPU throttled") && l["level"] == "WARN";
+    c.wait_log("the throttling warning", is_throttle_warning);
+    for round in 0..10 {
+        c.wait_log(
+            &format!("sampling round {round} after the warning"),
+            is_sample_round,
+        );
+    }
+    assert_eq!(c.seen.iter().filter(|l| is_throttle_warning(l)).count(), 1);
+    let status = c.status("spin");
+    assert_eq!(
+        status["near_limits"],
+        serde_json::json!(["cpu-throttling"]),
+        "{status}"
     );
 }
 
