@@ -477,6 +477,35 @@ fn metrics_over_http_parse_and_carry_every_documented_series() {
     assert_eq!(status, "HTTP/1.1 431 Request Header Fields Too Large");
     // ...and corral still serves afterwards.
     get_metrics(port);
+
+    // At most 16 connections at once: a 17th is closed unanswered, and scrapes work again once
+    // the silent ones are gone.
+    let silent: Vec<TcpStream> = (0..16)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    let mut extra = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    extra.set_read_timeout(Some(DEADLINE)).unwrap();
+    let _ = extra.write_all(b"GET /metrics HTTP/1.1\r\n\r\n");
+    let mut answer = Vec::new();
+    let _ = extra.read_to_end(&mut answer);
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    drop(silent);
+    let end = Instant::now() + DEADLINE;
+    loop {
+        // The closes reach corral's loop in their own time; a refused scrape reads nothing.
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(DEADLINE)).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+        let mut raw = String::new();
+        let _ = s.read_to_string(&mut raw);
+        if raw.starts_with("HTTP/1.1 200 OK") {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "no scrape served after the silent clients left"
+        );
+    }
 }
 
 #[test]
