@@ -444,9 +444,12 @@ impl Members {
         let Some(current) = usage.memory_current else {
             return;
         };
-        let quiet = high
-            .last_event
-            .is_some_and(|at| now.saturating_duration_since(at) > HIGH_EPISODE_GAP);
+        // Only v2 needs the gap: v1 wakes on every crossing (and on the marks of the limit
+        // warnings too), so a late v1 event says nothing about the episode.
+        let quiet = cgroups.version() == Version::V2
+            && high
+                .last_event
+                .is_some_and(|at| now.saturating_duration_since(at) > HIGH_EPISODE_GAP);
         high.last_event = Some(now);
         if current < high.limit || quiet {
             if high.above_since.take().is_some() {
