@@ -239,6 +239,66 @@ fn on_cgroup_v1_memory_warnings_come_from_kernel_thresholds_not_a_timer() {
     );
 }
 
+#[test]
+fn a_raised_memory_max_ends_the_episode_at_once() {
+    if !ready() {
+        return;
+    }
+    let mut c = Corral::new();
+    let unit = |max: &str| {
+        format!(
+            "[exec]\ncommand = [\"python3\", \"-c\", {}]\n[resources]\nmemory-max = \"{max}\"\n",
+            toml_str(HOLD_95)
+        )
+    };
+    c.unit("hog", &unit("96M"));
+    c.launch(&[]);
+    c.wait_count("the memory warning", 1, |l| is_memory_warning(l, "hog"));
+    c.wait_log("the unit holds its memory", |l| {
+        common::is_output(l, "hog") && msg(l) == "held"
+    });
+    c.unit("hog", &unit("512M"));
+    c.ok(&["reload"]);
+    let recovered = c.wait_log("the recovery line", |l| {
+        is_about(l, "hog", "no longer near a limit: memory")
+    });
+    assert!(
+        msg(&recovered).contains("of memory-max 512.0M"),
+        "{recovered}"
+    );
+    let status = c.status("hog");
+    assert_eq!(status["near_limits"], serde_json::json!([]), "{status}");
+    assert_eq!(status["restarts"], 0, "relimited in place: {status}");
+}
+
+#[test]
+fn a_unit_near_pids_max_warns_once() {
+    if !ready() {
+        return;
+    }
+    let mut c = Corral::new();
+    // The shell and eight sleeps: 9 of 10.
+    c.unit(
+        "forks",
+        "[exec]\ncommand = [\"sh\", \"-c\", \"for i in 1 2 3 4 5 6 7 8; do sleep 100000 & done; echo forked; wait\"]\n[resources]\npids-max = 10\n",
+    );
+    c.launch(&["--usage-interval", "200ms"]);
+    let is_pids_warning =
+        |l: &Value| is_about(l, "forks", "near a limit: 9 of pids-max 10") && l["level"] == "WARN";
+    c.wait_log("the pids warning", is_pids_warning);
+    for round in 0..5 {
+        c.wait_log(
+            &format!("sampling round {round} after the warning"),
+            is_sample_round,
+        );
+    }
+    assert_eq!(c.seen.iter().filter(|l| is_pids_warning(l)).count(), 1);
+    assert_eq!(
+        c.status("forks")["near_limits"],
+        serde_json::json!(["pids"])
+    );
+}
+
 /// The `spin` row's `nr_throttled` in `top --once --json`.
 fn top_throttled(c: &Corral) -> u64 {
     let top = c

@@ -555,6 +555,8 @@ impl Daemon {
                     .is_some_and(|(_, rt)| rt.pid.is_some());
                 if running && unit.resources != previous.resources {
                     self.watch_memory(&unit);
+                    // A new limit may begin or end an episode with no crossing to report it.
+                    self.sample_unit(&unit.name, now);
                 }
                 None
             }
