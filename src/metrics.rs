@@ -254,17 +254,11 @@ mod tests {
             name: name.to_owned(),
             kind: "service".to_owned(),
             state: "running".to_owned(),
-            description: None,
-            enabled: true,
             pid: Some(42),
-            since: "2026-01-01T00:00:00Z".to_owned(),
             restarts: 2,
             oom_kills: 1,
-            last_exit: None,
             last_exit_status: Some(137),
-            cgroup: None,
             limits_enforced: true,
-            limits_reason: None,
             limits: Limits {
                 cpu_quota_percent: Some(150),
                 ..Limits::default()
@@ -275,13 +269,9 @@ mod tests {
                 memory_pressure: Some(2.5),
                 ..Usage::default()
             },
-            frozen: false,
-            warnings: Vec::new(),
             near_limits: vec!["memory".to_owned()],
             slice: Some("front".to_owned()),
-            last_oom: None,
-            restart_in_ms: None,
-            error: None,
+            ..UnitStatus::default()
         }
     }
 

@@ -153,7 +153,7 @@ pub struct Limits {
     pub io_weight: Option<u32>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct UnitStatus {
     pub name: String,
     pub kind: String,

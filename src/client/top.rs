@@ -404,37 +404,21 @@ fn once(conn: &mut Connection, opts: &Options) -> Result<i32, ClientError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::{Limits, Usage};
+    use crate::proto::Usage;
 
     fn status(name: &str, kind: &str, slice: Option<&str>, cpu: u64, mem: u64) -> UnitStatus {
         UnitStatus {
             name: name.to_owned(),
             kind: kind.to_owned(),
             state: if kind == "slice" { "active" } else { "running" }.to_owned(),
-            description: None,
-            enabled: true,
-            pid: None,
-            since: String::new(),
-            restarts: 0,
-            oom_kills: 0,
-            last_exit: None,
-            last_exit_status: None,
-            cgroup: None,
             limits_enforced: true,
-            limits_reason: None,
-            limits: Limits::default(),
             usage: Usage {
                 cpu_usage_usec: Some(cpu),
                 memory_current: Some(mem),
                 ..Usage::default()
             },
-            frozen: false,
-            warnings: Vec::new(),
-            near_limits: Vec::new(),
             slice: slice.map(str::to_owned),
-            last_oom: None,
-            restart_in_ms: None,
-            error: None,
+            ..UnitStatus::default()
         }
     }
 
