@@ -84,6 +84,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A live view of usage against limits, slices with their units beneath (q quits)
+    Top(TopArgs),
+    /// Every unit's figures in the Prometheus text format
+    Metrics { units: Vec<String> },
     /// Stop every unit in reverse dependency order, then end the supervisor
     Shutdown {
         /// Then power the machine off (corral must be the host's init)
@@ -113,6 +117,57 @@ struct RunArgs {
     shutdown_timeout: Duration,
     #[arg(long, value_enum, default_value = "text")]
     log_format: logging::LogFormat,
+    /// Warn when a unit's memory stays at or above this percent of its memory-max
+    #[arg(long, value_name = "PERCENT", default_value_t = 90, value_parser = clap::value_parser!(u32).range(1..=100))]
+    warn_memory_percent: u32,
+    /// Warn when a unit's processes stay at or above this percent of its pids-max
+    #[arg(long, value_name = "PERCENT", default_value_t = 90, value_parser = clap::value_parser!(u32).range(1..=100))]
+    warn_pids_percent: u32,
+    /// Warn when a unit's throttled time grows faster than this per minute
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
+    warn_throttled_per_minute: Duration,
+    /// How often running units with pids-max or cpu-quota (and memory-max on cgroup v2) are sampled
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_interval)]
+    usage_interval: Duration,
+    /// Serve GET /metrics (Prometheus) on this address, e.g. 127.0.0.1:9100
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics_listen: Option<std::net::SocketAddr>,
+    /// Allow --metrics-listen on an address other hosts can reach (default: loopback only)
+    #[arg(long, requires = "metrics_listen")]
+    metrics_allow_remote: bool,
+}
+
+/// A sampling interval: at least 100 ms, so a typo cannot make corral spin.
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if d < Duration::from_millis(100) {
+        return Err("must be at least 100ms".to_owned());
+    }
+    Ok(d)
+}
+
+fn parse_top_interval(text: &str) -> Result<Duration, String> {
+    let d = parse_interval(text)?;
+    if d > Duration::from_secs(20) {
+        return Err("must be at most 20s".to_owned());
+    }
+    Ok(d)
+}
+
+#[derive(Args)]
+struct TopArgs {
+    /// Print one frame and exit (CPU % is measured over one interval)
+    #[arg(long)]
+    once: bool,
+    /// With --once: the frame as JSON
+    #[arg(long, requires = "once")]
+    json: bool,
+    /// Sort by: cpu or memory (keys c and m switch while running)
+    #[arg(long, value_enum, default_value = "cpu")]
+    sort: client::top::SortKey,
+    /// Time between frames (100ms to 20s: the socket drops a connection silent for 30s)
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_top_interval)]
+    interval: Duration,
 }
 
 #[derive(Args)]
@@ -161,6 +216,16 @@ fn run(args: RunArgs, socket: PathBuf) -> i32 {
             return exit_code::USAGE;
         }
     };
+    if let Some(addr) = args.metrics_listen
+        && !daemon::is_loopback(&addr)
+        && !args.metrics_allow_remote
+    {
+        eprintln!(
+            "corral: --metrics-listen {addr} is reachable from other hosts; metrics show every unit's \
+             names and figures to anyone who connects. Add --metrics-allow-remote if that is intended."
+        );
+        return exit_code::USAGE;
+    }
     let options = daemon::Options {
         units_dir: args.units_dir,
         socket,
@@ -168,6 +233,13 @@ fn run(args: RunArgs, socket: PathBuf) -> i32 {
         cgroup_root: args.cgroup_root,
         exit_with,
         shutdown_timeout: args.shutdown_timeout,
+        thresholds: corral::core::limit_watch::Thresholds {
+            memory_percent: args.warn_memory_percent,
+            pids_percent: args.warn_pids_percent,
+            throttled_per_minute: args.warn_throttled_per_minute,
+        },
+        usage_interval: args.usage_interval,
+        metrics_listen: args.metrics_listen,
     };
     match daemon::run(options) {
         Ok(daemon::Ending::Exit(code)) => code,
@@ -272,6 +344,23 @@ fn talk(command: Command, socket: &std::path::Path) -> Result<i32, ClientError> 
             follow,
             json,
         } => logs(&mut conn, units, lines, follow, json),
+        Command::Metrics { units } => {
+            let response = conn.call(&client::request(Verb::Metrics, &units))?;
+            match (&response.metrics, response.ok) {
+                (Some(text), true) => print!("{text}"),
+                _ => return Ok(report(&response, false)),
+            }
+            Ok(exit_code::OK)
+        }
+        Command::Top(args) => client::top::run(
+            &mut conn,
+            &client::top::Options {
+                once: args.once,
+                json: args.json,
+                sort: args.sort,
+                interval: args.interval,
+            },
+        ),
         Command::Shutdown { poweroff, reboot } => {
             let mut request = client::request(Verb::Shutdown, &[]);
             request.power = match (poweroff, reboot) {

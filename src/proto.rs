@@ -18,12 +18,14 @@ pub enum Verb {
     Reload,
     Logs,
     Shutdown,
+    /// The Prometheus text exposition of every unit (see docs/metrics.md).
+    Metrics,
 }
 
 impl Verb {
     /// Verbs a `--socket-group` peer may use: they read, never change.
     pub fn is_read_only(self) -> bool {
-        matches!(self, Verb::Status | Verb::Logs)
+        matches!(self, Verb::Status | Verb::Logs | Verb::Metrics)
     }
 }
 
@@ -135,6 +137,27 @@ pub struct Usage {
     pub pids_current: Option<u64>,
     pub io_read_bytes: Option<u64>,
     pub io_write_bytes: Option<u64>,
+    /// The memory limit in force in the kernel (null: none).
+    #[serde(default)]
+    pub memory_max: Option<u64>,
+    /// The pids limit in force in the kernel (null: none).
+    #[serde(default)]
+    pub pids_max: Option<u64>,
+    #[serde(default)]
+    pub io_read_ops: Option<u64>,
+    #[serde(default)]
+    pub io_write_ops: Option<u64>,
+    /// The kernel's count of OOM kills in this cgroup (since it was created).
+    #[serde(default)]
+    pub cgroup_oom_kills: Option<u64>,
+    /// PSI `some avg10`: percent of the last 10 s in which some task waited for CPU, memory or
+    /// IO. Null where the kernel has no pressure files for the cgroup (v1 without `psi_cgroupv1`).
+    #[serde(default)]
+    pub cpu_pressure: Option<f64>,
+    #[serde(default)]
+    pub memory_pressure: Option<f64>,
+    #[serde(default)]
+    pub io_pressure: Option<f64>,
 }
 
 /// The limits a unit's file asks for; null where it sets none (or "max").
@@ -150,7 +173,7 @@ pub struct Limits {
     pub io_weight: Option<u32>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct UnitStatus {
     pub name: String,
     pub kind: String,
@@ -182,6 +205,12 @@ pub struct UnitStatus {
     /// Limits about to bite (e.g. memory above memory-high), worded for people.
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// Limit-warning episodes under way, by concern: `memory`, `pids`, `cpu-throttling`.
+    #[serde(default)]
+    pub near_limits: Vec<String>,
+    /// The parent slice; null at the root.
+    #[serde(default)]
+    pub slice: Option<String>,
     /// The last OOM kill in the unit (RFC 3339), if any.
     #[serde(default)]
     pub last_oom: Option<String>,
@@ -255,6 +284,9 @@ pub struct Response {
     /// reload: what was applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reload: Option<ReloadReport>,
+    /// metrics: the Prometheus text exposition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
     /// status: the last reload failed; the units keep running their last good definitions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reload_error: Option<String>,
@@ -323,5 +355,30 @@ pub fn human_size(bytes: u64) -> String {
         format!("{bytes}B")
     } else {
         format!("{value:.1}{}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_group_peers_get_the_read_verbs_only() {
+        let read = [Verb::Status, Verb::Logs, Verb::Metrics];
+        for verb in [
+            Verb::Status,
+            Verb::Start,
+            Verb::Stop,
+            Verb::Restart,
+            Verb::Kill,
+            Verb::Freeze,
+            Verb::Thaw,
+            Verb::Reload,
+            Verb::Logs,
+            Verb::Shutdown,
+            Verb::Metrics,
+        ] {
+            assert_eq!(verb.is_read_only(), read.contains(&verb), "{verb:?}");
+        }
     }
 }

@@ -72,6 +72,12 @@ const EXPECTED: &[(&str, bool)] = &[
     ("namespaces.sandbox", false),
     ("namespaces.mount", false),
     ("namespaces.stop-trap", false),
+    ("v2-usage", false),
+    // Only a kernel without PSI lacks the pressure files.
+    ("v2-pressure", true),
+    ("v2-metrics", false),
+    ("v2-top", false),
+    ("v2-memory-warning", false),
     ("scenarios-done", false),
 ];
 
@@ -85,6 +91,8 @@ const EXPECTED_WARNINGS: &[&str] = &[
     "(OOM kill); restarting in",
     "(OOM kill); not restarting",
     "did not stop within 1s; sending SIGKILL",
+    // The fork bomb at pids-max, the OOM scenarios and `nearmax` near memory-max.
+    "near a limit: ",
 ];
 
 /// What the host must have to boot the VM.

@@ -1,6 +1,7 @@
 //! The CLI verbs that talk to a running supervisor, and how their answers are shown.
 
 mod render;
+pub mod top;
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;

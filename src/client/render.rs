@@ -178,7 +178,11 @@ pub fn print_status_details(units: &[UnitStatus]) {
             u.cgroup.as_deref().unwrap_or("-")
         );
         let usage = &u.usage;
-        let mut memory = used_of(usage.memory_current, u.limits.memory_max, size);
+        let mut memory = used_of(
+            usage.memory_current,
+            usage.memory_max.or(u.limits.memory_max),
+            size,
+        );
         if let Some(peak) = usage.memory_peak {
             memory.push_str(&format!(", peak {}", size(peak)));
         }
@@ -207,15 +211,33 @@ pub fn print_status_details(units: &[UnitStatus]) {
         println!("  cpu       {cpu}");
         println!(
             "  pids      {}",
-            used_of(usage.pids_current, u.limits.pids_max, |n| n.to_string())
+            used_of(
+                usage.pids_current,
+                usage.pids_max.or(u.limits.pids_max),
+                |n| n.to_string()
+            )
         );
+        let ops = |n: Option<u64>| n.map_or_else(String::new, |n| format!(" in {n} ops"));
         match (usage.io_read_bytes, usage.io_write_bytes) {
             (None, None) => println!("  io        -"),
             (r, w) => println!(
-                "  io        read {}, written {}",
+                "  io        read {}{}, written {}{}",
                 r.map_or_else(|| "-".to_owned(), size),
-                w.map_or_else(|| "-".to_owned(), size)
+                ops(usage.io_read_ops),
+                w.map_or_else(|| "-".to_owned(), size),
+                ops(usage.io_write_ops)
             ),
+        }
+        let pressure: Vec<String> = [
+            ("cpu", usage.cpu_pressure),
+            ("memory", usage.memory_pressure),
+            ("io", usage.io_pressure),
+        ]
+        .into_iter()
+        .filter_map(|(what, p)| p.map(|p| format!("{what} {p:.1}%")))
+        .collect();
+        if !pressure.is_empty() {
+            println!("  pressure  {} (some, last 10 s)", pressure.join(", "));
         }
         let last = u
             .last_exit

@@ -3,6 +3,7 @@
 pub mod backoff;
 pub mod cgroup_plan;
 pub mod exit;
+pub mod limit_watch;
 pub mod notify;
 pub mod reload;
 pub mod service;

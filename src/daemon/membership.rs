@@ -11,6 +11,7 @@ use tracing::{debug, info, warn};
 
 use crate::core::cgroup_plan::{self, Version};
 use crate::core::exit::Termination;
+use crate::core::limit_watch::Thresholds;
 use crate::os::cgroup::{self, Cgroups, Join};
 use crate::os::process_group::ProcessGroup;
 use crate::os::{reaper, spawn};
@@ -511,16 +512,21 @@ impl Members {
         cgroups.oom_kills(rel)
     }
 
-    /// Opens the memory-event watch of a unit's new generation (OOM kills, memory-high).
-    pub fn memory_watch(&self, unit: &Unit) -> Vec<OwnedFd> {
+    /// Opens the memory-event watch of a unit's new generation (OOM kills, memory-high, and
+    /// the marks of `thresholds` below memory-max).
+    pub fn memory_watch(&self, unit: &Unit, thresholds: &Thresholds) -> Vec<OwnedFd> {
         let (Some(cgroups), Some(rel)) = (&self.cgroups, self.paths.get(&unit.name)) else {
             return Vec::new();
         };
-        let high = match unit.resources.memory_high {
+        let bytes = |limit| match limit {
             Some(ByteLimit::Bytes(n)) => Some(n),
             _ => None,
         };
-        cgroups.memory_watch(rel, high).unwrap_or_else(|e| {
+        let mut marks: Vec<u64> = bytes(unit.resources.memory_high).into_iter().collect();
+        if let Some(max) = bytes(unit.resources.memory_max) {
+            marks.extend(thresholds.memory_marks(max));
+        }
+        cgroups.memory_watch(rel, &marks).unwrap_or_else(|e| {
             warn!(unit = %unit.name, "OOM kills that spare the main process will go unnoticed: {e}");
             Vec::new()
         })
@@ -549,9 +555,12 @@ impl Members {
         let Some(current) = usage.memory_current else {
             return;
         };
-        let quiet = high
-            .last_event
-            .is_some_and(|at| now.saturating_duration_since(at) > HIGH_EPISODE_GAP);
+        // Only v2 needs the gap: v1 wakes on every crossing (and on the marks of the limit
+        // warnings too), so a late v1 event says nothing about the episode.
+        let quiet = cgroups.version() == Version::V2
+            && high
+                .last_event
+                .is_some_and(|at| now.saturating_duration_since(at) > HIGH_EPISODE_GAP);
         high.last_event = Some(now);
         if current < high.limit || quiet {
             if high.above_since.take().is_some() {
@@ -649,6 +658,24 @@ impl Members {
                 }
             }
         }
+    }
+
+    /// The cgroup version in use, if corral manages cgroups.
+    pub fn version(&self) -> Option<Version> {
+        self.cgroups.as_ref().map(|c| c.version())
+    }
+
+    /// Whether the kernel tells corral when memory usage crosses a mark (v1 thresholds).
+    pub fn notifies_memory_marks(&self) -> bool {
+        self.cgroups
+            .as_ref()
+            .is_some_and(|c| c.notifies_memory_marks())
+    }
+
+    /// The unit's live figures, when its cgroup exists.
+    pub fn sample(&self, unit: &UnitName) -> Option<Usage> {
+        let (cgroups, rel) = (self.cgroups.as_ref()?, self.paths.get(unit)?);
+        cgroups.exists(rel).then(|| cgroups.usage(rel))
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {

@@ -4,10 +4,12 @@ mod clock;
 mod control;
 pub mod logging;
 mod membership;
+mod metrics_http;
 mod output;
 mod readiness;
 mod requests;
 mod status;
+mod usage_watch;
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, OwnedFd};
@@ -19,6 +21,7 @@ use nix::sys::signal::Signal;
 use tracing::{debug, error, info, warn};
 
 use crate::core::exit::ExitReport;
+use crate::core::limit_watch::Thresholds;
 use crate::core::reload::ReloadPlan;
 use crate::core::service::State;
 use crate::core::supervisor::{Effect, Input, RequestError, Supervisor};
@@ -36,6 +39,10 @@ use crate::unit::{self, UnitName};
 use clock::Clock;
 use control::{Client, ClientState};
 use membership::Members;
+use metrics_http::MetricsServer;
+use usage_watch::UsageWatch;
+
+pub use metrics_http::is_loopback;
 use output::{LineSplitter, Piece, Ring};
 
 pub use output::{MAX_LINE_BYTES, RING_LINES};
@@ -49,6 +56,12 @@ pub struct Options {
     pub cgroup_root: Option<PathBuf>,
     pub exit_with: Option<UnitName>,
     pub shutdown_timeout: Duration,
+    /// When a unit counts as near its limits.
+    pub thresholds: Thresholds,
+    /// How often running units with a limit no kernel notification covers are sampled.
+    pub usage_interval: Duration,
+    /// Serve `GET /metrics` here (already checked: loopback unless asked otherwise).
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +77,11 @@ pub enum DaemonError {
     UnknownGroup(String),
     #[error(transparent)]
     Socket(#[from] SocketError),
+    #[error("--metrics-listen {addr}: {source}")]
+    MetricsListen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("{operation}: {source}")]
     Os {
         operation: &'static str,
@@ -78,7 +96,8 @@ fn os_err(operation: &'static str) -> impl FnOnce(std::io::Error) -> DaemonError
 const TOKEN_SIGNALS: u64 = 0;
 const TOKEN_LISTENER: u64 = 1;
 const TOKEN_WATCH: u64 = 2;
-const FIRST_DYNAMIC_TOKEN: u64 = 3;
+const TOKEN_METRICS: u64 = 3;
+const FIRST_DYNAMIC_TOKEN: u64 = 4;
 
 /// Changes in the units directory settle for this long before a reload (editors write in
 /// several steps)...
@@ -130,6 +149,9 @@ struct Daemon {
     members: Members,
     /// Notify sockets, health probes in flight: see readiness.rs.
     readiness: readiness::Readiness,
+    usage_watch: UsageWatch,
+    /// `--metrics-listen`: the HTTP listener and its connections.
+    metrics: Option<MetricsServer>,
     rings: HashMap<UnitName, Ring>,
     next_token: u64,
     clock: Clock,
@@ -196,6 +218,21 @@ pub fn run(opts: Options) -> Result<Ending, DaemonError> {
             operation: "registering with epoll",
             source: e.into(),
         })?;
+    let metrics = match opts.metrics_listen {
+        None => None,
+        Some(addr) => {
+            let server = MetricsServer::bind(addr)
+                .map_err(|source| DaemonError::MetricsListen { addr, source })?;
+            poller
+                .add(server.listener.as_fd(), TOKEN_METRICS, false)
+                .map_err(|e| DaemonError::Os {
+                    operation: "registering with epoll",
+                    source: e.into(),
+                })?;
+            info!(address = %addr, "serving GET /metrics");
+            Some(server)
+        }
+    };
     info!(
         units = loaded.units.len(),
         dir = %opts.units_dir.display(),
@@ -226,8 +263,11 @@ pub fn run(opts: Options) -> Result<Ending, DaemonError> {
             None
         }
     };
+    let usage_watch = UsageWatch::new(opts.thresholds, opts.usage_interval);
     let mut daemon = Daemon {
         members,
+        usage_watch,
+        metrics,
         sup: Supervisor::new(loaded.units.into_values(), now),
         opts,
         poller,
@@ -273,6 +313,8 @@ pub enum Ending {
 impl Daemon {
     fn event_loop(&mut self) -> i32 {
         self.feed(Input::Tick, Instant::now());
+        // Arms the usage timer for the units that just started, before the first wait.
+        self.sample_usage(Instant::now());
         loop {
             let timeout = self
                 .next_deadline()
@@ -311,6 +353,7 @@ impl Daemon {
                     oom = main_was_oom_killed;
                     self.record_oom_kills(&unit, fresh, false, now);
                     self.drop_memory_watch(&unit);
+                    self.usage_watch.forget(&unit);
                 }
                 let exit = ExitReport { termination, oom };
                 debug!(pid, "reaped: {exit}");
@@ -326,6 +369,8 @@ impl Daemon {
                 self.record_oom_kills(&unit, count, true, now);
             }
             self.members.retry_removals(now);
+            self.sample_usage(now);
+            self.expire_metrics_clients(now);
             self.answer_waiters();
             self.serve_buffered();
             self.answer_waiters();
@@ -399,6 +444,8 @@ impl Daemon {
             .into_iter()
             .chain(self.members.next_deadline())
             .chain(self.readiness.next_deadline())
+            .chain(self.usage_watch.next_deadline())
+            .chain(self.metrics.as_ref().and_then(MetricsServer::next_deadline))
             .chain(self.reload_due.map(|(due, _)| due))
             .chain(clients)
             .chain(leftovers)
@@ -419,6 +466,7 @@ impl Daemon {
                 }
             }
             TOKEN_LISTENER => self.accept_clients(),
+            TOKEN_METRICS => self.accept_metrics_clients(),
             TOKEN_WATCH => {
                 if let Some(watch) = &mut self.watch
                     && let Err(e) = watch.drain()
@@ -435,7 +483,9 @@ impl Daemon {
                     cgroup::drain(fd);
                     let unit = unit.clone();
                     debug!(unit = %unit, "memory event");
-                    self.members.on_memory_event(&unit, Instant::now());
+                    let now = Instant::now();
+                    self.members.on_memory_event(&unit, now);
+                    self.sample_unit(&unit, now);
                 }
             }
             // The wake is the point: every wake looks for units that became empty.
@@ -447,6 +497,9 @@ impl Daemon {
             }
             token if self.pipes.contains_key(&token) => self.read_pipe(token),
             token if self.readiness.owns(token) => self.on_readiness_event(token),
+            token if self.metrics.as_ref().is_some_and(|m| m.has_client(token)) => {
+                self.serve_metrics_client(token, r)
+            }
             token => self.serve_client(token, r),
         }
     }
@@ -546,13 +599,8 @@ impl Daemon {
                             !cgroup.is_empty(),
                             child.helper_status,
                         );
-                        self.drop_memory_watch(&unit.name);
-                        for fd in self.members.memory_watch(&unit) {
-                            let token = self.token();
-                            if self.poller.add(fd.as_fd(), token, false).is_ok() {
-                                self.memory_watches.insert(token, (unit.name.clone(), fd));
-                            }
-                        }
+                        self.usage_watch.forget(&unit.name);
+                        self.watch_memory(&unit);
                         self.drop_populated_watch(&unit.name);
                         if let Some(fd) = self.members.populated_watch(&unit.name) {
                             let token = self.token();
@@ -600,6 +648,16 @@ impl Daemon {
             }
             Effect::Relimit { unit, previous } => {
                 self.members.relimit(&unit, &previous);
+                // v1 thresholds are fixed numbers: a new memory-max or memory-high needs new ones.
+                let running = self
+                    .sup
+                    .get(&unit.name)
+                    .is_some_and(|(_, rt)| rt.pid.is_some());
+                if running && unit.resources != previous.resources {
+                    self.watch_memory(&unit);
+                    // A new limit may begin or end an episode with no crossing to report it.
+                    self.sample_unit(&unit.name, now);
+                }
                 None
             }
             Effect::Forget { unit } => {
@@ -608,6 +666,7 @@ impl Daemon {
                 self.members.forget(&unit, now);
                 self.drop_memory_watch(&unit);
                 self.drop_populated_watch(&unit);
+                self.usage_watch.forget(&unit);
                 None
             }
             Effect::ShutdownComplete => {
@@ -685,6 +744,21 @@ impl Daemon {
             .map(|(t, _)| *t);
         if let Some((_, fd)) = token.and_then(|t| self.populated_watches.remove(&t)) {
             let _ = self.poller.remove(&fd);
+        }
+    }
+
+    /// (Re)opens the memory-event fds of a running unit: OOM kills, memory-high, and the
+    /// warning marks below memory-max.
+    fn watch_memory(&mut self, unit: &crate::unit::Unit) {
+        self.drop_memory_watch(&unit.name);
+        for fd in self
+            .members
+            .memory_watch(unit, &self.usage_watch.thresholds)
+        {
+            let token = self.token();
+            if self.poller.add(fd.as_fd(), token, false).is_ok() {
+                self.memory_watches.insert(token, (unit.name.clone(), fd));
+            }
         }
     }
 

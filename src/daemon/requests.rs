@@ -207,6 +207,17 @@ impl Daemon {
                 self.reply(token, response);
             }
             Verb::Logs => self.start_logs(token, &request, names),
+            Verb::Metrics => {
+                let response = match self.sup.check_names(&names) {
+                    Ok(()) => Response {
+                        ok: true,
+                        metrics: Some(crate::metrics::render(&self.statuses(&names, now))),
+                        ..Response::default()
+                    },
+                    Err(e) => refused(&e),
+                };
+                self.reply(token, response);
+            }
             Verb::Shutdown => {
                 if request.power.is_some() && !self.host_init {
                     let why = "corral is not the host's init (PID 1 of the first pid namespace): \
@@ -321,6 +332,10 @@ impl Daemon {
                     status.namespaces =
                         namespace_status(&unit.namespaces, theirs, &self.own_namespaces);
                 }
+                status
+                    .warnings
+                    .extend(self.usage_watch.warnings(&unit.name));
+                status.near_limits = self.usage_watch.concerns(&unit.name);
                 status
             })
             .collect()

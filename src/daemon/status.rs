@@ -40,6 +40,8 @@ pub fn unit_status(
         usage: cgroup.usage,
         frozen: cgroup.frozen,
         warnings: cgroup.warnings,
+        near_limits: Vec::new(),
+        slice: unit.slice.as_ref().map(|s| s.to_string()),
         last_oom: rt.last_oom_at.map(|at| clock.rfc3339(at)),
         restart_in_ms: match (rt.state, rt.deadline()) {
             (State::Backoff, Some(at)) => Some(millis(at.saturating_duration_since(now))),

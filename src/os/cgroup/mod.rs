@@ -181,10 +181,13 @@ pub trait Backend {
     /// The cgroup as users name it: `/R/rel`.
     fn display(&self, rel: &Path) -> String;
     /// Fds that become readable when the kernel reports a memory event of the cgroup (an OOM
-    /// kill; crossing `high` bytes): v1 eventfds via `cgroup.event_control`, a v2 inotify watch
-    /// of `memory.events`. Read the counters to learn what happened: a wakeup alone proves
+    /// kill; usage crossing one of `marks` bytes, either way): v1 eventfds via
+    /// `cgroup.event_control`, a v2 inotify watch of `memory.events` (which has no thresholds:
+    /// v2 ignores `marks`). Read the counters to learn what happened: a wakeup alone proves
     /// nothing (v1 also signals the eventfd when the cgroup is removed).
-    fn memory_watch(&self, rel: &Path, high: Option<u64>) -> Result<Vec<OwnedFd>, CgroupError>;
+    fn memory_watch(&self, rel: &Path, marks: &[u64]) -> Result<Vec<OwnedFd>, CgroupError>;
+    /// Whether `memory_watch` notices usage crossing `marks` (v1), so no timer has to sample it.
+    fn notifies_memory_marks(&self) -> bool;
     /// An fd that becomes readable when the cgroup's `populated` flag changes (v2: inotify on
     /// `cgroup.events`), or None where the kernel offers no such event (v1: its only one is the
     /// hierarchy-wide release_agent program). Read `procs` to learn whether it is empty.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crate::core::cgroup_plan::{Controller, Setting, Version};
 use crate::proto::Usage;
 
-use super::stats::{flat_keyed, io_service_bytes_v1, single};
+use super::stats::flat_keyed;
 use super::{
     Backend, CgroupError, Join, display_below, make_dir, open_for_join, read_file, read_pids,
     relative, remove_dir, write_file,
@@ -222,30 +222,7 @@ impl Backend for V1 {
     }
 
     fn usage(&self, rel: &Path) -> Usage {
-        let read = |c: Controller, file: &str| {
-            self.dir_of(c, rel)
-                .and_then(|d| read_file(&d.join(file)).ok())
-        };
-        let cpu = read(Controller::Cpu, "cpu.stat");
-        let io = read(Controller::Io, "blkio.throttle.io_service_bytes")
-            .map(|t| io_service_bytes_v1(&t));
-        Usage {
-            memory_current: read(Controller::Memory, "memory.usage_in_bytes")
-                .and_then(|t| single(&t)),
-            memory_peak: read(Controller::Memory, "memory.max_usage_in_bytes")
-                .and_then(|t| single(&t)),
-            cpu_usage_usec: read(Controller::Cpuacct, "cpuacct.usage")
-                .and_then(|t| single(&t))
-                .map(|ns| ns / 1000),
-            cpu_throttled_usec: cpu
-                .as_deref()
-                .and_then(|t| flat_keyed(t, "throttled_time"))
-                .map(|ns| ns / 1000),
-            nr_throttled: cpu.as_deref().and_then(|t| flat_keyed(t, "nr_throttled")),
-            pids_current: read(Controller::Pids, "pids.current").and_then(|t| single(&t)),
-            io_read_bytes: io.map(|(r, _)| r),
-            io_write_bytes: io.map(|(_, w)| w),
-        }
+        super::stats::usage_v1(&|c| self.dir_of(c, rel))
     }
 
     fn oom_kills(&self, rel: &Path) -> Option<u64> {
@@ -262,7 +239,11 @@ impl Backend for V1 {
         Ok(None)
     }
 
-    fn memory_watch(&self, rel: &Path, high: Option<u64>) -> Result<Vec<OwnedFd>, CgroupError> {
+    fn notifies_memory_marks(&self) -> bool {
+        self.hierarchy(Controller::Memory).is_some()
+    }
+
+    fn memory_watch(&self, rel: &Path, marks: &[u64]) -> Result<Vec<OwnedFd>, CgroupError> {
         use nix::sys::eventfd::{EfdFlags, EventFd};
         use std::os::fd::AsRawFd;
         let dir = self
@@ -270,10 +251,11 @@ impl Backend for V1 {
             .ok_or(CgroupError::Unavailable("the v1 memory controller"))?;
         let control = dir.join("cgroup.event_control");
         // memory.oom_control wakes on OOM; memory.usage_in_bytes with a threshold wakes when
-        // usage crosses it in either direction (memcg v1 notification API).
+        // usage crosses it in either direction (memcg v1 notification API, one eventfd per
+        // threshold).
         let mut targets = vec![("memory.oom_control", String::new())];
-        if let Some(high) = high {
-            targets.push(("memory.usage_in_bytes", format!(" {high}")));
+        for mark in marks {
+            targets.push(("memory.usage_in_bytes", format!(" {mark}")));
         }
         let mut fds = Vec::new();
         for (file, suffix) in targets {

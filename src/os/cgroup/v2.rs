@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use crate::core::cgroup_plan::{Controller, Setting, Version};
 use crate::proto::Usage;
 
-use super::stats::{flat_keyed, io_stat_v2, single};
+use super::stats::flat_keyed;
 use super::{
     Backend, CgroupError, Join, display_below, make_dir, open_directory, open_for_join, read_file,
     read_pids, relative, remove_dir, write_file,
@@ -153,21 +153,7 @@ impl Backend for V2 {
     }
 
     fn usage(&self, rel: &Path) -> Usage {
-        let dir = self.dir(rel);
-        let read = |file: &str| read_file(&dir.join(file)).ok();
-        let cpu = read("cpu.stat");
-        let cpu_key = |key| cpu.as_deref().and_then(|t| flat_keyed(t, key));
-        let io = read("io.stat").map(|t| io_stat_v2(&t));
-        Usage {
-            memory_current: read("memory.current").and_then(|t| single(&t)),
-            memory_peak: read("memory.peak").and_then(|t| single(&t)),
-            cpu_usage_usec: cpu_key("usage_usec"),
-            cpu_throttled_usec: cpu_key("throttled_usec"),
-            nr_throttled: cpu_key("nr_throttled"),
-            pids_current: read("pids.current").and_then(|t| single(&t)),
-            io_read_bytes: io.map(|(r, _)| r),
-            io_write_bytes: io.map(|(_, w)| w),
-        }
+        super::stats::usage_v2(&self.dir(rel))
     }
 
     fn oom_kills(&self, rel: &Path) -> Option<u64> {
@@ -188,7 +174,11 @@ impl Backend for V2 {
         Ok(Some(OwnedFd::from(inotify)))
     }
 
-    fn memory_watch(&self, rel: &Path, _high: Option<u64>) -> Result<Vec<OwnedFd>, CgroupError> {
+    fn notifies_memory_marks(&self) -> bool {
+        false
+    }
+
+    fn memory_watch(&self, rel: &Path, _marks: &[u64]) -> Result<Vec<OwnedFd>, CgroupError> {
         use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
         let file = self.dir(rel).join("memory.events");
         let os_err = |e: nix::errno::Errno| super::io_error("watching", &file)(e.into());
@@ -384,42 +374,5 @@ mod tests {
             "{}",
             problems[0]
         );
-    }
-
-    #[test]
-    fn usage_reads_the_v2_statistics() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("u.service");
-        fs::create_dir_all(&dir).unwrap();
-        fs::write(dir.join("memory.current"), "1000\n").unwrap();
-        fs::write(dir.join("memory.peak"), "2000\n").unwrap();
-        fs::write(
-            dir.join("cpu.stat"),
-            "usage_usec 30\nnr_throttled 2\nthrottled_usec 7\n",
-        )
-        .unwrap();
-        fs::write(dir.join("pids.current"), "3\n").unwrap();
-        fs::write(
-            dir.join("io.stat"),
-            "8:0 rbytes=10 wbytes=20 rios=1 wios=1\n",
-        )
-        .unwrap();
-        fs::write(dir.join("memory.events"), "oom 1\noom_kill 1\n").unwrap();
-        let v2 = V2::new(tmp.path().to_owned(), Path::new("/"), Path::new("/x"));
-        let usage = v2.usage(Path::new("u.service"));
-        assert_eq!(
-            usage,
-            Usage {
-                memory_current: Some(1000),
-                memory_peak: Some(2000),
-                cpu_usage_usec: Some(30),
-                cpu_throttled_usec: Some(7),
-                nr_throttled: Some(2),
-                pids_current: Some(3),
-                io_read_bytes: Some(10),
-                io_write_bytes: Some(20),
-            }
-        );
-        assert_eq!(v2.oom_kills(Path::new("u.service")), Some(1));
     }
 }
