@@ -393,3 +393,31 @@ fn twenty_megabytes_without_a_newline_keep_corral_bounded() {
     let peak = peak_rss(c.pid());
     assert!(peak < 64 << 20, "corral's peak RSS is {} MiB", peak >> 20);
 }
+
+#[test]
+fn a_child_that_cannot_reach_its_exec_fails_the_start_with_the_reason() {
+    if !require_root() {
+        return;
+    }
+    let mut c = Corral::new();
+    // The working directory is checked by the child, after the fork: its failure arrives
+    // after corral has moved on, and still makes the unit `failed`, not a crash to restart.
+    c.unit(
+        "lost",
+        "[exec]\ncommand = [\"sleep\", \"1000\"]\nworking-dir = \"/no/such/corral/dir\"\n",
+    );
+    c.unit("fine", "[exec]\ncommand = [\"sleep\", \"1000\"]\n");
+    c.launch(&[]);
+    c.wait_log("the failed start", |l| {
+        is_about(l, "lost", "cannot be spawned")
+    });
+    let status = c.status("lost");
+    assert_eq!(status["state"], "failed", "{status}");
+    let error = status["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("chdir to working-dir") && error.contains("ENOENT"),
+        "{error}"
+    );
+    assert_eq!(status["restarts"], 0, "{status}");
+    assert_eq!(c.status("fine")["state"], "running");
+}

@@ -325,7 +325,10 @@ impl Runtime {
             (Starting | Running, Event::DeadlineReached) => {
                 self.on_timers(now, unit, &mut actions);
             }
-            (Starting, Event::SpawnFailed { error }) => {
+            // Before its exec (`Running` already when nothing gates readiness).
+            (Starting | Running, Event::SpawnFailed { error }) => {
+                self.disarm_timers();
+                self.deadline = None;
                 self.pid = None;
                 self.enter(Failed, now);
                 actions.push(note(true, format!("cannot be spawned: {error}")));

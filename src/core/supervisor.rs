@@ -30,6 +30,11 @@ pub enum Input {
         unit: UnitName,
         error: String,
     },
+    /// The process `Spawned` announced gave up before its exec (it exits 127 next).
+    ExecFailed {
+        pid: i32,
+        error: String,
+    },
     /// The kernel counted more OOM kills in the unit's cgroup (whichever process they took).
     OomKills {
         unit: UnitName,
@@ -265,6 +270,17 @@ impl Supervisor {
             }
             Input::SpawnFailed { unit, error } => {
                 self.feed(&unit, Event::SpawnFailed { error }, now, &mut effects);
+            }
+            Input::ExecFailed { pid, error } => {
+                // A unit already on its way down takes the exit (127) that follows as its end.
+                let starting = self
+                    .by_pid
+                    .get(&pid)
+                    .and_then(|unit| self.entries.get(unit))
+                    .is_some_and(|e| matches!(e.rt.state, State::Starting | State::Running));
+                if starting && let Some(unit) = self.by_pid.remove(&pid) {
+                    self.feed(&unit, Event::SpawnFailed { error }, now, &mut effects);
+                }
             }
             Input::Exited { pid, exit } => {
                 if let Some(unit) = self.by_pid.remove(&pid) {
@@ -856,6 +872,42 @@ mod tests {
         let effects = run(&mut sup, Input::Start(vec![name("web")]), t0, &mut 0);
         assert_eq!(spawned(&effects), vec!["db", "web"]);
         assert_eq!(sup.settled(&name("web"), Goal::Started), Some(Ok(())));
+    }
+
+    #[test]
+    fn an_exec_failure_after_spawned_fails_a_running_unit_but_not_a_stopping_one() {
+        let t0 = Instant::now();
+        let mut sup = Supervisor::new([service("web"), service("db")], t0);
+        let mut pids = 0;
+        run(&mut sup, Input::Tick, t0, &mut pids);
+        let web = pid(&sup, "web");
+        let failed = |pid| Input::ExecFailed {
+            pid,
+            error: "in the child, chdir to working-dir failed: ENOENT".into(),
+        };
+        run(&mut sup, failed(web), t0, &mut pids);
+        let (_, rt) = sup.get(&name("web")).expect("web");
+        assert_eq!((rt.state, rt.pid), (State::Failed, None));
+        assert!(rt.error.as_deref().is_some_and(|e| e.contains("chdir")));
+        // The child's exit 127 that follows belongs to nobody now.
+        let exit = Input::Exited {
+            pid: web,
+            exit: ExitReport::code(127),
+        };
+        run(&mut sup, exit, t0, &mut pids);
+        assert_eq!(state(&sup, "web"), State::Failed);
+
+        // A unit already stopping takes the exit that follows as its end, as for any exit.
+        let db = pid(&sup, "db");
+        run(&mut sup, Input::Stop(vec![name("db")]), t0, &mut pids);
+        run(&mut sup, failed(db), t0, &mut pids);
+        assert_eq!(state(&sup, "db"), State::Stopping);
+        let exit = Input::Exited {
+            pid: db,
+            exit: ExitReport::code(127),
+        };
+        run(&mut sup, exit, t0, &mut pids);
+        assert_eq!(state(&sup, "db"), State::Inactive);
     }
 
     #[test]

@@ -142,6 +142,8 @@ struct Daemon {
     reload_due: Option<(Instant, Instant)>,
     /// The last reload's diagnostics, until a reload succeeds.
     reload_error: Option<String>,
+    /// Exec reports of units spawned but not yet known to have exec'd: unit, pid, pipe.
+    exec_reports: HashMap<u64, (UnitName, i32, OwnedFd)>,
     /// Memory-event fds (OOM kills, memory-high) of running units.
     memory_watches: HashMap<u64, (UnitName, OwnedFd)>,
     /// `populated` watches of units' cgroups (v2): a wake to look for units that became empty.
@@ -276,6 +278,7 @@ pub fn run(opts: Options) -> Result<Ending, DaemonError> {
         clients: HashMap::new(),
         pipes: HashMap::new(),
         memory_watches: HashMap::new(),
+        exec_reports: HashMap::new(),
         populated_watches: HashMap::new(),
         readiness: readiness::Readiness::default(),
         watch,
@@ -336,6 +339,15 @@ impl Daemon {
             for (pid, mut termination) in reaped.exits {
                 if self.exec_probe_exited(pid, termination, now) {
                     continue;
+                }
+                // Its report was written before it exited: read it before its exit counts.
+                let report = self
+                    .exec_reports
+                    .iter()
+                    .find(|(_, (_, p, _))| *p == pid)
+                    .map(|(token, _)| *token);
+                if let Some(token) = report {
+                    self.settle_exec_report(token, now);
                 }
                 if let Some(unit) = self.sup.unit_of_pid(pid).cloned()
                     && let Some(command) = self.members.take_helper_exit(&unit)
@@ -495,6 +507,9 @@ impl Daemon {
                     debug!(unit = %unit, "cgroup.events changed");
                 }
             }
+            token if self.exec_reports.contains_key(&token) => {
+                self.settle_exec_report(token, Instant::now());
+            }
             token if self.pipes.contains_key(&token) => self.read_pipe(token),
             token if self.readiness.owns(token) => self.on_readiness_event(token),
             token if self.metrics.as_ref().is_some_and(|m| m.has_client(token)) => {
@@ -587,6 +602,24 @@ impl Daemon {
                 );
                 match spawned {
                     Ok(child) => {
+                        // The exec is confirmed later, on the loop, so the next unit's fork
+                        // need not wait for this one's exec; where the report cannot be
+                        // watched, it is waited for here.
+                        let token = self.token();
+                        if self
+                            .poller
+                            .add(child.exec_report.as_fd(), token, false)
+                            .is_ok()
+                        {
+                            self.exec_reports
+                                .insert(token, (unit.name.clone(), child.pid, child.exec_report));
+                        } else if let Err(e) = spawn::exec_outcome(&child.exec_report) {
+                            self.members.spawn_failed(&unit.name, now);
+                            return Some(Input::SpawnFailed {
+                                unit: unit.name.clone(),
+                                error: e.to_string(),
+                            });
+                        }
                         info!(
                             unit = %unit.name,
                             pid = child.pid,
@@ -626,12 +659,14 @@ impl Daemon {
                 }
             }
             Effect::Signal { unit, signal } => {
+                let failed = self.confirm_exec(&unit, now);
                 self.members.signal(&unit, signal);
-                None
+                failed
             }
             Effect::KillAll { unit } => {
+                let failed = self.confirm_exec(&unit, now);
                 self.members.kill_all(&unit, now);
-                None
+                failed
             }
             Effect::Probe { unit, seq } => self.start_probe(&unit, seq, now),
             Effect::Log {
@@ -760,6 +795,37 @@ impl Daemon {
                 self.memory_watches.insert(token, (unit.name.clone(), fd));
             }
         }
+    }
+
+    /// A unit's exec report is readable: nothing to do if it exec'd; else its start failed.
+    fn settle_exec_report(&mut self, token: u64, now: Instant) {
+        if let Some(failed) = self.take_exec_report(token, now) {
+            self.feed(failed, now);
+        }
+    }
+
+    /// Before a unit is signalled, its newest process must be past its exec: until then it may
+    /// not be in its cgroup (v1: it writes itself in) nor lead its process group, and a signal
+    /// sent there would miss it. Rarely waits, and never longer than the child's way to exec.
+    fn confirm_exec(&mut self, unit: &UnitName, now: Instant) -> Option<Input> {
+        let token = self
+            .exec_reports
+            .iter()
+            .find(|(_, (u, _, _))| u == unit)
+            .map(|(token, _)| *token)?;
+        self.take_exec_report(token, now)
+    }
+
+    /// Reads (waiting if need be) and forgets one exec report; the input a failure makes.
+    fn take_exec_report(&mut self, token: u64, now: Instant) -> Option<Input> {
+        let (unit, pid, report) = self.exec_reports.remove(&token)?;
+        let _ = self.poller.remove(&report);
+        let error = spawn::exec_outcome(&report).err()?;
+        self.members.spawn_failed(&unit, now);
+        Some(Input::ExecFailed {
+            pid,
+            error: error.to_string(),
+        })
     }
 
     fn drop_memory_watch(&mut self, unit: &UnitName) {

@@ -290,13 +290,16 @@ impl Daemon {
             sandbox: &unit.sandbox,
             enter: self.sup.get(&unit.name).and_then(|(_, rt)| rt.pid),
         };
-        match spawn::spawn(
+        // A probe's exec is waited for: probes are rare, and its failure is the probe's result.
+        let spawned = spawn::spawn(
             &exec,
             exec.user.as_ref(),
             &join,
             unit.oom.score_adjust,
             confine,
-        ) {
+        )
+        .and_then(|child| spawn::exec_outcome(&child.exec_report).map(|()| child));
+        match spawned {
             Ok(child) => {
                 debug!(unit = %unit.name, pid = child.pid, "health probe spawned");
                 self.watch_pipe_as(&unit.name, Stream::Stdout, child.stdout, true);

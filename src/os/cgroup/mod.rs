@@ -296,6 +296,11 @@ pub fn kill_all(backend: &dyn Backend, rel: &Path) -> Result<(), CgroupError> {
         let _ = backend.set_frozen(rel, false);
         return Ok(());
     }
+    // Usually the main process was the last member: an empty cgroup needs no freeze, and on
+    // v1 each freeze and thaw flips a static key, patching kernel text on every CPU.
+    if backend.procs(rel)?.is_empty() {
+        return Ok(());
+    }
     let frozen = backend.set_frozen(rel, true).is_ok();
     let mut killed = HashSet::new();
     // Bounded: each pass kills at least one new process, and a cgroup cannot hold more

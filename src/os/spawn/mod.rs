@@ -29,6 +29,10 @@ pub struct Child {
     pub helper_status: Option<OwnedFd>,
     /// clone3 created it inside its (v2) cgroup.
     pub cloned_into_cgroup: bool,
+    /// Closes empty when the command has been exec'd, or carries why the child gave up (it
+    /// then exits 127): see `exec_outcome`. Not waited for by `spawn`, so corral can go on
+    /// (with the next unit) while the child gets to its exec.
+    pub exec_report: OwnedFd,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,8 +56,14 @@ pub enum SpawnError {
     ReadOnlyPath { path: String, errno: Errno },
 }
 
-/// Who corral itself runs as, for units with no `user`.
-pub fn own_identity() -> Credentials {
+/// Who corral itself runs as, for units with no `user`: looked up once, since a lookup reads
+/// /etc/passwd (and whatever NSS is set up to ask), which would cost every spawn.
+pub fn own_identity() -> &'static Credentials {
+    static OWN: std::sync::OnceLock<Credentials> = std::sync::OnceLock::new();
+    OWN.get_or_init(look_up_own_identity)
+}
+
+fn look_up_own_identity() -> Credentials {
     let uid = nix::unistd::getuid();
     let gid = nix::unistd::getgid();
     let user = nix::unistd::User::from_uid(uid).ok().flatten();
@@ -158,11 +168,8 @@ pub fn spawn(
     oom_score_adj: Option<i32>,
     confine: Confinement<'_>,
 ) -> Result<Child, SpawnError> {
-    let identity = match who {
-        Some(c) => c.clone(),
-        None => own_identity(),
-    };
-    let env = environment(exec, &identity);
+    let identity = who.unwrap_or_else(|| own_identity());
+    let env = environment(exec, identity);
     let path_var = env
         .iter()
         .find(|(k, _)| k == "PATH")
@@ -219,7 +226,7 @@ pub fn spawn(
         setup("setting O_NONBLOCK", set_nonblocking(fd))?;
     }
     let user_ns = if ns.user {
-        Some(UserNamespace::new(ns, &identity)?)
+        Some(UserNamespace::new(ns, identity)?)
     } else {
         None
     };
@@ -236,7 +243,7 @@ pub fn spawn(
     let entered_user = entering
         .as_ref()
         .is_some_and(|_| confine.namespaces.user)
-        .then(|| inside_ids(confine.namespaces, &identity));
+        .then(|| inside_ids(confine.namespaces, identity));
     let credentials = match (&user_ns, entered_user, who) {
         (Some(userns), _, _) => Some(child::Ids {
             uid: userns.inside_uid,
@@ -318,34 +325,37 @@ pub fn spawn(
     drop((stdout_write, stderr_write, report_write, null));
     let (helper_status, status_write) = status_pipe.unzip();
     drop(status_write);
-    let mut user_ns = user_ns.map(UserNamespace::into_parent_side);
-    loop {
+    // A user namespace needs its id maps before the child can go on: that much is waited for.
+    if let Some(userns) = user_ns.map(UserNamespace::into_parent_side) {
         match child::read_report(&report_read) {
-            child::Report::MapIds => {
-                let Some(userns) = user_ns.take() else {
-                    return Err(SpawnError::VanishedBeforeMapping);
-                };
-                // On failure `userns` drops its end of the go pipe and the child exits.
-                userns.map(pid)?;
-            }
-            child::Report::Executed if user_ns.is_some() => {
-                return Err(SpawnError::VanishedBeforeMapping);
-            }
-            child::Report::Executed => {
-                return Ok(Child {
-                    pid,
-                    stdout: stdout_read,
-                    stderr: stderr_read,
-                    helper_status,
-                    cloned_into_cgroup,
-                });
-            }
+            // On failure `userns` tells the child to exit.
+            child::Report::MapIds => userns.map(pid)?,
+            child::Report::Executed => return Err(SpawnError::VanishedBeforeMapping),
+            // The child has already _exit(127)ed; the reaper will collect it and the core
+            // ignores the pid, which it never learned.
             child::Report::Failed { stage, errno } => {
-                // The child has already _exit(127)ed; the reaper will collect it and the core
-                // ignores the pid, which it never learned.
                 return Err(SpawnError::Child { stage, errno });
             }
         }
+    }
+    Ok(Child {
+        pid,
+        stdout: stdout_read,
+        stderr: stderr_read,
+        helper_status,
+        cloned_into_cgroup,
+        exec_report: report_read,
+    })
+}
+
+/// How the exec of a spawned child went, from its `exec_report` once that is readable (or at
+/// once, blocking until the child has exec'd or failed).
+pub fn exec_outcome(report: &OwnedFd) -> Result<(), SpawnError> {
+    match child::read_report(report) {
+        child::Report::Executed => Ok(()),
+        child::Report::Failed { stage, errno } => Err(SpawnError::Child { stage, errno }),
+        // Only a child with a user namespace sends it, and `spawn` has read that one.
+        child::Report::MapIds => Err(SpawnError::VanishedBeforeMapping),
     }
 }
 
@@ -381,11 +391,15 @@ fn all_signals() -> libc::sigset_t {
 }
 
 /// The highest capability number this kernel knows; 40 (CAP_CHECKPOINT_RESTORE) if unreadable.
+/// Read once: the kernel does not change under a running corral.
 fn last_capability() -> u32 {
-    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(40)
+    static LAST: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *LAST.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(40)
+    })
 }
 
 /// Checked before fork, so a missing path is an error that names it rather than a stage number.
