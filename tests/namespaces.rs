@@ -11,17 +11,8 @@ use std::time::Instant;
 use common::{
     Corral, DEADLINE, is_about, is_output, msg, require_cgroup_v1, require_root, toml_str,
 };
-
-/// The namespace files under /proc/PID/ns, by the kind names `status` uses.
-const KINDS: [(&str, &str); 7] = [
-    ("pid", "pid"),
-    ("net", "net"),
-    ("mount", "mnt"),
-    ("uts", "uts"),
-    ("ipc", "ipc"),
-    ("user", "user"),
-    ("cgroup", "cgroup"),
-];
+// The namespace files under /proc/PID/ns, by the kind names `status` uses.
+use corral::os::namespaces::KINDS;
 
 fn ns_inode(pid: i32, file: &str) -> u64 {
     std::fs::metadata(format!("/proc/{pid}/ns/{file}"))

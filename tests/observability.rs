@@ -206,40 +206,6 @@ fn memory_held_above_the_threshold_warns_once_per_episode_and_recovers() {
 }
 
 #[test]
-fn on_cgroup_v1_memory_warnings_come_from_kernel_thresholds_not_a_timer() {
-    if !ready() {
-        return;
-    }
-    let mut c = Corral::new();
-    // memory-max alone: v1 announces crossings of the marks through an eventfd, so no timer runs.
-    c.unit(
-        "hog",
-        &format!(
-            "[exec]\ncommand = [\"python3\", \"-c\", {}]\n[resources]\nmemory-max = \"96M\"\n",
-            toml_str(HOLD_95)
-        ),
-    );
-    c.launch(&["--usage-interval", "100ms"]);
-    c.wait_count("the memory warning", 1, |l| is_memory_warning(l, "hog"));
-    c.wait_log("the unit holds its memory", |l| {
-        common::is_output(l, "hog") && msg(l) == "held"
-    });
-    c.ok(&["kill", "hog", "--signal", "SIGUSR1"]);
-    c.wait_log("the recovery line", |l| {
-        is_about(l, "hog", "no longer near a limit: memory")
-    });
-    assert!(
-        !c.seen.iter().any(is_sample_round),
-        "a timer sampled usage although the kernel notifies memory crossings"
-    );
-    let memory_events = c.seen.iter().filter(|l| msg(l) == "memory event").count();
-    assert!(
-        memory_events >= 2,
-        "warning and recovery came from {memory_events} memory events"
-    );
-}
-
-#[test]
 fn a_raised_memory_max_ends_the_episode_at_once() {
     if !ready() {
         return;

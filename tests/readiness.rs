@@ -443,3 +443,36 @@ fn systemd_notify_works_unchanged_from_a_unit_running_as_nobody() {
     assert_eq!(status["state"], "running");
     assert_eq!(status["status_text"], "unprivileged");
 }
+
+#[test]
+fn a_watchdog_unit_gets_watchdog_usec_and_its_own_pid_as_watchdog_pid() {
+    if !require_cgroup_v1() {
+        return;
+    }
+    let mut c = Corral::new();
+    let report = r#"echo "usec=$WATCHDOG_USEC pid=$WATCHDOG_PID self=$$"; exec sleep 1000"#;
+    for (name, extra) in [("plain", ""), ("pidns", "[namespaces]\npid = true\n")] {
+        c.unit(
+            name,
+            &format!(
+                "[exec]\ncommand = [\"sh\", \"-c\", {}]\n[health]\nwatchdog = \"1h\"\n{extra}",
+                toml_str(report)
+            ),
+        );
+    }
+    c.launch(&[]);
+    for name in ["plain", "pidns"] {
+        let line = c.wait_count(&format!("{name}'s report"), 1, |l| {
+            is_output(l, name) && msg(l).starts_with("usec=")
+        });
+        let text = msg(&line[0]).to_owned();
+        let field = |key: &str| {
+            text.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+                .unwrap_or_default()
+                .to_owned()
+        };
+        assert_eq!(field("usec"), "3600000000", "{text}");
+        assert_eq!(field("pid"), field("self"), "{name}: {text}");
+    }
+}

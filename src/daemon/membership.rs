@@ -523,7 +523,9 @@ impl Members {
             _ => None,
         };
         let mut marks: Vec<u64> = bytes(unit.resources.memory_high).into_iter().collect();
-        if let Some(max) = bytes(unit.resources.memory_max) {
+        if let Some(max) = bytes(unit.resources.memory_max)
+            && cgroups.notifies_memory_marks()
+        {
             marks.extend(thresholds.memory_marks(max));
         }
         cgroups.memory_watch(rel, &marks).unwrap_or_else(|e| {

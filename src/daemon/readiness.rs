@@ -105,11 +105,12 @@ impl Daemon {
             exec.env
                 .insert("NOTIFY_SOCKET".to_owned(), socket.env_value());
         }
-        // WATCHDOG_PID is left out: the pid is unknown before fork, and sd_watchdog_enabled()
-        // without it applies the watchdog to whichever process asks (see docs/units.md).
         if let Some(watchdog) = unit.health.as_ref().and_then(|h| h.watchdog) {
             exec.env
                 .insert("WATCHDOG_USEC".to_owned(), watchdog.as_micros().to_string());
+            // Empty: spawn fills in the command's own pid, known only after the fork.
+            exec.env
+                .insert(spawn::WATCHDOG_PID.to_owned(), String::new());
         }
         exec
     }

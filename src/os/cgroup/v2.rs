@@ -162,16 +162,7 @@ impl Backend for V2 {
     }
 
     fn populated_watch(&self, rel: &Path) -> Result<Option<OwnedFd>, CgroupError> {
-        use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
-        let file = self.dir(rel).join("cgroup.events");
-        let os_err = |e: nix::errno::Errno| super::io_error("watching", &file)(e.into());
-        let inotify =
-            Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK).map_err(os_err)?;
-        // cgroup-v2.rst: "A value change in this file generates a file modified event."
-        inotify
-            .add_watch(&file, AddWatchFlags::IN_MODIFY)
-            .map_err(os_err)?;
-        Ok(Some(OwnedFd::from(inotify)))
+        watch_modified(&self.dir(rel).join("cgroup.events")).map(Some)
     }
 
     fn notifies_memory_marks(&self) -> bool {
@@ -179,21 +170,24 @@ impl Backend for V2 {
     }
 
     fn memory_watch(&self, rel: &Path, _marks: &[u64]) -> Result<Vec<OwnedFd>, CgroupError> {
-        use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
-        let file = self.dir(rel).join("memory.events");
-        let os_err = |e: nix::errno::Errno| super::io_error("watching", &file)(e.into());
-        let inotify =
-            Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK).map_err(os_err)?;
-        // kernfs reports every change of memory.events (oom_kill, high, ...) as IN_MODIFY.
-        inotify
-            .add_watch(&file, AddWatchFlags::IN_MODIFY)
-            .map_err(os_err)?;
-        Ok(vec![OwnedFd::from(inotify)])
+        Ok(vec![watch_modified(&self.dir(rel).join("memory.events"))?])
     }
 
     fn display(&self, rel: &Path) -> String {
         display_below(&self.root_rel, rel)
     }
+}
+
+/// An inotify fd that becomes readable when `file` changes. cgroup-v2.rst: "A value change in
+/// this file generates a file modified event" (`cgroup.events`, `memory.events`, ...).
+fn watch_modified(file: &Path) -> Result<OwnedFd, CgroupError> {
+    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+    let os_err = |e: nix::errno::Errno| super::io_error("watching", file)(e.into());
+    let inotify = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK).map_err(os_err)?;
+    inotify
+        .add_watch(file, AddWatchFlags::IN_MODIFY)
+        .map_err(os_err)?;
+    Ok(OwnedFd::from(inotify))
 }
 
 #[cfg(test)]

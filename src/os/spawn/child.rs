@@ -12,6 +12,8 @@ pub struct ExecPlan<'a> {
     pub path: &'a CString,
     pub argv: &'a [CString],
     pub envp: &'a [CString],
+    /// Add `WATCHDOG_PID=<the command's pid>` to `envp`, written by the command's process.
+    pub watchdog_pid: bool,
     pub workdir: &'a CString,
     pub stdin: RawFd,
     pub stdout: RawFd,
@@ -158,6 +160,14 @@ pub fn fork_and_exec(plan: &ExecPlan<'_>) -> Result<(i32, bool), Errno> {
     let mut argv: Vec<*const libc::c_char> = plan.argv.iter().map(|a| a.as_ptr()).collect();
     argv.push(std::ptr::null());
     let mut envp: Vec<*const libc::c_char> = plan.envp.iter().map(|e| e.as_ptr()).collect();
+    // Room for "WATCHDOG_PID=" and a pid of up to 10 digits, NUL-terminated; the child, which
+    // alone knows its pid, fills the digits into its own copy of this buffer.
+    let mut watchdog_pid = *b"WATCHDOG_PID=\0\0\0\0\0\0\0\0\0\0\0";
+    let watchdog_pid = plan.watchdog_pid.then(|| {
+        let slot: *mut u8 = watchdog_pid.as_mut_ptr();
+        envp.push(slot.cast_const().cast());
+        slot
+    });
     envp.push(std::ptr::null());
 
     if let Some((theirs, _)) = plan.isolation.enter_pid {
@@ -194,7 +204,7 @@ pub fn fork_and_exec(plan: &ExecPlan<'_>) -> Result<(i32, bool), Errno> {
     };
     if pid == 0 {
         // SAFETY: we are the child of fork; see `exec_child`.
-        unsafe { exec_child(plan, in_cgroup, argv.as_ptr(), envp.as_ptr()) }
+        unsafe { exec_child(plan, in_cgroup, watchdog_pid, argv.as_ptr(), envp.as_ptr()) }
     }
     let fork_errno = Errno::last();
     if let Some((_, ours)) = plan.isolation.enter_pid {
@@ -334,6 +344,7 @@ pub fn read_report(report: &OwnedFd) -> Report {
 unsafe fn exec_child(
     plan: &ExecPlan<'_>,
     in_cgroup: bool,
+    watchdog_pid: Option<*mut u8>,
     argv: *const *const libc::c_char,
     envp: *const *const libc::c_char,
 ) -> ! {
@@ -430,6 +441,9 @@ unsafe fn exec_child(
         }
         if libc::chdir(plan.workdir.as_ptr()) < 0 {
             fail(plan.report, stage::CHDIR);
+        }
+        if let Some(slot) = watchdog_pid {
+            write_own_pid(slot.add(b"WATCHDOG_PID=".len()));
         }
         close_everything_above_stderr(plan.report);
         let empty: libc::sigset_t = std::mem::zeroed();
@@ -753,6 +767,31 @@ unsafe fn close_all_above_stderr_but(keep: RawFd) {
                 libc::close(fd);
             }
         }
+    }
+}
+
+/// Writes this process's pid in decimal at `out`, which has room for 10 digits and a NUL.
+///
+/// # Safety
+/// Child-side only; `out` must point into the child's own (copied) memory.
+unsafe fn write_own_pid(out: *mut u8) {
+    // SAFETY: getpid has no arguments; the writes stay within the 11 bytes the caller owns.
+    unsafe {
+        let mut pid = libc::syscall(libc::SYS_getpid) as u64;
+        let mut digits = [0u8; 10];
+        let mut n = 0;
+        loop {
+            digits[n] = b'0' + (pid % 10) as u8;
+            n += 1;
+            pid /= 10;
+            if pid == 0 || n == digits.len() {
+                break;
+            }
+        }
+        for i in 0..n {
+            *out.add(i) = digits[n - 1 - i];
+        }
+        *out.add(n) = 0;
     }
 }
 

@@ -15,6 +15,10 @@ use nix::unistd::pipe2;
 use crate::os::cgroup::Join;
 use crate::unit::{Credentials, Exec, IdMapEntry, Namespaces, Sandbox};
 
+/// An environment variable that, given empty, `spawn` sets to the command's own pid (as the
+/// command sees it, inside a pid namespace too), as systemd does for `sd_watchdog_enabled()`.
+pub const WATCHDOG_PID: &str = "WATCHDOG_PID";
+
 /// The PATH a unit gets when its `env` does not set one (systemd's default).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -186,8 +190,11 @@ pub fn spawn(
         .iter()
         .map(|a| cstring(a.as_bytes(), "command"))
         .collect::<Result<Vec<_>, _>>()?;
+    // `WATCHDOG_PID` with no value asks for the command's own pid, known only in the child.
+    let watchdog_pid = env.iter().any(|(k, v)| k == WATCHDOG_PID && v.is_empty());
     let envp = env
         .iter()
+        .filter(|(k, v)| !(k == WATCHDOG_PID && v.is_empty()))
         .map(|(k, v)| cstring(format!("{k}={v}").as_bytes(), "env"))
         .collect::<Result<Vec<_>, _>>()?;
     let workdir = match &exec.working_dir {
@@ -281,6 +288,7 @@ pub fn spawn(
         stdout: stdout_write.as_raw_fd(),
         stderr: stderr_write.as_raw_fd(),
         report: report_write.as_raw_fd(),
+        watchdog_pid,
         join_cgroups: &join_fds,
         clone_into: cgroup.clone_into.as_ref().map(AsRawFd::as_raw_fd),
         oom_score_adj: oom_score_adj.as_deref(),
