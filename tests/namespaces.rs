@@ -566,3 +566,33 @@ interval = "100ms"
         "the unit's port is not on the host's loopback"
     );
 }
+
+#[test]
+fn the_pid_namespace_helper_is_not_the_units_to_trace_and_drops_host_root() {
+    if !require_cgroup_v1() {
+        return;
+    }
+    let mut c = Corral::new();
+    // Root of the unit's user namespace has CAP_SYS_PTRACE there; PID 1, the helper, was host
+    // root when it forked and must not be the command's to attach to.
+    let script = r#"python3 -c 'import ctypes; libc = ctypes.CDLL(None, use_errno=True); print("attach=" + ("allowed" if libc.ptrace(16, 1, 0, 0) == 0 else "denied"))'
+echo "uid=$(id -u)""#;
+    c.unit(
+        "contained",
+        &reporting_unit(script, "[namespaces]\npid = true\nuser = true\n")
+            .replace("[exec]\n", "[exec]\nuser = \"nobody\"\n"),
+    );
+    c.launch(&[]);
+    let facts = facts(&mut c, "contained");
+    assert_eq!(facts["uid"], "0", "root inside");
+    assert_eq!(
+        facts["attach"], "denied",
+        "the command could ptrace the helper"
+    );
+    let helper = main_pid(&c, "contained");
+    let uids = proc_status(helper, "Uid");
+    assert!(
+        uids.split_whitespace().all(|u| u == "65534"),
+        "the helper kept host ids: {uids}"
+    );
+}

@@ -476,3 +476,27 @@ fn a_watchdog_unit_gets_watchdog_usec_and_its_own_pid_as_watchdog_pid() {
         assert_eq!(field("pid"), field("self"), "{name}: {text}");
     }
 }
+
+#[test]
+fn a_frozen_unit_fails_its_exec_probe_without_hanging_corral() {
+    if !require_cgroup_v1() {
+        return;
+    }
+    let mut c = Corral::new();
+    c.unit(
+        "paused",
+        "[exec]\ncommand = [\"sleep\", \"1000\"]\n[health]\nexec = [\"true\"]\ninterval = \"100ms\"\nfailure-threshold = 1000\n",
+    );
+    c.launch(&[]);
+    c.wait_log("ready", |l| is_about(l, "paused", "ready (the health probe)"));
+    c.ok(&["freeze", "paused"]);
+    // A probe's child would freeze before its exec in the unit's cgroup, and corral with it.
+    c.wait_log("a probe refused while frozen", |l| {
+        is_about(l, "paused", "health probe failed") && msg(l).contains("the unit is frozen")
+    });
+    assert_eq!(c.status("paused")["frozen"], true);
+    c.ok(&["thaw", "paused"]);
+    c.wait_log("the probe passing again", |l| {
+        is_about(l, "paused", "health probe passes again")
+    });
+}

@@ -491,6 +491,16 @@ impl Members {
         }
     }
 
+    pub fn is_frozen(&self, unit: &UnitName) -> bool {
+        self.frozen.contains(unit)
+    }
+
+    /// Whether a signal to the unit reaches process `pid`: through the unit's helper init (whose
+    /// pid it is), or because `pid` is already in its cgroup or process group.
+    pub fn reaches(&self, unit: &UnitName, pid: i32) -> bool {
+        self.helpers.contains_key(unit) || self.contains(unit, pid)
+    }
+
     pub fn set_frozen(&mut self, unit: &UnitName, frozen: bool) -> Result<(), String> {
         let (Some(Door::Cgroup(rel)), Some(cgroups)) = (self.doors.get(unit), &self.cgroups) else {
             return Err(match &self.disabled {

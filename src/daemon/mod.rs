@@ -659,14 +659,14 @@ impl Daemon {
                 }
             }
             Effect::Signal { unit, signal } => {
-                let failed = self.confirm_exec(&unit, now);
+                self.signal_pending_exec(&unit, signal);
                 self.members.signal(&unit, signal);
-                failed
+                None
             }
             Effect::KillAll { unit } => {
-                let failed = self.confirm_exec(&unit, now);
+                self.signal_pending_exec(&unit, Signal::SIGKILL);
                 self.members.kill_all(&unit, now);
-                failed
+                None
             }
             Effect::Probe { unit, seq } => self.start_probe(&unit, seq, now),
             Effect::Log {
@@ -804,24 +804,43 @@ impl Daemon {
         }
     }
 
-    /// Before a unit is signalled, its newest process must be past its exec: until then it may
-    /// not be in its cgroup (v1: it writes itself in) nor lead its process group, and a signal
-    /// sent there would miss it. Rarely waits, and never longer than the child's way to exec.
-    fn confirm_exec(&mut self, unit: &UnitName, now: Instant) -> Option<Input> {
-        let token = self
-            .exec_reports
-            .iter()
-            .find(|(_, (u, _, _))| u == unit)
-            .map(|(token, _)| *token)?;
-        self.take_exec_report(token, now)
+    /// The pid of the unit's newest process while it has not reached its exec.
+    pub(super) fn exec_pending(&self, unit: &UnitName) -> Option<i32> {
+        self.exec_reports
+            .values()
+            .find(|(u, _, _)| u == unit)
+            .map(|(_, pid, _)| *pid)
     }
 
-    /// Reads (waiting if need be) and forgets one exec report; the input a failure makes.
+    /// A unit's newest process may not be in its cgroup yet before its exec (on v1 it writes
+    /// itself in) nor lead its process group: a signal to the unit would miss it. It gets the
+    /// signal directly then; it blocks every signal until just before exec, so the signal
+    /// waits there and takes effect at once, or at the exec, never lost. (Not waited for: a
+    /// child in a frozen cgroup, or on a hung file system, would never get to its exec.)
+    fn signal_pending_exec(&mut self, unit: &UnitName, signal: Signal) {
+        if let Some(pid) = self.exec_pending(unit)
+            && !self.members.reaches(unit, pid)
+        {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+        }
+    }
+
+    /// Reads and forgets one exec report, readable by now; the input a failure makes.
     fn take_exec_report(&mut self, token: u64, now: Instant) -> Option<Input> {
         let (unit, pid, report) = self.exec_reports.remove(&token)?;
         let _ = self.poller.remove(&report);
         let error = spawn::exec_outcome(&report).err()?;
+        // The core fails a unit still starting or running; one already stopping takes the
+        // exit (127) that follows as its end, so the reason is told here in every case.
+        let state = self.sup.get(&unit).map(|(_, rt)| rt.state);
+        if !matches!(state, Some(State::Starting | State::Running)) {
+            warn!(unit = %unit, "its process did not reach its exec: {error}");
+        }
+        // The exit that follows no longer belongs to the unit: what its start set up goes now.
         self.members.spawn_failed(&unit, now);
+        let _ = self.members.take_helper_exit(&unit);
+        self.drop_memory_watch(&unit);
+        self.drop_populated_watch(&unit);
         Some(Input::ExecFailed {
             pid,
             error: error.to_string(),

@@ -17,7 +17,7 @@ use crate::os::poller::Poller;
 use crate::os::probe::{NetProbe, Progress};
 use crate::os::spawn;
 use crate::proto::Stream;
-use crate::unit::{Exec, Probe, Unit, UnitName};
+use crate::unit::{Exec, Namespaces, Probe, Unit, UnitName};
 
 use super::Daemon;
 
@@ -207,6 +207,17 @@ impl Daemon {
         let Some(cfg) = unit.health.as_ref().and_then(|h| h.probe.as_ref()) else {
             return failed("the unit has no probe".to_owned());
         };
+        // Until its exec the main process may not have built its namespaces yet: a probe would
+        // enter (or connect from) corral's own. While starting, a failure only delays readiness
+        // (by one interval, where `initial-delay` is shorter than the way to the exec).
+        if unit.namespaces != Namespaces::default() && self.exec_pending(&unit.name).is_some() {
+            return failed("the unit has not reached its exec yet".to_owned());
+        }
+        // A probe's child would freeze in the unit's cgroup before its exec; a frozen service
+        // does not answer either (as a paused container fails its probes).
+        if self.members.is_frozen(&unit.name) {
+            return failed("the unit is frozen".to_owned());
+        }
         let connect = || match &cfg.probe {
             Probe::Tcp(addr) => Some(NetProbe::tcp(*addr)),
             Probe::Http(target) => Some(NetProbe::http(target)),

@@ -96,7 +96,7 @@ const NSIG: libc::c_int = 65;
 pub const GO: u8 = b'g';
 
 /// Stages the child reports by index; keep in sync with the `stage::` constants.
-const STAGE_NAMES: [&str; 25] = [
+const STAGE_NAMES: [&str; 26] = [
     "resetting signal dispositions",
     "setsid",
     "redirecting stdio",
@@ -122,6 +122,7 @@ const STAGE_NAMES: [&str; 25] = [
     "raising ambient capabilities",
     "setting no-new-privileges",
     "entering the unit's namespaces",
+    "the pid namespace's helper taking the command's ids",
 ];
 
 mod stage {
@@ -149,6 +150,7 @@ mod stage {
     pub const AMBIENT: u32 = 22;
     pub const NO_NEW_PRIVS: u32 = 23;
     pub const ENTER: u32 = 24;
+    pub const HELPER_IDS: u32 = 25;
     /// Not a failure: the child has unshared its user namespace and waits for its id maps.
     pub const MAP_IDS: u32 = u32::MAX;
 }
@@ -209,7 +211,13 @@ pub fn fork_and_exec(plan: &ExecPlan<'_>) -> Result<(i32, bool), Errno> {
     let fork_errno = Errno::last();
     if let Some((_, ours)) = plan.isolation.enter_pid {
         // SAFETY: as above; our own active pid namespace is always one we may return to.
-        unsafe { libc::setns(ours, libc::CLONE_NEWPID) };
+        if unsafe { libc::setns(ours, libc::CLONE_NEWPID) } < 0 {
+            tracing::error!(
+                "returning to corral's own pid namespace after a probe's clone: {}; \
+                 later children may be born in a unit's",
+                Errno::last()
+            );
+        }
     }
     // SAFETY: restores the mask saved above.
     unsafe {
@@ -399,11 +407,28 @@ unsafe fn exec_child(
             if libc::setsid() < 0 {
                 fail(plan.report, stage::SETSID);
             }
+            // Before the fork, so there is no moment when the command could trace the helper:
+            // root of a user namespace holds CAP_SYS_PTRACE there, and the helper is still
+            // corral's (host root) underneath. Not dumpable, it can be traced only with that
+            // capability in corral's own namespace. The command's exec makes it dumpable again.
+            if libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) < 0 {
+                fail(plan.report, stage::FORK_COMMAND);
+            }
             let command = raw_fork(0);
             if command < 0 {
                 fail(plan.report, stage::FORK_COMMAND);
             }
             if command > 0 {
+                // Inside a user namespace the helper needs no more than the command's ids to
+                // reap and pass signals on; it gives up host root (after the fork: the command
+                // still needs the privileges for its own setup).
+                if plan.isolation.user_go.is_some()
+                    && let Some(ids) = &plan.credentials
+                    && (libc::syscall(libc::SYS_setresgid, ids.gid, ids.gid, ids.gid) < 0
+                        || libc::syscall(libc::SYS_setresuid, ids.uid, ids.uid, ids.uid) < 0)
+                {
+                    fail(plan.report, stage::HELPER_IDS);
+                }
                 helper_init(command, helper, plan.stdin)
             }
         }
