@@ -488,7 +488,9 @@ fn a_frozen_unit_fails_its_exec_probe_without_hanging_corral() {
         "[exec]\ncommand = [\"sleep\", \"1000\"]\n[health]\nexec = [\"true\"]\ninterval = \"100ms\"\nfailure-threshold = 1000\n",
     );
     c.launch(&[]);
-    c.wait_log("ready", |l| is_about(l, "paused", "ready (the health probe)"));
+    c.wait_log("ready", |l| {
+        is_about(l, "paused", "ready (the health probe)")
+    });
     c.ok(&["freeze", "paused"]);
     // A probe's child would freeze before its exec in the unit's cgroup, and corral with it.
     c.wait_log("a probe refused while frozen", |l| {

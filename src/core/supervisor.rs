@@ -603,13 +603,14 @@ impl Supervisor {
                 continue;
             }
             let rt = &e.rt;
-            let name = e.unit.name.clone();
+            // Cloned only for the unit returned: this scan runs after every input, over all.
+            let name = || e.unit.name.clone();
             match (rt.want, rt.state) {
                 (Want::Up, State::Inactive) if self.may_start(e) => {
-                    return Some((name, Event::Start));
+                    return Some((name(), Event::Start));
                 }
                 (Want::Up, State::Starting | State::Running) if self.lost_a_requirement(e) => {
-                    return Some((name, Event::Stop(StopReason::Dependency)));
+                    return Some((name(), Event::Stop(StopReason::Dependency)));
                 }
                 (Want::Down, State::Starting | State::Running)
                     if !self.has_dependents_still_stopping(&e.unit.name) =>
@@ -619,10 +620,10 @@ impl Supervisor {
                     } else {
                         StopReason::User
                     };
-                    return Some((name, Event::Stop(reason)));
+                    return Some((name(), Event::Stop(reason)));
                 }
                 (Want::Down, State::Backoff | State::Exited | State::Failed) => {
-                    return Some((name, Event::Stop(StopReason::User)));
+                    return Some((name(), Event::Stop(StopReason::User)));
                 }
                 _ => {}
             }
