@@ -349,9 +349,20 @@ impl Daemon {
                 if let Some(token) = report {
                     self.settle_exec_report(token, now);
                 }
-                if let Some(unit) = self.sup.unit_of_pid(pid).cloned()
-                    && let Some(command) = self.members.take_helper_exit(&unit)
-                {
+                let Some(unit) = self.sup.unit_of_pid(pid).cloned() else {
+                    // An orphan (or a leftover): reaped, and nothing else to tell the core,
+                    // which knows only main processes; a burst of thousands costs no more.
+                    debug!(
+                        pid,
+                        "reaped: {}",
+                        ExitReport {
+                            termination,
+                            oom: false
+                        }
+                    );
+                    continue;
+                };
+                if let Some(command) = self.members.take_helper_exit(&unit) {
                     termination = command;
                 }
                 let sigkill = ExitReport {
@@ -359,14 +370,10 @@ impl Daemon {
                     oom: false,
                 }
                 .is_sigkill();
-                let mut oom = false;
-                if let Some(unit) = self.sup.unit_of_pid(pid).cloned() {
-                    let (main_was_oom_killed, fresh) = self.members.on_main_exit(&unit, sigkill);
-                    oom = main_was_oom_killed;
-                    self.record_oom_kills(&unit, fresh, false, now);
-                    self.drop_memory_watch(&unit);
-                    self.usage_watch.forget(&unit);
-                }
+                let (oom, fresh) = self.members.on_main_exit(&unit, sigkill);
+                self.record_oom_kills(&unit, fresh, false, now);
+                self.drop_memory_watch(&unit);
+                self.usage_watch.forget(&unit);
                 let exit = ExitReport { termination, oom };
                 debug!(pid, "reaped: {exit}");
                 self.feed(Input::Exited { pid, exit }, now);
