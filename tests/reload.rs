@@ -949,6 +949,7 @@ fn a_score_adjust_edit_reaches_the_running_process() {
     c.unit("web", &unit(100));
     let before = launch_running(&mut c, &["web"]);
     let pid = before["web"].as_i64().unwrap();
+    assert_eq!(c.wait_exec("web", 1), pid);
     let score = || {
         std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj"))
             .unwrap()

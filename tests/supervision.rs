@@ -319,8 +319,7 @@ fn a_unit_gets_clean_signals_only_stdio_and_a_minimal_environment() {
         "#,
     );
     c.launch(&[]);
-    c.wait_log("plain started", |l| is_about(l, "plain", "started"));
-    let pid = c.status("plain")["pid"].as_i64().unwrap();
+    let pid = c.wait_exec("plain", 1);
 
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     for key in ["SigBlk:", "SigIgn:"] {

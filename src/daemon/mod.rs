@@ -836,7 +836,11 @@ impl Daemon {
     fn take_exec_report(&mut self, token: u64, now: Instant) -> Option<Input> {
         let (unit, pid, report) = self.exec_reports.remove(&token)?;
         let _ = self.poller.remove(&report);
-        let error = spawn::exec_outcome(&report).err()?;
+        let Err(error) = spawn::exec_outcome(&report) else {
+            // From here on the process is the unit's command, set up as the unit asks.
+            debug!(unit = %unit, pid, "exec'd");
+            return None;
+        };
         // The core fails a unit still starting or running; one already stopping takes the
         // exit (127) that follows as its end, so the reason is told here in every case.
         let state = self.sup.get(&unit).map(|(_, rt)| rt.state);

@@ -534,6 +534,18 @@ impl Corral {
         out
     }
 
+    /// Waits until the `n`-th process of `unit` has reached its exec (corral confirms an exec
+    /// after it logs `started`: before that, the child may still be setting itself up, its
+    /// signals blocked, its oom_score_adj unwritten); returns its pid.
+    pub fn wait_exec(&mut self, unit: &str, n: usize) -> i64 {
+        let execs = self.wait_count(&format!("{unit}'s exec number {n}"), n, |l| {
+            l["target"] != "unit" && unit_of(l) == unit && msg(l) == "exec'd"
+        });
+        execs[n - 1]["fields"]["pid"]
+            .as_i64()
+            .expect("an exec'd line carries the pid")
+    }
+
     /// `status UNIT --json` of one unit.
     pub fn status(&self, unit: &str) -> Value {
         let out = self.cli(&["status", unit, "--json"]);
