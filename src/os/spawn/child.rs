@@ -322,14 +322,25 @@ pub fn read_report(report: &OwnedFd) -> Report {
                 buf.len() - filled,
             )
         };
-        if n < 0 && Errno::last() == Errno::EINTR {
-            continue;
+        if n < 0 {
+            match Errno::last() {
+                Errno::EINTR => continue,
+                // Not knowing is not success: the caller treats the start as failed.
+                errno => {
+                    return Report::Failed {
+                        stage: "reading the child's exec report",
+                        errno,
+                    };
+                }
+            }
         }
-        if n <= 0 {
+        if n == 0 {
             break;
         }
         filled += n as usize;
     }
+    // Closed empty by the exec. (The child writes 8 bytes at once, and a pipe write that small
+    // is atomic, so a short record cannot happen.)
     if filled < buf.len() {
         return Report::Executed;
     }
