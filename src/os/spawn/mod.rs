@@ -445,24 +445,8 @@ struct MapWriter {
 
 impl UserNamespace {
     fn new(ns: &Namespaces, who: &Credentials) -> Result<UserNamespace, SpawnError> {
-        // Default: root inside is the unit's user outside, and nothing else is mapped.
-        let single = |outside| {
-            vec![IdMapEntry {
-                inside: 0,
-                outside,
-                count: 1,
-            }]
-        };
-        let uid_map = if ns.uid_map.is_empty() {
-            single(who.uid)
-        } else {
-            ns.uid_map.clone()
-        };
-        let gid_map = if ns.gid_map.is_empty() {
-            single(who.gid)
-        } else {
-            ns.gid_map.clone()
-        };
+        let uid_map = effective_map(&ns.uid_map, who.uid);
+        let gid_map = effective_map(&ns.gid_map, who.gid);
         let (go_read, go_write) = setup("creating a pipe", pipe2(OFlag::O_CLOEXEC))?;
         let (inside_uid, inside_gid) = inside_ids(ns, who);
         Ok(UserNamespace {
@@ -519,21 +503,24 @@ impl MapWriter {
 
 /// The uid and gid the command has inside its user namespace (see `inside_id`).
 fn inside_ids(ns: &Namespaces, who: &Credentials) -> (u32, u32) {
-    let single = |outside| {
-        [IdMapEntry {
+    (
+        inside_id(&effective_map(&ns.uid_map, who.uid), who.uid),
+        inside_id(&effective_map(&ns.gid_map, who.gid), who.gid),
+    )
+}
+
+/// The map a user namespace gets: the unit's, or by default root inside as the unit's
+/// `outside` id, and nothing else mapped.
+fn effective_map(configured: &[IdMapEntry], outside: u32) -> Vec<IdMapEntry> {
+    if configured.is_empty() {
+        vec![IdMapEntry {
             inside: 0,
             outside,
             count: 1,
         }]
-    };
-    let pick = |map: &[IdMapEntry], outside: u32| {
-        if map.is_empty() {
-            inside_id(&single(outside), outside)
-        } else {
-            inside_id(map, outside)
-        }
-    };
-    (pick(&ns.uid_map, who.uid), pick(&ns.gid_map, who.gid))
+    } else {
+        configured.to_vec()
+    }
 }
 
 /// The namespaces of a running process, opened for a new process to enter.
