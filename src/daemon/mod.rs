@@ -779,14 +779,7 @@ impl Daemon {
     }
 
     fn drop_populated_watch(&mut self, unit: &UnitName) {
-        let token = self
-            .populated_watches
-            .iter()
-            .find(|(_, (u, _))| u == unit)
-            .map(|(t, _)| *t);
-        if let Some((_, fd)) = token.and_then(|t| self.populated_watches.remove(&t)) {
-            let _ = self.poller.remove(&fd);
-        }
+        unwatch(&self.poller, &mut self.populated_watches, unit);
     }
 
     /// (Re)opens the memory-event fds of a running unit: OOM kills, memory-high, and the
@@ -859,17 +852,7 @@ impl Daemon {
     }
 
     fn drop_memory_watch(&mut self, unit: &UnitName) {
-        let tokens: Vec<u64> = self
-            .memory_watches
-            .iter()
-            .filter(|(_, (u, _))| u == unit)
-            .map(|(t, _)| *t)
-            .collect();
-        for token in tokens {
-            if let Some((_, fd)) = self.memory_watches.remove(&token) {
-                let _ = self.poller.remove(&fd);
-            }
-        }
+        unwatch(&self.poller, &mut self.memory_watches, unit);
     }
 
     /// Counts OOM kills the kernel reported for a unit, and says so with the figures that
@@ -1010,4 +993,15 @@ impl Daemon {
             self.begin_shutdown(now);
         }
     }
+}
+
+/// Takes every fd of `unit` out of `watches` and out of the epoll set.
+fn unwatch(poller: &Poller, watches: &mut HashMap<u64, (UnitName, OwnedFd)>, unit: &UnitName) {
+    watches.retain(|_, (u, fd)| {
+        if u != unit {
+            return true;
+        }
+        let _ = poller.remove(fd);
+        false
+    });
 }
