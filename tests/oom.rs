@@ -154,3 +154,51 @@ fn an_oom_kill_that_spares_the_main_process_is_counted_and_the_unit_keeps_runnin
     assert_eq!(status["restarts"], 0, "{status}");
     assert!(status["last_exit"].is_null(), "{status}");
 }
+
+/// The way many people write commands: a shell runs the real program. When the program is
+/// OOM-killed, the shell exits 137 (or a wrapper exits 1); the run still ended by OOM
+/// (docs/units.md, "OOM kills"), as Kubernetes and systemd report it.
+#[test]
+fn a_shell_wrapper_whose_worker_is_oom_killed_ended_by_oom() {
+    if !ready() {
+        return;
+    }
+    let mut c = Corral::new();
+    let hog = "python3 -c \\\"x = b'a' * (200 << 20)\\\"";
+    c.unit(
+        "wrapped",
+        &format!(
+            "[exec]\ncommand = [\"sh\", \"-c\", \"{hog}; exit $?\"]\n[resources]\nmemory-max = \"32M\"\n[restart]\npolicy = \"on-oom\"\ndelay = \"100ms\"\n"
+        ),
+    );
+    c.unit(
+        "wrapper1",
+        &format!(
+            "[exec]\ncommand = [\"sh\", \"-c\", \"{hog} || exit 1\"]\n[resources]\nmemory-max = \"32M\"\n[restart]\npolicy = \"on-oom\"\ndelay = \"100ms\"\n"
+        ),
+    );
+    c.launch(&[]);
+    for (unit, code) in [("wrapped", 137), ("wrapper1", 1)] {
+        c.wait_log("the worker's OOM kill ends the run", |l| {
+            is_about(
+                l,
+                unit,
+                "OOM kill of a process of the unit, and the main process ended with it",
+            )
+        });
+        c.wait_log("on-oom restarts it", |l| {
+            is_about(
+                l,
+                unit,
+                &format!("exited with code {code} (OOM kill); restarting in"),
+            )
+        });
+        let status = c.status(unit);
+        assert_eq!(
+            status["last_exit"],
+            json!({"code": code, "oom": true}),
+            "{status}"
+        );
+        assert!(status["oom_kills"].as_u64().unwrap() >= 1, "{status}");
+    }
+}

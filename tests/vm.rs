@@ -56,6 +56,7 @@ const EXPECTED: &[(&str, bool)] = &[
     ("freeze", false),
     ("thaw", false),
     ("oom-kill-restart", false),
+    ("oom-wrapper-restart", false),
     ("oom-group.file", false),
     ("oom-group.kill", false),
     ("fork-bomb.held", false),
@@ -88,6 +89,7 @@ const STOP_ORDER: [&str; 3] = ["top", "mid", "base"];
 /// logging any other warning or error in the VM fails the test.
 const EXPECTED_WARNINGS: &[&str] = &[
     "OOM kill of the unit's main process",
+    "OOM kill of a process of the unit, and the main process ended with it",
     "(OOM kill); restarting in",
     "(OOM kill); not restarting",
     "did not stop within 1s; sending SIGKILL",

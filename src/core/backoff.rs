@@ -1,4 +1,4 @@
-//! Restart delay arithmetic and the start-rate limit.
+//! Restart delay arithmetic, the start-rate limit, and the retry schedule of a cgroup removal.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -11,6 +11,33 @@ pub fn restart_delay(delay: Duration, max_delay: Duration, consecutive_failures:
     let millis = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
     let grown = Duration::from_millis(millis.saturating_mul(factor));
     grown.min(max_delay.max(delay))
+}
+
+/// When a retried operation (a cgroup's `rmdir`, EBUSY until its last member is gone) is due
+/// next: at once, then after `FIRST`, doubling up to `MAX`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retry {
+    pub due: Instant,
+    delay: Duration,
+}
+
+impl Retry {
+    pub const FIRST: Duration = Duration::from_millis(10);
+    pub const MAX: Duration = Duration::from_secs(1);
+
+    /// A first try at `now`.
+    pub fn at(now: Instant) -> Retry {
+        Retry {
+            due: now,
+            delay: Retry::FIRST,
+        }
+    }
+
+    /// The try at `now` did not succeed: the next one is later.
+    pub fn failed(&mut self, now: Instant) {
+        self.due = now + self.delay;
+        self.delay = (self.delay * 2).min(Retry::MAX);
+    }
 }
 
 /// Start times inside the start-limit window, oldest first.
@@ -48,6 +75,22 @@ impl StartHistory {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_retry_backs_off_from_10ms_doubling_to_1s() {
+        use super::Retry;
+        let t0 = std::time::Instant::now();
+        let mut retry = Retry::at(t0);
+        assert_eq!(retry.due, t0);
+        let mut waits = Vec::new();
+        let mut now = t0;
+        for _ in 0..9 {
+            retry.failed(now);
+            waits.push((retry.due - now).as_millis());
+            now = retry.due;
+        }
+        assert_eq!(waits, [10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
+    }
+
     use super::*;
 
     const MS: fn(u64) -> Duration = Duration::from_millis;

@@ -231,6 +231,73 @@ impl UnitWatch {
     }
 }
 
+/// A cgroup v2 unit with no `high` event for this long has left its episode above memory-high.
+pub const HIGH_EPISODE_GAP: Duration = Duration::from_secs(30);
+
+/// Episodes above `memory-high`, one warning each, judged at each memory event of the unit.
+/// cgroup v1 wakes on crossing the soft limit either way (a threshold notification); v2 only
+/// while above it (each reclaim raises `memory.events` `high`), so there a quiet gap of
+/// [`HIGH_EPISODE_GAP`] ends an episode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HighWatch {
+    limit: u64,
+    /// cgroup v2: events come only while above the limit.
+    events_only_above: bool,
+    above_since: Option<Instant>,
+    last_event: Option<Instant>,
+}
+
+impl HighWatch {
+    pub fn new(limit: u64, events_only_above: bool) -> HighWatch {
+        HighWatch {
+            limit,
+            events_only_above,
+            above_since: None,
+            last_event: None,
+        }
+    }
+
+    /// The episode under way, worded for `status`.
+    pub fn active(&self) -> Option<String> {
+        self.above_since
+            .map(|_| format!("memory above memory-high ({})", human_size(self.limit)))
+    }
+
+    /// A reload changed the limit; the episode under way goes on.
+    pub fn set_limit(&mut self, limit: u64) {
+        self.limit = limit;
+    }
+
+    /// A memory event with usage at `current`: the lines to log, if an episode ended or began.
+    pub fn memory_event(&mut self, current: u64, now: Instant) -> Vec<Notice> {
+        // Only v2 needs the gap: v1 wakes on every crossing (and on the marks of the limit
+        // warnings too), so a late v1 event says nothing about the episode.
+        let quiet = self.events_only_above
+            && self
+                .last_event
+                .is_some_and(|at| now.saturating_duration_since(at) > HIGH_EPISODE_GAP);
+        self.last_event = Some(now);
+        let figures = format!("{} of {}", human_size(current), human_size(self.limit));
+        let mut notices = Vec::new();
+        if (current < self.limit || quiet) && self.above_since.take().is_some() {
+            notices.push(Notice::Ended {
+                concern: Concern::Memory,
+                message: format!("memory back below memory-high ({figures})"),
+            });
+        }
+        if current >= self.limit && self.above_since.is_none() {
+            self.above_since = Some(now);
+            notices.push(Notice::Began {
+                concern: Concern::Memory,
+                message: format!(
+                    "memory above memory-high: {figures}; reclaim slows the unit and an OOM kill may follow"
+                ),
+            });
+        }
+        notices
+    }
+}
+
 fn pids(s: &Sample, th: &Thresholds) -> Reading {
     let (Some(current), Some(max)) = (s.pids_current, s.pids_max) else {
         return Reading::Unchanged;
@@ -283,6 +350,63 @@ mod tests {
                 Notice::Ended { concern, .. } => format!("ended {}", concern.as_str()),
             })
             .collect()
+    }
+
+    fn high_lines(watch: &mut HighWatch, t0: Instant, events: &[(u64, u64)]) -> Vec<String> {
+        events
+            .iter()
+            .flat_map(|&(secs, mib)| watch.memory_event(mib * MIB, t0 + Duration::from_secs(secs)))
+            .map(|n| match n {
+                Notice::Began { .. } => "began".to_owned(),
+                Notice::Ended { .. } => "ended".to_owned(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn memory_high_on_v1_warns_once_per_crossing_up_and_recovers_on_the_way_down() {
+        let t0 = Instant::now();
+        let mut v1 = HighWatch::new(100 * MIB, false);
+        // (seconds, MiB): up, still up much later (no gap rule on v1), down, up again.
+        let lines = high_lines(
+            &mut v1,
+            t0,
+            &[
+                (0, 50),
+                (1, 120),
+                (2, 130),
+                (100, 110),
+                (101, 90),
+                (102, 120),
+            ],
+        );
+        assert_eq!(lines, ["began", "ended", "began"]);
+    }
+
+    #[test]
+    fn memory_high_on_v2_ends_an_episode_after_a_quiet_gap() {
+        let t0 = Instant::now();
+        let mut v2 = HighWatch::new(100 * MIB, true);
+        let gap = HIGH_EPISODE_GAP.as_secs();
+        // Events while above; a quiet gap; above again: the old episode ended unseen, a new
+        // one begins.
+        let lines = high_lines(&mut v2, t0, &[(0, 120), (5, 125), (6 + gap, 121)]);
+        assert_eq!(lines, ["began", "ended", "began"]);
+        // Below the limit at an event: the episode ends at once.
+        let mut v2 = HighWatch::new(100 * MIB, true);
+        assert_eq!(
+            high_lines(&mut v2, t0, &[(0, 120), (1, 80), (2, 80)]),
+            ["began", "ended"]
+        );
+    }
+
+    #[test]
+    fn memory_high_follows_a_reloaded_limit() {
+        let t0 = Instant::now();
+        let mut watch = HighWatch::new(100 * MIB, false);
+        assert_eq!(high_lines(&mut watch, t0, &[(0, 120)]), ["began"]);
+        watch.set_limit(200 * MIB);
+        assert_eq!(high_lines(&mut watch, t0, &[(1, 120)]), ["ended"]);
     }
 
     #[test]

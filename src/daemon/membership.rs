@@ -9,53 +9,24 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use tracing::{debug, info, warn};
 
+use crate::core::backoff::Retry;
 use crate::core::cgroup_plan::{self, Version};
 use crate::core::exit::Termination;
-use crate::core::limit_watch::Thresholds;
+use crate::core::limit_watch::{HighWatch, Notice, Thresholds};
+use crate::core::oom::{MainEnd, OomLedger};
 use crate::os::cgroup::{self, Cgroups, Join};
 use crate::os::process_group::ProcessGroup;
 use crate::os::{reaper, spawn};
-use crate::proto::{Usage, human_size as size};
+use crate::proto::Usage;
 use crate::unit::{ByteLimit, DeviceSpec, Unit, UnitKind, UnitName};
 
 /// How long a start waits for processes left in a unit's cgroup (by an earlier corral) to die.
 const LEFTOVER_WAIT: Duration = Duration::from_secs(2);
-const FIRST_REMOVAL_RETRY: Duration = Duration::from_millis(10);
-const MAX_REMOVAL_RETRY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone)]
 enum Door {
     Cgroup(PathBuf),
     Group(ProcessGroup),
-}
-
-/// How long after a memory event the counter is read: a main process reaped within it was the
-/// OOM victim; a kill counted after it took another process of the unit.
-const OOM_GRACE: Duration = Duration::from_millis(250);
-
-#[derive(Debug, Clone, Copy)]
-struct OomTrack {
-    /// The kernel's oom_kill counter up to which kills have been reported.
-    accounted: u64,
-    /// When to compare the counter with `accounted`, after a memory event.
-    check_at: Option<Instant>,
-}
-
-/// A v2 unit with no `high` event for this long has left its episode above memory-high.
-const HIGH_EPISODE_GAP: Duration = Duration::from_secs(30);
-
-#[derive(Debug, Clone, Copy)]
-struct HighEpisode {
-    limit: u64,
-    above_since: Option<Instant>,
-    last_event: Option<Instant>,
-}
-
-/// A cgroup to `rmdir` once its last member is gone (EBUSY until then).
-#[derive(Debug, Clone, Copy)]
-struct Removal {
-    at: Instant,
-    delay: Duration,
 }
 
 /// What `status` shows about a unit's cgroup.
@@ -80,11 +51,12 @@ pub struct Members {
     frozen: HashSet<UnitName>,
     /// Keys that did not take, per unit (slices included).
     problems: HashMap<UnitName, Vec<String>>,
-    removals: BTreeMap<PathBuf, Removal>,
+    /// Cgroups to `rmdir` once their last member is gone (EBUSY until then).
+    removals: BTreeMap<PathBuf, Retry>,
     /// OOM accounting per unit: the kernel's counter as last accounted for.
-    oom: HashMap<UnitName, OomTrack>,
+    oom: HashMap<UnitName, OomLedger>,
     /// Units with `memory-high`, and whether they are above it now.
-    high: HashMap<UnitName, HighEpisode>,
+    high: HashMap<UnitName, HighWatch>,
     /// R itself is removed at exit only when corral made it and does not live in it.
     remove_root_at_exit: bool,
     /// Units in their own pid namespace: the main pid is a helper init that passes signals on.
@@ -238,14 +210,11 @@ impl Members {
         self.problems.insert(unit.name.clone(), problems);
         match unit.resources.memory_high {
             Some(ByteLimit::Bytes(limit)) => {
+                let only_above = self.version() == Some(Version::V2);
                 self.high
                     .entry(unit.name.clone())
-                    .and_modify(|h| h.limit = limit)
-                    .or_insert(HighEpisode {
-                        limit,
-                        above_since: None,
-                        last_event: None,
-                    });
+                    .and_modify(|h| h.set_limit(limit))
+                    .or_insert(HighWatch::new(limit, only_above));
             }
             _ => {
                 self.high.remove(&unit.name);
@@ -304,11 +273,7 @@ impl Members {
                     Some(ByteLimit::Bytes(limit)) => {
                         self.high.insert(
                             unit.name.clone(),
-                            HighEpisode {
-                                limit,
-                                above_since: None,
-                                last_event: None,
-                            },
+                            HighWatch::new(limit, cgroups.version() == Version::V2),
                         );
                     }
                     _ => {
@@ -317,10 +282,7 @@ impl Members {
                 }
                 self.oom.insert(
                     unit.name.clone(),
-                    OomTrack {
-                        accounted: cgroups.oom_kills(rel).unwrap_or(0),
-                        check_at: None,
-                    },
+                    OomLedger::new(cgroups.oom_kills(rel).unwrap_or(0)),
                 );
                 problems.extend(cgroup::apply(
                     &**cgroups,
@@ -461,8 +423,7 @@ impl Members {
         if let Some(Door::Cgroup(rel)) = self.doors.get(unit)
             && let Some(removal) = self.removals.get_mut(rel)
         {
-            removal.at = now;
-            removal.delay = FIRST_REMOVAL_RETRY;
+            *removal = Retry::at(now);
         }
     }
 
@@ -546,18 +507,16 @@ impl Members {
         })
     }
 
-    /// A memory event woke us. v1 signals as the OOM begins, before the victim is chosen and
-    /// the counter moves, so the counter is read after a grace period; a main process reaped
-    /// within it was the victim.
+    /// A memory event woke us: an OOM kill may have happened (see core/oom.rs for when the
+    /// counter is read).
     pub fn on_memory_event(&mut self, unit: &UnitName, now: Instant) {
-        if let Some(track) = self.oom.get_mut(unit) {
-            track.check_at.get_or_insert(now + OOM_GRACE);
+        if let Some(ledger) = self.oom.get_mut(unit) {
+            ledger.memory_event(now);
         }
         self.check_memory_high(unit, now);
     }
 
-    /// One warning per episode above `memory-high`. v1 wakes on crossing the threshold either
-    /// way; v2 only while above it (each reclaim), so there a quiet gap ends an episode.
+    /// Logs the episodes above `memory-high` that this event began or ended.
     fn check_memory_high(&mut self, unit: &UnitName, now: Instant) {
         let (Some(cgroups), Some(rel)) = (&self.cgroups, self.paths.get(unit)) else {
             return;
@@ -565,82 +524,50 @@ impl Members {
         let Some(high) = self.high.get_mut(unit) else {
             return;
         };
-        let usage = cgroups.usage(rel);
-        let Some(current) = usage.memory_current else {
+        let Some(current) = cgroups.usage(rel).memory_current else {
             return;
         };
-        // Only v2 needs the gap: v1 wakes on every crossing (and on the marks of the limit
-        // warnings too), so a late v1 event says nothing about the episode.
-        let quiet = cgroups.version() == Version::V2
-            && high
-                .last_event
-                .is_some_and(|at| now.saturating_duration_since(at) > HIGH_EPISODE_GAP);
-        high.last_event = Some(now);
-        if current < high.limit || quiet {
-            if high.above_since.take().is_some() {
-                info!(unit = %unit, "memory back below memory-high ({} of {})", size(current), size(high.limit));
+        for notice in high.memory_event(current, now) {
+            match notice {
+                Notice::Began { message, .. } => warn!(unit = %unit, "{message}"),
+                Notice::Ended { message, .. } => info!(unit = %unit, "{message}"),
             }
-            if current < high.limit {
-                return;
-            }
-        }
-        if high.above_since.is_none() {
-            high.above_since = Some(now);
-            warn!(
-                unit = %unit,
-                "memory above memory-high: {} of {}; reclaim slows the unit and an OOM kill may follow",
-                size(current),
-                size(high.limit)
-            );
         }
     }
 
-    /// The main process ended: returns (was it an OOM kill, new kills to count). An exit is an
-    /// OOM kill only when it died of SIGKILL and the unit's own counter moved.
-    pub fn on_main_exit(&mut self, unit: &UnitName, sigkill: bool) -> (bool, u32) {
+    /// The main process ended: the unit's counter now, judged by its ledger.
+    pub fn on_main_exit(&mut self, unit: &UnitName, now: Instant) -> MainEnd {
         let counter = self.oom_counter(unit);
-        let Some(track) = self.oom.get_mut(unit) else {
-            return (false, 0);
-        };
-        let fresh = counter.map_or(0, |c| c.saturating_sub(track.accounted));
-        track.accounted += fresh;
-        track.check_at = None;
-        (
-            sigkill && fresh > 0,
-            u32::try_from(fresh).unwrap_or(u32::MAX),
-        )
+        match self.oom.get_mut(unit) {
+            Some(ledger) => ledger.main_ended(counter, now),
+            None => MainEnd {
+                by_oom: false,
+                fresh: 0,
+            },
+        }
     }
 
-    /// OOM kills whose grace period passed with the main process alive: they took other
-    /// processes of the unit.
+    /// Units whose counter reading is due, with the OOM kills it shows: they took other
+    /// processes of the unit, so far.
     pub fn spared_main_oom_kills(&mut self, now: Instant) -> Vec<(UnitName, u32)> {
         let due: Vec<UnitName> = self
             .oom
             .iter()
-            .filter(|(_, t)| t.check_at.is_some_and(|at| at <= now))
+            .filter(|(_, ledger)| ledger.deadline().is_some_and(|at| at <= now))
             .map(|(u, _)| u.clone())
             .collect();
         due.into_iter()
             .filter_map(|unit| {
                 let counter = self.oom_counter(&unit);
-                let track = self.oom.get_mut(&unit)?;
-                track.check_at = None;
-                let fresh = counter?.saturating_sub(track.accounted);
-                track.accounted += fresh;
-                (fresh > 0).then(|| (unit, u32::try_from(fresh).unwrap_or(u32::MAX)))
+                let fresh = self.oom.get_mut(&unit)?.reading(counter, now);
+                (fresh > 0).then_some((unit, fresh))
             })
             .collect()
     }
 
     /// Queues `rel` for `rmdir`, first tried at `now`.
     fn schedule_removal(&mut self, rel: PathBuf, now: Instant) {
-        self.removals.insert(
-            rel,
-            Removal {
-                at: now,
-                delay: FIRST_REMOVAL_RETRY,
-            },
-        );
+        self.removals.insert(rel, Retry::at(now));
     }
 
     /// Tries every due `rmdir`; an EBUSY one is tried again later, backing off.
@@ -651,7 +578,7 @@ impl Members {
         let due: Vec<PathBuf> = self
             .removals
             .iter()
-            .filter(|(_, r)| r.at <= now)
+            .filter(|(_, r)| r.due <= now)
             .map(|(p, _)| p.clone())
             .collect();
         for rel in due {
@@ -661,9 +588,8 @@ impl Members {
                     self.removals.remove(&rel);
                 }
                 Ok(false) => {
-                    if let Some(r) = self.removals.get_mut(&rel) {
-                        r.at = now + r.delay;
-                        r.delay = (r.delay * 2).min(MAX_REMOVAL_RETRY);
+                    if let Some(retry) = self.removals.get_mut(&rel) {
+                        retry.failed(now);
                     }
                 }
                 Err(e) => {
@@ -693,8 +619,8 @@ impl Members {
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {
-        let oom = self.oom.values().filter_map(|t| t.check_at);
-        self.removals.values().map(|r| r.at).chain(oom).min()
+        let oom = self.oom.values().filter_map(OomLedger::deadline);
+        self.removals.values().map(|r| r.due).chain(oom).min()
     }
 
     pub fn facts(&self, unit: &UnitName) -> CgroupFacts {
@@ -733,9 +659,9 @@ impl Members {
             warnings: self
                 .high
                 .get(unit)
-                .filter(|h| h.above_since.is_some())
-                .map(|h| vec![format!("memory above memory-high ({})", size(h.limit))])
-                .unwrap_or_default(),
+                .and_then(HighWatch::active)
+                .into_iter()
+                .collect(),
         }
     }
 

@@ -116,6 +116,17 @@ struct Pipe {
     discard: bool,
 }
 
+/// Whom the OOM kills being reported took, as far as the main process's fate tells.
+#[derive(Debug, Clone, Copy)]
+enum OomVictim {
+    /// The main process died of SIGKILL.
+    Main,
+    /// The main process ended otherwise right after (a shell or wrapper whose worker died).
+    Worker,
+    /// The main process lives on.
+    Spared,
+}
+
 /// After every unit is down: leftover descendants get SIGTERM, then SIGKILL at `kill_at`.
 struct Leftovers {
     kill_at: Instant,
@@ -365,16 +376,19 @@ impl Daemon {
                 if let Some(command) = self.members.take_helper_exit(&unit) {
                     termination = command;
                 }
-                let sigkill = ExitReport {
+                let end = self.members.on_main_exit(&unit, now);
+                let exit = ExitReport {
                     termination,
-                    oom: false,
-                }
-                .is_sigkill();
-                let (oom, fresh) = self.members.on_main_exit(&unit, sigkill);
-                self.record_oom_kills(&unit, fresh, false, now);
+                    oom: end.by_oom,
+                };
+                let victim = if exit.is_sigkill() {
+                    OomVictim::Main
+                } else {
+                    OomVictim::Worker
+                };
+                self.record_oom_kills(&unit, end.fresh, victim, now);
                 self.drop_memory_watch(&unit);
                 self.usage_watch.forget(&unit);
-                let exit = ExitReport { termination, oom };
                 debug!(pid, "reaped: {exit}");
                 self.feed(Input::Exited { pid, exit }, now);
             }
@@ -385,7 +399,7 @@ impl Daemon {
             self.expire_probes(now);
             self.feed(Input::Tick, now);
             for (unit, count) in self.members.spared_main_oom_kills(now) {
-                self.record_oom_kills(&unit, count, true, now);
+                self.record_oom_kills(&unit, count, OomVictim::Spared, now);
             }
             self.members.retry_removals(now);
             self.sample_usage(now);
@@ -857,7 +871,7 @@ impl Daemon {
 
     /// Counts OOM kills the kernel reported for a unit, and says so with the figures that
     /// explain them.
-    fn record_oom_kills(&mut self, unit: &UnitName, count: u32, main_spared: bool, now: Instant) {
+    fn record_oom_kills(&mut self, unit: &UnitName, count: u32, victim: OomVictim, now: Instant) {
         if count == 0 {
             return;
         }
@@ -874,10 +888,10 @@ impl Daemon {
             .usage
             .memory_peak
             .map_or_else(|| "unknown".to_owned(), crate::proto::human_size);
-        let whom = if main_spared {
-            "a process of the unit (the main process lives)"
-        } else {
-            "the unit's main process"
+        let whom = match victim {
+            OomVictim::Spared => "a process of the unit (the main process lives)",
+            OomVictim::Main => "the unit's main process",
+            OomVictim::Worker => "a process of the unit, and the main process ended with it",
         };
         warn!(unit = %unit, count, "OOM kill of {whom} (memory-max {limit}, peak {peak})");
         self.feed(

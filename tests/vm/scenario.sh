@@ -203,6 +203,25 @@ else
     result oom-kill-restart FAIL "no OOM kill and restart within 60 s: $(status oomer)"
 fi
 
+# --- a shell wrapper whose worker is OOM-killed exits 137: the run ended by OOM, on-oom restarts it --
+out=$(corral start wrapped 2>&1)
+wrapped_done() {
+    st=$(status wrapped)
+    [ "$(field "$st" state)" = running ] && [ "$(field "$st" restarts)" -ge 1 ] 2>/dev/null
+}
+if wait_for 60 wrapped_done; then
+    st=$(status wrapped)
+    last=$(field "$st" last_exit)
+    case $last in
+    *'"code":137'*'"oom":true'*)
+        result oom-wrapper-restart PASS "last_exit $last, oom_kills $(field "$st" oom_kills), restarts $(field "$st" restarts)"
+        ;;
+    *) result oom-wrapper-restart FAIL "last_exit $last: $st" ;;
+    esac
+else
+    result oom-wrapper-restart FAIL "start: $out; no restart within 60 s: $(status wrapped)"
+fi
+
 # --- oom.group-kill: memory.oom.group=1 and one OOM takes the whole unit ---------------------------
 # The OOM killer picks the hog by size; only the group kill takes the small main shell with it.
 # The kernel's count varies with timing (2-4 here: a member already exiting is skipped, the
