@@ -73,6 +73,15 @@ struct Helper {
 impl Members {
     /// Detects cgroups and prepares R; on any failure supervision goes on without limits.
     pub fn new(root: Option<&Path>, units: &BTreeMap<UnitName, Unit>) -> Members {
+        Members::with_detected(cgroup::detect(root), root.is_some(), units)
+    }
+
+    /// [`Members::new`] with the detection done: tests pass a fake cgroupfs.
+    fn with_detected(
+        detected: Result<Cgroups, cgroup::CgroupError>,
+        root_given: bool,
+        units: &BTreeMap<UnitName, Unit>,
+    ) -> Members {
         let paths = units
             .values()
             .map(|u| {
@@ -93,10 +102,10 @@ impl Members {
             removals: BTreeMap::new(),
             oom: HashMap::new(),
             high: HashMap::new(),
-            remove_root_at_exit: root.is_some(),
+            remove_root_at_exit: root_given,
             helpers: HashMap::new(),
         };
-        match cgroup::detect(root).and_then(|mut c| c.prepare_root().map(|notes| (c, notes))) {
+        match detected.and_then(|mut c| c.prepare_root().map(|notes| (c, notes))) {
             Ok((cgroups, notes)) => {
                 for note in notes {
                     info!("cgroups: {note}");
@@ -768,5 +777,171 @@ fn remove_when_empty(cgroups: &dyn cgroup::Backend, rel: &Path) -> Result<(), St
             cgroups.display(rel)
         )),
         Err(e) => Err(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Membership over a fake cgroup v2 tree in a temporary directory: the files a kernel would
+    //! show, written by the test where the kernel would change them.
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use crate::core::fixtures::{name, service};
+    use crate::core::oom::{ATTRIBUTION_WINDOW, COUNTER_GRACE};
+
+    const R: &str = "corral-test";
+
+    struct FakeTree {
+        dir: tempfile::TempDir,
+    }
+
+    impl FakeTree {
+        /// A v2 mount with R and one unit's cgroup already holding the kernel's files.
+        fn new(unit: &str) -> FakeTree {
+            let tree = FakeTree {
+                dir: tempfile::tempdir().unwrap(),
+            };
+            for level in ["", R] {
+                tree.write(level, "cgroup.controllers", "cpu memory pids");
+                tree.write(level, "cgroup.subtree_control", "");
+            }
+            let service = format!("{R}/{unit}.service");
+            for file in ["cgroup.procs", "memory.max", "memory.high", "pids.max"] {
+                tree.write(&service, file, "");
+            }
+            tree.write(
+                &service,
+                "memory.events",
+                "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n",
+            );
+            tree.write(&service, "memory.current", "0\n");
+            tree
+        }
+
+        fn write(&self, rel: &str, file: &str, text: &str) {
+            let dir = self.dir.path().join(rel);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join(file), text).unwrap();
+        }
+
+        fn read(&self, rel: &str, file: &str) -> String {
+            std::fs::read_to_string(self.dir.path().join(rel).join(file)).unwrap()
+        }
+
+        fn members(&self, units: &[Unit]) -> Members {
+            let mountinfo = format!(
+                "29 23 0:26 / {} rw - cgroup2 cgroup2 rw,nsdelegate\n",
+                self.dir.path().display()
+            );
+            let detected = cgroup::detect_from(
+                &mountinfo,
+                "0::/elsewhere\n",
+                Some(Path::new(&format!("/{R}"))),
+            );
+            let units = units.iter().map(|u| (u.name.clone(), u.clone())).collect();
+            Members::with_detected(detected, true, &units)
+        }
+
+        fn set_oom_kills(&self, unit: &str, n: u64) {
+            self.write(
+                &format!("{R}/{unit}.service"),
+                "memory.events",
+                &format!("low 0\nhigh 0\nmax 0\noom {n}\noom_kill {n}\n"),
+            );
+        }
+    }
+
+    fn limited(n: &str) -> Unit {
+        let mut unit = service(n);
+        unit.resources.memory_max = Some(ByteLimit::Bytes(32 << 20));
+        unit.resources.memory_high = Some(ByteLimit::Bytes(16 << 20));
+        unit
+    }
+
+    #[test]
+    fn a_spawn_writes_the_limits_and_opens_the_cgroup_to_join() {
+        let tree = FakeTree::new("web");
+        let web = limited("web");
+        let mut members = tree.members(std::slice::from_ref(&web));
+        let join = members.prepare_spawn(&web);
+        assert!(!join.is_empty(), "a cgroup to join");
+        assert_eq!(
+            tree.read(&format!("{R}/web.service"), "memory.max"),
+            "33554432"
+        );
+        assert_eq!(
+            tree.read(&format!("{R}/web.service"), "memory.high"),
+            "16777216"
+        );
+        let facts = members.facts(&name("web"));
+        assert!(facts.limits_enforced, "{facts:?}");
+    }
+
+    #[test]
+    fn a_wrapper_that_exits_right_after_its_workers_oom_kill_ended_by_oom() {
+        let tree = FakeTree::new("web");
+        let web = limited("web");
+        let mut members = tree.members(std::slice::from_ref(&web));
+        members.prepare_spawn(&web);
+        let t0 = Instant::now();
+        members.on_memory_event(&web.name, t0);
+        tree.set_oom_kills("web", 1);
+        let end = members.on_main_exit(&web.name, t0 + Duration::from_millis(20));
+        assert_eq!((end.by_oom, end.fresh), (true, 1));
+        assert_eq!(
+            members.next_deadline(),
+            None,
+            "the reading is settled by the exit"
+        );
+    }
+
+    #[test]
+    fn a_kill_the_main_process_outlives_is_counted_once_and_is_not_its_end() {
+        let tree = FakeTree::new("web");
+        let web = limited("web");
+        let mut members = tree.members(std::slice::from_ref(&web));
+        members.prepare_spawn(&web);
+        let t0 = Instant::now();
+        members.on_memory_event(&web.name, t0);
+        tree.set_oom_kills("web", 1);
+        assert_eq!(members.next_deadline(), Some(t0 + COUNTER_GRACE));
+        assert_eq!(
+            members.spared_main_oom_kills(t0 + COUNTER_GRACE),
+            vec![(name("web"), 1)]
+        );
+        let later = t0 + ATTRIBUTION_WINDOW * 10;
+        let end = members.on_main_exit(&web.name, later);
+        assert_eq!((end.by_oom, end.fresh), (false, 0));
+    }
+
+    #[test]
+    fn a_counter_left_by_an_earlier_run_is_not_a_new_kill() {
+        let tree = FakeTree::new("web");
+        tree.set_oom_kills("web", 3);
+        let web = limited("web");
+        let mut members = tree.members(std::slice::from_ref(&web));
+        members.prepare_spawn(&web);
+        let end = members.on_main_exit(&web.name, Instant::now());
+        assert_eq!((end.by_oom, end.fresh), (false, 0));
+    }
+
+    #[test]
+    fn memory_above_memory_high_shows_as_a_warning_until_it_falls_back() {
+        let tree = FakeTree::new("web");
+        let web = limited("web");
+        let mut members = tree.members(std::slice::from_ref(&web));
+        members.prepare_spawn(&web);
+        let rel = format!("{R}/web.service");
+        let t0 = Instant::now();
+        tree.write(&rel, "memory.current", &format!("{}\n", 20 << 20));
+        members.on_memory_event(&web.name, t0);
+        assert_eq!(
+            members.facts(&web.name).warnings,
+            ["memory above memory-high (16.0M)"]
+        );
+        tree.write(&rel, "memory.current", &format!("{}\n", 1 << 20));
+        members.on_memory_event(&web.name, t0 + Duration::from_secs(1));
+        assert!(members.facts(&web.name).warnings.is_empty());
     }
 }

@@ -228,13 +228,27 @@ impl std::ops::DerefMut for Cgroups {
 /// Finds the mounted hierarchies and corral's root R: `root` (an absolute cgroup path), or the
 /// cgroup corral runs in.
 pub fn detect(root: Option<&Path>) -> Result<Cgroups, CgroupError> {
+    detect_from(
+        &read_file(Path::new("/proc/self/mountinfo"))?,
+        &read_file(Path::new("/proc/self/cgroup"))?,
+        root,
+    )
+}
+
+/// [`detect`] from the texts of `/proc/self/mountinfo` and `/proc/self/cgroup`, so a test can
+/// point corral at a fake cgroupfs in a temporary directory.
+pub fn detect_from(
+    mountinfo: &str,
+    proc_cgroup: &str,
+    root: Option<&Path>,
+) -> Result<Cgroups, CgroupError> {
     if let Some(r) = root
         && !r.is_absolute()
     {
         return Err(CgroupError::BadRoot(r.to_owned()));
     }
-    let mounts = discover::parse_mountinfo(&read_file(Path::new("/proc/self/mountinfo"))?);
-    let own = discover::parse_proc_cgroup(&read_file(Path::new("/proc/self/cgroup"))?);
+    let mounts = discover::parse_mountinfo(mountinfo);
+    let own = discover::parse_proc_cgroup(proc_cgroup);
     match mounts.version() {
         None => Err(CgroupError::NotMounted),
         Some(Version::V2) => {
