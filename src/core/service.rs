@@ -127,6 +127,9 @@ pub enum Event {
     DeadlineReached,
     /// A datagram on the unit's notify socket from one of its processes (the daemon checked).
     Notify(NotifyMessage),
+    /// A user froze (`true`) or thawed (`false`) every process of the unit: a frozen unit
+    /// cannot answer its watchdog or a probe, so neither is held against it.
+    Frozen(bool),
     /// Probe number `seq` finished.
     ProbeDone {
         seq: u64,
@@ -190,6 +193,8 @@ pub struct Runtime {
     restart_due: bool,
     /// While stopping: the unit was seen empty before its main process was reaped.
     emptied: bool,
+    /// A user froze the unit: its watchdog and probes wait for the thaw.
+    frozen: bool,
 }
 
 impl Runtime {
@@ -218,6 +223,7 @@ impl Runtime {
             stop_reason: None,
             restart_due: false,
             emptied: false,
+            frozen: false,
         }
     }
 
@@ -298,6 +304,7 @@ impl Runtime {
                 };
                 self.watchdog_override = None;
                 self.watchdog_at = None;
+                self.frozen = false;
                 self.enter(Starting, now);
                 actions.push(Action::Spawn);
             }
@@ -318,6 +325,9 @@ impl Runtime {
             }
             (Starting | Running, Event::Notify(msg)) => {
                 self.on_notify(msg, now, unit, &mut actions);
+            }
+            (Starting | Running, Event::Frozen(frozen)) => {
+                self.on_frozen(frozen, now, unit);
             }
             (Starting | Running, Event::ProbeDone { seq, ok, message }) => {
                 self.on_probe_done(seq, ok, message, now, unit, &mut actions);
@@ -559,6 +569,23 @@ impl Runtime {
         ));
         if self.probe.failures >= cfg.failure_threshold {
             self.fail(FailureCause::Health, now, unit, actions);
+        }
+    }
+
+    /// Frozen: the watchdog and the probes pause (a probe under way is forgotten: it could only
+    /// fail). Thawed: both start over as if the unit had just started, less the initial delay.
+    fn on_frozen(&mut self, frozen: bool, now: Instant, unit: &Unit) {
+        if self.frozen == frozen {
+            return;
+        }
+        self.frozen = frozen;
+        if frozen {
+            self.disarm_timers();
+            return;
+        }
+        self.watchdog_at = self.watchdog_timeout(unit).map(|t| after(now, t));
+        if let Some(cfg) = unit.health.as_ref().and_then(|h| h.probe.as_ref()) {
+            self.probe.next_at = Some(after(now, cfg.interval));
         }
     }
 
@@ -1307,6 +1334,44 @@ mod tests {
             &unit,
         );
         assert_eq!(rt.state, Stopping);
+    }
+
+    #[test]
+    fn a_frozen_unit_is_not_failed_by_its_watchdog_or_its_probes() {
+        let mut unit = service("dog");
+        unit.health = Some(crate::unit::Health {
+            probe: Some(crate::unit::ProbeConfig {
+                probe: crate::unit::Probe::Tcp(([127, 0, 0, 1], 5432).into()),
+                interval: Duration::from_secs(2),
+                timeout: Duration::from_millis(100),
+                initial_delay: Duration::ZERO,
+                failure_threshold: 1,
+                success_threshold: 1,
+            }),
+            watchdog: Some(Duration::from_secs(1)),
+        });
+        let t0 = Instant::now();
+        let mut rt = started(&unit, t0);
+        let (at, seq) = run_due_probe(&mut rt, &unit);
+        let ok = Event::ProbeDone {
+            seq,
+            ok: true,
+            message: "connected".into(),
+        };
+        rt.transition(ok, at, &unit);
+        assert_eq!(rt.state, Running);
+        rt.transition(Event::Frozen(true), t0 + MS(500), &unit);
+        assert_eq!(rt.deadline(), None, "no timer runs against a frozen unit");
+        // Long past the watchdog: nothing fires.
+        let actions = rt.transition(Event::DeadlineReached, t0 + MS(60_000), &unit);
+        assert_eq!(actions, vec![]);
+        assert_eq!(rt.state, Running);
+        // The thaw gives the watchdog its whole timeout again and the probe its interval.
+        rt.transition(Event::Frozen(false), t0 + MS(60_000), &unit);
+        assert_eq!(rt.deadline(), Some(t0 + MS(61_000)));
+        assert_eq!(rt.probe.next_at, Some(t0 + MS(62_000)));
+        rt.transition(Event::DeadlineReached, t0 + MS(61_000), &unit);
+        assert_eq!(rt.state, Stopping, "a thawed unit's watchdog counts again");
     }
 
     #[test]

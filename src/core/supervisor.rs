@@ -54,6 +54,11 @@ pub enum Input {
         unit: UnitName,
         message: NotifyMessage,
     },
+    /// A user froze or thawed the unit's processes (`corral freeze|thaw`).
+    Frozen {
+        unit: UnitName,
+        frozen: bool,
+    },
     /// Health probe `seq` of the unit finished.
     ProbeDone {
         unit: UnitName,
@@ -292,6 +297,9 @@ impl Supervisor {
             }
             Input::Notify { unit, message } => {
                 self.feed(&unit, Event::Notify(message), now, &mut effects);
+            }
+            Input::Frozen { unit, frozen } => {
+                self.feed(&unit, Event::Frozen(frozen), now, &mut effects);
             }
             Input::ProbeDone {
                 unit,

@@ -269,6 +269,13 @@ impl Daemon {
                 return Response::error(ErrorKind::Failed, format!("{name}: {e}"));
             }
             info!(unit = %name, "{}", if frozen { "frozen" } else { "thawed" });
+            self.feed(
+                Input::Frozen {
+                    unit: name.clone(),
+                    frozen,
+                },
+                now,
+            );
         }
         Response::units(self.statuses(names, now))
     }
