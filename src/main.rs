@@ -291,12 +291,21 @@ fn talk(command: Command, socket: &std::path::Path) -> Result<i32, ClientError> 
                     "corral: the last reload failed; units keep their previous definitions:\n{error}"
                 );
             }
+            if let (Some(cgroups), false) = (&response.cgroups, json)
+                && let Some(remedy) = &cgroups.remedy
+            {
+                eprintln!("corral: {}; to enforce limits, {remedy}", cgroups.summary);
+            }
             let reload_error = response.reload_error.clone();
+            let cgroups = response.cgroups.clone();
             let statuses = response.units.unwrap_or_default();
             if json {
                 let mut out = serde_json::json!({ "units": statuses });
                 if let Some(error) = reload_error {
                     out["reload_error"] = error.into();
+                }
+                if let Some(cgroups) = cgroups {
+                    out["cgroups"] = serde_json::json!(cgroups);
                 }
                 println!("{out}");
             } else if units.is_empty() {

@@ -290,6 +290,21 @@ pub struct Response {
     /// status: the last reload failed; the units keep running their last good definitions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reload_error: Option<String>,
+    /// status: what corral may do with cgroups here (docs/container.md, "The ladder").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroups: Option<CgroupsReport>,
+}
+
+/// The capability ladder's reading, as `status` reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CgroupsReport {
+    /// `writable`, `read-only`, `no-permission` or `unavailable`.
+    pub rung: String,
+    /// What detection saw, worded for people.
+    pub summary: String,
+    /// How to reach `writable`, when corral stands lower.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remedy: Option<String>,
 }
 
 /// What a reload did, unit by unit.

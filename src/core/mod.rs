@@ -2,6 +2,7 @@
 
 pub mod backoff;
 pub mod cgroup_plan;
+pub mod container;
 pub mod exit;
 pub mod limit_watch;
 pub mod notify;

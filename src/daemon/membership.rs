@@ -11,6 +11,7 @@ use tracing::{debug, info, warn};
 
 use crate::core::backoff::Retry;
 use crate::core::cgroup_plan::{self, Version};
+use crate::core::container::{self, Budget, Ladder, Rung};
 use crate::core::exit::Termination;
 use crate::core::limit_watch::{HighWatch, Notice, Thresholds};
 use crate::core::oom::{MainEnd, OomLedger};
@@ -45,6 +46,8 @@ pub struct Members {
     cgroups: Option<Cgroups>,
     /// Why limits are not enforced at all (no cgroups, no permission).
     disabled: Option<String>,
+    /// The capability ladder's reading at start.
+    ladder: Ladder,
     /// Where each unit's cgroup is, below R.
     paths: HashMap<UnitName, PathBuf>,
     doors: HashMap<UnitName, Door>,
@@ -78,7 +81,7 @@ impl Members {
 
     /// [`Members::new`] with the detection done: tests pass a fake cgroupfs.
     fn with_detected(
-        detected: Result<Cgroups, cgroup::CgroupError>,
+        detected: Result<cgroup::Detected, cgroup::CgroupError>,
         root_given: bool,
         units: &BTreeMap<UnitName, Unit>,
     ) -> Members {
@@ -95,6 +98,17 @@ impl Members {
         let mut members = Members {
             cgroups: None,
             disabled: None,
+            ladder: Ladder {
+                version: None,
+                rung: Rung::Unavailable,
+                reason: None,
+                at_namespace_root: false,
+                read_only_mount: false,
+                nsdelegate: false,
+                max_descendants: None,
+                max_depth: None,
+                budget: Budget::default(),
+            },
             paths,
             doors: HashMap::new(),
             frozen: HashSet::new(),
@@ -105,30 +119,92 @@ impl Members {
             remove_root_at_exit: root_given,
             helpers: HashMap::new(),
         };
-        match detected.and_then(|mut c| c.prepare_root().map(|notes| (c, notes))) {
-            Ok((cgroups, notes)) => {
+        members.climb(detected);
+        let summary = members.ladder.summary();
+        if members.ladder.rung == Rung::Writable {
+            info!("{summary}");
+        } else {
+            warn!("{summary}");
+        }
+        if let Some(report) = container::unenforced_report(&members.ladder, units) {
+            warn!("{report}");
+        }
+        for warning in container::budget_warnings(&members.ladder, units) {
+            warn!("{warning}");
+        }
+        members.setup_slices(units);
+        members
+    }
+
+    /// Climbs the capability ladder (core/container.rs) as far as the kernel lets corral: R
+    /// prepared means every limit is enforced; otherwise the rung and the kernel's reason.
+    fn climb(&mut self, detected: Result<cgroup::Detected, cgroup::CgroupError>) {
+        let mut detected = match detected {
+            Ok(detected) => detected,
+            Err(e) => {
+                let reason = format!("cgroups unavailable ({e})");
+                warn!("{reason}; units run without resource limits");
+                self.ladder.reason = Some(e.to_string());
+                self.disabled = Some(reason);
+                return;
+            }
+        };
+        let (budget, max_descendants, max_depth) = detected.cgroups.budget();
+        self.ladder = Ladder {
+            version: Some(detected.cgroups.version()),
+            rung: Rung::Writable,
+            reason: None,
+            at_namespace_root: detected.at_namespace_root,
+            read_only_mount: detected.read_only,
+            nsdelegate: detected.nsdelegate,
+            max_descendants,
+            max_depth,
+            budget,
+        };
+        match detected.cgroups.prepare_root() {
+            Ok(notes) => {
                 for note in notes {
                     info!("cgroups: {note}");
                 }
                 info!(
-                    version = ?cgroups.version(),
-                    root = %cgroups.display(Path::new("")),
+                    version = ?detected.cgroups.version(),
+                    root = %detected.cgroups.display(Path::new("")),
                     "managing cgroups"
                 );
-                members.cgroups = Some(cgroups);
+                self.cgroups = Some(detected.cgroups);
             }
             Err(e) => {
-                let reason = if cgroup::is_permission_error(&e) {
-                    format!("no permission to manage cgroups ({e})")
+                // A mkdir refused tells more than the mount's flags: under a user namespace
+                // a read-write mount can still refuse corral.
+                let (rung, reason) = if cgroup::is_read_only_error(&e) {
+                    (
+                        Rung::ReadOnly,
+                        format!("the cgroup file system is read-only ({e})"),
+                    )
+                } else if cgroup::is_permission_error(&e) {
+                    (
+                        Rung::NoPermission,
+                        format!("no permission to manage cgroups ({e})"),
+                    )
                 } else {
-                    format!("cgroups unavailable ({e})")
+                    (Rung::Unavailable, format!("cgroups unavailable ({e})"))
                 };
                 warn!("{reason}; units run without resource limits");
-                members.disabled = Some(reason);
+                self.ladder.rung = rung;
+                self.ladder.reason = Some(e.to_string());
+                self.disabled = Some(reason);
             }
         }
-        members.setup_slices(units);
-        members
+    }
+
+    /// What detection found of the cgroup tree, for `status`.
+    pub fn cgroups_report(&self) -> crate::proto::CgroupsReport {
+        let rung = self.ladder.rung;
+        crate::proto::CgroupsReport {
+            rung: rung.as_str().to_owned(),
+            summary: self.ladder.summary(),
+            remedy: (rung != Rung::Writable).then(|| rung.remedy().to_owned()),
+        }
     }
 
     /// Slices exist for as long as corral runs, parents first, each with its limits.

@@ -154,6 +154,7 @@ impl Daemon {
                 let response = match self.sup.check_names(&names) {
                     Ok(()) => Response {
                         reload_error: self.reload_error.clone(),
+                        cgroups: Some(self.members.cgroups_report()),
                         ..Response::units(self.statuses(&names, now))
                     },
                     Err(e) => refused(&e),

@@ -18,6 +18,7 @@ pub fn unit_status(
     clock: &Clock,
     now: Instant,
 ) -> UnitStatus {
+    let has_cgroup = cgroup.cgroup.is_some();
     UnitStatus {
         name: unit.name.to_string(),
         kind: unit.kind.as_str().to_owned(),
@@ -35,7 +36,15 @@ pub fn unit_status(
         last_exit_status: rt.last_exit.as_ref().map(ExitReport::shell_code),
         cgroup: cgroup.cgroup,
         limits_enforced: cgroup.limits_enforced,
-        limits_reason: cgroup.limits_reason,
+        limits_reason: cgroup.limits_reason.map(|reason| {
+            // Without a cgroup of its own, every limit the unit asks for is lost: name them.
+            let lost = crate::core::container::cgroup_keys(unit);
+            if !has_cgroup && !lost.is_empty() {
+                format!("{reason}; not enforced: {}", lost.join(", "))
+            } else {
+                reason
+            }
+        }),
         limits: limits(&unit.resources),
         usage: cgroup.usage,
         frozen: cgroup.frozen,

@@ -236,7 +236,12 @@ static NEXT_ROOT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::n
 pub fn cgroup_mounts() -> Vec<PathBuf> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let mounts = corral::os::cgroup::discover::parse_mountinfo(&text);
-    let mut all: Vec<PathBuf> = mounts.v1.values().cloned().chain(mounts.unified).collect();
+    let mut all: Vec<PathBuf> = mounts
+        .v1
+        .into_values()
+        .chain(mounts.unified)
+        .map(|m| m.point)
+        .collect();
     all.sort();
     all.dedup();
     all

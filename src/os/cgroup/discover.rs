@@ -1,7 +1,7 @@
 //! Finding the cgroup hierarchies (from mountinfo) and corral's own place in them (/proc/self/cgroup).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::core::cgroup_plan::{Controller, Version};
 
@@ -9,9 +9,31 @@ use crate::core::cgroup_plan::{Controller, Version};
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Mounts {
     /// The cgroup2 mount, if any (on a hybrid host it holds no controllers).
-    pub unified: Option<PathBuf>,
-    /// v1 hierarchies by controller; co-mounted controllers share a path.
-    pub v1: BTreeMap<Controller, PathBuf>,
+    pub unified: Option<Mount>,
+    /// v1 hierarchies by controller; co-mounted controllers share a mount.
+    pub v1: BTreeMap<Controller, Mount>,
+}
+
+/// One cgroup mount, as mountinfo describes it (Documentation/filesystems/proc.rst, 3.5).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Mount {
+    /// Where it is mounted.
+    pub point: PathBuf,
+    /// The cgroup shown at `point`: `/` for a whole hierarchy; a container runtime without a
+    /// cgroup namespace bind-mounts the container's own cgroup instead (runc on cgroup v1).
+    pub root: PathBuf,
+    /// Mounted read-only (runtimes do so for unprivileged containers).
+    pub read_only: bool,
+    /// cgroup2 `nsdelegate`: a cgroup namespace is a delegation boundary.
+    pub nsdelegate: bool,
+}
+
+impl Mount {
+    /// A cgroup path (as /proc/self/cgroup prints it) relative to `point`, when the mount shows
+    /// it: `/a/b` under a mount of `/a` is `b`.
+    pub fn relative(&self, cgroup: &Path) -> Option<PathBuf> {
+        cgroup.strip_prefix(&self.root).ok().map(Path::to_path_buf)
+    }
 }
 
 impl Mounts {
@@ -38,22 +60,31 @@ pub fn parse_mountinfo(text: &str) -> Mounts {
         };
         let left: Vec<&str> = left.split(' ').collect();
         let right: Vec<&str> = right.split(' ').collect();
-        let (Some(mount_point), Some(fstype)) = (left.get(4), right.first()) else {
+        let (Some(root), Some(point), Some(fstype)) = (left.get(3), left.get(4), right.first())
+        else {
             continue;
         };
-        let mount_point = PathBuf::from(unescape(mount_point));
+        let flags = |field: Option<&&str>, flag: &str| {
+            field.is_some_and(|options| options.split(',').any(|o| o == flag))
+        };
+        let super_options = right.get(2).copied().unwrap_or("");
+        let mount = Mount {
+            point: PathBuf::from(unescape(point)),
+            root: PathBuf::from(unescape(root)),
+            read_only: flags(left.get(5), "ro"),
+            nsdelegate: flags(right.get(2), "nsdelegate"),
+        };
         match *fstype {
             "cgroup2" => {
-                mounts.unified.get_or_insert(mount_point);
+                mounts.unified.get_or_insert(mount);
             }
             "cgroup" => {
-                let options = right.get(2).copied().unwrap_or("");
-                for option in options.split(',') {
+                for option in super_options.split(',') {
                     let controller = Controller::ALL
                         .into_iter()
                         .find(|c| c.name(Version::V1) == option);
                     if let Some(controller) = controller {
-                        mounts.v1.entry(controller).or_insert(mount_point.clone());
+                        mounts.v1.entry(controller).or_insert(mount.clone());
                     }
                 }
             }
@@ -124,7 +155,7 @@ mod tests {
         let mounts = parse_mountinfo(HYBRID);
         assert_eq!(mounts.version(), Some(Version::V1));
         assert_eq!(
-            mounts.v1.get(&Controller::Cpu),
+            mounts.v1.get(&Controller::Cpu).map(|m| &m.point),
             Some(&PathBuf::from("/sys/fs/cgroup/cpu,cpuacct"))
         );
         assert_eq!(
@@ -132,10 +163,9 @@ mod tests {
             mounts.v1.get(&Controller::Cpu)
         );
         assert_eq!(mounts.v1.len(), 4);
-        assert_eq!(
-            mounts.unified,
-            Some(PathBuf::from("/sys/fs/cgroup/unified"))
-        );
+        let unified = mounts.unified.unwrap();
+        assert_eq!(unified.point, PathBuf::from("/sys/fs/cgroup/unified"));
+        assert!(unified.nsdelegate && !unified.read_only);
     }
 
     #[test]
@@ -149,7 +179,31 @@ mod tests {
     #[test]
     fn escaped_mount_points_are_decoded() {
         let mounts = parse_mountinfo("1 1 0:1 / /mnt/my\\040cg rw - cgroup2 cgroup2 rw\n");
-        assert_eq!(mounts.unified, Some(PathBuf::from("/mnt/my cg")));
+        assert_eq!(mounts.unified.unwrap().point, PathBuf::from("/mnt/my cg"));
+    }
+
+    /// runc on cgroup v1, no cgroup namespace: each hierarchy shows only the container's own
+    /// cgroup, read-only, while /proc/self/cgroup prints the full path.
+    const RUNC_V1: &str = "\
+610 600 0:29 /corral-test-oci /sys/fs/cgroup/memory ro,nosuid,nodev,noexec,relatime - cgroup cgroup rw,memory
+611 600 0:30 /corral-test-oci /sys/fs/cgroup/pids ro,nosuid,nodev,noexec,relatime - cgroup cgroup rw,pids
+";
+
+    #[test]
+    fn a_runtime_bind_of_the_containers_cgroup_is_seen_with_its_root() {
+        let mounts = parse_mountinfo(RUNC_V1);
+        let memory = &mounts.v1[&Controller::Memory];
+        assert_eq!(memory.root, PathBuf::from("/corral-test-oci"));
+        assert!(memory.read_only);
+        assert_eq!(
+            memory.relative(Path::new("/corral-test-oci")),
+            Some(PathBuf::new())
+        );
+        assert_eq!(
+            memory.relative(Path::new("/corral-test-oci/a.service")),
+            Some(PathBuf::from("a.service"))
+        );
+        assert_eq!(memory.relative(Path::new("/elsewhere")), None);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! Every path is rooted at an injected mount point and root, so tests run against a fake
 //! cgroupfs in a temporary directory.
 
+mod access;
 pub mod discover;
 pub mod stats;
 mod v1;
@@ -19,6 +20,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use crate::core::cgroup_plan::{Plan, Setting, Version};
+use crate::core::container::Budget;
 use crate::proto::Usage;
 
 pub use v1::V1;
@@ -44,6 +46,12 @@ pub enum CgroupError {
     BadRoot(PathBuf),
     #[error("cannot find corral's own cgroup in /proc/self/cgroup")]
     OwnCgroupUnknown,
+    #[error("corral's cgroup {own} is not under {point}, which shows only {root}")]
+    OwnCgroupHidden {
+        own: PathBuf,
+        point: PathBuf,
+        root: PathBuf,
+    },
     #[error("{0} is not available on this system")]
     Unavailable(&'static str),
 }
@@ -192,6 +200,9 @@ pub trait Backend {
     /// `cgroup.events`), or None where the kernel offers no such event (v1: its only one is the
     /// hierarchy-wide release_agent program). Read `procs` to learn whether it is empty.
     fn populated_watch(&self, rel: &Path) -> Result<Option<OwnedFd>, CgroupError>;
+    /// The limits in force above R (the container's or slice's budget), and the v2 caps on
+    /// how many cgroups and levels may exist below it.
+    fn budget(&self) -> (Budget, Option<u64>, Option<u64>);
 }
 
 /// Empties a watch fd from `Backend::memory_watch` (eventfd counter or inotify events).
@@ -225,9 +236,20 @@ impl std::ops::DerefMut for Cgroups {
     }
 }
 
+/// What detection found: the backend, and what the mounts say of the rung corral stands on.
+pub struct Detected {
+    pub cgroups: Cgroups,
+    /// A hierarchy corral uses is mounted read-only.
+    pub read_only: bool,
+    /// cgroup2 `nsdelegate`.
+    pub nsdelegate: bool,
+    /// corral's own cgroup is `/` of what it sees.
+    pub at_namespace_root: bool,
+}
+
 /// Finds the mounted hierarchies and corral's root R: `root` (an absolute cgroup path), or the
 /// cgroup corral runs in.
-pub fn detect(root: Option<&Path>) -> Result<Cgroups, CgroupError> {
+pub fn detect(root: Option<&Path>) -> Result<Detected, CgroupError> {
     detect_from(
         &read_file(Path::new("/proc/self/mountinfo"))?,
         &read_file(Path::new("/proc/self/cgroup"))?,
@@ -241,7 +263,7 @@ pub fn detect_from(
     mountinfo: &str,
     proc_cgroup: &str,
     root: Option<&Path>,
-) -> Result<Cgroups, CgroupError> {
+) -> Result<Detected, CgroupError> {
     if let Some(r) = root
         && !r.is_absolute()
     {
@@ -253,11 +275,41 @@ pub fn detect_from(
         None => Err(CgroupError::NotMounted),
         Some(Version::V2) => {
             let mount = mounts.unified.ok_or(CgroupError::NotMounted)?;
-            let own = own.get("").ok_or(CgroupError::OwnCgroupUnknown)?;
-            Ok(Cgroups::V2(V2::new(mount, root.unwrap_or(own), own)))
+            let own_path = own.get("").ok_or(CgroupError::OwnCgroupUnknown)?;
+            let own = visible(&mount, own_path)?;
+            let root = root.map_or_else(|| own.clone(), |r| root_in(&mount, r));
+            Ok(Detected {
+                read_only: mount.read_only,
+                nsdelegate: mount.nsdelegate,
+                at_namespace_root: own_path == Path::new("/"),
+                cgroups: Cgroups::V2(V2::new(mount.point, &root, &own)),
+            })
         }
-        Some(Version::V1) => Ok(Cgroups::V1(V1::new(&mounts.v1, root, &own)?)),
+        Some(Version::V1) => Ok(Detected {
+            read_only: mounts.v1.values().any(|m| m.read_only),
+            nsdelegate: false,
+            at_namespace_root: own.values().all(|p| p == Path::new("/")),
+            cgroups: Cgroups::V1(V1::new(&mounts.v1, root, &own)?),
+        }),
     }
+}
+
+/// corral's own cgroup (a path as /proc/self/cgroup prints it) relative to `mount`.
+pub(crate) fn visible(mount: &discover::Mount, own: &Path) -> Result<PathBuf, CgroupError> {
+    mount
+        .relative(own)
+        .ok_or_else(|| CgroupError::OwnCgroupHidden {
+            own: own.to_owned(),
+            point: mount.point.clone(),
+            root: mount.root.clone(),
+        })
+}
+
+/// `--cgroup-root` relative to `mount`: a path under the cgroup the mount shows is taken as the
+/// kernel's path (as /proc/self/cgroup prints it); any other as seen at the mount point, which
+/// is what a container without a cgroup namespace shows its processes (docs/cgroups.md).
+pub(crate) fn root_in(mount: &discover::Mount, root: &Path) -> PathBuf {
+    mount.relative(root).unwrap_or_else(|| relative(root))
 }
 
 /// Writes every setting of `plan`; returns one message per key that did not take.
@@ -339,6 +391,15 @@ pub fn kill_all(backend: &dyn Backend, rel: &Path) -> Result<(), CgroupError> {
 }
 
 /// Is the error a missing permission (run as non-root, read-only cgroupfs)?
+/// Whether `e` is the kernel refusing a write to a read-only mount (EROFS).
+pub fn is_read_only_error(e: &CgroupError) -> bool {
+    matches!(
+        e,
+        CgroupError::Io { source, .. } | CgroupError::Write { source, .. }
+            if source.raw_os_error() == Some(libc::EROFS)
+    )
+}
+
 pub fn is_permission_error(e: &CgroupError) -> bool {
     let errno = match e {
         CgroupError::Io { source, .. } | CgroupError::Write { source, .. } => source.raw_os_error(),

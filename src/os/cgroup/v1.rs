@@ -7,8 +7,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::core::cgroup_plan::{Controller, Setting, Version};
+use crate::core::container::Budget;
 use crate::proto::Usage;
 
+use super::discover::Mount;
 use super::stats::flat_keyed;
 use super::{
     Backend, CgroupError, Join, display_below, make_dir, open_for_join, read_file, read_pids,
@@ -21,6 +23,8 @@ struct Hierarchy {
     controllers: BTreeSet<Controller>,
     /// The directory of R in this hierarchy.
     root: PathBuf,
+    /// Where the hierarchy is mounted.
+    mount: PathBuf,
 }
 
 /// How long a v1 freeze may stay FREEZING before corral thaws the cgroup again and gives up.
@@ -35,33 +39,36 @@ impl V1 {
     /// `mounts`: controller -> mount point. `root`: R for every hierarchy, or `None` for corral's
     /// own cgroup in each (`own`, from /proc/self/cgroup).
     pub fn new(
-        mounts: &BTreeMap<Controller, PathBuf>,
+        mounts: &BTreeMap<Controller, Mount>,
         root: Option<&Path>,
         own: &BTreeMap<String, PathBuf>,
     ) -> Result<V1, CgroupError> {
-        let mut by_mount: BTreeMap<PathBuf, BTreeSet<Controller>> = BTreeMap::new();
+        let mut by_mount: BTreeMap<PathBuf, (&Mount, BTreeSet<Controller>)> = BTreeMap::new();
         for (controller, mount) in mounts {
             by_mount
-                .entry(mount.clone())
-                .or_default()
+                .entry(mount.point.clone())
+                .or_insert_with(|| (mount, BTreeSet::new()))
+                .1
                 .insert(*controller);
         }
         let mut hierarchies = Vec::new();
-        for (mount, controllers) in by_mount {
+        for (point, (mount, controllers)) in by_mount {
             let rel = match root {
-                Some(r) => relative(r),
+                Some(r) => super::root_in(mount, r),
                 None => {
                     let name = controllers
                         .iter()
                         .next()
                         .map(|c| c.name(Version::V1))
                         .unwrap_or("");
-                    relative(own.get(name).ok_or(CgroupError::OwnCgroupUnknown)?)
+                    let own = own.get(name).ok_or(CgroupError::OwnCgroupUnknown)?;
+                    super::visible(mount, own)?
                 }
             };
             hierarchies.push(Hierarchy {
                 controllers,
-                root: mount.join(rel),
+                root: point.join(rel),
+                mount: point,
             });
         }
         Ok(V1 {
@@ -247,6 +254,21 @@ impl Backend for V1 {
         false
     }
 
+    fn budget(&self) -> (Budget, Option<u64>, Option<u64>) {
+        let at = |c: Controller| {
+            self.hierarchy(c)
+                .map(|h| (h.mount.as_path(), h.root.as_path()))
+        };
+        let budget = super::access::v1(
+            at(Controller::Memory),
+            at(Controller::Cpu),
+            at(Controller::Pids),
+            at(Controller::Cpuset),
+        );
+        // v1 has no caps on the number or depth of cgroups.
+        (budget, None, None)
+    }
+
     fn memory_watch(&self, rel: &Path, marks: &[u64]) -> Result<Vec<OwnedFd>, CgroupError> {
         use nix::sys::eventfd::{EfdFlags, EventFd};
         use std::os::fd::AsRawFd;
@@ -285,6 +307,49 @@ mod tests {
     use super::*;
     use std::fs;
 
+    /// A whole hierarchy mounted at `point`, as on a host.
+    fn whole(point: &Path) -> Mount {
+        Mount {
+            point: point.to_owned(),
+            root: PathBuf::from("/"),
+            ..Mount::default()
+        }
+    }
+
+    #[test]
+    fn a_container_sees_its_own_cgroup_at_the_mount_point() {
+        // runc on v1 without a cgroup namespace: the mount shows /ctr, /proc/self/cgroup says
+        // /ctr; the units go below the mount point itself, not below a /ctr inside it.
+        let mounts = BTreeMap::from([(
+            Controller::Memory,
+            Mount {
+                point: PathBuf::from("/sys/fs/cgroup/memory"),
+                root: PathBuf::from("/ctr"),
+                ..Mount::default()
+            },
+        )]);
+        let own = BTreeMap::from([("memory".to_string(), PathBuf::from("/ctr"))]);
+        let v1 = V1::new(&mounts, None, &own).unwrap();
+        assert_eq!(
+            v1.dir_of(Controller::Memory, Path::new("x.service")),
+            Some(PathBuf::from("/sys/fs/cgroup/memory/x.service"))
+        );
+        // --cgroup-root given as the kernel's path, or as the container sees it.
+        for root in ["/ctr/sub", "/sub"] {
+            let v1 = V1::new(&mounts, Some(Path::new(root)), &own).unwrap();
+            assert_eq!(
+                v1.dir_of(Controller::Memory, Path::new("x.service")),
+                Some(PathBuf::from("/sys/fs/cgroup/memory/sub/x.service")),
+                "{root}"
+            );
+        }
+        let elsewhere = BTreeMap::from([("memory".to_string(), PathBuf::from("/other"))]);
+        assert!(matches!(
+            V1::new(&mounts, None, &elsewhere),
+            Err(CgroupError::OwnCgroupHidden { .. })
+        ));
+    }
+
     #[test]
     fn a_new_cpuset_level_inherits_cpus_and_mems() {
         let tmp = tempfile::tempdir().unwrap();
@@ -294,7 +359,7 @@ mod tests {
         fs::write(mount.join("r/cpuset.mems"), "0\n").unwrap();
         fs::write(mount.join("r/a.slice/cpuset.cpus"), "").unwrap();
         fs::write(mount.join("r/a.slice/cpuset.mems"), "\n").unwrap();
-        let mounts = BTreeMap::from([(Controller::Cpuset, mount.clone())]);
+        let mounts = BTreeMap::from([(Controller::Cpuset, whole(&mount))]);
         let v1 = V1::new(&mounts, Some(Path::new("/r")), &BTreeMap::new()).unwrap();
         v1.create(Path::new("a.slice"), true).unwrap();
         assert_eq!(
@@ -310,9 +375,9 @@ mod tests {
     #[test]
     fn comounted_controllers_share_one_hierarchy_and_default_root_is_own_cgroup() {
         let mounts = BTreeMap::from([
-            (Controller::Cpu, PathBuf::from("/cg/cpu,cpuacct")),
-            (Controller::Cpuacct, PathBuf::from("/cg/cpu,cpuacct")),
-            (Controller::Memory, PathBuf::from("/cg/memory")),
+            (Controller::Cpu, whole(Path::new("/cg/cpu,cpuacct"))),
+            (Controller::Cpuacct, whole(Path::new("/cg/cpu,cpuacct"))),
+            (Controller::Memory, whole(Path::new("/cg/memory"))),
         ]);
         let own = BTreeMap::from([
             ("cpu".to_string(), PathBuf::from("/a")),

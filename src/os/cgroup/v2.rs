@@ -4,6 +4,7 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use crate::core::cgroup_plan::{Controller, Setting, Version};
+use crate::core::container::Budget;
 use crate::proto::Usage;
 
 use super::stats::flat_keyed;
@@ -167,6 +168,10 @@ impl Backend for V2 {
 
     fn notifies_memory_marks(&self) -> bool {
         false
+    }
+
+    fn budget(&self) -> (Budget, Option<u64>, Option<u64>) {
+        super::access::v2(&self.mount, &self.dir(Path::new("")))
     }
 
     fn memory_watch(&self, rel: &Path, _marks: &[u64]) -> Result<Vec<OwnedFd>, CgroupError> {
