@@ -135,6 +135,10 @@ struct RunArgs {
     /// Allow --metrics-listen on an address other hosts can reach (default: loopback only)
     #[arg(long, requires = "metrics_listen")]
     metrics_allow_remote: bool,
+    /// Answer GET /metrics only with "Authorization: Bearer TOKEN", TOKEN being this file's
+    /// content (which every local user must not be able to read)
+    #[arg(long, value_name = "PATH", requires = "metrics_listen")]
+    metrics_token_file: Option<PathBuf>,
 }
 
 /// A sampling interval: at least 100 ms, so a typo cannot make corral spin.
@@ -226,6 +230,18 @@ fn run(args: RunArgs, socket: PathBuf) -> i32 {
         );
         return exit_code::USAGE;
     }
+    let metrics_token = match args
+        .metrics_token_file
+        .as_deref()
+        .map(daemon::read_token_file)
+    {
+        None => None,
+        Some(Ok(token)) => Some(token),
+        Some(Err(e)) => {
+            eprintln!("corral: {e}");
+            return exit_code::USAGE;
+        }
+    };
     let options = daemon::Options {
         units_dir: args.units_dir,
         socket,
@@ -240,6 +256,7 @@ fn run(args: RunArgs, socket: PathBuf) -> i32 {
         },
         usage_interval: args.usage_interval,
         metrics_listen: args.metrics_listen,
+        metrics_token,
     };
     match daemon::run(options) {
         Ok(daemon::Ending::Exit(code)) => code,

@@ -596,3 +596,214 @@ echo "uid=$(id -u)""#;
         "the helper kept host ids: {uids}"
     );
 }
+
+/// Waits until `unit` has either printed `ready` (`Ok`) or logged a line naming `needle`, its
+/// failed start (`Err` with that line's message).
+fn cstr(path: &Path) -> std::ffi::CString {
+    std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap()
+}
+
+fn ready_or_failure(c: &mut Corral, unit: &str, needle: &str) -> Result<(), String> {
+    let line = c.wait_log(&format!("{unit} ready or failed"), |l| {
+        (is_output(l, unit) && msg(l) == "ready") || is_about(l, unit, needle)
+    });
+    if is_output(&line, unit) {
+        Ok(())
+    } else {
+        Err(msg(&line).to_owned())
+    }
+}
+
+#[test]
+fn a_symlink_in_a_read_only_path_fails_the_start_naming_it() {
+    if !require_cgroup_v1() {
+        return;
+    }
+    let mut c = Corral::new();
+    let real = c.path("real");
+    let writable = c.path("writable");
+    std::fs::create_dir(&real).unwrap();
+    std::fs::create_dir(&writable).unwrap();
+    // The path itself swapped for a symlink to a writable place, and a path through a symlinked
+    // directory: neither may be bound, since what would be made read-only is not what was named.
+    let leaf = c.path("ro");
+    std::os::unix::fs::symlink(&writable, &leaf).unwrap();
+    std::os::unix::fs::symlink(c.root(), c.path("hop")).unwrap();
+    let through = c.path("hop").join("real");
+    for (unit, path) in [("leaf", &leaf), ("through", &through)] {
+        c.unit(
+            unit,
+            &reporting_unit(
+                &format!("touch {}/x 2>/dev/null; true", path.display()),
+                &format!(
+                    "[sandbox]\nread-only-paths = [{}]\n",
+                    toml_str(path.to_str().unwrap())
+                ),
+            ),
+        );
+    }
+    c.launch(&[]);
+    for (unit, path) in [("leaf", &leaf), ("through", &through)] {
+        let path = path.to_str().unwrap();
+        let error = ready_or_failure(&mut c, unit, path)
+            .expect_err("a read-only path through a symlink was accepted");
+        assert!(error.contains("symbolic link"), "{error}");
+        let status = c.status(unit);
+        assert_eq!(status["state"], "failed", "{status}");
+        assert!(
+            status["error"].as_str().unwrap_or("").contains(path),
+            "{status}"
+        );
+    }
+    assert_eq!(std::fs::read_dir(&writable).unwrap().count(), 0);
+    assert_eq!(std::fs::read_dir(&real).unwrap().count(), 0);
+}
+
+#[test]
+fn a_read_only_path_swapped_for_a_symlink_during_starts_is_never_left_writable() {
+    if !require_cgroup_v1() {
+        return;
+    }
+    let mut c = Corral::new();
+    let ro = c.path("ro");
+    let aside = c.path("ro.aside");
+    let writable = c.path("writable");
+    std::fs::create_dir(&ro).unwrap();
+    std::fs::create_dir(&writable).unwrap();
+    // The unit writes into the directory it was told is read-only, under either of the names
+    // the racer gives it, and leaves a mark in the writable place to show that it ran.
+    let script = format!(
+        "touch {ro}/x-$$ 2>/dev/null; touch {aside}/x-$$ 2>/dev/null; touch {w}/ran-$$ 2>/dev/null; true",
+        ro = ro.display(),
+        aside = aside.display(),
+        w = writable.display()
+    );
+    c.unit(
+        "raced",
+        &format!(
+            "kind = \"oneshot\"\n[exec]\ncommand = [\"sh\", \"-c\", {}]\n\
+             [restart]\nstart-limit-burst = 100000\n\
+             [sandbox]\nread-only-paths = [{}]\n",
+            toml_str(&script),
+            toml_str(ro.to_str().unwrap())
+        ),
+    );
+    c.launch(&[]);
+    // The racer: what a process of the unit's user with write access to the parent can do,
+    // over and over: the directory and a symlink to a writable place swap names, atomically
+    // (RENAME_EXCHANGE), so the name is always one of the two.
+    std::os::unix::fs::symlink(&writable, &aside).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let racer = {
+        let stop = stop.clone();
+        let (ro, aside) = (cstr(&ro), cstr(&aside));
+        std::thread::spawn(move || {
+            let mut swaps = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || swaps % 2 == 1 {
+                // SAFETY: two NUL-terminated paths that outlive the call.
+                let rc = unsafe {
+                    libc::renameat2(
+                        libc::AT_FDCWD,
+                        ro.as_ptr(),
+                        libc::AT_FDCWD,
+                        aside.as_ptr(),
+                        libc::RENAME_EXCHANGE,
+                    )
+                };
+                assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+                swaps += 1;
+            }
+            swaps
+        })
+    };
+    let (mut ran, mut refused) = (0, 0);
+    for _ in 0..60 {
+        let out = c.cli(&["restart", "raced"]);
+        if out.code == 0 {
+            ran += 1;
+        } else {
+            refused += 1;
+            assert!(
+                out.stderr.contains(ro.to_str().unwrap()),
+                "a refused start names the path: {out:?}"
+            );
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let swaps = racer.join().unwrap();
+    eprintln!("{ran} starts ran, {refused} were refused, over {swaps} swaps");
+    // Undisturbed, the unit starts and its writes into the read-only directory are refused.
+    c.ok(&["restart", "raced"]);
+    assert!(
+        std::fs::read_dir(&writable).unwrap().count() >= 1,
+        "the unit never ran"
+    );
+    let written: Vec<_> = std::fs::read_dir(&ro)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(
+        written.is_empty(),
+        "a start left the read-only directory writable: {written:?}"
+    );
+}
+
+#[test]
+fn a_read_only_root_keeps_a_private_tmp_writable() {
+    if !require_cgroup_v1() {
+        return;
+    }
+    let mut c = Corral::new();
+    // Outside /tmp, which the private tmpfs hides.
+    let outside = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let marker = format!("corral-private-tmp-{}", std::process::id());
+    c.unit(
+        "sealed",
+        &reporting_unit(
+            &format!(
+                "touch {}/x 2>/dev/null && echo root=writable || echo root=refused\n\
+                 echo \"tmp=$(ls -A /tmp | wc -l)\"\n\
+                 echo inside > /tmp/{marker} && echo tmpwrite=ok || echo tmpwrite=refused",
+                outside.path().display()
+            ),
+            "[sandbox]\nread-only-paths = [\"/\"]\nprivate-tmp = true\n",
+        ),
+    );
+    c.launch(&[]);
+    let facts = facts(&mut c, "sealed");
+    assert_eq!(facts["root"], "refused", "/ is read-only");
+    assert_eq!(facts["tmp"], "0", "a fresh /tmp");
+    assert_eq!(
+        facts["tmpwrite"], "ok",
+        "the private /tmp is mounted after the read-only binds"
+    );
+    assert!(!outside.path().join("x").exists());
+    assert!(!Path::new("/tmp").join(&marker).exists());
+}
+
+#[test]
+fn a_read_only_path_under_a_private_tmp_is_refused_when_loading() {
+    let c = Corral::new();
+    let under_tmp = c.path("ro");
+    assert!(
+        under_tmp.starts_with("/tmp"),
+        "the harness's temp dir is under /tmp"
+    );
+    c.unit(
+        "hidden",
+        &format!(
+            "[exec]\ncommand = [\"true\"]\n[sandbox]\nprivate-tmp = true\nread-only-paths = [\"/etc\", {}]\n",
+            toml_str(under_tmp.to_str().unwrap())
+        ),
+    );
+    let mut cmd = std::process::Command::new(common::BIN);
+    cmd.arg("check").arg(&c.units);
+    let out = common::run_bounded(cmd);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains("sandbox.read-only-paths[1]")
+            && out.stderr.contains(under_tmp.to_str().unwrap())
+            && out.stderr.contains("private-tmp"),
+        "{out:?}"
+    );
+}

@@ -543,6 +543,93 @@ fn metrics_listen_refuses_a_remote_address_unless_asked() {
     assert!(out.stderr.contains("--metrics-allow-remote"), "{out:?}");
 }
 
+/// Writes `text` to a token file in the test's dir with `mode`; returns its path.
+fn token_file(c: &Corral, text: &str, mode: u32) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let path = c.path("metrics.token");
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+#[test]
+fn metrics_listen_with_a_token_file_serves_only_the_bearer_of_the_token() {
+    if !ready() {
+        return;
+    }
+    let mut c = Corral::new();
+    c.unit("db", "[exec]\ncommand = [\"sleep\", \"infinity\"]\n");
+    let token = token_file(&c, "s3cret-Token_1\n", 0o600);
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    c.launch(&["--metrics-listen", &listen, "--metrics-token-file", &token]);
+    c.wait_log("db starts", |l| is_about(l, "db", "started"));
+    let get = |auth: &str| {
+        http(
+            port,
+            &format!("GET /metrics HTTP/1.1\r\nHost: x\r\n{auth}\r\n"),
+        )
+    };
+    // Without the header, with another token (shorter, longer, other case), another scheme, or
+    // the token without a scheme: nothing about the units.
+    for auth in [
+        "",
+        "Authorization: Bearer wrong\r\n",
+        "Authorization: Bearer s3cret-Token_\r\n",
+        "Authorization: Bearer s3cret-Token_12\r\n",
+        "Authorization: Bearer S3CRET-TOKEN_1\r\n",
+        "Authorization: Basic czNjcmV0LVRva2VuXzE=\r\n",
+        "Authorization: s3cret-Token_1\r\n",
+        "X-Authorization: Bearer s3cret-Token_1\r\n",
+    ] {
+        let (status, head, body) = get(auth);
+        assert_eq!(status, "HTTP/1.1 401 Unauthorized", "{auth:?}: {head}");
+        assert!(head.contains("WWW-Authenticate: Bearer"), "{head}");
+        assert!(!body.contains("corral_unit"), "{auth:?}: {body}");
+    }
+    // A path other than /metrics tells a stranger nothing either.
+    let (status, _, _) = http(port, "GET / HTTP/1.1\r\n\r\n");
+    assert_eq!(status, "HTTP/1.1 401 Unauthorized");
+    // The bearer (scheme and header name in any case, as HTTP allows) gets the metrics.
+    for auth in [
+        "Authorization: Bearer s3cret-Token_1\r\n",
+        "authorization: bearer   s3cret-Token_1  \r\n",
+    ] {
+        let (status, head, body) = get(auth);
+        assert_eq!(status, "HTTP/1.1 200 OK", "{auth:?}: {head}");
+        assert!(
+            body.contains("corral_unit_info{unit=\"db\",kind=\"service\",slice=\"\"} 1"),
+            "{body}"
+        );
+    }
+}
+
+#[test]
+fn a_metrics_token_file_that_others_can_read_or_that_is_empty_is_refused() {
+    let c = Corral::new();
+    for (text, mode, why) in [
+        ("s3cret\n", 0o644, "readable by every local user"),
+        ("\n", 0o600, "empty"),
+        ("two words\n", 0o600, "a space"),
+    ] {
+        let token = token_file(&c, text, mode);
+        let mut cmd = Command::new(BIN);
+        cmd.args([
+            "run",
+            "/nonexistent-units",
+            "--metrics-listen",
+            "127.0.0.1:9",
+        ])
+        .args(["--metrics-token-file", &token]);
+        let out = run_bounded(cmd);
+        assert_eq!(out.code, 2, "{text:?} {mode:o}: {out:?}");
+        assert!(
+            out.stderr.contains(&token) && out.stderr.contains(why),
+            "{text:?} {mode:o}: {out:?}"
+        );
+    }
+}
+
 /// A private tmux server for one test, killed (only it) on drop.
 struct Tmux {
     server: String,

@@ -1,5 +1,6 @@
 //! `--metrics-listen`: a minimal HTTP/1.x server for `GET /metrics` on the daemon's one epoll
-//! loop: non-blocking sockets, one request per connection, bounded in size, count and time.
+//! loop: non-blocking sockets, one request per connection, bounded in size, count and time,
+//! and with `--metrics-token-file` only for requests that carry the bearer token.
 
 use std::collections::HashMap;
 use std::io::{ErrorKind as IoKind, Read, Write};
@@ -23,6 +24,8 @@ pub const TIMEOUT: Duration = Duration::from_secs(10);
 pub struct MetricsServer {
     pub listener: TcpListener,
     clients: HashMap<u64, HttpClient>,
+    /// Requests must carry `Authorization: Bearer <this>` (`--metrics-token-file`).
+    token: Option<String>,
 }
 
 struct HttpClient {
@@ -39,12 +42,13 @@ pub fn is_loopback(addr: &SocketAddr) -> bool {
 }
 
 impl MetricsServer {
-    pub fn bind(addr: SocketAddr) -> std::io::Result<MetricsServer> {
+    pub fn bind(addr: SocketAddr, token: Option<String>) -> std::io::Result<MetricsServer> {
         let listener = TcpListener::bind(addr)?;
         listener.set_nonblocking(true)?;
         Ok(MetricsServer {
             listener,
             clients: HashMap::new(),
+            token,
         })
     }
 
@@ -87,6 +91,67 @@ pub fn route(head: &[u8]) -> Route {
         ("GET", _) => Route::NotFound,
         _ => Route::MethodNotAllowed,
     }
+}
+
+/// Whether the request head carries `Authorization: Bearer <token>` (header name and scheme in
+/// any case, RFC 9110 and RFC 6750), compared in constant time.
+pub fn authorized(head: &[u8], token: &str) -> bool {
+    head.split(|&b| b == b'\n').skip(1).any(|line| {
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            return false;
+        };
+        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+        let Some(space) = value.iter().position(|&b| b == b' ') else {
+            return false;
+        };
+        let (scheme, credentials) = (&value[..space], value[space..].trim_ascii());
+        name.eq_ignore_ascii_case(b"authorization")
+            && scheme.eq_ignore_ascii_case(b"bearer")
+            && same_secret(credentials, token.as_bytes())
+    })
+}
+
+/// `given == secret`, in a time that depends only on the secret's length, so a stranger cannot
+/// find the token byte by byte from how long the refusals take.
+fn same_secret(given: &[u8], secret: &[u8]) -> bool {
+    let mut difference = given.len() ^ secret.len();
+    for (i, &s) in secret.iter().enumerate() {
+        let g = given.get(i).copied().unwrap_or(!s);
+        difference |= usize::from(g ^ s);
+    }
+    std::hint::black_box(difference) == 0
+}
+
+/// The token in a `--metrics-token-file`: its content without surrounding white space; refused
+/// when empty or when it holds anything but visible ASCII (it goes in a header).
+pub fn token_from(text: &str) -> Result<String, &'static str> {
+    let token = text.trim();
+    if token.is_empty() {
+        return Err("it is empty");
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("the token holds a space or a character that is not visible ASCII");
+    }
+    Ok(token.to_owned())
+}
+
+/// Reads `--metrics-token-file`: refused when every local user may read it (the token would
+/// then protect nothing), and as `token_from` says.
+pub fn read_token_file(path: &std::path::Path) -> Result<String, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let shown = path.display();
+    let meta = std::fs::metadata(path).map_err(|e| format!("--metrics-token-file {shown}: {e}"))?;
+    let mode = meta.permissions().mode();
+    if mode & 0o004 != 0 {
+        return Err(format!(
+            "--metrics-token-file {shown} is readable by every local user (mode {:o}): \
+             `chmod o-r` it, or the token protects nothing",
+            mode & 0o7777
+        ));
+    }
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("--metrics-token-file {shown}: {e}"))?;
+    token_from(&text).map_err(|why| format!("--metrics-token-file {shown}: {why}"))
 }
 
 /// The end of the request head (`\r\n\r\n`, or bare `\n\n` from sloppy clients), if complete.
@@ -211,7 +276,23 @@ impl Daemon {
                 "request too large\n",
             );
         };
-        match route(&client.request[..end]) {
+        let head = &client.request[..end];
+        let route = route(head);
+        let refused = route != Route::BadRequest
+            && self
+                .metrics
+                .as_ref()
+                .and_then(|s| s.token.as_deref())
+                .is_some_and(|token| !authorized(head, token));
+        if refused {
+            return response(
+                "401 Unauthorized",
+                "WWW-Authenticate: Bearer realm=\"corral\"\r\n",
+                "text/plain",
+                "a bearer token is required (see --metrics-token-file)\n",
+            );
+        }
+        match route {
             Route::Metrics => {
                 let statuses = self.statuses(&[], Instant::now());
                 response(
@@ -316,6 +397,40 @@ mod tests {
         assert_eq!(head_end(b"GET / HTTP/1.1\r\nA: b\r\n\r\nrest"), Some(24));
         assert_eq!(head_end(b"GET / HTTP/1.1\n\n"), Some(16));
         assert_eq!(head_end(b"GET / HTTP/1.1\r\nA: b\r\n"), None);
+    }
+
+    #[test]
+    fn only_the_bearer_of_the_token_is_authorized() {
+        let token = "s3cret";
+        let head = |auth: &str| format!("GET /metrics HTTP/1.1\r\nHost: x\r\n{auth}\r\n");
+        for (auth, want) in [
+            ("Authorization: Bearer s3cret\r\n", true),
+            ("authorization:bearer s3cret\r\n", true),
+            ("AUTHORIZATION: BEARER   s3cret \r\n", true),
+            ("Authorization: Bearer s3cret\n", true),
+            ("", false),
+            ("Authorization: Bearer s3cre\r\n", false),
+            ("Authorization: Bearer s3crett\r\n", false),
+            ("Authorization: Bearer S3CRET\r\n", false),
+            ("Authorization: Bearer \r\n", false),
+            ("Authorization: Basic s3cret\r\n", false),
+            ("Authorization: s3cret\r\n", false),
+            ("Proxy-Authorization: Bearer s3cret\r\n", false),
+        ] {
+            assert_eq!(authorized(head(auth).as_bytes(), token), want, "{auth:?}");
+        }
+        // The request line is not a header.
+        assert!(!authorized(b"Authorization: Bearer s3cret\r\n\r\n", token));
+        assert!(same_secret(b"", b""));
+        assert!(!same_secret(b"\xff", b"\x00"));
+    }
+
+    #[test]
+    fn a_token_file_holds_one_visible_token() {
+        assert_eq!(token_from("abc-123_~+/=\n"), Ok("abc-123_~+/=".to_owned()));
+        assert!(token_from(" \n").is_err());
+        assert!(token_from("two words").is_err());
+        assert!(token_from("caf\u{e9}").is_err());
     }
 
     #[test]

@@ -42,7 +42,7 @@ use membership::Members;
 use metrics_http::MetricsServer;
 use usage_watch::UsageWatch;
 
-pub use metrics_http::is_loopback;
+pub use metrics_http::{is_loopback, read_token_file};
 use output::{LineSplitter, Piece, Ring};
 
 pub use output::{MAX_LINE_BYTES, RING_LINES};
@@ -62,6 +62,8 @@ pub struct Options {
     pub usage_interval: Duration,
     /// Serve `GET /metrics` here (already checked: loopback unless asked otherwise).
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Answer only requests with `Authorization: Bearer <this>` (`--metrics-token-file`).
+    pub metrics_token: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -234,7 +236,7 @@ pub fn run(opts: Options) -> Result<Ending, DaemonError> {
     let metrics = match opts.metrics_listen {
         None => None,
         Some(addr) => {
-            let server = MetricsServer::bind(addr)
+            let server = MetricsServer::bind(addr, opts.metrics_token.clone())
                 .map_err(|source| DaemonError::MetricsListen { addr, source })?;
             poller
                 .add(server.listener.as_fd(), TOKEN_METRICS, false)
@@ -242,7 +244,16 @@ pub fn run(opts: Options) -> Result<Ending, DaemonError> {
                     operation: "registering with epoll",
                     source: e.into(),
                 })?;
-            info!(address = %addr, "serving GET /metrics");
+            if opts.metrics_token.is_some() {
+                info!(address = %addr, "serving GET /metrics to the bearer of the token");
+            } else {
+                // The control socket checks who asks; this listener cannot (docs/operations.md).
+                warn!(
+                    address = %addr,
+                    "serving GET /metrics without authentication: every local user can read \
+                     every unit's status there (--metrics-token-file requires a token)"
+                );
+            }
             Some(server)
         }
     };

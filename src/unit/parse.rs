@@ -1124,13 +1124,44 @@ fn sandbox(cx: &mut Ctx, sec: &Section) -> Sandbox {
             caps.dedup();
             caps
         });
-    sb.read_only_paths = sec
+    let read_only = sec
         .list(cx, "read-only-paths", abs_path)
-        .into_iter()
-        .flatten()
-        .map(|(p, _)| p)
-        .collect();
+        .unwrap_or_default();
+    if sb.private_tmp {
+        for (i, (path, span)) in read_only.iter().enumerate() {
+            if lexically_normal(path).starts_with("/tmp") {
+                cx.error(
+                    span.clone(),
+                    &format!("{}[{i}]", sec.key("read-only-paths")),
+                    Invalid::new(format!(
+                        "{} is in /tmp, which `private-tmp` replaces with an empty tmpfs: the \
+                         unit would never see it",
+                        path.display()
+                    ))
+                    .hint("keep it out of /tmp, or drop `private-tmp`"),
+                );
+            }
+        }
+    }
+    sb.read_only_paths = read_only.into_iter().map(|(p, _)| p).collect();
     sb
+}
+
+/// `path` with `.` and `..` resolved by name, which is where it leads at start: corral follows
+/// no symlink in a `read-only-paths` entry (docs/isolation.md).
+fn lexically_normal(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::from("/");
+    for part in path.components() {
+        match part {
+            Component::Normal(name) => out.push(name),
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    out
 }
 
 /// `pid` (for its /proc), `private-tmp` and `read-only-paths` need a mount namespace, `hostname`

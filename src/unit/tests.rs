@@ -493,6 +493,18 @@ fn every_key_rejects_bad_values_with_file_position_and_key() {
             "[sandbox]\nprivate-tmp = 1",
             "sandbox.private-tmp: expected a boolean",
         ),
+        (
+            "[sandbox]\nprivate-tmp = true\nread-only-paths = [\"/etc\", \"/tmp/cache\"]",
+            "3:28: error: sandbox.read-only-paths[1]: /tmp/cache is in /tmp, which `private-tmp` replaces with an empty tmpfs: the unit would never see it (keep it out of /tmp, or drop `private-tmp`)",
+        ),
+        (
+            "[sandbox]\nprivate-tmp = true\nread-only-paths = [\"/tmp\"]",
+            "sandbox.read-only-paths[0]: /tmp is in /tmp",
+        ),
+        (
+            "[sandbox]\nprivate-tmp = true\nread-only-paths = [\"/var/../tmp/./x\"]",
+            "sandbox.read-only-paths[0]: /var/../tmp/./x is in /tmp",
+        ),
         // slices hold only kind, description, slice and [resources]
         (
             "kind = \"slice\"\nafter = [\"x\"]",
@@ -715,6 +727,13 @@ fn implied_namespaces_and_sandbox() {
             .mount
     );
     assert!(!ok("[sandbox]\nread-only-paths = []").namespaces.mount);
+    // Outside /tmp (a name that only begins like it, `/` above it), read-only paths and a
+    // private /tmp go together.
+    let sb = ok(
+        "[sandbox]\nprivate-tmp = true\nread-only-paths = [\"/\", \"/tmpfiles\", \"/tmp/../etc\"]",
+    )
+    .sandbox;
+    assert_eq!(sb.read_only_paths.len(), 3);
     let ns = ok("[namespaces]\nuser = true\nuid-map = \"0 1000 1\\n1 100000 65535\"\ngid-map = \"0 1000 1, 1 100000 65535\"").namespaces;
     let map = vec![
         IdMapEntry {

@@ -2,7 +2,7 @@
 //! pre-built data. The process may be multi-threaded, so the child must not allocate,
 //! lock, or touch anything another thread could have held at fork time.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
@@ -139,7 +139,7 @@ mod stage {
     pub const PRIVATE_MOUNTS: u32 = 11;
     pub const PROC: u32 = 12;
     pub const PRIVATE_TMP: u32 = 13;
-    pub const READ_ONLY: u32 = 14;
+    /// 14 was a read-only-paths failure without its path; see `READ_ONLY_PATH`.
     pub const UNSHARE_USER: u32 = 15;
     pub const UNSHARE: u32 = 16;
     pub const HOSTNAME: u32 = 17;
@@ -153,6 +153,9 @@ mod stage {
     pub const HELPER_IDS: u32 = 25;
     /// Not a failure: the child has unshared its user namespace and waits for its id maps.
     pub const MAP_IDS: u32 = u32::MAX;
+    /// `READ_ONLY_PATH + ReadOnlyProblem as u32`: a `read-only-paths` entry failed; the path
+    /// follows the record (`fail_read_only`). Apart from the numbered stages above.
+    pub const READ_ONLY_PATH: u32 = 0x4000_0000;
 }
 
 /// Clone; the child execs `plan` and never returns. Returns the child's pid, and whether
@@ -307,6 +310,12 @@ pub enum Report {
         stage: &'static str,
         errno: Errno,
     },
+    /// A `read-only-paths` entry could not be made read-only.
+    ReadOnlyPath {
+        path: String,
+        problem: ReadOnlyProblem,
+        errno: Errno,
+    },
 }
 
 /// Reads the child's next report record.
@@ -348,6 +357,28 @@ pub fn read_report(report: &OwnedFd) -> Report {
     let errno = i32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]);
     if stage == stage::MAP_IDS {
         return Report::MapIds;
+    }
+    if let Some(&problem) = ReadOnlyProblem::ALL.iter().find(|p| p.stage() == stage) {
+        // The child wrote the path with the record and exited: read to EOF, bounded.
+        let mut path = Vec::new();
+        let mut chunk = [0u8; 512];
+        while path.len() < libc::PIPE_BUF {
+            // SAFETY: reads into a local buffer within its bounds.
+            let n =
+                unsafe { libc::read(report.as_raw_fd(), chunk.as_mut_ptr().cast(), chunk.len()) };
+            if n < 0 && Errno::last() == Errno::EINTR {
+                continue;
+            }
+            if n <= 0 {
+                break;
+            }
+            path.extend_from_slice(&chunk[..n as usize]);
+        }
+        return Report::ReadOnlyPath {
+            path: String::from_utf8_lossy(&path).into_owned(),
+            problem,
+            errno: Errno::from_raw(errno),
+        };
     }
     Report::Failed {
         stage: STAGE_NAMES.get(stage as usize).copied().unwrap_or("setup"),
@@ -533,6 +564,11 @@ unsafe fn isolate(plan: &ExecPlan<'_>) {
             {
                 fail(report, stage::PROC);
             }
+            for path in iso.read_only {
+                make_read_only(report, path);
+            }
+            // After the read-only binds (docs/isolation.md): with `read-only-paths = ["/"]` the
+            // fresh /tmp stays writable. Entries at or under /tmp are refused when loading.
             if iso.private_tmp
                 && libc::mount(
                     c"tmpfs".as_ptr(),
@@ -543,9 +579,6 @@ unsafe fn isolate(plan: &ExecPlan<'_>) {
                 ) < 0
             {
                 fail(report, stage::PRIVATE_TMP);
-            }
-            for path in iso.read_only {
-                make_read_only(report, path);
             }
         }
         if let Some((go, parents_end)) = iso.user_go {
@@ -584,60 +617,364 @@ fn null() -> *const libc::c_void {
     std::ptr::null()
 }
 
-/// Bind `path` onto itself and make it read-only, with everything mounted below it.
+/// Bind `path` onto itself and make it read-only, with everything mounted below it, without
+/// following a symlink anywhere in it: the unit's user may own a directory on the way and swap
+/// a component for a symlink to a place it can write (docs/isolation.md, "read-only-paths").
+/// The path is opened once and everything after works on that descriptor; at the end, the path
+/// must still lead (without symlinks) to the same object, now read-only, or the start fails.
 ///
 /// # Safety
 /// Child-side only; raw syscalls.
-unsafe fn make_read_only(report: RawFd, path: &CString) {
-    // SAFETY: raw syscalls on a string prepared before fork; `attr` lives on our stack.
+unsafe fn make_read_only(report: RawFd, path: &CStr) {
+    // SAFETY: raw syscalls on a string prepared before fork and on our own descriptors.
     unsafe {
-        let none = std::ptr::null::<libc::c_char>();
-        if libc::mount(
-            path.as_ptr(),
-            path.as_ptr(),
-            none,
-            libc::MS_BIND | libc::MS_REC,
-            null(),
-        ) < 0
-        {
-            fail(report, stage::READ_ONLY);
-        }
-        // mount_setattr (5.12) makes the whole bound tree read-only at once; the older bind
-        // remount only reaches the top mount.
-        let attr = MountAttr {
-            attr_set: MOUNT_ATTR_RDONLY,
-            attr_clr: 0,
-            propagation: 0,
-            userns_fd: 0,
+        let pinned = match open_without_symlinks(path) {
+            Ok(fd) => fd,
+            Err(errno) => fail_read_only(report, ReadOnlyProblem::Resolve, errno, path),
         };
-        let rc = libc::syscall(
-            libc::SYS_mount_setattr,
-            libc::AT_FDCWD,
-            path.as_ptr(),
-            libc::AT_RECURSIVE as libc::c_uint,
-            &raw const attr,
-            std::mem::size_of::<MountAttr>(),
-        );
-        if rc == 0 {
-            return;
+        let bound = match bind_read_only(pinned) {
+            Ok(bound) => bound,
+            Err(errno) => fail_read_only(report, ReadOnlyProblem::Mount, errno, path),
+        };
+        // Reopened by name: this lands on the top of whatever is mounted there now.
+        let now = match open_without_symlinks(path) {
+            Ok(fd) => fd,
+            Err(errno) => fail_read_only(report, ReadOnlyProblem::Changed, errno, path),
+        };
+        if !same_object(pinned, now) {
+            fail_read_only(report, ReadOnlyProblem::Changed, 0, path);
         }
-        let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY;
-        if libc::mount(none, path.as_ptr(), none, flags, null()) < 0 {
-            fail(report, stage::READ_ONLY);
+        match bound {
+            // The name leads onto the very mount made read-only.
+            Bound::ReadOnly { mount } => {
+                if mount_id(now) != Some(mount) {
+                    fail_read_only(report, ReadOnlyProblem::Changed, 0, path);
+                }
+            }
+            // Before mount_setattr (5.12): a bind remount of the top mount, the one the name
+            // leads to now (only it is read-only then, as docs/isolation.md says).
+            Bound::Writable => {
+                let mut buf = [0u8; 32];
+                let target = proc_fd_path(now, &mut buf);
+                let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY;
+                let none = std::ptr::null::<libc::c_char>();
+                if libc::mount(none, target, none, flags, null()) < 0 {
+                    fail_read_only(report, ReadOnlyProblem::Mount, errno(), path);
+                }
+            }
         }
+        libc::close(now);
+        libc::close(pinned);
     }
 }
 
-/// `struct mount_attr` of mount_setattr(2).
-#[repr(C)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
+/// What went wrong with one `read-only-paths` entry; its report record carries the path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadOnlyProblem {
+    /// It could not be opened without following a symlink (ELOOP), or does not exist.
+    Resolve,
+    /// The read-only bind itself failed.
+    Mount,
+    /// By the end of the mount, the path no longer led to what was bound read-only.
+    Changed,
 }
 
-const MOUNT_ATTR_RDONLY: u64 = 1;
+impl ReadOnlyProblem {
+    const ALL: [ReadOnlyProblem; 3] = [
+        ReadOnlyProblem::Resolve,
+        ReadOnlyProblem::Mount,
+        ReadOnlyProblem::Changed,
+    ];
+
+    fn stage(self) -> u32 {
+        stage::READ_ONLY_PATH + self as u32
+    }
+}
+
+/// `path` opened `O_PATH`, with no symlink (nor /proc magic link) followed in any component.
+///
+/// # Safety
+/// Child-side only; raw syscalls.
+unsafe fn open_without_symlinks(path: &CStr) -> Result<RawFd, i32> {
+    /// `struct open_how` of openat2(2).
+    #[repr(C)]
+    struct OpenHow {
+        flags: u64,
+        mode: u64,
+        resolve: u64,
+    }
+    let how = OpenHow {
+        flags: (libc::O_PATH | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve: libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS,
+    };
+    // SAFETY: openat2 reads `how` within its size; the path is NUL-terminated.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            &raw const how,
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
+    match fd {
+        fd if fd >= 0 => Ok(fd as RawFd),
+        // Before openat2 (5.6): the same, one component at a time.
+        _ if errno() == libc::ENOSYS => {
+            // SAFETY: child-side, as this function.
+            unsafe { open_by_components(path.to_bytes()) }
+        }
+        _ => Err(errno()),
+    }
+}
+
+/// `open_without_symlinks` by hand: each component opened `O_PATH|O_NOFOLLOW` below the one
+/// before, and refused (ELOOP) when what it opened is a symlink.
+///
+/// # Safety
+/// Child-side only; raw syscalls on a stack buffer.
+unsafe fn open_by_components(path: &[u8]) -> Result<RawFd, i32> {
+    let flags = libc::O_PATH | libc::O_CLOEXEC | libc::O_NOFOLLOW;
+    // SAFETY: openat/fstat/close on our own descriptors and NUL-terminated stack buffers.
+    unsafe {
+        let mut dir = libc::open(c"/".as_ptr(), flags);
+        if dir < 0 {
+            return Err(errno());
+        }
+        for component in path.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
+            let mut name = [0u8; 256];
+            if component.len() >= name.len() {
+                libc::close(dir);
+                return Err(libc::ENAMETOOLONG);
+            }
+            name[..component.len()].copy_from_slice(component);
+            let next = libc::openat(dir, name.as_ptr().cast(), flags);
+            let opened = if next < 0 { Err(errno()) } else { Ok(next) };
+            libc::close(dir);
+            dir = opened?;
+            let mut st: libc::stat = std::mem::zeroed();
+            if libc::fstat(dir, &mut st) < 0 || st.st_mode & libc::S_IFMT == libc::S_IFLNK {
+                let problem = if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
+                    libc::ELOOP
+                } else {
+                    errno()
+                };
+                libc::close(dir);
+                return Err(problem);
+            }
+        }
+        Ok(dir)
+    }
+}
+
+/// What `bind_read_only` made.
+enum Bound {
+    /// The new mount API's way: the copy was made read-only, with everything below it, before
+    /// it was attached. `mount` is its mount id.
+    ReadOnly { mount: u64 },
+    /// A classic bind, which the caller still has to remount read-only.
+    Writable,
+}
+
+/// Binds what `pinned` refers to onto itself: with the new mount API (open_tree, mount_setattr
+/// and move_mount, Linux 5.12), or on older kernels with a classic bind through
+/// `/proc/self/fd`, which leads to the object `pinned` holds whatever its name is now.
+///
+/// # Safety
+/// Child-side only; raw syscalls.
+unsafe fn bind_read_only(pinned: RawFd) -> Result<Bound, i32> {
+    let empty = c"".as_ptr();
+    let attr = libc::mount_attr {
+        attr_set: libc::MOUNT_ATTR_RDONLY,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: raw syscalls on our descriptors, an empty path and `attr` on our stack.
+    unsafe {
+        if is_process_root(pinned) {
+            // A mount stacked on `/` stays invisible: a path that starts at `/` begins at the
+            // process's root, under it. The unit's own copy of the root mounts (this is its
+            // mount namespace) is made read-only in place instead.
+            let set = libc::syscall(
+                libc::SYS_mount_setattr,
+                pinned,
+                empty,
+                (libc::AT_EMPTY_PATH | libc::AT_RECURSIVE) as libc::c_uint,
+                &raw const attr,
+                std::mem::size_of::<libc::mount_attr>(),
+            );
+            return match (set, mount_id(pinned)) {
+                (0, Some(mount)) => Ok(Bound::ReadOnly { mount }),
+                _ if set == 0 || errno() == libc::ENOSYS => Ok(Bound::Writable),
+                _ => Err(errno()),
+            };
+        }
+        let tree = libc::syscall(
+            libc::SYS_open_tree,
+            pinned,
+            empty,
+            libc::OPEN_TREE_CLONE
+                | libc::OPEN_TREE_CLOEXEC
+                | libc::AT_EMPTY_PATH as libc::c_uint
+                | libc::AT_RECURSIVE as libc::c_uint,
+        );
+        if tree >= 0 {
+            let tree = tree as RawFd;
+            let set = libc::syscall(
+                libc::SYS_mount_setattr,
+                tree,
+                empty,
+                (libc::AT_EMPTY_PATH | libc::AT_RECURSIVE) as libc::c_uint,
+                &raw const attr,
+                std::mem::size_of::<libc::mount_attr>(),
+            );
+            let mount = mount_id(tree);
+            if set == 0
+                && let Some(mount) = mount
+            {
+                let moved = libc::syscall(
+                    libc::SYS_move_mount,
+                    tree,
+                    empty,
+                    pinned,
+                    empty,
+                    libc::MOVE_MOUNT_F_EMPTY_PATH | libc::MOVE_MOUNT_T_EMPTY_PATH,
+                );
+                let result = if moved == 0 {
+                    Ok(Bound::ReadOnly { mount })
+                } else {
+                    Err(errno())
+                };
+                libc::close(tree);
+                return result;
+            }
+            let problem = if set == 0 { libc::ENOSYS } else { errno() };
+            libc::close(tree);
+            if problem != libc::ENOSYS {
+                return Err(problem);
+            }
+        } else if errno() != libc::ENOSYS {
+            return Err(errno());
+        }
+        // /proc/self/fd/N leads to the very object `pinned` holds, whatever its name is now.
+        let mut buf = [0u8; 32];
+        let path = proc_fd_path(pinned, &mut buf);
+        let none = std::ptr::null::<libc::c_char>();
+        if libc::mount(path, path, none, libc::MS_BIND | libc::MS_REC, null()) < 0 {
+            return Err(errno());
+        }
+        Ok(Bound::Writable)
+    }
+}
+
+/// Whether `fd` is this process's root directory.
+///
+/// # Safety
+/// Child-side only; raw syscalls.
+unsafe fn is_process_root(fd: RawFd) -> bool {
+    // SAFETY: open and close of our own descriptor.
+    unsafe {
+        let root = libc::open(c"/".as_ptr(), libc::O_PATH | libc::O_CLOEXEC);
+        let same = root >= 0 && same_object(fd, root);
+        if root >= 0 {
+            libc::close(root);
+        }
+        same
+    }
+}
+
+/// Whether two descriptors refer to the same file (device and inode).
+///
+/// # Safety
+/// Child-side only; raw syscalls.
+unsafe fn same_object(a: RawFd, b: RawFd) -> bool {
+    // SAFETY: fstat into stack buffers.
+    unsafe {
+        let mut sa: libc::stat = std::mem::zeroed();
+        let mut sb: libc::stat = std::mem::zeroed();
+        libc::fstat(a, &mut sa) == 0
+            && libc::fstat(b, &mut sb) == 0
+            && (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+    }
+}
+
+/// The id of the mount `fd` is on (statx `STATX_MNT_ID`, Linux 5.8).
+///
+/// # Safety
+/// Child-side only; raw syscalls.
+unsafe fn mount_id(fd: RawFd) -> Option<u64> {
+    // SAFETY: statx writes into a zeroed struct on our stack; the path is empty.
+    unsafe {
+        let mut st: libc::statx = std::mem::zeroed();
+        let rc = libc::syscall(
+            libc::SYS_statx,
+            fd,
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_MNT_ID,
+            &raw mut st,
+        );
+        (rc == 0 && st.stx_mask & libc::STATX_MNT_ID != 0).then_some(st.stx_mnt_id)
+    }
+}
+
+/// Writes `/proc/self/fd/<fd>` NUL-terminated into `buf`; returns it as a C string pointer.
+fn proc_fd_path(fd: RawFd, buf: &mut [u8; 32]) -> *const libc::c_char {
+    const PREFIX: &[u8] = b"/proc/self/fd/";
+    buf[..PREFIX.len()].copy_from_slice(PREFIX);
+    let mut digits = [0u8; 10];
+    let mut n = 0;
+    let mut left = fd.unsigned_abs();
+    loop {
+        digits[n] = b'0' + (left % 10) as u8;
+        n += 1;
+        left /= 10;
+        if left == 0 || n == digits.len() {
+            break;
+        }
+    }
+    for i in 0..n {
+        buf[PREFIX.len() + i] = digits[n - 1 - i];
+    }
+    buf[PREFIX.len() + n] = 0;
+    buf.as_ptr().cast()
+}
+
+fn errno() -> i32 {
+    // SAFETY: the calling thread's errno, always valid to read.
+    unsafe { *libc::__errno_location() }
+}
+
+/// Reports a failed `read-only-paths` entry with its path, and exits 127.
+///
+/// # Safety
+/// Child-side only.
+unsafe fn fail_read_only(report: RawFd, problem: ReadOnlyProblem, errno: i32, path: &CStr) -> ! {
+    let mut header = [0u8; 8];
+    header[..4].copy_from_slice(&problem.stage().to_ne_bytes());
+    header[4..].copy_from_slice(&errno.to_ne_bytes());
+    let path = path.to_bytes();
+    // One write of at most PIPE_BUF bytes is atomic; a longer path is cut (the reader reads
+    // the record and then whatever follows, to EOF).
+    let path = &path[..path.len().min(libc::PIPE_BUF - header.len())];
+    let parts = [
+        libc::iovec {
+            iov_base: header.as_mut_ptr().cast(),
+            iov_len: header.len(),
+        },
+        libc::iovec {
+            iov_base: path.as_ptr().cast_mut().cast(),
+            iov_len: path.len(),
+        },
+    ];
+    // SAFETY: writev of two buffers on our stack and in our memory, then _exit.
+    unsafe {
+        libc::writev(report, parts.as_ptr(), 2);
+        libc::_exit(127)
+    }
+}
 
 /// `ip link set lo up`, through the SIOC[GS]IFFLAGS ioctls on a throwaway socket.
 ///
@@ -885,5 +1222,49 @@ unsafe fn send_record(report: RawFd, stage: u32, errno: i32) {
     // SAFETY: write of a stack buffer; a pipe write of 8 bytes is atomic.
     unsafe {
         libc::write(report, buf.as_ptr().cast(), buf.len());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(path: &std::path::Path) -> CString {
+        CString::new(path.as_os_str().as_encoded_bytes()).unwrap()
+    }
+
+    #[test]
+    fn paths_open_only_without_symlinks_both_ways() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        std::fs::create_dir_all(real.join("below")).unwrap();
+        std::os::unix::fs::symlink(&real, dir.path().join("link")).unwrap();
+        let through = dir.path().join("link").join("below");
+        let at_the_end = dir.path().join("link");
+        let fine = real.join("below");
+        // SAFETY: the functions only make syscalls on the paths and their own descriptors.
+        unsafe {
+            for (path, want) in [
+                (&fine, Ok(())),
+                (&through, Err(libc::ELOOP)),
+                (&at_the_end, Err(libc::ELOOP)),
+                (&dir.path().join("none"), Err(libc::ENOENT)),
+            ] {
+                let path = c(path);
+                let by_openat2 = open_without_symlinks(&path);
+                let by_components = open_by_components(path.to_bytes());
+                assert_eq!(by_openat2.map(drop), want, "openat2 {path:?}");
+                assert_eq!(by_components.map(drop), want, "components {path:?}");
+                if let (Ok(a), Ok(b)) = (by_openat2, by_components) {
+                    assert!(same_object(a, b), "{path:?}");
+                    libc::close(a);
+                    libc::close(b);
+                }
+            }
+        }
+        let mut buf = [0u8; 32];
+        let p = proc_fd_path(1234, &mut buf);
+        // SAFETY: proc_fd_path NUL-terminated what it wrote into `buf`.
+        assert_eq!(unsafe { CStr::from_ptr(p) }, c"/proc/self/fd/1234");
     }
 }

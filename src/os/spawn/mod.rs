@@ -56,8 +56,12 @@ pub enum SpawnError {
     IdMap { file: String, errno: Errno },
     #[error("the child exited before its user namespace was mapped")]
     VanishedBeforeMapping,
-    #[error("read-only-paths: {path}: {errno}")]
-    ReadOnlyPath { path: String, errno: Errno },
+    #[error("read-only-paths {path}: {}", read_only_problem(*problem, *errno))]
+    ReadOnlyPath {
+        path: String,
+        problem: child::ReadOnlyProblem,
+        errno: Errno,
+    },
 }
 
 /// Who corral itself runs as, for units with no `user`: looked up once, since a lookup reads
@@ -344,6 +348,17 @@ pub fn spawn(
             child::Report::Failed { stage, errno } => {
                 return Err(SpawnError::Child { stage, errno });
             }
+            child::Report::ReadOnlyPath {
+                path,
+                problem,
+                errno,
+            } => {
+                return Err(SpawnError::ReadOnlyPath {
+                    path,
+                    problem,
+                    errno,
+                });
+            }
         }
     }
     Ok(Child {
@@ -362,6 +377,15 @@ pub fn exec_outcome(report: &OwnedFd) -> Result<(), SpawnError> {
     match child::read_report(report) {
         child::Report::Executed => Ok(()),
         child::Report::Failed { stage, errno } => Err(SpawnError::Child { stage, errno }),
+        child::Report::ReadOnlyPath {
+            path,
+            problem,
+            errno,
+        } => Err(SpawnError::ReadOnlyPath {
+            path,
+            problem,
+            errno,
+        }),
         // Only a child with a user namespace sends it, and `spawn` has read that one.
         child::Report::MapIds => Err(SpawnError::VanishedBeforeMapping),
     }
@@ -410,18 +434,33 @@ fn last_capability() -> u32 {
     })
 }
 
-/// Checked before fork, so a missing path is an error that names it rather than a stage number.
+/// The paths as the child needs them. Nothing is looked at here: the child resolves each one
+/// itself, without following symlinks, in its own mount namespace (`child::make_read_only`),
+/// and a failure comes back with the path.
 fn read_only_paths(paths: &[PathBuf]) -> Result<Vec<CString>, SpawnError> {
     paths
         .iter()
-        .map(|p| {
-            nix::sys::stat::stat(p).map_err(|errno| SpawnError::ReadOnlyPath {
-                path: p.display().to_string(),
-                errno,
-            })?;
-            cstring(p.as_os_str().as_bytes(), "read-only-paths")
-        })
+        .map(|p| cstring(p.as_os_str().as_bytes(), "read-only-paths"))
         .collect()
+}
+
+/// Why a `read-only-paths` entry failed, for people.
+fn read_only_problem(problem: child::ReadOnlyProblem, errno: Errno) -> String {
+    use child::ReadOnlyProblem::*;
+    match (problem, errno) {
+        (Resolve, Errno::ELOOP) => "a component of the path is a symbolic link, which corral \
+            does not follow here: name the real path (docs/isolation.md)"
+            .to_owned(),
+        (Resolve, Errno::ENOENT) => "no such file or directory".to_owned(),
+        (Resolve, errno) => format!("opening it: {errno}"),
+        (Mount, errno) => format!("binding it read-only: {errno}"),
+        (Changed, Errno::UnknownErrno) => {
+            "it was moved or replaced while corral made it read-only".to_owned()
+        }
+        (Changed, errno) => {
+            format!("it was moved or replaced while corral made it read-only ({errno})")
+        }
+    }
 }
 
 /// The id maps of a unit's user namespace and the pipe that releases the child once written.
