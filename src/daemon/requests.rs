@@ -322,8 +322,14 @@ impl Daemon {
             .units()
             .filter(|(unit, _)| names.is_empty() || names.contains(&unit.name))
             .map(|(unit, rt)| {
-                let mut status =
-                    unit_status(unit, rt, self.members.facts(&unit.name), &self.clock, now);
+                let mut status = unit_status(
+                    unit,
+                    rt,
+                    self.sup.waiting_for(&unit.name),
+                    self.members.facts(&unit.name),
+                    &self.clock,
+                    now,
+                );
                 // Seven reads of /proc per unit: only where someone asks or isolation is at stake.
                 if unit.exec.is_some()
                     && (!names.is_empty() || unit.namespaces != Namespaces::default())
