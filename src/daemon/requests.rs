@@ -132,6 +132,8 @@ impl Daemon {
         };
         let peer = client.peer;
         if client.read_only && !request.verb.is_read_only() {
+            // Audited like an accepted one: a refused attempt to change state is worth a trace.
+            warn!(uid = peer.uid, pid = peer.pid, verb = ?request.verb, units = ?request.units, "control request refused");
             return self.reply(
                 token,
                 Response::error(
