@@ -117,6 +117,9 @@ struct RunArgs {
     shutdown_timeout: Duration,
     #[arg(long, value_enum, default_value = "text")]
     log_format: logging::LogFormat,
+    /// Colour the text log: auto (only on a terminal, and not with NO_COLOR set), always, never
+    #[arg(long, value_enum, default_value = "auto")]
+    log_color: logging::LogColor,
     /// Warn when a unit's memory stays at or above this percent of its memory-max
     #[arg(long, value_name = "PERCENT", default_value_t = 90, value_parser = clap::value_parser!(u32).range(1..=100))]
     warn_memory_percent: u32,
@@ -211,7 +214,12 @@ fn main() -> ExitCode {
 }
 
 fn run(args: RunArgs, socket: PathBuf) -> i32 {
-    let log_flush = logging::init(args.log_format);
+    let color = logging::colors(
+        args.log_color,
+        std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
+    let log_flush = logging::init(args.log_format, color);
     let exit_with = match args.exit_with.as_deref().map(|n| (n, UnitName::new(n))) {
         None => None,
         Some((_, Some(name))) => Some(name),

@@ -230,7 +230,18 @@ pub struct UnitStatus {
     /// Null when the unit has no `[health]` section.
     #[serde(default)]
     pub health: Option<HealthStatus>,
+    /// For a unit that wants to be up but is `inactive`: the units it waits for (its
+    /// `requires` not yet running, its `after` still on their way up); empty otherwise.
+    #[serde(default)]
+    pub waiting_for: Vec<WaitingFor>,
     pub error: Option<String>,
+}
+
+/// A unit another one waits for before it starts, and that unit's state now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaitingFor {
+    pub unit: String,
+    pub state: String,
 }
 
 /// One namespace of a unit, for auditing its isolation.

@@ -305,6 +305,84 @@ fn after_orders_a_service_behind_its_oneshot() {
 }
 
 #[test]
+fn an_enabled_unit_pulls_up_the_disabled_unit_it_requires_at_boot() {
+    if !require_root() {
+        return;
+    }
+    let mut c = Corral::new();
+    c.unit(
+        "db",
+        "enabled = false\n[exec]\ncommand = [\"sleep\", \"600\"]\n",
+    );
+    c.unit(
+        "app",
+        "requires = [\"db\"]\n[exec]\ncommand = [\"sleep\", \"600\"]\n",
+    );
+    c.launch(&[]);
+    c.wait_log("app started", |l| is_about(l, "app", "started"));
+    let index = |pred: &dyn Fn(&Value) -> bool| c.seen.iter().position(pred).unwrap();
+    let db_started = index(&|l| is_about(l, "db", "started"));
+    let app_started = index(&|l| is_about(l, "app", "started"));
+    assert!(
+        db_started < app_started,
+        "db first: {db_started} < {app_started}"
+    );
+    let db = c.status("db");
+    assert_eq!(
+        (&db["state"], &db["enabled"]),
+        (&json!("running"), &json!(false))
+    );
+    assert_eq!(c.status("app")["state"], "running");
+
+    // A user's stop of db takes app down too, and both stay down.
+    c.ok(&["stop", "db"]);
+    for unit in ["db", "app"] {
+        assert_eq!(c.status(unit)["state"], "inactive", "{unit}");
+    }
+    let table = c.ok(&["status"]).stdout;
+    let app_row = table.lines().find(|l| l.starts_with("app ")).unwrap();
+    assert!(app_row.ends_with("stopped"), "{table}");
+    // Starting app again brings db back first.
+    c.ok(&["start", "app"]);
+    assert_eq!(c.status("db")["state"], "running");
+}
+
+#[test]
+fn a_unit_waiting_for_its_requirement_says_so_in_status() {
+    if !require_root() {
+        return;
+    }
+    let mut c = Corral::new();
+    // db never sends READY=1 (within the default start-timeout of 90s), so it stays starting.
+    c.unit(
+        "db",
+        "enabled = false\n[exec]\ncommand = [\"sleep\", \"600\"]\nready = \"notify\"\n",
+    );
+    c.unit(
+        "app",
+        "requires = [\"db\"]\n[exec]\ncommand = [\"sleep\", \"600\"]\n",
+    );
+    c.launch(&[]);
+    c.wait_exec("db", 1);
+    let app = c.status("app");
+    assert_eq!(app["state"], "inactive");
+    assert_eq!(
+        app["waiting_for"],
+        json!([{"unit": "db", "state": "starting"}])
+    );
+    let table = c.ok(&["status"]).stdout;
+    let app_row = table.lines().find(|l| l.starts_with("app ")).unwrap();
+    assert!(app_row.ends_with("waiting for db (starting)"), "{table}");
+    let details = c.cli(&["status", "app"]);
+    assert_eq!(details.code, 3, "app is not running: {details:?}");
+    assert!(
+        details.stdout.contains("waiting   for db (starting)"),
+        "{details:?}"
+    );
+    assert_eq!(c.status("db")["waiting_for"], json!([]));
+}
+
+#[test]
 fn a_unit_gets_clean_signals_only_stdio_and_a_minimal_environment() {
     if !require_root() {
         return;

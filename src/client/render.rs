@@ -46,6 +46,43 @@ fn waiting_for(u: &UnitStatus) -> String {
     }
 }
 
+/// `db (inactive), cache (starting)`: the units an `inactive` unit waits for, or None.
+fn dependencies_waited_for(u: &UnitStatus) -> Option<String> {
+    (!u.waiting_for.is_empty()).then(|| {
+        u.waiting_for
+            .iter()
+            .map(|w| format!("{} ({})", w.unit, w.state))
+            .collect::<Vec<_>>()
+            .join(", ")
+    })
+}
+
+/// The NOTE column: why the unit is where it is, else what it says of itself, else its
+/// description. An enabled unit that is not running always says why (or its last exit does).
+fn status_note(u: &UnitStatus) -> String {
+    if let Some(error) = &u.error {
+        return error.clone();
+    }
+    if let Some(ms) = u.restart_in_ms {
+        return format!("restart in {ms} ms");
+    }
+    if u.state == "starting" {
+        return waiting_for(u);
+    }
+    if let Some(deps) = dependencies_waited_for(u) {
+        return format!("waiting for {deps}");
+    }
+    // Enabled, not waiting, yet inactive: a user's stop (or one through `requires`) holds it.
+    if u.state == "inactive" && u.enabled && u.kind != "slice" {
+        return "stopped".to_owned();
+    }
+    match (&u.status_text, &u.description) {
+        (Some(text), _) => text.clone(),
+        (None, Some(d)) => d.clone(),
+        (None, None) => String::new(),
+    }
+}
+
 /// "3m 12s" since an RFC 3339 timestamp, rounded to what a person cares about.
 fn age(since: &str) -> String {
     let Ok(at) = humantime::parse_rfc3339(since) else {
@@ -77,14 +114,7 @@ pub fn print_status_table(units: &[UnitStatus]) {
     let rows: Vec<[String; 8]> = units
         .iter()
         .map(|u| {
-            let note = match (&u.error, u.restart_in_ms, &u.status_text, &u.description) {
-                (Some(error), _, _, _) => error.clone(),
-                (None, Some(ms), _, _) => format!("restart in {ms} ms"),
-                (None, None, _, _) if u.state == "starting" => waiting_for(u),
-                (None, None, Some(text), _) => text.clone(),
-                (None, None, None, Some(d)) => d.clone(),
-                (None, None, None, None) => String::new(),
-            };
+            let note = status_note(u);
             [
                 u.name.clone(),
                 u.kind.clone(),
@@ -288,6 +318,9 @@ pub fn print_status_details(units: &[UnitStatus]) {
         if let Some(ms) = u.restart_in_ms {
             println!("  next      restart in {ms} ms");
         }
+        if let Some(deps) = dependencies_waited_for(u) {
+            println!("  waiting   for {deps}");
+        }
         if let Some(error) = &u.error {
             println!("  error     {error}");
         }
@@ -353,4 +386,47 @@ pub fn print_reload(plan: &ReloadReport) {
         part("updated", &plan.updated),
         plan.unchanged
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::WaitingFor;
+
+    fn unit(state: &str, enabled: bool) -> UnitStatus {
+        UnitStatus {
+            name: "app".to_owned(),
+            kind: "service".to_owned(),
+            state: state.to_owned(),
+            enabled,
+            description: Some("the app".to_owned()),
+            ..UnitStatus::default()
+        }
+    }
+
+    #[test]
+    fn the_note_of_a_unit_that_is_not_running_says_why() {
+        let mut waiting = unit("inactive", true);
+        waiting.waiting_for = vec![
+            WaitingFor {
+                unit: "db".to_owned(),
+                state: "inactive".to_owned(),
+            },
+            WaitingFor {
+                unit: "cache".to_owned(),
+                state: "starting".to_owned(),
+            },
+        ];
+        assert_eq!(
+            status_note(&waiting),
+            "waiting for db (inactive), cache (starting)"
+        );
+        assert_eq!(status_note(&unit("inactive", true)), "stopped");
+        // A disabled unit that nobody started is inactive as it should be.
+        assert_eq!(status_note(&unit("inactive", false)), "the app");
+        assert_eq!(status_note(&unit("running", true)), "the app");
+        let mut failed = unit("failed", true);
+        failed.error = Some("start limit hit".to_owned());
+        assert_eq!(status_note(&failed), "start limit hit");
+    }
 }

@@ -43,7 +43,8 @@ impl State {
     }
 }
 
-/// What the operator (or the unit file) wants: the reconciler drives `State` towards it.
+/// What the operator, the unit file (`enabled`) or a unit that requires this one and wants to
+/// be up wants: the reconciler drives `State` towards it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Want {
     Up,

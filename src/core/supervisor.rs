@@ -206,6 +206,35 @@ impl Supervisor {
         self.entries.values().filter_map(|e| e.rt.deadline()).min()
     }
 
+    /// What a unit that wants to be up but is `inactive` waits for, each with its state: every
+    /// `requires` unit not yet running (a oneshot: not yet exited successfully) and every
+    /// `after` unit still on its way up, in the order the unit file names them. Empty for a
+    /// unit that is not waiting.
+    pub fn waiting_for(&self, name: &UnitName) -> Vec<(UnitName, State)> {
+        let Some(e) = self.entries.get(name) else {
+            return Vec::new();
+        };
+        if e.unit.kind == UnitKind::Slice || e.rt.want != Want::Up || e.rt.state != State::Inactive
+        {
+            return Vec::new();
+        }
+        let mut waits: Vec<(UnitName, State)> = Vec::new();
+        for dep in e.unit.ordering_deps() {
+            let blocks = if e.unit.requires.contains(dep) {
+                !self.requirement_met(dep)
+            } else {
+                self.blocks_ordering(dep)
+            };
+            if blocks
+                && !waits.iter().any(|(n, _)| n == dep)
+                && let Some(d) = self.entries.get(dep)
+            {
+                waits.push((dep.clone(), d.rt.state));
+            }
+        }
+        waits
+    }
+
     /// Every name must exist, or the whole request is refused.
     pub fn check_names(&self, names: &[UnitName]) -> Result<(), RequestError> {
         let unknown: Vec<UnitName> = names
@@ -410,6 +439,7 @@ impl Supervisor {
     /// After any input: deadlines, reconciliation, forgetting removed units, shutdown's end.
     fn settle(&mut self, now: Instant, effects: &mut Vec<Effect>) {
         self.fire_deadlines(now, effects);
+        self.pull_requirements();
         self.reconcile(now, effects);
         let gone: Vec<UnitName> = self
             .entries
@@ -517,6 +547,40 @@ impl Supervisor {
                 e.rt.want = Want::Up;
                 e.rt.reset_for_user_start(now);
                 todo.extend(e.unit.requires.iter().cloned());
+            }
+        }
+    }
+
+    /// A unit that wants to be up pulls up what it requires, directly or through others,
+    /// whatever their `enabled` says (docs/units.md#ordering-after-and-requires): an enabled
+    /// unit at boot or added by a reload, as a user's start does. `after` alone pulls nothing.
+    /// Nothing is pulled during shutdown, nor a unit a reload removed. A user's stop of a
+    /// required unit also takes down what requires it (`push_down`), so it is not pulled back.
+    fn pull_requirements(&mut self) {
+        if self.shutting_down {
+            return;
+        }
+        let wanted_down = |sup: &Supervisor, dep: &UnitName| {
+            sup.entries
+                .get(dep)
+                .is_some_and(|d| d.rt.want == Want::Down && !d.removing)
+        };
+        // Usually empty: this runs after every input, so it allocates only when it pulls.
+        let mut todo: Vec<UnitName> = self
+            .entries
+            .values()
+            .filter(|e| e.rt.want == Want::Up && !e.removing)
+            .flat_map(|e| e.unit.requires.iter())
+            .filter(|dep| wanted_down(self, dep))
+            .cloned()
+            .collect();
+        while let Some(dep) = todo.pop() {
+            if let Some(d) = self.entries.get_mut(&dep)
+                && d.rt.want == Want::Down
+            {
+                d.rt.want = Want::Up;
+                let next: Vec<UnitName> = d.unit.requires.clone();
+                todo.extend(next.into_iter().filter(|n| wanted_down(self, n)));
             }
         }
     }
@@ -715,10 +779,39 @@ mod tests {
 
     /// A fake OS: spawns get sequential pids; returns the names spawned, in order.
     fn run(sup: &mut Supervisor, input: Input, now: Instant, next_pid: &mut i32) -> Vec<Effect> {
+        follow_up(sup, Vec::new(), vec![input], now, next_pid)
+    }
+
+    /// `reload`, with the fake OS answering its effects as `run` does.
+    fn run_reload(
+        sup: &mut Supervisor,
+        units: UnitSet,
+        now: Instant,
+        next_pid: &mut i32,
+    ) -> Vec<Effect> {
+        let (_, effects) = sup.reload(units, now);
+        follow_up(sup, effects, Vec::new(), now, next_pid)
+    }
+
+    /// Answers `first` (already returned by the supervisor), then feeds `queue` and every
+    /// answer to what it returns until nothing is left; returns every effect, in order.
+    fn follow_up(
+        sup: &mut Supervisor,
+        first: Vec<Effect>,
+        mut queue: Vec<Input>,
+        now: Instant,
+        next_pid: &mut i32,
+    ) -> Vec<Effect> {
         let mut all = Vec::new();
-        let mut queue = vec![input];
-        while let Some(input) = queue.pop() {
-            let effects = sup.handle(input, now).expect("request accepted");
+        let mut pending = Some(first);
+        loop {
+            let effects = match pending.take() {
+                Some(effects) => effects,
+                None => match queue.pop() {
+                    Some(input) => sup.handle(input, now).expect("request accepted"),
+                    None => break,
+                },
+            };
             for effect in &effects {
                 match effect {
                     Effect::Spawn { unit } => {
@@ -867,6 +960,261 @@ mod tests {
         let mut sup = Supervisor::new([web, db], t0);
         let effects = run(&mut sup, Input::Tick, t0, &mut 0);
         assert_eq!(spawned(&effects), vec!["web"]);
+    }
+
+    /// How `app` depends on `db` in a row of the matrix below.
+    #[derive(Debug, Clone, Copy)]
+    enum Tie {
+        After,
+        Requires,
+    }
+
+    /// What happens in a row of the matrix below.
+    #[derive(Debug, Clone, Copy)]
+    enum Moment {
+        /// corral starts with `app` enabled.
+        Boot,
+        /// `app` is disabled; a user starts it.
+        Start,
+        /// A reload adds `app`, enabled.
+        ReloadAdds,
+        /// A reload turns a disabled `app` to enabled.
+        ReloadEnables,
+        /// Both came up at boot (`app` enabled); a user stops `db`.
+        StopDb,
+    }
+
+    /// One row: `db` enabled or not, the tie, the moment; then which units start and which
+    /// stop in that moment, in order, and where both end up.
+    struct Row {
+        db_enabled: bool,
+        tie: Tie,
+        moment: Moment,
+        started: &'static [&'static str],
+        stopped: &'static [&'static str],
+        db: State,
+        app: State,
+    }
+
+    /// Every stop the fake OS sees answered by the unit's exit, until nothing is signalled.
+    fn exit_when_signalled(
+        sup: &mut Supervisor,
+        mut effects: Vec<Effect>,
+        now: Instant,
+        pids: &mut i32,
+    ) -> Vec<Effect> {
+        let mut all = Vec::new();
+        let mut to_exit: Vec<String> = Vec::new();
+        loop {
+            to_exit.extend(signalled(&effects));
+            all.append(&mut effects);
+            if to_exit.is_empty() {
+                return all;
+            }
+            let unit = to_exit.remove(0);
+            let exit = Input::Exited {
+                pid: pid(sup, &unit),
+                exit: ExitReport::signal(Signal::SIGTERM),
+            };
+            effects = run(sup, exit, now, pids);
+        }
+    }
+
+    #[test]
+    fn enabled_after_and_requires_at_boot_start_reload_and_a_users_stop() {
+        use Moment::*;
+        use State::{Inactive, Running};
+        use Tie::*;
+        #[rustfmt::skip]
+        let rows = [
+            // `after` orders among units on their way up and pulls nothing; `requires` pulls
+            // what it requires up first, enabled or not (docs/units.md#ordering).
+            Row { db_enabled: true, tie: After, moment: Boot, started: &["db", "app"], stopped: &[], db: Running, app: Running },
+            Row { db_enabled: true, tie: Requires, moment: Boot, started: &["db", "app"], stopped: &[], db: Running, app: Running },
+            Row { db_enabled: false, tie: After, moment: Boot, started: &["app"], stopped: &[], db: Inactive, app: Running },
+            Row { db_enabled: false, tie: Requires, moment: Boot, started: &["db", "app"], stopped: &[], db: Running, app: Running },
+            Row { db_enabled: true, tie: After, moment: Start, started: &["app"], stopped: &[], db: Running, app: Running },
+            Row { db_enabled: true, tie: Requires, moment: Start, started: &["app"], stopped: &[], db: Running, app: Running },
+            Row { db_enabled: false, tie: After, moment: Start, started: &["app"], stopped: &[], db: Inactive, app: Running },
+            Row { db_enabled: false, tie: Requires, moment: Start, started: &["db", "app"], stopped: &[], db: Running, app: Running },
+            Row { db_enabled: true, tie: After, moment: ReloadAdds, started: &["app"], stopped: &[], db: Running, app: Running },
+            Row { db_enabled: true, tie: Requires, moment: ReloadAdds, started: &["app"], stopped: &[], db: Running, app: Running },
+            Row { db_enabled: false, tie: After, moment: ReloadAdds, started: &["app"], stopped: &[], db: Inactive, app: Running },
+            Row { db_enabled: false, tie: Requires, moment: ReloadAdds, started: &["db", "app"], stopped: &[], db: Running, app: Running },
+            Row { db_enabled: true, tie: After, moment: ReloadEnables, started: &["app"], stopped: &[], db: Running, app: Running },
+            Row { db_enabled: true, tie: Requires, moment: ReloadEnables, started: &["app"], stopped: &[], db: Running, app: Running },
+            Row { db_enabled: false, tie: After, moment: ReloadEnables, started: &["app"], stopped: &[], db: Inactive, app: Running },
+            Row { db_enabled: false, tie: Requires, moment: ReloadEnables, started: &["db", "app"], stopped: &[], db: Running, app: Running },
+            // A user's stop of db: `after` lets app run on; `requires` stops app first, and
+            // both stay down (app no longer wants db up, so nothing pulls it back).
+            Row { db_enabled: true, tie: After, moment: StopDb, started: &[], stopped: &["db"], db: Inactive, app: Running },
+            Row { db_enabled: true, tie: Requires, moment: StopDb, started: &[], stopped: &["app", "db"], db: Inactive, app: Inactive },
+            Row { db_enabled: false, tie: After, moment: StopDb, started: &[], stopped: &[], db: Inactive, app: Running },
+            Row { db_enabled: false, tie: Requires, moment: StopDb, started: &[], stopped: &["app", "db"], db: Inactive, app: Inactive },
+        ];
+        for row in rows {
+            let t0 = Instant::now();
+            let what = format!(
+                "db enabled {}, {:?}, {:?}",
+                row.db_enabled, row.tie, row.moment
+            );
+            let mut db = service("db");
+            db.enabled = row.db_enabled;
+            let mut app = service("app");
+            match row.tie {
+                After => app.after = vec![name("db")],
+                Requires => app.requires = vec![name("db")],
+            }
+            app.enabled = !matches!(row.moment, Start | ReloadEnables);
+            let mut pids = 0;
+            let booted_with = match row.moment {
+                ReloadAdds => vec![db.clone()],
+                _ => vec![db.clone(), app.clone()],
+            };
+            let mut sup = Supervisor::new(booted_with, t0);
+            let boot = run(&mut sup, Input::Tick, t0, &mut pids);
+            let effects = match row.moment {
+                Boot => boot,
+                Start => run(&mut sup, Input::Start(vec![name("app")]), t0, &mut pids),
+                ReloadAdds => run_reload(&mut sup, set(vec![db, app]), t0, &mut pids),
+                ReloadEnables => {
+                    app.enabled = true;
+                    run_reload(&mut sup, set(vec![db, app]), t0, &mut pids)
+                }
+                StopDb => {
+                    let effects = run(&mut sup, Input::Stop(vec![name("db")]), t0, &mut pids);
+                    exit_when_signalled(&mut sup, effects, t0, &mut pids)
+                }
+            };
+            assert_eq!(spawned(&effects), row.started, "started: {what}");
+            assert_eq!(signalled(&effects), row.stopped, "stopped: {what}");
+            assert_eq!(
+                (state(&sup, "db"), state(&sup, "app")),
+                (row.db, row.app),
+                "states: {what}"
+            );
+            // Nothing is left to happen: a unit down stays down, and nobody waits in vain.
+            assert_eq!(sup.next_deadline(), None, "{what}");
+            let effects = run(
+                &mut sup,
+                Input::Tick,
+                t0 + Duration::from_secs(60),
+                &mut pids,
+            );
+            assert!(spawned(&effects).is_empty(), "{what}: {effects:?}");
+            for unit in ["db", "app"] {
+                let (u, rt) = sup.get(&name(unit)).expect("unit");
+                if u.enabled && rt.state == Inactive && rt.want == Want::Up {
+                    panic!("{what}: enabled {unit} is inactive, wants up and nothing moves");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_chain_of_disabled_requirements_comes_up_in_order_and_says_what_it_waits_for() {
+        let t0 = Instant::now();
+        let mut a = service("a");
+        a.requires = vec![name("b")];
+        let mut b = service("b");
+        b.requires = vec![name("c")];
+        b.enabled = false;
+        let mut c = service("c");
+        c.enabled = false;
+        c.readiness.mode = crate::unit::ReadyMode::Notify;
+        let mut sup = Supervisor::new([a, b, c], t0);
+        let mut pids = 0;
+        let effects = run(&mut sup, Input::Tick, t0, &mut pids);
+        assert_eq!(spawned(&effects), vec!["c"]);
+        assert_eq!(
+            sup.waiting_for(&name("a")),
+            vec![(name("b"), State::Inactive)]
+        );
+        assert_eq!(
+            sup.waiting_for(&name("b")),
+            vec![(name("c"), State::Starting)]
+        );
+        assert_eq!(
+            sup.waiting_for(&name("c")),
+            vec![],
+            "c is starting, not waiting"
+        );
+        let effects = run(&mut sup, notify("c", b"READY=1"), t0, &mut pids);
+        assert_eq!(spawned(&effects), vec!["b", "a"]);
+        for unit in ["a", "b", "c"] {
+            assert_eq!(state(&sup, unit), State::Running, "{unit}");
+            assert!(sup.waiting_for(&name(unit)).is_empty(), "{unit}");
+        }
+    }
+
+    #[test]
+    fn a_disabled_requirement_that_crashes_comes_back_and_its_dependent_with_it() {
+        let t0 = Instant::now();
+        let mut app = service("app");
+        app.requires = vec![name("db")];
+        let mut db = service("db");
+        db.enabled = false;
+        let mut sup = Supervisor::new([app, db], t0);
+        let mut pids = 0;
+        run(&mut sup, Input::Tick, t0, &mut pids);
+        let crash = Input::Exited {
+            pid: pid(&sup, "db"),
+            exit: ExitReport::code(1),
+        };
+        let effects = run(&mut sup, crash, t0, &mut pids);
+        let effects = exit_when_signalled(&mut sup, effects, t0, &mut pids);
+        assert_eq!(signalled(&effects), vec!["app"]);
+        assert_eq!(
+            (state(&sup, "db"), state(&sup, "app")),
+            (State::Backoff, State::Inactive)
+        );
+        assert_eq!(
+            sup.waiting_for(&name("app")),
+            vec![(name("db"), State::Backoff)]
+        );
+        let later = sup.next_deadline().expect("db's backoff");
+        let effects = run(&mut sup, Input::Tick, later, &mut pids);
+        assert_eq!(spawned(&effects), vec!["db", "app"]);
+
+        // A user's stop of db takes app down for good; a user's restart of app brings both.
+        let effects = run(&mut sup, Input::Stop(vec![name("db")]), later, &mut pids);
+        exit_when_signalled(&mut sup, effects, later, &mut pids);
+        assert!(
+            sup.waiting_for(&name("app")).is_empty(),
+            "app does not wait: it was stopped"
+        );
+        let effects = run(
+            &mut sup,
+            Input::Restart(vec![name("app")]),
+            later,
+            &mut pids,
+        );
+        assert_eq!(spawned(&effects), vec!["db", "app"]);
+
+        // A user's restart of db restarts app behind it.
+        let effects = run(&mut sup, Input::Restart(vec![name("db")]), later, &mut pids);
+        let effects = exit_when_signalled(&mut sup, effects, later, &mut pids);
+        assert_eq!(signalled(&effects), vec!["db", "app"]);
+        assert_eq!(spawned(&effects), vec!["db", "app"]);
+    }
+
+    #[test]
+    fn a_unit_waiting_on_after_names_only_what_is_on_its_way_up() {
+        let t0 = Instant::now();
+        let mut app = service("app");
+        app.after = vec![name("db"), name("cache")];
+        app.requires = vec![name("db")];
+        let mut db = service("db");
+        db.readiness.mode = crate::unit::ReadyMode::Notify;
+        let mut cache = service("cache");
+        cache.enabled = false;
+        let mut sup = Supervisor::new([app, db, cache], t0);
+        run(&mut sup, Input::Tick, t0, &mut 0);
+        // db is named once (after and requires), cache not at all: nothing wants it up.
+        assert_eq!(
+            sup.waiting_for(&name("app")),
+            vec![(name("db"), State::Starting)]
+        );
     }
 
     #[test]

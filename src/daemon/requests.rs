@@ -132,6 +132,8 @@ impl Daemon {
         };
         let peer = client.peer;
         if client.read_only && !request.verb.is_read_only() {
+            // Audited like an accepted one: a refused attempt to change state is worth a trace.
+            warn!(uid = peer.uid, pid = peer.pid, verb = ?request.verb, units = ?request.units, "control request refused");
             return self.reply(
                 token,
                 Response::error(
@@ -330,8 +332,14 @@ impl Daemon {
             .units()
             .filter(|(unit, _)| names.is_empty() || names.contains(&unit.name))
             .map(|(unit, rt)| {
-                let mut status =
-                    unit_status(unit, rt, self.members.facts(&unit.name), &self.clock, now);
+                let mut status = unit_status(
+                    unit,
+                    rt,
+                    self.sup.waiting_for(&unit.name),
+                    self.members.facts(&unit.name),
+                    &self.clock,
+                    now,
+                );
                 // Seven reads of /proc per unit: only where someone asks or isolation is at stake.
                 if unit.exec.is_some()
                     && (!names.is_empty() || unit.namespaces != Namespaces::default())

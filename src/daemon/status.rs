@@ -5,15 +5,17 @@ use std::time::Instant;
 use crate::core::exit::{ExitReport, Termination};
 use crate::core::service::{Runtime, State};
 use crate::os::namespaces::KINDS;
-use crate::proto::{HealthStatus, LastExit, Limits, NamespaceStatus, UnitStatus};
-use crate::unit::{ByteLimit, Namespaces, Probe, ReadyMode, Resources, Unit};
+use crate::proto::{HealthStatus, LastExit, Limits, NamespaceStatus, UnitStatus, WaitingFor};
+use crate::unit::{ByteLimit, Namespaces, Probe, ReadyMode, Resources, Unit, UnitName};
 
 use super::clock::{Clock, millis};
 use super::membership::CgroupFacts;
 
+/// `waiting_for`: what the core says the unit waits for before it starts.
 pub fn unit_status(
     unit: &Unit,
     rt: &Runtime,
+    waiting_for: Vec<(UnitName, State)>,
     cgroup: CgroupFacts,
     clock: &Clock,
     now: Instant,
@@ -78,6 +80,13 @@ pub fn unit_status(
             consecutive_successes: rt.probe.successes,
             watchdog_ms: rt.watchdog_timeout(unit).map(millis),
         }),
+        waiting_for: waiting_for
+            .into_iter()
+            .map(|(unit, state)| WaitingFor {
+                unit: unit.to_string(),
+                state: state.as_str().to_owned(),
+            })
+            .collect(),
         error: rt.error.clone(),
     }
 }
