@@ -5,6 +5,7 @@ pub mod cgroup_plan;
 pub mod exit;
 pub mod limit_watch;
 pub mod notify;
+pub mod notify_refusals;
 pub mod reload;
 pub mod service;
 pub mod supervisor;

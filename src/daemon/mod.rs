@@ -62,6 +62,8 @@ pub struct Options {
     pub usage_interval: Duration,
     /// Serve `GET /metrics` here (already checked: loopback unless asked otherwise).
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Where the units' notify sockets are made (see docs/operations.md, "Notify sockets").
+    pub notify_dir: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -97,7 +99,9 @@ const TOKEN_SIGNALS: u64 = 0;
 const TOKEN_LISTENER: u64 = 1;
 const TOKEN_WATCH: u64 = 2;
 const TOKEN_METRICS: u64 = 3;
-const FIRST_DYNAMIC_TOKEN: u64 = 4;
+/// The closers of descriptors units passed (readiness.rs) have finished a batch.
+const TOKEN_CLOSERS: u64 = 4;
+const FIRST_DYNAMIC_TOKEN: u64 = 5;
 
 /// Changes in the units directory settle for this long before a reload (editors write in
 /// several steps)...
@@ -266,6 +270,7 @@ pub fn run(opts: Options) -> Result<Ending, DaemonError> {
         }
     };
     let usage_watch = UsageWatch::new(opts.thresholds, opts.usage_interval);
+    let notify_dir = opts.notify_dir.clone();
     let mut daemon = Daemon {
         members,
         usage_watch,
@@ -280,7 +285,7 @@ pub fn run(opts: Options) -> Result<Ending, DaemonError> {
         memory_watches: HashMap::new(),
         exec_reports: HashMap::new(),
         populated_watches: HashMap::new(),
-        readiness: readiness::Readiness::default(),
+        readiness: readiness::Readiness::new(notify_dir, TOKEN_CLOSERS),
         watch,
         reload_due: None,
         reload_error: None,
@@ -383,6 +388,7 @@ impl Daemon {
                 let _ = self.reload(now);
             }
             self.expire_probes(now);
+            self.report_notify_refusals(now);
             self.feed(Input::Tick, now);
             for (unit, count) in self.members.spared_main_oom_kills(now) {
                 self.record_oom_kills(&unit, count, true, now);

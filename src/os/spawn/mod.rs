@@ -501,6 +501,20 @@ impl MapWriter {
     }
 }
 
+/// The host uid the unit's command runs as: its user's, or with a user namespace the outside
+/// id of the uid it has inside. Files only the unit may use (its notify socket) are this uid's.
+pub fn host_uid(ns: &Namespaces, who: Option<&Credentials>) -> u32 {
+    let identity = who.unwrap_or_else(|| own_identity());
+    if !ns.user {
+        return identity.uid;
+    }
+    let map = effective_map(&ns.uid_map, identity.uid);
+    let inside = inside_id(&map, identity.uid);
+    map.iter()
+        .find(|e| inside >= e.inside && inside - e.inside < e.count)
+        .map_or(identity.uid, |e| e.outside + (inside - e.inside))
+}
+
 /// The uid and gid the command has inside its user namespace (see `inside_id`).
 fn inside_ids(ns: &Namespaces, who: &Credentials) -> (u32, u32) {
     (
