@@ -310,3 +310,37 @@ fn a_unit_in_its_own_user_pid_network_and_mount_namespaces_reaches_its_notify_so
     use std::os::unix::fs::MetadataExt;
     assert_eq!((meta.uid(), meta.mode() & 0o777), (NOBODY, 0o600), "{path}");
 }
+
+#[test]
+fn corral_raises_its_open_files_limit_and_units_keep_the_one_it_was_given() {
+    if !require_root() {
+        return;
+    }
+    let mut c = Corral::new();
+    c.unit(
+        "limits",
+        r#"
+        [exec]
+        command = ["sh", "-c", "echo \"nofile=$(ulimit -Sn)\"; exec sleep 600"]
+        "#,
+    );
+    // corral starts with a soft limit of 1024 below a higher hard one.
+    c.launch_wrapped(
+        &["sh", "-c", r#"ulimit -Sn 1024; ulimit -Hn 4096; "$0" "$@""#],
+        &[],
+    );
+    let line = c.wait_log("the unit's limit", |l| {
+        is_output(l, "limits") && msg(l).starts_with("nofile=")
+    });
+    assert_eq!(msg(&line), "nofile=1024");
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", c.pid())).unwrap();
+    let open_files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .split_whitespace()
+        .skip(3)
+        .take(2)
+        .collect::<Vec<_>>();
+    assert_eq!(open_files, ["4096", "4096"], "{limits}");
+}

@@ -271,6 +271,15 @@ pub fn run(opts: Options) -> Result<Ending, DaemonError> {
     };
     let usage_watch = UsageWatch::new(opts.thresholds, opts.usage_interval);
     let notify_dir = opts.notify_dir.clone();
+    let open_files = match spawn::raise_open_files_limit() {
+        Ok(limit) => limit,
+        Err(e) => {
+            warn!(
+                "raising RLIMIT_NOFILE to its hard limit: {e}; fds passed in notify messages get less room"
+            );
+            1024
+        }
+    };
     let mut daemon = Daemon {
         members,
         usage_watch,
@@ -285,7 +294,7 @@ pub fn run(opts: Options) -> Result<Ending, DaemonError> {
         memory_watches: HashMap::new(),
         exec_reports: HashMap::new(),
         populated_watches: HashMap::new(),
-        readiness: readiness::Readiness::new(notify_dir, TOKEN_CLOSERS),
+        readiness: readiness::Readiness::new(notify_dir, TOKEN_CLOSERS, open_files),
         watch,
         reload_due: None,
         reload_error: None,

@@ -29,8 +29,12 @@ use super::Daemon;
 const DATAGRAMS_PER_WAKE: usize = 32;
 /// Descriptors a unit may have passed that its closer has not closed yet. A socket is read
 /// only while one more full message (SCM_MAX_FD) fits, so corral holds at most this many
-/// plus one message's worth per unit; the rest wait in the kernel, charged to the sender.
+/// per unit; the rest wait in the kernel, charged to the sender.
 const FDS_IN_FLIGHT_PER_UNIT: usize = 2 * SCM_MAX_FD;
+/// All units together may have this share of corral's RLIMIT_NOFILE in flight, so the
+/// kernel always has room to install what a message carries (what it cannot install, it
+/// closes itself in the receiving thread).
+const FDS_IN_FLIGHT_SHARE: u64 = 4;
 
 /// A TCP or HTTP probe waiting on its socket.
 struct NetRun {
@@ -70,12 +74,15 @@ pub(super) struct Readiness {
     /// The closers' wake-up, once the first closer exists, and its epoll token.
     closer_wake: Option<CloserWake>,
     closer_token: u64,
+    /// How many passed descriptors all closers together may hold.
+    fds_in_flight_max: usize,
     net: HashMap<u64, NetRun>,
     exec: HashMap<i32, ExecRun>,
 }
 
 impl Readiness {
-    pub(super) fn new(notify_dir: PathBuf, closer_token: u64) -> Readiness {
+    /// `open_files`: corral's soft RLIMIT_NOFILE.
+    pub(super) fn new(notify_dir: PathBuf, closer_token: u64, open_files: u64) -> Readiness {
         Readiness {
             notify_dir,
             dir: None,
@@ -84,6 +91,9 @@ impl Readiness {
             closers: HashMap::new(),
             closer_wake: None,
             closer_token,
+            fds_in_flight_max: usize::try_from(open_files / FDS_IN_FLIGHT_SHARE)
+                .unwrap_or(usize::MAX)
+                .max(SCM_MAX_FD),
             net: HashMap::new(),
             exec: HashMap::new(),
         }
@@ -155,11 +165,18 @@ impl Readiness {
         self.closers.get(unit)
     }
 
-    /// Whether the unit's socket may be read: one more full message fits its closer's budget.
+    /// Whether the unit's socket may be read: one more full message fits its closer's budget
+    /// and everyone's.
     fn may_read(&self, unit: &UnitName) -> bool {
-        self.closers
+        let unit_ok = self
+            .closers
             .get(unit)
-            .is_none_or(|c| c.in_flight() + SCM_MAX_FD <= FDS_IN_FLIGHT_PER_UNIT)
+            .is_none_or(|c| c.in_flight() + SCM_MAX_FD <= FDS_IN_FLIGHT_PER_UNIT);
+        let all_ok = self
+            .closer_wake
+            .as_ref()
+            .is_none_or(|w| w.in_flight() + SCM_MAX_FD <= self.fds_in_flight_max);
+        unit_ok && all_ok
     }
 
     /// Stops reading the unit's socket until its closer catches up.
