@@ -89,7 +89,7 @@ fn a_local_user_who_is_not_the_units_cannot_send_to_its_notify_socket() {
 
 #[test]
 fn a_passed_socket_whose_close_lingers_does_not_stall_corral() {
-    if !require_root() {
+    if !require_root() || !systemd_notify() {
         return;
     }
     const LINGER: Duration = Duration::from_secs(30);
@@ -102,6 +102,16 @@ fn a_passed_socket_whose_close_lingers_does_not_stall_corral() {
         enabled = false
         [exec]
         command = ["true"]
+        "#,
+    );
+    // Another unit's barrier fds go to its own closer, which is not stuck behind svc's.
+    c.unit(
+        "peer",
+        r#"
+        enabled = false
+        [exec]
+        command = ["sh", "-c", "systemd-notify --ready; exec sleep 600"]
+        ready = "notify"
         "#,
     );
     c.launch(&[]);
@@ -175,6 +185,8 @@ fn a_passed_socket_whose_close_lingers_does_not_stall_corral() {
     assert!(status.status.code() == Some(0) || status.status.code() == Some(3));
     let start = answered(&["start", "once"]);
     // A oneshot's start answers once its exit was reaped.
+    assert!(start.status.success(), "{start:?}");
+    let start = answered(&["start", "peer"]);
     assert!(start.status.success(), "{start:?}");
     drop(listener);
 }

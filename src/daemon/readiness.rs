@@ -1,7 +1,7 @@
 //! Wiring of readiness and health: units' notify sockets and health probes in flight on the loop.
 
 use std::collections::HashMap;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -127,15 +127,27 @@ impl Readiness {
     /// descriptors, and closing the socket closes them.
     fn retire(&mut self, unit: &UnitName, socket: NotifySocket, poller: &Poller) {
         let fd = socket.retire();
+        self.close_passed(unit, vec![fd], poller);
+    }
+
+    /// Has the unit's closer close `fds`; they stay open when there is none to be had, the one
+    /// choice that cannot block the loop.
+    fn close_passed(&mut self, unit: &UnitName, fds: Vec<OwnedFd>, poller: &Poller) {
+        if fds.is_empty() {
+            return;
+        }
         match self.closer(unit, poller) {
-            Some(closer) => closer.close(vec![fd]),
-            // No thread to be had: leaving it open is the one choice that cannot block.
-            None => std::mem::forget(fd),
+            Some(closer) => {
+                if let Err(e) = closer.close(fds) {
+                    warn!(unit = %unit, "starting a thread to close passed fds: {e}; they stay open");
+                }
+            }
+            None => std::mem::forget(fds),
         }
     }
 
-    /// The unit's closer, started on first use.
-    fn closer(&mut self, unit: &UnitName, poller: &Poller) -> Option<&Closer> {
+    /// The unit's closer, made on first use.
+    fn closer(&mut self, unit: &UnitName, poller: &Poller) -> Option<&mut Closer> {
         if self.closer_wake.is_none() {
             let wake = match CloserWake::new() {
                 Ok(wake) => wake,
@@ -150,19 +162,12 @@ impl Readiness {
             }
             self.closer_wake = Some(wake);
         }
-        let wake = self.closer_wake.clone()?;
-        if !self.closers.contains_key(unit) {
-            match Closer::spawn(&wake) {
-                Ok(closer) => {
-                    self.closers.insert(unit.clone(), closer);
-                }
-                Err(e) => {
-                    warn!(unit = %unit, "starting the closer of passed fds: {e}");
-                    return None;
-                }
-            }
-        }
-        self.closers.get(unit)
+        let wake = self.closer_wake.as_ref()?;
+        Some(
+            self.closers
+                .entry(unit.clone())
+                .or_insert_with(|| Closer::new(wake)),
+        )
     }
 
     /// Whether the unit's socket may be read: one more full message fits its closer's budget
@@ -371,10 +376,7 @@ impl Daemon {
             self.hear(unit, &datagram, now);
             // Let go of passed fds (a barrier's) only now: the sender waits on them, so it is
             // still found in the unit while it is checked. Their close may block: not here.
-            match self.readiness.closer(unit, &self.poller) {
-                Some(closer) => closer.close(fds),
-                None => std::mem::forget(fds),
-            }
+            self.readiness.close_passed(unit, fds, &self.poller);
         }
     }
 

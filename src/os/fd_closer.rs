@@ -10,6 +10,7 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
+use std::time::Duration;
 
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
@@ -48,54 +49,95 @@ impl CloserWake {
     }
 }
 
-/// One unit's closer: a thread that closes what it is sent, in order.
+/// A thread ends after this long with nothing to close; the next batch starts another.
+const IDLE: Duration = Duration::from_secs(5);
+
+/// Descriptors on their way to being closed; dropping the batch closes them and counts them
+/// off. Only a closer thread drops one (or the channel, in that thread, as the thread ends).
+struct Batch {
+    fds: Vec<OwnedFd>,
+    unit_in_flight: Arc<AtomicUsize>,
+    wake: CloserWake,
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        let n = self.fds.len();
+        self.fds.clear();
+        if n > 0 {
+            self.unit_in_flight.fetch_sub(n, Ordering::AcqRel);
+            self.wake.in_flight.fetch_sub(n, Ordering::AcqRel);
+            // Full counter (EAGAIN): the loop has a wake pending anyway.
+            let _ = self.wake.fd.write(1);
+        }
+    }
+}
+
+impl Batch {
+    /// Keeps the descriptors open for good (no thread to close them): still counted in
+    /// flight, so the unit's socket stays unread rather than growing this.
+    fn leak(mut self) {
+        std::mem::forget(std::mem::take(&mut self.fds));
+    }
+}
+
+/// One unit's closer: a thread, started when there is something to close, that closes what
+/// it is sent in order and ends when idle.
 #[derive(Debug)]
 pub struct Closer {
-    tx: mpsc::Sender<Vec<OwnedFd>>,
+    tx: Option<mpsc::Sender<Batch>>,
     in_flight: Arc<AtomicUsize>,
-    all_in_flight: Arc<AtomicUsize>,
+    wake: CloserWake,
 }
 
 impl Closer {
-    /// Starts the thread; it ends once the closer is dropped and its queue is empty.
-    pub fn spawn(wake: &CloserWake) -> std::io::Result<Closer> {
-        let (tx, rx) = mpsc::channel::<Vec<OwnedFd>>();
-        let in_flight = Arc::new(AtomicUsize::new(0));
-        let count = Arc::clone(&in_flight);
-        let all_in_flight = Arc::clone(&wake.in_flight);
-        let wake = wake.clone();
-        std::thread::Builder::new()
-            .name("corral-closer".to_owned())
-            .stack_size(STACK_SIZE)
-            .spawn(move || {
-                for batch in rx {
-                    let n = batch.len();
-                    drop(batch);
-                    count.fetch_sub(n, Ordering::AcqRel);
-                    wake.in_flight.fetch_sub(n, Ordering::AcqRel);
-                    // Full counter (EAGAIN): the loop has a wake pending anyway.
-                    let _ = wake.fd.write(1);
-                }
-            })?;
-        Ok(Closer {
-            tx,
-            in_flight,
-            all_in_flight,
-        })
+    pub fn new(wake: &CloserWake) -> Closer {
+        Closer {
+            tx: None,
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            wake: wake.clone(),
+        }
     }
 
-    /// Hands `fds` to the thread; returns at once.
-    pub fn close(&self, fds: Vec<OwnedFd>) {
+    /// Hands `fds` to the thread, starting one if none runs; returns at once. When no thread
+    /// can be started the descriptors stay open (and counted): that cannot block the loop.
+    pub fn close(&mut self, fds: Vec<OwnedFd>) -> std::io::Result<()> {
         if fds.is_empty() {
-            return;
+            return Ok(());
         }
         let n = fds.len();
         self.in_flight.fetch_add(n, Ordering::AcqRel);
-        self.all_in_flight.fetch_add(n, Ordering::AcqRel);
-        if let Err(mpsc::SendError(fds)) = self.tx.send(fds) {
-            // The thread is gone (it cannot panic: it only drops and writes). Keeping the
-            // descriptors open is the one choice that cannot block the loop.
-            std::mem::forget(fds);
+        self.wake.in_flight.fetch_add(n, Ordering::AcqRel);
+        let batch = Batch {
+            fds,
+            unit_in_flight: Arc::clone(&self.in_flight),
+            wake: self.wake.clone(),
+        };
+        let batch = match &self.tx {
+            Some(tx) => match tx.send(batch) {
+                Ok(()) => return Ok(()),
+                // The thread ended, idle.
+                Err(mpsc::SendError(batch)) => batch,
+            },
+            None => batch,
+        };
+        self.tx = None;
+        let tx = match start_thread() {
+            Ok(tx) => tx,
+            Err(e) => {
+                batch.leak();
+                return Err(e);
+            }
+        };
+        match tx.send(batch) {
+            Ok(()) => {
+                self.tx = Some(tx);
+                Ok(())
+            }
+            Err(mpsc::SendError(batch)) => {
+                batch.leak();
+                Err(std::io::Error::other("the closer thread ended at once"))
+            }
         }
     }
 
@@ -105,6 +147,21 @@ impl Closer {
     }
 }
 
+fn start_thread() -> std::io::Result<mpsc::Sender<Batch>> {
+    let (tx, rx) = mpsc::channel::<Batch>();
+    std::thread::Builder::new()
+        .name("corral-closer".to_owned())
+        .stack_size(STACK_SIZE)
+        .spawn(move || {
+            while let Ok(batch) = rx.recv_timeout(IDLE) {
+                drop(batch);
+            }
+            // Dropping `rx` here drops (closes) whatever was sent after the last receive,
+            // on this thread (std's channel discards its messages when the receiver goes).
+        })?;
+    Ok(tx)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,9 +169,9 @@ mod tests {
     #[test]
     fn a_closer_closes_what_it_is_given_and_wakes_the_loop() {
         let wake = CloserWake::new().unwrap();
-        let closer = Closer::spawn(&wake).unwrap();
+        let mut closer = Closer::new(&wake);
         let (read, write) = nix::unistd::pipe().unwrap();
-        closer.close(vec![write]);
+        closer.close(vec![write]).unwrap();
         // EOF on the read end once the closer has closed the only write end.
         let mut byte = [0u8; 1];
         assert_eq!(nix::unistd::read(&read, &mut byte), Ok(0));
