@@ -282,6 +282,8 @@ impl Daemon {
                 Ok(socket) => socket,
                 Err(e) => {
                     warn!(unit = %unit.name, "{e}; the unit gets no NOTIFY_SOCKET");
+                    // Checked again next time: someone may have removed or replaced it.
+                    self.readiness.dir = None;
                     return None;
                 }
             };

@@ -83,26 +83,28 @@ impl NotifyDir {
     /// symlink, owned by corral's user and writable by no one else, or another user could
     /// place or replace a socket there; its mode is then narrowed to 0711.
     pub fn prepare(path: &Path) -> Result<NotifyDir, NotifyError> {
-        match std::fs::symlink_metadata(path) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                std::fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(DIR_MODE)
-                    .create(path)
-                    .map_err(fail("creating the notify directory", path))?;
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .map_err(fail("creating the parent of the notify directory", path))?;
+        }
+        match std::fs::DirBuilder::new().mode(DIR_MODE).create(path) {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+                return Err(fail("creating the notify directory", path)(e));
             }
-            Err(e) => return Err(fail("inspecting the notify directory", path)(e)),
-            Ok(meta) => {
-                let refuse = |why: &str| {
-                    fail("refusing the notify directory", path)(io::Error::other(why.to_owned()))
-                };
-                if !meta.file_type().is_dir() {
-                    return Err(refuse("not a directory (a symlink is not followed)"));
-                }
-                if meta.uid() != nix::unistd::geteuid().as_raw() {
-                    return Err(refuse("owned by another user"));
-                }
-            }
+            _ => {}
+        }
+        // Checked after the create, whoever made it: a name someone else put there first (a
+        // symlink, their own directory) is refused, not followed.
+        let meta = std::fs::symlink_metadata(path)
+            .map_err(fail("inspecting the notify directory", path))?;
+        let refuse = |why: &str| {
+            fail("refusing the notify directory", path)(io::Error::other(why.to_owned()))
+        };
+        if !meta.file_type().is_dir() {
+            return Err(refuse("not a directory (a symlink is not followed)"));
+        }
+        if meta.uid() != nix::unistd::geteuid().as_raw() {
+            return Err(refuse("owned by another user"));
         }
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(DIR_MODE))
             .map_err(fail("setting the mode of the notify directory", path))?;
@@ -150,23 +152,33 @@ pub struct Datagram {
     pub truncated: bool,
 }
 
-/// Eight random bytes in hex: a name nobody can guess before the socket exists.
+/// Eight random bytes in hex: a name nobody can guess before the socket exists. Never
+/// blocks, even as an early-boot PID 1 (GRND_INSECURE, Linux 5.6+; before that, a
+/// non-blocking read, which fails only until the pool is ready). The name is not what keeps
+/// strangers out (the directory's and the socket's modes are), so "insecure" is good enough.
 fn random_suffix() -> Result<String, io::Error> {
+    const GRND_INSECURE: libc::c_uint = 0x0004;
     let mut bytes = [0u8; 8];
+    let mut flags = GRND_INSECURE;
     let mut filled = 0;
     while filled < bytes.len() {
         // SAFETY: getrandom writes at most the given length into the buffer, which is ours.
         let n = unsafe {
-            libc::getrandom(bytes[filled..].as_mut_ptr().cast(), bytes.len() - filled, 0)
+            libc::getrandom(
+                bytes[filled..].as_mut_ptr().cast(),
+                bytes.len() - filled,
+                flags,
+            )
         };
-        match n {
-            n if n > 0 => filled += n as usize,
-            _ => {
-                let e = io::Error::last_os_error();
-                if e.kind() != io::ErrorKind::Interrupted {
-                    return Err(e);
-                }
-            }
+        if n > 0 {
+            filled += n as usize;
+            continue;
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => {}
+            Some(libc::EINVAL) if flags == GRND_INSECURE => flags = libc::GRND_NONBLOCK,
+            _ => return Err(e),
         }
     }
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
