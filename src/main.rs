@@ -109,6 +109,9 @@ struct RunArgs {
     /// Root of corral's cgroup tree (default: the cgroup corral starts in)
     #[arg(long, value_name = "PATH")]
     cgroup_root: Option<PathBuf>,
+    /// Directory of the units' notify sockets [default: /run/corral-notify for root, else $XDG_RUNTIME_DIR/corral-notify]
+    #[arg(long, value_name = "DIR")]
+    notify_dir: Option<PathBuf>,
     /// When this unit ends (exited or failed), shut down and exit with its status
     #[arg(long, value_name = "UNIT")]
     exit_with: Option<String>,
@@ -265,6 +268,9 @@ fn run(args: RunArgs, socket: PathBuf) -> i32 {
         usage_interval: args.usage_interval,
         metrics_listen: args.metrics_listen,
         metrics_token,
+        notify_dir: args
+            .notify_dir
+            .unwrap_or_else(corral::os::notify::default_dir),
     };
     match daemon::run(options) {
         Ok(daemon::Ending::Exit(code)) => code,

@@ -7,6 +7,7 @@ pub mod exit;
 pub mod limit_watch;
 pub mod notify;
 pub mod oom;
+pub mod notify_refusals;
 pub mod reload;
 pub mod service;
 pub mod supervisor;

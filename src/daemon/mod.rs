@@ -64,6 +64,8 @@ pub struct Options {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Answer only requests with `Authorization: Bearer <this>` (`--metrics-token-file`).
     pub metrics_token: Option<String>,
+    /// Where the units' notify sockets are made (see docs/operations.md, "Notify sockets").
+    pub notify_dir: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -99,7 +101,9 @@ const TOKEN_SIGNALS: u64 = 0;
 const TOKEN_LISTENER: u64 = 1;
 const TOKEN_WATCH: u64 = 2;
 const TOKEN_METRICS: u64 = 3;
-const FIRST_DYNAMIC_TOKEN: u64 = 4;
+/// The closers of descriptors units passed (readiness.rs) have finished a batch.
+const TOKEN_CLOSERS: u64 = 4;
+const FIRST_DYNAMIC_TOKEN: u64 = 5;
 
 /// Changes in the units directory settle for this long before a reload (editors write in
 /// several steps)...
@@ -288,6 +292,16 @@ pub fn run(opts: Options) -> Result<Ending, DaemonError> {
         }
     };
     let usage_watch = UsageWatch::new(opts.thresholds, opts.usage_interval);
+    let notify_dir = opts.notify_dir.clone();
+    let open_files = match spawn::raise_open_files_limit() {
+        Ok(limit) => limit,
+        Err(e) => {
+            warn!(
+                "raising RLIMIT_NOFILE to its hard limit: {e}; fds passed in notify messages get less room"
+            );
+            1024
+        }
+    };
     let mut daemon = Daemon {
         members,
         usage_watch,
@@ -302,7 +316,7 @@ pub fn run(opts: Options) -> Result<Ending, DaemonError> {
         memory_watches: HashMap::new(),
         exec_reports: HashMap::new(),
         populated_watches: HashMap::new(),
-        readiness: readiness::Readiness::default(),
+        readiness: readiness::Readiness::new(notify_dir, TOKEN_CLOSERS, open_files),
         watch,
         reload_due: None,
         reload_error: None,
@@ -408,6 +422,7 @@ impl Daemon {
                 let _ = self.reload(now);
             }
             self.expire_probes(now);
+            self.report_notify_refusals(now);
             self.feed(Input::Tick, now);
             for (unit, count) in self.members.spared_main_oom_kills(now) {
                 self.record_oom_kills(&unit, count, OomVictim::Spared, now);

@@ -1,7 +1,8 @@
 //! Wiring of readiness and health: units' notify sockets and health probes in flight on the loop.
 
 use std::collections::HashMap;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -9,10 +10,12 @@ use tracing::{debug, warn};
 
 use crate::core::exit::{ExitReport, Termination};
 use crate::core::notify::NotifyMessage;
+use crate::core::notify_refusals::{Refusal, Refusals};
 use crate::core::service::after;
 use crate::core::supervisor::Input;
+use crate::os::fd_closer::{Closer, CloserWake};
 use crate::os::namespaces;
-use crate::os::notify::NotifySocket;
+use crate::os::notify::{Datagram, NotifyDir, NotifySocket, SCM_MAX_FD};
 use crate::os::poller::Poller;
 use crate::os::probe::{NetProbe, Progress};
 use crate::os::spawn;
@@ -20,6 +23,18 @@ use crate::proto::Stream;
 use crate::unit::{Exec, Namespaces, Probe, Unit, UnitName};
 
 use super::Daemon;
+
+/// Datagrams read from one notify socket per wake, so one chatty unit cannot hold the loop;
+/// level-triggered epoll brings the loop back for the rest after the others had their turn.
+const DATAGRAMS_PER_WAKE: usize = 32;
+/// Descriptors a unit may have passed that its closer has not closed yet. A socket is read
+/// only while one more full message (SCM_MAX_FD) fits, so corral holds at most this many
+/// per unit; the rest wait in the kernel, charged to the sender.
+const FDS_IN_FLIGHT_PER_UNIT: usize = 2 * SCM_MAX_FD;
+/// All units together may have this share of corral's RLIMIT_NOFILE in flight, so the
+/// kernel always has room to install what a message carries (what it cannot install, it
+/// closes itself in the receiving thread).
+const FDS_IN_FLIGHT_SHARE: u64 = 4;
 
 /// A TCP or HTTP probe waiting on its socket.
 struct NetRun {
@@ -38,31 +53,178 @@ struct ExecRun {
     timeout: Duration,
 }
 
+/// A unit's notify socket, with what keeps it from costing the loop more than its share.
+struct Notify {
+    token: u64,
+    socket: NotifySocket,
+    /// Not read (out of epoll's interest) until the closer catches up.
+    paused: bool,
+    refusals: Refusals,
+}
+
 /// What the daemon holds for readiness and health, keyed by epoll token or pid.
-#[derive(Default)]
 pub(super) struct Readiness {
-    sockets: HashMap<UnitName, (u64, NotifySocket)>,
+    /// `--notify-dir`, checked on first use.
+    notify_dir: PathBuf,
+    dir: Option<NotifyDir>,
+    sockets: HashMap<UnitName, Notify>,
     socket_tokens: HashMap<u64, UnitName>,
+    /// Each unit's closer of passed descriptors (also of its retired sockets).
+    closers: HashMap<UnitName, Closer>,
+    /// The closers' wake-up, once the first closer exists, and its epoll token.
+    closer_wake: Option<CloserWake>,
+    closer_token: u64,
+    /// How many passed descriptors all closers together may hold.
+    fds_in_flight_max: usize,
     net: HashMap<u64, NetRun>,
     exec: HashMap<i32, ExecRun>,
 }
 
 impl Readiness {
+    /// `open_files`: corral's soft RLIMIT_NOFILE.
+    pub(super) fn new(notify_dir: PathBuf, closer_token: u64, open_files: u64) -> Readiness {
+        Readiness {
+            notify_dir,
+            dir: None,
+            sockets: HashMap::new(),
+            socket_tokens: HashMap::new(),
+            closers: HashMap::new(),
+            closer_wake: None,
+            closer_token,
+            fds_in_flight_max: usize::try_from(open_files / FDS_IN_FLIGHT_SHARE)
+                .unwrap_or(usize::MAX)
+                .max(SCM_MAX_FD),
+            net: HashMap::new(),
+            exec: HashMap::new(),
+        }
+    }
+
     pub(super) fn owns(&self, token: u64) -> bool {
-        self.socket_tokens.contains_key(&token) || self.net.contains_key(&token)
+        self.socket_tokens.contains_key(&token)
+            || self.net.contains_key(&token)
+            || token == self.closer_token
     }
 
     pub(super) fn next_deadline(&self) -> Option<Instant> {
         let net = self.net.values().map(|r| r.deadline);
         let exec = self.exec.values().map(|r| r.deadline);
-        net.chain(exec).min()
+        let refusals = self.sockets.values().filter_map(|n| n.refusals.deadline());
+        net.chain(exec).chain(refusals).min()
     }
 
     /// A removed unit's socket closes; its probes' answers would find no unit anyway.
     pub(super) fn forget(&mut self, poller: &Poller, unit: &UnitName) {
-        if let Some((token, socket)) = self.sockets.remove(unit) {
-            self.socket_tokens.remove(&token);
-            let _ = poller.remove(socket.as_fd());
+        if let Some(notify) = self.sockets.remove(unit) {
+            self.socket_tokens.remove(&notify.token);
+            let _ = poller.remove(notify.socket.as_fd());
+            self.retire(unit, notify.socket, poller);
+        }
+        // Dropping the closer ends its thread once its queue is closed.
+        self.closers.remove(unit);
+    }
+
+    /// Unlinks a socket and has the unit's closer close it: queued messages may carry
+    /// descriptors, and closing the socket closes them.
+    fn retire(&mut self, unit: &UnitName, socket: NotifySocket, poller: &Poller) {
+        let fd = socket.retire();
+        self.close_passed(unit, vec![fd], poller);
+    }
+
+    /// Has the unit's closer close `fds`; they stay open when there is none to be had, the one
+    /// choice that cannot block the loop.
+    fn close_passed(&mut self, unit: &UnitName, fds: Vec<OwnedFd>, poller: &Poller) {
+        if fds.is_empty() {
+            return;
+        }
+        match self.closer(unit, poller) {
+            Some(closer) => {
+                if let Err(e) = closer.close(fds) {
+                    warn!(unit = %unit, "starting a thread to close passed fds: {e}; they stay open");
+                }
+            }
+            None => std::mem::forget(fds),
+        }
+    }
+
+    /// The unit's closer, made on first use.
+    fn closer(&mut self, unit: &UnitName, poller: &Poller) -> Option<&mut Closer> {
+        if self.closer_wake.is_none() {
+            let wake = match CloserWake::new() {
+                Ok(wake) => wake,
+                Err(e) => {
+                    warn!(unit = %unit, "creating the eventfd of the fd closers: {e}");
+                    return None;
+                }
+            };
+            if let Err(e) = poller.add(wake.as_fd(), self.closer_token, false) {
+                warn!(unit = %unit, "watching the fd closers' eventfd: {e}");
+                return None;
+            }
+            self.closer_wake = Some(wake);
+        }
+        let wake = self.closer_wake.as_ref()?;
+        Some(
+            self.closers
+                .entry(unit.clone())
+                .or_insert_with(|| Closer::new(wake)),
+        )
+    }
+
+    /// Whether the unit's socket may be read: one more full message fits its closer's budget
+    /// and everyone's.
+    fn may_read(&self, unit: &UnitName) -> bool {
+        let unit_ok = self
+            .closers
+            .get(unit)
+            .is_none_or(|c| c.in_flight() + SCM_MAX_FD <= FDS_IN_FLIGHT_PER_UNIT);
+        let all_ok = self
+            .closer_wake
+            .as_ref()
+            .is_none_or(|w| w.in_flight() + SCM_MAX_FD <= self.fds_in_flight_max);
+        unit_ok && all_ok
+    }
+
+    /// Stops reading the unit's socket until its closer catches up.
+    fn pause(&mut self, unit: &UnitName, poller: &Poller) {
+        if let Some(n) = self.sockets.get_mut(unit)
+            && !n.paused
+            && poller
+                .modify(n.socket.as_fd(), n.token, false, false)
+                .is_ok()
+        {
+            n.paused = true;
+        }
+    }
+
+    /// A closer finished a batch: read again the sockets that waited for it.
+    fn on_closer_wake(&mut self, poller: &Poller) {
+        if let Some(wake) = &self.closer_wake {
+            wake.drain();
+        }
+        let resumed: Vec<UnitName> = self
+            .sockets
+            .iter()
+            .filter(|(unit, n)| n.paused && self.may_read(unit))
+            .map(|(unit, _)| unit.clone())
+            .collect();
+        for unit in resumed {
+            if let Some(n) = self.sockets.get_mut(&unit)
+                && poller
+                    .modify(n.socket.as_fd(), n.token, true, false)
+                    .is_ok()
+            {
+                n.paused = false;
+            }
+        }
+    }
+}
+
+impl Drop for Readiness {
+    /// At the end, sockets are unlinked; their descriptors are left to the process's exit,
+    /// where a lingering close no longer waits (inet_release skips the linger when exiting).
+    fn drop(&mut self) {
+        for (_, notify) in self.sockets.drain() {
+            std::mem::forget(notify.socket.retire());
         }
     }
 }
@@ -79,32 +241,10 @@ impl Daemon {
         if !unit.wants_notify_socket() {
             return exec;
         }
-        if !self.readiness.sockets.contains_key(&unit.name) {
-            let name = format!("corral/{}/notify/{}", std::process::id(), unit.name);
-            match NotifySocket::bind(&name) {
-                Ok(socket) => {
-                    let token = self.token();
-                    if let Err(e) = self.poller.add(socket.as_fd(), token, false) {
-                        warn!(unit = %unit.name, "cannot watch the unit's notify socket: {e}");
-                        return exec;
-                    }
-                    self.readiness
-                        .socket_tokens
-                        .insert(token, unit.name.clone());
-                    self.readiness
-                        .sockets
-                        .insert(unit.name.clone(), (token, socket));
-                }
-                Err(e) => {
-                    warn!(unit = %unit.name, "{e}; the unit gets no NOTIFY_SOCKET");
-                    return exec;
-                }
-            }
-        }
-        if let Some((_, socket)) = self.readiness.sockets.get(&unit.name) {
-            exec.env
-                .insert("NOTIFY_SOCKET".to_owned(), socket.env_value());
-        }
+        let Some(socket) = self.notify_socket_for(unit, &exec) else {
+            return exec;
+        };
+        exec.env.insert("NOTIFY_SOCKET".to_owned(), socket);
         if let Some(watchdog) = unit.health.as_ref().and_then(|h| h.watchdog) {
             exec.env
                 .insert("WATCHDOG_USEC".to_owned(), watchdog.as_micros().to_string());
@@ -115,9 +255,83 @@ impl Daemon {
         exec
     }
 
+    /// The path of the unit's notify socket, bound on first use and kept across its restarts;
+    /// a new one when the uid it runs as changed. `None` (warned) when it cannot have one.
+    fn notify_socket_for(&mut self, unit: &Unit, exec: &Exec) -> Option<String> {
+        let owner = spawn::host_uid(&unit.namespaces, exec.user.as_ref());
+        if self
+            .readiness
+            .sockets
+            .get(&unit.name)
+            .is_some_and(|n| n.socket.owner() != owner)
+        {
+            self.readiness.forget(&self.poller, &unit.name);
+        }
+        if !self.readiness.sockets.contains_key(&unit.name) {
+            if self.readiness.dir.is_none() {
+                match NotifyDir::prepare(&self.readiness.notify_dir) {
+                    Ok(dir) => self.readiness.dir = Some(dir),
+                    Err(e) => {
+                        warn!(unit = %unit.name, "{e}; the unit gets no NOTIFY_SOCKET");
+                        return None;
+                    }
+                }
+            }
+            let dir = self.readiness.dir.as_ref()?;
+            let socket = match NotifySocket::bind(dir, unit.name.as_str(), owner) {
+                Ok(socket) => socket,
+                Err(e) => {
+                    warn!(unit = %unit.name, "{e}; the unit gets no NOTIFY_SOCKET");
+                    // Checked again next time: someone may have removed or replaced it.
+                    self.readiness.dir = None;
+                    return None;
+                }
+            };
+            let token = self.token();
+            if let Err(e) = self.poller.add(socket.as_fd(), token, false) {
+                warn!(unit = %unit.name, "cannot watch the unit's notify socket: {e}");
+                return None;
+            }
+            self.readiness
+                .socket_tokens
+                .insert(token, unit.name.clone());
+            self.readiness.sockets.insert(
+                unit.name.clone(),
+                Notify {
+                    token,
+                    socket,
+                    paused: false,
+                    refusals: Refusals::default(),
+                },
+            );
+        }
+        let path = self
+            .readiness
+            .sockets
+            .get(&unit.name)?
+            .socket
+            .env_value()
+            .to_string_lossy()
+            .into_owned();
+        // A private /tmp hides everything below the host's /tmp from the unit.
+        if unit.sandbox.private_tmp && std::path::Path::new(&path).starts_with("/tmp") {
+            warn!(
+                unit = %unit.name,
+                "the notify socket {path} is below /tmp, which private-tmp hides from the unit; \
+                 the unit gets no NOTIFY_SOCKET (give corral a --notify-dir outside /tmp)"
+            );
+            return None;
+        }
+        Some(path)
+    }
+
     /// Reads every queued datagram of a notify socket or advances a network probe.
     pub(super) fn on_readiness_event(&mut self, token: u64) {
         let now = Instant::now();
+        if token == self.readiness.closer_token {
+            self.readiness.on_closer_wake(&self.poller);
+            return;
+        }
         if let Some(unit) = self.readiness.socket_tokens.get(&token).cloned() {
             self.drain_notify(&unit, now);
             return;
@@ -141,47 +355,112 @@ impl Daemon {
     }
 
     fn drain_notify(&mut self, unit: &UnitName, now: Instant) {
-        // Bounded per wake so one chatty unit cannot hold the loop; level-triggered epoll
-        // brings us back for the rest.
-        for _ in 0..64 {
-            let Some((_, socket)) = self.readiness.sockets.get(unit) else {
+        self.report_refusals_of(unit, now);
+        for _ in 0..DATAGRAMS_PER_WAKE {
+            if !self.readiness.may_read(unit) {
+                self.readiness.pause(unit, &self.poller);
+                return;
+            }
+            let Some(notify) = self.readiness.sockets.get(unit) else {
                 return;
             };
-            let datagram = match socket.recv() {
+            let mut datagram = match notify.socket.recv() {
                 Ok(Some(d)) => d,
                 Ok(None) => return,
                 Err(e) => {
-                    warn!(unit = %unit, "reading the unit's notify socket: {e}");
+                    self.refuse(unit, now, || {
+                        format!("reading the unit's notify socket: {e}")
+                    });
                     return;
                 }
             };
-            let Some(pid) = datagram.pid else {
-                warn!(unit = %unit, "ignoring a notify message without sender credentials");
-                continue;
-            };
-            if !self.belongs_to(unit, pid) {
-                warn!(unit = %unit, pid, "ignoring a notify message from pid {pid}: not a process of the unit");
-                continue;
-            }
-            // `datagram` (with any barrier fd) lives to the end of this iteration: the sender
-            // is still waiting, so still findable in the unit, while it is checked.
-            let mut message = NotifyMessage::parse(&datagram.bytes);
-            if let Some(main) = message.main_pid
-                && !self.belongs_to(unit, main)
-            {
-                warn!(unit = %unit, pid, "ignoring MAINPID={main}: not a process of the unit");
-                message.main_pid = None;
-            }
-            debug!(unit = %unit, pid, "notify: {}", String::from_utf8_lossy(&datagram.bytes).escape_debug());
-            if !message.is_empty() {
-                self.feed(
-                    Input::Notify {
-                        unit: unit.clone(),
-                        message,
-                    },
-                    now,
-                );
-            }
+            let fds = std::mem::take(&mut datagram.fds);
+            self.hear(unit, &datagram, now);
+            // Let go of passed fds (a barrier's) only now: the sender waits on them, so it is
+            // still found in the unit while it is checked. Their close may block: not here.
+            self.readiness.close_passed(unit, fds, &self.poller);
+        }
+    }
+
+    /// One datagram from the unit's socket: checked, parsed, fed to the core.
+    fn hear(&mut self, unit: &UnitName, datagram: &Datagram, now: Instant) {
+        if datagram.truncated {
+            self.refuse(unit, now, || {
+                format!(
+                    "ignoring a notify message whose control data was cut short (more than {SCM_MAX_FD} fds?)"
+                )
+            });
+            return;
+        }
+        let Some(pid) = datagram.pid else {
+            self.refuse(unit, now, || {
+                "ignoring a notify message without sender credentials".to_owned()
+            });
+            return;
+        };
+        if !self.belongs_to(unit, pid) {
+            self.refuse(unit, now, || {
+                format!("ignoring a notify message from pid {pid}: not a process of the unit")
+            });
+            return;
+        }
+        let mut message = NotifyMessage::parse(&datagram.bytes);
+        if let Some(main) = message.main_pid
+            && !self.belongs_to(unit, main)
+        {
+            self.refuse(unit, now, || {
+                format!("ignoring MAINPID={main}: not a process of the unit")
+            });
+            message.main_pid = None;
+        }
+        debug!(unit = %unit, pid, "notify: {}", String::from_utf8_lossy(&datagram.bytes).escape_debug());
+        if !message.is_empty() {
+            self.feed(
+                Input::Notify {
+                    unit: unit.clone(),
+                    message,
+                },
+                now,
+            );
+        }
+    }
+
+    /// Warns about a refused message, the first of an episode only; the rest are counted.
+    fn refuse(&mut self, unit: &UnitName, now: Instant, what: impl FnOnce() -> String) {
+        let Some(notify) = self.readiness.sockets.get_mut(unit) else {
+            return;
+        };
+        if notify.refusals.refused(now) == Refusal::Log {
+            warn!(unit = %unit, "{}", what());
+        }
+    }
+
+    /// The counts of refusal episodes that ended or ran a report period, every unit's.
+    pub(super) fn report_notify_refusals(&mut self, now: Instant) {
+        let due: Vec<UnitName> = self
+            .readiness
+            .sockets
+            .iter()
+            .filter(|(_, n)| n.refusals.deadline().is_some_and(|d| d <= now))
+            .map(|(unit, _)| unit.clone())
+            .collect();
+        for unit in due {
+            self.report_refusals_of(&unit, now);
+        }
+    }
+
+    fn report_refusals_of(&mut self, unit: &UnitName, now: Instant) {
+        let Some(notify) = self.readiness.sockets.get_mut(unit) else {
+            return;
+        };
+        if let Some(s) = notify.refusals.due(now) {
+            let over = Duration::from_millis(s.over.as_millis() as u64);
+            warn!(
+                unit = %unit,
+                "{} more notify messages refused over {} (only the first was logged)",
+                s.count,
+                humantime::format_duration(over)
+            );
         }
     }
 

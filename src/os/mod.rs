@@ -2,6 +2,7 @@
 
 pub mod cgroup;
 pub mod control_socket;
+pub mod fd_closer;
 pub mod namespaces;
 pub mod notify;
 pub mod pid1;

@@ -634,22 +634,6 @@ impl Reader<'_> {
             unit.health = health(cx, &sec);
         }
         implied_namespaces(cx, ns.as_ref(), &mut unit.namespaces, &unit.sandbox);
-        let uses_notify = unit.readiness.mode == ReadyMode::Notify
-            || unit.health.as_ref().is_some_and(|h| h.watchdog.is_some());
-        if unit.namespaces.net
-            && uses_notify
-            && let Some(sec) = &ns
-        {
-            cx.error(
-                sec.span_of("net"),
-                &sec.key("net"),
-                Invalid::new(
-                    "a unit in its own network namespace cannot reach corral's notify socket \
-                     (`ready = \"notify\"` or a `watchdog`)",
-                )
-                .hint("use a [health] probe for readiness: probes reach the unit's own loopback"),
-            );
-        }
         unit.after = self.refs(root, "after", RefField::After);
         unit.requires = self.refs(root, "requires", RefField::Requires);
         unit

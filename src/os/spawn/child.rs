@@ -29,6 +29,9 @@ pub struct ExecPlan<'a> {
     /// `[oom] score-adjust`, pre-formatted: written to /proc/self/oom_score_adj while still
     /// privileged (lowering it needs CAP_SYS_RESOURCE).
     pub oom_score_adj: Option<&'a [u8]>,
+    /// The RLIMIT_NOFILE corral was started with, when corral raised its own (see
+    /// `raise_open_files_limit`): the unit gets the limit it would have had without corral.
+    pub open_files_limit: Option<libc::rlimit64>,
     pub isolation: Isolation<'a>,
     pub privileges: Privileges,
 }
@@ -420,6 +423,16 @@ unsafe fn exec_child(
                     8usize,
                 );
             }
+        }
+        // Lowering a soft limit never fails; nothing to report.
+        if let Some(limit) = &plan.open_files_limit {
+            libc::syscall(
+                libc::SYS_prlimit64,
+                0,
+                libc::RLIMIT_NOFILE,
+                std::ptr::from_ref(limit),
+                std::ptr::null_mut::<libc::rlimit64>(),
+            );
         }
         for &fd in plan.join_cgroups.iter().filter(|_| !in_cgroup) {
             if libc::write(fd, b"0".as_ptr().cast(), 1) < 0 {

@@ -296,6 +296,7 @@ pub fn spawn(
         join_cgroups: &join_fds,
         clone_into: cgroup.clone_into.as_ref().map(AsRawFd::as_raw_fd),
         oom_score_adj: oom_score_adj.as_deref(),
+        open_files_limit: ORIGINAL_OPEN_FILES_LIMIT.get().copied(),
         credentials,
         isolation: child::Isolation {
             enter: &enter,
@@ -538,6 +539,51 @@ impl MapWriter {
         write("uid_map", &self.uid_map)?;
         write("gid_map", &self.gid_map)
     }
+}
+
+/// RLIMIT_NOFILE as corral found it, when `raise_open_files_limit` raised it.
+static ORIGINAL_OPEN_FILES_LIMIT: std::sync::OnceLock<libc::rlimit64> = std::sync::OnceLock::new();
+
+/// Raises corral's own soft RLIMIT_NOFILE to its hard limit, as systemd does for itself, and
+/// has every process spawned later start with the original again (a unit expects the limit
+/// it was given, and select() breaks above 1024). Descriptors that reach corral from outside
+/// (notify messages) are installed by the kernel only while there is room; the rest it
+/// closes itself, in corral's thread, where such a close can block. Returns the soft limit
+/// now in force.
+pub fn raise_open_files_limit() -> Result<u64, Errno> {
+    let mut limit = libc::rlimit64 {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit64 on ourselves (pid 0) writes the current limit into `limit`.
+    let got = unsafe { libc::prlimit64(0, libc::RLIMIT_NOFILE, std::ptr::null(), &mut limit) };
+    Errno::result(got)?;
+    if limit.rlim_cur >= limit.rlim_max {
+        return Ok(limit.rlim_cur);
+    }
+    let raised = libc::rlimit64 {
+        rlim_cur: limit.rlim_max,
+        rlim_max: limit.rlim_max,
+    };
+    // SAFETY: prlimit64 on ourselves reads the new limit from `raised`.
+    let set = unsafe { libc::prlimit64(0, libc::RLIMIT_NOFILE, &raised, std::ptr::null_mut()) };
+    Errno::result(set)?;
+    let _ = ORIGINAL_OPEN_FILES_LIMIT.set(limit);
+    Ok(raised.rlim_cur)
+}
+
+/// The host uid the unit's command runs as: its user's, or with a user namespace the outside
+/// id of the uid it has inside. Files only the unit may use (its notify socket) are this uid's.
+pub fn host_uid(ns: &Namespaces, who: Option<&Credentials>) -> u32 {
+    let identity = who.unwrap_or_else(|| own_identity());
+    if !ns.user {
+        return identity.uid;
+    }
+    let map = effective_map(&ns.uid_map, identity.uid);
+    let inside = inside_id(&map, identity.uid);
+    map.iter()
+        .find(|e| inside >= e.inside && inside - e.inside < e.count)
+        .map_or(identity.uid, |e| e.outside + (inside - e.inside))
 }
 
 /// The uid and gid the command has inside its user namespace (see `inside_id`).
