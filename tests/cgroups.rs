@@ -460,9 +460,11 @@ fn cpu_quota_of_half_a_cpu_throttles_a_busy_loop() {
     let before = throttled(&c);
     let share = cpu_share(&mut c, rel, "ticker", 6);
     let after = throttled(&c);
+    // The quota is a cap, not a floor: on a loaded machine the hog gets less than its half,
+    // never more (plus one period's slack).
     assert!(
-        (0.3..=0.7).contains(&share),
-        "CPU time per wall second {share:.2}, wanted about 0.5"
+        share <= 0.7,
+        "CPU time per wall second {share:.2}, capped at 0.5"
     );
     assert!(
         after > before,

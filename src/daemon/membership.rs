@@ -161,7 +161,15 @@ impl Members {
             max_depth,
             budget,
         };
-        match detected.cgroups.prepare_root() {
+        // A mount's flags alone can lie (a read-write mount under a user namespace, or R that
+        // already exists on a read-only one): a cgroup made and removed below R tells.
+        let probe = Path::new("corral-probe.scope");
+        let prepared = detected.cgroups.prepare_root().and_then(|notes| {
+            detected.cgroups.create(probe, false)?;
+            let _ = detected.cgroups.remove(probe);
+            Ok(notes)
+        });
+        match prepared {
             Ok(notes) => {
                 for note in notes {
                     info!("cgroups: {note}");

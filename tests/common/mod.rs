@@ -309,6 +309,11 @@ impl Corral {
         cgroup_mounts().iter().any(|m| m.join(&dir).exists())
     }
 
+    /// This test's cgroup root, as a cgroup path (`/corral-test-...`).
+    pub fn cgroup_root_path(&self) -> &str {
+        &self.cgroup_root
+    }
+
     /// Whether any hierarchy still has this test's cgroup root.
     pub fn cgroup_root_exists(&self) -> bool {
         self.cgroup_exists("")
@@ -381,8 +386,7 @@ impl Corral {
     }
 
     fn launch_with(&mut self, mut cmd: Command, extra_args: &[&str]) -> &mut Corral {
-        let mut child = cmd
-            .arg("run")
+        cmd.arg("run")
             .arg(&self.units)
             .arg("--socket")
             .arg(&self.socket)
@@ -390,7 +394,15 @@ impl Corral {
             // Never inside the test's own cgroup: a root of its own at the top of each hierarchy.
             .args(["--cgroup-root", &self.cgroup_root])
             .args(extra_args)
-            .env("CORRAL_LOG", "debug")
+            .env("CORRAL_LOG", "debug");
+        self.launch_command(cmd)
+    }
+
+    /// Starts `cmd` as it is and reads its stderr as corral's log: for a container runtime
+    /// whose process is `corral run` (its command line is in the runtime's own config). Set
+    /// `corral_pid` once known, so the cleanup signals corral itself.
+    pub fn launch_command(&mut self, mut cmd: Command) -> &mut Corral {
+        let mut child = cmd
             .env_remove("CORRAL_SOCKET")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -414,6 +426,16 @@ impl Corral {
         // Logged once the socket is bound and listening.
         self.wait_log("corral supervising", |l| msg(l) == "corral supervising");
         self
+    }
+
+    /// corral's own pid, when it runs below what `launch_command` started.
+    pub fn set_corral_pid(&mut self, pid: i32) {
+        self.wrapped_pid = Some(pid);
+    }
+
+    /// The directory the control socket is in (`run/` of the temp dir).
+    pub fn socket_path(&self) -> &Path {
+        &self.socket
     }
 
     /// corral's pid (as this test's pid namespace sees it).
