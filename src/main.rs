@@ -113,7 +113,7 @@ struct RunArgs {
     #[arg(long, value_name = "UNIT")]
     exit_with: Option<String>,
     /// After the units are down, how long leftover processes get between SIGTERM and SIGKILL
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_bounded_duration)]
     shutdown_timeout: Duration,
     #[arg(long, value_enum, default_value = "text")]
     log_format: logging::LogFormat,
@@ -124,7 +124,7 @@ struct RunArgs {
     #[arg(long, value_name = "PERCENT", default_value_t = 90, value_parser = clap::value_parser!(u32).range(1..=100))]
     warn_pids_percent: u32,
     /// Warn when a unit's throttled time grows faster than this per minute
-    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_bounded_duration)]
     warn_throttled_per_minute: Duration,
     /// How often running units with pids-max or cpu-quota (and memory-max on cgroup v2) are sampled
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_interval)]
@@ -137,9 +137,27 @@ struct RunArgs {
     metrics_allow_remote: bool,
 }
 
+/// The longest duration any option takes. Deadlines are `now + duration`; a figure beyond what
+/// the clock can add is a typo, refused here (clap names the option, exit 2) rather than
+/// carried into the loop. Unit files' durations saturate instead (`core::service::after`).
+const MAX_OPTION_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// A duration option: humantime syntax, at most `MAX_OPTION_DURATION`.
+fn parse_bounded_duration(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if d > MAX_OPTION_DURATION {
+        return Err(format!(
+            "{} is longer than the longest duration accepted, {}",
+            humantime::format_duration(d),
+            humantime::format_duration(MAX_OPTION_DURATION)
+        ));
+    }
+    Ok(d)
+}
+
 /// A sampling interval: at least 100 ms, so a typo cannot make corral spin.
 fn parse_interval(text: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    let d = parse_bounded_duration(text)?;
     if d < Duration::from_millis(100) {
         return Err("must be at least 100ms".to_owned());
     }

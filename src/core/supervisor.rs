@@ -1196,4 +1196,71 @@ mod tests {
         assert!(plan.is_noop());
         assert!(effects.is_empty(), "{effects:?}");
     }
+
+    /// Every duration a unit file takes, at the largest value its syntax accepts, parsed and
+    /// driven through a start, a failed run, the restart backoff, a stop and its timeout: each
+    /// deadline saturates (`service::after`) instead of overflowing `Instant + Duration`.
+    #[test]
+    fn the_largest_durations_a_unit_file_takes_saturate_every_deadline() {
+        const HUGE: &str = "500000000000y";
+        let rows = [
+            format!("[exec]\ncommand = [\"x\"]\nstart-timeout = \"{HUGE}\"\nready = \"notify\""),
+            format!("[restart]\ndelay = \"{HUGE}\"\nmax-delay = \"{HUGE}\""),
+            format!("[restart]\nreset-after = \"{HUGE}\"\nstart-limit-interval = \"{HUGE}\""),
+            format!("[stop]\ntimeout = \"{HUGE}\""),
+            format!("[health]\ntcp = \"127.0.0.1:1\"\ninterval = \"{HUGE}\""),
+            format!("[health]\ntcp = \"127.0.0.1:1\"\ninitial-delay = \"{HUGE}\""),
+            format!("[health]\ntcp = \"127.0.0.1:1\"\ntimeout = \"{HUGE}\""),
+            format!("[health]\nwatchdog = \"{HUGE}\""),
+            "[health]\nwatchdog = \"18446744073709551615s\"".to_owned(),
+        ];
+        let users = crate::unit::MemoryUserDb::new();
+        for row in rows {
+            let text = if row.starts_with("[exec]") {
+                row.clone()
+            } else {
+                format!("[exec]\ncommand = [\"x\"]\n{row}")
+            };
+            let (unit, _) = crate::unit::parse_unit(
+                &name("web"),
+                std::path::Path::new("web.toml"),
+                &text,
+                &users,
+            )
+            .unwrap_or_else(|d| panic!("{row}: {d:?}"));
+            let t0 = Instant::now();
+            let mut sup = Supervisor::new([unit], t0);
+            let mut next_pid = 100;
+            run(&mut sup, Input::Tick, t0, &mut next_pid);
+            let main = pid(&sup, "web");
+            // An sd_notify watchdog change far beyond any clock, then a failed run.
+            let ping = NotifyMessage::parse(b"WATCHDOG_USEC=18446744073709551615");
+            run(
+                &mut sup,
+                Input::Notify {
+                    unit: name("web"),
+                    message: ping,
+                },
+                t0,
+                &mut next_pid,
+            );
+            assert!(sup.next_deadline().is_none_or(|d| d >= t0), "{row}");
+            run(
+                &mut sup,
+                Input::Exited {
+                    pid: main,
+                    exit: ExitReport::code(1),
+                },
+                t0,
+                &mut next_pid,
+            );
+            run(&mut sup, Input::Tick, t0, &mut next_pid);
+            assert!(sup.next_deadline().is_none_or(|d| d >= t0), "{row}");
+            run(&mut sup, Input::Stop(vec![name("web")]), t0, &mut next_pid);
+            run(&mut sup, Input::Tick, t0, &mut next_pid);
+            assert!(sup.next_deadline().is_none_or(|d| d >= t0), "{row}");
+            run(&mut sup, Input::Shutdown, t0, &mut next_pid);
+            assert!(sup.next_deadline().is_none_or(|d| d >= t0), "{row}");
+        }
+    }
 }
