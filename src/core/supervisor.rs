@@ -61,6 +61,12 @@ pub enum Input {
         ok: bool,
         message: String,
     },
+    /// During a shutdown, the daemon gives up on a stopping unit whose processes outlived
+    /// their SIGKILL by the bound it documents; `left` names them. Ignored outside a shutdown.
+    Abandon {
+        unit: UnitName,
+        left: String,
+    },
     /// Time passed; deadlines at or before `now` fire.
     Tick,
     Shutdown,
@@ -305,6 +311,12 @@ impl Supervisor {
             Input::OomKills { unit, count } => {
                 if let Some(e) = self.entries.get_mut(&unit) {
                     e.rt.record_oom_kills(count, now);
+                }
+            }
+            Input::Abandon { unit, left } => {
+                if self.shutting_down {
+                    self.by_pid.retain(|_, u| *u != unit);
+                    self.feed(&unit, Event::Abandoned { left }, now, &mut effects);
                 }
             }
             Input::Tick => {}
@@ -1061,6 +1073,40 @@ mod tests {
         );
         let effects = sup.handle(empty("db"), t0).expect("empty");
         assert!(effects.contains(&Effect::ShutdownComplete));
+    }
+
+    #[test]
+    fn a_shutdown_abandons_a_unit_whose_processes_outlive_sigkill() {
+        let t0 = Instant::now();
+        let mut sup = Supervisor::new([service("stuck")], t0);
+        let mut pids = 0;
+        run(&mut sup, Input::Tick, t0, &mut pids);
+        let main = pid(&sup, "stuck");
+        // Outside a shutdown a stop waits for as long as it takes: nothing is abandoned.
+        let abandon = || Input::Abandon {
+            unit: name("stuck"),
+            left: "pid 1".to_owned(),
+        };
+        run(&mut sup, abandon(), t0, &mut pids);
+        assert_eq!(state(&sup, "stuck"), State::Running);
+        run(&mut sup, Input::Shutdown, t0, &mut pids);
+        let later = t0 + Duration::from_secs(60);
+        let effects = run(&mut sup, Input::Tick, later, &mut pids);
+        assert!(effects.contains(&Effect::KillAll {
+            unit: name("stuck")
+        }));
+        // Neither an exit nor emptiness comes: the daemon gives up, and the shutdown goes on.
+        let effects = run(&mut sup, abandon(), later, &mut pids);
+        assert!(effects.contains(&Effect::ShutdownComplete), "{effects:?}");
+        let (_, rt) = sup.get(&name("stuck")).expect("unit");
+        assert!(!rt.state.has_process(), "{:?}", rt.state);
+        assert!(rt.error.as_deref().is_some_and(|e| e.contains("pid 1")));
+        // Its late exit belongs to nobody.
+        let exit = Input::Exited {
+            pid: main,
+            exit: ExitReport::code(0),
+        };
+        assert!(run(&mut sup, exit, later, &mut pids).is_empty());
     }
 
     #[test]

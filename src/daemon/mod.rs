@@ -116,9 +116,16 @@ struct Pipe {
     discard: bool,
 }
 
-/// After every unit is down: leftover descendants get SIGTERM, then SIGKILL at `kill_at`.
+/// How long a shutdown waits for processes it sent SIGKILL: `--shutdown-timeout`, at least
+/// this. A process still there after that cannot die (uninterruptible sleep, a frozen cgroup)
+/// and is abandoned, so that a shutdown always ends (docs/operations.md).
+const MIN_KILL_WAIT: Duration = Duration::from_secs(1);
+
+/// After every unit is down: leftover descendants get SIGTERM, then SIGKILL at `kill_at`; what
+/// is still there at `give_up_at` (set with the SIGKILL) is abandoned.
 struct Leftovers {
     kill_at: Instant,
+    give_up_at: Option<Instant>,
     /// Pids that got their SIGTERM (as PID 1: 0 once every process got it through kill(-1),
     /// and -1 once the SIGKILL to all was logged).
     termed: HashSet<i32>,
@@ -160,6 +167,9 @@ struct Daemon {
     phase: Phase,
     exit_code: i32,
     own_uid: u32,
+    /// When each stopping unit got its first SIGKILL: a shutdown abandons the units whose
+    /// processes outlive it by the kill wait.
+    killed_at: HashMap<UnitName, Instant>,
     /// PID 1 of the machine: never exits, powers off or reboots instead.
     host_init: bool,
     /// What a host init does after shutdown.
@@ -289,6 +299,7 @@ pub fn run(opts: Options) -> Result<Ending, DaemonError> {
         clock: Clock::new(),
         phase: Phase::Supervising,
         exit_code: 0,
+        killed_at: HashMap::new(),
         own_uid: nix::unistd::geteuid().as_raw(),
         host_init,
         power: PowerAction::Poweroff,
@@ -379,6 +390,7 @@ impl Daemon {
                 self.feed(Input::Exited { pid, exit }, now);
             }
             self.feed_empty_units(now);
+            self.abandon_unkillable(now);
             if self.reload_due.is_some_and(|(due, _)| due <= now) {
                 let _ = self.reload(now);
             }
@@ -395,11 +407,25 @@ impl Daemon {
             self.answer_waiters();
             self.check_exit_with(now);
             self.flush_clients();
+            let kill_wait = self.kill_wait();
             if let Phase::Leftovers(left) = &mut self.phase {
                 if reaped.no_children_left {
                     return self.exit_code;
                 }
                 let kill = now >= left.kill_at;
+                if kill && left.give_up_at.is_none() {
+                    left.give_up_at = Some(crate::core::service::after(now, kill_wait));
+                }
+                if left.give_up_at.is_some_and(|at| now >= at) {
+                    let pids = reaper::direct_children();
+                    warn!(
+                        ?pids,
+                        "processes outlived SIGKILL by {} (frozen, or in uninterruptible sleep): \
+                         abandoned, with what descends from them",
+                        humantime::format_duration(kill_wait)
+                    );
+                    return self.exit_code;
+                }
                 if std::process::id() == 1 {
                     // Every process of the namespace descends from PID 1, and kill(-1) reaches
                     // them all but ourselves, however deep (the pids of a /proc mounted for
@@ -452,12 +478,58 @@ impl Daemon {
         }
     }
 
+    /// How long a shutdown waits for processes after their SIGKILL before it abandons them.
+    fn kill_wait(&self) -> Duration {
+        self.opts.shutdown_timeout.max(MIN_KILL_WAIT)
+    }
+
+    /// During a shutdown, gives up on each stopping unit whose processes outlived their
+    /// SIGKILL by the kill wait, and logs what was left. Forgets the kill times of units no
+    /// longer stopping.
+    fn abandon_unkillable(&mut self, now: Instant) {
+        let sup = &self.sup;
+        self.killed_at.retain(|unit, _| {
+            sup.get(unit)
+                .is_some_and(|(_, rt)| rt.state == State::Stopping)
+        });
+        if !self.sup.is_shutting_down() {
+            return;
+        }
+        let wait = self.kill_wait();
+        let due: Vec<UnitName> = self
+            .killed_at
+            .iter()
+            .filter(|(_, at)| crate::core::service::after(**at, wait) <= now)
+            .map(|(unit, _)| unit.clone())
+            .collect();
+        for unit in due {
+            self.killed_at.remove(&unit);
+            let left = self.members.leftovers(&unit);
+            warn!(
+                unit = %unit,
+                "{left} outlived SIGKILL by {} (frozen, or in uninterruptible sleep): abandoned",
+                humantime::format_duration(wait)
+            );
+            self.feed(Input::Abandon { unit, left }, now);
+        }
+    }
+
     fn next_deadline(&self) -> Option<Instant> {
         let clients = self.clients.values().filter_map(|c| c.idle_deadline);
         let leftovers = match &self.phase {
-            Phase::Leftovers(left) if Instant::now() < left.kill_at => Some(left.kill_at),
+            Phase::Leftovers(left) => [Some(left.kill_at), left.give_up_at]
+                .into_iter()
+                .flatten()
+                .filter(|at| Instant::now() < *at)
+                .min(),
             _ => None,
         };
+        let wait = self.kill_wait();
+        let abandon = self
+            .killed_at
+            .values()
+            .filter(|_| self.sup.is_shutting_down())
+            .map(|at| crate::core::service::after(*at, wait));
         self.sup
             .next_deadline()
             .into_iter()
@@ -468,6 +540,7 @@ impl Daemon {
             .chain(self.reload_due.map(|(due, _)| due))
             .chain(clients)
             .chain(leftovers)
+            .chain(abandon)
             .min()
     }
 
@@ -671,6 +744,7 @@ impl Daemon {
                 None
             }
             Effect::KillAll { unit } => {
+                self.killed_at.entry(unit.clone()).or_insert(now);
                 self.signal_pending_exec(&unit, Signal::SIGKILL);
                 self.members.kill_all(&unit, now);
                 None
@@ -722,6 +796,7 @@ impl Daemon {
                 }
                 self.phase = Phase::Leftovers(Leftovers {
                     kill_at: crate::core::service::after(now, self.opts.shutdown_timeout),
+                    give_up_at: None,
                     termed: HashSet::new(),
                 });
                 None
