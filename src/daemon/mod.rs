@@ -2,6 +2,7 @@
 
 mod clock;
 mod control;
+mod journald;
 pub mod logging;
 mod membership;
 mod metrics_http;
