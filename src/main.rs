@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use corral::client::{self, ClientError, Connection, exit_code};
 use corral::daemon::{self, logging};
 use corral::os::control_socket;
-use corral::os::pid1::PowerAction;
+use corral::os::pid1::{self, PowerAction};
 use corral::proto::{Request, Response, Verb};
 use corral::unit::{self, UnitName};
 
@@ -200,7 +200,20 @@ struct ActionArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // The machine's init must not exit on a bad command line (the kernel would panic, and
+        // the kernel passes its own unknown boot parameters to init): it says why and runs
+        // with the defaults, which keeps the control socket and the units as a way back.
+        Err(e) if pid1::is_host_init() => {
+            eprintln!(
+                "corral: {}; as the machine's init corral runs as `corral run` with the defaults",
+                e.to_string().trim_end()
+            );
+            Cli::parse_from(["corral", "run"])
+        }
+        Err(e) => e.exit(),
+    };
     if !matches!(cli.command, Command::Run(_)) {
         // A client piped into `head` should end quietly like any Unix tool. Rust ignores
         // SIGPIPE at startup; the supervisor keeps that (a closed socket is an EPIPE error).
@@ -226,14 +239,20 @@ fn main() -> ExitCode {
 
 fn run(args: RunArgs, socket: PathBuf) -> i32 {
     let log_flush = logging::init(args.log_format);
+    // The machine's init leaves out what it cannot use instead of exiting (daemon::run).
+    let host_init = pid1::is_host_init();
     let exit_with = match args.exit_with.as_deref().map(|n| (n, UnitName::new(n))) {
         None => None,
         Some((_, Some(name))) => Some(name),
         Some((raw, None)) => {
             eprintln!("corral: --exit-with {raw:?} is not a unit name");
-            return exit_code::USAGE;
+            if !host_init {
+                return exit_code::USAGE;
+            }
+            None
         }
     };
+    let mut metrics_listen = args.metrics_listen;
     if let Some(addr) = args.metrics_listen
         && !daemon::is_loopback(&addr)
         && !args.metrics_allow_remote
@@ -242,7 +261,10 @@ fn run(args: RunArgs, socket: PathBuf) -> i32 {
             "corral: --metrics-listen {addr} is reachable from other hosts; metrics show every unit's \
              names and figures to anyone who connects. Add --metrics-allow-remote if that is intended."
         );
-        return exit_code::USAGE;
+        if !host_init {
+            return exit_code::USAGE;
+        }
+        metrics_listen = None;
     }
     let options = daemon::Options {
         units_dir: args.units_dir,
@@ -257,7 +279,7 @@ fn run(args: RunArgs, socket: PathBuf) -> i32 {
             throttled_per_minute: args.warn_throttled_per_minute,
         },
         usage_interval: args.usage_interval,
-        metrics_listen: args.metrics_listen,
+        metrics_listen,
     };
     match daemon::run(options) {
         Ok(daemon::Ending::Exit(code)) => code,
@@ -270,6 +292,14 @@ fn run(args: RunArgs, socket: PathBuf) -> i32 {
             loop {
                 nix::unistd::pause();
             }
+        }
+        Err(e) if host_init => {
+            eprintln!(
+                "corral: {e}; as the machine's init corral cannot supervise, and does not exit \
+                 (the kernel would panic): it only reaps orphans until the machine is reset"
+            );
+            drop(log_flush);
+            pid1::wait_forever()
         }
         Err(e) => {
             eprintln!("corral: {e}");

@@ -110,3 +110,24 @@ fn an_out_of_range_duration_option_is_a_usage_error() {
         assert!(out.stderr.contains(option), "{option} {value}: {out:?}");
     }
 }
+
+/// Not the machine's init (a container's PID 1 or a plain process): an invalid units directory
+/// at start is an error, exit 1, with the diagnostics, and nothing starts. (The machine's init
+/// stays up instead: tests/vm.rs.)
+#[test]
+fn run_with_an_invalid_unit_exits_1_naming_it() {
+    let c = Corral::new();
+    c.unit("good", "[exec]\ncommand = [\"sleep\", \"1000\"]\n");
+    c.unit("broken", "[exec]\ncommand = \"sleep 1000\"\n");
+    let mut cmd = Command::new(common::BIN);
+    cmd.arg("--socket")
+        .arg(c.path("control.sock"))
+        .arg("run")
+        .arg(&c.units)
+        .args(["--cgroup-root", &c.cgroup_root]);
+    let out = run_bounded(cmd);
+    assert_eq!(out.code, 1, "{out:?}");
+    let at = format!("{}:2:11", c.units.join("broken.toml").display());
+    assert!(out.stderr.contains(&at), "{at} missing: {out:?}");
+    assert!(!c.cgroup_root_exists(), "something was set up: {out:?}");
+}

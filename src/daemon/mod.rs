@@ -180,37 +180,69 @@ struct Daemon {
 }
 
 /// Runs the supervisor in the foreground until shutdown; returns the process exit code.
-pub fn run(opts: Options) -> Result<Ending, DaemonError> {
-    let loaded = unit::load_dir(&opts.units_dir, &unit::SystemUserDb).map_err(|diagnostics| {
-        DaemonError::Units {
-            dir: opts.units_dir.clone(),
-            diagnostics,
+///
+/// A start-up problem is an error, and corral exits, except as the machine's init, which must
+/// never exit (the kernel panics): there an invalid units directory starts no unit and waits for
+/// the fix (the file watcher, SIGHUP or `corral reload` applies it; `status` shows the error),
+/// and an unknown `--exit-with` unit, `--socket-group` or a `--metrics-listen` that cannot bind
+/// are warned about and left out.
+pub fn run(mut opts: Options) -> Result<Ending, DaemonError> {
+    let host_init = pid1::is_host_init();
+    let mut startup_error = None;
+    let loaded = match unit::load_dir(&opts.units_dir, &unit::SystemUserDb) {
+        Ok(loaded) => loaded,
+        Err(diagnostics) if host_init => {
+            let text = diagnostics.to_string();
+            error!(
+                "units in {} are invalid; as the machine's init corral does not exit: it starts \
+                 no unit until they are fixed (a change in the directory, SIGHUP or `corral \
+                 reload` applies the fix):\n{text}",
+                opts.units_dir.display()
+            );
+            startup_error = Some(text);
+            unit::Loaded {
+                units: unit::UnitSet::new(),
+                warnings: Vec::new(),
+            }
         }
-    })?;
+        Err(diagnostics) => {
+            return Err(DaemonError::Units {
+                dir: opts.units_dir.clone(),
+                diagnostics,
+            });
+        }
+    };
     for warning in &loaded.warnings {
         warn!("{warning}");
     }
     if let Some(name) = &opts.exit_with
         && !loaded.units.contains_key(name)
     {
-        return Err(DaemonError::ExitWithUnknown(name.clone()));
+        if !host_init {
+            return Err(DaemonError::ExitWithUnknown(name.clone()));
+        }
+        warn!("{}; ignored", DaemonError::ExitWithUnknown(name.clone()));
+        opts.exit_with = None;
     }
     let group = match &opts.socket_group {
         None => None,
-        Some(name) => Some(
-            nix::unistd::Group::from_name(name)
-                .ok()
-                .flatten()
-                .map(|g| g.gid)
-                .ok_or_else(|| DaemonError::UnknownGroup(name.clone()))?,
-        ),
+        Some(name) => match nix::unistd::Group::from_name(name).ok().flatten() {
+            Some(group) => Some(group.gid),
+            None if host_init => {
+                warn!(
+                    "{}; the socket is for root only",
+                    DaemonError::UnknownGroup(name.clone())
+                );
+                None
+            }
+            None => return Err(DaemonError::UnknownGroup(name.clone())),
+        },
     };
     if std::process::id() != 1
         && let Err(e) = reaper::become_subreaper()
     {
         warn!("cannot become a child subreaper ({e}); orphans of units will not be reaped");
     }
-    let host_init = pid1::is_host_init();
     if host_init {
         info!("running as the machine's init: shutdown ends in power-off or reboot");
         // Ctrl-Alt-Del then arrives as SIGINT (an orderly reboot) instead of an instant reset.
@@ -233,18 +265,24 @@ pub fn run(opts: Options) -> Result<Ending, DaemonError> {
         })?;
     let metrics = match opts.metrics_listen {
         None => None,
-        Some(addr) => {
-            let server = MetricsServer::bind(addr)
-                .map_err(|source| DaemonError::MetricsListen { addr, source })?;
-            poller
-                .add(server.listener.as_fd(), TOKEN_METRICS, false)
-                .map_err(|e| DaemonError::Os {
-                    operation: "registering with epoll",
-                    source: e.into(),
-                })?;
-            info!(address = %addr, "serving GET /metrics");
-            Some(server)
-        }
+        Some(addr) => match MetricsServer::bind(addr) {
+            Ok(server) => {
+                poller
+                    .add(server.listener.as_fd(), TOKEN_METRICS, false)
+                    .map_err(|e| DaemonError::Os {
+                        operation: "registering with epoll",
+                        source: e.into(),
+                    })?;
+                info!(address = %addr, "serving GET /metrics");
+                Some(server)
+            }
+            Err(source) if host_init => {
+                let error = DaemonError::MetricsListen { addr, source };
+                warn!("{error}; not serving metrics");
+                None
+            }
+            Err(source) => return Err(DaemonError::MetricsListen { addr, source }),
+        },
     };
     info!(
         units = loaded.units.len(),
@@ -294,7 +332,8 @@ pub fn run(opts: Options) -> Result<Ending, DaemonError> {
         readiness: readiness::Readiness::default(),
         watch,
         reload_due: None,
-        reload_error: None,
+        // `status` shows why a host init started no unit, as after a refused reload.
+        reload_error: startup_error,
         rings,
         next_token: FIRST_DYNAMIC_TOKEN,
         clock: Clock::new(),
