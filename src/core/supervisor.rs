@@ -1259,6 +1259,8 @@ mod tests {
             format!("[health]\ntcp = \"127.0.0.1:1\"\ntimeout = \"{HUGE}\""),
             format!("[health]\nwatchdog = \"{HUGE}\""),
             "[health]\nwatchdog = \"18446744073709551615s\"".to_owned(),
+            // Validation multiplies the period by the percentage.
+            "[resources]\ncpu-quota = \"4294967295%\"\ncpu-quota-period = \"1s\"".to_owned(),
         ];
         let users = crate::unit::MemoryUserDb::new();
         for row in rows {
