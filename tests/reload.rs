@@ -1036,8 +1036,11 @@ impl TmpUser {
 impl Drop for TmpUser {
     fn drop(&mut self) {
         if nix::unistd::User::from_name(&self.name).is_ok_and(|u| u.is_some()) {
+            // --force warns on stderr when the user's processes still run (the unit, stopped
+            // when the Corral drops later): the user goes anyway.
             let _ = Command::new("userdel")
                 .args(["--force", &self.name])
+                .stderr(std::process::Stdio::null())
                 .status();
         }
     }
