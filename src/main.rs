@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use corral::client::{self, ClientError, Connection, exit_code};
 use corral::daemon::{self, logging};
 use corral::os::control_socket;
-use corral::os::pid1::PowerAction;
+use corral::os::pid1::{self, PowerAction};
 use corral::proto::{Request, Response, Verb};
 use corral::unit::{self, UnitName};
 
@@ -116,7 +116,7 @@ struct RunArgs {
     #[arg(long, value_name = "UNIT")]
     exit_with: Option<String>,
     /// After the units are down, how long leftover processes get between SIGTERM and SIGKILL
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_bounded_duration)]
     shutdown_timeout: Duration,
     #[arg(long, value_enum, default_value = "text")]
     log_format: logging::LogFormat,
@@ -130,7 +130,7 @@ struct RunArgs {
     #[arg(long, value_name = "PERCENT", default_value_t = 90, value_parser = clap::value_parser!(u32).range(1..=100))]
     warn_pids_percent: u32,
     /// Warn when a unit's throttled time grows faster than this per minute
-    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_bounded_duration)]
     warn_throttled_per_minute: Duration,
     /// How often running units with pids-max or cpu-quota (and memory-max on cgroup v2) are sampled
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_interval)]
@@ -147,9 +147,27 @@ struct RunArgs {
     metrics_token_file: Option<PathBuf>,
 }
 
+/// The longest duration any option takes. Deadlines are `now + duration`; a figure beyond what
+/// the clock can add is a typo, refused here (clap names the option, exit 2) rather than
+/// carried into the loop. Unit files' durations saturate instead (`core::service::after`).
+const MAX_OPTION_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// A duration option: humantime syntax, at most `MAX_OPTION_DURATION`.
+fn parse_bounded_duration(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if d > MAX_OPTION_DURATION {
+        return Err(format!(
+            "{} is longer than the longest duration accepted, {}",
+            humantime::format_duration(d),
+            humantime::format_duration(MAX_OPTION_DURATION)
+        ));
+    }
+    Ok(d)
+}
+
 /// A sampling interval: at least 100 ms, so a typo cannot make corral spin.
 fn parse_interval(text: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    let d = parse_bounded_duration(text)?;
     if d < Duration::from_millis(100) {
         return Err("must be at least 100ms".to_owned());
     }
@@ -192,7 +210,20 @@ struct ActionArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // The machine's init must not exit on a bad command line (the kernel would panic, and
+        // the kernel passes its own unknown boot parameters to init): it says why and runs
+        // with the defaults, which keeps the control socket and the units as a way back.
+        Err(e) if pid1::is_host_init() => {
+            eprintln!(
+                "corral: {}; as the machine's init corral runs as `corral run` with the defaults",
+                e.to_string().trim_end()
+            );
+            Cli::parse_from(["corral", "run"])
+        }
+        Err(e) => e.exit(),
+    };
     if !matches!(cli.command, Command::Run(_)) {
         // A client piped into `head` should end quietly like any Unix tool. Rust ignores
         // SIGPIPE at startup; the supervisor keeps that (a closed socket is an EPIPE error).
@@ -223,14 +254,20 @@ fn run(args: RunArgs, socket: PathBuf) -> i32 {
         std::env::var_os("NO_COLOR").as_deref(),
     );
     let log_flush = logging::init(args.log_format, color);
+    // The machine's init leaves out what it cannot use instead of exiting (daemon::run).
+    let host_init = pid1::is_host_init();
     let exit_with = match args.exit_with.as_deref().map(|n| (n, UnitName::new(n))) {
         None => None,
         Some((_, Some(name))) => Some(name),
         Some((raw, None)) => {
             eprintln!("corral: --exit-with {raw:?} is not a unit name");
-            return exit_code::USAGE;
+            if !host_init {
+                return exit_code::USAGE;
+            }
+            None
         }
     };
+    let mut metrics_listen = args.metrics_listen;
     if let Some(addr) = args.metrics_listen
         && !daemon::is_loopback(&addr)
         && !args.metrics_allow_remote
@@ -239,7 +276,10 @@ fn run(args: RunArgs, socket: PathBuf) -> i32 {
             "corral: --metrics-listen {addr} is reachable from other hosts; metrics show every unit's \
              names and figures to anyone who connects. Add --metrics-allow-remote if that is intended."
         );
-        return exit_code::USAGE;
+        if !host_init {
+            return exit_code::USAGE;
+        }
+        metrics_listen = None;
     }
     let metrics_token = match args
         .metrics_token_file
@@ -266,7 +306,7 @@ fn run(args: RunArgs, socket: PathBuf) -> i32 {
             throttled_per_minute: args.warn_throttled_per_minute,
         },
         usage_interval: args.usage_interval,
-        metrics_listen: args.metrics_listen,
+        metrics_listen,
         metrics_token,
         notify_dir: args
             .notify_dir
@@ -283,6 +323,14 @@ fn run(args: RunArgs, socket: PathBuf) -> i32 {
             loop {
                 nix::unistd::pause();
             }
+        }
+        Err(e) if host_init => {
+            eprintln!(
+                "corral: {e}; as the machine's init corral cannot supervise, and does not exit \
+                 (the kernel would panic): it only reaps orphans until the machine is reset"
+            );
+            drop(log_flush);
+            pid1::wait_forever()
         }
         Err(e) => {
             eprintln!("corral: {e}");

@@ -78,3 +78,56 @@ fn the_shipped_units_and_examples_pass() {
         assert_eq!(out.code, 0, "{dir}: {out:?}");
     }
 }
+
+/// A duration on `corral run`'s command line that the clock cannot add to now is refused at
+/// parse time, naming the option, with the usage exit code; it never reaches the loop (where
+/// `--usage-interval 500000000000y` used to abort corral on the first usage timer).
+#[test]
+fn an_out_of_range_duration_option_is_a_usage_error() {
+    let c = Corral::new();
+    // A unit with pids-max arms the usage timer at once, which is where the overflow was.
+    c.unit(
+        "capped",
+        "[exec]\ncommand = [\"sleep\", \"1000\"]\n[resources]\npids-max = 10\n",
+    );
+    let table = [
+        ("--usage-interval", "500000000000y"),
+        ("--shutdown-timeout", "500000000000y"),
+        ("--warn-throttled-per-minute", "500000000000y"),
+        ("--usage-interval", "400d"),
+        ("--shutdown-timeout", "99999999999999999999999s"),
+    ];
+    for (option, value) in table {
+        let mut cmd = Command::new(common::BIN);
+        cmd.arg("--socket")
+            .arg(c.path("control.sock"))
+            .arg("run")
+            .arg(&c.units)
+            .args(["--cgroup-root", "/corral-test-never-created"])
+            .args([option, value]);
+        let out = run_bounded(cmd);
+        assert_eq!(out.code, 2, "{option} {value}: {out:?}");
+        assert!(out.stderr.contains(option), "{option} {value}: {out:?}");
+    }
+}
+
+/// Not the machine's init (a container's PID 1 or a plain process): an invalid units directory
+/// at start is an error, exit 1, with the diagnostics, and nothing starts. (The machine's init
+/// stays up instead: tests/vm.rs.)
+#[test]
+fn run_with_an_invalid_unit_exits_1_naming_it() {
+    let c = Corral::new();
+    c.unit("good", "[exec]\ncommand = [\"sleep\", \"1000\"]\n");
+    c.unit("broken", "[exec]\ncommand = \"sleep 1000\"\n");
+    let mut cmd = Command::new(common::BIN);
+    cmd.arg("--socket")
+        .arg(c.path("control.sock"))
+        .arg("run")
+        .arg(&c.units)
+        .args(["--cgroup-root", &c.cgroup_root]);
+    let out = run_bounded(cmd);
+    assert_eq!(out.code, 1, "{out:?}");
+    let at = format!("{}:2:11", c.units.join("broken.toml").display());
+    assert!(out.stderr.contains(&at), "{at} missing: {out:?}");
+    assert!(!c.cgroup_root_exists(), "something was set up: {out:?}");
+}

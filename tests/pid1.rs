@@ -394,3 +394,92 @@ fn below_another_init_with_the_hosts_proc_leftovers_are_signalled_by_their_pids_
         "the orphan (pid {orphan} inside)"
     );
 }
+
+/// A cgroup v1 freezer cgroup of the test's own, outside corral's tree. On drop it is thawed
+/// (so the SIGKILLs pending on its members take effect), its members (processes the test moved
+/// in) are killed and waited for, and it is removed.
+struct TestFreezer {
+    dir: PathBuf,
+}
+
+impl TestFreezer {
+    fn new(c: &Corral) -> TestFreezer {
+        let dir = PathBuf::from("/sys/fs/cgroup/freezer")
+            .join(format!("{}-frozen", c.cgroup_root.trim_start_matches('/')));
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+        TestFreezer { dir }
+    }
+
+    /// Moves `pid` in (in the freezer hierarchy only) and freezes it. A v1 freeze is
+    /// asynchronous: FREEZING until every member stopped; the write is repeated until the
+    /// kernel reports FROZEN, as runc does.
+    fn freeze(&self, pid: i64) {
+        std::fs::write(self.dir.join("cgroup.procs"), pid.to_string()).expect("moving in");
+        let state = self.dir.join("freezer.state");
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            std::fs::write(&state, "FROZEN").expect("freezing");
+            if std::fs::read_to_string(&state).unwrap().trim() == "FROZEN" {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{} never froze", state.display());
+            std::thread::yield_now();
+        }
+    }
+}
+
+impl Drop for TestFreezer {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.dir.join("freezer.state"), "THAWED");
+        let members = std::fs::read_to_string(self.dir.join("cgroup.procs")).unwrap_or_default();
+        for pid in members.split_whitespace().filter_map(|p| p.parse().ok()) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            wait_pid_exit(pid, DEADLINE);
+        }
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// A unit whose process is frozen (v1 freezer: even SIGKILL waits for a thaw) must not hold
+/// a shutdown forever: after the SIGKILL and the kill wait corral abandons it, says which pids
+/// in which cgroup were left, and exits.
+#[test]
+fn a_shutdown_ends_when_a_units_process_cannot_die() {
+    if !require_cgroup_v1() {
+        return;
+    }
+    let mut c = Corral::new();
+    c.unit(
+        "stuck",
+        "[exec]\ncommand = [\"sleep\", \"100000\"]\n[stop]\ntimeout = \"100ms\"\n",
+    );
+    c.launch(&["--shutdown-timeout", "300ms"]);
+    let pid = c.wait_exec("stuck", 1);
+    let freezer = TestFreezer::new(&c);
+    freezer.freeze(pid);
+    let out = c.cli(&["shutdown"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let status = c.wait_exit();
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    let abandoned = c
+        .seen
+        .iter()
+        .find(|l| is_about(l, "stuck", "outlived SIGKILL"))
+        .unwrap_or_else(|| c.fail("no line naming what the shutdown abandoned"));
+    let text = msg(abandoned);
+    assert!(text.contains(&pid.to_string()), "{abandoned}");
+    assert!(
+        text.contains(&format!("{}/stuck.service", c.cgroup_root)),
+        "{abandoned}"
+    );
+    // The leftovers phase gives up on it too, by pid, once its own SIGKILL did nothing.
+    assert!(
+        c.seen.iter().any(|l| msg(l).contains("outlived SIGKILL")
+            && l["fields"]["pids"]
+                .as_str()
+                .is_some_and(|p| p.contains(&pid.to_string()))),
+        "no leftovers line names pid {pid}"
+    );
+    drop(freezer);
+    assert!(wait_pid_exit(pid as i32, DEADLINE), "pid {pid} still runs");
+}

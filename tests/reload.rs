@@ -991,3 +991,153 @@ fn moving_a_slice_moves_the_services_below_it() {
         c.status("w")["cgroup"]
     );
 }
+
+/// A passwd user the test creates and removes (also on drop): `useradd` from Debian's passwd.
+struct TmpUser {
+    name: String,
+}
+
+impl TmpUser {
+    fn new(tag: &str, uid: Option<u32>) -> TmpUser {
+        let name = format!("corral-tmp-{}-{tag}", std::process::id());
+        let mut cmd = Command::new("useradd");
+        cmd.args([
+            "--system",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+        ]);
+        if let Some(uid) = uid {
+            cmd.args(["--uid", &uid.to_string()]);
+        }
+        cmd.arg(&name);
+        let out = run_bounded(cmd);
+        assert_eq!(out.code, 0, "useradd {name}: {out:?}");
+        TmpUser { name }
+    }
+
+    fn uid(&self) -> u32 {
+        nix::unistd::User::from_name(&self.name)
+            .unwrap()
+            .unwrap_or_else(|| panic!("{} is not in passwd", self.name))
+            .uid
+            .as_raw()
+    }
+
+    /// `userdel --force`: the user goes from passwd while its processes still run.
+    fn remove(&self) {
+        let mut cmd = Command::new("userdel");
+        cmd.args(["--force", &self.name]);
+        let out = run_bounded(cmd);
+        assert_eq!(out.code, 0, "userdel {}: {out:?}", self.name);
+    }
+}
+
+impl Drop for TmpUser {
+    fn drop(&mut self) {
+        if nix::unistd::User::from_name(&self.name).is_ok_and(|u| u.is_some()) {
+            // --force warns on stderr when the user's processes still run (the unit, stopped
+            // when the Corral drops later): the user goes anyway.
+            let _ = Command::new("userdel")
+                .args(["--force", &self.name])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
+
+fn require_useradd() -> bool {
+    if !require_root() {
+        return false;
+    }
+    if common::in_path("useradd").is_some() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "the credential reload tests need useradd (Debian's passwd), and CI=true does not allow skipping them"
+    );
+    eprintln!("SKIPPED: the credential reload tests need useradd");
+    false
+}
+
+fn uid_of(pid: i64) -> u32 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// `user` is resolved when the units are read: a reload after the user left passwd is refused
+/// with the file, line and key, and the running unit keeps its definition and its process.
+#[test]
+fn a_reload_that_cannot_resolve_a_user_is_refused_with_file_line_and_key() {
+    if !require_useradd() {
+        return;
+    }
+    let user = TmpUser::new("gone", None);
+    let mut c = Corral::new();
+    c.unit(
+        "svc",
+        &format!("{}user = \"{}\"\n", sleeper("2000"), user.name),
+    );
+    c.launch(&[]);
+    let pid = c.wait_exec("svc", 1);
+    assert_eq!(uid_of(pid), user.uid());
+    user.remove();
+
+    let (out, outcome) = reload_now(&mut c, &[]);
+    assert!(msg(&outcome).starts_with("reload refused"), "{outcome}");
+    assert_eq!(out.code, 1, "{out:?}");
+    let at = format!("{}:3:", c.units.join("svc.toml").display());
+    assert!(out.stderr.contains(&at), "{at} missing: {out:?}");
+    assert!(out.stderr.contains("exec.user"), "{out:?}");
+    assert!(out.stderr.contains(&user.name), "{out:?}");
+    let status = c.status("svc");
+    assert_eq!(status["state"], "running", "{status}");
+    assert_eq!(status["pid"], pid, "{status}");
+    let all = c.ok(&["status", "--json"]).json();
+    assert!(
+        all["reload_error"]
+            .as_str()
+            .is_some_and(|e| e.contains(&at)),
+        "{all}"
+    );
+}
+
+/// A user whose uid changed in passwd is a changed unit at the next reload: it restarts under
+/// the new uid, and the plan says so.
+#[test]
+fn a_reload_after_a_uid_change_restarts_the_unit_under_the_new_uid() {
+    if !require_useradd() {
+        return;
+    }
+    let first = TmpUser::new("moved", None);
+    let old_uid = first.uid();
+    let mut c = Corral::new();
+    c.unit(
+        "svc",
+        &format!("{}user = \"{}\"\n", sleeper("2000"), first.name),
+    );
+    c.launch(&[]);
+    let pid = c.wait_exec("svc", 1);
+    assert_eq!(uid_of(pid), old_uid);
+    first.remove();
+    // The same name, another uid: one no passwd entry has.
+    let new_uid = (old_uid + 1000..old_uid + 2000)
+        .find(|uid| {
+            nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(*uid)).is_ok_and(|u| u.is_none())
+        })
+        .expect("a free uid");
+    let second = TmpUser::new("moved", Some(new_uid));
+
+    let (out, outcome) = reload_now(&mut c, &["--json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(msg(&outcome), "reload applied", "{outcome}");
+    assert_eq!(
+        out.json()["reload"]["restarted"],
+        serde_json::json!(["svc"])
+    );
+    let pid = c.wait_exec("svc", 2);
+    assert_eq!(uid_of(pid), second.uid());
+    drop(first);
+}

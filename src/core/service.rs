@@ -137,6 +137,11 @@ pub enum Event {
         ok: bool,
         message: String,
     },
+    /// A shutdown gives up on a stopping unit whose processes outlived their SIGKILL (frozen,
+    /// in uninterruptible sleep): `left` says what was left, for the record.
+    Abandoned {
+        left: String,
+    },
 }
 
 /// What one transition asks the outside world to do.
@@ -393,6 +398,20 @@ impl Runtime {
                 self.deadline = None;
                 self.restart_due = true;
                 self.enter(Inactive, now);
+            }
+            (Stopping, Event::Abandoned { left }) => {
+                let error = format!("abandoned: {left} outlived SIGKILL");
+                actions.push(note(
+                    true,
+                    format!("{error}; the shutdown goes on without it"),
+                ));
+                self.disarm_timers();
+                self.pid = None;
+                self.deadline = None;
+                self.stop_reason = None;
+                self.emptied = false;
+                self.error = Some(error);
+                self.enter(Failed, now);
             }
             (Stopping, Event::DeadlineReached) => {
                 self.deadline = None;

@@ -66,6 +66,12 @@ pub enum Input {
         ok: bool,
         message: String,
     },
+    /// During a shutdown, the daemon gives up on a stopping unit whose processes outlived
+    /// their SIGKILL by the bound it documents; `left` names them. Ignored outside a shutdown.
+    Abandon {
+        unit: UnitName,
+        left: String,
+    },
     /// Time passed; deadlines at or before `now` fire.
     Tick,
     Shutdown,
@@ -342,6 +348,12 @@ impl Supervisor {
             Input::OomKills { unit, count } => {
                 if let Some(e) = self.entries.get_mut(&unit) {
                     e.rt.record_oom_kills(count, now);
+                }
+            }
+            Input::Abandon { unit, left } => {
+                if self.shutting_down {
+                    self.by_pid.retain(|_, u| *u != unit);
+                    self.feed(&unit, Event::Abandoned { left }, now, &mut effects);
                 }
             }
             Input::Tick => {}
@@ -1420,6 +1432,40 @@ mod tests {
     }
 
     #[test]
+    fn a_shutdown_abandons_a_unit_whose_processes_outlive_sigkill() {
+        let t0 = Instant::now();
+        let mut sup = Supervisor::new([service("stuck")], t0);
+        let mut pids = 0;
+        run(&mut sup, Input::Tick, t0, &mut pids);
+        let main = pid(&sup, "stuck");
+        // Outside a shutdown a stop waits for as long as it takes: nothing is abandoned.
+        let abandon = || Input::Abandon {
+            unit: name("stuck"),
+            left: "pid 1".to_owned(),
+        };
+        run(&mut sup, abandon(), t0, &mut pids);
+        assert_eq!(state(&sup, "stuck"), State::Running);
+        run(&mut sup, Input::Shutdown, t0, &mut pids);
+        let later = t0 + Duration::from_secs(60);
+        let effects = run(&mut sup, Input::Tick, later, &mut pids);
+        assert!(effects.contains(&Effect::KillAll {
+            unit: name("stuck")
+        }));
+        // Neither an exit nor emptiness comes: the daemon gives up, and the shutdown goes on.
+        let effects = run(&mut sup, abandon(), later, &mut pids);
+        assert!(effects.contains(&Effect::ShutdownComplete), "{effects:?}");
+        let (_, rt) = sup.get(&name("stuck")).expect("unit");
+        assert!(!rt.state.has_process(), "{:?}", rt.state);
+        assert!(rt.error.as_deref().is_some_and(|e| e.contains("pid 1")));
+        // Its late exit belongs to nobody.
+        let exit = Input::Exited {
+            pid: main,
+            exit: ExitReport::code(0),
+        };
+        assert!(run(&mut sup, exit, later, &mut pids).is_empty());
+    }
+
+    #[test]
     fn unknown_names_refuse_the_whole_request() {
         let t0 = Instant::now();
         let mut sup = Supervisor::new([service("web")], t0);
@@ -1551,5 +1597,74 @@ mod tests {
         let (plan, effects) = sup.reload(set(vec![service("web")]), t0);
         assert!(plan.is_noop());
         assert!(effects.is_empty(), "{effects:?}");
+    }
+
+    /// Every duration a unit file takes, at the largest value its syntax accepts, parsed and
+    /// driven through a start, a failed run, the restart backoff, a stop and its timeout: each
+    /// deadline saturates (`service::after`) instead of overflowing `Instant + Duration`.
+    #[test]
+    fn the_largest_durations_a_unit_file_takes_saturate_every_deadline() {
+        const HUGE: &str = "500000000000y";
+        let rows = [
+            format!("[exec]\ncommand = [\"x\"]\nstart-timeout = \"{HUGE}\"\nready = \"notify\""),
+            format!("[restart]\ndelay = \"{HUGE}\"\nmax-delay = \"{HUGE}\""),
+            format!("[restart]\nreset-after = \"{HUGE}\"\nstart-limit-interval = \"{HUGE}\""),
+            format!("[stop]\ntimeout = \"{HUGE}\""),
+            format!("[health]\ntcp = \"127.0.0.1:1\"\ninterval = \"{HUGE}\""),
+            format!("[health]\ntcp = \"127.0.0.1:1\"\ninitial-delay = \"{HUGE}\""),
+            format!("[health]\ntcp = \"127.0.0.1:1\"\ntimeout = \"{HUGE}\""),
+            format!("[health]\nwatchdog = \"{HUGE}\""),
+            "[health]\nwatchdog = \"18446744073709551615s\"".to_owned(),
+            // Validation multiplies the period by the percentage.
+            "[resources]\ncpu-quota = \"4294967295%\"\ncpu-quota-period = \"1s\"".to_owned(),
+        ];
+        let users = crate::unit::MemoryUserDb::new();
+        for row in rows {
+            let text = if row.starts_with("[exec]") {
+                row.clone()
+            } else {
+                format!("[exec]\ncommand = [\"x\"]\n{row}")
+            };
+            let (unit, _) = crate::unit::parse_unit(
+                &name("web"),
+                std::path::Path::new("web.toml"),
+                &text,
+                &users,
+            )
+            .unwrap_or_else(|d| panic!("{row}: {d:?}"));
+            let t0 = Instant::now();
+            let mut sup = Supervisor::new([unit], t0);
+            let mut next_pid = 100;
+            run(&mut sup, Input::Tick, t0, &mut next_pid);
+            let main = pid(&sup, "web");
+            // An sd_notify watchdog change far beyond any clock, then a failed run.
+            let ping = NotifyMessage::parse(b"WATCHDOG_USEC=18446744073709551615");
+            run(
+                &mut sup,
+                Input::Notify {
+                    unit: name("web"),
+                    message: ping,
+                },
+                t0,
+                &mut next_pid,
+            );
+            assert!(sup.next_deadline().is_none_or(|d| d >= t0), "{row}");
+            run(
+                &mut sup,
+                Input::Exited {
+                    pid: main,
+                    exit: ExitReport::code(1),
+                },
+                t0,
+                &mut next_pid,
+            );
+            run(&mut sup, Input::Tick, t0, &mut next_pid);
+            assert!(sup.next_deadline().is_none_or(|d| d >= t0), "{row}");
+            run(&mut sup, Input::Stop(vec![name("web")]), t0, &mut next_pid);
+            run(&mut sup, Input::Tick, t0, &mut next_pid);
+            assert!(sup.next_deadline().is_none_or(|d| d >= t0), "{row}");
+            run(&mut sup, Input::Shutdown, t0, &mut next_pid);
+            assert!(sup.next_deadline().is_none_or(|d| d >= t0), "{row}");
+        }
     }
 }

@@ -56,8 +56,6 @@ impl<'writer> FormatFields<'writer> for PlainFields {
     }
 }
 
-const JOURNALD_SOCKET: &str = "/run/systemd/journal/socket";
-
 /// Lines corral's log may hold while its stderr does not take them; beyond, lines are dropped.
 /// The queue is allocated and touched up front (32 bytes a slot): 64K lines cost 2 MiB of RSS
 /// at rest, 4K cost 128 KiB and still cover any burst the helper thread drains in time.
@@ -71,11 +69,10 @@ const QUEUED_LINES: usize = 4096;
 /// (a full pipe, `| less`) must never stop the event loop, and with it reaping and every unit.
 pub fn init(format: LogFormat, color: bool) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = EnvFilter::try_from_env("CORRAL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let journald = std::path::Path::new(JOURNALD_SOCKET)
-        .exists()
-        .then(|| tracing_journald::layer().ok())
-        .flatten()
-        .map(|layer| layer.with_syslog_identifier("corral".to_owned()));
+    // Non-blocking, lossy and counted (journald.rs): a stalled journald never stalls the loop.
+    let journald =
+        super::journald::Journald::connect(std::path::Path::new(super::journald::JOURNALD_SOCKET))
+            .ok();
     let registry = tracing_subscriber::registry().with(filter).with(journald);
     let (stderr, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(true)

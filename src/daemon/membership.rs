@@ -499,6 +499,19 @@ impl Members {
         }
     }
 
+    /// What of the unit is still there, for the log of a shutdown that gives up on it: its
+    /// pids and its cgroup, or its process group.
+    pub fn leftovers(&self, unit: &UnitName) -> String {
+        match (self.doors.get(unit), &self.cgroups) {
+            (Some(Door::Cgroup(rel)), Some(cgroups)) => {
+                let pids = cgroups.procs(rel).unwrap_or_default();
+                format!("pids {pids:?} in cgroup {}", cgroups.display(rel))
+            }
+            (Some(Door::Group(group)), _) => format!("process group {}", group.0),
+            _ => "its main process".to_owned(),
+        }
+    }
+
     /// A wakeup for when the unit's cgroup may have become empty (v2), so that a unit whose
     /// last process is not corral's to reap is still seen empty at once.
     pub fn populated_watch(&self, unit: &UnitName) -> Option<OwnedFd> {
@@ -766,16 +779,19 @@ impl Members {
         // Pending removals too: a moved slice's old cgroup, a forgotten unit's.
         let mut paths: Vec<&PathBuf> = self.paths.values().chain(self.removals.keys()).collect();
         paths.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        // One wait for the whole tree: what a shutdown abandoned (frozen, in uninterruptible
+        // sleep) keeps its cgroups busy, and each must not cost a wait of its own.
+        let deadline = Instant::now() + LEFTOVER_WAIT;
         for rel in paths {
             if cgroups.exists(rel) {
                 let _ = cgroup::kill_all(&**cgroups, rel);
-                if let Err(e) = remove_when_empty(&**cgroups, rel) {
+                if let Err(e) = remove_when_empty(&**cgroups, rel, deadline) {
                     warn!("{e}");
                 }
             }
         }
         if self.remove_root_at_exit
-            && let Err(e) = remove_when_empty(&**cgroups, Path::new(""))
+            && let Err(e) = remove_when_empty(&**cgroups, Path::new(""), deadline)
         {
             warn!("{e}");
         }
@@ -837,13 +853,16 @@ fn empty_leftovers(
     let found = cgroups.procs(rel)?.len();
     if found > 0 {
         cgroup::kill_all(cgroups, rel)?;
-        wait_empty(cgroups, rel)?;
+        wait_empty(cgroups, rel, Instant::now() + LEFTOVER_WAIT)?;
     }
     Ok(found)
 }
 
-fn wait_empty(cgroups: &dyn cgroup::Backend, rel: &Path) -> Result<(), cgroup::CgroupError> {
-    let deadline = Instant::now() + LEFTOVER_WAIT;
+fn wait_empty(
+    cgroups: &dyn cgroup::Backend,
+    rel: &Path,
+    deadline: Instant,
+) -> Result<(), cgroup::CgroupError> {
     let mut pause = Duration::from_millis(1);
     while !cgroups.procs(rel)?.is_empty() && Instant::now() < deadline {
         std::thread::sleep(pause);
@@ -852,8 +871,12 @@ fn wait_empty(cgroups: &dyn cgroup::Backend, rel: &Path) -> Result<(), cgroup::C
     Ok(())
 }
 
-fn remove_when_empty(cgroups: &dyn cgroup::Backend, rel: &Path) -> Result<(), String> {
-    wait_empty(cgroups, rel).map_err(|e| e.to_string())?;
+fn remove_when_empty(
+    cgroups: &dyn cgroup::Backend,
+    rel: &Path,
+    deadline: Instant,
+) -> Result<(), String> {
+    wait_empty(cgroups, rel, deadline).map_err(|e| e.to_string())?;
     match cgroups.remove(rel) {
         Ok(true) => Ok(()),
         Ok(false) => Err(format!(

@@ -2,6 +2,7 @@
 
 mod clock;
 mod control;
+mod journald;
 pub mod logging;
 mod membership;
 mod metrics_http;
@@ -134,8 +135,17 @@ enum OomVictim {
 }
 
 /// After every unit is down: leftover descendants get SIGTERM, then SIGKILL at `kill_at`.
+
+/// How long a shutdown waits for processes it sent SIGKILL: `--shutdown-timeout`, at least
+/// this. A process still there after that cannot die (uninterruptible sleep, a frozen cgroup)
+/// and is abandoned, so that a shutdown always ends (docs/operations.md).
+const MIN_KILL_WAIT: Duration = Duration::from_secs(1);
+
+/// After every unit is down: leftover descendants get SIGTERM, then SIGKILL at `kill_at`; what
+/// is still there at `give_up_at` (set with the SIGKILL) is abandoned.
 struct Leftovers {
     kill_at: Instant,
+    give_up_at: Option<Instant>,
     /// Pids that got their SIGTERM (as PID 1: 0 once every process got it through kill(-1),
     /// and -1 once the SIGKILL to all was logged).
     termed: HashSet<i32>,
@@ -177,6 +187,9 @@ struct Daemon {
     phase: Phase,
     exit_code: i32,
     own_uid: u32,
+    /// When each stopping unit got its first SIGKILL: a shutdown abandons the units whose
+    /// processes outlive it by the kill wait.
+    killed_at: HashMap<UnitName, Instant>,
     /// PID 1 of the machine: never exits, powers off or reboots instead.
     host_init: bool,
     /// What a host init does after shutdown.
@@ -186,37 +199,69 @@ struct Daemon {
 }
 
 /// Runs the supervisor in the foreground until shutdown; returns the process exit code.
-pub fn run(opts: Options) -> Result<Ending, DaemonError> {
-    let loaded = unit::load_dir(&opts.units_dir, &unit::SystemUserDb).map_err(|diagnostics| {
-        DaemonError::Units {
-            dir: opts.units_dir.clone(),
-            diagnostics,
+///
+/// A start-up problem is an error, and corral exits, except as the machine's init, which must
+/// never exit (the kernel panics): there an invalid units directory starts no unit and waits for
+/// the fix (the file watcher, SIGHUP or `corral reload` applies it; `status` shows the error),
+/// and an unknown `--exit-with` unit, `--socket-group` or a `--metrics-listen` that cannot bind
+/// are warned about and left out.
+pub fn run(mut opts: Options) -> Result<Ending, DaemonError> {
+    let host_init = pid1::is_host_init();
+    let mut startup_error = None;
+    let loaded = match unit::load_dir(&opts.units_dir, &unit::SystemUserDb) {
+        Ok(loaded) => loaded,
+        Err(diagnostics) if host_init => {
+            let text = diagnostics.to_string();
+            error!(
+                "units in {} are invalid; as the machine's init corral does not exit: it starts \
+                 no unit until they are fixed (a change in the directory, SIGHUP or `corral \
+                 reload` applies the fix):\n{text}",
+                opts.units_dir.display()
+            );
+            startup_error = Some(text);
+            unit::Loaded {
+                units: unit::UnitSet::new(),
+                warnings: Vec::new(),
+            }
         }
-    })?;
+        Err(diagnostics) => {
+            return Err(DaemonError::Units {
+                dir: opts.units_dir.clone(),
+                diagnostics,
+            });
+        }
+    };
     for warning in &loaded.warnings {
         warn!("{warning}");
     }
     if let Some(name) = &opts.exit_with
         && !loaded.units.contains_key(name)
     {
-        return Err(DaemonError::ExitWithUnknown(name.clone()));
+        if !host_init {
+            return Err(DaemonError::ExitWithUnknown(name.clone()));
+        }
+        warn!("{}; ignored", DaemonError::ExitWithUnknown(name.clone()));
+        opts.exit_with = None;
     }
     let group = match &opts.socket_group {
         None => None,
-        Some(name) => Some(
-            nix::unistd::Group::from_name(name)
-                .ok()
-                .flatten()
-                .map(|g| g.gid)
-                .ok_or_else(|| DaemonError::UnknownGroup(name.clone()))?,
-        ),
+        Some(name) => match nix::unistd::Group::from_name(name).ok().flatten() {
+            Some(group) => Some(group.gid),
+            None if host_init => {
+                warn!(
+                    "{}; the socket is for root only",
+                    DaemonError::UnknownGroup(name.clone())
+                );
+                None
+            }
+            None => return Err(DaemonError::UnknownGroup(name.clone())),
+        },
     };
     if std::process::id() != 1
         && let Err(e) = reaper::become_subreaper()
     {
         warn!("cannot become a child subreaper ({e}); orphans of units will not be reaped");
     }
-    let host_init = pid1::is_host_init();
     if host_init {
         info!("running as the machine's init: shutdown ends in power-off or reboot");
         // Ctrl-Alt-Del then arrives as SIGINT (an orderly reboot) instead of an instant reset.
@@ -239,27 +284,34 @@ pub fn run(opts: Options) -> Result<Ending, DaemonError> {
         })?;
     let metrics = match opts.metrics_listen {
         None => None,
-        Some(addr) => {
-            let server = MetricsServer::bind(addr, opts.metrics_token.clone())
-                .map_err(|source| DaemonError::MetricsListen { addr, source })?;
-            poller
-                .add(server.listener.as_fd(), TOKEN_METRICS, false)
-                .map_err(|e| DaemonError::Os {
-                    operation: "registering with epoll",
-                    source: e.into(),
-                })?;
-            if opts.metrics_token.is_some() {
-                info!(address = %addr, "serving GET /metrics to the bearer of the token");
-            } else {
-                // The control socket checks who asks; this listener cannot (docs/operations.md).
-                warn!(
-                    address = %addr,
-                    "serving GET /metrics without authentication: every local user can read \
-                     every unit's status there (--metrics-token-file requires a token)"
-                );
+        Some(addr) => match MetricsServer::bind(addr, opts.metrics_token.clone()) {
+            Ok(server) => {
+                poller
+                    .add(server.listener.as_fd(), TOKEN_METRICS, false)
+                    .map_err(|e| DaemonError::Os {
+                        operation: "registering with epoll",
+                        source: e.into(),
+                    })?;
+                if opts.metrics_token.is_some() {
+                    info!(address = %addr, "serving GET /metrics to the bearer of the token");
+                } else {
+                    // The control socket checks who asks; this listener cannot
+                    // (docs/operations.md).
+                    warn!(
+                        address = %addr,
+                        "serving GET /metrics without authentication: every local user can read \
+                         every unit's status there (--metrics-token-file requires a token)"
+                    );
+                }
+                Some(server)
             }
-            Some(server)
-        }
+            Err(source) if host_init => {
+                let error = DaemonError::MetricsListen { addr, source };
+                warn!("{error}; not serving metrics");
+                None
+            }
+            Err(source) => return Err(DaemonError::MetricsListen { addr, source }),
+        },
     };
     info!(
         units = loaded.units.len(),
@@ -319,12 +371,14 @@ pub fn run(opts: Options) -> Result<Ending, DaemonError> {
         readiness: readiness::Readiness::new(notify_dir, TOKEN_CLOSERS, open_files),
         watch,
         reload_due: None,
-        reload_error: None,
+        // `status` shows why a host init started no unit, as after a refused reload.
+        reload_error: startup_error,
         rings,
         next_token: FIRST_DYNAMIC_TOKEN,
         clock: Clock::new(),
         phase: Phase::Supervising,
         exit_code: 0,
+        killed_at: HashMap::new(),
         own_uid: nix::unistd::geteuid().as_raw(),
         host_init,
         power: PowerAction::Poweroff,
@@ -418,6 +472,7 @@ impl Daemon {
                 self.feed(Input::Exited { pid, exit }, now);
             }
             self.feed_empty_units(now);
+            self.abandon_unkillable(now);
             if self.reload_due.is_some_and(|(due, _)| due <= now) {
                 let _ = self.reload(now);
             }
@@ -435,11 +490,25 @@ impl Daemon {
             self.answer_waiters();
             self.check_exit_with(now);
             self.flush_clients();
+            let kill_wait = self.kill_wait();
             if let Phase::Leftovers(left) = &mut self.phase {
                 if reaped.no_children_left {
                     return self.exit_code;
                 }
                 let kill = now >= left.kill_at;
+                if kill && left.give_up_at.is_none() {
+                    left.give_up_at = Some(crate::core::service::after(now, kill_wait));
+                }
+                if left.give_up_at.is_some_and(|at| now >= at) {
+                    let pids = reaper::direct_children();
+                    warn!(
+                        ?pids,
+                        "processes outlived SIGKILL by {} (frozen, or in uninterruptible sleep): \
+                         abandoned, with what descends from them",
+                        humantime::format_duration(kill_wait)
+                    );
+                    return self.exit_code;
+                }
                 if std::process::id() == 1 {
                     // Every process of the namespace descends from PID 1, and kill(-1) reaches
                     // them all but ourselves, however deep (the pids of a /proc mounted for
@@ -492,12 +561,58 @@ impl Daemon {
         }
     }
 
+    /// How long a shutdown waits for processes after their SIGKILL before it abandons them.
+    fn kill_wait(&self) -> Duration {
+        self.opts.shutdown_timeout.max(MIN_KILL_WAIT)
+    }
+
+    /// During a shutdown, gives up on each stopping unit whose processes outlived their
+    /// SIGKILL by the kill wait, and logs what was left. Forgets the kill times of units no
+    /// longer stopping.
+    fn abandon_unkillable(&mut self, now: Instant) {
+        let sup = &self.sup;
+        self.killed_at.retain(|unit, _| {
+            sup.get(unit)
+                .is_some_and(|(_, rt)| rt.state == State::Stopping)
+        });
+        if !self.sup.is_shutting_down() {
+            return;
+        }
+        let wait = self.kill_wait();
+        let due: Vec<UnitName> = self
+            .killed_at
+            .iter()
+            .filter(|(_, at)| crate::core::service::after(**at, wait) <= now)
+            .map(|(unit, _)| unit.clone())
+            .collect();
+        for unit in due {
+            self.killed_at.remove(&unit);
+            let left = self.members.leftovers(&unit);
+            warn!(
+                unit = %unit,
+                "{left} outlived SIGKILL by {} (frozen, or in uninterruptible sleep): abandoned",
+                humantime::format_duration(wait)
+            );
+            self.feed(Input::Abandon { unit, left }, now);
+        }
+    }
+
     fn next_deadline(&self) -> Option<Instant> {
         let clients = self.clients.values().filter_map(|c| c.idle_deadline);
         let leftovers = match &self.phase {
-            Phase::Leftovers(left) if Instant::now() < left.kill_at => Some(left.kill_at),
+            Phase::Leftovers(left) => [Some(left.kill_at), left.give_up_at]
+                .into_iter()
+                .flatten()
+                .filter(|at| Instant::now() < *at)
+                .min(),
             _ => None,
         };
+        let wait = self.kill_wait();
+        let abandon = self
+            .killed_at
+            .values()
+            .filter(|_| self.sup.is_shutting_down())
+            .map(|at| crate::core::service::after(*at, wait));
         self.sup
             .next_deadline()
             .into_iter()
@@ -508,6 +623,7 @@ impl Daemon {
             .chain(self.reload_due.map(|(due, _)| due))
             .chain(clients)
             .chain(leftovers)
+            .chain(abandon)
             .min()
     }
 
@@ -711,6 +827,7 @@ impl Daemon {
                 None
             }
             Effect::KillAll { unit } => {
+                self.killed_at.entry(unit.clone()).or_insert(now);
                 self.signal_pending_exec(&unit, Signal::SIGKILL);
                 self.members.kill_all(&unit, now);
                 None
@@ -762,6 +879,7 @@ impl Daemon {
                 }
                 self.phase = Phase::Leftovers(Leftovers {
                     kill_at: crate::core::service::after(now, self.opts.shutdown_timeout),
+                    give_up_at: None,
                     termed: HashSet::new(),
                 });
                 None

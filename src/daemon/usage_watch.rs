@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
 use crate::core::limit_watch::{Concern, Notice, Sample, Thresholds, UnitWatch};
+use crate::core::service::after;
 use crate::proto::Usage;
 use crate::unit::{ByteLimit, Unit, UnitName};
 
@@ -122,10 +123,10 @@ impl Daemon {
                     self.sample_unit(unit, now);
                 }
                 debug!(units = watched.len(), "usage sampled");
-                self.usage_watch.next_sample = Some(now + self.usage_watch.interval);
+                self.usage_watch.next_sample = Some(after(now, self.usage_watch.interval));
             }
             Some(_) => {}
-            None => self.usage_watch.next_sample = Some(now + self.usage_watch.interval),
+            None => self.usage_watch.next_sample = Some(after(now, self.usage_watch.interval)),
         }
     }
 }

@@ -47,3 +47,17 @@ pub fn power(action: PowerAction) -> nix::Error {
         Ok(never) => match never {},
     }
 }
+
+/// What a host init does when it cannot supervise at all (no epoll set, no socket): it must not
+/// exit, so it stays, reaping the orphans the kernel hands it, until the machine is reset.
+pub fn wait_forever() -> ! {
+    loop {
+        // No child now: one may come (an orphan), so look again later. Nothing else is left
+        // to do, and a blocked PID 1 without handlers would miss SIGCHLD.
+        if let Err(nix::errno::Errno::ECHILD) =
+            nix::sys::wait::waitpid(None::<nix::unistd::Pid>, None)
+        {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+    }
+}

@@ -36,7 +36,7 @@ pub fn load_dir(dir: &Path, users: &dyn UserDb) -> Result<Loaded, LoadError> {
     }
     let mut parsed = BTreeMap::new();
     for (name, path) in &files {
-        match fs::read_to_string(path) {
+        match read_unit_file(path) {
             Ok(text) => {
                 parsed.insert(name.clone(), parse_file(name, path, &text, users));
             }
@@ -63,6 +63,46 @@ pub fn load_dir(dir: &Path, users: &dyn UserDb) -> Result<Loaded, LoadError> {
             warnings: diagnostics,
         })
     }
+}
+
+/// The largest unit file read. The units directory is read on corral's event loop (at start
+/// and at each reload); the bound keeps one file from making that read, and corral's memory,
+/// as large as the file: real units are a few hundred bytes.
+pub const MAX_UNIT_FILE_BYTES: u64 = 1024 * 1024;
+
+/// Reads a unit file: a regular file (checked on the open descriptor, so a FIFO swapped in after
+/// the directory scan cannot block the read: it is opened non-blocking) of at most
+/// `MAX_UNIT_FILE_BYTES`.
+fn read_unit_file(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| e.to_string())?;
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file".to_owned());
+    }
+    if meta.len() > MAX_UNIT_FILE_BYTES {
+        return Err(format!(
+            "{} bytes, more than the {} a unit file may have",
+            meta.len(),
+            MAX_UNIT_FILE_BYTES
+        ));
+    }
+    let mut text = String::new();
+    // Bounded again while reading: the file may grow after the fstat.
+    file.take(MAX_UNIT_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| e.to_string())?;
+    if text.len() as u64 > MAX_UNIT_FILE_BYTES {
+        return Err(format!(
+            "more than the {MAX_UNIT_FILE_BYTES} bytes a unit file may have"
+        ));
+    }
+    Ok(text)
 }
 
 /// The unit files of `dir` by name. `Err` only when the directory itself cannot be read.

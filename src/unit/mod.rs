@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 pub use diagnostic::{Diagnostic, LoadError, Severity};
-pub use load::{is_ignored_file_name, load_dir};
+pub use load::{MAX_UNIT_FILE_BYTES, is_ignored_file_name, load_dir};
 pub use model::*;
 pub use users::{MemoryUserDb, SystemUserDb, UserDb, UserEntry};
 

@@ -1368,3 +1368,29 @@ fn readiness_and_health_mistakes_are_reported_with_position_and_key() {
         );
     }
 }
+
+/// The units directory is read on the event loop: a unit file above the size bound is an error
+/// naming the file (it is not read into memory), and a FIFO posing as a unit file is refused
+/// rather than blocking the read for a writer that never comes.
+#[test]
+fn an_oversized_unit_file_or_a_fifo_is_an_error_not_a_stall() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    write(d, "ok.toml", EXEC);
+    let padding = "# padding\n".repeat((MAX_UNIT_FILE_BYTES / 10 + 1) as usize);
+    write(d, "huge.toml", &format!("{EXEC}{padding}"));
+    nix::unistd::mkfifo(&d.join("pipe.toml"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let errors = load_errors(d);
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.starts_with("huge.toml") && e.contains("a unit file may have")),
+        "{errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.starts_with("pipe.toml") && e.contains("not a regular file")),
+        "{errors:?}"
+    );
+}

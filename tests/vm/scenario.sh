@@ -78,6 +78,23 @@ check_optional() {
 
 echo "scenarios start: $(uname -r), $(nproc) CPUs"
 
+# --- host init: booted with an invalid unit, stayed up, applied the fix (rescue.sh) -------------
+F=/run/rescue.facts
+wait_for 30 [ -e $F ]
+before=$(sed -n 's/^before //p' $F 2>/dev/null)
+if grep -qx 'pid1 corral' $F 2>/dev/null && grep -qx fixed $F &&
+    printf '%s' "$before" | grep -q '"units":\[\]' &&
+    printf '%s' "$before" | grep -q '/units/rescued.toml:2:11: error: exec.command'; then
+    result host-init.broken-start PASS "PID 1 is $(cat /proc/1/comm), it answered with no unit running and the error in status: $before"
+else
+    result host-init.broken-start FAIL "facts: $(cat $F 2>&1)"
+fi
+if wait_for 30 state_is rescued running && ! corral status --json | grep -q reload_error; then
+    result host-init.rescued PASS "the fixed unit runs as pid $(field "$(status rescued)" pid); the error is gone from status"
+else
+    result host-init.rescued FAIL "$(status rescued); $(corral status --json 2>&1 | head -c 600)"
+fi
+
 # --- cgroup v2 and corral's own place in it -----------------------------------------------------
 if grep -q ' /sys/fs/cgroup cgroup2 ' /proc/mounts && [ -e $CG/cgroup.controllers ]; then
     result cgroup2-mounted PASS "controllers: $(cat $CG/cgroup.controllers)"

@@ -177,7 +177,13 @@ pub trait Backend {
     /// What the child needs to start inside the cgroup (see `Join`).
     fn join(&self, rel: &Path) -> Result<Join, CgroupError>;
     fn procs(&self, rel: &Path) -> Result<Vec<i32>, CgroupError>;
+    /// Freezes, returning once the freeze is complete (v1 waits for FROZEN, bounded).
     fn set_frozen(&self, rel: &Path, frozen: bool) -> Result<(), CgroupError>;
+    /// Starts a freeze and returns at once, complete or not (v1 may still be FREEZING): for
+    /// `kill_all`, which must not wait on the loop and does not need every task stopped.
+    fn begin_freeze(&self, rel: &Path) -> Result<(), CgroupError> {
+        self.set_frozen(rel, true)
+    }
     /// v2 `cgroup.kill` (5.14+): `Ok(true)` when the kernel killed every member at once.
     fn kill_switch(&self, rel: &Path) -> Result<bool, CgroupError>;
     /// `Ok(false)` while the cgroup still has members (retry later).
@@ -352,6 +358,12 @@ fn send(pid: i32, signal: Signal) {
 /// SIGKILL to every process, including ones forked while we kill: `cgroup.kill` where the
 /// kernel has it; else freeze (so nobody forks), kill every listed pid until a pass finds no new
 /// one, thaw (so the kills are delivered).
+///
+/// The freeze is only begun, not waited for (v1 may read FREEZING for milliseconds, or forever
+/// with a task in uninterruptible sleep): the passes do not rely on it. A task that forks after
+/// its SIGKILL is queued cannot (copy_process refuses with a fatal signal pending), and a child
+/// forked before it is listed in `cgroup.procs` by the next pass; the freeze only slows the
+/// forking down while the passes run.
 pub fn kill_all(backend: &dyn Backend, rel: &Path) -> Result<(), CgroupError> {
     // Already removed (v2 lets rmdir succeed once members passed exit, before we reap them).
     if !backend.exists(rel) {
@@ -367,7 +379,7 @@ pub fn kill_all(backend: &dyn Backend, rel: &Path) -> Result<(), CgroupError> {
     if backend.procs(rel)?.is_empty() {
         return Ok(());
     }
-    let frozen = backend.set_frozen(rel, true).is_ok();
+    let frozen = backend.begin_freeze(rel).is_ok();
     let mut killed = HashSet::new();
     // Bounded: each pass kills at least one new process, and a cgroup cannot hold more
     // processes than pid_max; in practice two passes suffice.
@@ -409,4 +421,83 @@ pub fn is_permission_error(e: &CgroupError) -> bool {
         errno.map(Errno::from_raw),
         Some(Errno::EACCES | Errno::EPERM | Errno::EROFS)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    /// A backend that records freezer calls; its one member does not exist (ESRCH).
+    #[derive(Default)]
+    struct Recorder {
+        calls: RefCell<Vec<&'static str>>,
+    }
+
+    impl Backend for Recorder {
+        fn version(&self) -> Version {
+            Version::V1
+        }
+        fn prepare_root(&mut self) -> Result<Vec<String>, CgroupError> {
+            Ok(Vec::new())
+        }
+        fn create(&self, _: &Path, _: bool) -> Result<(), CgroupError> {
+            Ok(())
+        }
+        fn write(&self, _: &Path, _: &Setting) -> Result<(), CgroupError> {
+            Ok(())
+        }
+        fn join(&self, _: &Path) -> Result<Join, CgroupError> {
+            Ok(Join::default())
+        }
+        fn procs(&self, _: &Path) -> Result<Vec<i32>, CgroupError> {
+            // Above any pid_max (4194304), so the SIGKILL reaches nobody.
+            Ok(vec![i32::MAX])
+        }
+        fn set_frozen(&self, _: &Path, frozen: bool) -> Result<(), CgroupError> {
+            self.calls
+                .borrow_mut()
+                .push(if frozen { "wait-frozen" } else { "thaw" });
+            Ok(())
+        }
+        fn begin_freeze(&self, _: &Path) -> Result<(), CgroupError> {
+            self.calls.borrow_mut().push("begin-freeze");
+            Ok(())
+        }
+        fn kill_switch(&self, _: &Path) -> Result<bool, CgroupError> {
+            Ok(false)
+        }
+        fn remove(&self, _: &Path) -> Result<bool, CgroupError> {
+            Ok(true)
+        }
+        fn exists(&self, _: &Path) -> bool {
+            true
+        }
+        fn usage(&self, _: &Path) -> Usage {
+            Usage::default()
+        }
+        fn oom_kills(&self, _: &Path) -> Option<u64> {
+            None
+        }
+        fn display(&self, rel: &Path) -> String {
+            rel.display().to_string()
+        }
+        fn memory_watch(&self, _: &Path, _: &[u64]) -> Result<Vec<OwnedFd>, CgroupError> {
+            Ok(Vec::new())
+        }
+        fn notifies_memory_marks(&self) -> bool {
+            false
+        }
+        fn populated_watch(&self, _: &Path) -> Result<Option<OwnedFd>, CgroupError> {
+            Ok(None)
+        }
+    }
+
+    /// kill_all runs on the event loop: it begins a freeze and never waits for one to complete.
+    #[test]
+    fn kill_all_begins_a_freeze_without_waiting_for_it_and_thaws() {
+        let backend = Recorder::default();
+        kill_all(&backend, Path::new("x.service")).unwrap();
+        assert_eq!(*backend.calls.borrow(), ["begin-freeze", "thaw"]);
+    }
 }
