@@ -596,3 +596,109 @@ echo "uid=$(id -u)""#;
         "the helper kept host ids: {uids}"
     );
 }
+
+/// Python run as a unit's command, root of its user and pid namespaces: catches each exec
+/// probe corral forks into the namespace (the pid after `ns_last_pid`) with SIGSTOP, which
+/// lands only once the probe has entered the unit's user namespace (a signal from the unit
+/// needs CAP_KILL there). A probe stopped while it still holds host ids (unmapped in the unit's
+/// namespace: 65534 in /proc) is a probe before its exec, as privileged as corral; the script
+/// then tries PTRACE_ATTACH and prints `attach=allowed|denied`, and lets it go on unless
+/// `KEEP_STOPPED` is set. Stops that land later (ids already the unit's, or after the exec)
+/// prove nothing and are let go.
+const PROBE_CATCHER: &str = r#"
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+ESRCH, SIGSTOP, SIGCONT, PTRACE_ATTACH = 3, 19, 18, 16
+def last():
+    with open("/proc/sys/kernel/ns_last_pid") as f:
+        return int(f.read())
+def status(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return dict(l.split(":", 1) for l in f.read().splitlines() if ":" in l)
+    except OSError:
+        return {}
+print("watching", flush=True)
+target = last() + 1
+while True:
+    if libc.kill(target, SIGSTOP) != 0:
+        if ctypes.get_errno() == ESRCH and last() >= target:
+            target = last() + 1
+        continue
+    s = status(target)
+    while s and s["State"].split()[0] not in "TZX":
+        s = status(target)
+    if s and s["Uid"].split()[0] == "65534" and s["Gid"].split()[0] == "65534":
+        attached = libc.ptrace(PTRACE_ATTACH, target, 0, 0) == 0
+        print("attach=" + ("allowed" if attached else "denied"), flush=True)
+        if not os.environ.get("KEEP_STOPPED"):
+            libc.kill(target, SIGCONT)
+        break
+    libc.kill(target, SIGCONT)
+    target = last() + 1
+os.execvp("sleep", ["sleep", "1000"])
+"#;
+
+/// A unit running `PROBE_CATCHER` as nobody, root of its own user and pid namespaces, with an
+/// exec probe every 20ms; `env` goes into its `[exec]`.
+fn probe_catcher_unit(env: &str) -> String {
+    format!(
+        r#"[exec]
+command = ["python3", "-c", {}]
+user = "nobody"
+{env}
+[restart]
+policy = "never"
+[namespaces]
+pid = true
+user = true
+mount = true
+[health]
+exec = ["true"]
+interval = "20ms"
+"#,
+        toml_str(PROBE_CATCHER)
+    )
+}
+
+#[test]
+fn an_exec_probe_is_not_the_units_to_trace_before_its_exec() {
+    if !require_cgroup_v1() {
+        return;
+    }
+    let mut c = Corral::new();
+    c.unit("hostile", &probe_catcher_unit(""));
+    c.launch(&[]);
+    let line = c.wait_log("a probe caught before its exec", |l| {
+        is_output(l, "hostile") && msg(l).starts_with("attach=")
+    });
+    assert_eq!(
+        msg(&line),
+        "attach=denied",
+        "the unit could ptrace an exec probe that still held host root"
+    );
+    // corral's loop is not held by the stopped probe: it still answers.
+    assert_eq!(c.status("hostile")["name"], "hostile");
+}
+
+#[test]
+fn a_probe_the_unit_stops_before_its_exec_times_out_without_holding_the_loop() {
+    if !require_cgroup_v1() {
+        return;
+    }
+    let mut c = Corral::new();
+    c.unit(
+        "stopper",
+        &probe_catcher_unit("env = { KEEP_STOPPED = \"1\" }"),
+    );
+    c.launch(&[]);
+    // Logged by corral's loop, which would be waiting on the stopped probe's exec otherwise.
+    c.wait_log("a probe stopped before its exec", |l| {
+        is_output(l, "stopper") && msg(l).starts_with("attach=")
+    });
+    c.wait_log("the stopped probe's timeout", |l| {
+        is_about(l, "stopper", "health probe failed") && msg(l).contains("no answer within")
+    });
+    // And the socket still answers.
+    assert_eq!(c.status("stopper")["name"], "stopper");
+}

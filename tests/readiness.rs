@@ -502,3 +502,52 @@ fn a_frozen_unit_fails_its_exec_probe_without_hanging_corral() {
         is_about(l, "paused", "health probe passes again")
     });
 }
+
+#[test]
+fn an_exec_probe_that_leaves_a_process_behind_costs_corral_no_descriptor() {
+    if !require_cgroup_v1() {
+        return;
+    }
+    let mut c = Corral::new();
+    // Each probe passes at once and leaves a `sleep` holding its stdout and stderr.
+    c.unit(
+        "leaky",
+        r#"
+        [exec]
+        command = ["sleep", "600"]
+        [health]
+        exec = ["sh", "-c", "sleep 1000 & exit 0"]
+        interval = "20ms"
+        "#,
+    );
+    c.launch(&[]);
+    let corral = c.pid();
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{corral}/fd"))
+            .unwrap()
+            .count()
+    };
+    let passed = |l: &Value| is_about(l, "leaky", "health probe: exited with code 0");
+    const FIRST: usize = 5;
+    const LATER: usize = 30;
+    c.wait_count("probes", FIRST, passed);
+    let before = fds();
+    c.wait_count("probes", LATER, passed);
+    let after = fds();
+    eprintln!("corral's descriptors: {before} after {FIRST} probes, {after} after {LATER}");
+    assert!(
+        after < before + (LATER - FIRST),
+        "corral's descriptors grew from {before} to {after} over {} probes",
+        LATER - FIRST
+    );
+    // And the probes' leftovers are gone: no more than the last probe's may still be there.
+    let procs = c.cgroup_read("memory", "leaky.service/cgroup.procs");
+    let left = procs
+        .split_whitespace()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmd| cmd == b"sleep\x001000\x00")
+        })
+        .count();
+    assert!(left <= 1, "{left} probe leftovers still run: {procs}");
+}

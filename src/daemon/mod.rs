@@ -890,14 +890,21 @@ impl Daemon {
     }
 
     fn watch_pipe(&mut self, unit: &UnitName, stream: Stream, fd: OwnedFd) {
-        self.watch_pipe_as(unit, stream, fd, false);
+        let _ = self.watch_pipe_as(unit, stream, fd, false);
     }
 
-    fn watch_pipe_as(&mut self, unit: &UnitName, stream: Stream, fd: OwnedFd, discard: bool) {
+    /// Returns the pipe's token, for an owner that closes it before its EOF (an exec probe).
+    fn watch_pipe_as(
+        &mut self,
+        unit: &UnitName,
+        stream: Stream,
+        fd: OwnedFd,
+        discard: bool,
+    ) -> Option<u64> {
         let token = self.token();
         if let Err(e) = self.poller.add(fd.as_fd(), token, false) {
             warn!(unit = %unit, "cannot watch the unit's output: {e}");
-            return;
+            return None;
         }
         self.pipes.insert(
             token,
@@ -909,6 +916,14 @@ impl Daemon {
                 discard,
             },
         );
+        Some(token)
+    }
+
+    /// Stops reading a pipe and closes it, before its EOF.
+    fn close_pipe(&mut self, token: u64) {
+        if let Some(pipe) = self.pipes.remove(&token) {
+            let _ = self.poller.remove(&pipe.fd);
+        }
     }
 
     /// Reads a bounded amount per wake so one chatty unit cannot starve the others; the
