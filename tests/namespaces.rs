@@ -431,6 +431,94 @@ fn sandbox_sets_no_new_privs_and_keeps_only_the_listed_capabilities() {
     );
 }
 
+/// This thread's inheritable capabilities (bits 0..64), set to `inheritable`; returns the old.
+/// Credentials are per thread, so other tests' threads are not touched, and corral, spawned
+/// from this thread, starts with them.
+fn swap_thread_inheritable(inheritable: u64) -> u64 {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    let mut header = Header {
+        version: 0x2008_0522,
+        pid: 0,
+    };
+    let mut data = [Data::default(); 2];
+    // SAFETY: capget/capset on this thread with the two-element array version 3 defines.
+    unsafe {
+        assert_eq!(
+            libc::syscall(libc::SYS_capget, &raw mut header, data.as_mut_ptr()),
+            0
+        );
+        let old = u64::from(data[0].inheritable) | (u64::from(data[1].inheritable) << 32);
+        data[0].inheritable = inheritable as u32;
+        data[1].inheritable = (inheritable >> 32) as u32;
+        assert_eq!(
+            libc::syscall(libc::SYS_capset, &raw mut header, data.as_ptr()),
+            0,
+            "capset: {}",
+            std::io::Error::last_os_error()
+        );
+        old
+    }
+}
+
+/// This thread's supplementary groups, set to `groups` with the raw system call (glibc's
+/// setgroups would change every thread of the test binary).
+fn set_thread_groups(groups: &[libc::gid_t]) {
+    // SAFETY: setgroups reads `groups.len()` gids.
+    let rc = unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) };
+    assert_eq!(rc, 0, "setgroups: {}", std::io::Error::last_os_error());
+}
+
+fn thread_groups() -> Vec<libc::gid_t> {
+    let mut groups = vec![0; 256];
+    // SAFETY: getgroups writes at most `groups.len()` gids.
+    let n = unsafe { libc::syscall(libc::SYS_getgroups, groups.len(), groups.as_mut_ptr()) };
+    assert!(n >= 0, "getgroups: {}", std::io::Error::last_os_error());
+    groups.truncate(n as usize);
+    groups
+}
+
+#[test]
+fn a_unit_gets_neither_corrals_inheritable_capabilities_nor_its_groups() {
+    if !require_cgroup_v1() {
+        return;
+    }
+    let mut c = Corral::new();
+    let report = r#"echo "inh=$(grep CapInh /proc/self/status | cut -f2)"
+echo "groups=$(grep Groups /proc/self/status | cut -f2 | tr -d ' ')""#;
+    c.unit("as-root", &reporting_unit(report, ""));
+    c.unit(
+        "as-nobody",
+        &reporting_unit(report, "").replace("[exec]\n", "[exec]\nuser = \"nobody\"\n"),
+    );
+    // corral as a container runtime or a login may start it: with an inheritable capability
+    // (CAP_NET_RAW, 13) and a supplementary group of its own.
+    const CAP_NET_RAW: u64 = 1 << 13;
+    let (old_inheritable, old_groups) = (swap_thread_inheritable(CAP_NET_RAW), thread_groups());
+    set_thread_groups(&[4242]);
+    c.launch(&[]);
+    swap_thread_inheritable(old_inheritable);
+    set_thread_groups(&old_groups);
+    assert_eq!(proc_status(c.pid(), "CapInh"), "0000000000002000");
+    assert_eq!(proc_status(c.pid(), "Groups"), "4242");
+    for unit in ["as-root", "as-nobody"] {
+        let facts = facts(&mut c, unit);
+        // An inheritable capability comes back at the exec of a file that has it inheritable.
+        assert!(!facts["groups"].contains("4242"), "{unit}: {facts:?}");
+        assert_eq!(facts["inh"], "0000000000000000", "{unit}");
+    }
+}
+
 #[test]
 fn read_only_paths_refuse_writes_and_tmp_is_private() {
     if !require_cgroup_v1() {

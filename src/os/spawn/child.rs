@@ -490,8 +490,11 @@ unsafe fn exec_child(
             }
             undumpable(plan.report);
         }
-        if let Some(keep) = privileges.keep_capabilities {
-            set_capabilities(plan.report, keep, privileges.last_capability);
+        match privileges.keep_capabilities {
+            Some(keep) => set_capabilities(plan.report, keep, privileges.last_capability),
+            // Whatever corral inherited stays corral's: an inheritable capability would be
+            // gained again by the exec of a file that has it in its own inheritable set.
+            None => clear_inheritable_capabilities(plan.report),
         }
         if libc::chdir(plan.workdir.as_ptr()) < 0 {
             fail(plan.report, stage::CHDIR);
@@ -701,6 +704,37 @@ unsafe fn undumpable(report: RawFd) {
     unsafe {
         if libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) < 0 {
             fail(report, stage::UNDUMPABLE);
+        }
+    }
+}
+
+/// Empties the inheritable and ambient sets, and leaves the others as they are.
+///
+/// # Safety
+/// Child-side only; raw syscalls.
+unsafe fn clear_inheritable_capabilities(report: RawFd) {
+    let mut header = CapHeader {
+        version: CAP_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: capget/capset read and write the two-element array version 3 defines; lowering
+    // the inheritable set and clearing the ambient one need no privilege.
+    unsafe {
+        if libc::syscall(libc::SYS_capget, &raw mut header, data.as_mut_ptr()) < 0 {
+            fail(report, stage::CAPSET);
+        }
+        if data.iter().any(|d| d.inheritable != 0) {
+            for d in &mut data {
+                d.inheritable = 0;
+            }
+            if libc::syscall(libc::SYS_capset, &raw mut header, data.as_ptr()) < 0 {
+                fail(report, stage::CAPSET);
+            }
+        }
+        let clear = libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong;
+        if libc::prctl(libc::PR_CAP_AMBIENT, clear, 0, 0, 0) < 0 {
+            fail(report, stage::AMBIENT);
         }
     }
 }

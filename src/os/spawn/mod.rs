@@ -268,7 +268,13 @@ pub fn spawn(
             gid: c.gid,
             groups: Some(&c.groups),
         }),
-        (None, None, None) => None,
+        // No `user`: corral's own ids, but not the supplementary groups corral happened to be
+        // started with (by a login shell, sudo or a container runtime), where it may drop them.
+        (None, None, None) => nix::unistd::geteuid().is_root().then(|| child::Ids {
+            uid: identity.uid,
+            gid: identity.gid,
+            groups: Some(&[][..]),
+        }),
     };
     let enter: Vec<(RawFd, libc::c_int)> = entering
         .as_ref()
