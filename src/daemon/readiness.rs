@@ -8,7 +8,7 @@ use nix::sys::signal::Signal;
 use tracing::{debug, warn};
 
 use crate::core::exit::{ExitReport, Termination};
-use crate::core::notify::NotifyMessage;
+use crate::core::notify::{MainPidClaim, NotifyMessage, Sender, judge_main_pid};
 use crate::core::service::after;
 use crate::core::supervisor::Input;
 use crate::os::namespaces;
@@ -173,11 +173,8 @@ impl Daemon {
             // `datagram` (with any barrier fd) lives to the end of this iteration: the sender
             // is still waiting, so still findable in the unit, while it is checked.
             let mut message = NotifyMessage::parse(&datagram.bytes);
-            if let Some(main) = message.main_pid
-                && !self.belongs_to(unit, main)
-            {
-                warn!(unit = %unit, pid, "ignoring MAINPID={main}: not a process of the unit");
-                message.main_pid = None;
+            if let Some(claimed) = message.main_pid {
+                message.main_pid = self.main_pid_claim(unit, pid, claimed);
             }
             debug!(unit = %unit, pid, "notify: {}", String::from_utf8_lossy(&datagram.bytes).escape_debug());
             if !message.is_empty() {
@@ -188,6 +185,27 @@ impl Daemon {
                     },
                     now,
                 );
+            }
+        }
+    }
+
+    /// The new main process a `MAINPID=` from `sender` gives, if any (see `judge_main_pid`).
+    fn main_pid_claim(&self, unit: &UnitName, sender: i32, claimed: i32) -> Option<i32> {
+        let (config, rt) = self.sup.get(unit)?;
+        let sender = Sender {
+            pid: sender,
+            lineage: namespaces::lineage(sender),
+        };
+        match judge_main_pid(claimed, &sender, rt.pid, config.namespaces.pid) {
+            MainPidClaim::Accept(main) if self.belongs_to(unit, main) => Some(main),
+            MainPidClaim::Accept(main) => {
+                warn!(unit = %unit, pid = sender.pid, "ignoring MAINPID={main}: not a process of the unit");
+                None
+            }
+            MainPidClaim::Unchanged => None,
+            MainPidClaim::Refuse(why) => {
+                warn!(unit = %unit, pid = sender.pid, "{why}");
+                None
             }
         }
     }
