@@ -242,6 +242,12 @@ pub fn run(opts: Options) -> Result<Ending, DaemonError> {
         pid = std::process::id(),
         "corral supervising"
     );
+    if spawn::ids_changes_leave_processes_dumpable() {
+        warn!(
+            "fs.suid_dumpable is 1: a process corral starts is traceable for an instant after \
+             each change of ids, before its exec (see docs/operations.md)"
+        );
+    }
     let now = Instant::now();
     let rings = loaded
         .units

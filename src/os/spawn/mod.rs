@@ -60,6 +60,13 @@ pub enum SpawnError {
     ReadOnlyPath { path: String, errno: Errno },
 }
 
+/// Whether fs.suid_dumpable is 1 ("debug"), under which the kernel makes a process dumpable
+/// again at each change of its ids: the children `child` keeps non-dumpable until their exec
+/// are then traceable between a set*id and the next `PR_SET_DUMPABLE`.
+pub fn ids_changes_leave_processes_dumpable() -> bool {
+    std::fs::read_to_string("/proc/sys/fs/suid_dumpable").is_ok_and(|v| v.trim() == "1")
+}
+
 /// Who corral itself runs as, for units with no `user`: looked up once, since a lookup reads
 /// /etc/passwd (and whatever NSS is set up to ask), which would cost every spawn.
 pub fn own_identity() -> &'static Credentials {
