@@ -431,6 +431,94 @@ fn sandbox_sets_no_new_privs_and_keeps_only_the_listed_capabilities() {
     );
 }
 
+/// This thread's inheritable capabilities (bits 0..64), set to `inheritable`; returns the old.
+/// Credentials are per thread, so other tests' threads are not touched, and corral, spawned
+/// from this thread, starts with them.
+fn swap_thread_inheritable(inheritable: u64) -> u64 {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    let mut header = Header {
+        version: 0x2008_0522,
+        pid: 0,
+    };
+    let mut data = [Data::default(); 2];
+    // SAFETY: capget/capset on this thread with the two-element array version 3 defines.
+    unsafe {
+        assert_eq!(
+            libc::syscall(libc::SYS_capget, &raw mut header, data.as_mut_ptr()),
+            0
+        );
+        let old = u64::from(data[0].inheritable) | (u64::from(data[1].inheritable) << 32);
+        data[0].inheritable = inheritable as u32;
+        data[1].inheritable = (inheritable >> 32) as u32;
+        assert_eq!(
+            libc::syscall(libc::SYS_capset, &raw mut header, data.as_ptr()),
+            0,
+            "capset: {}",
+            std::io::Error::last_os_error()
+        );
+        old
+    }
+}
+
+/// This thread's supplementary groups, set to `groups` with the raw system call (glibc's
+/// setgroups would change every thread of the test binary).
+fn set_thread_groups(groups: &[libc::gid_t]) {
+    // SAFETY: setgroups reads `groups.len()` gids.
+    let rc = unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) };
+    assert_eq!(rc, 0, "setgroups: {}", std::io::Error::last_os_error());
+}
+
+fn thread_groups() -> Vec<libc::gid_t> {
+    let mut groups = vec![0; 256];
+    // SAFETY: getgroups writes at most `groups.len()` gids.
+    let n = unsafe { libc::syscall(libc::SYS_getgroups, groups.len(), groups.as_mut_ptr()) };
+    assert!(n >= 0, "getgroups: {}", std::io::Error::last_os_error());
+    groups.truncate(n as usize);
+    groups
+}
+
+#[test]
+fn a_unit_gets_neither_corrals_inheritable_capabilities_nor_its_groups() {
+    if !require_cgroup_v1() {
+        return;
+    }
+    let mut c = Corral::new();
+    let report = r#"echo "inh=$(grep CapInh /proc/self/status | cut -f2)"
+echo "groups=$(grep Groups /proc/self/status | cut -f2 | tr -d ' ')""#;
+    c.unit("as-root", &reporting_unit(report, ""));
+    c.unit(
+        "as-nobody",
+        &reporting_unit(report, "").replace("[exec]\n", "[exec]\nuser = \"nobody\"\n"),
+    );
+    // corral as a container runtime or a login may start it: with an inheritable capability
+    // (CAP_NET_RAW, 13) and a supplementary group of its own.
+    const CAP_NET_RAW: u64 = 1 << 13;
+    let (old_inheritable, old_groups) = (swap_thread_inheritable(CAP_NET_RAW), thread_groups());
+    set_thread_groups(&[4242]);
+    c.launch(&[]);
+    swap_thread_inheritable(old_inheritable);
+    set_thread_groups(&old_groups);
+    assert_eq!(proc_status(c.pid(), "CapInh"), "0000000000002000");
+    assert_eq!(proc_status(c.pid(), "Groups"), "4242");
+    for unit in ["as-root", "as-nobody"] {
+        let facts = facts(&mut c, unit);
+        // An inheritable capability comes back at the exec of a file that has it inheritable.
+        assert!(!facts["groups"].contains("4242"), "{unit}: {facts:?}");
+        assert_eq!(facts["inh"], "0000000000000000", "{unit}");
+    }
+}
+
 #[test]
 fn read_only_paths_refuse_writes_and_tmp_is_private() {
     if !require_cgroup_v1() {
@@ -806,4 +894,110 @@ fn a_read_only_path_under_a_private_tmp_is_refused_when_loading() {
             && out.stderr.contains("private-tmp"),
         "{out:?}"
     );
+}
+
+/// Python run as a unit's command, root of its user and pid namespaces: catches each exec
+/// probe corral forks into the namespace (the pid after `ns_last_pid`) with SIGSTOP, which
+/// lands only once the probe has entered the unit's user namespace (a signal from the unit
+/// needs CAP_KILL there). A probe stopped while it still holds host ids (unmapped in the unit's
+/// namespace: 65534 in /proc) is a probe before its exec, as privileged as corral; the script
+/// then tries PTRACE_ATTACH and prints `attach=allowed|denied`, and lets it go on unless
+/// `KEEP_STOPPED` is set. Stops that land later (ids already the unit's, or after the exec)
+/// prove nothing and are let go.
+const PROBE_CATCHER: &str = r#"
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+ESRCH, SIGSTOP, SIGCONT, PTRACE_ATTACH = 3, 19, 18, 16
+def last():
+    with open("/proc/sys/kernel/ns_last_pid") as f:
+        return int(f.read())
+def status(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return dict(l.split(":", 1) for l in f.read().splitlines() if ":" in l)
+    except OSError:
+        return {}
+print("watching", flush=True)
+target = last() + 1
+while True:
+    if libc.kill(target, SIGSTOP) != 0:
+        if ctypes.get_errno() == ESRCH and last() >= target:
+            target = last() + 1
+        continue
+    s = status(target)
+    while s and s["State"].split()[0] not in "TZX":
+        s = status(target)
+    if s and s["Uid"].split()[0] == "65534" and s["Gid"].split()[0] == "65534":
+        attached = libc.ptrace(PTRACE_ATTACH, target, 0, 0) == 0
+        print("attach=" + ("allowed" if attached else "denied"), flush=True)
+        if not os.environ.get("KEEP_STOPPED"):
+            libc.kill(target, SIGCONT)
+        break
+    libc.kill(target, SIGCONT)
+    target = last() + 1
+os.execvp("sleep", ["sleep", "1000"])
+"#;
+
+/// A unit running `PROBE_CATCHER` as nobody, root of its own user and pid namespaces, with an
+/// exec probe every 20ms; `env` goes into its `[exec]`.
+fn probe_catcher_unit(env: &str) -> String {
+    format!(
+        r#"[exec]
+command = ["python3", "-c", {}]
+user = "nobody"
+{env}
+[restart]
+policy = "never"
+[namespaces]
+pid = true
+user = true
+mount = true
+[health]
+exec = ["true"]
+interval = "20ms"
+"#,
+        toml_str(PROBE_CATCHER)
+    )
+}
+
+#[test]
+fn an_exec_probe_is_not_the_units_to_trace_before_its_exec() {
+    if !require_cgroup_v1() {
+        return;
+    }
+    let mut c = Corral::new();
+    c.unit("hostile", &probe_catcher_unit(""));
+    c.launch(&[]);
+    let line = c.wait_log("a probe caught before its exec", |l| {
+        is_output(l, "hostile") && msg(l).starts_with("attach=")
+    });
+    assert_eq!(
+        msg(&line),
+        "attach=denied",
+        "the unit could ptrace an exec probe that still held host root"
+    );
+    // corral's loop is not held by the stopped probe: it still answers.
+    assert_eq!(c.status("hostile")["name"], "hostile");
+}
+
+#[test]
+fn a_probe_the_unit_stops_before_its_exec_times_out_without_holding_the_loop() {
+    if !require_cgroup_v1() {
+        return;
+    }
+    let mut c = Corral::new();
+    c.unit(
+        "stopper",
+        &probe_catcher_unit("env = { KEEP_STOPPED = \"1\" }"),
+    );
+    c.launch(&[]);
+    // Logged by corral's loop, which would be waiting on the stopped probe's exec otherwise.
+    c.wait_log("a probe stopped before its exec", |l| {
+        is_output(l, "stopper") && msg(l).starts_with("attach=")
+    });
+    c.wait_log("the stopped probe's timeout", |l| {
+        is_about(l, "stopper", "health probe failed") && msg(l).contains("no answer within")
+    });
+    // And the socket still answers.
+    assert_eq!(c.status("stopper")["name"], "stopper");
 }

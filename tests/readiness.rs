@@ -513,3 +513,142 @@ fn a_frozen_unit_is_not_probed_and_its_probes_resume_at_the_thaw() {
     let status = c.status("paused");
     assert_eq!(status["health"]["consecutive_failures"], 0, "{status}");
 }
+
+#[test]
+fn an_exec_probe_that_leaves_a_process_behind_costs_corral_no_descriptor() {
+    if !require_cgroup_v1() {
+        return;
+    }
+    let mut c = Corral::new();
+    // Each probe passes at once and leaves a `sleep` holding its stdout and stderr.
+    c.unit(
+        "leaky",
+        r#"
+        [exec]
+        command = ["sleep", "600"]
+        [health]
+        exec = ["sh", "-c", "sleep 1000 & exit 0"]
+        interval = "20ms"
+        "#,
+    );
+    c.launch(&[]);
+    let corral = c.pid();
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{corral}/fd"))
+            .unwrap()
+            .count()
+    };
+    let passed = |l: &Value| is_about(l, "leaky", "health probe: exited with code 0");
+    const FIRST: usize = 5;
+    const LATER: usize = 30;
+    c.wait_count("probes", FIRST, passed);
+    let before = fds();
+    c.wait_count("probes", LATER, passed);
+    let after = fds();
+    eprintln!("corral's descriptors: {before} after {FIRST} probes, {after} after {LATER}");
+    assert!(
+        after < before + (LATER - FIRST),
+        "corral's descriptors grew from {before} to {after} over {} probes",
+        LATER - FIRST
+    );
+    // And the probes' leftovers are gone: no more than the last probe's may still be there.
+    let procs = c.cgroup_read("memory", "leaky.service/cgroup.procs");
+    let left = procs
+        .split_whitespace()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmd| cmd == b"sleep\x001000\x00")
+        })
+        .count();
+    assert!(left <= 1, "{left} probe leftovers still run: {procs}");
+}
+
+/// Python that sends each argument as one sd_notify datagram from its own process, after
+/// replacing `{pid}` by its pid (as its own pid namespace numbers it), then sleeps.
+const NOTIFIER: &str = r#"
+import os, socket, sys, time
+addr = os.environ["NOTIFY_SOCKET"]
+if addr.startswith("@"):
+    addr = "\0" + addr[1:]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+for text in sys.argv[1:]:
+    s.sendto(text.replace("{pid}", str(os.getpid())).encode(), addr)
+time.sleep(600)
+"#;
+
+/// What corral made of the unit's `MAINPID=`s: its refusals and changes of main process.
+fn mainpid_verdicts<'a>(c: &'a Corral, unit: &str) -> Vec<&'a str> {
+    c.seen
+        .iter()
+        .filter(|l| is_about(l, unit, "MAINPID=") && !msg(l).starts_with("notify:"))
+        .map(msg)
+        .collect()
+}
+
+#[test]
+fn a_mainpid_from_another_process_than_the_main_one_is_ignored() {
+    if !require_root() {
+        return;
+    }
+    let mut c = Corral::new();
+    let notifier = c.path("notifier.py");
+    std::fs::write(&notifier, NOTIFIER).unwrap();
+    // The notifier is a child of the main process (the shell, then its exec'd sleep).
+    let script = format!(
+        "python3 {} 'MAINPID={{pid}}' READY=1 & exec sleep 600",
+        notifier.display()
+    );
+    c.unit(
+        "svc",
+        &format!(
+            "[exec]\ncommand = [\"sh\", \"-c\", {}]\nready = \"notify\"\n",
+            toml_str(&script)
+        ),
+    );
+    c.launch(&[]);
+    let main = c.wait_exec("svc", 1);
+    c.wait_log("ready", |l| is_about(l, "svc", "ready (READY=1)"));
+    let verdicts = mainpid_verdicts(&c, "svc");
+    assert_eq!(verdicts.len(), 1, "{verdicts:?}");
+    assert!(
+        verdicts[0].contains("only the main process may set it"),
+        "{verdicts:?}"
+    );
+    assert_eq!(c.status("svc")["pid"], main);
+}
+
+#[test]
+fn a_mainpid_from_a_pid_namespace_is_read_in_that_namespace() {
+    if !require_cgroup_v1() {
+        return;
+    }
+    let mut c = Corral::new();
+    let notifier = c.path("notifier.py");
+    std::fs::write(&notifier, NOTIFIER).unwrap();
+    // The notifier is the command, pid 2 of the unit's namespace: pid 2 names itself, whom the
+    // helper (the main process) stands for, not the host's pid 2; pid 1 there is the helper,
+    // which no MAINPID may name.
+    c.unit(
+        "contained",
+        &format!(
+            r#"
+            [exec]
+            command = ["python3", {}, "MAINPID=1", "MAINPID={{pid}}\nREADY=1"]
+            ready = "notify"
+            [namespaces]
+            pid = true
+            "#,
+            toml_str(&notifier.display().to_string())
+        ),
+    );
+    c.launch(&[]);
+    let helper = c.wait_exec("contained", 1);
+    c.wait_log("ready", |l| is_about(l, "contained", "ready (READY=1)"));
+    let verdicts = mainpid_verdicts(&c, "contained");
+    assert_eq!(verdicts.len(), 1, "only MAINPID=1 is refused: {verdicts:?}");
+    assert!(
+        verdicts[0].starts_with("ignoring MAINPID=1:") && verdicts[0].contains("own pid namespace"),
+        "{verdicts:?}"
+    );
+    assert_eq!(c.status("contained")["pid"], helper);
+}

@@ -805,6 +805,8 @@ fn a_removed_unit_stops_and_loses_its_cgroup_and_an_added_slice_gets_one() {
     );
     assert_eq!(c.status("pool")["state"], "active");
     let worker = wait_started(&mut c, "worker", 1);
+    // Without clone3 into the cgroup, the child writes itself in after the fork: by its exec.
+    c.wait_exec("worker", 1);
     let procs = c.cgroup_read("pids", "pool.slice/worker.service/cgroup.procs");
     assert!(
         procs.lines().any(|p| p == worker.to_string()),

@@ -134,8 +134,6 @@ enum OomVictim {
     Spared,
 }
 
-/// After every unit is down: leftover descendants get SIGTERM, then SIGKILL at `kill_at`.
-
 /// How long a shutdown waits for processes it sent SIGKILL: `--shutdown-timeout`, at least
 /// this. A process still there after that cannot die (uninterruptible sleep, a frozen cgroup)
 /// and is abandoned, so that a shutdown always ends (docs/operations.md).
@@ -320,6 +318,12 @@ pub fn run(mut opts: Options) -> Result<Ending, DaemonError> {
         pid = std::process::id(),
         "corral supervising"
     );
+    if spawn::ids_changes_leave_processes_dumpable() {
+        warn!(
+            "fs.suid_dumpable is 1: a process corral starts is traceable for an instant after \
+             each change of ids, before its exec (see docs/operations.md)"
+        );
+    }
     let now = Instant::now();
     let rings = loaded
         .units
@@ -1048,14 +1052,21 @@ impl Daemon {
     }
 
     fn watch_pipe(&mut self, unit: &UnitName, stream: Stream, fd: OwnedFd) {
-        self.watch_pipe_as(unit, stream, fd, false);
+        let _ = self.watch_pipe_as(unit, stream, fd, false);
     }
 
-    fn watch_pipe_as(&mut self, unit: &UnitName, stream: Stream, fd: OwnedFd, discard: bool) {
+    /// Returns the pipe's token, for an owner that closes it before its EOF (an exec probe).
+    fn watch_pipe_as(
+        &mut self,
+        unit: &UnitName,
+        stream: Stream,
+        fd: OwnedFd,
+        discard: bool,
+    ) -> Option<u64> {
         let token = self.token();
         if let Err(e) = self.poller.add(fd.as_fd(), token, false) {
             warn!(unit = %unit, "cannot watch the unit's output: {e}");
-            return;
+            return None;
         }
         self.pipes.insert(
             token,
@@ -1067,6 +1078,14 @@ impl Daemon {
                 discard,
             },
         );
+        Some(token)
+    }
+
+    /// Stops reading a pipe and closes it, before its EOF.
+    fn close_pipe(&mut self, token: u64) {
+        if let Some(pipe) = self.pipes.remove(&token) {
+            let _ = self.poller.remove(&pipe.fd);
+        }
     }
 
     /// Reads a bounded amount per wake so one chatty unit cannot starve the others; the

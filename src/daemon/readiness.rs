@@ -9,7 +9,7 @@ use nix::sys::signal::Signal;
 use tracing::{debug, warn};
 
 use crate::core::exit::{ExitReport, Termination};
-use crate::core::notify::NotifyMessage;
+use crate::core::notify::{MainPidClaim, NotifyMessage, Sender, judge_main_pid};
 use crate::core::notify_refusals::{Refusal, Refusals};
 use crate::core::service::after;
 use crate::core::supervisor::Input;
@@ -51,6 +51,13 @@ struct ExecRun {
     seq: u64,
     deadline: Instant,
     timeout: Duration,
+    /// Tokens of its stdout and stderr: closed when the probe ends, whoever still holds the
+    /// write ends (a process the probe left behind).
+    pipes: Vec<u64>,
+    /// Read once it is reaped, when nothing can write to it any more: until its exec the
+    /// probe is in the unit's namespaces, where the unit may stop it (SIGSTOP), and a read
+    /// before then could hold the loop for as long as the unit likes.
+    exec_report: OwnedFd,
 }
 
 /// A unit's notify socket, with what keeps it from costing the loop more than its share.
@@ -405,13 +412,8 @@ impl Daemon {
             return;
         }
         let mut message = NotifyMessage::parse(&datagram.bytes);
-        if let Some(main) = message.main_pid
-            && !self.belongs_to(unit, main)
-        {
-            self.refuse(unit, now, || {
-                format!("ignoring MAINPID={main}: not a process of the unit")
-            });
-            message.main_pid = None;
+        if let Some(claimed) = message.main_pid {
+            message.main_pid = self.main_pid_claim(unit, pid, claimed, now);
         }
         debug!(unit = %unit, pid, "notify: {}", String::from_utf8_lossy(&datagram.bytes).escape_debug());
         if !message.is_empty() {
@@ -461,6 +463,38 @@ impl Daemon {
                 s.count,
                 humantime::format_duration(over)
             );
+        }
+    }
+
+    /// The new main process a `MAINPID=` from `sender` gives, if any (see `judge_main_pid`).
+    fn main_pid_claim(
+        &mut self,
+        unit: &UnitName,
+        sender: i32,
+        claimed: i32,
+        now: Instant,
+    ) -> Option<i32> {
+        let (config, rt) = self.sup.get(unit)?;
+        let sender = Sender {
+            pid: sender,
+            lineage: namespaces::lineage(sender),
+        };
+        match judge_main_pid(claimed, &sender, rt.pid, config.namespaces.pid) {
+            MainPidClaim::Accept(main) if self.belongs_to(unit, main) => Some(main),
+            MainPidClaim::Accept(main) => {
+                self.refuse(unit, now, || {
+                    format!(
+                        "ignoring MAINPID={main} from pid {}: not a process of the unit",
+                        sender.pid
+                    )
+                });
+                None
+            }
+            MainPidClaim::Unchanged => None,
+            MainPidClaim::Refuse(why) => {
+                self.refuse(unit, now, || format!("{why} (from pid {})", sender.pid));
+                None
+            }
         }
     }
 
@@ -581,20 +615,24 @@ impl Daemon {
             sandbox: &unit.sandbox,
             enter: self.sup.get(&unit.name).and_then(|(_, rt)| rt.pid),
         };
-        // A probe's exec is waited for: probes are rare, and its failure is the probe's result.
+        // The exec's outcome is read when the probe is reaped (see `ExecRun::exec_report`).
         let spawned = spawn::spawn(
             &exec,
             exec.user.as_ref(),
             &join,
             unit.oom.score_adjust,
             confine,
-        )
-        .and_then(|child| spawn::exec_outcome(&child.exec_report).map(|()| child));
+        );
         match spawned {
             Ok(child) => {
                 debug!(unit = %unit.name, pid = child.pid, "health probe spawned");
-                self.watch_pipe_as(&unit.name, Stream::Stdout, child.stdout, true);
-                self.watch_pipe_as(&unit.name, Stream::Stderr, child.stderr, true);
+                let pipes = [
+                    (Stream::Stdout, child.stdout),
+                    (Stream::Stderr, child.stderr),
+                ]
+                .into_iter()
+                .filter_map(|(stream, fd)| self.watch_pipe_as(&unit.name, stream, fd, true))
+                .collect();
                 self.readiness.exec.insert(
                     child.pid,
                     ExecRun {
@@ -602,6 +640,8 @@ impl Daemon {
                         seq,
                         deadline: after(now, cfg.timeout),
                         timeout: cfg.timeout,
+                        pipes,
+                        exec_report: child.exec_report,
                     },
                 );
                 None
@@ -625,13 +665,37 @@ impl Daemon {
         let Some(run) = self.readiness.exec.remove(&pid) else {
             return false;
         };
-        let ok = termination == Termination::Exited(0);
-        let exit = ExitReport {
-            termination,
-            oom: false,
+        self.end_exec_probe(pid, &run);
+        // Reaped, so nothing writes to the report any more: this read does not wait.
+        let (ok, message) = match spawn::exec_outcome(&run.exec_report) {
+            Err(e) => (false, format!("cannot run the probe: {e}")),
+            Ok(()) => {
+                let exit = ExitReport {
+                    termination,
+                    oom: false,
+                };
+                (termination == Termination::Exited(0), exit.to_string())
+            }
         };
-        self.probe_done(run.unit, run.seq, ok, exit.to_string(), now);
+        self.probe_done(run.unit, run.seq, ok, message, now);
         true
+    }
+
+    /// Whatever a finished probe left behind goes with it: the rest of its process group
+    /// (made by its setsid) is killed and its output pipes are closed. A process that left
+    /// the group (its own setsid) is a process of the unit like any other, in its cgroup until
+    /// the unit stops; corral's descriptors do not wait for it.
+    ///
+    /// The group id is the probe's pid, which stays allocated while anything is left in the
+    /// group (a pid is freed only once no process uses it as pid, group or session id), so
+    /// the group signalled is this probe's; an empty group's id could name another only if
+    /// the kernel handed the number out again, wrapping around pid_max, within this turn of
+    /// the loop since the reap.
+    fn end_exec_probe(&mut self, pid: i32, run: &ExecRun) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-pid), Signal::SIGKILL);
+        for &token in &run.pipes {
+            self.close_pipe(token);
+        }
     }
 
     /// Probes past their timeout fail; an exec probe's process is killed (still unreaped,
@@ -663,7 +727,9 @@ impl Daemon {
             .collect();
         for pid in late {
             if let Some(run) = self.readiness.exec.remove(&pid) {
+                // The probe itself too: one stopped before its setsid is in no group of its own.
                 let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+                self.end_exec_probe(pid, &run);
                 self.probe_done(run.unit, run.seq, false, timed_out(run.timeout), now);
             }
         }

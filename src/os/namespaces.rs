@@ -46,9 +46,40 @@ pub fn within_net_namespace_of<T>(pid: i32, f: impl FnOnce() -> T) -> Result<T, 
     Ok(out)
 }
 
+/// The parent of process `pid` and its pids from the pid namespace of corral's /proc down to
+/// its own (`PPid` and `NSpid` of /proc/PID/status); `None` once it is gone.
+pub fn lineage(pid: i32) -> Option<(i32, Vec<i32>)> {
+    parse_lineage(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
+}
+
+fn parse_lineage(status: &str) -> Option<(i32, Vec<i32>)> {
+    let field = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+    };
+    let parent = field("PPid")?.trim().parse().ok()?;
+    let ns_pids = field("NSpid")?
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<Vec<i32>, _>>()
+        .ok()?;
+    (!ns_pids.is_empty()).then_some((parent, ns_pids))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lineage_reads_the_parent_and_every_namespaces_pid() {
+        let status = "Name:\tsleep\nTgid:\t4242\nPid:\t4242\nPPid:\t4241\nNSpid:\t4242\t2\n";
+        assert_eq!(parse_lineage(status), Some((4241, vec![4242, 2])));
+        assert_eq!(parse_lineage("PPid:\t1\n"), None, "a kernel without NSpid");
+        let me = lineage(std::process::id() as i32).unwrap();
+        assert_eq!(me.1.first(), Some(&(std::process::id() as i32)));
+        assert_eq!(me.0, nix::unistd::getppid().as_raw());
+    }
 
     #[test]
     fn a_child_without_new_namespaces_shares_every_one_of_ours() {

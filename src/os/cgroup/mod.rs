@@ -491,6 +491,9 @@ mod tests {
         fn populated_watch(&self, _: &Path) -> Result<Option<OwnedFd>, CgroupError> {
             Ok(None)
         }
+        fn budget(&self) -> (Budget, Option<u64>, Option<u64>) {
+            (Budget::default(), None, None)
+        }
     }
 
     /// kill_all runs on the event loop: it begins a freeze and never waits for one to complete.

@@ -392,7 +392,7 @@ mod tests {
         let mount = tmp.path().join("freezer");
         fs::create_dir_all(mount.join("r/x.service")).unwrap();
         std::os::unix::fs::symlink("/dev/null", mount.join("r/x.service/freezer.state")).unwrap();
-        let mounts = BTreeMap::from([(Controller::Freezer, mount)]);
+        let mounts = BTreeMap::from([(Controller::Freezer, whole(&mount))]);
         let v1 = V1::new(&mounts, Some(Path::new("/r")), &BTreeMap::new()).unwrap();
         let rel = Path::new("x.service");
         v1.begin_freeze(rel).unwrap();

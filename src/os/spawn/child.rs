@@ -99,7 +99,7 @@ const NSIG: libc::c_int = 65;
 pub const GO: u8 = b'g';
 
 /// Stages the child reports by index; keep in sync with the `stage::` constants.
-const STAGE_NAMES: [&str; 26] = [
+const STAGE_NAMES: [&str; 27] = [
     "resetting signal dispositions",
     "setsid",
     "redirecting stdio",
@@ -126,6 +126,7 @@ const STAGE_NAMES: [&str; 26] = [
     "setting no-new-privileges",
     "entering the unit's namespaces",
     "the pid namespace's helper taking the command's ids",
+    "making the process non-dumpable",
 ];
 
 mod stage {
@@ -154,6 +155,7 @@ mod stage {
     pub const NO_NEW_PRIVS: u32 = 23;
     pub const ENTER: u32 = 24;
     pub const HELPER_IDS: u32 = 25;
+    pub const UNDUMPABLE: u32 = 26;
     /// Not a failure: the child has unshared its user namespace and waits for its id maps.
     pub const MAP_IDS: u32 = u32::MAX;
     /// `READ_ONLY_PATH + ReadOnlyProblem as u32`: a `read-only-paths` entry failed; the path
@@ -404,6 +406,14 @@ unsafe fn exec_child(
     // SAFETY (whole body): only raw syscalls and libc wrappers listed as async-signal-safe in
     // signal-safety(7), on fds and memory prepared before fork.
     unsafe {
+        // First of all, before this process is in any of the unit's namespaces (a probe is
+        // born in its pid namespace): see `undumpable`. A child that builds a user namespace
+        // waits with it until its id maps are written (in `isolate`), since a non-dumpable
+        // process's /proc files belong to root, and a corral that is not root could not write
+        // them; until then it shares no namespace with any process of a unit.
+        if plan.isolation.user_go.is_none() {
+            undumpable(plan.report);
+        }
         // Default dispositions for every signal: exec resets handled signals but keeps
         // ignored ones (Rust's runtime ignores SIGPIPE, for one).
         //
@@ -462,13 +472,10 @@ unsafe fn exec_child(
             if libc::setsid() < 0 {
                 fail(plan.report, stage::SETSID);
             }
-            // Before the fork, so there is no moment when the command could trace the helper:
-            // root of a user namespace holds CAP_SYS_PTRACE there, and the helper is still
-            // corral's (host root) underneath. Not dumpable, it can be traced only with that
-            // capability in corral's own namespace. The command's exec makes it dumpable again.
-            if libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) < 0 {
-                fail(plan.report, stage::FORK_COMMAND);
-            }
+            // The helper is non-dumpable already (see `undumpable`), so there is no moment
+            // when the command could trace it: root of a user namespace holds CAP_SYS_PTRACE
+            // there, and the helper is still corral's (host root) underneath. The command
+            // inherits that; its exec makes it dumpable again.
             let command = raw_fork(0);
             if command < 0 {
                 fail(plan.report, stage::FORK_COMMAND);
@@ -477,12 +484,21 @@ unsafe fn exec_child(
                 // Inside a user namespace the helper needs no more than the command's ids to
                 // reap and pass signals on; it gives up host root (after the fork: the command
                 // still needs the privileges for its own setup).
+                // Nor does it keep corral's supplementary groups, where it may drop them.
                 if plan.isolation.user_go.is_some()
                     && let Some(ids) = &plan.credentials
-                    && (libc::syscall(libc::SYS_setresgid, ids.gid, ids.gid, ids.gid) < 0
-                        || libc::syscall(libc::SYS_setresuid, ids.uid, ids.uid, ids.uid) < 0)
                 {
-                    fail(plan.report, stage::HELPER_IDS);
+                    if let Some(groups) = ids.groups
+                        && libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) < 0
+                    {
+                        fail(plan.report, stage::HELPER_IDS);
+                    }
+                    if libc::syscall(libc::SYS_setresgid, ids.gid, ids.gid, ids.gid) < 0
+                        || libc::syscall(libc::SYS_setresuid, ids.uid, ids.uid, ids.uid) < 0
+                    {
+                        fail(plan.report, stage::HELPER_IDS);
+                    }
+                    undumpable(plan.report);
                 }
                 helper_init(command, helper, plan.stdin)
             }
@@ -512,12 +528,17 @@ unsafe fn exec_child(
             if libc::syscall(libc::SYS_setresgid, ids.gid, ids.gid, ids.gid) < 0 {
                 fail(plan.report, stage::SETGID);
             }
+            undumpable(plan.report);
             if libc::syscall(libc::SYS_setresuid, ids.uid, ids.uid, ids.uid) < 0 {
                 fail(plan.report, stage::SETUID);
             }
+            undumpable(plan.report);
         }
-        if let Some(keep) = privileges.keep_capabilities {
-            set_capabilities(plan.report, keep, privileges.last_capability);
+        match privileges.keep_capabilities {
+            Some(keep) => set_capabilities(plan.report, keep, privileges.last_capability),
+            // Whatever corral inherited stays corral's: an inheritable capability would be
+            // gained again by the exec of a file that has it in its own inheritable set.
+            None => clear_inheritable_capabilities(plan.report),
         }
         if libc::chdir(plan.workdir.as_ptr()) < 0 {
             fail(plan.report, stage::CHDIR);
@@ -611,6 +632,9 @@ unsafe fn isolate(plan: &ExecPlan<'_>) {
                 // The parent could not write the maps; it reports why and reaps us.
                 libc::_exit(127);
             }
+            // Before anything else of the unit can share this namespace (the command,
+            // forked by the pid namespace's helper, is root in it): see `undumpable`.
+            undumpable(report);
         }
         if iso.unshare != 0 && libc::unshare(iso.unshare) < 0 {
             fail(report, stage::UNSHARE);
@@ -1013,6 +1037,76 @@ unsafe fn loopback_up() -> bool {
     }
 }
 
+/// Makes this process non-dumpable until its exec (which decides again, from the new ids and
+/// program). A unit's root holds CAP_SYS_PTRACE in its user namespace, and so may trace any
+/// process there, and any process of its uid, that is dumpable; a non-dumpable one only with
+/// CAP_SYS_PTRACE in the namespace that owns its memory, corral's (ptrace(2), "Ptrace access
+/// mode checking"). That keeps a child unreachable while it is still as privileged as corral.
+///
+/// Called again after each change of ids: the kernel resets dumpability on such a change to
+/// fs.suid_dumpable, which is 0 by default; with 1 ("debug", documented as insecure) the
+/// process would be dumpable again (see docs/operations.md for what is left then).
+///
+/// # Safety
+/// Child-side only; raw syscalls.
+unsafe fn undumpable(report: RawFd) {
+    // SAFETY: prctl with integer arguments only; `fail` is child-side as this function.
+    unsafe {
+        if libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) < 0 {
+            fail(report, stage::UNDUMPABLE);
+        }
+    }
+}
+
+/// Empties the inheritable and ambient sets, and leaves the others as they are.
+///
+/// # Safety
+/// Child-side only; raw syscalls.
+unsafe fn clear_inheritable_capabilities(report: RawFd) {
+    let mut header = CapHeader {
+        version: CAP_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: capget/capset read and write the two-element array version 3 defines; lowering
+    // the inheritable set and clearing the ambient one need no privilege.
+    unsafe {
+        if libc::syscall(libc::SYS_capget, &raw mut header, data.as_mut_ptr()) < 0 {
+            fail(report, stage::CAPSET);
+        }
+        if data.iter().any(|d| d.inheritable != 0) {
+            for d in &mut data {
+                d.inheritable = 0;
+            }
+            if libc::syscall(libc::SYS_capset, &raw mut header, data.as_ptr()) < 0 {
+                fail(report, stage::CAPSET);
+            }
+        }
+        let clear = libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong;
+        if libc::prctl(libc::PR_CAP_AMBIENT, clear, 0, 0, 0) < 0 {
+            fail(report, stage::AMBIENT);
+        }
+    }
+}
+
+/// `struct __user_cap_header_struct` of capget(2).
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+/// `struct __user_cap_data_struct` of capget(2); version 3 takes two (capabilities 0..64).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const CAP_VERSION_3: u32 = 0x2008_0522;
+
 /// Drops every capability not in `keep` from the bounding set.
 ///
 /// # Safety
@@ -1036,29 +1130,11 @@ unsafe fn drop_bounding_set(report: RawFd, keep: u64, last: u32) {
 /// # Safety
 /// Child-side only; raw syscalls.
 unsafe fn set_capabilities(report: RawFd, keep: u64, last: u32) {
-    #[repr(C)]
-    struct Header {
-        version: u32,
-        pid: i32,
-    }
-    #[repr(C)]
-    #[derive(Clone, Copy)]
-    struct Data {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    const VERSION_3: u32 = 0x2008_0522;
-    let mut header = Header {
-        version: VERSION_3,
+    let mut header = CapHeader {
+        version: CAP_VERSION_3,
         pid: 0,
     };
-    let empty = Data {
-        effective: 0,
-        permitted: 0,
-        inheritable: 0,
-    };
-    let mut data = [empty; 2];
+    let mut data = [CapData::default(); 2];
     // SAFETY: capget/capset read and write the two-element array version 3 defines.
     unsafe {
         if libc::syscall(libc::SYS_capget, &raw mut header, data.as_mut_ptr()) < 0 {

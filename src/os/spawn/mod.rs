@@ -64,6 +64,13 @@ pub enum SpawnError {
     },
 }
 
+/// Whether fs.suid_dumpable is 1 ("debug"), under which the kernel makes a process dumpable
+/// again at each change of its ids: the children `child` keeps non-dumpable until their exec
+/// are then traceable between a set*id and the next `PR_SET_DUMPABLE`.
+pub fn ids_changes_leave_processes_dumpable() -> bool {
+    std::fs::read_to_string("/proc/sys/fs/suid_dumpable").is_ok_and(|v| v.trim() == "1")
+}
+
 /// Who corral itself runs as, for units with no `user`: looked up once, since a lookup reads
 /// /etc/passwd (and whatever NSS is set up to ask), which would cost every spawn.
 pub fn own_identity() -> &'static Credentials {
@@ -272,7 +279,13 @@ pub fn spawn(
             gid: c.gid,
             groups: Some(&c.groups),
         }),
-        (None, None, None) => None,
+        // No `user`: corral's own ids, but not the supplementary groups corral happened to be
+        // started with (by a login shell, sudo or a container runtime), where it may drop them.
+        (None, None, None) => nix::unistd::geteuid().is_root().then(|| child::Ids {
+            uid: identity.uid,
+            gid: identity.gid,
+            groups: Some(&[][..]),
+        }),
     };
     let enter: Vec<(RawFd, libc::c_int)> = entering
         .as_ref()
