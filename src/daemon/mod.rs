@@ -45,6 +45,10 @@ use usage_watch::UsageWatch;
 pub use metrics_http::is_loopback;
 use output::{LineSplitter, Piece, Ring};
 
+pub use control::{
+    ACCEPTS_PER_TURN, IDLE_TIMEOUT, MAX_CLIENTS, MAX_CONNECTIONS_PER_UID, MAX_FOLLOWERS_PER_UID,
+    MAX_PENDING_OUTPUT, OUTPUT_HIGH_WATER, REQUESTS_PER_TURN, ROOT_RESERVE, TRUSTED_RESERVE,
+};
 pub use output::{MAX_LINE_BYTES, RING_LINES};
 
 /// What `corral run` was asked to do.
@@ -136,6 +140,8 @@ struct Daemon {
     signals: SignalEvents,
     listener: UnixListener,
     clients: HashMap<u64, Client>,
+    /// The control server's own state: the socket group, the reserve fd.
+    control: control::Server,
     pipes: HashMap<u64, Pipe>,
     watch: Option<DirWatch>,
     /// A debounced reload is due at `.0`; the first change of the burst came at `.1`.
@@ -208,7 +214,13 @@ pub fn run(opts: Options) -> Result<Ending, DaemonError> {
         }
     }
     let signals = SignalEvents::install().map_err(os_err("installing signal handlers"))?;
-    let listener = control_socket::bind(&opts.socket, group)?;
+    let (listener, refuses_fds) = control_socket::bind(&opts.socket, group)?;
+    if !refuses_fds {
+        warn!(
+            "this kernel cannot make the control socket refuse file descriptors (SO_PASSRIGHTS, \
+             Linux 6.16): a peer may pass some, which corral then closes"
+        );
+    }
     let poller = Poller::new().map_err(|e| DaemonError::Os {
         operation: "creating the epoll set",
         source: e.into(),
@@ -276,6 +288,7 @@ pub fn run(opts: Options) -> Result<Ending, DaemonError> {
         signals,
         listener,
         clients: HashMap::new(),
+        control: control::Server::new(group.map(|g| g.as_raw())),
         pipes: HashMap::new(),
         memory_watches: HashMap::new(),
         exec_reports: HashMap::new(),
@@ -453,7 +466,7 @@ impl Daemon {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        let clients = self.clients.values().filter_map(|c| c.idle_deadline);
+        let clients = self.clients.values().filter_map(Client::next_deadline);
         let leftovers = match &self.phase {
             Phase::Leftovers(left) if Instant::now() < left.kill_at => Some(left.kill_at),
             _ => None,
@@ -953,22 +966,18 @@ impl Daemon {
 
     fn emit_line(&mut self, unit: &UnitName, stream: Stream, piece: Piece) {
         info!(target: "unit", unit = %unit, stream = output::stream_name(stream), "{}", piece.text);
-        let line = LogLine {
+        let line = std::rc::Rc::new(LogLine {
             time: clock::now_rfc3339_micros(),
             unit: unit.to_string(),
             stream,
             text: piece.text,
             partial: piece.partial,
-        };
+        });
         for client in self.clients.values_mut() {
             if let ClientState::Following { units } = &client.state
                 && units.contains(unit)
             {
-                client.send(&Response {
-                    ok: true,
-                    line: Some(line.clone()),
-                    ..Response::default()
-                });
+                client.follow_line(&line);
             }
         }
         // A unit already forgotten (removed by a reload) gets no new buffer.
