@@ -103,7 +103,7 @@ enum Command {
 struct RunArgs {
     #[arg(default_value = DEFAULT_UNITS_DIR)]
     units_dir: PathBuf,
-    /// Open the socket to this group for the read-only verbs (status, logs)
+    /// Open the socket to this group's members for the read-only verbs (status, logs, top, metrics)
     #[arg(long, value_name = "GROUP")]
     socket_group: Option<String>,
     /// Root of corral's cgroup tree (default: the cgroup corral starts in)

@@ -464,3 +464,65 @@ impl Server {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(text: &str) -> LogLine {
+        LogLine {
+            time: "2026-12-02T14:00:00.000000Z".into(),
+            unit: "web".into(),
+            stream: crate::proto::Stream::Stdout,
+            text: text.into(),
+            partial: text.is_empty(),
+        }
+    }
+
+    fn written(
+        mut answer: Answer,
+        status_of: &dyn Fn(&UnitName, bool) -> Option<UnitStatus>,
+    ) -> Vec<u8> {
+        let mut out = Vec::new();
+        while !answer.next_piece(&mut out, status_of) {}
+        out
+    }
+
+    fn status(name: &UnitName) -> UnitStatus {
+        UnitStatus {
+            name: name.to_string(),
+            ..UnitStatus::default()
+        }
+    }
+
+    #[test]
+    fn a_streamed_answer_is_byte_for_byte_the_response_it_stands_for() {
+        let none = |_: &UnitName, _: bool| None;
+        for lines in [
+            vec![],
+            vec![line("a")],
+            vec![line("a"), line(""), line("\"c\"")],
+        ] {
+            let shared = lines.iter().cloned().map(Rc::new).collect();
+            let whole = Response {
+                ok: true,
+                lines: Some(lines),
+                ..Response::default()
+            };
+            assert_eq!(written(Answer::lines(shared), &none), whole.to_line());
+        }
+        let names: Vec<UnitName> = ["a", "gone", "b"]
+            .iter()
+            .filter_map(|n| UnitName::new(n))
+            .collect();
+        let present = |name: &UnitName, _: bool| (name.as_str() != "gone").then(|| status(name));
+        for reload_error in [None, Some("a.toml:1:1: error".to_owned())] {
+            let whole = Response {
+                reload_error: reload_error.clone(),
+                ..Response::units(vec![status(&names[0]), status(&names[2])])
+            };
+            let answer = Answer::units(names.iter().cloned().collect(), false, reload_error);
+            assert_eq!(written(answer, &present), whole.to_line());
+        }
+    }
+}
