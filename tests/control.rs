@@ -813,3 +813,22 @@ fn under_a_hostile_peer_root_status_answers_within_a_bound_from_the_limits() {
     }
     drop((hostile, kept));
 }
+
+#[test]
+fn a_request_from_a_client_that_hangs_up_at_once_is_still_carried_out() {
+    if !require_root() {
+        return;
+    }
+    let mut c = Corral::new();
+    c.unit("talker", TALKER);
+    c.launch(&[]);
+    c.wait_log("talker started", |l| is_about(l, "talker", "started"));
+    let stream = c.connect();
+    send_line(
+        &stream,
+        r#"{"verb":"stop","units":["talker"],"no_block":true}"#,
+    );
+    drop(stream);
+    c.wait_log("talker stopped", |l| is_about(l, "talker", "stopped"));
+    assert_eq!(c.status("talker")["state"], "inactive");
+}

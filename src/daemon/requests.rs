@@ -22,7 +22,7 @@ use crate::unit::{Namespaces, UnitName};
 use super::Daemon;
 use super::control::{
     ACCEPTS_PER_TURN, Answer, Client, ClientState, Incoming, MAX_CLIENTS, MAX_CONNECTIONS_PER_UID,
-    MAX_FOLLOWERS_PER_UID, ROOT_RESERVE, TRUSTED_RESERVE,
+    MAX_FOLLOWERS_PER_UID, REQUESTS_PER_TURN, ROOT_RESERVE, TRUSTED_RESERVE,
 };
 use super::status::{namespace_status, unit_status};
 
@@ -194,19 +194,29 @@ impl Daemon {
         let Some(client) = self.clients.get_mut(&token) else {
             return;
         };
-        // EPOLLHUP on a stream socket: the peer closed both directions, so nobody can read an
-        // answer any more; drop it rather than wake on the hang-up forever.
-        if readiness.closed {
-            client.dead = true;
-            return;
-        }
-        if readiness.readable {
+        if readiness.readable || readiness.closed {
             client.fill();
         }
         if readiness.writable {
             client.flush(Instant::now());
         }
         self.serve_requests(token);
+        // EPOLLHUP on a stream socket: the peer closed both directions. What it sent before is
+        // still served (a `restart` written by a client that does not wait for the answer),
+        // within this turn's budget; then it is dropped, since nobody can read an answer any
+        // more and the hang-up would wake the loop forever.
+        if readiness.closed {
+            for _ in 0..REQUESTS_PER_TURN {
+                match self.clients.get_mut(&token) {
+                    Some(client) => client.fill(),
+                    None => return,
+                }
+                self.serve_requests(token);
+            }
+            if let Some(client) = self.clients.get_mut(&token) {
+                client.dead = true;
+            }
+        }
     }
 
     /// Serves what `token` has buffered, within its budget for this turn.
