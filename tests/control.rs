@@ -469,6 +469,31 @@ fn a_socket_group_peer_cannot_take_every_slot_and_root_keeps_a_way_in() {
     let root = c.connect();
     send_line(&root, FOLLOW_TALKER);
     assert_eq!(first_answer(&root)["ok"], true);
+    drop(root);
+
+    // Many users of the group together fill every slot but the reserve, and no more.
+    use corral::daemon::{MAX_CLIENTS, MAX_CONNECTIONS_PER_UID, TRUSTED_RESERVE};
+    let users = MAX_CLIENTS.div_ceil(MAX_CONNECTIONS_PER_UID) as u32 + 1;
+    let (mut answered, mut full) = (0, 0);
+    for uid in (NOBODY - users..NOBODY).rev() {
+        for stream in connect_as(&c.socket, uid, NOGROUP, &[], MAX_CONNECTIONS_PER_UID) {
+            let stream = stream.unwrap();
+            send_line(&stream, r#"{"verb":"status","units":["talker"]}"#);
+            let answer = first_answer(&stream);
+            if answer["ok"] == true {
+                answered += 1;
+            } else {
+                assert_eq!(answer["error"]["kind"], "limit-reached", "{answer}");
+                full += 1;
+            }
+            held.push(stream);
+        }
+    }
+    assert!(full > 0, "the group's users were never refused");
+    // With the first user's connections, the group holds no slot of the reserve.
+    let group_slots = MAX_CLIENTS - TRUSTED_RESERVE - MAX_CONNECTIONS_PER_UID;
+    assert!(answered <= group_slots, "{answered} > {group_slots}");
+    c.ok(&["status"]);
 }
 
 #[test]
