@@ -440,6 +440,7 @@ fn a_socket_group_peer_cannot_take_every_slot_and_root_keeps_a_way_in() {
         is_output(l, "talker") && msg(l).starts_with("pid ")
     });
     set_mode(c.root(), 0o755);
+    let started = std::time::Instant::now();
 
     // One read-only peer asks for as many followers as the socket has room for clients.
     let mut following = 0;
@@ -494,6 +495,24 @@ fn a_socket_group_peer_cannot_take_every_slot_and_root_keeps_a_way_in() {
     let group_slots = MAX_CLIENTS - TRUSTED_RESERVE - MAX_CONNECTIONS_PER_UID;
     assert!(answered <= group_slots, "{answered} > {group_slots}");
     c.ok(&["status"]);
+
+    // Hundreds of refusals, a few lines of log: one per REFUSAL_LOG_INTERVAL at most.
+    c.ok(&["restart", "talker", "--no-block"]);
+    c.wait_log("root's restart request", |l| {
+        msg(l) == "control request" && l["fields"]["uid"] == 0
+    });
+    let logged = c
+        .seen
+        .iter()
+        .filter(|l| msg(l).contains("control connection refused"))
+        .count() as u32;
+    let windows =
+        started.elapsed().as_secs_f64() / corral::daemon::REFUSAL_LOG_INTERVAL.as_secs_f64();
+    assert!(
+        (1..=windows.ceil() as u32 + 1).contains(&logged),
+        "{logged} refusals logged in {:?}",
+        started.elapsed()
+    );
 }
 
 #[test]

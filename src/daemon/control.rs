@@ -33,6 +33,9 @@ pub const MAX_FOLLOWERS_PER_UID: usize = 8;
 /// Requests of one client served in one turn of the loop; the rest wait for the next turn, so
 /// a client that pipelines requests gets its share and no more.
 pub const REQUESTS_PER_TURN: usize = 4;
+/// Refused connections are logged at most once per this interval (with a count of the rest), so
+/// a peer connecting in a loop cannot fill corral's log.
+pub const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// New connections accepted in one turn of the loop.
 pub const ACCEPTS_PER_TURN: usize = 16;
 /// A client with this much output it has not read is not read from (and a large answer is not
@@ -454,6 +457,9 @@ pub struct Server {
     pub out_of_fds: bool,
     /// The listener is out of the epoll set until a client leaves (the reserve fd is gone too).
     pub listener_paused: bool,
+    /// When a refused connection was last logged, and how many were refused since unlogged.
+    refusal_logged_at: Option<Instant>,
+    refusals_unlogged: u64,
 }
 
 impl Server {
@@ -462,6 +468,19 @@ impl Server {
             group,
             ..Server::default()
         }
+    }
+
+    /// Whether to log this refusal now; if so, how many went unlogged before it.
+    pub fn log_refusal(&mut self, now: Instant) -> Option<u64> {
+        if self
+            .refusal_logged_at
+            .is_some_and(|at| now < at + REFUSAL_LOG_INTERVAL)
+        {
+            self.refusals_unlogged += 1;
+            return None;
+        }
+        self.refusal_logged_at = Some(now);
+        Some(std::mem::take(&mut self.refusals_unlogged))
     }
 }
 

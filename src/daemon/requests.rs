@@ -70,11 +70,14 @@ impl Daemon {
                     .is_some_and(|gid| control_socket::peer_in_group(&stream, &peer, gid));
             let mut client = Client::new(stream, peer, member, now);
             if let Some((kind, message)) = self.admission(&peer, trusted || member) {
-                warn!(
-                    uid = peer.uid,
-                    pid = peer.pid,
-                    "control connection refused: {message}"
-                );
+                if let Some(unlogged) = self.control.log_refusal(now) {
+                    warn!(
+                        uid = peer.uid,
+                        pid = peer.pid,
+                        unlogged,
+                        "control connection refused: {message}"
+                    );
+                }
                 client.send(&Response::error(kind, message));
                 client.flush(now);
                 continue;
