@@ -710,7 +710,21 @@ fn running_out_of_fds_is_logged_once_and_root_gets_back_in() {
     }
     let mut c = Corral::new();
     c.unit("talker", TALKER);
-    c.launch_with_fd_limit(64, &[]);
+    c.launch(&[]);
+    // A few fds more than corral has open now (RLIMIT_NOFILE bounds fd numbers).
+    let highest = std::fs::read_dir(format!("/proc/{}/fd", c.pid()))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+        .max()
+        .unwrap();
+    let limit = highest + 1 + 8;
+    let rlimit = libc::rlimit {
+        rlim_cur: limit,
+        rlim_max: limit,
+    };
+    // SAFETY: prlimit on corral's pid with a limit that lives across the call.
+    let set = unsafe { libc::prlimit(c.pid(), libc::RLIMIT_NOFILE, &rlimit, std::ptr::null_mut()) };
+    assert_eq!(set, 0, "{}", std::io::Error::last_os_error());
     c.wait_log("talker's pid line", |l| {
         is_output(l, "talker") && msg(l).starts_with("pid ")
     });
@@ -719,7 +733,7 @@ fn running_out_of_fds_is_logged_once_and_root_gets_back_in() {
     let mut held = Vec::new();
     let refusal = loop {
         assert!(
-            held.len() < 64,
+            (held.len() as u64) < limit,
             "corral accepted more clients than it has fds"
         );
         let stream = c.connect();

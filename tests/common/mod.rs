@@ -340,26 +340,6 @@ impl Corral {
         self.launch_with(cmd, extra_args)
     }
 
-    /// `launch` with corral's RLIMIT_NOFILE (soft and hard) at `nofile`.
-    pub fn launch_with_fd_limit(&mut self, nofile: u64, extra_args: &[&str]) -> &mut Corral {
-        let mut cmd = Command::new(BIN);
-        let limit = libc::rlimit {
-            rlim_cur: nofile,
-            rlim_max: nofile,
-        };
-        // SAFETY: setrlimit is async-signal-safe and `limit` was built before the fork.
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                }
-            });
-        }
-        self.launch_with(cmd, extra_args)
-    }
-
     /// `launch`, with corral as PID 1 of a new pid namespace (`unshare --pid --fork`); `pid()`
     /// and `signal()` then reach corral itself (from this, the parent namespace), and
     /// `wait_exit` gives unshare's status, which is corral's exit code.
