@@ -103,7 +103,7 @@ enum Command {
 struct RunArgs {
     #[arg(default_value = DEFAULT_UNITS_DIR)]
     units_dir: PathBuf,
-    /// Open the socket to this group for the read-only verbs (status, logs)
+    /// Open the socket to this group's members for the read-only verbs (status, logs, top, metrics)
     #[arg(long, value_name = "GROUP")]
     socket_group: Option<String>,
     /// Root of corral's cgroup tree (default: the cgroup corral starts in)
@@ -487,23 +487,39 @@ fn logs(
     let mut request = Request::new(Verb::Logs, units);
     request.lines = Some(lines);
     request.follow = follow;
-    let mut next = Some(conn.call(&request)?);
-    while let Some(response) = next {
+    let mut print = |line: corral::proto::LogLine| {
+        if json {
+            if let Ok(text) = serde_json::to_string(&line) {
+                println!("{text}");
+            }
+        } else {
+            client::print_log_line(&line, with_unit);
+        }
+    };
+    // A supervisor that refuses a peer answers and closes before reading: the answer counts.
+    let sent = conn.send(&request);
+    let mut next = conn.receive_lines(&mut print);
+    if let Err(e) = sent
+        && !matches!(next, Ok(Some(_)))
+    {
+        return Err(e);
+    }
+    if matches!(next, Ok(None)) {
+        return Err(ClientError::NoAnswer);
+    }
+    // Without -f the answer is one object whose lines were printed as they were parsed; with
+    // -f each line comes as its own object until the supervisor ends the stream.
+    while let Some(response) = next? {
         if !response.ok {
             return Ok(report(&response, json));
         }
-        let batch = response.lines.into_iter().flatten().chain(response.line);
-        for line in batch {
-            if json {
-                println!("{}", serde_json::to_string(&line)?);
-            } else {
-                client::print_log_line(&line, with_unit);
-            }
+        if let Some(line) = response.line {
+            print(line);
         }
         if !follow {
             break;
         }
-        next = conn.receive()?;
+        next = conn.receive_lines(&mut print);
     }
     Ok(exit_code::OK)
 }

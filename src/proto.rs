@@ -82,6 +82,9 @@ pub enum ErrorKind {
     /// The action ran but the unit did not get where it was asked to (e.g. it failed).
     Failed,
     PermissionDenied,
+    /// A bound of the control socket was reached (clients, connections or followers per user,
+    /// file descriptors); the message names it.
+    LimitReached,
     ShuttingDown,
     /// reload: a unit file is invalid; nothing was applied.
     Invalid,

@@ -5,6 +5,7 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::Stdio;
 use std::sync::mpsc;
@@ -361,4 +362,531 @@ fn requests_queued_on_one_connection_are_answered_in_order() {
     stream.shutdown(std::net::Shutdown::Write).unwrap();
     assert_eq!(read_response(&mut reader)["ok"], true);
     assert_eq!(read_response(&mut reader)["units"][0]["name"], "talker");
+}
+
+// ---- hostile local peers -------------------------------------------------------------------
+
+const NOBODY: u32 = 65534;
+const NOGROUP: u32 = 65534;
+/// A group `nobody` is not a member of on Debian (base-passwd fixes both).
+const DAEMON_GID: u32 = 1;
+
+fn set_mode(path: &std::path::Path, mode: u32) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .unwrap_or_else(|e| panic!("chmod {mode:o} {}: {e}", path.display()));
+}
+
+/// `n` connections to `socket` made with another user's credentials. A thread of this process
+/// takes them on with raw syscalls, which change only the calling thread's (libc's wrappers
+/// change every thread's), so the kernel records them at each connect for SO_PEERCRED and
+/// SO_PEERGROUPS and checks the socket's file permissions against them.
+fn connect_as(
+    socket: &std::path::Path,
+    uid: u32,
+    gid: u32,
+    groups: &[u32],
+    n: usize,
+) -> Vec<std::io::Result<UnixStream>> {
+    let socket = socket.to_owned();
+    let groups = groups.to_vec();
+    std::thread::spawn(move || {
+        // SAFETY: plain id-changing syscalls on this thread alone; `groups` outlives the call.
+        unsafe {
+            assert_eq!(
+                libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()),
+                0
+            );
+            assert_eq!(libc::syscall(libc::SYS_setresgid, gid, gid, gid), 0);
+            assert_eq!(libc::syscall(libc::SYS_setresuid, uid, uid, uid), 0);
+        }
+        (0..n)
+            .map(|_| {
+                let stream = UnixStream::connect(&socket)?;
+                stream.set_read_timeout(Some(DEADLINE))?;
+                Ok(stream)
+            })
+            .collect()
+    })
+    .join()
+    .unwrap()
+}
+
+/// Sends one request line (a closed connection is fine: its answer is what matters).
+fn send_line(stream: &UnixStream, line: &str) {
+    let _ = (&*stream).write_all(format!("{line}\n").as_bytes());
+}
+
+/// The first answer on `stream`, or Null when it closes without one.
+fn first_answer(stream: &UnixStream) -> Value {
+    let mut line = String::new();
+    let mut reader = BufReader::new(stream);
+    match reader.read_line(&mut line) {
+        Ok(n) if n > 0 => serde_json::from_str(&line).unwrap(),
+        _ => Value::Null,
+    }
+}
+
+const FOLLOW_TALKER: &str = r#"{"verb":"logs","units":["talker"],"follow":true}"#;
+
+#[test]
+fn a_socket_group_peer_cannot_take_every_slot_and_root_keeps_a_way_in() {
+    if !require_root() {
+        return;
+    }
+    let mut c = Corral::new();
+    c.unit("talker", TALKER);
+    c.launch(&["--socket-group", "nogroup"]);
+    c.wait_log("talker's pid line", |l| {
+        is_output(l, "talker") && msg(l).starts_with("pid ")
+    });
+    set_mode(c.root(), 0o755);
+    let started = std::time::Instant::now();
+
+    // One read-only peer asks for as many followers as the socket has room for clients.
+    let mut following = 0;
+    let mut refusals = Vec::new();
+    let mut held = Vec::new();
+    for conn in connect_as(&c.socket, NOBODY, NOGROUP, &[], corral::daemon::MAX_CLIENTS) {
+        let Ok(stream) = conn else {
+            refusals.push(Value::Null);
+            continue;
+        };
+        send_line(&stream, FOLLOW_TALKER);
+        let answer = first_answer(&stream);
+        if answer["ok"] == true {
+            following += 1;
+        } else {
+            refusals.push(answer["error"]["kind"].clone());
+        }
+        held.push(stream);
+    }
+    assert_eq!(following, corral::daemon::MAX_FOLLOWERS_PER_UID);
+    assert!(
+        refusals.iter().all(|kind| kind == "limit-reached"),
+        "{refusals:?}"
+    );
+    // While all of those are held, root gets in, and can follow too.
+    c.ok(&["status"]);
+    let root = c.connect();
+    send_line(&root, FOLLOW_TALKER);
+    assert_eq!(first_answer(&root)["ok"], true);
+    drop(root);
+
+    // Many users of the group together fill every slot but the reserve, and no more.
+    use corral::daemon::{MAX_CLIENTS, MAX_CONNECTIONS_PER_UID, TRUSTED_RESERVE};
+    let users = MAX_CLIENTS.div_ceil(MAX_CONNECTIONS_PER_UID) as u32 + 1;
+    let (mut answered, mut full) = (0, 0);
+    for uid in (NOBODY - users..NOBODY).rev() {
+        for stream in connect_as(&c.socket, uid, NOGROUP, &[], MAX_CONNECTIONS_PER_UID) {
+            let stream = stream.unwrap();
+            send_line(&stream, r#"{"verb":"status","units":["talker"]}"#);
+            let answer = first_answer(&stream);
+            if answer["ok"] == true {
+                answered += 1;
+            } else {
+                assert_eq!(answer["error"]["kind"], "limit-reached", "{answer}");
+                full += 1;
+            }
+            held.push(stream);
+        }
+    }
+    assert!(full > 0, "the group's users were never refused");
+    // With the first user's connections, the group holds no slot of the reserve.
+    let group_slots = MAX_CLIENTS - TRUSTED_RESERVE - MAX_CONNECTIONS_PER_UID;
+    assert!(answered <= group_slots, "{answered} > {group_slots}");
+    c.ok(&["status"]);
+
+    // Hundreds of refusals, a few lines of log: one per REFUSAL_LOG_INTERVAL at most.
+    c.ok(&["restart", "talker", "--no-block"]);
+    c.wait_log("root's restart request", |l| {
+        msg(l) == "control request" && l["fields"]["uid"] == 0
+    });
+    let logged = c
+        .seen
+        .iter()
+        .filter(|l| msg(l).contains("control connection refused"))
+        .count() as u32;
+    let windows =
+        started.elapsed().as_secs_f64() / corral::daemon::REFUSAL_LOG_INTERVAL.as_secs_f64();
+    assert!(
+        (1..=windows.ceil() as u32 + 1).contains(&logged),
+        "{logged} refusals logged in {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn one_unit_named_many_times_is_answered_once() {
+    if !require_root() {
+        return;
+    }
+    let mut c = Corral::new();
+    c.unit("talker", TALKER);
+    c.launch(&[]);
+    c.wait_log("talker's pid line", |l| {
+        is_output(l, "talker") && msg(l).starts_with("pid ")
+    });
+    let many = vec!["talker"; 500];
+    let stream = c.connect();
+    send_line(
+        &stream,
+        &json!({"verb": "logs", "units": many, "lines": 1000}).to_string(),
+    );
+    let answer = first_answer(&stream);
+    assert_eq!(answer["ok"], true, "{answer}");
+    // The unit printed four lines: each once, however often it was named.
+    let texts: Vec<&Value> = answer["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| &l["text"])
+        .collect();
+    assert_eq!(texts.len(), 4, "{texts:?}");
+    send_line(
+        &stream,
+        &json!({"verb": "status", "units": many}).to_string(),
+    );
+    let answer = first_answer(&stream);
+    assert_eq!(answer["units"].as_array().unwrap().len(), 1, "{answer}");
+}
+
+#[test]
+fn logs_of_a_thousand_longest_lines_arrive_whole() {
+    if !require_root() {
+        return;
+    }
+    let mut c = Corral::new();
+    // 1000 lines just under the 8 KiB line cap: 8 MiB of answer, twice the output bound.
+    let width = corral::daemon::MAX_LINE_BYTES - 1;
+    c.unit(
+        "wide",
+        &format!(
+            "[exec]\ncommand = [\"sh\", \"-c\", \"yes $(head -c {width} /dev/zero | tr '\\\\0' x) | head -n 1000; exec sleep 1000\"]\n"
+        ),
+    );
+    c.launch(&[]);
+    c.wait_count("1000 wide lines", 1000, |l| is_output(l, "wide"));
+    assert!(1000 * width > corral::daemon::MAX_PENDING_OUTPUT);
+
+    let out = c.cli(&["logs", "wide", "-n", "1000"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 1000);
+    assert!(lines.iter().all(|l| l.ends_with(&"x".repeat(width))));
+
+    let out = c.cli(&["logs", "wide", "-n", "1000", "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout.lines().count(), 1000);
+
+    // A follower's backlog of the same size arrives whole too.
+    let mut follower = c
+        .cmd(&["logs", "wide", "-f", "-n", "1000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = follower.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let n = BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .take(1000)
+            .filter(|l| l.ends_with('x'))
+            .count();
+        let _ = tx.send(n);
+    });
+    assert_eq!(rx.recv_timeout(DEADLINE), Ok(1000));
+    follower.kill().unwrap();
+    wait_child(&mut follower, DEADLINE).expect("the follower to die");
+}
+
+/// `corral run` for `c` that is expected to refuse to start: its exit code and stderr.
+fn run_refused(c: &Corral) -> common::Out {
+    let mut cmd = std::process::Command::new(common::BIN);
+    cmd.arg("run")
+        .arg(&c.units)
+        .arg("--socket")
+        .arg(&c.socket)
+        .args(["--cgroup-root", &c.cgroup_root])
+        .env_remove("CORRAL_SOCKET");
+    common::run_bounded(cmd)
+}
+
+#[test]
+fn only_a_stale_socket_is_replaced_at_the_socket_path() {
+    if !require_root() {
+        return;
+    }
+    let mut c = Corral::new();
+    let dir = c.socket.parent().unwrap().to_owned();
+    std::fs::create_dir(&dir).unwrap();
+    set_mode(&dir, 0o700);
+
+    // A regular file is someone's data: left alone, and the refusal names it.
+    std::fs::write(&c.socket, "precious").unwrap();
+    let out = run_refused(&c);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains(&c.socket.display().to_string()),
+        "{out:?}"
+    );
+    assert_eq!(std::fs::read_to_string(&c.socket).unwrap(), "precious");
+    std::fs::remove_file(&c.socket).unwrap();
+
+    // A symlink is not followed, nor removed.
+    std::os::unix::fs::symlink(c.root().join("elsewhere"), &c.socket).unwrap();
+    let out = run_refused(&c);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(std::fs::symlink_metadata(&c.socket).unwrap().is_symlink());
+    std::fs::remove_file(&c.socket).unwrap();
+
+    // A socket nobody answers on is stale: replaced.
+    drop(std::os::unix::net::UnixListener::bind(&c.socket).unwrap());
+    assert!(c.socket.exists());
+    c.unit("talker", TALKER);
+    c.launch(&[]);
+    c.ok(&["status"]);
+}
+
+#[test]
+fn a_socket_directory_others_can_write_to_is_refused() {
+    if !require_root() {
+        return;
+    }
+    let c = Corral::new();
+    let dir = c.socket.parent().unwrap().to_owned();
+    std::fs::create_dir(&dir).unwrap();
+    for mode in [0o777, 0o1777, 0o770] {
+        set_mode(&dir, mode);
+        let out = run_refused(&c);
+        assert_eq!(out.code, 1, "mode {mode:o}: {out:?}");
+        assert!(
+            out.stderr.contains(&dir.display().to_string()),
+            "mode {mode:o}: {out:?}"
+        );
+        assert!(!c.socket.exists(), "mode {mode:o}");
+    }
+    // Owned by another user, even private.
+    set_mode(&dir, 0o700);
+    std::os::unix::fs::chown(&dir, Some(NOBODY), Some(NOGROUP)).unwrap();
+    let out = run_refused(&c);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains(&dir.display().to_string()), "{out:?}");
+}
+
+#[test]
+fn socket_group_access_needs_membership() {
+    if !require_root() {
+        return;
+    }
+    let mut c = Corral::new();
+    c.unit("talker", TALKER);
+    c.launch(&["--socket-group", "nogroup"]);
+    // Open the files to everyone: only the server's own check decides.
+    set_mode(c.root(), 0o755);
+    set_mode(c.socket.parent().unwrap(), 0o755);
+    set_mode(&c.socket, 0o666);
+    let status = r#"{"verb":"status"}"#;
+    let ask = |gid: u32, groups: &[u32]| {
+        let mut conns = connect_as(&c.socket, NOBODY, gid, groups, 1);
+        let stream = conns.pop().unwrap().unwrap();
+        send_line(&stream, status);
+        first_answer(&stream)
+    };
+    // Neither the primary group nor a supplementary one: refused.
+    let stranger = ask(DAEMON_GID, &[]);
+    assert_eq!(stranger["ok"], false, "{stranger}");
+    assert_eq!(stranger["error"]["kind"], "permission-denied", "{stranger}");
+    // A member by its primary group, or by a supplementary one.
+    assert_eq!(ask(NOGROUP, &[])["ok"], true);
+    assert_eq!(ask(DAEMON_GID, &[NOGROUP])["ok"], true);
+}
+
+#[test]
+fn running_out_of_fds_is_logged_once_and_root_gets_back_in() {
+    if !require_root() {
+        return;
+    }
+    let mut c = Corral::new();
+    c.unit("talker", TALKER);
+    c.launch(&[]);
+    // A few fds more than corral has open now (RLIMIT_NOFILE bounds fd numbers).
+    let highest = std::fs::read_dir(format!("/proc/{}/fd", c.pid()))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+        .max()
+        .unwrap();
+    let limit = highest + 1 + 8;
+    let rlimit = libc::rlimit {
+        rlim_cur: limit,
+        rlim_max: limit,
+    };
+    // SAFETY: prlimit on corral's pid with a limit that lives across the call.
+    let set = unsafe { libc::prlimit(c.pid(), libc::RLIMIT_NOFILE, &rlimit, std::ptr::null_mut()) };
+    assert_eq!(set, 0, "{}", std::io::Error::last_os_error());
+    c.wait_log("talker's pid line", |l| {
+        is_output(l, "talker") && msg(l).starts_with("pid ")
+    });
+    // Connections that are answered and kept, until corral has no fd left for the next one.
+    let status = r#"{"verb":"status"}"#;
+    let mut held = Vec::new();
+    let refusal = loop {
+        assert!(
+            (held.len() as u64) < limit,
+            "corral accepted more clients than it has fds"
+        );
+        let stream = c.connect();
+        send_line(&stream, status);
+        let answer = first_answer(&stream);
+        if answer["ok"] != true {
+            break answer;
+        }
+        held.push(stream);
+    };
+    assert_eq!(refusal["error"]["kind"], "limit-reached", "{refusal}");
+    // More connections in the same episode are turned away the same way, not left hanging.
+    for _ in 0..5 {
+        let stream = c.connect();
+        send_line(&stream, status);
+        assert_eq!(first_answer(&stream)["error"]["kind"], "limit-reached");
+    }
+    held.truncate(held.len() / 2);
+    c.wait_log("the end of the episode", |l| {
+        msg(l).contains("accepting control connections again")
+    });
+    c.ok(&["status"]);
+    let warnings = c
+        .seen
+        .iter()
+        .filter(|l| msg(l).contains("out of file descriptors"))
+        .count();
+    assert_eq!(warnings, 1, "one warning per episode");
+}
+
+#[test]
+fn under_a_hostile_peer_root_status_answers_within_a_bound_from_the_limits() {
+    use corral::daemon::{MAX_CONNECTIONS_PER_UID, MAX_FOLLOWERS_PER_UID, REQUESTS_PER_TURN};
+    use std::time::{Duration, Instant};
+    if !require_root() {
+        return;
+    }
+    let mut c = Corral::new();
+    c.unit("talker", TALKER);
+    for i in 0..30 {
+        c.unit(
+            &format!("idle-{i}"),
+            "enabled = false\n[exec]\ncommand = [\"sleep\", \"1000\"]\n",
+        );
+    }
+    c.launch(&["--socket-group", "nogroup"]);
+    c.wait_log("talker's pid line", |l| {
+        is_output(l, "talker") && msg(l).starts_with("pid ")
+    });
+    set_mode(c.root(), 0o755);
+    let round_trip = || {
+        let started = Instant::now();
+        c.ok(&["status"]);
+        started.elapsed()
+    };
+    let quiet = (0..3).map(|_| round_trip()).max().unwrap();
+
+    let mut hostile: Vec<UnixStream> =
+        connect_as(&c.socket, NOBODY, NOGROUP, &[], MAX_CONNECTIONS_PER_UID)
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+    // Flooders: pipelined status requests, written as fast as corral takes them, never read.
+    let (written_tx, written_rx) = mpsc::channel();
+    let flooders: Vec<UnixStream> = hostile.drain(..4).collect();
+    for stream in &flooders {
+        let mut stream = stream.try_clone().unwrap();
+        let written_tx = written_tx.clone();
+        std::thread::spawn(move || {
+            // 72 KiB: more than corral reads of a client in a turn, less than the kernel's
+            // socket buffer, so the first burst is taken whether corral reads or not.
+            let burst = "{\"verb\":\"status\"}\n".repeat(4096);
+            while stream.write_all(burst.as_bytes()).is_ok() {
+                let _ = written_tx.send(());
+            }
+        });
+    }
+    // Slow readers: large answers asked for, never read.
+    let mut kept = Vec::new();
+    for stream in hostile.drain(..4) {
+        send_line(
+            &stream,
+            r#"{"verb":"logs","units":["talker"],"lines":1000}"#,
+        );
+        send_line(&stream, r#"{"verb":"status"}"#);
+        kept.push(stream);
+    }
+    // Followers, as many as one peer may have.
+    for stream in hostile.drain(..MAX_FOLLOWERS_PER_UID) {
+        send_line(&stream, FOLLOW_TALKER);
+        assert_eq!(first_answer(&stream)["ok"], true);
+        kept.push(stream);
+    }
+    // A peer passing file descriptors: the socket takes none.
+    let passer = hostile.pop().unwrap();
+    let fd = std::fs::File::open("/dev/null").unwrap();
+    let sent = nix::sys::socket::sendmsg::<()>(
+        std::os::fd::AsRawFd::as_raw_fd(&passer),
+        &[std::io::IoSlice::new(b"{\"verb\":\"status\"}\n")],
+        &[nix::sys::socket::ControlMessage::ScmRights(&[
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+        ])],
+        nix::sys::socket::MsgFlags::empty(),
+        None,
+    );
+    assert_eq!(sent, Err(nix::errno::Errno::EPERM));
+    // The flood is under way.
+    written_rx.recv_timeout(DEADLINE).unwrap();
+
+    // Each turn of the loop serves every client at most REQUESTS_PER_TURN requests, each no
+    // dearer than a quiet status round trip; root's request needs an accept turn, a read turn
+    // and the turn its answer is written in.
+    let clients = MAX_CONNECTIONS_PER_UID as u32;
+    let bound = quiet * (3 * clients * REQUESTS_PER_TURN as u32 + 1);
+    let started = Instant::now();
+    let mut status = c
+        .cmd(&["status", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let finished = wait_child(&mut status, bound.max(Duration::from_millis(1)));
+    let took = started.elapsed();
+    if finished.is_none() {
+        let _ = status.kill();
+        let _ = status.wait();
+    }
+    eprintln!("root's status under load: {took:?} (quiet {quiet:?}, bound {bound:?})");
+    assert!(
+        finished.is_some_and(|s| s.success()),
+        "root's status under load: {finished:?} after {took:?} (bound {bound:?}, quiet {quiet:?})"
+    );
+    for stream in &flooders {
+        let _ = stream.shutdown(std::net::Shutdown::Both);
+    }
+    drop((hostile, kept));
+}
+
+#[test]
+fn a_request_from_a_client_that_hangs_up_at_once_is_still_carried_out() {
+    if !require_root() {
+        return;
+    }
+    let mut c = Corral::new();
+    c.unit("talker", TALKER);
+    c.launch(&[]);
+    c.wait_log("talker started", |l| is_about(l, "talker", "started"));
+    let stream = c.connect();
+    send_line(
+        &stream,
+        r#"{"verb":"stop","units":["talker"],"no_block":true}"#,
+    );
+    drop(stream);
+    c.wait_log("talker stopped", |l| is_about(l, "talker", "stopped"));
+    assert_eq!(c.status("talker")["state"], "inactive");
 }

@@ -7,7 +7,9 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
-use crate::proto::{ErrorKind, Request, Response, Verb};
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+
+use crate::proto::{ErrorKind, LogLine, Request, Response, Verb};
 
 pub use render::{print_log_line, print_reload, print_status_details, print_status_table};
 
@@ -78,6 +80,28 @@ impl Connection {
         Ok(Some(serde_json::from_str(&line)?))
     }
 
+    /// The next response, its `lines` handed to `each` one by one as they are parsed (a
+    /// `logs` answer of 1000 long lines is megabytes: it is shown as it arrives, never held
+    /// whole). The response comes back without `lines`; `None` at end of stream.
+    pub fn receive_lines(
+        &mut self,
+        each: &mut dyn FnMut(LogLine),
+    ) -> Result<Option<Response>, ClientError> {
+        if self.reader.fill_buf()?.is_empty() {
+            return Ok(None);
+        }
+        let rest = {
+            let mut de = serde_json::Deserializer::from_reader(&mut self.reader);
+            de.deserialize_map(EachLine(each))?
+        };
+        // The parser stops at the object's last brace: the rest of the line is its newline.
+        let mut tail = String::new();
+        self.reader.read_line(&mut tail)?;
+        Ok(Some(serde_json::from_value(serde_json::Value::Object(
+            rest,
+        ))?))
+    }
+
     /// Sends `request` and returns the first response line.
     pub fn call(&mut self, request: &Request) -> Result<Response, ClientError> {
         if let Err(e) = self.send(request) {
@@ -89,6 +113,54 @@ impl Connection {
             };
         }
         self.receive()?.ok_or(ClientError::NoAnswer)
+    }
+}
+
+/// A response object whose `lines` go to a callback while the other fields are kept.
+struct EachLine<'a>(&'a mut dyn FnMut(LogLine));
+
+impl<'de> Visitor<'de> for EachLine<'_> {
+    type Value = serde_json::Map<String, serde_json::Value>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a response object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut rest = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if key == "lines" {
+                map.next_value_seed(LinesSeed(&mut *self.0))?;
+            } else {
+                rest.insert(key, map.next_value()?);
+            }
+        }
+        Ok(rest)
+    }
+}
+
+struct LinesSeed<'a>(&'a mut dyn FnMut(LogLine));
+
+impl<'de> DeserializeSeed<'de> for LinesSeed<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<(), D::Error> {
+        de.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for LinesSeed<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an array of log lines")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(line) = seq.next_element::<LogLine>()? {
+            (self.0)(line);
+        }
+        Ok(())
     }
 }
 

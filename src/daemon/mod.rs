@@ -46,6 +46,11 @@ use usage_watch::UsageWatch;
 pub use metrics_http::{is_loopback, read_token_file};
 use output::{LineSplitter, Piece, Ring};
 
+pub use control::{
+    ACCEPTS_PER_TURN, IDLE_TIMEOUT, MAX_CLIENTS, MAX_CONNECTIONS_PER_UID, MAX_FOLLOWERS_PER_UID,
+    MAX_PENDING_OUTPUT, OUTPUT_HIGH_WATER, REFUSAL_LOG_INTERVAL, REQUESTS_PER_TURN, ROOT_RESERVE,
+    STALL_TIMEOUT, TRUSTED_RESERVE,
+};
 pub use output::{MAX_LINE_BYTES, RING_LINES};
 
 /// What `corral run` was asked to do.
@@ -161,6 +166,8 @@ struct Daemon {
     signals: SignalEvents,
     listener: UnixListener,
     clients: HashMap<u64, Client>,
+    /// The control server's own state: the socket group, the reserve fd.
+    control: control::Server,
     pipes: HashMap<u64, Pipe>,
     watch: Option<DirWatch>,
     /// A debounced reload is due at `.0`; the first change of the burst came at `.1`.
@@ -268,7 +275,13 @@ pub fn run(mut opts: Options) -> Result<Ending, DaemonError> {
         }
     }
     let signals = SignalEvents::install().map_err(os_err("installing signal handlers"))?;
-    let listener = control_socket::bind(&opts.socket, group)?;
+    let (listener, refuses_fds) = control_socket::bind(&opts.socket, group)?;
+    if !refuses_fds {
+        warn!(
+            "this kernel cannot make the control socket refuse file descriptors (SO_PASSRIGHTS, \
+             Linux 6.16): a peer may pass some, which corral then closes"
+        );
+    }
     let poller = Poller::new().map_err(|e| DaemonError::Os {
         operation: "creating the epoll set",
         source: e.into(),
@@ -368,6 +381,7 @@ pub fn run(mut opts: Options) -> Result<Ending, DaemonError> {
         signals,
         listener,
         clients: HashMap::new(),
+        control: control::Server::new(group.map(|g| g.as_raw())),
         pipes: HashMap::new(),
         memory_watches: HashMap::new(),
         exec_reports: HashMap::new(),
@@ -602,7 +616,7 @@ impl Daemon {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        let clients = self.clients.values().filter_map(|c| c.idle_deadline);
+        let clients = self.clients.values().filter_map(Client::next_deadline);
         let leftovers = match &self.phase {
             Phase::Leftovers(left) => [Some(left.kill_at), left.give_up_at]
                 .into_iter()
@@ -1130,22 +1144,18 @@ impl Daemon {
 
     fn emit_line(&mut self, unit: &UnitName, stream: Stream, piece: Piece) {
         info!(target: "unit", unit = %unit, stream = output::stream_name(stream), "{}", piece.text);
-        let line = LogLine {
+        let line = std::rc::Rc::new(LogLine {
             time: clock::now_rfc3339_micros(),
             unit: unit.to_string(),
             stream,
             text: piece.text,
             partial: piece.partial,
-        };
+        });
         for client in self.clients.values_mut() {
             if let ClientState::Following { units } = &client.state
                 && units.contains(unit)
             {
-                client.send(&Response {
-                    ok: true,
-                    line: Some(line.clone()),
-                    ..Response::default()
-                });
+                client.follow_line(&line);
             }
         }
         // A unit already forgotten (removed by a reload) gets no new buffer.

@@ -1,6 +1,7 @@
 //! Units' output: splitting pipe bytes into bounded lines, and the per-unit ring of recent lines.
 
 use std::collections::VecDeque;
+use std::rc::Rc;
 
 use crate::proto::{LogLine, Stream};
 
@@ -63,14 +64,15 @@ impl LineSplitter {
     }
 }
 
-/// The last `RING_LINES` lines of one unit.
+/// The last `RING_LINES` lines of one unit, shared with the answers and followers that are
+/// still writing them (one thread: `Rc`).
 #[derive(Debug, Default)]
 pub struct Ring {
-    lines: VecDeque<LogLine>,
+    lines: VecDeque<Rc<LogLine>>,
 }
 
 impl Ring {
-    pub fn push(&mut self, line: LogLine) {
+    pub fn push(&mut self, line: Rc<LogLine>) {
         if self.lines.len() == RING_LINES {
             self.lines.pop_front();
         }
@@ -78,7 +80,7 @@ impl Ring {
     }
 
     /// The newest `n` lines, oldest first.
-    pub fn tail(&self, n: usize) -> impl Iterator<Item = &LogLine> {
+    pub fn tail(&self, n: usize) -> impl Iterator<Item = &Rc<LogLine>> {
         self.lines.iter().skip(self.lines.len().saturating_sub(n))
     }
 }
@@ -141,13 +143,13 @@ mod tests {
     fn the_ring_keeps_only_the_newest_lines() {
         let mut ring = Ring::default();
         for i in 0..RING_LINES + 10 {
-            ring.push(LogLine {
+            ring.push(Rc::new(LogLine {
                 time: String::new(),
                 unit: "u".into(),
                 stream: Stream::Stdout,
                 text: i.to_string(),
                 partial: false,
-            });
+            }));
         }
         let tail: Vec<&str> = ring.tail(3).map(|l| l.text.as_str()).collect();
         assert_eq!(tail, vec!["1007", "1008", "1009"]);

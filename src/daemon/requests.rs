@@ -1,6 +1,8 @@
 //! The control server: accepting peers, checking who they are, and carrying out their requests.
 
+use std::collections::{HashSet, VecDeque};
 use std::os::fd::AsFd;
+use std::rc::Rc;
 use std::str::FromStr;
 use std::time::Instant;
 
@@ -9,13 +11,19 @@ use tracing::{info, warn};
 
 use crate::core::reload::ReloadPlan;
 use crate::core::supervisor::{Goal, Input, RequestError};
+use crate::os::control_socket::{self, Peer};
+use crate::os::namespaces;
 use crate::os::poller::Readiness;
-use crate::os::{control_socket, namespaces};
-use crate::proto::{ErrorBody, ErrorKind, ReloadReport, Request, Response, UnitStatus, Verb};
+use crate::proto::{
+    ErrorBody, ErrorKind, LogLine, ReloadReport, Request, Response, UnitStatus, Verb,
+};
 use crate::unit::{Namespaces, UnitName};
 
 use super::Daemon;
-use super::control::{Client, ClientState, Incoming, MAX_CLIENTS};
+use super::control::{
+    ACCEPTS_PER_TURN, Answer, Client, ClientState, Incoming, MAX_CLIENTS, MAX_CONNECTIONS_PER_UID,
+    MAX_FOLLOWERS_PER_UID, REQUESTS_PER_TURN, ROOT_RESERVE, TRUSTED_RESERVE,
+};
 use super::status::{namespace_status, unit_status};
 
 /// `logs` without `-n`.
@@ -23,43 +31,55 @@ const DEFAULT_LOG_LINES: usize = 100;
 
 impl Daemon {
     pub(super) fn accept_clients(&mut self) {
-        loop {
+        // A bounded number per turn: a connect flood waits in the kernel's backlog while the
+        // loop serves everyone else (epoll is level-triggered, so the rest wakes the next turn).
+        for _ in 0..ACCEPTS_PER_TURN {
             let stream = match self.listener.accept() {
                 Ok((stream, _)) => stream,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                    if !self.turn_away_for_want_of_fds(&e) {
+                        return;
+                    }
+                    continue;
+                }
                 Err(e) => {
                     warn!("accepting a control connection: {e}");
                     return;
                 }
             };
+            if self.control.out_of_fds {
+                self.recover_fds(true);
+            }
             let now = Instant::now();
             let Ok(peer) = control_socket::peer(&stream) else {
                 continue;
             };
-            let trusted = peer.uid == 0 || peer.uid == self.own_uid;
-            // The socket's mode already keeps out everyone but the owner, root and (with
-            // --socket-group) the group; anyone else who got here is refused outright.
-            let read_only = !trusted && self.opts.socket_group.is_some();
-            let refusal = if !trusted && !read_only {
-                Some(format!("uid {} may not use this socket", peer.uid))
-            } else if self.clients.len() >= MAX_CLIENTS {
-                Some(format!("too many clients (at most {MAX_CLIENTS})"))
-            } else {
-                None
-            };
             if stream.set_nonblocking(true).is_err() {
                 continue;
             }
-            let mut client = Client::new(stream, peer, read_only, now);
-            if let Some(message) = refusal {
-                warn!(
-                    uid = peer.uid,
-                    pid = peer.pid,
-                    "control connection refused: {message}"
-                );
-                client.send(&Response::error(ErrorKind::PermissionDenied, message));
-                client.flush();
+            let trusted = peer.uid == 0 || peer.uid == self.own_uid;
+            // The socket's mode already keeps out everyone but the owner, root and (with
+            // --socket-group) the group; the kernel's record of the peer's groups decides, since
+            // the file's group may have been changed or the path reached another way.
+            let member = !trusted
+                && self
+                    .control
+                    .group
+                    .is_some_and(|gid| control_socket::peer_in_group(&stream, &peer, gid));
+            let mut client = Client::new(stream, peer, member, now);
+            if let Some((kind, message)) = self.admission(&peer, trusted || member) {
+                if let Some(unlogged) = self.control.log_refusal(now) {
+                    warn!(
+                        uid = peer.uid,
+                        pid = peer.pid,
+                        unlogged,
+                        "control connection refused: {message}"
+                    );
+                }
+                client.send(&Response::error(kind, message));
+                client.flush(now);
                 continue;
             }
             let token = self.token();
@@ -69,21 +89,151 @@ impl Daemon {
         }
     }
 
+    /// Why a new connection from `peer` is refused, if it is: a stranger, or a limit reached.
+    fn admission(&self, peer: &Peer, permitted: bool) -> Option<(ErrorKind, String)> {
+        if !permitted {
+            return Some((
+                ErrorKind::PermissionDenied,
+                format!("uid {} may not use this socket", peer.uid),
+            ));
+        }
+        // Root may take every slot, corral's own user all but ROOT_RESERVE, a --socket-group
+        // member all but TRUSTED_RESERVE: whoever floods the socket, root still gets in.
+        let (capacity, reserved_for) = if peer.uid == 0 {
+            (MAX_CLIENTS, "")
+        } else if peer.uid == self.own_uid {
+            (MAX_CLIENTS - ROOT_RESERVE, " for root")
+        } else {
+            (MAX_CLIENTS - TRUSTED_RESERVE, " for root and corral's user")
+        };
+        if self.clients.len() >= capacity {
+            return Some((
+                ErrorKind::LimitReached,
+                format!(
+                    "too many clients (at most {MAX_CLIENTS}, the last {} kept{reserved_for})",
+                    MAX_CLIENTS - capacity
+                ),
+            ));
+        }
+        let same_uid = self.clients.values().filter(|c| c.peer.uid == peer.uid);
+        if peer.uid != 0 && same_uid.count() >= MAX_CONNECTIONS_PER_UID {
+            return Some((
+                ErrorKind::LimitReached,
+                format!(
+                    "uid {} has {MAX_CONNECTIONS_PER_UID} connections open, the most one user may have",
+                    peer.uid
+                ),
+            ));
+        }
+        None
+    }
+
+    /// accept(2) failed with EMFILE or ENFILE: the connection stays in the backlog and the
+    /// listener readable, so the loop would wake for it forever. The reserve fd makes room to
+    /// accept it and turn it away; without one the listener leaves the epoll set until a client
+    /// leaves. Logged once per episode. True when another accept may be tried.
+    fn turn_away_for_want_of_fds(&mut self, error: &std::io::Error) -> bool {
+        if !self.control.out_of_fds {
+            self.control.out_of_fds = true;
+            warn!(
+                "accepting a control connection: {error}; corral is out of file descriptors, \
+                 new control connections are turned away until some are closed"
+            );
+        }
+        let Some(reserve) = self.control.reserve_fd.take() else {
+            self.pause_listener();
+            return false;
+        };
+        drop(reserve);
+        if let Ok((stream, _)) = self.listener.accept() {
+            let now = Instant::now();
+            if stream.set_nonblocking(true).is_ok()
+                && let Ok(peer) = control_socket::peer(&stream)
+            {
+                let mut client = Client::new(stream, peer, false, now);
+                client.send(&Response::error(
+                    ErrorKind::LimitReached,
+                    "corral is out of file descriptors; try again when clients have left",
+                ));
+                client.flush(now);
+            }
+        }
+        self.control.reserve_fd = open_reserve_fd();
+        if self.control.reserve_fd.is_none() {
+            self.pause_listener();
+            return false;
+        }
+        true
+    }
+
+    fn pause_listener(&mut self) {
+        if !self.control.listener_paused {
+            self.control.listener_paused = true;
+            let _ = self
+                .poller
+                .modify(self.listener.as_fd(), super::TOKEN_LISTENER, false, false);
+        }
+    }
+
+    /// Takes the reserve fd back when one is free, and with it the listener; a client that
+    /// left (or a connection accepted) ends an episode of running out.
+    fn recover_fds(&mut self, episode_over: bool) {
+        if self.control.reserve_fd.is_none() {
+            self.control.reserve_fd = open_reserve_fd();
+        }
+        if self.control.listener_paused && self.control.reserve_fd.is_some() {
+            self.control.listener_paused = false;
+            let _ = self
+                .poller
+                .modify(self.listener.as_fd(), super::TOKEN_LISTENER, true, false);
+        }
+        if self.control.out_of_fds && episode_over {
+            self.control.out_of_fds = false;
+            info!("file descriptors are free again: accepting control connections again");
+        }
+    }
+
     pub(super) fn serve_client(&mut self, token: u64, readiness: Readiness) {
         let Some(client) = self.clients.get_mut(&token) else {
             return;
         };
         if readiness.readable || readiness.closed {
-            loop {
-                let Some(client) = self.clients.get_mut(&token) else {
-                    return;
-                };
-                match client.read() {
-                    Incoming::Line(line) => {
+            client.fill();
+        }
+        if readiness.writable {
+            client.flush(Instant::now());
+        }
+        self.serve_requests(token);
+        // EPOLLHUP on a stream socket: the peer closed both directions. What it sent before is
+        // still served (a `restart` written by a client that does not wait for the answer),
+        // within this turn's budget; then it is dropped, since nobody can read an answer any
+        // more and the hang-up would wake the loop forever.
+        if readiness.closed {
+            for _ in 0..REQUESTS_PER_TURN {
+                match self.clients.get_mut(&token) {
+                    Some(client) => client.fill(),
+                    None => return,
+                }
+                self.serve_requests(token);
+            }
+            if let Some(client) = self.clients.get_mut(&token) {
+                client.dead = true;
+            }
+        }
+    }
+
+    /// Serves what `token` has buffered, within its budget for this turn.
+    fn serve_requests(&mut self, token: u64) {
+        while let Some(incoming) = self.clients.get_mut(&token).and_then(Client::next_request) {
+            match incoming {
+                Incoming::Line(line) => {
+                    if let Some(client) = self.clients.get_mut(&token) {
                         client.idle_deadline = None;
-                        self.on_request(token, &line);
                     }
-                    Incoming::TooLarge => {
+                    self.on_request(token, &line);
+                }
+                Incoming::TooLarge => {
+                    if let Some(client) = self.clients.get_mut(&token) {
                         client.send(&Response::error(
                             ErrorKind::TooLarge,
                             format!(
@@ -92,23 +242,42 @@ impl Daemon {
                             ),
                         ));
                         client.state = ClientState::Reading;
+                        client.answer = None;
                         client.closing = true;
                         client.discard_input();
-                        break;
                     }
-                    Incoming::Nothing => break,
+                    return;
                 }
             }
-            // EPOLLHUP on a stream socket: the peer closed both directions, so nobody can
-            // read an answer any more; drop it rather than wake on the hang-up forever.
-            if readiness.closed
-                && let Some(client) = self.clients.get_mut(&token)
-                && client.closing
-            {
-                client.dead = true;
-            }
-        } else if readiness.writable {
-            client.flush();
+        }
+    }
+
+    /// Produces more of `token`'s large answer, as much as its output bound has room for.
+    fn pump(&mut self, token: u64) {
+        let Some(client) = self.clients.get_mut(&token) else {
+            return;
+        };
+        client.pump_follow();
+        let Some(mut answer) = client.answer.take() else {
+            return;
+        };
+        let room = client.room();
+        let now = Instant::now();
+        let mut out = Vec::new();
+        let status_of = |name: &UnitName, named: bool| self.unit_status(name, named, now);
+        let mut done = false;
+        while !done && out.len() < room {
+            done = answer.next_piece(&mut out, &status_of);
+        }
+        let Some(client) = self.clients.get_mut(&token) else {
+            return;
+        };
+        client.send_bytes(&out);
+        if done {
+            client.state = ClientState::Reading;
+            client.idle_deadline = Some(now + super::control::IDLE_TIMEOUT);
+        } else {
+            client.answer = Some(answer);
         }
     }
 
@@ -153,15 +322,24 @@ impl Daemon {
         let now = Instant::now();
         match request.verb {
             Verb::Status => {
-                let response = match self.sup.check_names(&names) {
-                    Ok(()) => Response {
-                        reload_error: self.reload_error.clone(),
-                        cgroups: Some(self.members.cgroups_report()),
-                        ..Response::units(self.statuses(&names, now))
-                    },
-                    Err(e) => refused(&e),
-                };
-                self.reply(token, response);
+                if let Err(e) = self.sup.check_names(&names) {
+                    return self.reply(token, refused(&e));
+                }
+                // Written as the client reads: one row per unit, each taken when it is written.
+                let wanted: HashSet<&UnitName> = names.iter().collect();
+                let rows = self
+                    .sup
+                    .units()
+                    .filter(|(unit, _)| wanted.is_empty() || wanted.contains(&unit.name))
+                    .map(|(unit, _)| unit.name.clone())
+                    .collect();
+                let answer = Answer::units(
+                    rows,
+                    !names.is_empty(),
+                    self.reload_error.clone(),
+                    Some(self.members.cgroups_report()),
+                );
+                self.stream_answer(token, answer);
             }
             Verb::Start | Verb::Stop | Verb::Restart => {
                 if names.is_empty() {
@@ -283,6 +461,14 @@ impl Daemon {
         Response::units(self.statuses(names, now))
     }
 
+    /// Starts a large answer on `token`; it is produced as the client reads.
+    fn stream_answer(&mut self, token: u64, answer: Answer) {
+        if let Some(client) = self.clients.get_mut(&token) {
+            client.answer = Some(answer);
+        }
+        self.pump(token);
+    }
+
     fn start_logs(&mut self, token: u64, request: &Request, names: Vec<UnitName>) {
         if names.is_empty() {
             return self.reply(
@@ -293,67 +479,83 @@ impl Daemon {
         if let Err(e) = self.sup.check_names(&names) {
             return self.reply(token, refused(&e));
         }
-        let n = request.lines.unwrap_or(DEFAULT_LOG_LINES);
-        let mut lines: Vec<_> = names
+        let Some(client) = self.clients.get(&token) else {
+            return;
+        };
+        let uid = client.peer.uid;
+        if request.follow && uid != 0 {
+            let following = self
+                .clients
+                .values()
+                .filter(|c| c.peer.uid == uid && c.is_follower())
+                .count();
+            if following >= MAX_FOLLOWERS_PER_UID {
+                let message = format!(
+                    "uid {uid} already follows {following} logs, the most one user may follow"
+                );
+                return self.reply(token, Response::error(ErrorKind::LimitReached, message));
+            }
+        }
+        // No more than a ring holds; `names` has each unit once.
+        let n = request
+            .lines
+            .unwrap_or(DEFAULT_LOG_LINES)
+            .min(super::RING_LINES);
+        let mut lines: Vec<&Rc<LogLine>> = names
             .iter()
             .filter_map(|name| self.rings.get(name))
-            .flat_map(|ring| ring.tail(n).cloned())
+            .flat_map(|ring| ring.tail(n))
             .collect();
         // Several units interleave by time; RFC 3339 strings of one format sort by time.
         lines.sort_by(|a, b| a.time.cmp(&b.time));
-        let lines = lines.split_off(lines.len().saturating_sub(n));
-        let Some(client) = self.clients.get_mut(&token) else {
-            return;
-        };
+        let lines: VecDeque<Rc<LogLine>> = lines[lines.len().saturating_sub(n)..]
+            .iter()
+            .map(|line| Rc::clone(line))
+            .collect();
         if request.follow {
-            for line in lines {
-                client.send(&Response {
-                    ok: true,
-                    line: Some(line),
-                    ..Response::default()
-                });
+            if let Some(client) = self.clients.get_mut(&token) {
+                client.start_following(names, lines);
             }
-            client.state = ClientState::Following { units: names };
-            client.idle_deadline = None;
         } else {
-            self.reply(
-                token,
-                Response {
-                    ok: true,
-                    lines: Some(lines),
-                    ..Response::default()
-                },
-            );
+            self.stream_answer(token, Answer::lines(lines));
         }
     }
 
+    /// One unit's status as `status` shows it; None when the unit is gone. `named`: the request
+    /// named units, whose namespaces are listed.
+    pub(super) fn unit_status(
+        &self,
+        name: &UnitName,
+        named: bool,
+        now: Instant,
+    ) -> Option<UnitStatus> {
+        let (unit, rt) = self.sup.get(name)?;
+        let mut status = unit_status(
+            unit,
+            rt,
+            self.sup.waiting_for(&unit.name),
+            self.members.facts(&unit.name),
+            &self.clock,
+            now,
+        );
+        // Seven reads of /proc per unit: only where someone asks or isolation is at stake.
+        if unit.exec.is_some() && (named || unit.namespaces != Namespaces::default()) {
+            let theirs = rt.pid.map(|pid| namespaces::inodes(Some(pid)));
+            status.namespaces = namespace_status(&unit.namespaces, theirs, &self.own_namespaces);
+        }
+        status
+            .warnings
+            .extend(self.usage_watch.warnings(&unit.name));
+        status.near_limits = self.usage_watch.concerns(&unit.name);
+        Some(status)
+    }
+
     pub(super) fn statuses(&self, names: &[UnitName], now: Instant) -> Vec<UnitStatus> {
+        let wanted: HashSet<&UnitName> = names.iter().collect();
         self.sup
             .units()
-            .filter(|(unit, _)| names.is_empty() || names.contains(&unit.name))
-            .map(|(unit, rt)| {
-                let mut status = unit_status(
-                    unit,
-                    rt,
-                    self.sup.waiting_for(&unit.name),
-                    self.members.facts(&unit.name),
-                    &self.clock,
-                    now,
-                );
-                // Seven reads of /proc per unit: only where someone asks or isolation is at stake.
-                if unit.exec.is_some()
-                    && (!names.is_empty() || unit.namespaces != Namespaces::default())
-                {
-                    let theirs = rt.pid.map(|pid| namespaces::inodes(Some(pid)));
-                    status.namespaces =
-                        namespace_status(&unit.namespaces, theirs, &self.own_namespaces);
-                }
-                status
-                    .warnings
-                    .extend(self.usage_watch.warnings(&unit.name));
-                status.near_limits = self.usage_watch.concerns(&unit.name);
-                status
-            })
+            .filter(|(unit, _)| wanted.is_empty() || wanted.contains(&unit.name))
+            .filter_map(|(unit, _)| self.unit_status(&unit.name, !names.is_empty(), now))
             .collect()
     }
 
@@ -387,29 +589,34 @@ impl Daemon {
         }
     }
 
-    /// Serves requests that queued up on a connection while an earlier one was answered.
+    /// Serves requests that queued up on a connection while an earlier one was answered, and
+    /// produces more of the large answers whose clients have read what came before.
     pub(super) fn serve_buffered(&mut self) {
         let tokens: Vec<u64> = self.clients.keys().copied().collect();
         for token in tokens {
-            while let Some(Incoming::Line(line)) =
-                self.clients.get_mut(&token).and_then(Client::next_buffered)
-            {
-                if let Some(client) = self.clients.get_mut(&token) {
-                    client.idle_deadline = None;
-                }
-                self.on_request(token, &line);
-            }
+            self.pump(token);
+            self.serve_requests(token);
         }
     }
 
-    /// Writes pending output, drops finished and idle clients, and keeps epoll interest current.
+    /// Writes pending output, drops finished, idle and stalled clients, and keeps epoll
+    /// interest current. Every client's budget of requests starts afresh for the next turn.
     pub(super) fn flush_clients(&mut self) {
         let now = Instant::now();
+        let tokens: Vec<u64> = self.clients.keys().copied().collect();
+        for token in &tokens {
+            if let Some(client) = self.clients.get_mut(token) {
+                client.flush(now);
+            }
+            // Room made by the write is filled at once: a fast reader of a large answer gets it
+            // at the socket's pace, not one piece per wake.
+            self.pump(*token);
+        }
         let mut gone = Vec::new();
         for (token, client) in &mut self.clients {
-            client.flush();
-            let idle = client.idle_deadline.is_some_and(|d| d <= now);
-            if client.finished() || idle {
+            client.flush(now);
+            client.new_turn();
+            if client.finished() || client.expired(now) {
                 gone.push(*token);
             } else {
                 let _ = self.poller.modify(
@@ -420,24 +627,37 @@ impl Daemon {
                 );
             }
         }
-        for token in gone {
-            if let Some(client) = self.clients.remove(&token) {
+        for token in &gone {
+            if let Some(client) = self.clients.remove(token) {
                 let _ = self.poller.remove(&client.stream);
             }
+        }
+        if !gone.is_empty() || self.control.reserve_fd.is_none() {
+            self.recover_fds(!gone.is_empty());
         }
     }
 }
 
+/// An fd to give back when accept(2) runs out of them.
+fn open_reserve_fd() -> Option<std::os::fd::OwnedFd> {
+    std::fs::File::open("/dev/null").ok().map(Into::into)
+}
+
+/// Each unit once, in the order first named: a request naming one unit many times costs no
+/// more than naming it once.
 fn parse_names(units: &[String]) -> Result<Vec<UnitName>, ErrorBody> {
-    units
-        .iter()
-        .map(|u| {
-            UnitName::new(u).ok_or_else(|| ErrorBody {
-                kind: ErrorKind::UnknownUnit,
-                message: format!("{u:?} is not a unit name"),
-            })
-        })
-        .collect()
+    let mut seen = HashSet::new();
+    let mut names = Vec::new();
+    for u in units {
+        let name = UnitName::new(u).ok_or_else(|| ErrorBody {
+            kind: ErrorKind::UnknownUnit,
+            message: format!("{u:?} is not a unit name"),
+        })?;
+        if seen.insert(name.clone()) {
+            names.push(name);
+        }
+    }
+    Ok(names)
 }
 
 /// `SIGTERM`, `TERM`, `term` or a number.
