@@ -268,7 +268,7 @@ fn check(units_dir: &std::path::Path) -> i32 {
             }
             let n = loaded.units.len();
             let noun = if n == 1 { "unit" } else { "units" };
-            println!("{}: {n} {noun} OK", units_dir.display());
+            println!("{}: {n} {noun} OK", corral::escape::path(units_dir));
             exit_code::OK
         }
         Err(error) => {

@@ -362,3 +362,42 @@ fn requests_queued_on_one_connection_are_answered_in_order() {
     assert_eq!(read_response(&mut reader)["ok"], true);
     assert_eq!(read_response(&mut reader)["units"][0]["name"], "talker");
 }
+
+/// A unit's description, its notify status and its output reach the operator's terminal
+/// through `status` and `logs`: their escape sequences are shown, never obeyed.
+#[test]
+fn status_and_logs_print_terminal_sequences_escaped() {
+    if !require_root() {
+        return;
+    }
+    let mut c = Corral::new();
+    c.unit(
+        "shouty",
+        "description = \"web \\u001b]0;owned\\u0007\\u001b[2J\"\n\
+         [exec]\ncommand = [\"sh\", \"-c\", \"printf 'red\\\\033[31m\\\\n'; exec sleep 1000\"]\n",
+    );
+    c.launch(&[]);
+    c.wait_log("shouty's output", |l| {
+        is_output(l, "shouty") && msg(l).starts_with("red")
+    });
+    let raw = |text: &str| text.chars().any(|ch| ch.is_control() && ch != '\n');
+    for args in [&["status"][..], &["status", "shouty"], &["logs", "shouty"]] {
+        let out = c.ok(args);
+        assert!(!raw(&out.stdout), "corral {args:?} printed raw: {out:?}");
+    }
+    let table = c.ok(&["status"]);
+    assert!(
+        table.stdout.contains("web \\x1b]0;owned\\x07\\x1b[2J"),
+        "{table:?}"
+    );
+    let details = c.ok(&["status", "shouty"]);
+    assert!(
+        details.stdout.contains("  web \\x1b]0;owned\\x07\\x1b[2J"),
+        "{details:?}"
+    );
+    let logs = c.ok(&["logs", "shouty"]);
+    assert!(logs.stdout.contains("red\\x1b[31m"), "{logs:?}");
+    // --json keeps the text as it was: JSON escapes it, and scripts want the bytes.
+    let json = c.ok(&["logs", "shouty", "--json"]);
+    assert!(json.stdout.contains("red\\u001b[31m"), "{json:?}");
+}

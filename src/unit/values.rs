@@ -163,6 +163,10 @@ pub(crate) fn size_from_int(n: i64) -> Parse<ByteLimit> {
         .map_err(|_| Invalid::new(format!("size must not be negative, got {n}")))
 }
 
+/// 10000 CPUs: more than any machine has, and below the kernel's quota ceiling at a 1s period
+/// (`max_cfs_runtime`, kernel/sched/core.c).
+pub(crate) const MAX_CPU_PERCENT: u32 = 1_000_000;
+
 /// `"150%"` of one CPU; `"max"` is no quota (`None`). Whole percentages only, as the model is integral.
 pub(crate) fn cpu_percent(s: &str) -> Parse<Option<CpuPercent>> {
     if s == "max" {
@@ -173,7 +177,9 @@ pub(crate) fn cpu_percent(s: &str) -> Parse<Option<CpuPercent>> {
         return Err(Invalid::new(format!("invalid CPU quota {s:?}: missing `%`")).hint(hint));
     };
     match num.trim().parse::<u32>() {
-        Ok(0) => Err(Invalid::new("CPU quota must be above 0%").hint(hint)),
+        Ok(p) if !(1..=MAX_CPU_PERCENT).contains(&p) => {
+            Err(Invalid::new(format!("{p}% is out of range 1%..={MAX_CPU_PERCENT}%")).hint(hint))
+        }
         Ok(p) => Ok(Some(CpuPercent(p))),
         Err(_) if num.trim().parse::<f64>().is_ok() => {
             Err(Invalid::new(format!("CPU quota {s:?} is not a whole percentage")).hint(hint))
