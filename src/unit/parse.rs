@@ -37,6 +37,7 @@ const EXEC_KEYS: &[&str] = &[
     "command",
     "working-dir",
     "env",
+    "env-file",
     "user",
     "group",
     "ready",
@@ -816,13 +817,46 @@ fn exec(cx: &mut Ctx, sec: &Section, users: &dyn UserDb) -> Option<Exec> {
             }
         }
     }
+    let env_files = env_files(cx, sec);
     let user = credentials(cx, sec, users);
     Some(Exec {
         command,
         working_dir,
         env,
+        env_files,
         user,
     })
+}
+
+/// `env-file`: a path or an array of them, each absolute, `-` first for an optional one.
+fn env_files(cx: &mut Ctx, sec: &Section) -> Vec<EnvFile> {
+    let entry = |v: &DeValue| {
+        let s = string(v).and_then(no_nul)?;
+        let (optional, path) = match s.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, s),
+        };
+        if path.starts_with('/') {
+            Ok(EnvFile {
+                path: PathBuf::from(path),
+                optional,
+            })
+        } else {
+            Err(Invalid::new(format!("path {path:?} is not absolute")).hint(
+                "write \"/etc/app/env\", or \"-/etc/app/env\" for a file that may be missing",
+            ))
+        }
+    };
+    match sec.get("env-file").map(Spanned::get_ref) {
+        None => Vec::new(),
+        Some(DeValue::String(_)) => sec.read(cx, "env-file", entry).into_iter().collect(),
+        Some(_) => sec
+            .list(cx, "env-file", entry)
+            .into_iter()
+            .flatten()
+            .map(|(f, _)| f)
+            .collect(),
+    }
 }
 
 /// `user` and `group` resolved against the databases. `group` alone is refused: which user

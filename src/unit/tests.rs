@@ -1112,6 +1112,7 @@ fn spec_example_parses_into_the_expected_model() {
                 .to_vec(),
             working_dir: Some("/srv/www".into()),
             env: [("PORT".to_owned(), "8080".to_owned())].into(),
+            env_files: Vec::new(),
             user: Some(Credentials {
                 user_name: "www-data".into(),
                 uid: 33,
@@ -1620,6 +1621,137 @@ fn readiness_and_health_mistakes_are_reported_with_position_and_key() {
         assert!(
             got[0].contains(want),
             "{text:?}:\n  got  {}\n  want {want}",
+            got[0]
+        );
+    }
+}
+
+/// The EnvironmentFile= grammar of systemd.exec(5), case by case.
+#[test]
+fn env_files_parse_as_systemd_documents() {
+    let vars = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    };
+    let cases: &[(&str, &[(&str, &str)])] = &[
+        ("", &[]),
+        ("A=1\nB=2\n", &[("A", "1"), ("B", "2")]),
+        // No newline at the end; CRLF line ends.
+        ("A=1", &[("A", "1")]),
+        ("A=1\r\nB=2\r\n", &[("A", "1"), ("B", "2")]),
+        // Comments and blank lines; `#` inside a value is kept.
+        (
+            "# a comment\n; another\n\n   \nA=x#y\n  # indented comment\n",
+            &[("A", "x#y")],
+        ),
+        // A comment ending in a backslash does not swallow the next line (systemd v254).
+        ("# note \\\nA=1\n", &[("A", "1")]),
+        // Whitespace around the key and the value goes; inside the value it stays.
+        ("  KEY  =  two  words  \n", &[("KEY", "two  words")]),
+        ("A=\n", &[("A", "")]),
+        ("A=   \n", &[("A", "")]),
+        // Single quotes: verbatim, across lines, no escapes.
+        ("A='  x \\n $y  '\n", &[("A", "  x \\n $y  ")]),
+        (
+            "A='line 1\nline 2'\nB=2\n",
+            &[("A", "line 1\nline 2"), ("B", "2")],
+        ),
+        // Double quotes: \" \\ \` \$ unescape, other escapes are kept, may span lines.
+        (
+            "A=\"say \\\"hi\\\" \\\\ \\$HOME \\` \\n\"\n",
+            &[("A", "say \"hi\" \\ $HOME ` \\n")],
+        ),
+        ("A=\"one\ntwo\"\n", &[("A", "one\ntwo")]),
+        ("A=\"one \\\ntwo\"\n", &[("A", "one two")]),
+        // Unquoted: a backslash keeps the next character, before a newline continues the line.
+        ("A=a\\ b\\\\c\n", &[("A", "a b\\c")]),
+        (
+            "A=first \\\nsecond\nB=3\n",
+            &[("A", "first second"), ("B", "3")],
+        ),
+        // An escaped blank at the end is kept; quotes after the first character are kept.
+        ("A=x\\ \n", &[("A", "x ")]),
+        ("A=it's \"fine\"\n", &[("A", "it's \"fine\"")]),
+        // Quoted and unquoted parts join.
+        ("A='x'\"y\"z\n", &[("A", "xyz")]),
+        ("A='x' 'y'\n", &[("A", "xy")]),
+        // `=` in the value; a later assignment of the same name comes later.
+        (
+            "URL=a=b=c\nA=1\nA=2\n",
+            &[("URL", "a=b=c"), ("A", "1"), ("A", "2")],
+        ),
+        ("_X9=ok\n", &[("_X9", "ok")]),
+    ];
+    for (text, want) in cases {
+        assert_eq!(parse_env_file(text), Ok(vars(want)), "{text:?}");
+    }
+    let refused: &[(&str, usize, &str)] = &[
+        ("A=1\njust words\n", 2, "expected KEY=VALUE, found no `=`"),
+        (
+            "export SECRET=hunter2\n",
+            1,
+            "`export SECRET`: env files have no `export`",
+        ),
+        ("1A=x\n", 1, "invalid variable name \"1A\""),
+        ("A B=x\n", 1, "invalid variable name \"A B\""),
+        ("=x\n", 1, "invalid variable name \"\""),
+        (
+            "A=1\n\nB='open\nstill\n",
+            3,
+            "B: the ' quote is never closed",
+        ),
+        ("B=\"open\n", 1, "B: the \" quote is never closed"),
+        ("A=x\0y\n", 1, "A: the value holds a NUL character"),
+    ];
+    for (text, line, message) in refused {
+        let e = parse_env_file(text).expect_err(text);
+        assert_eq!(e.line, *line, "{text:?}: {e}");
+        assert!(e.message.contains(message), "{text:?}: {e}");
+        // The value is never repeated: env files hold secrets.
+        assert!(
+            !e.to_string().contains("hunter2") && !e.to_string().contains("open"),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn env_file_entries_are_absolute_paths_optionally_marked_with_a_dash() {
+    let files = |text: &str| ok(text).exec.unwrap().env_files;
+    let f = |path: &str, optional| EnvFile {
+        path: path.into(),
+        optional,
+    };
+    assert_eq!(
+        files("[exec]\ncommand = [\"x\"]\nenv-file = [\"/etc/app/env\", \"-/etc/app/env.local\"]"),
+        [f("/etc/app/env", false), f("/etc/app/env.local", true)]
+    );
+    assert_eq!(
+        files("[exec]\ncommand = [\"x\"]\nenv-file = \"-/run/app.env\""),
+        [f("/run/app.env", true)]
+    );
+    assert!(files("[exec]\ncommand = [\"x\"]").is_empty());
+    for (text, want) in [
+        (
+            "[exec]\ncommand = [\"x\"]\nenv-file = [\"app.env\"]",
+            "3:13: error: exec.env-file[0]: path \"app.env\" is not absolute",
+        ),
+        (
+            "[exec]\ncommand = [\"x\"]\nenv-file = \"-app.env\"",
+            "3:12: error: exec.env-file: path \"app.env\" is not absolute",
+        ),
+        (
+            "[exec]\ncommand = [\"x\"]\nenv-file = 1",
+            "3:12: error: exec.env-file: expected an array, found an integer",
+        ),
+    ] {
+        let got = errors(text);
+        assert_eq!(got.len(), 1, "{text}: {got:?}");
+        assert!(
+            got[0].contains(want),
+            "{text}:\n got  {}\n want {want}",
             got[0]
         );
     }
