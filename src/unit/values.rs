@@ -188,6 +188,10 @@ pub(crate) fn cpu_percent(s: &str) -> Parse<Option<CpuPercent>> {
     }
 }
 
+/// The highest CPU number a kernel can have: CONFIG_NR_CPUS is at most 8192 (arch/x86/Kconfig,
+/// MAXSMP); `cpuset.cpus` refuses CPUs past the machine's own at start.
+pub(crate) const MAX_CPU: u32 = 8191;
+
 /// A cpuset list as the kernel takes it: `0-3,5,7-8`. Returned without spaces.
 pub(crate) fn cpuset(s: &str) -> Parse<String> {
     let compact: String = s.chars().filter(|c| !c.is_whitespace()).collect();
@@ -198,6 +202,11 @@ pub(crate) fn cpuset(s: &str) -> Parse<String> {
     for item in compact.split(',') {
         let (lo, hi) = item.split_once('-').unwrap_or((item, item));
         match (lo.parse::<u32>(), hi.parse::<u32>()) {
+            (Ok(_), Ok(hi)) if hi > MAX_CPU => {
+                return Err(
+                    Invalid::new(format!("CPU {hi} is out of range 0..={MAX_CPU}")).hint(hint),
+                );
+            }
             (Ok(lo), Ok(hi)) if lo <= hi => {}
             (Ok(_), Ok(_)) => {
                 return Err(Invalid::new(format!("CPU range {item:?} runs backwards")).hint(hint));
@@ -460,9 +469,14 @@ mod tests {
     fn cpusets() {
         assert_eq!(cpuset("0-1"), Ok("0-1".into()));
         assert_eq!(cpuset("0-1, 3"), Ok("0-1,3".into()));
-        for s in ["", "a", "3-1", "1,", "-1", "1-2-3"] {
+        assert_eq!(cpuset("8191"), Ok("8191".into()));
+        for s in ["", "a", "3-1", "1,", "-1", "1-2-3", "8192", "0-9000"] {
             assert!(cpuset(s).is_err(), "{s}");
         }
+        assert_eq!(
+            cpuset("0,8192").unwrap_err().message,
+            "CPU 8192 is out of range 0..=8191"
+        );
     }
 
     #[test]
