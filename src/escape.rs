@@ -23,14 +23,24 @@ fn push_escaped(out: &mut String, c: char) {
 }
 
 /// `s` with every unsafe character written as `\xNN` or `\u{NNNN}`; a tab is left alone, it
-/// only moves to the next column.
+/// only moves to the next column. For one line: a newline is escaped too.
 pub fn terminal(s: &str) -> Cow<'_, str> {
-    if !s.chars().any(|c| c != '\t' && is_unsafe(c)) {
+    escape_except(s, &['\t'])
+}
+
+/// `terminal` for text of several lines (a reload's diagnostics): newlines are kept.
+pub fn terminal_lines(s: &str) -> Cow<'_, str> {
+    escape_except(s, &['\t', '\n'])
+}
+
+fn escape_except<'s>(s: &'s str, kept: &[char]) -> Cow<'s, str> {
+    let escaped = |c: char| is_unsafe(c) && !kept.contains(&c);
+    if !s.chars().any(escaped) {
         return Cow::Borrowed(s);
     }
     let mut out = String::with_capacity(s.len() + 8);
     for c in s.chars() {
-        if c != '\t' && is_unsafe(c) {
+        if escaped(c) {
             push_escaped(&mut out, c);
         } else {
             out.push(c);
@@ -78,6 +88,10 @@ mod tests {
             assert_eq!(terminal(raw), shown, "{raw:?}");
         }
         assert!(matches!(terminal("plain"), Cow::Borrowed(_)));
+        assert_eq!(
+            terminal_lines("a.toml:1:1: error\n\u{1b}[2Jb.toml: error\n"),
+            "a.toml:1:1: error\n\\x1b[2Jb.toml: error\n"
+        );
     }
 
     #[test]

@@ -198,7 +198,7 @@ fn main() -> ExitCode {
         other => match talk(other, &socket) {
             Ok(code) => code,
             Err(e) => {
-                eprintln!("corral: {e}");
+                eprintln!("corral: {}", corral::escape::terminal_lines(&e.to_string()));
                 e.exit_code()
             }
         },
@@ -254,7 +254,7 @@ fn run(args: RunArgs, socket: PathBuf) -> i32 {
             }
         }
         Err(e) => {
-            eprintln!("corral: {e}");
+            eprintln!("corral: {}", corral::escape::terminal_lines(&e.to_string()));
             exit_code::FAILED
         }
     }
@@ -288,7 +288,8 @@ fn talk(command: Command, socket: &std::path::Path) -> Result<i32, ClientError> 
             }
             if let (Some(error), false) = (&response.reload_error, json) {
                 eprintln!(
-                    "corral: the last reload failed; units keep their previous definitions:\n{error}"
+                    "corral: the last reload failed; units keep their previous definitions:\n{}",
+                    corral::escape::terminal_lines(error)
                 );
             }
             let reload_error = response.reload_error.clone();
@@ -427,9 +428,9 @@ fn report(response: &Response, json: bool) -> i32 {
             println!("{text}");
         }
     } else if let Some(error) = &response.error {
-        eprintln!("corral: {}", error.message);
+        eprintln!("corral: {}", corral::escape::terminal_lines(&error.message));
     } else if let Some(message) = &response.message {
-        println!("{message}");
+        println!("{}", corral::escape::terminal_lines(message));
     }
     client::response_code(response)
 }
