@@ -400,4 +400,21 @@ fn status_and_logs_print_terminal_sequences_escaped() {
     // --json keeps the text as it was: JSON escapes it, and scripts want the bytes.
     let json = c.ok(&["logs", "shouty", "--json"]);
     assert!(json.stdout.contains("red\\u001b[31m"), "{json:?}");
+
+    // A file named with a sequence makes the next reload fail; `status` repeats the error.
+    std::fs::write(
+        c.units.join("evil\u{1b}]0;owned\u{7}.toml"),
+        "[exec]\ncommand = [\"true\"]\n",
+    )
+    .unwrap();
+    c.wait_log("the refused reload", |l| {
+        msg(l).starts_with("reload refused")
+    });
+    let out = c.ok(&["status"]);
+    assert!(!raw(&out.stderr), "corral status printed raw: {out:?}");
+    assert!(
+        out.stderr
+            .contains("evil\\x1b]0;owned\\x07.toml: error: invalid unit name"),
+        "{out:?}"
+    );
 }
