@@ -3,6 +3,7 @@
 pub mod client;
 pub mod core;
 pub mod daemon;
+pub mod escape;
 pub mod metrics;
 pub mod os;
 pub mod proto;

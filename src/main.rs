@@ -239,7 +239,7 @@ fn main() -> ExitCode {
         other => match talk(other, &socket) {
             Ok(code) => code,
             Err(e) => {
-                eprintln!("corral: {e}");
+                eprintln!("corral: {}", corral::escape::terminal_lines(&e.to_string()));
                 e.exit_code()
             }
         },
@@ -333,7 +333,7 @@ fn run(args: RunArgs, socket: PathBuf) -> i32 {
             pid1::wait_forever()
         }
         Err(e) => {
-            eprintln!("corral: {e}");
+            eprintln!("corral: {}", corral::escape::terminal_lines(&e.to_string()));
             exit_code::FAILED
         }
     }
@@ -347,7 +347,7 @@ fn check(units_dir: &std::path::Path) -> i32 {
             }
             let n = loaded.units.len();
             let noun = if n == 1 { "unit" } else { "units" };
-            println!("{}: {n} {noun} OK", units_dir.display());
+            println!("{}: {n} {noun} OK", corral::escape::path(units_dir));
             exit_code::OK
         }
         Err(error) => {
@@ -367,7 +367,8 @@ fn talk(command: Command, socket: &std::path::Path) -> Result<i32, ClientError> 
             }
             if let (Some(error), false) = (&response.reload_error, json) {
                 eprintln!(
-                    "corral: the last reload failed; units keep their previous definitions:\n{error}"
+                    "corral: the last reload failed; units keep their previous definitions:\n{}",
+                    corral::escape::terminal_lines(error)
                 );
             }
             if let (Some(cgroups), false) = (&response.cgroups, json)
@@ -531,9 +532,9 @@ fn report(response: &Response, json: bool) -> i32 {
             println!("{text}");
         }
     } else if let Some(error) = &response.error {
-        eprintln!("corral: {}", error.message);
+        eprintln!("corral: {}", corral::escape::terminal_lines(&error.message));
     } else if let Some(message) = &response.message {
-        println!("{message}");
+        println!("{}", corral::escape::terminal_lines(message));
     }
     client::response_code(response)
 }

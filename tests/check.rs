@@ -131,3 +131,107 @@ fn run_with_an_invalid_unit_exits_1_naming_it() {
     assert!(out.stderr.contains(&at), "{at} missing: {out:?}");
     assert!(!c.cgroup_root_exists(), "something was set up: {out:?}");
 }
+
+#[test]
+fn a_limit_that_can_only_break_the_unit_fails_check_with_its_range() {
+    let c = Corral::new();
+    // memory-max = "0" used to pass, and the unit then never ran and said nothing.
+    c.unit(
+        "web",
+        "[exec]\ncommand = [\"true\"]\n[resources]\nmemory-max = \"0\"\npids-max = 0\n",
+    );
+    c.unit(
+        "io",
+        "[exec]\ncommand = [\"true\"]\n[[resources.io]]\ndevice = \"8:0\"\nread-bps = 0\n",
+    );
+    c.unit(
+        "pids",
+        "[exec]\ncommand = [\"true\"]\n[resources]\npids-max = 99999999\ncpu-quota = \"0%\"\n",
+    );
+    let out = check(&c.units);
+    assert_eq!(out.code, 1, "{out:?}");
+    let at = |unit: &str, pos: &str| format!("{}:{pos}: error: ", c.units.join(unit).display());
+    for want in [
+        format!(
+            "{}resources.memory-max: 0 is out of range 1M..=1024T",
+            at("web.toml", "4:14")
+        ),
+        format!(
+            "{}resources.pids-max: 0 is out of range 1..=4194304",
+            at("web.toml", "5:12")
+        ),
+        format!(
+            "{}resources.io[0].read-bps: 0 is out of range 1..=1024T",
+            at("io.toml", "5:12")
+        ),
+        format!(
+            "{}resources.pids-max: 99999999 is out of range 1..=4194304",
+            at("pids.toml", "4:12")
+        ),
+        format!(
+            "{}resources.cpu-quota: 0% is out of range 1%..=1000000%",
+            at("pids.toml", "5:13")
+        ),
+    ] {
+        assert!(out.stderr.contains(&want), "no {want:?} in {out:?}");
+    }
+}
+
+/// Bytes that would act on a terminal: a colour change, a window title, a screen clear.
+fn assert_no_terminal_sequences(text: &str) {
+    assert!(
+        !text.chars().any(|c| c.is_control() && c != '\n'),
+        "raw control characters in {text:?}"
+    );
+}
+
+#[test]
+fn names_with_terminal_sequences_are_printed_escaped() {
+    let c = Corral::new();
+    let evil = "a\u{1b}[31mred\u{1b}]0;owned\u{7}";
+    std::fs::write(
+        c.units.join(format!("{evil}.toml")),
+        "[exec]\ncommand = [\"true\"]\n",
+    )
+    .unwrap();
+    // A value quoting a sequence is named in the message too.
+    c.unit(
+        "web",
+        "[exec]\ncommand = [\"true\"]\nuser = \"x\\u001b[2Jy\"\n",
+    );
+    let out = check(&c.units);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert_no_terminal_sequences(&out.stderr);
+    assert!(
+        out.stderr
+            .contains("a\\x1b[31mred\\x1b]0;owned\\x07.toml: error: invalid unit name"),
+        "{out:?}"
+    );
+    assert!(out.stderr.contains("no such user `x\\x1b[2Jy`"), "{out:?}");
+
+    // The directory's own name, in the OK line.
+    let dir = c.root().join("units\u{1b}[2J");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("web.toml"), "[exec]\ncommand = [\"true\"]\n").unwrap();
+    let out = check(&dir);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_no_terminal_sequences(&out.stdout);
+    assert!(out.stdout.contains("units\\x1b[2J: 1 unit OK"), "{out:?}");
+}
+
+#[test]
+fn a_file_name_that_is_not_utf8_is_shown_byte_by_byte() {
+    use std::os::unix::ffi::OsStrExt;
+    let c = Corral::new();
+    c.unit("web", "[exec]\ncommand = [\"true\"]\n");
+    let name = std::ffi::OsStr::from_bytes(b"b\xff\x1b[2J.toml");
+    std::fs::write(c.units.join(name), "[exec]\ncommand = [\"true\"]\n").unwrap();
+    let out = check(&c.units);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_no_terminal_sequences(&out.stderr);
+    assert!(
+        out.stderr
+            .contains("b\\xff\\x1b[2J.toml: warning: ignored: the file name is not UTF-8"),
+        "{out:?}"
+    );
+}

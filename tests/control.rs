@@ -890,3 +890,59 @@ fn a_request_from_a_client_that_hangs_up_at_once_is_still_carried_out() {
     c.wait_log("talker stopped", |l| is_about(l, "talker", "stopped"));
     assert_eq!(c.status("talker")["state"], "inactive");
 }
+
+/// A unit's description, its notify status and its output reach the operator's terminal
+/// through `status` and `logs`: their escape sequences are shown, never obeyed.
+#[test]
+fn status_and_logs_print_terminal_sequences_escaped() {
+    if !require_root() {
+        return;
+    }
+    let mut c = Corral::new();
+    c.unit(
+        "shouty",
+        "description = \"web \\u001b]0;owned\\u0007\\u001b[2J\"\n\
+         [exec]\ncommand = [\"sh\", \"-c\", \"printf 'red\\\\033[31m\\\\n'; exec sleep 1000\"]\n",
+    );
+    c.launch(&[]);
+    c.wait_log("shouty's output", |l| {
+        is_output(l, "shouty") && msg(l).starts_with("red")
+    });
+    let raw = |text: &str| text.chars().any(|ch| ch.is_control() && ch != '\n');
+    for args in [&["status"][..], &["status", "shouty"], &["logs", "shouty"]] {
+        let out = c.ok(args);
+        assert!(!raw(&out.stdout), "corral {args:?} printed raw: {out:?}");
+    }
+    let table = c.ok(&["status"]);
+    assert!(
+        table.stdout.contains("web \\x1b]0;owned\\x07\\x1b[2J"),
+        "{table:?}"
+    );
+    let details = c.ok(&["status", "shouty"]);
+    assert!(
+        details.stdout.contains("  web \\x1b]0;owned\\x07\\x1b[2J"),
+        "{details:?}"
+    );
+    let logs = c.ok(&["logs", "shouty"]);
+    assert!(logs.stdout.contains("red\\x1b[31m"), "{logs:?}");
+    // --json keeps the text as it was: JSON escapes it, and scripts want the bytes.
+    let json = c.ok(&["logs", "shouty", "--json"]);
+    assert!(json.stdout.contains("red\\u001b[31m"), "{json:?}");
+
+    // A file named with a sequence makes the next reload fail; `status` repeats the error.
+    std::fs::write(
+        c.units.join("evil\u{1b}]0;owned\u{7}.toml"),
+        "[exec]\ncommand = [\"true\"]\n",
+    )
+    .unwrap();
+    c.wait_log("the refused reload", |l| {
+        msg(l).starts_with("reload refused")
+    });
+    let out = c.ok(&["status"]);
+    assert!(!raw(&out.stderr), "corral status printed raw: {out:?}");
+    assert!(
+        out.stderr
+            .contains("evil\\x1b]0;owned\\x07.toml: error: invalid unit name"),
+        "{out:?}"
+    );
+}

@@ -1143,3 +1143,112 @@ fn a_reload_after_a_uid_change_restarts_the_unit_under_the_new_uid() {
     assert_eq!(uid_of(pid), second.uid());
     drop(first);
 }
+
+/// Waits for a reload that found no units directory at all (it was deleted or moved away),
+/// so the watch has had to cope with the path naming nothing.
+fn wait_refused_for_a_missing_dir(c: &mut Corral) {
+    let line = c.wait_log(
+        "a reload refused for the missing directory",
+        is_reload_outcome,
+    );
+    assert!(
+        msg(&line).starts_with("reload refused") && line.to_string().contains("units directory"),
+        "{line}"
+    );
+}
+
+#[test]
+fn a_units_dir_deleted_and_created_again_is_still_watched() {
+    if !require_root() {
+        return;
+    }
+    let mut c = Corral::new();
+    c.unit("web", &sleeper("1000"));
+    launch_running(&mut c, &["web"]);
+
+    // `rm -rf units && mkdir units`, with corral looking in between.
+    std::fs::remove_dir_all(&c.units).unwrap();
+    wait_refused_for_a_missing_dir(&mut c);
+    std::fs::create_dir(&c.units).unwrap();
+    c.unit("db", &sleeper("1000"));
+    wait_started(&mut c, "db", 1);
+    c.wait_log("web stopped, its file gone", |l| is_stop(l, "web"));
+    settle(&mut c);
+
+    // The new directory is the one watched: an edit there is applied on its own.
+    c.unit("db", &sleeper("2000"));
+    assert_eq!(next_reload(&mut c), Plan::restarts(&["db"], 0));
+    wait_started(&mut c, "db", 2);
+}
+
+#[test]
+fn a_new_units_dir_renamed_into_place_is_watched() {
+    if !require_root() {
+        return;
+    }
+    let mut c = Corral::new();
+    c.unit("web", &sleeper("1000"));
+    let before = launch_running(&mut c, &["web"]);
+
+    // A deploy: the new version is built beside the old one, the old moved away, the new
+    // renamed to the path.
+    let new = c.root().join("units.new");
+    let old = c.root().join("units.old");
+    std::fs::create_dir(&new).unwrap();
+    std::fs::write(new.join("web.toml"), sleeper("1000")).unwrap();
+    std::fs::write(new.join("db.toml"), sleeper("1000")).unwrap();
+    std::fs::rename(&c.units, &old).unwrap();
+    wait_refused_for_a_missing_dir(&mut c);
+    std::fs::rename(&new, &c.units).unwrap();
+    assert_eq!(
+        next_reload(&mut c),
+        Plan {
+            added: strings(&["db"]),
+            unchanged: 1,
+            ..Plan::none()
+        }
+    );
+    wait_started(&mut c, "db", 1);
+    settle(&mut c);
+
+    // Edits in the old directory are no longer the units; edits at the path are.
+    std::fs::write(old.join("web.toml"), sleeper("3000")).unwrap();
+    c.unit("web", &sleeper("2000"));
+    assert_eq!(next_reload(&mut c), Plan::restarts(&["web"], 1));
+    wait_started(&mut c, "web", 2);
+    let upto = settle(&mut c);
+    assert_eq!(count(&c, upto, |l| is_start(l, "web")), 2);
+    assert_ne!(pids(&c)["web"], before["web"]);
+}
+
+#[test]
+fn a_units_dir_below_a_swapped_release_symlink_is_applied_and_still_watched() {
+    if !require_root() {
+        return;
+    }
+    let mut c = Corral::new();
+    // `current -> releases/1`, the units in `current/units`: a deploy swaps `current`, and the
+    // units directory (not a symlink itself) is a new one.
+    for (release, arg) in [("1", "1000"), ("2", "2000")] {
+        let units = c.root().join("releases").join(release).join("units");
+        std::fs::create_dir_all(&units).unwrap();
+        std::fs::write(units.join("web.toml"), sleeper(arg)).unwrap();
+        std::fs::write(units.join("db.toml"), sleeper("1000")).unwrap();
+    }
+    let current = c.root().join("current");
+    symlink("releases/1", &current).unwrap();
+    c.units = current.join("units");
+    let before = launch_running(&mut c, &["web", "db"]);
+
+    swap_symlink(&current, Path::new("releases/2"));
+    assert_eq!(next_reload(&mut c), Plan::restarts(&["web"], 1));
+    wait_started(&mut c, "web", 2);
+    settle(&mut c);
+    let middle = pids(&c);
+    assert_same_pids_except(&before, &middle, &["web"]);
+
+    // The release now current is the one watched.
+    std::fs::write(c.units.join("db.toml"), sleeper("3000")).unwrap();
+    assert_eq!(next_reload(&mut c), Plan::restarts(&["db"], 1));
+    wait_started(&mut c, "db", 2);
+}

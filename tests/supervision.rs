@@ -498,3 +498,81 @@ fn a_child_that_cannot_reach_its_exec_fails_the_start_with_the_reason() {
     assert_eq!(status["restarts"], 0, "{status}");
     assert_eq!(c.status("fine")["state"], "running");
 }
+
+#[test]
+fn env_files_are_read_at_each_start_and_their_values_stay_out_of_status_and_logs() {
+    if !require_root() {
+        return;
+    }
+    let mut c = Corral::new();
+    let env = c.path("app.env");
+    let local = c.path("app.env.local");
+    std::fs::write(
+        &env,
+        "# the app's settings\nGREETING=\"hello there\"\nPORT=8080\nTOKEN='s3cr3t-value'\n",
+    )
+    .unwrap();
+    c.unit(
+        "app",
+        &format!(
+            "[exec]\ncommand = [\"sh\", \"-c\", \"echo env: $GREETING/$PORT/$TOKEN/$EXTRA; exec sleep 1000\"]\n\
+             env-file = [{}, {}]\nenv = {{ PORT = \"9090\" }}\n",
+            toml_str(env.to_str().unwrap()),
+            toml_str(&format!("-{}", local.display())),
+        ),
+    );
+    c.launch(&[]);
+    // The optional file is missing: no error; `env` overrides the file's PORT.
+    let line = c.wait_log("app's env line", |l| {
+        is_output(l, "app") && msg(l).starts_with("env: ")
+    });
+    assert_eq!(msg(&line), "env: hello there/9090/s3cr3t-value/", "{line}");
+
+    // Files are read at each start: a restart sees the optional file now present.
+    std::fs::write(&local, "EXTRA=local\n").unwrap();
+    c.ok(&["restart", "app"]);
+    let line = c.wait_log("app's second env line", |l| {
+        is_output(l, "app") && msg(l).ends_with("/local")
+    });
+    assert_eq!(msg(&line), "env: hello there/9090/s3cr3t-value/local");
+
+    // What an operator sees of the unit never holds a value from the file.
+    for args in [
+        &["status"][..],
+        &["status", "app"],
+        &["status", "app", "--json"],
+    ] {
+        let out = c.ok(args);
+        assert!(
+            !out.stdout.contains("s3cr3t") && !out.stderr.contains("s3cr3t"),
+            "corral {args:?} shows the secret: {out:?}"
+        );
+    }
+    // A required file gone: the next start fails, naming the file.
+    std::fs::remove_file(&env).unwrap();
+    c.ok(&["stop", "app"]);
+    let out = c.cli(&["start", "app"]);
+    assert_ne!(out.code, 0, "{out:?}");
+    let status = c.status("app");
+    assert_eq!(status["state"], "failed", "{status}");
+    let error = status["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(&format!("env-file {}", env.display())) && error.contains("No such file"),
+        "{status}"
+    );
+    let table = c.cli(&["status"]);
+    assert!(
+        table
+            .stdout
+            .contains(&format!("env-file {}", env.display())),
+        "{table:?}"
+    );
+    c.wait_log("the failed start's log line", |l| {
+        is_about(l, "app", "env-file")
+    });
+    // corral's own log lines (the unit's output is the unit's to print) never hold a value.
+    let leaks = c.wait_count("log lines of corral's with the secret", 0, |l| {
+        !is_output(l, "app") && l.to_string().contains("s3cr3t")
+    });
+    assert!(leaks.is_empty(), "{leaks:?}");
+}

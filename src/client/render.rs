@@ -2,9 +2,18 @@
 
 use std::time::SystemTime;
 
+use crate::escape::terminal;
 use crate::proto::{
     LastExit, LogLine, NamespaceStatus, ReloadReport, Stream, UnitStatus, human_size as size,
 };
+
+/// `println!` with the line escaped for the terminal: descriptions, notify status texts and
+/// errors (which quote paths) come from unit files and units, and must not drive the terminal.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        println!("{}", terminal(&format!($($arg)*)))
+    };
+}
 
 fn secs(usec: u64) -> String {
     format!("{:.2}s", usec as f64 / 1e6)
@@ -127,6 +136,7 @@ pub fn print_status_table(units: &[UnitStatus]) {
                     .map_or_else(|| "-".to_owned(), last_exit_text),
                 note,
             ]
+            .map(|cell| terminal(&cell).into_owned())
         })
         .collect();
     let mut widths = header.map(str::len);
@@ -160,10 +170,12 @@ pub fn print_log_line(line: &LogLine, with_unit: bool) {
         Stream::Stderr => " [stderr]",
     };
     let cont = if line.partial { " …" } else { "" };
+    // A unit's output is shown, never obeyed: its escape sequences are written out.
+    let text = terminal(&line.text);
     if with_unit {
-        println!("{} {}{stream}: {}{cont}", line.time, line.unit, line.text);
+        println!("{} {}{stream}: {text}{cont}", line.time, line.unit);
     } else {
-        println!("{}{stream} {}{cont}", line.time, line.text);
+        println!("{}{stream} {text}{cont}", line.time);
     }
 }
 
@@ -185,7 +197,7 @@ pub fn print_status_details(units: &[UnitStatus]) {
         }
         let pid = u.pid.map_or_else(String::new, |p| format!(", pid {p}"));
         let frozen = if u.frozen { " (frozen)" } else { "" };
-        println!(
+        say!(
             "{} ({}): {}{frozen}{pid}, for {}",
             u.name,
             u.kind,
@@ -193,7 +205,7 @@ pub fn print_status_details(units: &[UnitStatus]) {
             age(&u.since)
         );
         if let Some(d) = &u.description {
-            println!("  {d}");
+            say!("  {d}");
         }
         let enforced = if u.limits_enforced {
             "limits enforced".to_owned()
@@ -203,7 +215,7 @@ pub fn print_status_details(units: &[UnitStatus]) {
                 u.limits_reason.as_deref().unwrap_or("unknown reason")
             )
         };
-        println!(
+        say!(
             "  cgroup    {} ({enforced})",
             u.cgroup.as_deref().unwrap_or("-")
         );
@@ -219,7 +231,7 @@ pub fn print_status_details(units: &[UnitStatus]) {
         if let Some(high) = u.limits.memory_high {
             memory.push_str(&format!(", high {}", size(high)));
         }
-        println!("  memory    {memory}");
+        say!("  memory    {memory}");
         let mut cpu = match usage.cpu_usage_usec {
             Some(used) => format!("{} used", secs(used)),
             None => "-".to_owned(),
@@ -238,8 +250,8 @@ pub fn print_status_details(units: &[UnitStatus]) {
         if let (Some(throttled), Some(n)) = (usage.cpu_throttled_usec, usage.nr_throttled) {
             cpu.push_str(&format!(", throttled {} in {n} periods", secs(throttled)));
         }
-        println!("  cpu       {cpu}");
-        println!(
+        say!("  cpu       {cpu}");
+        say!(
             "  pids      {}",
             used_of(
                 usage.pids_current,
@@ -249,8 +261,8 @@ pub fn print_status_details(units: &[UnitStatus]) {
         );
         let ops = |n: Option<u64>| n.map_or_else(String::new, |n| format!(" in {n} ops"));
         match (usage.io_read_bytes, usage.io_write_bytes) {
-            (None, None) => println!("  io        -"),
-            (r, w) => println!(
+            (None, None) => say!("  io        -"),
+            (r, w) => say!(
                 "  io        read {}{}, written {}{}",
                 r.map_or_else(|| "-".to_owned(), size),
                 ops(usage.io_read_ops),
@@ -267,13 +279,13 @@ pub fn print_status_details(units: &[UnitStatus]) {
         .filter_map(|(what, p)| p.map(|p| format!("{what} {p:.1}%")))
         .collect();
         if !pressure.is_empty() {
-            println!("  pressure  {} (some, last 10 s)", pressure.join(", "));
+            say!("  pressure  {} (some, last 10 s)", pressure.join(", "));
         }
         let last = u
             .last_exit
             .as_ref()
             .map_or_else(|| "none yet".to_owned(), last_exit_text);
-        println!("  restarts  {}, last exit: {last}", u.restarts);
+        say!("  restarts  {}, last exit: {last}", u.restarts);
         if u.oom_kills > 0 {
             let times = if u.oom_kills == 1 {
                 "once".to_owned()
@@ -286,17 +298,17 @@ pub fn print_status_details(units: &[UnitStatus]) {
                 .map_or_else(String::new, |at| format!(", last {} ago", age(at)));
             let limit = u.limits.memory_max.map_or_else(|| "none".to_owned(), size);
             let peak = usage.memory_peak.map_or_else(|| "unknown".to_owned(), size);
-            println!("  oom       oom-killed {times}{last} (memory-max {limit}, peak {peak})");
+            say!("  oom       oom-killed {times}{last} (memory-max {limit}, peak {peak})");
         }
         if let Some(line) = namespaces_line(&u.namespaces) {
-            println!("  isolation {line}");
+            say!("  isolation {line}");
         }
         for warning in &u.warnings {
-            println!("  warning   {warning}");
+            say!("  warning   {warning}");
         }
         if u.ready.as_deref() == Some("notify") || u.status_text.is_some() {
             let text = u.status_text.as_deref().unwrap_or("-");
-            println!("  notify    {text}");
+            say!("  notify    {text}");
         }
         if let Some(health) = &u.health {
             if let Some(probe) = &health.probe {
@@ -309,20 +321,20 @@ pub fn print_status_details(units: &[UnitStatus]) {
                     1 => " (once)".to_owned(),
                     n => format!(" ({n} times in a row)"),
                 };
-                println!("  health    {probe}: {last}{streak}");
+                say!("  health    {probe}: {last}{streak}");
             }
             if let Some(ms) = health.watchdog_ms {
-                println!("  watchdog  {ms} ms");
+                say!("  watchdog  {ms} ms");
             }
         }
         if let Some(ms) = u.restart_in_ms {
-            println!("  next      restart in {ms} ms");
+            say!("  next      restart in {ms} ms");
         }
         if let Some(deps) = dependencies_waited_for(u) {
             println!("  waiting   for {deps}");
         }
         if let Some(error) = &u.error {
-            println!("  error     {error}");
+            say!("  error     {error}");
         }
     }
 }

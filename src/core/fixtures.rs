@@ -31,6 +31,7 @@ pub fn unit(n: &str, kind: UnitKind) -> Unit {
             command: vec!["true".into()],
             working_dir: None,
             env: Default::default(),
+            env_files: Vec::new(),
             user: None,
         }),
         restart: RestartConfig {

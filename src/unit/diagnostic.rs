@@ -83,9 +83,12 @@ impl Diagnostic {
     }
 }
 
+/// Escaped as it is written, since diagnostics go to a terminal: a file named with terminal
+/// sequences, or a value quoting them, shows them as `\x1b` instead of acting on the terminal.
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.file.display())?;
+        use crate::escape::terminal;
+        f.write_str(&crate::escape::path(&self.file))?;
         if let Some(line) = self.line {
             write!(f, ":{line}")?;
             if let Some(column) = self.column {
@@ -94,11 +97,11 @@ impl fmt::Display for Diagnostic {
         }
         write!(f, ": {}: ", self.severity)?;
         if let Some(key) = &self.key {
-            write!(f, "{key}: ")?;
+            write!(f, "{}: ", terminal(key))?;
         }
-        f.write_str(&self.message)?;
+        f.write_str(&terminal(&self.message))?;
         if let Some(suggestion) = &self.suggestion {
-            write!(f, " ({suggestion})")?;
+            write!(f, " ({})", terminal(suggestion))?;
         }
         Ok(())
     }

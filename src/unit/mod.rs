@@ -1,6 +1,7 @@
 //! Unit files: reading a units directory into validated `Unit`s, with diagnostics that point at the source.
 
 mod diagnostic;
+mod env_file;
 mod load;
 pub mod model;
 mod parse;
@@ -11,6 +12,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 pub use diagnostic::{Diagnostic, LoadError, Severity};
+pub use env_file::{EnvFileError, parse_env_file};
 pub use load::{MAX_UNIT_FILE_BYTES, is_ignored_file_name, load_dir};
 pub use model::*;
 pub use users::{MemoryUserDb, SystemUserDb, UserDb, UserEntry};

@@ -171,8 +171,18 @@ pub struct Exec {
     pub command: Vec<String>,
     pub working_dir: Option<PathBuf>,
     pub env: BTreeMap<String, String>,
+    /// `env-file`: read at each start, in order; `env` overrides what they set.
+    pub env_files: Vec<EnvFile>,
     /// Resolved at validation time from the passwd/group databases.
     pub user: Option<Credentials>,
+}
+
+/// One `env-file` entry: systemd's EnvironmentFile= syntax, read by corral before each spawn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvFile {
+    pub path: PathBuf,
+    /// Written with a leading `-`: a missing file is no error.
+    pub optional: bool,
 }
 
 /// The identity a unit runs as, resolved from `user` and `group`.

@@ -37,6 +37,7 @@ const EXEC_KEYS: &[&str] = &[
     "command",
     "working-dir",
     "env",
+    "env-file",
     "user",
     "group",
     "ready",
@@ -117,6 +118,21 @@ const MIN_CPU_PERIOD: Duration = Duration::from_millis(1);
 const MAX_CPU_PERIOD: Duration = Duration::from_secs(1);
 const MIN_CPU_QUOTA: Duration = Duration::from_millis(1);
 const DEFAULT_CPU_PERIOD: Duration = Duration::from_millis(100);
+
+/// The longest duration any key takes: anything longer means "never", and is more likely a typo
+/// (`"10000d"` for `"10s"`) than a wish.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+/// The shortest timeout or interval: the loop's deadlines are kept in milliseconds.
+const MIN_INTERVAL: Duration = Duration::from_millis(1);
+/// `memory-max` and `memory-high` below this cannot hold even an exec'd shell: the unit would be
+/// OOM-killed or throttled from its first page (a typo like `"512"` for `"512M"`).
+const MIN_MEMORY: u64 = 1 << 20;
+/// The largest byte count any key takes (1024T): above any machine's memory or bandwidth; write
+/// `"max"` for no limit.
+const MAX_SIZE: u64 = 1 << 50;
+/// The kernel's `PID_MAX_LIMIT` on 64-bit: `pids.max` refuses anything above it with EINVAL
+/// (kernel/cgroup/pids.c, `pids_max_write`), so a larger value would fail every start.
+const MAX_PIDS: i64 = 4 * 1024 * 1024;
 
 /// Which key of a unit names another unit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -412,6 +428,68 @@ fn duration(v: &DeValue) -> Parse<Duration> {
     }
 }
 
+/// A duration within `lo..=hi`.
+fn duration_in(lo: Duration, hi: Duration) -> impl Fn(&DeValue) -> Parse<Duration> {
+    move |v| {
+        let d = duration(v)?;
+        if (lo..=hi).contains(&d) {
+            return Ok(d);
+        }
+        let show = |d: Duration| match d.as_secs() {
+            secs if secs >= 86400 && secs % 86400 == 0 && d.subsec_nanos() == 0 => {
+                format!("{}d", secs / 86400)
+            }
+            _ => humantime::format_duration(d).to_string(),
+        };
+        let mut problem = Invalid::new(format!(
+            "{} is out of range {}..={}",
+            show(d),
+            show(lo),
+            show(hi)
+        ));
+        if d.is_zero() {
+            problem = problem.hint("must be longer than zero");
+        }
+        Err(problem)
+    }
+}
+
+/// A duration of `0..=365d`.
+fn any_duration(v: &DeValue) -> Parse<Duration> {
+    duration_in(Duration::ZERO, MAX_DURATION)(v)
+}
+
+/// A byte count as written in messages: the largest unit that divides it (`1M`, `1024T`).
+pub(crate) fn show_size(n: u64) -> String {
+    for (shift, unit) in [(40, "T"), (30, "G"), (20, "M"), (10, "K")] {
+        if n != 0 && n.is_multiple_of(1u64 << shift) {
+            return format!("{}{unit}", n >> shift);
+        }
+    }
+    n.to_string()
+}
+
+/// A size within `lo..=hi` bytes, or `"max"`.
+fn size_in(lo: u64, hi: u64) -> impl Fn(&DeValue) -> Parse<ByteLimit> {
+    move |v| match size(v)? {
+        ByteLimit::Bytes(n) if !(lo..=hi).contains(&n) => {
+            let hint = if n < lo {
+                "a limit this low leaves the unit unable to run; write \"max\" for no limit"
+            } else {
+                "write \"max\" for no limit"
+            };
+            Err(Invalid::new(format!(
+                "{} is out of range {}..={}",
+                show_size(n),
+                show_size(lo),
+                show_size(hi)
+            ))
+            .hint(hint))
+        }
+        limit => Ok(limit),
+    }
+}
+
 fn size(v: &DeValue) -> Parse<ByteLimit> {
     match v {
         DeValue::Integer(_) => integer(v).and_then(values::size_from_int),
@@ -448,7 +526,7 @@ fn abs_path(v: &DeValue) -> Parse<PathBuf> {
 fn pids(v: &DeValue) -> Parse<Option<u64>> {
     match v {
         DeValue::String(s) if s == "max" => Ok(None),
-        DeValue::Integer(_) => int_in(1, i64::MAX)(v).map(Some),
+        DeValue::Integer(_) => int_in(1, MAX_PIDS)(v).map(Some),
         other => Err(expected("a positive integer or \"max\"", other)),
     }
 }
@@ -607,7 +685,7 @@ impl Reader<'_> {
         if let Some(sec) = root.section(cx, "stop") {
             sec.check_keys(cx, STOP_KEYS);
             sec.set(cx, "signal", &mut unit.stop.signal, signal);
-            sec.set(cx, "timeout", &mut unit.stop.timeout, duration);
+            sec.set(cx, "timeout", &mut unit.stop.timeout, any_duration);
         }
         if let Some(sec) = root.section(cx, "oom") {
             sec.check_keys(cx, OOM_KEYS);
@@ -723,13 +801,46 @@ fn exec(cx: &mut Ctx, sec: &Section, users: &dyn UserDb) -> Option<Exec> {
             }
         }
     }
+    let env_files = env_files(cx, sec);
     let user = credentials(cx, sec, users);
     Some(Exec {
         command,
         working_dir,
         env,
+        env_files,
         user,
     })
+}
+
+/// `env-file`: a path or an array of them, each absolute, `-` first for an optional one.
+fn env_files(cx: &mut Ctx, sec: &Section) -> Vec<EnvFile> {
+    let entry = |v: &DeValue| {
+        let s = string(v).and_then(no_nul)?;
+        let (optional, path) = match s.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, s),
+        };
+        if path.starts_with('/') {
+            Ok(EnvFile {
+                path: PathBuf::from(path),
+                optional,
+            })
+        } else {
+            Err(Invalid::new(format!("path {path:?} is not absolute")).hint(
+                "write \"/etc/app/env\", or \"-/etc/app/env\" for a file that may be missing",
+            ))
+        }
+    };
+    match sec.get("env-file").map(Spanned::get_ref) {
+        None => Vec::new(),
+        Some(DeValue::String(_)) => sec.read(cx, "env-file", entry).into_iter().collect(),
+        Some(_) => sec
+            .list(cx, "env-file", entry)
+            .into_iter()
+            .flatten()
+            .map(|(f, _)| f)
+            .collect(),
+    }
 }
 
 /// `user` and `group` resolved against the databases. `group` alone is refused: which user
@@ -810,13 +921,9 @@ fn readiness(cx: &mut Ctx, sec: &Section, kind: UnitKind, cfg: &mut Readiness) {
     }
 }
 
+/// A timeout or an interval: `1ms..=365d`.
 fn positive_duration(v: &DeValue) -> Parse<Duration> {
-    let d = duration(v)?;
-    if d.is_zero() {
-        Err(Invalid::new("must be longer than zero"))
-    } else {
-        Ok(d)
-    }
+    duration_in(MIN_INTERVAL, MAX_DURATION)(v)
 }
 
 /// `[health]`: at most one probe, its tuning, and a watchdog; at least a probe or a watchdog.
@@ -894,7 +1001,7 @@ fn health(cx: &mut Ctx, sec: &Section) -> Option<Health> {
     };
     sec.set(cx, "interval", &mut cfg.interval, positive_duration);
     sec.set(cx, "timeout", &mut cfg.timeout, positive_duration);
-    sec.set(cx, "initial-delay", &mut cfg.initial_delay, duration);
+    sec.set(cx, "initial-delay", &mut cfg.initial_delay, any_duration);
     let count = int_in(1, i64::from(u32::MAX));
     sec.set(cx, "failure-threshold", &mut cfg.failure_threshold, &count);
     sec.set(cx, "success-threshold", &mut cfg.success_threshold, &count);
@@ -905,9 +1012,9 @@ fn health(cx: &mut Ctx, sec: &Section) -> Option<Health> {
 fn restart(cx: &mut Ctx, sec: &Section, cfg: &mut RestartConfig) {
     sec.check_keys(cx, RESTART_KEYS);
     sec.set(cx, "policy", &mut cfg.policy, one_of(POLICIES));
-    sec.set(cx, "delay", &mut cfg.delay, duration);
-    sec.set(cx, "max-delay", &mut cfg.max_delay, duration);
-    sec.set(cx, "reset-after", &mut cfg.reset_after, duration);
+    sec.set(cx, "delay", &mut cfg.delay, any_duration);
+    sec.set(cx, "max-delay", &mut cfg.max_delay, any_duration);
+    sec.set(cx, "reset-after", &mut cfg.reset_after, any_duration);
     sec.set(
         cx,
         "start-limit-burst",
@@ -918,7 +1025,7 @@ fn restart(cx: &mut Ctx, sec: &Section, cfg: &mut RestartConfig) {
         cx,
         "start-limit-interval",
         &mut cfg.start_limit_interval,
-        duration,
+        any_duration,
     );
     if let Some(codes) = sec.list(cx, "success-exit-codes", int_in::<i32>(0, 255)) {
         let mut codes: Vec<i32> = codes.into_iter().map(|(c, _)| c).collect();
@@ -959,7 +1066,7 @@ fn resources(cx: &mut Ctx, sec: &Section) -> Resources {
             Ok(d)
         } else {
             Err(Invalid::new(format!(
-                "period {} is outside 1ms..=1s",
+                "{} is out of range 1ms..=1s",
                 humantime::format_duration(d)
             )))
         }
@@ -971,9 +1078,10 @@ fn resources(cx: &mut Ctx, sec: &Section) -> Resources {
         cpu_quota_period: sec.read(cx, "cpu-quota-period", period),
         cpu_weight: sec.read(cx, "cpu-weight", int_in(1, 10000)),
         allowed_cpus: sec.read(cx, "allowed-cpus", text(values::cpuset)),
-        memory_max: sec.read(cx, "memory-max", size),
-        memory_high: sec.read(cx, "memory-high", size),
-        memory_swap_max: sec.read(cx, "memory-swap-max", size),
+        memory_max: sec.read(cx, "memory-max", size_in(MIN_MEMORY, MAX_SIZE)),
+        memory_high: sec.read(cx, "memory-high", size_in(MIN_MEMORY, MAX_SIZE)),
+        // No swap at all is a real choice.
+        memory_swap_max: sec.read(cx, "memory-swap-max", size_in(0, MAX_SIZE)),
         pids_max: sec.read(cx, "pids-max", pids),
         io_weight: sec.read(cx, "io-weight", int_in(1, 10000)),
         io: io_limits(cx, sec),
@@ -1049,10 +1157,14 @@ fn io_limits(cx: &mut Ctx, sec: &Section) -> Vec<IoLimit> {
             .read(cx, "device", text(values::device))
             .map(|device| IoLimit {
                 device,
-                read_bps: entry.read(cx, "read-bps", size),
-                write_bps: entry.read(cx, "write-bps", size),
-                read_iops: entry.read(cx, "read-iops", int_in(1, i64::MAX)),
-                write_iops: entry.read(cx, "write-iops", int_in(1, i64::MAX)),
+                // 0 is refused: v1's blkio.throttle.*_device takes 0 as "remove the limit"
+                // (Documentation/admin-guide/cgroup-v1/blkio-controller.rst), the opposite of
+                // what it says.
+                read_bps: entry.read(cx, "read-bps", size_in(1, MAX_SIZE)),
+                write_bps: entry.read(cx, "write-bps", size_in(1, MAX_SIZE)),
+                // v2's io.max keeps iops in 32 bits.
+                read_iops: entry.read(cx, "read-iops", int_in(1, i64::from(u32::MAX))),
+                write_iops: entry.read(cx, "write-iops", int_in(1, i64::from(u32::MAX))),
             });
         let Some(limit) = limit else { continue };
         if limits.iter().any(|l| l.device == limit.device) {

@@ -288,7 +288,7 @@ fn every_key_rejects_bad_values_with_file_position_and_key() {
         ),
         (
             "[resources]\ncpu-quota = \"0%\"",
-            "resources.cpu-quota: CPU quota must be above 0%",
+            "2:13: error: resources.cpu-quota: 0% is out of range 1%..=1000000%",
         ),
         (
             "[resources]\ncpu-quota = 150",
@@ -296,7 +296,7 @@ fn every_key_rejects_bad_values_with_file_position_and_key() {
         ),
         (
             "[resources]\ncpu-quota-period = \"10s\"",
-            "resources.cpu-quota-period: period 10s is outside 1ms..=1s",
+            "resources.cpu-quota-period: 10s is out of range 1ms..=1s",
         ),
         (
             "[resources]\ncpu-quota = \"1%\"\ncpu-quota-period = \"10ms\"",
@@ -559,6 +559,282 @@ fn every_key_rejects_bad_values_with_file_position_and_key() {
     }
 }
 
+/// Every numeric key, at each end of its documented range (docs/units.md) and one step past it.
+#[test]
+fn numeric_keys_take_their_documented_range_and_nothing_past_it() {
+    let probe = "[health]\ntcp = \"127.0.0.1:80\"\n";
+    /// Section and key, lowest accepted, highest accepted, below (if any), above, the range.
+    type Case<'a> = (&'a str, &'a str, &'a str, Option<&'a str>, &'a str, &'a str);
+    let cases: &[Case] = &[
+        (
+            "exec start-timeout",
+            "\"1ms\"",
+            "\"365d\"",
+            Some("\"0s\""),
+            "\"366d\"",
+            "out of range 1ms..=365d",
+        ),
+        (
+            "restart delay",
+            "\"0s\"",
+            "\"365d\"",
+            None,
+            "\"366d\"",
+            "out of range 0s..=365d",
+        ),
+        (
+            "restart max-delay",
+            "\"0s\"",
+            "\"365d\"",
+            None,
+            "\"366d\"",
+            "out of range 0s..=365d",
+        ),
+        (
+            "restart reset-after",
+            "\"0s\"",
+            "\"365d\"",
+            None,
+            "\"400d\"",
+            "out of range 0s..=365d",
+        ),
+        (
+            "restart start-limit-interval",
+            "\"0s\"",
+            "\"365d\"",
+            None,
+            "\"1000y\"",
+            "out of range 0s..=365d",
+        ),
+        (
+            "restart start-limit-burst",
+            "1",
+            "4294967295",
+            Some("0"),
+            "4294967296",
+            "out of range 1..=4294967295",
+        ),
+        (
+            "stop timeout",
+            "\"0s\"",
+            "\"365d\"",
+            None,
+            "\"366d\"",
+            "out of range 0s..=365d",
+        ),
+        (
+            "health interval",
+            "\"1ms\"",
+            "\"365d\"",
+            Some("\"0s\""),
+            "\"366d\"",
+            "out of range 1ms..=365d",
+        ),
+        (
+            "health timeout",
+            "\"1ms\"",
+            "\"365d\"",
+            Some("\"0s\""),
+            "\"366d\"",
+            "out of range 1ms..=365d",
+        ),
+        (
+            "health initial-delay",
+            "\"0s\"",
+            "\"365d\"",
+            None,
+            "\"366d\"",
+            "out of range 0s..=365d",
+        ),
+        (
+            "health failure-threshold",
+            "1",
+            "4294967295",
+            Some("0"),
+            "4294967296",
+            "out of range 1..=4294967295",
+        ),
+        (
+            "health success-threshold",
+            "1",
+            "4294967295",
+            Some("0"),
+            "4294967296",
+            "out of range 1..=4294967295",
+        ),
+        (
+            "resources cpu-quota",
+            "\"10%\"",
+            "\"1000000%\"",
+            Some("\"0%\""),
+            "\"1000001%\"",
+            "out of range 1%..=1000000%",
+        ),
+        (
+            "resources cpu-quota-period",
+            "\"1ms\"",
+            "\"1s\"",
+            Some("\"999us\""),
+            "\"1001ms\"",
+            "out of range 1ms..=1s",
+        ),
+        (
+            "resources cpu-weight",
+            "1",
+            "10000",
+            Some("0"),
+            "10001",
+            "out of range 1..=10000",
+        ),
+        (
+            "resources io-weight",
+            "1",
+            "10000",
+            Some("0"),
+            "10001",
+            "out of range 1..=10000",
+        ),
+        (
+            "resources memory-max",
+            "\"1M\"",
+            "\"1024T\"",
+            Some("\"0\""),
+            "\"1025T\"",
+            "out of range 1M..=1024T",
+        ),
+        (
+            "resources memory-max",
+            "1048576",
+            "\"max\"",
+            Some("1048575"),
+            "1125899906842625",
+            "out of range 1M..=1024T",
+        ),
+        (
+            "resources memory-high",
+            "\"1M\"",
+            "\"1024T\"",
+            Some("\"512\""),
+            "\"2048T\"",
+            "out of range 1M..=1024T",
+        ),
+        (
+            "resources memory-swap-max",
+            "\"0\"",
+            "\"1024T\"",
+            None,
+            "\"1025T\"",
+            "out of range 0..=1024T",
+        ),
+        (
+            "resources pids-max",
+            "1",
+            "4194304",
+            Some("0"),
+            "4194305",
+            "out of range 1..=4194304",
+        ),
+        (
+            "oom score-adjust",
+            "-1000",
+            "1000",
+            Some("-1001"),
+            "1001",
+            "out of range -1000..=1000",
+        ),
+    ];
+    for (key, lo, hi, below, above, message) in cases {
+        let (section, key) = key.split_once(' ').unwrap();
+        let unit = |value: &str| match section {
+            "exec" => format!("[exec]\ncommand = [\"x\"]\n{key} = {value}\n"),
+            "health" => service(&format!("{probe}{key} = {value}\n")),
+            _ => service(&format!("[{section}]\n{key} = {value}\n")),
+        };
+        for good in [lo, hi] {
+            if let Err(d) = parse(&unit(good)) {
+                panic!("{section}.{key} = {good}: {}", LoadError { diagnostics: d });
+            }
+        }
+        for bad in below.iter().chain([above]) {
+            let got = errors(&unit(bad));
+            assert_eq!(got.len(), 1, "{section}.{key} = {bad}: {got:#?}");
+            let want = format!("error: {section}.{key}: ");
+            assert!(
+                got[0].starts_with("units/web.toml:")
+                    && got[0].contains(&want)
+                    && got[0].contains(message),
+                "{section}.{key} = {bad}:\n got  {}\n want {want}... {message}",
+                got[0]
+            );
+        }
+    }
+    // An io limit: 0 bytes per second is "no limit" to v1's blkio, so it is refused.
+    for (key, lo, hi, below, above, message) in [
+        (
+            "read-bps",
+            "\"1\"",
+            "\"1024T\"",
+            "\"0\"",
+            "\"1025T\"",
+            "out of range 1..=1024T",
+        ),
+        (
+            "write-bps",
+            "1",
+            "\"max\"",
+            "0",
+            "\"2048T\"",
+            "out of range 1..=1024T",
+        ),
+        (
+            "read-iops",
+            "1",
+            "4294967295",
+            "0",
+            "4294967296",
+            "out of range 1..=4294967295",
+        ),
+        (
+            "write-iops",
+            "1",
+            "4294967295",
+            "0",
+            "4294967296",
+            "out of range 1..=4294967295",
+        ),
+    ] {
+        let unit = |v: &str| {
+            service(&format!(
+                "[[resources.io]]\ndevice = \"8:0\"\n{key} = {v}\n"
+            ))
+        };
+        for good in [lo, hi] {
+            assert!(parse(&unit(good)).is_ok(), "io {key} = {good}");
+        }
+        for bad in [below, above] {
+            let got = errors(&unit(bad));
+            assert_eq!(got.len(), 1, "io {key} = {bad}: {got:#?}");
+            assert!(
+                got[0].contains(&format!(
+                    "3:{}: error: resources.io[0].{key}: ",
+                    key.len() + 4
+                )) && got[0].contains(message),
+                "io {key} = {bad}: {}",
+                got[0]
+            );
+        }
+    }
+    // The message names the value, the range and what to write instead.
+    let got = errors(&service("[resources]\nmemory-max = \"0\"\n"));
+    assert_eq!(
+        got,
+        [
+            "units/web.toml:2:14: error: resources.memory-max: 0 is out of range 1M..=1024T \
+          (a limit this low leaves the unit unable to run; write \"max\" for no limit)"
+        ]
+    );
+}
+
 #[test]
 fn good_values_land_in_the_model() {
     let u = ok("");
@@ -638,10 +914,10 @@ fn good_values_land_in_the_model() {
         );
     }
 
-    let res = ok("[resources]\ncpu-quota = \"max\"\nmemory-max = 4096\nmemory-high = \"1 KiB\"\nmemory-swap-max = \"0\"\npids-max = \"max\"").resources;
+    let res = ok("[resources]\ncpu-quota = \"max\"\nmemory-max = 2097152\nmemory-high = \"1 MiB\"\nmemory-swap-max = \"0\"\npids-max = \"max\"").resources;
     assert_eq!(res.cpu_quota, None);
-    assert_eq!(res.memory_max, Some(ByteLimit::Bytes(4096)));
-    assert_eq!(res.memory_high, Some(ByteLimit::Bytes(1024)));
+    assert_eq!(res.memory_max, Some(ByteLimit::Bytes(2 << 20)));
+    assert_eq!(res.memory_high, Some(ByteLimit::Bytes(1 << 20)));
     assert_eq!(res.memory_swap_max, Some(ByteLimit::Bytes(0)));
     assert_eq!(res.pids_max, Some(None));
     let res =
@@ -855,6 +1131,7 @@ fn spec_example_parses_into_the_expected_model() {
                 .to_vec(),
             working_dir: Some("/srv/www".into()),
             env: [("PORT".to_owned(), "8080".to_owned())].into(),
+            env_files: Vec::new(),
             user: Some(Credentials {
                 user_name: "www-data".into(),
                 uid: 33,
@@ -1302,7 +1579,7 @@ fn readiness_and_health_mistakes_are_reported_with_position_and_key() {
         ),
         (
             "[exec]\ncommand = [\"x\"]\nstart-timeout = \"0s\"",
-            "3:17: error: exec.start-timeout: must be longer than zero",
+            "3:17: error: exec.start-timeout: 0s is out of range 1ms..=365d (must be longer than zero)",
         ),
         (
             "kind = \"oneshot\"\n[exec]\ncommand = [\"x\"]\nready = \"notify\"",
@@ -1342,7 +1619,7 @@ fn readiness_and_health_mistakes_are_reported_with_position_and_key() {
         ),
         (
             "[health]\nwatchdog = \"0s\"",
-            "2:12: error: health.watchdog: must be longer than zero",
+            "2:12: error: health.watchdog: 0s is out of range 1ms..=365d (must be longer than zero)",
         ),
         (
             "[health]\ntcp = \"127.0.0.1:1\"\nfailure-threshold = 0",
@@ -1393,4 +1670,135 @@ fn an_oversized_unit_file_or_a_fifo_is_an_error_not_a_stall() {
             .any(|e| e.starts_with("pipe.toml") && e.contains("not a regular file")),
         "{errors:?}"
     );
+}
+
+/// The EnvironmentFile= grammar of systemd.exec(5), case by case.
+#[test]
+fn env_files_parse_as_systemd_documents() {
+    let vars = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    };
+    let cases: &[(&str, &[(&str, &str)])] = &[
+        ("", &[]),
+        ("A=1\nB=2\n", &[("A", "1"), ("B", "2")]),
+        // No newline at the end; CRLF line ends.
+        ("A=1", &[("A", "1")]),
+        ("A=1\r\nB=2\r\n", &[("A", "1"), ("B", "2")]),
+        // Comments and blank lines; `#` inside a value is kept.
+        (
+            "# a comment\n; another\n\n   \nA=x#y\n  # indented comment\n",
+            &[("A", "x#y")],
+        ),
+        // A comment ending in a backslash does not swallow the next line (systemd v254).
+        ("# note \\\nA=1\n", &[("A", "1")]),
+        // Whitespace around the key and the value goes; inside the value it stays.
+        ("  KEY  =  two  words  \n", &[("KEY", "two  words")]),
+        ("A=\n", &[("A", "")]),
+        ("A=   \n", &[("A", "")]),
+        // Single quotes: verbatim, across lines, no escapes.
+        ("A='  x \\n $y  '\n", &[("A", "  x \\n $y  ")]),
+        (
+            "A='line 1\nline 2'\nB=2\n",
+            &[("A", "line 1\nline 2"), ("B", "2")],
+        ),
+        // Double quotes: \" \\ \` \$ unescape, other escapes are kept, may span lines.
+        (
+            "A=\"say \\\"hi\\\" \\\\ \\$HOME \\` \\n\"\n",
+            &[("A", "say \"hi\" \\ $HOME ` \\n")],
+        ),
+        ("A=\"one\ntwo\"\n", &[("A", "one\ntwo")]),
+        ("A=\"one \\\ntwo\"\n", &[("A", "one two")]),
+        // Unquoted: a backslash keeps the next character, before a newline continues the line.
+        ("A=a\\ b\\\\c\n", &[("A", "a b\\c")]),
+        (
+            "A=first \\\nsecond\nB=3\n",
+            &[("A", "first second"), ("B", "3")],
+        ),
+        // An escaped blank at the end is kept; quotes after the first character are kept.
+        ("A=x\\ \n", &[("A", "x ")]),
+        ("A=it's \"fine\"\n", &[("A", "it's \"fine\"")]),
+        // Quoted and unquoted parts join.
+        ("A='x'\"y\"z\n", &[("A", "xyz")]),
+        ("A='x' 'y'\n", &[("A", "xy")]),
+        // `=` in the value; a later assignment of the same name comes later.
+        (
+            "URL=a=b=c\nA=1\nA=2\n",
+            &[("URL", "a=b=c"), ("A", "1"), ("A", "2")],
+        ),
+        ("_X9=ok\n", &[("_X9", "ok")]),
+    ];
+    for (text, want) in cases {
+        assert_eq!(parse_env_file(text), Ok(vars(want)), "{text:?}");
+    }
+    let refused: &[(&str, usize, &str)] = &[
+        ("A=1\njust words\n", 2, "expected KEY=VALUE, found no `=`"),
+        (
+            "export SECRET=hunter2\n",
+            1,
+            "`export SECRET`: env files have no `export`",
+        ),
+        ("1A=x\n", 1, "invalid variable name \"1A\""),
+        ("A B=x\n", 1, "invalid variable name \"A B\""),
+        ("=x\n", 1, "invalid variable name \"\""),
+        (
+            "A=1\n\nB='open\nstill\n",
+            3,
+            "B: the ' quote is never closed",
+        ),
+        ("B=\"open\n", 1, "B: the \" quote is never closed"),
+        ("A=x\0y\n", 1, "A: the value holds a NUL character"),
+    ];
+    for (text, line, message) in refused {
+        let e = parse_env_file(text).expect_err(text);
+        assert_eq!(e.line, *line, "{text:?}: {e}");
+        assert!(e.message.contains(message), "{text:?}: {e}");
+        // The value is never repeated: env files hold secrets.
+        assert!(
+            !e.to_string().contains("hunter2") && !e.to_string().contains("open"),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn env_file_entries_are_absolute_paths_optionally_marked_with_a_dash() {
+    let files = |text: &str| ok(text).exec.unwrap().env_files;
+    let f = |path: &str, optional| EnvFile {
+        path: path.into(),
+        optional,
+    };
+    assert_eq!(
+        files("[exec]\ncommand = [\"x\"]\nenv-file = [\"/etc/app/env\", \"-/etc/app/env.local\"]"),
+        [f("/etc/app/env", false), f("/etc/app/env.local", true)]
+    );
+    assert_eq!(
+        files("[exec]\ncommand = [\"x\"]\nenv-file = \"-/run/app.env\""),
+        [f("/run/app.env", true)]
+    );
+    assert!(files("[exec]\ncommand = [\"x\"]").is_empty());
+    for (text, want) in [
+        (
+            "[exec]\ncommand = [\"x\"]\nenv-file = [\"app.env\"]",
+            "3:13: error: exec.env-file[0]: path \"app.env\" is not absolute",
+        ),
+        (
+            "[exec]\ncommand = [\"x\"]\nenv-file = \"-app.env\"",
+            "3:12: error: exec.env-file: path \"app.env\" is not absolute",
+        ),
+        (
+            "[exec]\ncommand = [\"x\"]\nenv-file = 1",
+            "3:12: error: exec.env-file: expected an array, found an integer",
+        ),
+    ] {
+        let got = errors(text);
+        assert_eq!(got.len(), 1, "{text}: {got:?}");
+        assert!(
+            got[0].contains(want),
+            "{text}:\n got  {}\n want {want}",
+            got[0]
+        );
+    }
 }

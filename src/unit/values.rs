@@ -163,6 +163,10 @@ pub(crate) fn size_from_int(n: i64) -> Parse<ByteLimit> {
         .map_err(|_| Invalid::new(format!("size must not be negative, got {n}")))
 }
 
+/// 10000 CPUs: more than any machine has, and below the kernel's quota ceiling at a 1s period
+/// (`max_cfs_runtime`, kernel/sched/core.c).
+pub(crate) const MAX_CPU_PERCENT: u32 = 1_000_000;
+
 /// `"150%"` of one CPU; `"max"` is no quota (`None`). Whole percentages only, as the model is integral.
 pub(crate) fn cpu_percent(s: &str) -> Parse<Option<CpuPercent>> {
     if s == "max" {
@@ -173,7 +177,9 @@ pub(crate) fn cpu_percent(s: &str) -> Parse<Option<CpuPercent>> {
         return Err(Invalid::new(format!("invalid CPU quota {s:?}: missing `%`")).hint(hint));
     };
     match num.trim().parse::<u32>() {
-        Ok(0) => Err(Invalid::new("CPU quota must be above 0%").hint(hint)),
+        Ok(p) if !(1..=MAX_CPU_PERCENT).contains(&p) => {
+            Err(Invalid::new(format!("{p}% is out of range 1%..={MAX_CPU_PERCENT}%")).hint(hint))
+        }
         Ok(p) => Ok(Some(CpuPercent(p))),
         Err(_) if num.trim().parse::<f64>().is_ok() => {
             Err(Invalid::new(format!("CPU quota {s:?} is not a whole percentage")).hint(hint))
@@ -181,6 +187,10 @@ pub(crate) fn cpu_percent(s: &str) -> Parse<Option<CpuPercent>> {
         Err(_) => Err(Invalid::new(format!("invalid CPU quota {s:?}")).hint(hint)),
     }
 }
+
+/// The highest CPU number a kernel can have: CONFIG_NR_CPUS is at most 8192 (arch/x86/Kconfig,
+/// MAXSMP); `cpuset.cpus` refuses CPUs past the machine's own at start.
+pub(crate) const MAX_CPU: u32 = 8191;
 
 /// A cpuset list as the kernel takes it: `0-3,5,7-8`. Returned without spaces.
 pub(crate) fn cpuset(s: &str) -> Parse<String> {
@@ -192,6 +202,11 @@ pub(crate) fn cpuset(s: &str) -> Parse<String> {
     for item in compact.split(',') {
         let (lo, hi) = item.split_once('-').unwrap_or((item, item));
         match (lo.parse::<u32>(), hi.parse::<u32>()) {
+            (Ok(_), Ok(hi)) if hi > MAX_CPU => {
+                return Err(
+                    Invalid::new(format!("CPU {hi} is out of range 0..={MAX_CPU}")).hint(hint),
+                );
+            }
             (Ok(lo), Ok(hi)) if lo <= hi => {}
             (Ok(_), Ok(_)) => {
                 return Err(Invalid::new(format!("CPU range {item:?} runs backwards")).hint(hint));
@@ -454,9 +469,14 @@ mod tests {
     fn cpusets() {
         assert_eq!(cpuset("0-1"), Ok("0-1".into()));
         assert_eq!(cpuset("0-1, 3"), Ok("0-1,3".into()));
-        for s in ["", "a", "3-1", "1,", "-1", "1-2-3"] {
+        assert_eq!(cpuset("8191"), Ok("8191".into()));
+        for s in ["", "a", "3-1", "1,", "-1", "1-2-3", "8192", "0-9000"] {
             assert!(cpuset(s).is_err(), "{s}");
         }
+        assert_eq!(
+            cpuset("0,8192").unwrap_err().message,
+            "CPU 8192 is out of range 0..=8191"
+        );
     }
 
     #[test]

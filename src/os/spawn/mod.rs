@@ -62,6 +62,9 @@ pub enum SpawnError {
         problem: child::ReadOnlyProblem,
         errno: Errno,
     },
+    /// Names the file and the line, never a value: env files hold secrets.
+    #[error("env-file {path}: {problem}")]
+    EnvFile { path: String, problem: String },
 }
 
 /// Whether fs.suid_dumpable is 1 ("debug"), under which the kernel makes a process dumpable
@@ -69,6 +72,70 @@ pub enum SpawnError {
 /// are then traceable between a set*id and the next `PR_SET_DUMPABLE`.
 pub fn ids_changes_leave_processes_dumpable() -> bool {
     std::fs::read_to_string("/proc/sys/fs/suid_dumpable").is_ok_and(|v| v.trim() == "1")
+}
+
+/// An env file larger than this is refused: it is read into memory at every start.
+const MAX_ENV_FILE: u64 = 1 << 20;
+
+/// The variables of the unit's `env-file`s, later files winning, read now (in corral, before
+/// the fork: the child may only make raw syscalls). systemd reads EnvironmentFile= the same way,
+/// as the manager, at each start.
+pub fn env_file_vars(
+    files: &[crate::unit::EnvFile],
+) -> Result<std::collections::BTreeMap<String, String>, SpawnError> {
+    let mut vars = std::collections::BTreeMap::new();
+    for file in files {
+        let fail = |problem: String| SpawnError::EnvFile {
+            path: crate::escape::path(&file.path),
+            problem,
+        };
+        let text = match read_env_file(&file.path) {
+            Ok(text) => text,
+            Err(e) if file.optional && e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(fail(e.to_string())),
+        };
+        let text = String::from_utf8(text).map_err(|e| {
+            let line = 1 + e.as_bytes()[..e.utf8_error().valid_up_to()]
+                .iter()
+                .filter(|b| **b == b'\n')
+                .count();
+            fail(format!("line {line}: not UTF-8"))
+        })?;
+        let parsed = crate::unit::parse_env_file(&text).map_err(|e| fail(e.to_string()))?;
+        vars.extend(parsed);
+    }
+    Ok(vars)
+}
+
+/// Reads a regular file of at most `MAX_ENV_FILE` bytes without ever blocking: O_NONBLOCK so a
+/// FIFO put in its place cannot stall the event loop at open, and only regular files are read.
+fn read_env_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    if meta.len() > MAX_ENV_FILE {
+        return Err(std::io::Error::other(format!(
+            "larger than {} KiB",
+            MAX_ENV_FILE >> 10
+        )));
+    }
+    let mut text = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    // The size was checked, but a file can grow while it is read.
+    file.take(MAX_ENV_FILE + 1).read_to_end(&mut text)?;
+    if text.len() as u64 > MAX_ENV_FILE {
+        return Err(std::io::Error::other(format!(
+            "larger than {} KiB",
+            MAX_ENV_FILE >> 10
+        )));
+    }
+    Ok(text)
 }
 
 /// Who corral itself runs as, for units with no `user`: looked up once, since a lookup reads
@@ -93,9 +160,15 @@ fn look_up_own_identity() -> Credentials {
     }
 }
 
-/// The environment of SPEC: what the unit gives, plus PATH, HOME, USER and LOGNAME of its user.
-pub fn environment(exec: &Exec, who: &Credentials) -> Vec<(String, String)> {
-    let mut env: std::collections::BTreeMap<String, String> = exec.env.clone();
+/// The environment of SPEC: the unit's `env-file` variables, its `env` over them, plus PATH,
+/// HOME, USER and LOGNAME of its user where neither set them.
+pub fn environment(
+    exec: &Exec,
+    from_files: std::collections::BTreeMap<String, String>,
+    who: &Credentials,
+) -> Vec<(String, String)> {
+    let mut env = from_files;
+    env.extend(exec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
     let home = who.home.to_string_lossy().into_owned();
     for (key, value) in [
         ("PATH", DEFAULT_PATH.to_owned()),
@@ -184,7 +257,7 @@ pub fn spawn(
     confine: Confinement<'_>,
 ) -> Result<Child, SpawnError> {
     let identity = who.unwrap_or_else(|| own_identity());
-    let env = environment(exec, identity);
+    let env = environment(exec, env_file_vars(&exec.env_files)?, identity);
     let path_var = env
         .iter()
         .find(|(k, _)| k == "PATH")
@@ -729,11 +802,92 @@ mod tests {
     }
 
     #[test]
+    fn env_files_are_read_in_order_and_env_overrides_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("env");
+        let local = dir.path().join("env.local");
+        std::fs::write(
+            &base,
+            "A=from-base\nB=from-base\nPATH=/file/bin\nSECRET='s3cr3t'\n",
+        )
+        .unwrap();
+        std::fs::write(&local, "B=from-local\nC=from-local\n").unwrap();
+        let file = |p: &Path, optional| crate::unit::EnvFile {
+            path: p.to_owned(),
+            optional,
+        };
+        let exec = Exec {
+            command: vec!["true".into()],
+            working_dir: None,
+            env: [("C".to_string(), "from-env".to_string())].into(),
+            env_files: vec![
+                file(&base, false),
+                file(&local, false),
+                file(&dir.path().join("absent"), true),
+            ],
+            user: None,
+        };
+        let vars = env_file_vars(&exec.env_files).unwrap();
+        let env = environment(&exec, vars, own_identity());
+        let get = |k: &str| {
+            env.iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(get("A"), Some("from-base"));
+        assert_eq!(get("B"), Some("from-local"));
+        assert_eq!(get("C"), Some("from-env"));
+        assert_eq!(get("PATH"), Some("/file/bin"));
+        assert_eq!(get("SECRET"), Some("s3cr3t"));
+
+        // A required file that is missing, one with a bad line, one that is not a file: each
+        // names the file (and the line), and never a value.
+        let missing = dir.path().join("missing");
+        let e = env_file_vars(&[file(&missing, false)])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(&format!("env-file {}: ", missing.display())),
+            "{e}"
+        );
+        assert!(e.contains("No such file"), "{e}");
+        std::fs::write(&local, "OK=1\nexport TOKEN=s3cr3t\n").unwrap();
+        let e = env_file_vars(&[file(&local, false)])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!("env-file {}: line 2: ", local.display())),
+            "{e}"
+        );
+        assert!(!e.contains("s3cr3t"), "{e}");
+        std::fs::write(&local, b"A=\xff\n").unwrap();
+        let e = env_file_vars(&[file(&local, false)])
+            .unwrap_err()
+            .to_string();
+        assert!(e.ends_with("line 1: not UTF-8"), "{e}");
+        // A FIFO would block a plain open until a writer came: refused at once instead.
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o600)).unwrap();
+        let e = env_file_vars(&[file(&fifo, true)]).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        let e = env_file_vars(&[file(dir.path(), false)])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        std::fs::write(&local, vec![b'#'; (MAX_ENV_FILE + 1) as usize]).unwrap();
+        let e = env_file_vars(&[file(&local, false)])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("larger than 1024 KiB"), "{e}");
+    }
+
+    #[test]
     fn unit_env_wins_and_identity_fills_the_rest() {
         let exec = Exec {
             command: vec!["true".into()],
             working_dir: None,
             env: [("PATH".to_string(), "/opt/bin".to_string())].into(),
+            env_files: Vec::new(),
             user: None,
         };
         let who = Credentials {
@@ -743,7 +897,7 @@ mod tests {
             home: "/var/www".into(),
             groups: vec![],
         };
-        let env = environment(&exec, &who);
+        let env = environment(&exec, Default::default(), &who);
         let get = |k: &str| {
             env.iter()
                 .find(|(key, _)| key == k)
