@@ -276,11 +276,16 @@ pub fn run(mut opts: Options) -> Result<Ending, DaemonError> {
     }
     let signals = SignalEvents::install().map_err(os_err("installing signal handlers"))?;
     let (listener, refuses_fds) = control_socket::bind(&opts.socket, group)?;
-    if !refuses_fds {
+    // Before Linux 6.16 a peer can pass fds, which the kernel then closes in corral's thread
+    // (a lingering socket's close blocks): only the peers the socket lets in can, root and
+    // corral's own user, who may stop corral anyway, and --socket-group members, who may not.
+    if !refuses_fds && group.is_some() {
         warn!(
             "this kernel cannot make the control socket refuse file descriptors (SO_PASSRIGHTS, \
-             Linux 6.16): a peer may pass some, which corral then closes"
+             Linux 6.16): a --socket-group member could pass one whose close blocks corral's loop"
         );
+    } else if !refuses_fds {
+        debug!("this kernel cannot make the control socket refuse file descriptors");
     }
     let poller = Poller::new().map_err(|e| DaemonError::Os {
         operation: "creating the epoll set",

@@ -138,6 +138,23 @@ fn read_env_file(path: &Path) -> std::io::Result<Vec<u8>> {
     Ok(text)
 }
 
+/// Whether corral may call setgroups(2): it needs CAP_SETGID in its effective set, which root
+/// lacks in a container whose runtime dropped it (runc's default set keeps only
+/// CAP_AUDIT_WRITE, CAP_KILL and CAP_NET_BIND_SERVICE). Read once from /proc/self/status.
+pub fn may_set_groups() -> bool {
+    const CAP_SETGID: u32 = 6;
+    static MAY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *MAY.get_or_init(|| {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|status| {
+                let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+                u64::from_str_radix(hex.trim(), 16).ok()
+            })
+            .is_some_and(|caps| caps & (1 << CAP_SETGID) != 0)
+    })
+}
+
 /// Who corral itself runs as, for units with no `user`: looked up once, since a lookup reads
 /// /etc/passwd (and whatever NSS is set up to ask), which would cost every spawn.
 pub fn own_identity() -> &'static Credentials {
@@ -345,7 +362,7 @@ pub fn spawn(
         (None, Some((uid, gid)), _) => Some(child::Ids {
             uid,
             gid,
-            groups: nix::unistd::geteuid().is_root().then_some(&[][..]),
+            groups: may_set_groups().then_some(&[][..]),
         }),
         (None, None, Some(c)) => Some(child::Ids {
             uid: c.uid,
@@ -354,7 +371,7 @@ pub fn spawn(
         }),
         // No `user`: corral's own ids, but not the supplementary groups corral happened to be
         // started with (by a login shell, sudo or a container runtime), where it may drop them.
-        (None, None, None) => nix::unistd::geteuid().is_root().then(|| child::Ids {
+        (None, None, None) => may_set_groups().then(|| child::Ids {
             uid: identity.uid,
             gid: identity.gid,
             groups: Some(&[][..]),
@@ -581,7 +598,7 @@ impl UserNamespace {
             uid_map: render_id_map(&uid_map),
             gid_map: render_id_map(&gid_map),
             // Only a writer with CAP_SETGID outside may leave setgroups allowed (user_namespaces(7)).
-            setgroups_allowed: nix::unistd::geteuid().is_root(),
+            setgroups_allowed: may_set_groups(),
             go_read,
             go_write,
         })
