@@ -666,10 +666,16 @@ impl Daemon {
             TOKEN_LISTENER => self.accept_clients(),
             TOKEN_METRICS => self.accept_metrics_clients(),
             TOKEN_WATCH => {
-                if let Some(watch) = &mut self.watch
-                    && let Err(e) = watch.drain()
-                {
-                    warn!("{e}; changes there are seen on SIGHUP or `corral reload`");
+                let wanted = match self.watch.as_mut().map(DirWatch::drain) {
+                    Some(Ok(wanted)) => wanted,
+                    Some(Err(e)) => {
+                        warn!("{e}; changes there are seen on SIGHUP or `corral reload`");
+                        true
+                    }
+                    None => false,
+                };
+                if !wanted {
+                    return;
                 }
                 let now = Instant::now();
                 let first = self.reload_due.map_or(now, |(_, first)| first);

@@ -1,4 +1,4 @@
-//! Watching the units directory by its path: notify's thread only wakes the event loop through a pipe.
+//! Watching the units directory by its path, on an inotify fd the event loop reads itself.
 //!
 //! inotify watches inodes, not paths: a watch follows the directory it was put on when that is
 //! deleted, renamed away or replaced by a symlink swap, and the new directory at the same path
@@ -6,42 +6,41 @@
 //! of the path that can be swapped (the directory's own entry, and every symlink on the way),
 //! and when an event names the path or one of its ancestors, or the kernel's queue overflowed,
 //! it puts its watches back on whatever the path names now (see `DirWatch::drain`).
+//!
+//! No thread: the fd is non-blocking and in the loop's epoll set, `drain` reads a bounded
+//! amount per wake, and adding or removing a watch is a syscall that does not wait. (The notify
+//! crate's watcher had a thread of its own whose watch and unwatch calls waited for it; under a
+//! flood of events in a watched parent that wait held the loop for seconds.)
 
-use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
-use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use nix::errno::Errno;
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 
 use crate::unit::is_ignored_file_name;
 
+/// Reads of the inotify fd per wake (each returns as many events as fit the kernel's buffer):
+/// a flood is handled a slice per turn, and the level-triggered fd wakes the loop again.
+const READS_PER_WAKE: usize = 8;
+
 pub struct DirWatch {
-    /// Kept alive: dropping it stops the watch.
-    watcher: RecommendedWatcher,
-    wake: UnixStream,
+    inotify: Inotify,
     /// Absolute, symlinks left in: the path the operator gave, which is what is watched.
     dir: PathBuf,
     /// The paths watched now: the directory (when it exists) and the parents it hangs from.
-    watched: Vec<PathBuf>,
-    /// Set by notify's thread when the watches must be put back (see `classify`).
-    renew: Arc<AtomicBool>,
+    watched: Vec<(WatchDescriptor, PathBuf)>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
     #[error("watching {path}: {source}")]
-    Notify {
-        path: PathBuf,
-        source: notify::Error,
-    },
-    #[error("creating the watch's wake pipe: {0}")]
-    Pipe(#[from] std::io::Error),
+    Watch { path: PathBuf, source: Errno },
+    #[error("{0}")]
+    Path(#[from] std::io::Error),
 }
 
-/// What one event from notify asks of corral.
+/// What one event asks of corral.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 struct Response {
     /// Read the directory again (a debounced reload).
@@ -50,48 +49,57 @@ struct Response {
     renew: bool,
 }
 
+impl std::ops::BitOrAssign for Response {
+    fn bitor_assign(&mut self, other: Response) {
+        self.reload |= other.reload;
+        self.renew |= other.renew;
+    }
+}
+
+/// One inotify event, as far as corral cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seen {
+    /// The kernel's queue overflowed: events were lost.
+    Overflow,
+    /// A watch went away (its directory deleted or unmounted).
+    WatchGone,
+    /// Something happened to `path` (an entry of a watched directory, or the directory itself).
+    Changed(PathBuf),
+}
+
 /// What an event means for the units directory `dir` (absolute).
 ///
-/// * An error or a queue overflow: events were lost, maybe a swap of the directory too, so
+/// * A queue overflow or a watch gone: events were lost, maybe a swap of the directory too, so
 ///   renew and reload.
 /// * An event naming `dir` or one of its ancestors (deleted, created, renamed, a symlink
 ///   swapped; its attributes changed): renew and reload.
 /// * A change of an entry of `dir` that can be a unit file or a ConfigMap's `..data` link:
 ///   reload. Editor leftovers and entries of the parents watched do not matter.
-/// * Opening and reading files (our own reload does) changes nothing.
-fn classify(event: &notify::Result<notify::Event>, dir: &Path) -> Response {
-    let event = match event {
-        Err(_) => {
-            return Response {
-                reload: true,
-                renew: true,
-            };
-        }
-        Ok(e) if e.need_rescan() => {
-            return Response {
-                reload: true,
-                renew: true,
-            };
-        }
-        Ok(e) if e.kind.is_access() => return Response::default(),
-        Ok(e) => e,
+fn classify(seen: &Seen, dir: &Path) -> Response {
+    let both = Response {
+        reload: true,
+        renew: true,
     };
-    let mut response = Response::default();
-    for path in &event.paths {
-        if dir.starts_with(path) && path.parent().is_some() {
-            response.renew = true;
-            response.reload = true;
-        } else if path.parent() == Some(dir) {
-            let entry_matters = match path.file_name().and_then(|n| n.to_str()) {
-                Some("..data") => true,
-                Some(name) => !is_ignored_file_name(name),
-                // Not UTF-8: load_dir warns about it, so a reload shows it.
-                None => true,
-            };
-            response.reload |= entry_matters;
-        }
+    let path = match seen {
+        Seen::Overflow | Seen::WatchGone => return both,
+        Seen::Changed(path) => path,
+    };
+    if dir.starts_with(path) && path.parent().is_some() {
+        return both;
     }
-    response
+    if path.parent() == Some(dir) {
+        let entry_matters = match path.file_name().and_then(|n| n.to_str()) {
+            Some("..data") => true,
+            Some(name) => !is_ignored_file_name(name),
+            // Not UTF-8: load_dir warns about it, so a reload shows it.
+            None => true,
+        };
+        return Response {
+            reload: entry_matters,
+            renew: false,
+        };
+    }
+    Response::default()
 }
 
 /// The paths to watch for `dir`: the parent of `dir` and of every symlink on its way (their
@@ -130,61 +138,59 @@ impl DirWatch {
     /// re-creating, renaming over or swapping it (or a symlink on its path) is seen.
     pub fn new(dir: &Path) -> Result<DirWatch, WatchError> {
         let dir = std::path::absolute(dir)?;
-        let (wake, notify_end) = UnixStream::pair()?;
-        wake.set_nonblocking(true)?;
-        notify_end.set_nonblocking(true)?;
-        let watched_dir = dir.clone();
-        let renew = Arc::new(AtomicBool::new(false));
-        let renew_flag = Arc::clone(&renew);
-        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            let response = classify(&event, &watched_dir);
-            if response.renew {
-                renew_flag.store(true, Ordering::SeqCst);
-            }
-            if response.reload {
-                // A full pipe already holds a wakeup; nothing is lost.
-                let _ = (&notify_end).write(&[1]);
-            }
-        })
-        .map_err(|source| WatchError::Notify {
-            path: dir.clone(),
-            source,
-        })?;
+        let inotify =
+            Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).map_err(|source| {
+                WatchError::Watch {
+                    path: dir.clone(),
+                    source,
+                }
+            })?;
         let mut watch = DirWatch {
-            watcher,
-            wake,
+            inotify,
             dir,
             watched: Vec::new(),
-            renew,
         };
         watch.rewatch()?;
-        if !watch.watched.contains(&watch.dir) {
-            return Err(WatchError::Notify {
+        if !watch.watched.iter().any(|(_, p)| *p == watch.dir) {
+            return Err(WatchError::Watch {
                 path: watch.dir.clone(),
-                source: notify::Error::path_not_found(),
+                source: Errno::ENOENT,
             });
         }
         Ok(watch)
     }
 
+    /// The inotify fd, for the loop's epoll set (readable while events wait).
     pub fn fd(&self) -> BorrowedFd<'_> {
-        self.wake.as_fd()
+        self.inotify.as_fd()
     }
 
     /// Drops every watch and puts them on what the path names now. A directory that does not
     /// exist is no error: the watch on its parent brings it back when it is created.
     fn rewatch(&mut self) -> Result<(), WatchError> {
-        for path in self.watched.drain(..) {
-            // notify may have dropped it already (its directory deleted or moved away).
-            let _ = self.watcher.unwatch(&path);
+        for (wd, _) in self.watched.drain(..) {
+            // Gone already when its directory was deleted or moved away (IN_IGNORED).
+            let _ = self.inotify.rm_watch(wd);
         }
+        // Entries coming and going, and the watched directory itself going: no access or
+        // open events, so corral's own reads of the directory wake nothing.
+        let mask = AddWatchFlags::IN_CREATE
+            | AddWatchFlags::IN_DELETE
+            | AddWatchFlags::IN_MOVED_FROM
+            | AddWatchFlags::IN_MOVED_TO
+            | AddWatchFlags::IN_CLOSE_WRITE
+            | AddWatchFlags::IN_MODIFY
+            | AddWatchFlags::IN_ATTRIB
+            | AddWatchFlags::IN_DELETE_SELF
+            | AddWatchFlags::IN_MOVE_SELF
+            | AddWatchFlags::IN_ONLYDIR;
         for target in targets(&self.dir) {
-            match self.watcher.watch(&target, RecursiveMode::NonRecursive) {
-                Ok(()) => self.watched.push(target),
+            match self.inotify.add_watch(&target, mask) {
+                Ok(wd) => self.watched.push((wd, target)),
                 // Gone between the look and the watch: its parent's event renews again.
-                Err(e) if matches!(e.kind, notify::ErrorKind::PathNotFound) => {}
+                Err(Errno::ENOENT | Errno::ENOTDIR) => {}
                 Err(source) => {
-                    return Err(WatchError::Notify {
+                    return Err(WatchError::Watch {
                         path: target,
                         source,
                     });
@@ -194,28 +200,57 @@ impl DirWatch {
         Ok(())
     }
 
-    /// Empties the wake pipe; when the path may name another directory now, watches that one.
-    pub fn drain(&mut self) -> Result<(), WatchError> {
-        let mut buf = [0u8; 256];
-        while matches!(self.wake.read(&mut buf), Ok(n) if n > 0) {}
+    /// Reads what the kernel reported, a bounded amount; true when the units directory should
+    /// be read again. When the path may name another directory now, watches that one first.
+    pub fn drain(&mut self) -> Result<bool, WatchError> {
+        let mut response = Response::default();
+        for _ in 0..READS_PER_WAKE {
+            let events = match self.inotify.read_events() {
+                Ok(events) => events,
+                Err(Errno::EAGAIN) => break,
+                Err(Errno::EINTR) => continue,
+                Err(_) => {
+                    // An fd that cannot be read loses events: treat it as an overflow.
+                    response |= classify(&Seen::Overflow, &self.dir);
+                    break;
+                }
+            };
+            for event in events {
+                if event.mask.contains(AddWatchFlags::IN_Q_OVERFLOW) {
+                    response |= classify(&Seen::Overflow, &self.dir);
+                    continue;
+                }
+                // Only watches in force count: rm_watch of our own rewatch queues an
+                // IN_IGNORED for each old one, which must not ask for yet another rewatch.
+                let Some((_, watched)) = self.watched.iter().find(|(wd, _)| *wd == event.wd) else {
+                    continue;
+                };
+                let seen = if event.mask.contains(AddWatchFlags::IN_IGNORED) {
+                    Seen::WatchGone
+                } else {
+                    Seen::Changed(match &event.name {
+                        Some(name) => watched.join(name),
+                        None => watched.clone(),
+                    })
+                };
+                response |= classify(&seen, &self.dir);
+            }
+        }
         // why: renewing here, before the debounced reload reads the directory, loses nothing:
         // that reload reads whatever changed before the new watch existed.
-        if self.renew.swap(false, Ordering::SeqCst) {
+        if response.renew {
             self.rewatch()?;
         }
-        Ok(())
+        Ok(response.reload)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use notify::event::{
-        AccessKind, CreateKind, Event, EventKind, Flag, ModifyKind, RemoveKind, RenameMode,
-    };
 
-    fn event(kind: EventKind, path: &str) -> notify::Result<Event> {
-        Ok(Event::new(kind).add_path(PathBuf::from(path)))
+    fn changed(path: &str) -> Seen {
+        Seen::Changed(PathBuf::from(path))
     }
 
     #[test]
@@ -230,48 +265,61 @@ mod tests {
             reload: true,
             renew: true,
         };
-        let create = EventKind::Create(CreateKind::Any);
-        let renamed = EventKind::Modify(ModifyKind::Name(RenameMode::To));
-        for (e, want) in [
-            (event(create, "/etc/corral/units/web.toml"), reload),
-            (event(create, "/etc/corral/units/..data"), reload),
-            (event(create, "/etc/corral/units/.web.toml.swp"), none),
-            (event(create, "/etc/corral/units/web.toml~"), none),
+        for (seen, want) in [
+            (changed("/etc/corral/units/web.toml"), reload),
+            (changed("/etc/corral/units/..data"), reload),
+            (changed("/etc/corral/units/.web.toml.swp"), none),
+            (changed("/etc/corral/units/web.toml~"), none),
             // vim probes the directory with a file named 4913.
-            (event(create, "/etc/corral/units/4913"), none),
+            (changed("/etc/corral/units/4913"), none),
             // The directory itself, or a swap of a component above it.
-            (event(create, "/etc/corral/units"), both),
-            (
-                event(EventKind::Remove(RemoveKind::Folder), "/etc/corral/units"),
-                both,
-            ),
-            (event(renamed, "/etc/corral/units"), both),
-            (event(renamed, "/etc/corral"), both),
+            (changed("/etc/corral/units"), both),
+            (changed("/etc/corral"), both),
             // Other entries of the parents watched.
-            (event(create, "/etc/corral/corral.toml"), none),
-            (event(renamed, "/etc/corral/units.new"), none),
-            (event(create, "/etc/corral/units-old/web.toml"), none),
-            // Reading changes nothing, even the directory itself.
-            (
-                event(EventKind::Access(AccessKind::Any), "/etc/corral/units"),
-                none,
-            ),
-            (
-                event(
-                    EventKind::Access(AccessKind::Any),
-                    "/etc/corral/units/web.toml",
-                ),
-                none,
-            ),
-            // Lost events: the kernel's queue overflowed, or notify failed.
-            (
-                Ok(Event::new(EventKind::Other).set_flag(Flag::Rescan)),
-                both,
-            ),
-            (Err(notify::Error::generic("inotify read failed")), both),
+            (changed("/etc/corral/corral.toml"), none),
+            (changed("/etc/corral/units.new"), none),
+            (changed("/etc/corral/units-old/web.toml"), none),
+            // Lost events: the kernel's queue overflowed, or a watch went away.
+            (Seen::Overflow, both),
+            (Seen::WatchGone, both),
         ] {
-            assert_eq!(classify(&e, dir), want, "{e:?}");
+            assert_eq!(classify(&seen, dir), want, "{seen:?}");
         }
+    }
+
+    #[test]
+    fn a_flood_in_a_watched_parent_is_read_a_slice_per_wake_and_asks_for_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("units");
+        std::fs::create_dir(&dir).unwrap();
+        let mut watch = DirWatch::new(&dir).unwrap();
+        // Far more events than one wake reads, all of entries of the parent.
+        for i in 0..20_000 {
+            let a = tmp.path().join(format!("churn-{i}"));
+            std::fs::write(&a, "").unwrap();
+            std::fs::remove_file(&a).unwrap();
+        }
+        let mut wakes = 0;
+        let mut reloads = 0;
+        loop {
+            wakes += 1;
+            // The queue overflowed (16384 events by default): that one asks for a reload.
+            if watch.drain().unwrap() {
+                reloads += 1;
+            }
+            let mut fds = [nix::poll::PollFd::new(
+                watch.fd(),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            if nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO).unwrap() == 0 {
+                break;
+            }
+        }
+        assert!(wakes > 1, "one wake read everything");
+        assert!(reloads <= 1, "{reloads} reloads for entries of the parent");
+        // And a unit file still counts after the flood.
+        std::fs::write(dir.join("web.toml"), "").unwrap();
+        assert!(watch.drain().unwrap());
     }
 
     #[test]
