@@ -3,6 +3,7 @@
 pub mod client;
 pub mod core;
 pub mod daemon;
+pub mod export;
 pub mod metrics;
 pub mod os;
 pub mod proto;
