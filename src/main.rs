@@ -341,10 +341,10 @@ fn check(units_dir: &std::path::Path) -> i32 {
 fn export(what: ExportCommand) -> i32 {
     use corral::export::{k8s, systemd};
     let units_dir = match &what {
-        ExportCommand::K8s(a) => &a.units_dir,
-        ExportCommand::Systemd(a) => &a.units_dir,
+        ExportCommand::K8s(a) => a.units_dir.clone(),
+        ExportCommand::Systemd(a) => a.units_dir.clone(),
     };
-    let loaded = match unit::load_dir(units_dir, &unit::SystemUserDb) {
+    let loaded = match unit::load_dir(&units_dir, &unit::SystemUserDb) {
         Ok(loaded) => loaded,
         Err(error) => {
             eprintln!("{error}");
@@ -391,7 +391,13 @@ fn export(what: ExportCommand) -> i32 {
                 probe_port: args.probe_port,
                 privileged: args.privileged,
             };
-            let output = k8s::export(&loaded.units, &sources, &options);
+            let output = match k8s::export(&loaded.units, &sources, &options) {
+                Ok(output) => output,
+                Err(e) => {
+                    eprintln!("corral: {}: {e}", units_dir.display());
+                    return exit_code::FAILED;
+                }
+            };
             warn(&output.warnings);
             match k8s::to_yaml(&output.objects) {
                 Ok(yaml) => {

@@ -341,6 +341,15 @@ fn export_needs_a_layout_and_a_valid_directory() {
     let out = corral(&["export", "systemd", "--systemd-version", "251", "units"]);
     assert_eq!(out.code, 2, "older than the oldest supported: {out:?}");
 
+    let empty = tempfile::tempdir().unwrap();
+    let out = corral(&["export", "k8s", "--split", empty.path().to_str().unwrap()]);
+    assert_eq!(out.code, 1, "a pod without containers: {out:?}");
+    assert!(
+        out.stderr.contains("a pod needs a container"),
+        "{}",
+        out.stderr
+    );
+
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("bad.toml"), "[exec]\ncommand = \"sh\"\n").unwrap();
     for kind in [&["k8s", "--wrap"][..], &["systemd"]] {
@@ -406,5 +415,49 @@ fn the_manifest_in_docs_kubernetes_md_is_what_export_prints() {
     assert_eq!(
         stderr, out.stderr,
         "docs/kubernetes.md's warnings are stale"
+    );
+}
+
+#[test]
+fn systemd_values_cannot_add_directives_or_swallow_the_next_line() {
+    // A newline in a path would start a directive of its own (here `User=root`), and a value
+    // ending in `\` continues onto the next line, which then stops being a directive.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("a.toml"),
+        "description = \"ends in a backslash \\\\\"\n\
+         [exec]\ncommand = [\"/bin/true\"]\nworking-dir = \"/srv\\nUser=root\"\n\
+         [sandbox]\nread-only-paths = [\"/etc\\nPrivileged=yes\", \"/data\\\\\", \"/x y\"]\n",
+    )
+    .unwrap();
+    let out = ok(&["export", "systemd", dir.path().to_str().unwrap()]);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.starts_with("User=") || l.starts_with("Privileged=")),
+        "a value added a directive:\n{}",
+        out.stdout
+    );
+    assert!(
+        !lines.iter().any(|l| l.ends_with('\\')),
+        "a line continues onto the next:\n{}",
+        out.stdout
+    );
+    assert!(
+        lines.contains(&"StartLimitIntervalSec=10s"),
+        "{}",
+        out.stdout
+    );
+    assert!(lines.contains(&"ReadOnlyPaths=\"/x y\""), "{}", out.stdout);
+    assert!(
+        out.stderr.contains("a: exec.working-dir:"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("a: sandbox.read-only-paths:"),
+        "{}",
+        out.stderr
     );
 }

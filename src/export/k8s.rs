@@ -108,7 +108,15 @@ pub struct Output {
 
 /// The units as Kubernetes objects. `sources` holds each unit file's text, for the ConfigMap of
 /// `--wrap`; `--split` does not read it.
-pub fn export(units: &UnitSet, sources: &BTreeMap<UnitName, String>, options: &Options) -> Output {
+/// `Err` when `--split` finds no unit to run: a pod needs at least one container.
+pub fn export(
+    units: &UnitSet,
+    sources: &BTreeMap<UnitName, String>,
+    options: &Options,
+) -> Result<Output, String> {
+    if options.layout == Layout::Split && started_units(units).is_empty() {
+        return Err("no enabled service or oneshot to run: a pod needs a container".to_owned());
+    }
     let mut warnings = Warnings::default();
     let mut objects = Vec::new();
     let spec = match options.layout {
@@ -120,10 +128,10 @@ pub fn export(units: &UnitSet, sources: &BTreeMap<UnitName, String>, options: &O
         Layout::Split => split(units, options, &mut warnings),
     };
     objects.push(workload(spec, options));
-    Output {
+    Ok(Output {
         objects,
         warnings: warnings.into_vec(),
-    }
+    })
 }
 
 /// Every object as one multi-document YAML stream.
@@ -459,11 +467,26 @@ fn split(units: &UnitSet, options: &Options, warnings: &mut Warnings) -> PodSpec
         }
     }
     let order = graph.topological_order().unwrap_or_default();
-    let role = |unit: &Unit| match unit.kind {
-        UnitKind::Oneshot => Role::Init,
-        _ if depended_on.contains(&unit.name) => Role::Sidecar,
-        _ => Role::Main,
-    };
+    let mut roles: BTreeMap<&UnitName, Role> = order
+        .iter()
+        .filter_map(|n| units.get(n))
+        .map(|u| {
+            let role = match u.kind {
+                UnitKind::Oneshot => Role::Init,
+                _ if depended_on.contains(&u.name) => Role::Sidecar,
+                _ => Role::Main,
+            };
+            (&u.name, role)
+        })
+        .collect();
+    // A pod needs a regular container. With none, the last unit in order (a oneshot: a
+    // sidecar always has a dependent after it) runs as one, to completion.
+    if !roles.values().any(|r| *r == Role::Main)
+        && let Some(last) = order.last()
+    {
+        roles.insert(last, Role::Main);
+    }
+    let role = |unit: &Unit| roles.get(&unit.name).copied().unwrap_or(Role::Main);
 
     let names = container_names(&order, warnings);
     let mains: Vec<&Unit> = order

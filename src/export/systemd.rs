@@ -47,7 +47,7 @@ pub fn export(units: &UnitSet, options: &Options<'_>) -> Output {
         match unit.kind {
             UnitKind::Slice => slices.push(File {
                 name: file_name(unit, units),
-                text: slice_file(unit),
+                text: slice_file(unit, &mut warnings),
             }),
             UnitKind::Service | UnitKind::Oneshot => services.push(File {
                 name: file_name(unit, units),
@@ -129,11 +129,11 @@ fn header(out: &mut String, unit: &Unit) {
     }
 }
 
-fn slice_file(unit: &Unit) -> String {
+fn slice_file(unit: &Unit, warnings: &mut Warnings) -> String {
     let mut out = String::new();
     header(&mut out, unit);
     let _ = writeln!(out, "\n[Slice]");
-    resources(&mut out, unit);
+    resources(&mut out, unit, warnings);
     out
 }
 
@@ -202,17 +202,19 @@ fn service_file(
             command_line(unit, &exec.command, options, warnings)
         );
         if let Some(dir) = &exec.working_dir {
-            let _ = writeln!(
-                out,
-                "WorkingDirectory={}",
-                specifiers(&dir.display().to_string())
-            );
+            match literal(&dir.display().to_string()) {
+                Some(dir) => {
+                    let _ = writeln!(out, "WorkingDirectory={dir}");
+                }
+                None => warnings.unit(&unit.name, "exec.working-dir", UNWRITABLE),
+            }
         }
         for (k, v) in &exec.env {
             let _ = writeln!(out, "Environment={}", quote(&format!("{k}={v}")));
         }
         if let Some(user) = &exec.user {
-            let _ = writeln!(out, "User={}", specifiers(&user.user_name));
+            let name = literal(&user.user_name).filter(|n| !n.contains(char::is_whitespace));
+            let _ = writeln!(out, "User={}", name.unwrap_or_else(|| user.uid.to_string()));
             let _ = writeln!(out, "Group={}", user.gid);
         }
     }
@@ -249,7 +251,7 @@ fn service_file(
             );
         }
     }
-    resources(&mut out, unit);
+    resources(&mut out, unit, warnings);
     // A worker killed by the OOM killer while the main process lives on leaves corral's unit
     // running (OOMPolicy=continue); group-kill takes the whole unit (OOMPolicy=kill).
     let oom = if unit.oom.group_kill {
@@ -262,7 +264,7 @@ fn service_file(
         let _ = writeln!(out, "OOMScoreAdjust={adj}");
     }
     namespaces(&mut out, unit, options, warnings);
-    sandbox(&mut out, unit);
+    sandbox(&mut out, unit, warnings);
     if unit.enabled {
         let _ = writeln!(out, "\n[Install]\nWantedBy=multi-user.target");
     }
@@ -343,8 +345,21 @@ fn specifiers(s: &str) -> String {
     s.replace('%', "%%")
 }
 
+/// Why a value was left out: it could not be written as the literal it is.
+const UNWRITABLE: &str = "holds a control character or a backslash, which this directive \
+                          cannot take literally; not written";
+
+/// A value for a directive that takes it literally (a path, a user name): `None` when it holds
+/// a control character (a newline would end the directive and start another) or a backslash
+/// (a trailing one continues the line, swallowing the next directive).
+fn literal(s: &str) -> Option<String> {
+    (!s.contains(|c: char| c.is_control() || c == '\\')).then(|| specifiers(s))
+}
+
+/// Free text on one line, without a trailing backslash (a line continuation).
 fn one_line(s: &str) -> String {
-    specifiers(&s.split_whitespace().collect::<Vec<_>>().join(" "))
+    let text = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    specifiers(text.trim_end_matches('\\').trim_end())
 }
 
 /// A time span as systemd reads it: whole seconds where possible, else milliseconds or
@@ -432,7 +447,7 @@ fn restart(out: &mut String, unit: &Unit, options: &Options<'_>, warnings: &mut 
     }
 }
 
-fn resources(out: &mut String, unit: &Unit) {
+fn resources(out: &mut String, unit: &Unit, warnings: &mut Warnings) {
     let r = &unit.resources;
     if let Some(q) = r.cpu_quota {
         let _ = writeln!(out, "CPUQuota={}%", q.0);
@@ -468,7 +483,10 @@ fn resources(out: &mut String, unit: &Unit) {
             // systemd takes a device path; the kernel's /dev/block/MAJ:MIN links name it.
             DeviceSpec::Number { major, minor } => format!("/dev/block/{major}:{minor}"),
         };
-        let device = specifiers(&device);
+        let Some(device) = literal(&device).filter(|d| !d.contains(char::is_whitespace)) else {
+            warnings.unit(&unit.name, "resources.io.device", UNWRITABLE);
+            continue;
+        };
         // "max" is the kernel's default: nothing to write.
         let limits = [
             ("IOReadBandwidthMax", io.read_bps.and_then(byte_limit)),
@@ -540,7 +558,7 @@ fn namespaces(out: &mut String, unit: &Unit, options: &Options<'_>, warnings: &m
     }
 }
 
-fn sandbox(out: &mut String, unit: &Unit) {
+fn sandbox(out: &mut String, unit: &Unit, warnings: &mut Warnings) {
     let sb = &unit.sandbox;
     if sb.no_new_privileges {
         let _ = writeln!(out, "NoNewPrivileges=yes");
@@ -555,19 +573,25 @@ fn sandbox(out: &mut String, unit: &Unit) {
         }
     }
     if !sb.read_only_paths.is_empty() {
-        let paths: Vec<String> = sb
-            .read_only_paths
-            .iter()
-            .map(|p| {
-                let p = p.display().to_string();
-                if p.contains(char::is_whitespace) || p.contains('"') {
-                    quote(&p)
-                } else {
-                    specifiers(&p)
-                }
-            })
-            .collect();
-        let _ = writeln!(out, "ReadOnlyPaths={}", paths.join(" "));
+        let mut paths = Vec::new();
+        for path in &sb.read_only_paths {
+            // A space-separated list: a path with a space is quoted, one with a quote left out.
+            match literal(&path.display().to_string()).filter(|p| !p.contains('"')) {
+                Some(p) if p.contains(' ') => paths.push(format!("\"{p}\"")),
+                Some(p) => paths.push(p),
+                None => warnings.unit(
+                    &unit.name,
+                    "sandbox.read-only-paths",
+                    format!(
+                        "{}: {UNWRITABLE}",
+                        path.display().to_string().escape_debug()
+                    ),
+                ),
+            }
+        }
+        if !paths.is_empty() {
+            let _ = writeln!(out, "ReadOnlyPaths={}", paths.join(" "));
+        }
     }
     if sb.private_tmp {
         let _ = writeln!(out, "PrivateTmp=yes");

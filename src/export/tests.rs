@@ -37,7 +37,7 @@ fn options(layout: Layout) -> k8s::Options {
 fn pod_spec(units: &UnitSet, layout: Layout) -> (PodSpec, Vec<String>) {
     let sources: BTreeMap<UnitName, String> =
         units.keys().map(|n| (n.clone(), String::new())).collect();
-    let out = k8s::export(units, &sources, &options(layout));
+    let out = k8s::export(units, &sources, &options(layout)).unwrap();
     let spec = out
         .objects
         .iter()
@@ -411,4 +411,24 @@ fn systemd_names_keep_instances_and_escape_the_rest() {
     let (files, _) = systemd_files(&set, 252);
     assert!(files.contains_key("w@1.service"));
     assert!(files.contains_key("\\x40odd.service"));
+}
+
+#[test]
+fn split_runs_the_last_oneshot_as_the_pods_container_when_nothing_else_is() {
+    let set = units(&[
+        ("a", &format!("kind = \"oneshot\"\n{CMD}")),
+        ("b", &format!("kind = \"oneshot\"\nafter = [\"a\"]\n{CMD}")),
+    ]);
+    let (spec, _) = pod_spec(&set, Layout::Split);
+    assert_eq!(names(&spec.init_containers), ["a"]);
+    assert_eq!(names(&Some(spec.containers.clone())), ["b"]);
+    assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+
+    let none = units(&[
+        ("s", "kind = \"slice\"\n"),
+        ("off", &format!("enabled = false\n{CMD}")),
+    ]);
+    let sources = BTreeMap::new();
+    assert!(k8s::export(&none, &sources, &options(Layout::Split)).is_err());
+    assert!(k8s::export(&none, &sources, &options(Layout::Wrap)).is_ok());
 }
