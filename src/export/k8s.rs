@@ -816,6 +816,15 @@ fn resources(unit: &Unit, warnings: &mut Warnings) -> Option<ResourceRequirement
             m = limit;
         }
         requests.insert("cpu".to_owned(), Quantity(millicores(m)));
+        warnings.unit(
+            &unit.name,
+            "resources.cpu-weight",
+            format!(
+                "{weight}: written as requests.cpu {} (the same cpu.shares), which the scheduler \
+                 also reserves on a node",
+                millicores(m)
+            ),
+        );
     }
     if let Some(ByteLimit::Bytes(n)) = r.memory_max {
         limits.insert(
