@@ -4,6 +4,7 @@ pub mod client;
 pub mod core;
 pub mod daemon;
 pub mod escape;
+pub mod export;
 pub mod metrics;
 pub mod os;
 pub mod proto;

@@ -38,6 +38,9 @@ enum Command {
         #[arg(default_value = DEFAULT_UNITS_DIR)]
         units_dir: PathBuf,
     },
+    /// Translate a units directory into Kubernetes objects or systemd unit files
+    #[command(subcommand)]
+    Export(ExportCommand),
     /// Show the state of all units, or of the named ones (exit 3 if a named one is not running)
     Status {
         units: Vec<String>,
@@ -97,6 +100,61 @@ enum Command {
         #[arg(long)]
         reboot: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum ExportCommand {
+    /// Kubernetes objects as multi-document YAML on stdout (--wrap or --split)
+    K8s(K8sArgs),
+    /// One .service per unit and one .slice per slice, to --output DIR or stdout
+    Systemd(SystemdArgs),
+}
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("layout").required(true).args(["wrap", "split"])))]
+struct K8sArgs {
+    units_dir: PathBuf,
+    /// One pod whose container runs corral with the units from a ConfigMap
+    #[arg(long)]
+    wrap: bool,
+    /// One container per unit: oneshots as init containers, dependencies as native sidecars
+    #[arg(long)]
+    split: bool,
+    /// Emit a Deployment (one replica) instead of a bare Pod
+    #[arg(long)]
+    deployment: bool,
+    /// Name of the pod or Deployment (the ConfigMap is NAME-units): a DNS label
+    #[arg(long, default_value = "corral", value_parser = parse_object_name)]
+    name: String,
+    /// Image of every container: with corral in PATH (--wrap), or the units' commands (--split)
+    #[arg(long, default_value = "corral:latest")]
+    image: String,
+    /// Port of corral's probe listener (/livez, /readyz) in the wrapped pod
+    #[arg(long, default_value_t = corral::export::k8s::PROBE_LISTENER.default_port, conflicts_with = "split")]
+    probe_port: u16,
+    /// Run the wrapped container privileged, so corral can write its cgroups and make namespaces
+    #[arg(long, conflicts_with = "split")]
+    privileged: bool,
+}
+
+#[derive(Args)]
+struct SystemdArgs {
+    units_dir: PathBuf,
+    /// Write one file per unit into DIR (created if missing) instead of stdout
+    #[arg(long, short, value_name = "DIR")]
+    output: Option<PathBuf>,
+    /// The systemd version to write for: 254 adds RestartSteps=, 257 PrivatePIDs=
+    #[arg(long, value_name = "N", default_value_t = corral::export::systemd::MIN_VERSION,
+          value_parser = clap::value_parser!(u32).range(i64::from(corral::export::systemd::MIN_VERSION)..))]
+    systemd_version: u32,
+}
+
+fn parse_object_name(text: &str) -> Result<String, String> {
+    if corral::export::k8s::valid_object_name(text) {
+        Ok(text.to_owned())
+    } else {
+        Err("must be lowercase letters, digits and inner `-`, at most 57 characters".to_owned())
+    }
 }
 
 #[derive(Args)]
@@ -236,6 +294,7 @@ fn main() -> ExitCode {
     let code = match cli.command {
         Command::Run(args) => run(args, socket),
         Command::Check { units_dir } => check(&units_dir),
+        Command::Export(what) => export(what),
         other => match talk(other, &socket) {
             Ok(code) => code,
             Err(e) => {
@@ -357,6 +416,120 @@ fn check(units_dir: &std::path::Path) -> i32 {
     }
 }
 
+/// `corral export`: the units read as `check` reads them, translated, warnings on stderr.
+fn export(what: ExportCommand) -> i32 {
+    use corral::export::{k8s, systemd};
+    let units_dir = match &what {
+        ExportCommand::K8s(a) => a.units_dir.clone(),
+        ExportCommand::Systemd(a) => a.units_dir.clone(),
+    };
+    let loaded = match unit::load_dir(&units_dir, &unit::SystemUserDb) {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            eprintln!("{error}");
+            return exit_code::FAILED;
+        }
+    };
+    for warning in &loaded.warnings {
+        eprintln!("{warning}");
+    }
+    let warn = |warnings: &[corral::export::Warning]| {
+        for w in warnings {
+            eprintln!("corral: warning: {w}");
+        }
+    };
+    match what {
+        ExportCommand::K8s(args) => {
+            let mut sources = std::collections::BTreeMap::new();
+            if args.wrap {
+                for (name, unit) in &loaded.units {
+                    match std::fs::read_to_string(&unit.source) {
+                        Ok(text) => {
+                            sources.insert(name.clone(), text);
+                        }
+                        Err(e) => {
+                            eprintln!("corral: reading {}: {e}", unit.source.display());
+                            return exit_code::FAILED;
+                        }
+                    }
+                }
+            }
+            let options = k8s::Options {
+                layout: if args.wrap {
+                    k8s::Layout::Wrap
+                } else {
+                    k8s::Layout::Split
+                },
+                workload: if args.deployment {
+                    k8s::Workload::Deployment
+                } else {
+                    k8s::Workload::Pod
+                },
+                name: args.name,
+                image: args.image,
+                probe_port: args.probe_port,
+                privileged: args.privileged,
+            };
+            let output = match k8s::export(&loaded.units, &sources, &options) {
+                Ok(output) => output,
+                Err(e) => {
+                    eprintln!("corral: {}: {e}", units_dir.display());
+                    return exit_code::FAILED;
+                }
+            };
+            warn(&output.warnings);
+            match k8s::to_yaml(&output.objects) {
+                Ok(yaml) => {
+                    print!("{yaml}");
+                    exit_code::OK
+                }
+                Err(e) => {
+                    eprintln!("corral: rendering YAML: {e}");
+                    exit_code::FAILED
+                }
+            }
+        }
+        ExportCommand::Systemd(args) => {
+            let resolve = |name: &str| search_path(name);
+            let options = systemd::Options {
+                version: args.systemd_version,
+                resolve: &resolve,
+            };
+            let output = systemd::export(&loaded.units, &options);
+            warn(&output.warnings);
+            let Some(dir) = args.output else {
+                print!("{}", systemd::to_stream(&output.files));
+                return exit_code::OK;
+            };
+            if let Err(e) = std::fs::create_dir_all(&dir) {
+                eprintln!("corral: creating {}: {e}", dir.display());
+                return exit_code::FAILED;
+            }
+            for file in &output.files {
+                let path = dir.join(&file.name);
+                if let Err(e) = std::fs::write(&path, &file.text) {
+                    eprintln!("corral: writing {}: {e}", path.display());
+                    return exit_code::FAILED;
+                }
+            }
+            exit_code::OK
+        }
+    }
+}
+
+/// The first executable file `name` in `$PATH`, as the path names it (links not followed), for
+/// the absolute `ExecStart=` paths of `export systemd`.
+fn search_path(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .filter(|dir| dir.is_absolute())
+        .map(|dir| dir.join(name))
+        .find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
 fn talk(command: Command, socket: &std::path::Path) -> Result<i32, ClientError> {
     let mut conn = Connection::open(socket)?;
     match command {
@@ -459,7 +632,7 @@ fn talk(command: Command, socket: &std::path::Path) -> Result<i32, ClientError> 
             };
             Ok(report(&conn.call(&request)?, false))
         }
-        Command::Run(_) | Command::Check { .. } => Ok(exit_code::USAGE),
+        Command::Run(_) | Command::Check { .. } | Command::Export(_) => Ok(exit_code::USAGE),
     }
 }
 
