@@ -84,10 +84,27 @@ fn install(binary: &Path, rootfs: &Path, at: &str) {
     }
 }
 
-/// Starts corral in a container whose rootfs is `c`'s temp dir (so the control socket and the
-/// units are where `c` has them), in the cgroup `c` would give it, with the cgroup file system
-/// writable or not.
-fn run_in_container(c: &mut Corral, runc: &Path, writable_cgroups: bool) -> Container {
+/// How the container is made.
+#[derive(Clone, Copy)]
+struct Shape {
+    writable_cgroups: bool,
+    /// A restricted pod: uid 1000, a read-only root file system, a tmpfs only at /run (the
+    /// pod user's, as an emptyDir with an fsGroup is), no capabilities.
+    restricted: bool,
+}
+
+const RO: Shape = Shape {
+    writable_cgroups: false,
+    restricted: false,
+};
+const RW: Shape = Shape {
+    writable_cgroups: true,
+    restricted: false,
+};
+
+/// Builds the rootfs in `c`'s temp dir (so the units are where `c` has them) and the bundle's
+/// config.json for `shape`, running `args` (corral's command line).
+fn bundle(c: &Corral, runc: &Path, shape: Shape, args: &[&str]) -> tempfile::TempDir {
     let rootfs = c.root().to_owned();
     let busybox = ["/bin/busybox", "/usr/bin/busybox"]
         .into_iter()
@@ -96,7 +113,9 @@ fn run_in_container(c: &mut Corral, runc: &Path, writable_cgroups: bool) -> Cont
         .expect("busybox-static's /bin/busybox");
     install(busybox, &rootfs, "/bin/busybox");
     for applet in ["sh", "sleep", "cat", "echo", "kill"] {
-        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+        let link = rootfs.join("bin").join(applet);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink("busybox", link).unwrap();
     }
     install(Path::new(BIN), &rootfs, "/usr/bin/corral");
     for dir in ["proc", "dev", "sys", "tmp"] {
@@ -114,15 +133,7 @@ fn run_in_container(c: &mut Corral, runc: &Path, writable_cgroups: bool) -> Cont
     let mut spec: Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
     spec["root"] = json!({ "path": rootfs, "readonly": false });
     spec["process"]["terminal"] = json!(false);
-    spec["process"]["args"] = json!([
-        "/usr/bin/corral",
-        "run",
-        "/units",
-        "--socket",
-        "/run/control.sock",
-        "--log-format",
-        "json"
-    ]);
+    spec["process"]["args"] = json!(args);
     spec["process"]["env"]
         .as_array_mut()
         .unwrap()
@@ -132,16 +143,59 @@ fn run_in_container(c: &mut Corral, runc: &Path, writable_cgroups: bool) -> Cont
         if mount["destination"] == "/sys/fs/cgroup" {
             let options = mount["options"].as_array_mut().unwrap();
             options.retain(|o| o != "ro" && o != "rw");
-            options.push(json!(if writable_cgroups { "rw" } else { "ro" }));
+            options.push(json!(if shape.writable_cgroups { "rw" } else { "ro" }));
+        }
+    }
+    if shape.restricted {
+        spec["root"]["readonly"] = json!(true);
+        spec["process"]["user"] = json!({ "uid": 1000, "gid": 1000 });
+        spec["process"]["capabilities"] = json!({});
+        spec["mounts"].as_array_mut().unwrap().push(json!({
+            "destination": "/run",
+            "type": "tmpfs",
+            "source": "tmpfs",
+            "options": ["nosuid", "nodev", "mode=0755", "uid=1000", "gid=1000"]
+        }));
+        // The units and the rootfs belong to root and are readable by all, as in an image.
+        for dir in [rootfs.as_path(), &rootfs.join("units")] {
+            std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .unwrap();
         }
     }
     std::fs::write(&config, serde_json::to_vec_pretty(&spec).unwrap()).unwrap();
+    bundle
+}
 
-    let id = format!(
-        "corral-test-{}-{}",
-        std::process::id(),
-        if writable_cgroups { "rw" } else { "ro" }
-    );
+/// The container id for `shape`, unique to this test process.
+fn container_id(shape: Shape) -> String {
+    let kind = match (shape.restricted, shape.writable_cgroups) {
+        (true, _) => "restricted",
+        (false, true) => "rw",
+        (false, false) => "ro",
+    };
+    format!("corral-test-{}-{kind}", std::process::id())
+}
+
+/// The default command line: units in /units, the socket where `c` looks for it.
+const CORRAL_RUN: &[&str] = &[
+    "/usr/bin/corral",
+    "run",
+    "/units",
+    "--socket",
+    "/run/control.sock",
+    "--log-format",
+    "json",
+];
+
+/// Starts corral in a container whose rootfs is `c`'s temp dir (so the control socket and the
+/// units are where `c` has them), in the cgroup `c` would give it.
+fn run_in_container(c: &mut Corral, runc: &Path, shape: Shape) -> Container {
+    run_with(c, runc, shape, CORRAL_RUN)
+}
+
+fn run_with(c: &mut Corral, runc: &Path, shape: Shape, args: &[&str]) -> Container {
+    let bundle = bundle(c, runc, shape, args);
+    let id = container_id(shape);
     let mut cmd = Command::new(runc);
     cmd.args(["run", "--bundle"]).arg(bundle.path()).arg(&id);
     let container = Container {
@@ -244,7 +298,7 @@ fn in_a_container_with_a_read_only_cgroup_tree_corral_supervises_and_says_what_i
     for (name, toml) in UNITS {
         c.unit(name, toml);
     }
-    let container = run_in_container(&mut c, &runc, false);
+    let container = run_in_container(&mut c, &runc, RO);
     let report = c.wait_log("the report of what is not enforced", |l| {
         msg(l).starts_with("not enforced: db: memory-max; to enforce them, ")
     });
@@ -268,7 +322,7 @@ fn in_a_container_with_a_writable_cgroup_tree_corral_enforces_limits_inside_its_
     for (name, toml) in UNITS {
         c.unit(name, toml);
     }
-    let container = run_in_container(&mut c, &runc, true);
+    let container = run_in_container(&mut c, &runc, RW);
     c.wait_exec("db", 1);
     let out = c.ok(&["status", "--json"]).json();
     assert_eq!(out["cgroups"]["rung"], "writable", "{out}");
@@ -287,4 +341,55 @@ fn in_a_container_with_a_writable_cgroup_tree_corral_enforces_limits_inside_its_
         "db's one process: {procs} (pid {pid} inside)"
     );
     scenario(&mut c, &container);
+}
+
+/// A restricted pod (non-root, read-only root file system, a writable tmpfs only at /run, no
+/// capabilities): with no `--socket`, corral's default for a non-root user without
+/// XDG_RUNTIME_DIR is under /tmp, which is read-only here; it must say so, naming the path and
+/// the option. Pointed at /run, it supervises.
+#[test]
+fn in_a_restricted_pod_corral_names_the_path_it_cannot_use_and_runs_once_pointed_at_run() {
+    let Some(runc) = runtime() else { return };
+    let shape = Shape {
+        writable_cgroups: false,
+        restricted: true,
+    };
+    let mut c = Corral::new();
+    c.unit("app", "[exec]\ncommand = [\"sleep\", \"1000\"]\n");
+    // The rootfs is built once; the first run fails at its socket and leaves nothing running.
+    let refused = bundle(&c, &runc, shape, &["/usr/bin/corral", "run", "/units"]);
+    let mut cmd = Command::new(&runc);
+    cmd.args(["run", "--bundle"])
+        .arg(refused.path())
+        .arg(container_id(shape));
+    let out = common::run_bounded(cmd);
+    let _ = Command::new(&runc)
+        .args(["delete", "--force", &container_id(shape)])
+        .output();
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(
+        out.stderr.contains("/tmp/corral-1000") && out.stderr.contains("--socket"),
+        "the error names the path and the option: {out:?}"
+    );
+
+    let args = [
+        "/usr/bin/corral",
+        "run",
+        "/units",
+        "--socket",
+        "/run/corral/control.sock",
+        "--log-format",
+        "json",
+    ];
+    let container = run_with(&mut c, &runc, shape, &args);
+    c.wait_exec("app", 1);
+    // The socket is on the container's own /run: reach it through corral's root.
+    let socket = format!("/proc/{}/root/run/corral/control.sock", container.pid());
+    let mut status = Command::new(BIN);
+    status.args(["--socket", &socket, "status", "app", "--json"]);
+    let out = common::run_bounded(status);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.json()["units"][0]["state"], "running", "{out:?}");
+    container.kill("TERM");
+    assert_eq!(c.wait_exit().code(), Some(0));
 }

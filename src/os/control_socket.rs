@@ -37,7 +37,10 @@ pub enum SocketError {
          only root or corral's user can write to, or a path whose directory corral creates"
     )]
     UnsafeDirectory { dir: PathBuf, why: String },
-    #[error("{operation} {path}: {source}")]
+    #[error(
+        "{operation} {path}: {source} (choose the socket's place with --socket or $CORRAL_SOCKET; \
+         a restricted container has a writable tmpfs at /run, e.g. --socket /run/corral/control.sock)"
+    )]
     Io {
         operation: &'static str,
         path: PathBuf,
