@@ -160,6 +160,22 @@ fn look_up_own_identity() -> Credentials {
     }
 }
 
+/// Whether corral's effective set has CAP_SETGID (capabilities(7), bit 6 of `CapEff` in
+/// /proc/self/status), which setgroups(2) needs; read once, as corral's own capabilities do not
+/// change while it runs.
+fn holds_cap_setgid() -> bool {
+    const CAP_SETGID: u32 = 6;
+    static HOLDS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HOLDS.get_or_init(|| {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+            .is_some_and(|eff| eff & (1 << CAP_SETGID) != 0)
+    })
+}
+
 /// The environment of SPEC: the unit's `env-file` variables, its `env` over them, plus PATH,
 /// HOME, USER and LOGNAME of its user where neither set them.
 pub fn environment(
@@ -353,12 +369,16 @@ pub fn spawn(
             groups: Some(&c.groups),
         }),
         // No `user`: corral's own ids, but not the supplementary groups corral happened to be
-        // started with (by a login shell, sudo or a container runtime), where it may drop them.
-        (None, None, None) => nix::unistd::geteuid().is_root().then(|| child::Ids {
-            uid: identity.uid,
-            gid: identity.gid,
-            groups: Some(&[][..]),
-        }),
+        // started with (by a login shell, sudo or a container runtime), where it may drop them:
+        // root in a container often lacks CAP_SETGID (runc's default set and a restricted pod
+        // drop it), and setgroups(2) would fail every spawn.
+        (None, None, None) => {
+            (nix::unistd::geteuid().is_root() && holds_cap_setgid()).then(|| child::Ids {
+                uid: identity.uid,
+                gid: identity.gid,
+                groups: Some(&[][..]),
+            })
+        }
     };
     let enter: Vec<(RawFd, libc::c_int)> = entering
         .as_ref()
