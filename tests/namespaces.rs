@@ -519,6 +519,50 @@ echo "groups=$(grep Groups /proc/self/status | cut -f2 | tr -d ' ')""#;
     }
 }
 
+/// Root without CAP_SETGID (runc's default capabilities, a restricted pod) cannot setgroups(2):
+/// corral leaves its groups to the unit rather than fail every spawn.
+#[test]
+fn corral_as_root_without_cap_setgid_still_starts_units() {
+    if !require_cgroup_v1() {
+        return;
+    }
+    let Some(setpriv) = common::in_path("setpriv") else {
+        panic!("this test needs setpriv (package util-linux)");
+    };
+    let mut c = Corral::new();
+    c.unit(
+        "plain",
+        &reporting_unit(
+            r#"echo "eff=$(grep CapEff /proc/self/status | cut -f2)""#,
+            "",
+        ),
+    );
+    // Root's capabilities after an exec are its bounding set (capabilities(7)); setpriv execs
+    // corral, which keeps its pid.
+    let mut cmd = std::process::Command::new(setpriv);
+    cmd.args(["--bounding-set", "-setgid", common::BIN, "run"])
+        .arg(&c.units)
+        .arg("--socket")
+        .arg(&c.socket)
+        .args([
+            "--log-format",
+            "json",
+            "--cgroup-root",
+            &c.cgroup_root.clone(),
+        ])
+        .env("CORRAL_LOG", "debug");
+    c.launch_command(cmd);
+    const CAP_SETGID: u64 = 1 << 6;
+    let corral_caps = u64::from_str_radix(&proc_status(c.pid(), "CapEff"), 16).unwrap();
+    assert_eq!(
+        corral_caps & CAP_SETGID,
+        0,
+        "corral runs without CAP_SETGID"
+    );
+    let facts = facts(&mut c, "plain");
+    assert!(facts.contains_key("eff"), "the unit ran: {facts:?}");
+}
+
 #[test]
 fn read_only_paths_refuse_writes_and_tmp_is_private() {
     if !require_cgroup_v1() {

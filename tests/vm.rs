@@ -6,8 +6,12 @@
 //! corral to `shutdown --poweroff`, and this test checks the stop order in corral's log and that
 //! qemu exits by itself.
 //!
-//! Needs `qemu-system-x86_64`, a kernel at `/boot/vmlinuz-*` and busybox (`.ci/run` installs
-//! them); skips without them, except under `CI=true`, where it fails instead.
+//! The scenario also runs corral as the process of OCI containers under Debian's runc, with the
+//! container's /sys/fs/cgroup read-only and read-write (tests/vm/oci.sh): the cgroup v2 side of
+//! tests/oci.rs.
+//!
+//! Needs `qemu-system-x86_64`, a kernel at `/boot/vmlinuz-*`, busybox and runc (`.ci/run`
+//! installs them); skips without them, except under `CI=true`, where it fails instead.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeSet;
@@ -81,6 +85,17 @@ const EXPECTED: &[(&str, bool)] = &[
     ("v2-metrics", false),
     ("v2-top", false),
     ("v2-memory-warning", false),
+    // tests/vm/oci.sh: corral under runc, the container's /sys/fs/cgroup read-only and read-write.
+    ("oci-ro.units-start", false),
+    ("oci-ro.orphan-reaped", false),
+    ("oci-ro.restart", false),
+    ("oci-ro.cgroups", false),
+    ("oci-ro.stop", false),
+    ("oci-rw.units-start", false),
+    ("oci-rw.orphan-reaped", false),
+    ("oci-rw.restart", false),
+    ("oci-rw.cgroups", false),
+    ("oci-rw.stop", false),
     ("scenarios-done", false),
 ];
 
@@ -111,6 +126,8 @@ struct Host {
     /// The kernel's module directory, for the RAM disk driver (brd) that io.max needs.
     modules: PathBuf,
     busybox: PathBuf,
+    /// Debian's runc, for the OCI scenarios (tests/vm/oci.sh).
+    runc: PathBuf,
 }
 
 fn in_path(name: &str) -> Option<PathBuf> {
@@ -168,13 +185,19 @@ fn host() -> Option<Host> {
     if busybox.is_none() {
         missing.push("busybox (package busybox-static)".into());
     }
-    if let (Some(qemu), Some(kernel), Some(busybox)) = (qemu, kernel, busybox) {
+    let runc =
+        in_path("runc").or_else(|| Some(PathBuf::from("/usr/sbin/runc")).filter(|p| p.is_file()));
+    if runc.is_none() {
+        missing.push("runc (package runc)".into());
+    }
+    if let (Some(qemu), Some(kernel), Some(busybox), Some(runc)) = (qemu, kernel, busybox, runc) {
         let release = kernel.to_string_lossy().replacen("/boot/vmlinuz-", "", 1);
         return Some(Host {
             qemu,
             modules: Path::new("/lib/modules").join(release),
             kernel,
             busybox,
+            runc,
         });
     }
     let why = format!("the cgroup v2 VM test needs {}", missing.join(", "));
@@ -182,7 +205,7 @@ fn host() -> Option<Host> {
         panic!("{why}, and CI=true does not allow skipping it (.ci/run installs them)");
     }
     eprintln!(
-        "SKIPPED: {why}; try `apt-get install qemu-system-x86 linux-image-amd64 busybox-static`"
+        "SKIPPED: {why}; try `apt-get install qemu-system-x86 linux-image-amd64 busybox-static runc`"
     );
     None
 }
@@ -224,6 +247,15 @@ impl Cpio {
     /// One entry; `name` is relative to the archive's root ("bin/sh").
     fn entry(&mut self, name: &str, mode: u32, rdev: (u32, u32), data: &[u8]) {
         let nlink = if mode & S_IFDIR != 0 { 2 } else { 1 };
+        self.header(name, mode, nlink, rdev, data);
+    }
+
+    /// One of `nlink` entries of a regular file that share the current inode number.
+    fn entry_linked(&mut self, name: &str, mode: u32, nlink: u32, data: &[u8]) {
+        self.header(name, mode, nlink, (0, 0), data);
+    }
+
+    fn header(&mut self, name: &str, mode: u32, nlink: u32, rdev: (u32, u32), data: &[u8]) {
         let header = format!(
             "070701{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}",
             self.next_ino,
@@ -284,6 +316,24 @@ impl Cpio {
         self.file(path, mode, &data);
     }
 
+    /// A host file at every one of `paths`, as hard links of one inode: the bundles' copies of
+    /// corral and busybox cost no memory in the VM. The kernel's unpacker links an entry whose
+    /// (inode, mode) it has seen with `nlink` >= 2 to the first one, which carries the data
+    /// (init/initramfs.c, maybe_link).
+    fn linked(&mut self, host: &Path, paths: &[String], mode: u32) {
+        let data =
+            std::fs::read(host).unwrap_or_else(|e| panic!("reading {}: {e}", host.display()));
+        // The parent directories first: they take inode numbers of their own.
+        let names: Vec<String> = paths.iter().map(|p| self.parent(p)).collect();
+        let ino = self.next_ino;
+        for (i, name) in names.iter().enumerate() {
+            self.next_ino = ino;
+            let body: &[u8] = if i == 0 { &data } else { &[] };
+            self.entry_linked(name, S_IFREG | mode, names.len() as u32, body);
+        }
+        self.next_ino = ino + 1;
+    }
+
     fn symlink(&mut self, path: &str, target: &str) {
         let name = self.parent(path);
         self.entry(&name, S_IFLNK | 0o777, (0, 0), target.as_bytes());
@@ -323,6 +373,66 @@ fn assets() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vm")
 }
 
+/// The files in `dir`, sorted.
+fn sorted_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    files
+}
+
+/// The OCI bundles in the VM, `/oci/<mode>`: the container's /sys/fs/cgroup read-only, then
+/// read-write.
+const OCI_MODES: [&str; 2] = ["ro", "rw"];
+
+/// `config.json` of the bundle `/oci/<mode>`: `runc spec`'s default with corral as the process,
+/// a private cgroup namespace (runc 1.1's spec has none; Docker and Kubernetes give one on
+/// cgroup v2), the container in the VM's cgroup `/oci-<mode>`, and /sys/fs/cgroup mounted `ro`
+/// or `rw`. The rootfs stays writable: the control socket is at its /run/control.sock, where
+/// the VM's scenario reaches it.
+fn oci_config(runc: &Path, mode: &str) -> Vec<u8> {
+    let dir = tempfile::tempdir().expect("creating a temp dir");
+    let out = Command::new(runc)
+        .args(["spec", "--bundle"])
+        .arg(dir.path())
+        .output()
+        .expect("running runc spec");
+    assert!(out.status.success(), "runc spec: {out:?}");
+    let config = dir.path().join("config.json");
+    let mut spec: Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+    spec["root"] = serde_json::json!({ "path": "rootfs", "readonly": false });
+    spec["process"]["terminal"] = Value::Bool(false);
+    spec["process"]["args"] = serde_json::json!([
+        "/bin/corral",
+        "run",
+        "/units",
+        "--socket",
+        "/run/control.sock",
+        "--log-format",
+        "json"
+    ]);
+    spec["process"]["env"]
+        .as_array_mut()
+        .unwrap()
+        .push(Value::from("CORRAL_LOG=debug"));
+    spec["linux"]["cgroupsPath"] = Value::from(format!("/oci-{mode}"));
+    let namespaces = spec["linux"]["namespaces"].as_array_mut().unwrap();
+    if !namespaces.iter().any(|n| n["type"] == "cgroup") {
+        namespaces.push(serde_json::json!({ "type": "cgroup" }));
+    }
+    for mount in spec["mounts"].as_array_mut().unwrap() {
+        if mount["destination"] == "/sys/fs/cgroup" {
+            let options = mount["options"].as_array_mut().unwrap();
+            options.retain(|o| o != "ro" && o != "rw");
+            options.push(Value::from(mode));
+        }
+    }
+    serde_json::to_vec_pretty(&spec).unwrap()
+}
+
 /// Builds the initramfs at `path`; returns whether it has the RAM disk module for io.max.
 fn build_initramfs(host: &Host, path: &Path) -> bool {
     let mut cpio = Cpio::create(path);
@@ -333,7 +443,14 @@ fn build_initramfs(host: &Host, path: &Path) -> bool {
     cpio.char_device("/dev/console", 5, 1);
     cpio.copy(&assets().join("init"), "/init", 0o755);
 
-    cpio.copy(&host.busybox, "/bin/busybox", 0o755);
+    // The OCI bundles' rootfs hold corral, busybox and corral's libraries as hard links of the
+    // VM's own copies (tests/vm/oci.sh runs them under runc).
+    let in_bundles = |path: &str| -> Vec<String> {
+        let mut paths = vec![path.to_owned()];
+        paths.extend(OCI_MODES.map(|mode| format!("/oci/{mode}/rootfs{path}")));
+        paths
+    };
+    cpio.linked(&host.busybox, &in_bundles("/bin/busybox"), 0o755);
     let list = Command::new(&host.busybox)
         .arg("--list")
         .output()
@@ -344,12 +461,38 @@ fn build_initramfs(host: &Host, path: &Path) -> bool {
             cpio.symlink(&format!("/bin/{applet}"), "busybox");
         }
     }
-    cpio.copy(Path::new(BIN), "/bin/corral", 0o755);
-    let mut libraries: BTreeSet<PathBuf> = BTreeSet::new();
-    libraries.extend(shared_libraries(Path::new(BIN)));
+    cpio.linked(Path::new(BIN), &in_bundles("/bin/corral"), 0o755);
+    let corral_libraries: BTreeSet<PathBuf> =
+        shared_libraries(Path::new(BIN)).into_iter().collect();
+    let mut libraries = corral_libraries.clone();
     libraries.extend(shared_libraries(&host.busybox));
+    libraries.extend(shared_libraries(&host.runc));
     for library in &libraries {
-        cpio.copy(library, &library.to_string_lossy(), 0o755);
+        let path = library.to_string_lossy();
+        if corral_libraries.contains(library) {
+            cpio.linked(library, &in_bundles(&path), 0o755);
+        } else {
+            cpio.copy(library, &path, 0o755);
+        }
+    }
+    cpio.copy(&host.runc, "/bin/runc", 0o755);
+    for mode in OCI_MODES {
+        cpio.file(
+            &format!("/oci/{mode}/config.json"),
+            0o644,
+            &oci_config(&host.runc, mode),
+        );
+        let rootfs = format!("/oci/{mode}/rootfs");
+        for applet in ["sh", "sleep", "cat", "echo", "kill"] {
+            cpio.symlink(&format!("{rootfs}/bin/{applet}"), "busybox");
+        }
+        for dir in ["proc", "dev", "sys", "tmp", "run"] {
+            cpio.dir(&format!("{rootfs}/{dir}"));
+        }
+        for unit in sorted_files(&assets().join("oci-units")) {
+            let name = unit.file_name().unwrap().to_string_lossy().into_owned();
+            cpio.copy(&unit, &format!("{rootfs}/units/{name}"), 0o644);
+        }
     }
     cpio.file("/etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\n");
     cpio.file("/etc/group", 0o644, b"root:x:0:\n");
@@ -366,14 +509,8 @@ fn build_initramfs(host: &Host, path: &Path) -> bool {
         }
     }
 
-    let mut units: Vec<PathBuf> = std::fs::read_dir(assets().join("units"))
-        .expect("reading tests/vm/units")
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    units.sort();
     cpio.dir("/units");
-    for unit in units {
+    for unit in sorted_files(&assets().join("units")) {
         let name = unit.file_name().unwrap().to_string_lossy().into_owned();
         cpio.copy(&unit, &format!("/units/{name}"), 0o644);
     }
@@ -545,8 +682,12 @@ impl Run {
             .map(|(i, _)| i)
     }
 
+    /// The first line of corral's own (not a unit's output: the OCI scenario's container runs
+    /// a corral of its own, whose log a failing check may print).
     fn find_message(&self, needle: &str) -> Option<usize> {
-        self.log.iter().position(|l| msg(l).contains(needle))
+        self.log
+            .iter()
+            .position(|l| l["target"] != "unit" && msg(l).contains(needle))
     }
 
     fn report(&self) -> String {

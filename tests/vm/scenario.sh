@@ -95,6 +95,14 @@ else
     result host-init.rescued FAIL "$(status rescued); $(corral status --json 2>&1 | head -c 600)"
 fi
 
+# --- corral as the process of an OCI container under runc, /sys/fs/cgroup ro and rw (oci.sh) ----
+# Started now and checked at the end: under TCG runc takes seconds to start a container, which
+# the scenarios in between hide. The containers live in the VM's cgroups /oci-ro and /oci-rw,
+# beside the units and out of their way.
+. /scenarios/oci.sh
+oci_start ro
+oci_start rw
+
 # --- cgroup v2 and corral's own place in it -----------------------------------------------------
 if grep -q ' /sys/fs/cgroup cgroup2 ' /proc/mounts && [ -e $CG/cgroup.controllers ]; then
     result cgroup2-mounted PASS "controllers: $(cat $CG/cgroup.controllers)"
@@ -481,6 +489,10 @@ else
 fi
 rm -f /units/nearmax.toml /tmp/nearmax
 corral reload >/dev/null 2>&1
+
+# --- corral as the process of an OCI container under runc (started above), checked -------------
+oci_check ro
+oci_check rw
 
 # --- shutdown: the host checks the stop order in corral's log and that the VM powers off -------
 result scenarios-done PASS "every scenario ran; requesting shutdown --poweroff"
