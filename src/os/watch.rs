@@ -6,6 +6,10 @@
 //! of the path that can be swapped (the directory's own entry, and every symlink on the way),
 //! and when an event names the path or one of its ancestors, or the kernel's queue overflowed,
 //! it puts its watches back on whatever the path names now (see `DirWatch::drain`).
+//!
+//! The drop-in directories in it (`web.toml.d/`) are watched too, each on its own (inotify is
+//! not recursive); a drop-in directory created, removed or swapped (or a ConfigMap's `..data`
+//! link, which may carry them) renews the watches the same way.
 
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
@@ -16,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 
-use crate::unit::is_ignored_file_name;
+use crate::unit::{is_drop_in_dir_name, is_ignored_file_name};
 
 pub struct DirWatch {
     /// Kept alive: dropping it stops the watch.
@@ -56,8 +60,10 @@ struct Response {
 ///   renew and reload.
 /// * An event naming `dir` or one of its ancestors (deleted, created, renamed, a symlink
 ///   swapped; its attributes changed): renew and reload.
-/// * A change of an entry of `dir` that can be a unit file or a ConfigMap's `..data` link:
-///   reload. Editor leftovers and entries of the parents watched do not matter.
+/// * A change of an entry of `dir` that can be a unit file: reload. A drop-in directory or a
+///   ConfigMap's `..data` link: reload, and renew (a drop-in directory to watch came, went or
+///   now lies elsewhere). Editor leftovers and entries of the parents watched do not matter.
+/// * A change of a file in a drop-in directory of `dir` that can be a drop-in: reload.
 /// * Opening and reading files (our own reload does) changes nothing.
 fn classify(event: &notify::Result<notify::Event>, dir: &Path) -> Response {
     let event = match event {
@@ -82,13 +88,27 @@ fn classify(event: &notify::Result<notify::Event>, dir: &Path) -> Response {
             response.renew = true;
             response.reload = true;
         } else if path.parent() == Some(dir) {
-            let entry_matters = match path.file_name().and_then(|n| n.to_str()) {
-                Some("..data") => true,
-                Some(name) => !is_ignored_file_name(name),
+            let name = path.file_name().and_then(|n| n.to_str());
+            let (reload, renew) = match name {
+                Some("..data") => (true, true),
+                Some(name) if is_drop_in_dir_name(name) => (true, true),
+                Some(name) => (!is_ignored_file_name(name), false),
                 // Not UTF-8: load_dir warns about it, so a reload shows it.
+                None => (true, false),
+            };
+            response.reload |= reload;
+            response.renew |= renew;
+        } else if let Some(parent) = path.parent()
+            && parent.parent() == Some(dir)
+            && parent
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(is_drop_in_dir_name)
+        {
+            response.reload |= match path.file_name().and_then(|n| n.to_str()) {
+                Some(name) => !is_ignored_file_name(name),
                 None => true,
             };
-            response.reload |= entry_matters;
         }
     }
     response
@@ -96,8 +116,9 @@ fn classify(event: &notify::Result<notify::Event>, dir: &Path) -> Response {
 
 /// The paths to watch for `dir`: the parent of `dir` and of every symlink on its way (their
 /// entries can be swapped), the nearest existing ancestor when part of the path is missing (its
-/// re-creation is an event there), and `dir` itself when it is a directory. Parents first, so
-/// a directory created after the look at `dir` is an event in a parent already watched.
+/// re-creation is an event there), `dir` itself when it is a directory, then its drop-in
+/// directories. Parents first, so a directory created after the look at `dir` is an event in
+/// a parent already watched.
 fn targets(dir: &Path) -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = Vec::new();
     let mut push = |p: &Path| {
@@ -121,12 +142,25 @@ fn targets(dir: &Path) -> Vec<PathBuf> {
     }
     if dir.is_dir() {
         push(dir);
+        let mut drop_ins: Vec<PathBuf> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_str().is_some_and(is_drop_in_dir_name))
+            .map(|e| dir.join(e.file_name()))
+            // Followed: a ConfigMap's drop-in directory is a link into `..data`.
+            .filter(|p| p.is_dir())
+            .collect();
+        drop_ins.sort();
+        for p in &drop_ins {
+            push(p);
+        }
     }
     out
 }
 
 impl DirWatch {
-    /// Watches `dir` (not recursively) and the parents it hangs from, so that deleting,
+    /// Watches `dir` (not recursively), its drop-in directories, and the parents it hangs from, so that deleting,
     /// re-creating, renaming over or swapping it (or a symlink on its path) is seen.
     pub fn new(dir: &Path) -> Result<DirWatch, WatchError> {
         let dir = std::path::absolute(dir)?;
@@ -234,7 +268,8 @@ mod tests {
         let renamed = EventKind::Modify(ModifyKind::Name(RenameMode::To));
         for (e, want) in [
             (event(create, "/etc/corral/units/web.toml"), reload),
-            (event(create, "/etc/corral/units/..data"), reload),
+            // A ConfigMap swap may move drop-in directories: renew too.
+            (event(create, "/etc/corral/units/..data"), both),
             (event(create, "/etc/corral/units/.web.toml.swp"), none),
             (event(create, "/etc/corral/units/web.toml~"), none),
             // vim probes the directory with a file named 4913.
@@ -247,6 +282,41 @@ mod tests {
             ),
             (event(renamed, "/etc/corral/units"), both),
             (event(renamed, "/etc/corral"), both),
+            // Drop-in directories: their coming and going changes what is watched.
+            (event(create, "/etc/corral/units/web.toml.d"), both),
+            (
+                event(
+                    EventKind::Remove(RemoveKind::Folder),
+                    "/etc/corral/units/web.toml.d",
+                ),
+                both,
+            ),
+            (event(renamed, "/etc/corral/units/worker@.toml.d"), both),
+            // Files in them, leftovers aside.
+            (
+                event(create, "/etc/corral/units/web.toml.d/10-mem.toml"),
+                reload,
+            ),
+            (
+                event(renamed, "/etc/corral/units/web.toml.d/10-mem.toml"),
+                reload,
+            ),
+            (
+                event(create, "/etc/corral/units/web.toml.d/.10-mem.toml.swp"),
+                none,
+            ),
+            (
+                event(create, "/etc/corral/units/web.toml.d/10-mem.toml.tmp"),
+                none,
+            ),
+            (event(create, "/etc/corral/units/web.toml.d/README"), none),
+            // Deeper, or in a directory that is no drop-in directory: nothing.
+            (
+                event(create, "/etc/corral/units/web.toml.d/sub/10.toml"),
+                none,
+            ),
+            (event(create, "/etc/corral/units/notes/10.toml"), none),
+            (event(create, "/etc/corral/units/.web.toml.d"), none),
             // Other entries of the parents watched.
             (event(create, "/etc/corral/corral.toml"), none),
             (event(renamed, "/etc/corral/units.new"), none),
@@ -293,6 +363,28 @@ mod tests {
             targets(&through),
             [root.to_owned(), root.join("current"), through.clone()]
         );
+        // Drop-in directories, a ConfigMap-style link to one too; not other directories.
+        std::fs::create_dir(releases.join("web.toml.d")).unwrap();
+        std::fs::create_dir(releases.join("notes")).unwrap();
+        std::fs::create_dir(root.join("releases/v1/db.toml.d")).unwrap();
+        std::os::unix::fs::symlink(
+            root.join("releases/v1/db.toml.d"),
+            releases.join("db.toml.d"),
+        )
+        .unwrap();
+        assert_eq!(
+            targets(&releases),
+            [
+                root.join("releases/v1"),
+                releases.clone(),
+                releases.join("db.toml.d"),
+                releases.join("web.toml.d"),
+            ]
+        );
+        for d in ["web.toml.d", "notes"] {
+            std::fs::remove_dir(releases.join(d)).unwrap();
+        }
+        std::fs::remove_file(releases.join("db.toml.d")).unwrap();
         // Missing: the nearest existing ancestor, which sees it being created.
         let missing = root.join("gone/units");
         assert_eq!(targets(&missing), [root.to_owned()]);
