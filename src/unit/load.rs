@@ -56,10 +56,7 @@ pub fn load_dir(dir: &Path, users: &dyn UserDb) -> Result<Loaded, LoadError> {
     let template_problems: HashSet<Diagnostic> = templates
         .into_values()
         .flat_map(|p| p.diagnostics)
-        .map(|d| {
-            diagnostics.push(d.clone());
-            d
-        })
+        .inspect(|d| diagnostics.push(d.clone()))
         .collect();
     let mut units = UnitSet::new();
     for (name, p) in parsed {
@@ -74,6 +71,9 @@ pub fn load_dir(dir: &Path, users: &dyn UserDb) -> Result<Loaded, LoadError> {
             units.insert(name, unit);
         }
     }
+    // Each instance checks its template's references again: the same problem, once is enough.
+    let mut seen = HashSet::new();
+    diagnostics.retain(|d| seen.insert(d.clone()));
     sort_diagnostics(&mut diagnostics);
     if diagnostics.iter().any(Diagnostic::is_error) {
         Err(LoadError { diagnostics })

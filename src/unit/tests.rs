@@ -2188,7 +2188,7 @@ fn load_dir_reports_template_and_drop_in_mistakes() {
     write(
         d,
         "bad@.toml",
-        "[exec]\ncommand = [\"x\"]\nstart-timeout = \"0s\"\n",
+        "after = [\"nothing\"]\n[exec]\ncommand = [\"x\"]\nstart-timeout = \"0s\"\n",
     );
     std::os::unix::fs::symlink("bad@.toml", d.join("bad@1.toml")).unwrap();
     std::os::unix::fs::symlink("bad@.toml", d.join("bad@2.toml")).unwrap();
@@ -2204,7 +2204,8 @@ fn load_dir_reports_template_and_drop_in_mistakes() {
         load_errors(d),
         [
             "@1.toml: error: invalid unit name \"@1\": nothing before `@` (a template is named like `worker@`, its instances like `worker@3`)",
-            "bad@.toml:3:17: error: exec.start-timeout: 0s is out of range 1ms..=365d (must be longer than zero)",
+            "bad@.toml:1:10: error: after[0]: unknown unit `nothing`",
+            "bad@.toml:4:17: error: exec.start-timeout: 0s is out of range 1ms..=365d (must be longer than zero)",
             "ghost@1.toml: error: `ghost@1` is an instance of `ghost@`, which has no file (create the template ghost@.toml, or name this unit without `@`)",
             "web.toml:1:10: error: after[0]: unknown unit `bad@` (`bad@` is a template; name one of its instances, such as `bad@1`)",
             "web.toml.d/10-mem.toml:2:14: error: resources.memory-max: 0 is out of range 1M..=1024T (a limit this low leaves the unit unable to run; write \"max\" for no limit)",
