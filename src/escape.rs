@@ -9,7 +9,7 @@ use std::path::Path;
 /// Whether `c` would act on a terminal or reorder the text around it: C0, DEL and C1 controls
 /// (ESC starts every terminal sequence), and the Unicode bidirectional overrides and isolates
 /// ("Trojan Source", CVE-2021-42574).
-fn is_unsafe(c: char) -> bool {
+pub fn is_unsafe(c: char) -> bool {
     c.is_control()
         || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }

@@ -37,6 +37,10 @@ enum Command {
     Check {
         #[arg(default_value = DEFAULT_UNITS_DIR)]
         units_dir: PathBuf,
+        /// Print this unit as merged from its files (template, drop-ins), each key with the
+        /// file and line it came from
+        #[arg(long, value_name = "UNIT")]
+        show: Option<String>,
     },
     /// Translate a units directory into Kubernetes objects or systemd unit files
     #[command(subcommand)]
@@ -293,7 +297,7 @@ fn main() -> ExitCode {
     let socket = cli.socket.unwrap_or_else(control_socket::default_path);
     let code = match cli.command {
         Command::Run(args) => run(args, socket),
-        Command::Check { units_dir } => check(&units_dir),
+        Command::Check { units_dir, show } => check(&units_dir, show.as_deref()),
         Command::Export(what) => export(what),
         other => match talk(other, &socket) {
             Ok(code) => code,
@@ -398,11 +402,23 @@ fn run(args: RunArgs, socket: PathBuf) -> i32 {
     }
 }
 
-fn check(units_dir: &std::path::Path) -> i32 {
+fn check(units_dir: &std::path::Path, show: Option<&str>) -> i32 {
+    if let Some(name) = show {
+        match unit::show_unit(units_dir, name) {
+            Ok(text) => print!("{text}"),
+            Err(error) => {
+                eprintln!("{error}");
+                return exit_code::FAILED;
+            }
+        }
+    }
     match unit::load_dir(units_dir, &unit::SystemUserDb) {
         Ok(loaded) => {
             for warning in &loaded.warnings {
                 eprintln!("{warning}");
+            }
+            if show.is_some() {
+                return exit_code::OK;
             }
             let n = loaded.units.len();
             let noun = if n == 1 { "unit" } else { "units" };

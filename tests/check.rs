@@ -235,3 +235,97 @@ fn a_file_name_that_is_not_utf8_is_shown_byte_by_byte() {
         "{out:?}"
     );
 }
+
+fn check_show(dir: &Path, unit: &str) -> common::Out {
+    let mut cmd = Command::new(common::BIN);
+    cmd.arg("check").arg(dir).arg("--show").arg(unit);
+    run_bounded(cmd)
+}
+
+#[test]
+fn show_prints_the_merged_unit_with_where_each_key_came_from() {
+    let c = Corral::new();
+    c.unit(
+        "web",
+        "description = \"static site\"\n[exec]\ncommand = [\"serve\"]\n[resources]\nmemory-max = \"512M\"\npids-max = 64\n",
+    );
+    std::fs::create_dir(c.units.join("web.toml.d")).unwrap();
+    std::fs::write(
+        c.units.join("web.toml.d/10-mem.toml"),
+        "[resources]\nmemory-max = \"1G\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        c.units.join("web.toml.d/20-env.toml"),
+        "[exec.env]\nMODE = \"prod\\u001b]0;pwned\\u0007\"\n",
+    )
+    .unwrap();
+    let out = check_show(&c.units, "web");
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(
+        out.stdout,
+        "# merged from web.toml, web.toml.d/10-mem.toml, web.toml.d/20-env.toml\n\
+         description = \"static site\"  # from web.toml:1\n\
+         \n\
+         [exec]\n\
+         command = [\"serve\"]  # from web.toml:3\n\
+         \n\
+         [exec.env]\n\
+         MODE = \"prod\\u001B]0;pwned\\u0007\"  # from web.toml.d/20-env.toml:2\n\
+         \n\
+         [resources]\n\
+         memory-max = \"1G\"  # from web.toml.d/10-mem.toml:2\n\
+         pids-max = 64  # from web.toml:6\n",
+        "{out:?}"
+    );
+    assert_no_terminal_sequences(&out.stdout);
+}
+
+#[test]
+fn show_of_an_instance_expands_it_and_a_bad_drop_in_fails_naming_its_line() {
+    let c = Corral::new();
+    c.unit(
+        "worker@",
+        "description = \"worker %i\"\n[exec]\ncommand = [\"work\", \"--id\", \"%i\"]\n",
+    );
+    std::os::unix::fs::symlink("worker@.toml", c.units.join("worker@3.toml")).unwrap();
+    let out = check_show(&c.units, "worker@3");
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(
+        out.stdout,
+        "# merged from worker@.toml\n\
+         description = \"worker 3\"  # from worker@.toml:1\n\
+         \n\
+         [exec]\n\
+         command = [\"work\", \"--id\", \"3\"]  # from worker@.toml:3\n",
+        "{out:?}"
+    );
+    // `check` itself counts the instance, not the template.
+    let out = check(&c.units);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.ends_with(": 1 unit OK\n"), "{out:?}");
+
+    std::fs::create_dir(c.units.join("worker@.toml.d")).unwrap();
+    std::fs::write(
+        c.units.join("worker@.toml.d/10-mem.toml"),
+        "[resources]\npids-max = 0\n",
+    )
+    .unwrap();
+    let out = check_show(&c.units, "worker@3");
+    assert_eq!(out.code, 1, "{out:?}");
+    // Shown anyway, the bad value with its origin; the error names the drop-in's line.
+    assert!(
+        out.stdout
+            .contains("pids-max = 0  # from worker@.toml.d/10-mem.toml:2"),
+        "{out:?}"
+    );
+    let at = format!(
+        "{}:2:12: error:",
+        c.units.join("worker@.toml.d/10-mem.toml").display()
+    );
+    assert!(out.stderr.contains(&at), "{out:?}");
+
+    let out = check_show(&c.units, "nope");
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("no unit `nope` here"), "{out:?}");
+}

@@ -1252,3 +1252,83 @@ fn a_units_dir_below_a_swapped_release_symlink_is_applied_and_still_watched() {
     assert_eq!(next_reload(&mut c), Plan::restarts(&["db"], 1));
     wait_started(&mut c, "db", 2);
 }
+
+/// Puts `files` (name, text) in place as `units/<dir>` in one rename, so the watcher sees one
+/// change however fast it is.
+fn put_dir(c: &Corral, dir: &str, files: &[(&str, &str)]) {
+    let staging = c.root().join(format!("staging-{dir}"));
+    std::fs::create_dir(&staging).unwrap();
+    for (name, text) in files {
+        std::fs::write(staging.join(name), text).unwrap();
+    }
+    std::fs::rename(&staging, c.units.join(dir)).unwrap();
+}
+
+#[test]
+fn a_drop_in_added_edited_and_removed_is_applied_by_the_watch() {
+    if !require_root() {
+        return;
+    }
+    let mut c = Corral::new();
+    c.unit("web", &sleeper("1000"));
+    c.unit("db", &sleeper("1000"));
+    let before = launch_running(&mut c, &["web", "db"]);
+
+    // A new drop-in directory: seen in the units directory.
+    put_dir(&c, "web.toml.d", &[("10-cmd.toml", &sleeper("2000"))]);
+    assert_eq!(next_reload(&mut c), Plan::restarts(&["web"], 1));
+    assert_eq!(cmdline(c.wait_exec("web", 2)), "sleep\u{0}2000\u{0}");
+
+    // An edit inside it: seen only if the drop-in directory is watched too.
+    let drop_in = c.units.join("web.toml.d/10-cmd.toml");
+    let tmp = c.units.join("web.toml.d/10-cmd.toml.tmp");
+    std::fs::write(&tmp, sleeper("3000")).unwrap();
+    std::fs::rename(&tmp, &drop_in).unwrap();
+    assert_eq!(next_reload(&mut c), Plan::restarts(&["web"], 1));
+    assert_eq!(cmdline(c.wait_exec("web", 3)), "sleep\u{0}3000\u{0}");
+
+    // Removing it brings back the unit as its own file says.
+    std::fs::remove_file(&drop_in).unwrap();
+    assert_eq!(next_reload(&mut c), Plan::restarts(&["web"], 1));
+    assert_eq!(cmdline(c.wait_exec("web", 4)), "sleep\u{0}1000\u{0}");
+
+    let upto = settle(&mut c);
+    assert_same_pids_except(&before, &pids(&c), &["web"]);
+    assert_eq!(count(&c, upto, |l| is_start(l, "db")), 1);
+}
+
+fn cmdline(pid: i64) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default()
+}
+
+#[test]
+fn an_edited_template_restarts_the_instances_whose_exec_changed() {
+    if !require_root() {
+        return;
+    }
+    let mut c = Corral::new();
+    c.unit("worker@", &sleeper("100%i"));
+    for n in ["1", "2"] {
+        symlink("worker@.toml", c.units.join(format!("worker@{n}.toml"))).unwrap();
+    }
+    // This instance sets its own command: the template's edit leaves it be.
+    c.unit("worker@3", &sleeper("3333"));
+    let before = launch_running(&mut c, &["worker@1", "worker@2", "worker@3"]);
+    assert_eq!(cmdline(c.wait_exec("worker@2", 1)), "sleep\u{0}1002\u{0}");
+
+    c.unit("worker@", &sleeper("200%i"));
+    assert_eq!(
+        next_reload(&mut c),
+        Plan::restarts(&["worker@1", "worker@2"], 1)
+    );
+    for (unit, arg) in [("worker@1", "2001"), ("worker@2", "2002")] {
+        assert_eq!(
+            cmdline(c.wait_exec(unit, 2)),
+            format!("sleep\u{0}{arg}\u{0}"),
+            "{unit}"
+        );
+    }
+    let upto = settle(&mut c);
+    assert_same_pids_except(&before, &pids(&c), &["worker@1", "worker@2"]);
+    assert_eq!(count(&c, upto, |l| is_start(l, "worker@3")), 1);
+}

@@ -576,3 +576,48 @@ fn env_files_are_read_at_each_start_and_their_values_stay_out_of_status_and_logs
     });
     assert!(leaks.is_empty(), "{leaks:?}");
 }
+
+#[test]
+fn instances_of_a_template_run_with_their_instance_name() {
+    if !require_root() {
+        return;
+    }
+    let mut c = Corral::new();
+    c.unit(
+        "echo@",
+        "description = \"echo %i\"\n[exec]\ncommand = [\"sh\", \"-c\", \"echo I am %i of %n at 100%%; exec sleep 1000\"]\nenv = { WHO = \"%i\" }\n",
+    );
+    for n in ["a", "b"] {
+        std::os::unix::fs::symlink("echo@.toml", c.units.join(format!("echo@{n}.toml"))).unwrap();
+    }
+    c.launch(&[]);
+    for n in ["a", "b"] {
+        let unit = format!("echo@{n}");
+        let line = c.wait_log(&format!("{unit}'s greeting"), |l| is_output(l, &unit));
+        assert_eq!(
+            msg(&line),
+            format!("I am {n} of echo@{n} at 100%"),
+            "{line}"
+        );
+        let status = c.status(&unit);
+        assert_eq!(status["state"], "running", "{status}");
+        let pid = status["pid"].as_i64().unwrap();
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+        assert!(
+            environ
+                .split(|b| *b == 0)
+                .any(|kv| kv == format!("WHO={n}").as_bytes()),
+            "{unit}: {}",
+            String::from_utf8_lossy(&environ)
+        );
+    }
+    // The template itself is no unit.
+    let all = c.ok(&["status", "--json"]).json();
+    let names: Vec<&str> = all["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["echo@a", "echo@b"]);
+}

@@ -7,6 +7,10 @@
 //! and when an event names the path or one of its ancestors, or the kernel's queue overflowed,
 //! it puts its watches back on whatever the path names now (see `DirWatch::drain`).
 //!
+//! The drop-in directories in it (`web.toml.d/`) are watched too, each on its own (inotify is
+//! not recursive); a drop-in directory created, removed or swapped (or a ConfigMap's `..data`
+//! link, which may carry them) renews the watches the same way.
+//!
 //! No thread: the fd is non-blocking and in the loop's epoll set, `drain` reads a bounded
 //! amount per wake, and adding or removing a watch is a syscall that does not wait. (The notify
 //! crate's watcher had a thread of its own whose watch and unwatch calls waited for it; under a
@@ -18,7 +22,7 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 
-use crate::unit::is_ignored_file_name;
+use crate::unit::{is_drop_in_dir_name, is_ignored_file_name};
 
 /// Reads of the inotify fd per wake (each returns as many events as fit the kernel's buffer):
 /// a flood is handled a slice per turn, and the level-triggered fd wakes the loop again.
@@ -73,8 +77,10 @@ enum Seen {
 ///   renew and reload.
 /// * An event naming `dir` or one of its ancestors (deleted, created, renamed, a symlink
 ///   swapped; its attributes changed): renew and reload.
-/// * A change of an entry of `dir` that can be a unit file or a ConfigMap's `..data` link:
-///   reload. Editor leftovers and entries of the parents watched do not matter.
+/// * A change of an entry of `dir` that can be a unit file: reload. A drop-in directory or a
+///   ConfigMap's `..data` link: reload, and renew (a drop-in directory to watch came, went or
+///   now lies elsewhere). Editor leftovers and entries of the parents watched do not matter.
+/// * A change of a file in a drop-in directory of `dir` that can be a drop-in: reload.
 fn classify(seen: &Seen, dir: &Path) -> Response {
     let both = Response {
         reload: true,
@@ -88,14 +94,27 @@ fn classify(seen: &Seen, dir: &Path) -> Response {
         return both;
     }
     if path.parent() == Some(dir) {
-        let entry_matters = match path.file_name().and_then(|n| n.to_str()) {
-            Some("..data") => true,
-            Some(name) => !is_ignored_file_name(name),
+        let (reload, renew) = match path.file_name().and_then(|n| n.to_str()) {
+            Some("..data") => (true, true),
+            Some(name) if is_drop_in_dir_name(name) => (true, true),
+            Some(name) => (!is_ignored_file_name(name), false),
             // Not UTF-8: load_dir warns about it, so a reload shows it.
-            None => true,
+            None => (true, false),
         };
+        return Response { reload, renew };
+    }
+    if let Some(parent) = path.parent()
+        && parent.parent() == Some(dir)
+        && parent
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(is_drop_in_dir_name)
+    {
         return Response {
-            reload: entry_matters,
+            reload: path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_none_or(|name| !is_ignored_file_name(name)),
             renew: false,
         };
     }
@@ -104,8 +123,9 @@ fn classify(seen: &Seen, dir: &Path) -> Response {
 
 /// The paths to watch for `dir`: the parent of `dir` and of every symlink on its way (their
 /// entries can be swapped), the nearest existing ancestor when part of the path is missing (its
-/// re-creation is an event there), and `dir` itself when it is a directory. Parents first, so
-/// a directory created after the look at `dir` is an event in a parent already watched.
+/// re-creation is an event there), `dir` itself when it is a directory, then its drop-in
+/// directories. Parents first, so a directory created after the look at `dir` is an event in
+/// a parent already watched.
 fn targets(dir: &Path) -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = Vec::new();
     let mut push = |p: &Path| {
@@ -129,6 +149,19 @@ fn targets(dir: &Path) -> Vec<PathBuf> {
     }
     if dir.is_dir() {
         push(dir);
+        let mut drop_ins: Vec<PathBuf> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_str().is_some_and(is_drop_in_dir_name))
+            .map(|e| dir.join(e.file_name()))
+            // Followed: a ConfigMap's drop-in directory is a link into `..data`.
+            .filter(|p| p.is_dir())
+            .collect();
+        drop_ins.sort();
+        for p in &drop_ins {
+            push(p);
+        }
     }
     out
 }
@@ -267,7 +300,22 @@ mod tests {
         };
         for (seen, want) in [
             (changed("/etc/corral/units/web.toml"), reload),
-            (changed("/etc/corral/units/..data"), reload),
+            // A ConfigMap swap may move drop-in directories: renew too.
+            (changed("/etc/corral/units/..data"), both),
+            // Drop-in directories: their coming and going changes what is watched.
+            (changed("/etc/corral/units/web.toml.d"), both),
+            (changed("/etc/corral/units/worker@.toml.d"), both),
+            // Files in them, leftovers aside.
+            (changed("/etc/corral/units/web.toml.d/10-mem.toml"), reload),
+            (
+                changed("/etc/corral/units/web.toml.d/.10-mem.toml.swp"),
+                none,
+            ),
+            (
+                changed("/etc/corral/units/web.toml.d/10-mem.toml.tmp"),
+                none,
+            ),
+            (changed("/etc/corral/units/web.toml.d/README"), none),
             (changed("/etc/corral/units/.web.toml.swp"), none),
             (changed("/etc/corral/units/web.toml~"), none),
             // vim probes the directory with a file named 4913.

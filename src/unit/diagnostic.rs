@@ -1,7 +1,6 @@
 //! Diagnostics: one problem in a unit file, located by file, line, column and key.
 
 use std::fmt;
-use std::ops::Range;
 use std::path::PathBuf;
 
 /// Errors sort before warnings, so `Ord` gives the order a reader wants.
@@ -25,7 +24,7 @@ impl fmt::Display for Severity {
 ///
 /// Displays as `units/web.toml:3:1: error: restart.dlay: unknown key (did you mean `delay`?)`;
 /// parts that are `None` are left out.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
 pub struct Diagnostic {
     pub severity: Severity,
     pub file: PathBuf,
@@ -38,6 +37,9 @@ pub struct Diagnostic {
     pub message: String,
     /// A complete hint sentence such as "did you mean `delay`?".
     pub suggestion: Option<String>,
+    /// For a problem in a template (or its drop-ins) that shows only in one instance: that
+    /// instance's file. `file` and `line` are then the template's.
+    pub instance: Option<PathBuf>,
 }
 
 impl Diagnostic {
@@ -50,6 +52,7 @@ impl Diagnostic {
             key: None,
             message: message.into(),
             suggestion: None,
+            instance: None,
         }
     }
 
@@ -78,6 +81,11 @@ impl Diagnostic {
         self
     }
 
+    pub fn for_instance(mut self, instance_file: impl Into<PathBuf>) -> Self {
+        self.instance = Some(instance_file.into());
+        self
+    }
+
     pub fn is_error(&self) -> bool {
         self.severity == Severity::Error
     }
@@ -96,6 +104,9 @@ impl fmt::Display for Diagnostic {
             }
         }
         write!(f, ": {}: ", self.severity)?;
+        if let Some(instance) = &self.instance {
+            write!(f, "in instance {}: ", crate::escape::path(instance))?;
+        }
         if let Some(key) = &self.key {
             write!(f, "{}: ", terminal(key))?;
         }
@@ -165,11 +176,6 @@ impl<'a> LineIndex<'a> {
             .get(start..offset)
             .map_or(offset - start, |s| s.chars().count());
         (line.max(1), column + 1)
-    }
-
-    pub(crate) fn locate(&self, span: Range<usize>, d: Diagnostic) -> Diagnostic {
-        let (line, column) = self.position(span.start);
-        d.at(line, column)
     }
 }
 

@@ -1,12 +1,18 @@
-//! A units directory: which files are units, reading them all, and the checks that span units.
+//! A units directory: which files are units (and templates, instances, drop-ins), reading them
+//! all, and the checks that span units.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use std::collections::HashSet;
+
 use super::diagnostic::{Diagnostic, LoadError, sort_diagnostics};
+use super::layers::{Layer, UnitLayers};
 use super::model::{UnitKind, UnitName};
-use super::parse::{Parsed, RefField, parse_file};
+use super::parse::{Parsed, RefField, parse_layers};
+use super::show;
+use super::specifier::{NameKind, name_kind};
 use super::users::UserDb;
 use super::values::did_you_mean;
 use super::{Loaded, UnitSet};
@@ -26,34 +32,48 @@ pub fn is_ignored_file_name(name: &str) -> bool {
 
 /// Reads every unit of `dir` and checks them against each other.
 ///
-/// Symlinks are followed, for the directory and for each file. Every problem of every file
+/// Symlinks are followed, for the directory and for each file. A template (`worker@.toml`) is
+/// checked with a placeholder instance but is no unit; each instance (`worker@3.toml`) is the
+/// template with the instance's file and drop-ins merged over it. Every problem of every file
 /// is reported at once; a directory that cannot be read is one error.
 pub fn load_dir(dir: &Path, users: &dyn UserDb) -> Result<Loaded, LoadError> {
     let mut diagnostics = Vec::new();
     let files = unit_files(dir, &mut diagnostics)?;
-    if files.is_empty() && diagnostics.is_empty() {
+    if files.units.is_empty() && diagnostics.is_empty() {
         diagnostics.push(Diagnostic::warning(dir, "no unit files found"));
     }
+    let assembled = assemble(&files, &mut diagnostics);
     let mut parsed = BTreeMap::new();
-    for (name, path) in &files {
-        match read_unit_file(path) {
-            Ok(text) => {
-                parsed.insert(name.clone(), parse_file(name, path, &text, users));
-            }
-            Err(e) => diagnostics.push(Diagnostic::error(
-                path,
-                format!("cannot read unit file: {e}"),
-            )),
-        }
+    for (name, layers) in &assembled.units {
+        parsed.insert(name.clone(), parse_layers(name, layers, users));
     }
-    cross_check(&files, &parsed, &mut diagnostics);
+    let mut templates = BTreeMap::new();
+    for (name, layers) in &assembled.templates {
+        templates.insert(name.clone(), parse_layers(name, layers, users));
+    }
+    cross_check(&parsed, &templates, &mut diagnostics);
+    // A template's own problem shows once, as the template's, not again for each instance.
+    let template_problems: HashSet<Diagnostic> = templates
+        .into_values()
+        .flat_map(|p| p.diagnostics)
+        .inspect(|d| diagnostics.push(d.clone()))
+        .collect();
     let mut units = UnitSet::new();
     for (name, p) in parsed {
-        diagnostics.extend(p.diagnostics);
+        diagnostics.extend(p.diagnostics.into_iter().filter(|d| {
+            d.instance.is_none()
+                || !template_problems.contains(&Diagnostic {
+                    instance: None,
+                    ..d.clone()
+                })
+        }));
         if let Some(unit) = p.unit {
             units.insert(name, unit);
         }
     }
+    // Each instance checks its template's references again: the same problem, once is enough.
+    let mut seen = HashSet::new();
+    diagnostics.retain(|d| seen.insert(d.clone()));
     sort_diagnostics(&mut diagnostics);
     if diagnostics.iter().any(Diagnostic::is_error) {
         Err(LoadError { diagnostics })
@@ -62,6 +82,132 @@ pub fn load_dir(dir: &Path, users: &dyn UserDb) -> Result<Loaded, LoadError> {
             units,
             warnings: diagnostics,
         })
+    }
+}
+
+/// What the merged unit `name` of `dir` is made of, as TOML with the file and line of every
+/// key (`corral check --show`). A template is shown with its specifiers unexpanded.
+pub fn show_unit(dir: &Path, name: &str) -> Result<String, LoadError> {
+    let mut diagnostics = Vec::new();
+    let files = unit_files(dir, &mut diagnostics)?;
+    let mut assembled = assemble(&files, &mut diagnostics);
+    let found = UnitName::new(name).and_then(|n| {
+        assembled
+            .units
+            .remove(&n)
+            .or_else(|| assembled.templates.remove(&n).map(UnitLayers::unexpanded))
+    });
+    let Some(layers) = found else {
+        let mut errors: Vec<Diagnostic> = diagnostics
+            .into_iter()
+            .filter(Diagnostic::is_error)
+            .collect();
+        if errors.is_empty() {
+            errors.push(Diagnostic::error(
+                dir,
+                format!("no unit `{}` here", crate::escape::terminal(name)),
+            ));
+        }
+        return Err(LoadError {
+            diagnostics: errors,
+        });
+    };
+    show::render(&layers, dir).map_err(|diagnostics| LoadError { diagnostics })
+}
+
+/// The units and templates of a directory, each as the files it is merged from.
+struct Assembled {
+    units: BTreeMap<UnitName, UnitLayers>,
+    /// Each with a placeholder instance, for checking it on its own.
+    templates: BTreeMap<UnitName, UnitLayers>,
+}
+
+/// Reads the files of every unit: its own, its template's (for an instance), and the drop-ins
+/// of each. A unit with a file that cannot be read is left out (the error is reported).
+fn assemble(files: &UnitFiles, diagnostics: &mut Vec<Diagnostic>) -> Assembled {
+    let read =
+        |path: &Path, what: &str, diagnostics: &mut Vec<Diagnostic>| match read_unit_file(path) {
+            Ok(text) => Some(Layer::new(path, &text)),
+            Err(e) => {
+                diagnostics.push(Diagnostic::error(path, format!("cannot read {what}: {e}")));
+                None
+            }
+        };
+    let with_drop_ins =
+        |name: &UnitName, mut layers: Vec<Layer>, diagnostics: &mut Vec<Diagnostic>| {
+            for path in files.drop_ins.get(name).into_iter().flatten() {
+                layers.push(read(path, "drop-in", diagnostics)?);
+            }
+            Some(layers)
+        };
+    let mut units = BTreeMap::new();
+    let mut templates = BTreeMap::new();
+    let mut instances = Vec::new();
+    for (name, path) in &files.units {
+        match name_kind(name.as_str()) {
+            Ok(NameKind::Plain) => {
+                let Some(own) = read(path, "unit file", diagnostics) else {
+                    continue;
+                };
+                if let Some(layers) = with_drop_ins(name, vec![own], diagnostics) {
+                    units.insert(name.clone(), UnitLayers::plain(path, layers));
+                }
+            }
+            Ok(NameKind::Template) => {
+                let Some(own) = read(path, "unit file", diagnostics) else {
+                    continue;
+                };
+                if let Some(layers) = with_drop_ins(name, vec![own], diagnostics) {
+                    templates.insert(name.clone(), UnitLayers::template(path, layers, name));
+                }
+            }
+            Ok(NameKind::Instance { template }) => instances.push((name, path, template)),
+            Err(problem) => diagnostics
+                .push(Diagnostic::error(path, problem.message).with_suggestion(problem.hint)),
+        }
+    }
+    for (name, path, template) in instances {
+        let template_name = UnitName::new(template);
+        let Some(base) = template_name.as_ref().and_then(|t| templates.get(t)) else {
+            if !template_name.is_some_and(|t| files.units.contains_key(&t)) {
+                diagnostics.push(
+                    Diagnostic::error(
+                        path,
+                        format!("`{name}` is an instance of `{template}`, which has no file"),
+                    )
+                    .with_suggestion(Some(format!(
+                        "create the template {template}.toml, or name this unit without `@`"
+                    ))),
+                );
+            }
+            // Else the template could not be read: reported already.
+            continue;
+        };
+        let mut layers = base.layers.clone();
+        let template_layers = layers.len();
+        // A symlink to the template (the systemd way) adds nothing over it.
+        if !same_file(path, &base.main) {
+            let Some(own) = read(path, "unit file", diagnostics) else {
+                continue;
+            };
+            layers.push(own);
+        }
+        if let Some(layers) = with_drop_ins(name, layers, diagnostics) {
+            units.insert(
+                name.clone(),
+                UnitLayers::instance(name, path, layers, template_layers),
+            );
+        }
+    }
+    Assembled { units, templates }
+}
+
+/// Whether `a` and `b` lead to the same file, symlinks followed.
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (fs::metadata(a), fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
     }
 }
 
@@ -105,11 +251,24 @@ fn read_unit_file(path: &Path) -> Result<String, String> {
     Ok(text)
 }
 
-/// The unit files of `dir` by name. `Err` only when the directory itself cannot be read.
-fn unit_files(
-    dir: &Path,
-    diagnostics: &mut Vec<Diagnostic>,
-) -> Result<BTreeMap<UnitName, PathBuf>, LoadError> {
+/// The files of a units directory: each unit's (templates' and instances' too), and the
+/// drop-ins of each, in the order they merge.
+struct UnitFiles {
+    units: BTreeMap<UnitName, PathBuf>,
+    drop_ins: BTreeMap<UnitName, Vec<PathBuf>>,
+}
+
+/// The suffix of a unit's drop-in directory: `web.toml.d/`.
+pub const DROP_IN_SUFFIX: &str = ".toml.d";
+
+/// Whether a directory entry named `name` can be a drop-in directory (`web.toml.d`).
+pub fn is_drop_in_dir_name(name: &str) -> bool {
+    !name.starts_with('.') && name.len() > DROP_IN_SUFFIX.len() && name.ends_with(DROP_IN_SUFFIX)
+}
+
+/// The unit files of `dir` and their drop-ins. `Err` only when the directory itself cannot be
+/// read.
+fn unit_files(dir: &Path, diagnostics: &mut Vec<Diagnostic>) -> Result<UnitFiles, LoadError> {
     let entries = fs::read_dir(dir).map_err(|e| LoadError {
         diagnostics: vec![Diagnostic::error(
             dir,
@@ -117,6 +276,7 @@ fn unit_files(
         )],
     })?;
     let mut files = BTreeMap::new();
+    let mut drop_in_dirs = BTreeMap::new();
     for entry in entries {
         let entry = match entry {
             Ok(entry) => entry,
@@ -137,6 +297,11 @@ fn unit_files(
             ));
             continue;
         };
+        if is_drop_in_dir_name(file_name) && fs::metadata(&path).is_ok_and(|m| m.is_dir()) {
+            let stem = &file_name[..file_name.len() - DROP_IN_SUFFIX.len()];
+            drop_in_dirs.insert(stem.to_owned(), path);
+            continue;
+        }
         if is_ignored_file_name(file_name) {
             continue;
         }
@@ -168,46 +333,130 @@ fn unit_files(
             ),
         }
     }
-    Ok(files)
+    let mut drop_ins = BTreeMap::new();
+    for (stem, path) in drop_in_dirs {
+        match UnitName::new(&stem).filter(|name| files.contains_key(name)) {
+            Some(name) => {
+                drop_ins.insert(name, drop_in_files(&path, diagnostics));
+            }
+            None => diagnostics.push(Diagnostic::warning(
+                &path,
+                format!("ignored: no unit file {stem}.toml for these drop-ins"),
+            )),
+        }
+    }
+    Ok(UnitFiles {
+        units: files,
+        drop_ins,
+    })
 }
 
-/// References to units that do not exist, slices that are not slices, and cycles.
+/// The `*.toml` files of a drop-in directory, in the byte order of their names (the order
+/// they merge in), leftovers skipped as in the units directory.
+fn drop_in_files(dir: &Path, diagnostics: &mut Vec<Diagnostic>) -> Vec<PathBuf> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) => {
+            diagnostics.push(Diagnostic::error(
+                dir,
+                format!("cannot read drop-in directory: {e}"),
+            ));
+            return Vec::new();
+        }
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(e) => {
+                diagnostics.push(Diagnostic::error(
+                    dir,
+                    format!("cannot read drop-in directory: {e}"),
+                ));
+                continue;
+            }
+        };
+        let path = dir.join(entry.file_name());
+        match entry.file_name().to_str() {
+            None => {
+                diagnostics.push(Diagnostic::warning(
+                    &path,
+                    "ignored: the file name is not UTF-8",
+                ));
+                continue;
+            }
+            Some(name) if is_ignored_file_name(name) => continue,
+            Some(_) => {}
+        }
+        match fs::metadata(&path) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(meta) if !meta.is_file() => {
+                diagnostics.push(Diagnostic::error(&path, "not a regular file"));
+            }
+            Ok(_) => out.push(path),
+            Err(e) => diagnostics.push(Diagnostic::error(
+                &path,
+                format!("cannot read drop-in: {e}"),
+            )),
+        }
+    }
+    out.sort();
+    out
+}
+
+/// References to units that do not exist, slices that are not slices, and cycles. Templates'
+/// references are checked too (with their placeholder instance), but they are in no graph.
 fn cross_check(
-    files: &BTreeMap<UnitName, PathBuf>,
     parsed: &BTreeMap<UnitName, Parsed>,
+    templates: &BTreeMap<UnitName, Parsed>,
     diagnostics: &mut Vec<Diagnostic>,
 ) {
     let kind_of = |name: &UnitName| parsed.get(name).and_then(|p| p.kind);
     let mut order = DepGraph::new();
     let mut slices = DepGraph::new();
-    for (name, p) in parsed {
-        let file = files.get(name).cloned().unwrap_or_default();
-        order.add_node(name.clone());
-        slices.add_node(name.clone());
+    let all = parsed
+        .iter()
+        .map(|(name, p)| (name, p, true))
+        .chain(templates.iter().map(|(name, p)| (name, p, false)));
+    for (name, p, in_graph) in all {
+        if in_graph {
+            order.add_node(name.clone());
+            slices.add_node(name.clone());
+        }
         for r in &p.refs {
             let here = |d: Diagnostic| d.at(r.line, r.column).with_key(r.key());
             let target = &r.target;
-            if !files.contains_key(target) {
-                let hint = did_you_mean(target.as_str(), files.keys().map(UnitName::as_str));
+            if !parsed.contains_key(target) {
+                let hint = if templates.contains_key(target) {
+                    Some(format!(
+                        "`{target}` is a template; name one of its instances, such as `{target}1`"
+                    ))
+                } else {
+                    did_you_mean(target.as_str(), parsed.keys().map(UnitName::as_str))
+                };
                 diagnostics.push(
-                    here(Diagnostic::error(&file, format!("unknown unit `{target}`")))
-                        .with_suggestion(hint),
+                    here(Diagnostic::error(
+                        &r.file,
+                        format!("unknown unit `{target}`"),
+                    ))
+                    .with_suggestion(hint),
                 );
                 continue;
             }
             match (r.field, kind_of(target)) {
                 (RefField::Slice, Some(kind)) if kind != UnitKind::Slice => {
                     diagnostics.push(here(Diagnostic::error(
-                        &file,
+                        &r.file,
                         format!("`{target}` is a {}, not a slice", kind.as_str()),
                     )))
                 }
-                (RefField::Slice, _) => slices.add_edge(name.clone(), target.clone()),
+                (RefField::Slice, _) if in_graph => slices.add_edge(name.clone(), target.clone()),
                 (_, Some(UnitKind::Slice)) => diagnostics.push(here(Diagnostic::warning(
-                    &file,
+                    &r.file,
                     format!("`{target}` is a slice: ordering against a slice has no effect"),
                 ))),
-                _ => order.add_edge(name.clone(), target.clone()),
+                _ if in_graph => order.add_edge(name.clone(), target.clone()),
+                _ => {}
             }
         }
     }
@@ -225,16 +474,15 @@ fn cross_check(
                 continue;
             };
             let path: Vec<&str> = cycle.iter().map(UnitName::as_str).collect();
-            let mut d = Diagnostic::error(
-                files.get(from).cloned().unwrap_or_default(),
-                format!("{what}: {}", path.join(" -> ")),
-            );
             let edge = parsed
                 .get(from)
                 .and_then(|p| p.refs.iter().find(|r| &r.target == to && is_field(r.field)));
-            if let Some(r) = edge {
-                d = d.at(r.line, r.column).with_key(r.key());
-            }
+            let d = match edge {
+                Some(r) => Diagnostic::error(&r.file, format!("{what}: {}", path.join(" -> ")))
+                    .at(r.line, r.column)
+                    .with_key(r.key()),
+                None => Diagnostic::error(PathBuf::new(), format!("{what}: {}", path.join(" -> "))),
+            };
             diagnostics.push(d);
         }
     }

@@ -2,9 +2,12 @@
 
 mod diagnostic;
 mod env_file;
+mod layers;
 mod load;
 pub mod model;
 mod parse;
+mod show;
+mod specifier;
 mod users;
 mod values;
 
@@ -13,7 +16,11 @@ use std::path::Path;
 
 pub use diagnostic::{Diagnostic, LoadError, Severity};
 pub use env_file::{EnvFileError, parse_env_file};
-pub use load::{MAX_UNIT_FILE_BYTES, is_ignored_file_name, load_dir};
+pub use layers::{Layer, UnitLayers};
+pub use load::{
+    DROP_IN_SUFFIX, MAX_UNIT_FILE_BYTES, is_drop_in_dir_name, is_ignored_file_name, load_dir,
+    show_unit,
+};
 pub use model::*;
 pub use users::{MemoryUserDb, SystemUserDb, UserDb, UserEntry};
 

@@ -8,7 +8,8 @@ use std::time::Duration;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use super::diagnostic::{Diagnostic, LineIndex, Severity};
+use super::diagnostic::{Diagnostic, Severity};
+use super::layers::{self, Layer, Sources, UnitLayers};
 use super::model::*;
 use super::users::UserDb;
 use super::values::{self, Invalid, Parse, did_you_mean};
@@ -146,6 +147,8 @@ pub(crate) enum RefField {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct UnitRef {
     pub field: RefField,
+    /// The file that names it: the unit's own, a template's or a drop-in.
+    pub file: PathBuf,
     pub index: usize,
     pub target: UnitName,
     pub line: usize,
@@ -173,8 +176,11 @@ pub(crate) struct Parsed {
 }
 
 struct Ctx<'a> {
+    /// The file that names the unit: where problems without a position are reported.
     file: &'a Path,
-    lines: LineIndex<'a>,
+    sources: Sources<'a>,
+    /// Layers before this one are a template's, seen through the instance `file`.
+    template_layers: usize,
     diagnostics: Vec<Diagnostic>,
     kind_invalid: bool,
 }
@@ -185,7 +191,15 @@ impl Ctx<'_> {
             .with_key(key)
             .with_suggestion(problem.hint);
         let d = match span {
-            Some(span) => self.lines.locate(span, d),
+            Some(span) => {
+                let in_template = self.sources.layer_of(span.start) < self.template_layers;
+                let d = self.sources.locate(span, d);
+                if in_template {
+                    d.for_instance(self.file)
+                } else {
+                    d
+                }
+            }
             None => d,
         };
         self.diagnostics.push(d);
@@ -564,17 +578,25 @@ fn id<'v>(v: &'v DeValue) -> Parse<Id<'v>> {
 
 /// Parses and validates one unit file; see [`super::parse_unit`].
 pub(crate) fn parse_file(name: &UnitName, file: &Path, text: &str, users: &dyn UserDb) -> Parsed {
+    let layers = UnitLayers::plain(file, vec![Layer::new(file, text)]);
+    parse_layers(name, &layers, users)
+}
+
+/// Parses and validates a unit made of several files: merged, specifiers expanded, then read
+/// as one file would be; every problem names the file and line it comes from.
+pub(crate) fn parse_layers(name: &UnitName, unit: &UnitLayers, users: &dyn UserDb) -> Parsed {
+    let text = layers::concatenate(&unit.layers);
     let mut cx = Ctx {
-        file,
-        lines: LineIndex::new(text),
+        file: &unit.main,
+        sources: Sources::new(&text, &unit.layers),
+        template_layers: unit.template_layers,
         diagnostics: Vec::new(),
         kind_invalid: false,
     };
-    let doc = match DeTable::parse(text) {
+    let mut doc = match layers::merge(&cx.sources) {
         Ok(doc) => doc,
-        Err(e) => {
-            let span = e.span().unwrap_or(0..0);
-            cx.error(span, "", format!("invalid TOML: {}", e.message()));
+        Err(errors) => {
+            cx.diagnostics = errors;
             return Parsed {
                 unit: None,
                 kind: None,
@@ -583,6 +605,16 @@ pub(crate) fn parse_file(name: &UnitName, file: &Path, text: &str, users: &dyn U
             };
         }
     };
+    if let Some(specifiers) = &unit.specifiers {
+        let mut problems = Vec::new();
+        layers::expand(doc.get_mut(), specifiers, |span, key, problem| {
+            problems.push((span, key, problem));
+        });
+        for (span, key, problem) in problems {
+            cx.error(span, &key, problem);
+        }
+    }
+    let file = unit.main.as_path();
     let root = Section {
         path: String::new(),
         table: doc.get_ref(),
@@ -742,9 +774,13 @@ impl Reader<'_> {
             } else if names.contains(&target) {
                 cx.warn(span, &key, format!("`{target}` is listed twice"));
             } else {
-                let (line, column) = cx.lines.position(span.start);
+                let (file, line, column) = cx
+                    .sources
+                    .position(span.start)
+                    .map_or((cx.file, 0, 0), |p| p);
                 self.refs.push(UnitRef {
                     field,
+                    file: file.to_owned(),
                     index,
                     target: target.clone(),
                     line,

@@ -1802,3 +1802,485 @@ fn env_file_entries_are_absolute_paths_optionally_marked_with_a_dash() {
         );
     }
 }
+
+// ---- templates, instances, specifiers, drop-ins ----
+
+use super::specifier::{NameKind, Specifiers, name_kind};
+
+fn specifiers(instance: &str) -> Specifiers {
+    Specifiers::for_instance(&name(&format!("worker@{instance}"))).unwrap()
+}
+
+#[test]
+fn specifiers_expand_i_n_and_double_percent_and_refuse_the_rest() {
+    let s = specifiers("3");
+    for (text, want) in [
+        ("plain", Ok("plain")),
+        ("%i", Ok("3")),
+        ("/srv/%i/data", Ok("/srv/3/data")),
+        ("%n.log", Ok("worker@3.log")),
+        ("%i-%i", Ok("3-3")),
+        ("100%%", Ok("100%")),
+        ("%%i", Ok("%i")),
+        ("date +%%s", Ok("date +%s")),
+        ("é%iü", Ok("é3ü")),
+        ("", Ok("")),
+        ("%I", Err("unknown specifier `%I`")),
+        ("date +%s", Err("unknown specifier `%s`")),
+        ("50%", Err("`%` at the end, with no specifier")),
+    ] {
+        let got = s
+            .expand(text)
+            .map(|c| c.into_owned())
+            .map_err(|e| e.message);
+        assert_eq!(
+            got,
+            want.map(str::to_owned).map_err(str::to_owned),
+            "{text:?}"
+        );
+    }
+    // An instance name may hold `@`: `%i` is everything after the first one.
+    let nested = Specifiers::for_instance(&name("a@b@c")).unwrap();
+    assert_eq!(nested.instance, "b@c");
+    assert_eq!(Specifiers::for_instance(&name("web")), None);
+}
+
+#[test]
+fn names_are_plain_templates_or_instances() {
+    for (n, want) in [
+        ("web", Ok(NameKind::Plain)),
+        ("worker@", Ok(NameKind::Template)),
+        (
+            "worker@3",
+            Ok(NameKind::Instance {
+                template: "worker@",
+            }),
+        ),
+        ("a@b@c", Ok(NameKind::Instance { template: "a@" })),
+        ("@3", Err("invalid unit name \"@3\": nothing before `@`")),
+        ("@", Err("invalid unit name \"@\": nothing before `@`")),
+    ] {
+        assert_eq!(
+            name_kind(n).map_err(|e| e.message),
+            want.map_err(str::to_owned),
+            "{n}"
+        );
+    }
+}
+
+/// Parses `files` (path, text) merged in order; a name with `@` is an instance of a template
+/// made of the first `template_layers`, named by `units/<unit>.toml`.
+fn parse_merged(
+    unit: &str,
+    files: &[(&str, &str)],
+    template_layers: usize,
+) -> Result<Unit, Vec<String>> {
+    let layers: Vec<Layer> = files.iter().map(|(f, t)| Layer::new(*f, t)).collect();
+    let main = format!("units/{unit}.toml");
+    let n = name(unit);
+    let layers = if unit.contains('@') {
+        UnitLayers::instance(&n, main, layers, template_layers)
+    } else {
+        UnitLayers::plain(main, layers)
+    };
+    let p = super::parse::parse_layers(&n, &layers, &db());
+    match p.unit {
+        Some(u) if p.diagnostics.is_empty() => Ok(u),
+        Some(_) | None => Err(p.diagnostics.iter().map(ToString::to_string).collect()),
+    }
+}
+
+#[test]
+fn drop_ins_merge_tables_key_by_key_and_replace_arrays_and_scalars() {
+    let base = "description = \"web\"\n\
+                after = [\"a\", \"b\"]\n\
+                [exec]\n\
+                command = [\"serve\", \"--port\", \"80\"]\n\
+                env = { A = \"1\", B = \"2\" }\n\
+                [resources]\n\
+                memory-max = \"512M\"\n\
+                pids-max = 64\n";
+    for (drop_ins, check) in [
+        (
+            vec!["[resources]\nmemory-max = \"1G\"\n"],
+            Box::new(|u: &Unit| {
+                assert_eq!(u.resources.memory_max, Some(ByteLimit::Bytes(1 << 30)));
+                // The rest of the table stays.
+                assert_eq!(u.resources.pids_max, Some(Some(64)));
+                assert_eq!(u.exec.as_ref().unwrap().command, ["serve", "--port", "80"]);
+            }) as Box<dyn Fn(&Unit)>,
+        ),
+        (
+            // Arrays replace, they do not append.
+            vec!["after = [\"c\"]\n[exec]\ncommand = [\"serve\"]\n"],
+            Box::new(|u: &Unit| {
+                assert_eq!(u.after, [name("c")]);
+                assert_eq!(u.exec.as_ref().unwrap().command, ["serve"]);
+                assert_eq!(u.exec.as_ref().unwrap().env.len(), 2);
+            }),
+        ),
+        (
+            // An inline table is a table: its keys merge too.
+            vec!["[exec.env]\nB = \"two\"\nC = \"3\"\n"],
+            Box::new(|u: &Unit| {
+                let env = &u.exec.as_ref().unwrap().env;
+                let got: Vec<_> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                assert_eq!(got, ["A=1", "B=two", "C=3"]);
+            }),
+        ),
+        (
+            // In order: the later drop-in wins.
+            vec![
+                "description = \"one\"\n[resources]\npids-max = 1\n",
+                "description = \"two\"\n",
+            ],
+            Box::new(|u: &Unit| {
+                assert_eq!(u.description.as_deref(), Some("two"));
+                assert_eq!(u.resources.pids_max, Some(Some(1)));
+            }),
+        ),
+    ] {
+        let mut files = vec![("units/web.toml", base)];
+        let names: Vec<String> = (0..drop_ins.len())
+            .map(|i| format!("units/web.toml.d/{i}0.toml"))
+            .collect();
+        for (n, text) in names.iter().zip(&drop_ins) {
+            files.push((n, text));
+        }
+        // `after` names units of no directory here: parse_layers does not cross-check.
+        let unit = parse_merged("web", &files, 0).unwrap_or_else(|e| panic!("{drop_ins:?}: {e:?}"));
+        check(&unit);
+        assert_eq!(unit.source, Path::new("units/web.toml"));
+    }
+}
+
+#[test]
+fn a_drop_ins_errors_name_the_drop_in_and_its_line() {
+    let base = "[exec]\ncommand = [\"serve\"]\n";
+    for (drop_in, want) in [
+        (
+            "\n[resources]\nmemory-max = \"0\"\n",
+            "units/web.toml.d/10-mem.toml:3:14: error: resources.memory-max: 0 is out of range 1M..=1024T",
+        ),
+        (
+            "[exec]\ncomand = [\"x\"]\n",
+            "units/web.toml.d/10-mem.toml:2:1: error: exec.comand: unknown key (did you mean `command`?)",
+        ),
+        (
+            "exec = \"serve\"\n",
+            "units/web.toml.d/10-mem.toml:1:8: error: exec: expected a table, found a string",
+        ),
+        (
+            "[exec\n",
+            "units/web.toml.d/10-mem.toml:1:6: error: invalid TOML:",
+        ),
+    ] {
+        let errs = parse_merged(
+            "web",
+            &[
+                ("units/web.toml", base),
+                ("units/web.toml.d/10-mem.toml", drop_in),
+            ],
+            0,
+        )
+        .unwrap_err();
+        assert!(
+            errs.iter().any(|e| e.starts_with(want)),
+            "{drop_in:?}: want {want:?}, got {errs:?}"
+        );
+    }
+    // A problem of the base file still names the base file, drop-ins or not.
+    let errs = parse_merged(
+        "web",
+        &[
+            (
+                "units/web.toml",
+                "[exec]\ncommand = [\"serve\"]\nuser = \"nobody-here\"\n",
+            ),
+            ("units/web.toml.d/10-mem.toml", "description = \"x\"\n"),
+        ],
+        0,
+    )
+    .unwrap_err();
+    assert_eq!(
+        errs,
+        ["units/web.toml:3:8: error: exec.user: no such user `nobody-here`"]
+    );
+}
+
+#[test]
+fn instances_expand_specifiers_in_what_runs_and_nowhere_else() {
+    let template = "description = \"worker %i of %n\"\n\
+                    [exec]\n\
+                    command = [\"work\", \"--id=%i\", \"100%%\"]\n\
+                    working-dir = \"/srv/%i\"\n\
+                    env = { ID = \"%i\", NAME = \"%n\" }\n\
+                    env-file = \"-/etc/work/%i.env\"\n\
+                    [namespaces]\n\
+                    hostname = \"w-%i\"\n\
+                    [health]\n\
+                    exec = [\"check\", \"%i\"]\n";
+    let unit = parse_merged("worker@3", &[("units/worker@.toml", template)], 1).unwrap();
+    assert_eq!(unit.name, name("worker@3"));
+    assert_eq!(unit.description.as_deref(), Some("worker 3 of worker@3"));
+    let exec = unit.exec.as_ref().unwrap();
+    assert_eq!(exec.command, ["work", "--id=3", "100%"]);
+    assert_eq!(exec.working_dir.as_deref(), Some(Path::new("/srv/3")));
+    assert_eq!(exec.env["ID"], "3");
+    assert_eq!(exec.env["NAME"], "worker@3");
+    assert_eq!(exec.env_files[0].path, Path::new("/etc/work/3.env"));
+    assert!(exec.env_files[0].optional);
+    assert_eq!(unit.namespaces.hostname.as_deref(), Some("w-3"));
+    let probe = unit.health.as_ref().unwrap().probe.as_ref().unwrap();
+    assert_eq!(probe.probe, Probe::Exec(vec!["check".into(), "3".into()]));
+
+    // A plain unit keeps `%` as written: nothing that worked before changes meaning.
+    let plain = ok("[exec]\ncommand = [\"date\", \"+%s %i\"]\n");
+    assert_eq!(plain.exec.unwrap().command, ["date", "+%s %i"]);
+    // Other keys of a template keep `%` too.
+    let errs = parse_merged(
+        "worker@3",
+        &[(
+            "units/worker@.toml",
+            "[exec]\ncommand = [\"w\"]\nuser = \"%i\"\n",
+        )],
+        1,
+    )
+    .unwrap_err();
+    assert_eq!(
+        errs,
+        [
+            "units/worker@.toml:3:8: error: in instance units/worker@3.toml: exec.user: no such user `%i`"
+        ]
+    );
+}
+
+#[test]
+fn an_instance_file_merges_over_its_template_like_a_drop_in() {
+    let template = "[exec]\ncommand = [\"work\", \"%i\"]\n[resources]\nmemory-max = \"256M\"\n";
+    let files = [
+        ("units/worker@.toml", template),
+        (
+            "units/worker@.toml.d/10.toml",
+            "[resources]\npids-max = 10\n",
+        ),
+        (
+            "units/worker@big.toml",
+            "[resources]\nmemory-max = \"2G\"\n",
+        ),
+        (
+            "units/worker@big.toml.d/10.toml",
+            "description = \"the big one: %n\"\n",
+        ),
+    ];
+    let unit = parse_merged("worker@big", &files, 2).unwrap();
+    assert_eq!(unit.source, Path::new("units/worker@big.toml"));
+    assert_eq!(unit.exec.as_ref().unwrap().command, ["work", "big"]);
+    assert_eq!(unit.resources.memory_max, Some(ByteLimit::Bytes(2 << 30)));
+    assert_eq!(unit.resources.pids_max, Some(Some(10)));
+    assert_eq!(unit.description.as_deref(), Some("the big one: worker@big"));
+}
+
+#[test]
+fn an_instances_problems_name_their_file_and_a_templates_line_names_the_instance() {
+    let template = "[exec]\ncommand = [\"work\"]\n[namespaces]\nhostname = \"w-%i\"\n";
+    for (files, template_layers, unit, want) in [
+        (
+            // Valid as a template (`w-0`), not for this instance: `_` is no host name character.
+            vec![("units/worker@.toml", template)],
+            1,
+            "worker@a_b",
+            "units/worker@.toml:4:12: error: in instance units/worker@a_b.toml: namespaces.hostname: invalid host name \"w-a_b\"",
+        ),
+        (
+            vec![(
+                "units/worker@.toml",
+                "[exec]\ncommand = [\"work\", \"%x\"]\n",
+            )],
+            1,
+            "worker@3",
+            "units/worker@.toml:2:20: error: in instance units/worker@3.toml: exec.command[1]: unknown specifier `%x`",
+        ),
+        (
+            // The instance's own file: no instance note, its own line.
+            vec![
+                ("units/worker@.toml", template),
+                ("units/worker@3.toml", "\n[exec]\nstart-timeout = \"0s\"\n"),
+            ],
+            1,
+            "worker@3",
+            "units/worker@3.toml:3:17: error: exec.start-timeout: 0s is out of range 1ms..=365d",
+        ),
+        (
+            // A drop-in of the template counts as the template.
+            vec![
+                ("units/worker@.toml", template),
+                (
+                    "units/worker@.toml.d/x.toml",
+                    "[exec]\nenv = { A = \"%\" }\n",
+                ),
+                ("units/worker@3.toml", ""),
+            ],
+            2,
+            "worker@3",
+            "units/worker@.toml.d/x.toml:2:13: error: in instance units/worker@3.toml: exec.env.A: `%` at the end",
+        ),
+    ] {
+        // With only the template's files, the instance is a symlink to it: the instance's
+        // file still names the unit.
+        let errs = parse_merged(unit, &files, template_layers).unwrap_err();
+        assert!(
+            errs.iter().any(|e| e.starts_with(want)),
+            "want {want:?}, got {errs:?}"
+        );
+    }
+}
+
+#[test]
+fn load_dir_makes_instances_of_templates_by_file_or_symlink() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    write(d, "worker@.toml", "[exec]\ncommand = [\"work\", \"%i\"]\n");
+    std::os::unix::fs::symlink("worker@.toml", d.join("worker@1.toml")).unwrap();
+    std::os::unix::fs::symlink(d.join("worker@.toml"), d.join("worker@2.toml")).unwrap();
+    write(d, "worker@big.toml", "description = \"big\"\n");
+    fs::create_dir(d.join("worker@.toml.d")).unwrap();
+    write(
+        &d.join("worker@.toml.d"),
+        "10.toml",
+        "[resources]\npids-max = 8\n",
+    );
+    fs::create_dir(d.join("worker@2.toml.d")).unwrap();
+    write(
+        &d.join("worker@2.toml.d"),
+        "10.toml",
+        "[resources]\npids-max = 9\n",
+    );
+    let loaded = load_dir(d, &db()).unwrap();
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    // The template is no unit.
+    let names: Vec<_> = loaded.units.keys().map(UnitName::as_str).collect();
+    assert_eq!(names, ["worker@1", "worker@2", "worker@big"]);
+    for (n, command, pids) in [
+        ("worker@1", "1", 8),
+        ("worker@2", "2", 9),
+        ("worker@big", "big", 8),
+    ] {
+        let u = &loaded.units[&name(n)];
+        assert_eq!(u.exec.as_ref().unwrap().command, ["work", command], "{n}");
+        assert_eq!(u.resources.pids_max, Some(Some(pids)), "{n}");
+        assert_eq!(u.source, d.join(format!("{n}.toml")), "{n}");
+    }
+    assert_eq!(
+        loaded.units[&name("worker@big")].description.as_deref(),
+        Some("big")
+    );
+}
+
+#[test]
+fn load_dir_reports_template_and_drop_in_mistakes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    // An instance with no template, and a name with nothing before `@`.
+    write(d, "ghost@1.toml", EXEC);
+    write(d, "@1.toml", EXEC);
+    // A broken template: its problem shows once, not once more per instance.
+    write(
+        d,
+        "bad@.toml",
+        "after = [\"nothing\"]\n[exec]\ncommand = [\"x\"]\nstart-timeout = \"0s\"\n",
+    );
+    std::os::unix::fs::symlink("bad@.toml", d.join("bad@1.toml")).unwrap();
+    std::os::unix::fs::symlink("bad@.toml", d.join("bad@2.toml")).unwrap();
+    // Naming a template where a unit is meant.
+    write(d, "web.toml", &format!("after = [\"bad@\"]\n{EXEC}"));
+    fs::create_dir(d.join("web.toml.d")).unwrap();
+    write(
+        &d.join("web.toml.d"),
+        "10-mem.toml",
+        "[resources]\nmemory-max = 0\n",
+    );
+    assert_eq!(
+        load_errors(d),
+        [
+            "@1.toml: error: invalid unit name \"@1\": nothing before `@` (a template is named like `worker@`, its instances like `worker@3`)",
+            "bad@.toml:1:10: error: after[0]: unknown unit `nothing`",
+            "bad@.toml:4:17: error: exec.start-timeout: 0s is out of range 1ms..=365d (must be longer than zero)",
+            "ghost@1.toml: error: `ghost@1` is an instance of `ghost@`, which has no file (create the template ghost@.toml, or name this unit without `@`)",
+            "web.toml:1:10: error: after[0]: unknown unit `bad@` (`bad@` is a template; name one of its instances, such as `bad@1`)",
+            "web.toml.d/10-mem.toml:2:14: error: resources.memory-max: 0 is out of range 1M..=1024T (a limit this low leaves the unit unable to run; write \"max\" for no limit)",
+        ]
+    );
+}
+
+#[test]
+fn load_dir_warns_of_drop_ins_without_a_unit_and_skips_leftovers_in_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    write(d, "web.toml", EXEC);
+    fs::create_dir(d.join("web.toml.d")).unwrap();
+    let drop_ins = d.join("web.toml.d");
+    write(&drop_ins, "20-b.toml", "description = \"b\"\n");
+    write(&drop_ins, "10-a.toml", "description = \"a\"\n");
+    for junk in [".20-c.toml.swp", "30-d.toml~", "README"] {
+        write(&drop_ins, junk, "not = [toml");
+    }
+    fs::create_dir(d.join("ghost.toml.d")).unwrap();
+    let loaded = load_dir(d, &db()).unwrap();
+    // Name order: 20-b merges last.
+    assert_eq!(loaded.units[&name("web")].description.as_deref(), Some("b"));
+    let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        warnings,
+        [format!(
+            "{}: warning: ignored: no unit file ghost.toml for these drop-ins",
+            d.join("ghost.toml.d").display()
+        )]
+    );
+}
+
+#[test]
+fn show_prints_the_merged_unit_with_the_origin_of_every_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    write(
+        d,
+        "web.toml",
+        "description = \"web\"\n[exec]\ncommand = [\"serve\", \"80\"]\nenv = { A = \"1\" }\n[resources]\nmemory-max = \"512M\"\n",
+    );
+    fs::create_dir(d.join("web.toml.d")).unwrap();
+    write(
+        &d.join("web.toml.d"),
+        "10-mem.toml",
+        "[resources]\n\nmemory-max = \"1G\"\n[exec.env]\nB = \"\\u001b[31m\"\n",
+    );
+    write(d, "worker@.toml", "[exec]\ncommand = [\"work\", \"%i\"]\n");
+    std::os::unix::fs::symlink("worker@.toml", d.join("worker@7.toml")).unwrap();
+    assert_eq!(
+        show_unit(d, "web").unwrap(),
+        "# merged from web.toml, web.toml.d/10-mem.toml\n\
+         description = \"web\"  # from web.toml:1\n\
+         \n\
+         [exec]\n\
+         command = [\"serve\", \"80\"]  # from web.toml:3\n\
+         \n\
+         [exec.env]\n\
+         A = \"1\"  # from web.toml:4\n\
+         B = \"\\u001B[31m\"  # from web.toml.d/10-mem.toml:5\n\
+         \n\
+         [resources]\n\
+         memory-max = \"1G\"  # from web.toml.d/10-mem.toml:3\n"
+    );
+    // An instance shows what runs; a template what is written.
+    assert_eq!(
+        show_unit(d, "worker@7").unwrap(),
+        "# merged from worker@.toml\n\n[exec]\ncommand = [\"work\", \"7\"]  # from worker@.toml:2\n"
+    );
+    assert!(
+        show_unit(d, "worker@")
+            .unwrap()
+            .contains("[\"work\", \"%i\"]")
+    );
+    let err = show_unit(d, "nope").unwrap_err().to_string();
+    assert!(err.ends_with("error: no unit `nope` here"), "{err}");
+}
