@@ -133,9 +133,6 @@ struct K8sArgs {
     /// Image of every container: with corral in PATH (--wrap), or the units' commands (--split)
     #[arg(long, default_value = "corral:latest")]
     image: String,
-    /// Port of corral's probe listener (/livez, /readyz) in the wrapped pod
-    #[arg(long, default_value_t = corral::export::k8s::PROBE_LISTENER.default_port, conflicts_with = "split")]
-    probe_port: u16,
     /// Run the wrapped container privileged, so corral can write its cgroups and make namespaces
     #[arg(long, conflicts_with = "split")]
     privileged: bool,
@@ -483,7 +480,6 @@ fn export(what: ExportCommand) -> i32 {
                 },
                 name: args.name,
                 image: args.image,
-                probe_port: args.probe_port,
                 privileged: args.privileged,
             };
             let output = match k8s::export(&loaded.units, &sources, &options) {

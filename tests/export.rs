@@ -373,11 +373,13 @@ fn export_needs_a_layout_and_a_valid_directory() {
 #[test]
 fn wrap_keeps_unit_names_that_are_not_config_map_keys() {
     let dir = tempfile::tempdir().unwrap();
+    // An instance of a template: both files travel in the ConfigMap.
     std::fs::write(
-        dir.path().join("worker@1.toml"),
+        dir.path().join("worker@.toml"),
         "[exec]\ncommand = [\"sleep\", \"9\"]\n",
     )
     .unwrap();
+    std::fs::write(dir.path().join("worker@1.toml"), "description = \"one\"\n").unwrap();
     let out = ok(&["export", "k8s", "--wrap", dir.path().to_str().unwrap()]);
     assert!(out.stdout.contains("worker_at_1.toml: |"), "{}", out.stdout);
     assert!(out.stdout.contains("path: worker@1.toml"), "{}", out.stdout);

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
-    EnvVar, ExecAction, HTTPGetAction, KeyToPath, Pod, PodSpec, PodTemplateSpec, Probe,
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar,
+    ExecAction, HTTPGetAction, KeyToPath, Pod, PodSpec, PodTemplateSpec, Probe,
     ResourceRequirements, SecurityContext, TCPSocketAction, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -24,34 +24,23 @@ use crate::unit::{
     UnitSet,
 };
 
-/// The probe listener: what the wrap manifest assumes `corral run` offers for the kubelet's
-/// probes (docs/kubernetes.md, "The probe listener"). This is the one place that assumption lives.
-pub struct ProbeListener {
-    /// The `corral run` option that opens the listener, given `ADDR:PORT`.
-    pub option: &'static str,
-    /// The address it binds in a pod: every interface, since the kubelet probes the pod's IP.
-    pub bind: &'static str,
-    /// The port used when `--probe-port` is not given.
-    pub default_port: u16,
-    /// Answers 200 while corral's loop turns.
-    pub livez: &'static str,
-    /// Answers 200 while every enabled unit is ready.
-    pub readyz: &'static str,
-}
+/// How the kubelet asks the wrapped corral: `corral status` over the control socket, whose
+/// exit code says it all (docs/cli.md): 4 when no supervisor answers (not live), 3 when a
+/// named unit is not running (not ready). An exec probe needs no listener and no port open
+/// to the pod's network.
+pub const LIVENESS_COMMAND: [&str; 2] = ["corral", "status"];
 
-pub const PROBE_LISTENER: ProbeListener = ProbeListener {
-    option: "--probe-listen",
-    bind: "0.0.0.0",
-    default_port: 8081,
-    livez: "/livez",
-    readyz: "/readyz",
-};
-
-impl ProbeListener {
-    /// The `corral run` arguments that open the listener on `port`.
-    pub fn run_args(&self, port: u16) -> [String; 2] {
-        [self.option.to_owned(), format!("{}:{port}", self.bind)]
-    }
+/// `corral status` of every enabled service: ready while each runs (a oneshot that has done its
+/// work reads `exited`, so it is left out).
+fn readiness_command(units: &BTreeMap<UnitName, Unit>) -> Vec<String> {
+    let mut command: Vec<String> = LIVENESS_COMMAND.map(str::to_owned).to_vec();
+    command.extend(
+        units
+            .values()
+            .filter(|u| u.enabled && u.kind == UnitKind::Service)
+            .map(|u| u.name.to_string()),
+    );
+    command
 }
 
 /// Where the wrapped pod mounts the units' ConfigMap: corral's default units directory.
@@ -86,8 +75,6 @@ pub struct Options {
     pub name: String,
     /// The image of every container: it must hold corral (wrap) or the units' commands (split).
     pub image: String,
-    /// The probe listener's port (wrap).
-    pub probe_port: u16,
     /// Run the wrapped container privileged, so corral may write its cgroups and make namespaces.
     pub privileged: bool,
 }
@@ -240,14 +227,7 @@ fn wrap(
         ..ConfigMap::default()
     };
 
-    let port = i32::from(options.probe_port);
-    let http = |path: &str| HTTPGetAction {
-        path: Some(path.to_owned()),
-        port: IntOrString::Int(port),
-        ..HTTPGetAction::default()
-    };
     let mut command = vec!["corral".to_owned(), "run".to_owned()];
-    command.extend(PROBE_LISTENER.run_args(options.probe_port));
     command.push(UNITS_MOUNT.to_owned());
 
     let needs_privilege: Vec<&str> = units
@@ -271,19 +251,18 @@ fn wrap(
         name: "corral".to_owned(),
         image: Some(options.image.clone()),
         command: Some(command),
-        ports: Some(vec![ContainerPort {
-            name: Some("probes".to_owned()),
-            container_port: port,
-            ..ContainerPort::default()
-        }]),
         liveness_probe: Some(Probe {
-            http_get: Some(http(PROBE_LISTENER.livez)),
+            exec: Some(ExecAction {
+                command: Some(LIVENESS_COMMAND.map(str::to_owned).to_vec()),
+            }),
             period_seconds: Some(10),
             failure_threshold: Some(3),
             ..Probe::default()
         }),
         readiness_probe: Some(Probe {
-            http_get: Some(http(PROBE_LISTENER.readyz)),
+            exec: Some(ExecAction {
+                command: Some(readiness_command(units)),
+            }),
             period_seconds: Some(5),
             ..Probe::default()
         }),

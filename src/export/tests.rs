@@ -29,7 +29,6 @@ fn options(layout: Layout) -> k8s::Options {
         workload: Workload::Pod,
         name: "demo".into(),
         image: "img".into(),
-        probe_port: 8081,
         privileged: false,
     }
 }
