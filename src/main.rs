@@ -177,6 +177,10 @@ struct RunArgs {
     /// After the units are down, how long leftover processes get between SIGTERM and SIGKILL
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_bounded_duration)]
     shutdown_timeout: Duration,
+    /// The runtime's grace period before it SIGKILLs the container (Docker --stop-timeout,
+    /// Kubernetes terminationGracePeriodSeconds): warn when the units' stops may take longer
+    #[arg(long, value_name = "DURATION", value_parser = parse_bounded_duration)]
+    grace_period: Option<Duration>,
     #[arg(long, value_enum, default_value = "text")]
     log_format: logging::LogFormat,
     /// Colour the text log: auto (only on a terminal, and not with NO_COLOR set), always, never
@@ -360,6 +364,7 @@ fn run(args: RunArgs, socket: PathBuf) -> i32 {
         cgroup_root: args.cgroup_root,
         exit_with,
         shutdown_timeout: args.shutdown_timeout,
+        grace_period: args.grace_period,
         thresholds: corral::core::limit_watch::Thresholds {
             memory_percent: args.warn_memory_percent,
             pids_percent: args.warn_pids_percent,

@@ -312,6 +312,29 @@ pub fn longest_stop_chain(units: &BTreeMap<UnitName, Unit>) -> (Duration, Vec<Un
         .unwrap_or_default()
 }
 
+/// A warning when a shutdown may outlast the runtime's grace period: the longest chain of stop
+/// timeouts, plus the leftovers' `--shutdown-timeout`, against `grace`.
+pub fn grace_warning(
+    units: &BTreeMap<UnitName, Unit>,
+    grace: Duration,
+    shutdown_timeout: Duration,
+) -> Option<String> {
+    let (chain_time, chain) = longest_stop_chain(units);
+    let worst = chain_time.saturating_add(shutdown_timeout);
+    (worst > grace).then(|| {
+        let names: Vec<&str> = chain.iter().map(UnitName::as_str).collect();
+        format!(
+            "a shutdown may take {} (stop timeouts along {}, then --shutdown-timeout {}), longer \
+             than the grace period {}: the runtime's SIGKILL would cut it short; shorten the \
+             units' [stop] timeout or lengthen the grace period",
+            humantime::format_duration(worst),
+            names.join(" -> "),
+            humantime::format_duration(shutdown_timeout),
+            humantime::format_duration(grace)
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -433,8 +456,16 @@ mod tests {
         web.stop.timeout = secs(5);
         let mut side = service("side");
         side.stop.timeout = secs(30);
-        let (total, chain) = longest_stop_chain(&units(vec![db, app, web, side]));
+        let set = units(vec![db, app, web, side]);
+        let (total, chain) = longest_stop_chain(&set);
         assert_eq!(total, secs(40));
         assert_eq!(chain, [name("web"), name("app"), name("db")]);
+        // Against Kubernetes' default 30 s grace: warned, naming the chain; 60 s is enough.
+        let warning = grace_warning(&set, secs(30), secs(10)).unwrap();
+        assert!(
+            warning.starts_with("a shutdown may take 50s (stop timeouts along web -> app -> db"),
+            "{warning}"
+        );
+        assert_eq!(grace_warning(&set, secs(60), secs(10)), None);
     }
 }

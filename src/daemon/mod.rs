@@ -62,6 +62,8 @@ pub struct Options {
     pub cgroup_root: Option<PathBuf>,
     pub exit_with: Option<UnitName>,
     pub shutdown_timeout: Duration,
+    /// The container runtime's grace period, when told (`--grace-period`).
+    pub grace_period: Option<Duration>,
     /// When a unit counts as near its limits.
     pub thresholds: Thresholds,
     /// How often running units with a limit no kernel notification covers are sampled.
@@ -237,6 +239,12 @@ pub fn run(mut opts: Options) -> Result<Ending, DaemonError> {
         }
     };
     for warning in &loaded.warnings {
+        warn!("{warning}");
+    }
+    if let Some(grace) = opts.grace_period
+        && let Some(warning) =
+            crate::core::container::grace_warning(&loaded.units, grace, opts.shutdown_timeout)
+    {
         warn!("{warning}");
     }
     if let Some(name) = &opts.exit_with
