@@ -505,3 +505,31 @@ fn two_units_whose_closers_are_stuck_do_not_pause_every_other_units_notify_socke
     assert!(start.status.success(), "{start:?}");
     drop(listener);
 }
+
+#[test]
+fn a_notify_directory_below_another_users_directory_is_refused() {
+    if !require_root() {
+        return;
+    }
+    let mut c = Corral::new();
+    // `theirs` is nobody's: nobody may rename `notify` away and put a directory of theirs in
+    // its place, with sockets of theirs where the units' are expected.
+    let theirs = c.root().join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    std::os::unix::fs::chown(&theirs, Some(NOBODY), Some(NOGROUP)).unwrap();
+    let dir = theirs.join("notify");
+    c.unit("svc", WAITING);
+    c.launch(&["--notify-dir", dir.to_str().unwrap()]);
+    let warning = c.wait_log("the refusal", |l| {
+        is_about(l, "svc", "the unit gets no NOTIFY_SOCKET")
+    });
+    assert!(
+        msg(&warning).contains(&theirs.display().to_string()),
+        "the warning names the other user's directory: {warning}"
+    );
+    assert_eq!(
+        notify_socket_of(&mut c, "svc"),
+        "",
+        "svc got a NOTIFY_SOCKET below {dir:?}"
+    );
+}

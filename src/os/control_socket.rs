@@ -153,8 +153,8 @@ pub fn bind(path: &Path, group: Option<Gid>) -> Result<(UnixListener, bool), Soc
 /// or corral's user, and writable by others only with the sticky bit (as /tmp), where nobody
 /// else can rename or remove what is ours. Both the directories the path names and those it
 /// resolves to: a symlink on the way is only as safe as the directory it sits in, whose owner
-/// can point it elsewhere at any time.
-fn check_directory(dir: &Path, own_uid: u32) -> Result<(), SocketError> {
+/// can point it elsewhere at any time. The notify sockets' directory is held to the same.
+pub fn check_directory(dir: &Path, own_uid: u32) -> Result<(), SocketError> {
     let real = std::fs::canonicalize(dir).map_err(io_err("resolving", dir))?;
     let named = std::path::absolute(dir).map_err(io_err("resolving", dir))?;
     let unsafe_dir = |dir: &Path, why: String| SocketError::UnsafeDirectory {
