@@ -576,3 +576,48 @@ fn env_files_are_read_at_each_start_and_their_values_stay_out_of_status_and_logs
     });
     assert!(leaks.is_empty(), "{leaks:?}");
 }
+
+/// Ignored: reproduces a confused deputy that the docs now state as a limit. corral reads a
+/// unit's env-file as root, following symlinks, as systemd's manager does; so a unit whose user
+/// can replace its env-file (it sits in the user's own directory) reads through corral any
+/// root-only file of `KEY=VALUE` lines, another unit's secrets for one. The fix, if wanted: an
+/// env-file that the unit's user could have swapped (a directory on its path, as named or as
+/// resolved, writable by someone other than root and corral's user, or a symlink of theirs) is
+/// read only when it belongs to the unit's host uid; else the start fails naming the path.
+#[test]
+#[ignore = "a unit that can swap its env-file reads root-only files through corral"]
+fn a_unit_cannot_read_a_root_only_file_through_an_env_file_it_can_swap() {
+    if !require_root() {
+        return;
+    }
+    let mut c = Corral::new();
+    // Another unit's secrets: root's alone.
+    let secret = c.root().join("other-unit.env");
+    std::fs::write(&secret, "DB_PASSWORD=hunter2\n").unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    // The unit's own directory, where its env-file is; nobody, the unit's user, has swapped
+    // the file for a symlink to the secrets.
+    let home = c.root().join("home");
+    std::fs::create_dir(&home).unwrap();
+    std::os::unix::fs::chown(&home, Some(65534), Some(65534)).unwrap();
+    let env = home.join("app.env");
+    std::os::unix::fs::symlink(&secret, &env).unwrap();
+    std::os::unix::fs::lchown(&env, Some(65534), Some(65534)).unwrap();
+    c.unit(
+        "thief",
+        &format!(
+            "[exec]\ncommand = [\"sh\", \"-c\", \"echo got=$DB_PASSWORD; exec sleep 600\"]\n\
+             user = \"nobody\"\nenv-file = {}\n[restart]\npolicy = \"never\"\n",
+            toml_str(env.to_str().unwrap())
+        ),
+    );
+    c.launch(&[]);
+    let outcome = c.wait_log("the start or its refusal", |l| {
+        (is_output(l, "thief") && msg(l).starts_with("got=")) || is_about(l, "thief", "env-file")
+    });
+    assert_ne!(
+        msg(&outcome),
+        "got=hunter2",
+        "the unit read a root-only file"
+    );
+}
