@@ -166,7 +166,7 @@ struct RunArgs {
     #[arg(long, value_name = "GROUP")]
     socket_group: Option<String>,
     /// Root of corral's cgroup tree (default: the cgroup corral starts in)
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", value_parser = parse_cgroup_root)]
     cgroup_root: Option<PathBuf>,
     /// Directory of the units' notify sockets [default: /run/corral-notify for root, else $XDG_RUNTIME_DIR/corral-notify]
     #[arg(long, value_name = "DIR")]
@@ -226,6 +226,24 @@ fn parse_bounded_duration(text: &str) -> Result<Duration, String> {
         ));
     }
     Ok(d)
+}
+
+/// A cgroup path, below the hierarchies' roots: `..` would lead out of the cgroup file system
+/// (`/../x` is a directory beside the v1 hierarchies, on the tmpfs that holds them).
+fn parse_cgroup_root(text: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(text);
+    if text.is_empty() {
+        return Err("a cgroup path cannot be empty; `/` is the root".to_owned());
+    }
+    if path
+        .components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(format!(
+            "{text}: `..` leads out of the cgroup hierarchy; give the path from its root"
+        ));
+    }
+    Ok(path)
 }
 
 /// A sampling interval: at least 100 ms, so a typo cannot make corral spin.

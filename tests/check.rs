@@ -111,6 +111,31 @@ fn an_out_of_range_duration_option_is_a_usage_error() {
     }
 }
 
+/// `--cgroup-root` is a path inside the cgroup hierarchies: `..` in it would lead out of them
+/// (`/../x` made a directory `x` on the tmpfs that holds the v1 hierarchies, and corral ran its
+/// units' cgroups there), so it is a usage error, naming the option.
+#[test]
+fn a_cgroup_root_that_leads_out_of_the_hierarchy_is_a_usage_error() {
+    let c = Corral::new();
+    c.unit("any", "[exec]\ncommand = [\"sleep\", \"1000\"]\n");
+    for value in [
+        "/../corral-test-escaped",
+        "..",
+        "/corral-test-a/../../corral-test-escaped",
+    ] {
+        let mut cmd = Command::new(common::BIN);
+        cmd.arg("--socket")
+            .arg(c.path("control.sock"))
+            .arg("run")
+            .arg(&c.units)
+            .args(["--cgroup-root", value]);
+        let out = run_bounded(cmd);
+        assert_eq!(out.code, 2, "{value}: {out:?}");
+        assert!(out.stderr.contains("--cgroup-root"), "{value}: {out:?}");
+    }
+    assert!(!Path::new("/sys/fs/cgroup/corral-test-escaped").exists());
+}
+
 /// Not the machine's init (a container's PID 1 or a plain process): an invalid units directory
 /// at start is an error, exit 1, with the diagnostics, and nothing starts. (The machine's init
 /// stays up instead: tests/vm.rs.)

@@ -676,6 +676,65 @@ fn a_socket_directory_others_can_write_to_is_refused() {
 }
 
 #[test]
+fn a_socket_path_through_another_users_directory_is_refused_even_behind_a_symlink() {
+    if !require_root() {
+        return;
+    }
+    let c = Corral::new();
+    // `--socket theirs/link/control.sock`: `theirs` is another user's, and `link` in it points
+    // to a private directory of root's. The owner of `theirs` can point `link` elsewhere at
+    // any time (to a directory of theirs with a socket of theirs, which root's CLI would then
+    // talk to), so the path is no safer than `theirs`, whatever `link` resolves to today.
+    let theirs = c.root().join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    set_mode(&theirs, 0o755);
+    std::os::unix::fs::chown(&theirs, Some(NOBODY), Some(NOGROUP)).unwrap();
+    let private = c.root().join("private");
+    std::fs::create_dir(&private).unwrap();
+    set_mode(&private, 0o700);
+    std::os::unix::fs::symlink(&private, theirs.join("link")).unwrap();
+    let socket = theirs.join("link").join("control.sock");
+
+    let mut cmd = std::process::Command::new(common::BIN);
+    cmd.arg("run")
+        .arg(&c.units)
+        .arg("--socket")
+        .arg(&socket)
+        .args(["--cgroup-root", &c.cgroup_root])
+        .env_remove("CORRAL_SOCKET");
+    let out = common::run_bounded(cmd);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains(&theirs.display().to_string()),
+        "the refusal names the other user's directory: {out:?}"
+    );
+    assert!(!private.join("control.sock").exists());
+
+    // The same through a symlink of theirs in a sticky directory of root's (as /tmp): the
+    // sticky bit keeps others from removing it, not its owner from replacing it.
+    let sticky = c.root().join("sticky");
+    std::fs::create_dir(&sticky).unwrap();
+    set_mode(&sticky, 0o1777);
+    let link = sticky.join("link");
+    std::os::unix::fs::symlink(&private, &link).unwrap();
+    std::os::unix::fs::lchown(&link, Some(NOBODY), Some(NOGROUP)).unwrap();
+    let mut cmd = std::process::Command::new(common::BIN);
+    cmd.arg("run")
+        .arg(&c.units)
+        .arg("--socket")
+        .arg(link.join("control.sock"))
+        .args(["--cgroup-root", &c.cgroup_root])
+        .env_remove("CORRAL_SOCKET");
+    let out = common::run_bounded(cmd);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains(&link.display().to_string()),
+        "the refusal names their symlink: {out:?}"
+    );
+    assert!(!private.join("control.sock").exists());
+}
+
+#[test]
 fn socket_group_access_needs_membership() {
     if !require_root() {
         return;

@@ -845,3 +845,35 @@ fn an_idle_corral_with_metrics_listen_never_wakes_up() {
         "the idle corral sampled usage"
     );
 }
+
+/// Ignored: fails today. Any local user (TCP shows corral no peer uid) holds every one of the
+/// listener's 16 connections by opening them and sending nothing, each for its 10 s, and opens
+/// them again: the token is read only with the request head, so the bearer is turned away at
+/// accept like everyone else. A fix needs to tell the peers apart: the peer's uid through
+/// sock_diag (NETLINK_INET_DIAG gives a loopback socket's owner, as identd does), bounded per
+/// uid with a reserve for root and the token's users, or the Unix-socket listener with the
+/// control socket's peer rules.
+#[test]
+#[ignore = "a stranger's idle connections lock the bearer out of --metrics-listen"]
+fn idle_connections_of_a_stranger_do_not_lock_the_bearer_out_of_the_metrics_listener() {
+    if !ready() {
+        return;
+    }
+    let mut c = Corral::new();
+    c.unit("db", "[exec]\ncommand = [\"sleep\", \"infinity\"]\n");
+    let token = token_file(&c, "s3cret-Token_1\n", 0o600);
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    c.launch(&["--metrics-listen", &listen, "--metrics-token-file", &token]);
+    c.wait_log("db starts", |l| is_about(l, "db", "started"));
+    // More idle connections than the listener takes; each is accepted (or refused) in turn.
+    let idle: Vec<TcpStream> = (0..32)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    let (status, head, _) = http(
+        port,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret-Token_1\r\n\r\n",
+    );
+    assert_eq!(status, "HTTP/1.1 200 OK", "{head}");
+    drop(idle);
+}

@@ -154,14 +154,31 @@ pub fn bind(path: &Path, group: Option<Gid>) -> Result<(UnixListener, bool), Soc
 /// As sshd checks the directories of its files: the socket's directory must be owned by root
 /// or corral's user and writable by no one else; every directory above it must be owned by root
 /// or corral's user, and writable by others only with the sticky bit (as /tmp), where nobody
-/// else can rename or remove what is ours.
-fn check_directory(dir: &Path, own_uid: u32) -> Result<(), SocketError> {
+/// else can rename or remove what is ours. Both the directories the path names and those it
+/// resolves to: a symlink on the way is only as safe as the directory it sits in, whose owner
+/// can point it elsewhere at any time. The notify sockets' directory is held to the same.
+pub fn check_directory(dir: &Path, own_uid: u32) -> Result<(), SocketError> {
     let real = std::fs::canonicalize(dir).map_err(io_err("resolving", dir))?;
+    let named = std::path::absolute(dir).map_err(io_err("resolving", dir))?;
     let unsafe_dir = |dir: &Path, why: String| SocketError::UnsafeDirectory {
         dir: dir.to_owned(),
         why,
     };
-    for (depth, component) in real.ancestors().enumerate() {
+    // A symlink among them is someone's to replace (even in a sticky directory): its owner's.
+    for link in named.ancestors() {
+        if let Ok(meta) = std::fs::symlink_metadata(link)
+            && meta.file_type().is_symlink()
+            && meta.uid() != 0
+            && meta.uid() != own_uid
+        {
+            return Err(unsafe_dir(
+                link,
+                format!("is a symbolic link owned by uid {}", meta.uid()),
+            ));
+        }
+    }
+    let named = named.ancestors().enumerate().skip(1);
+    for (depth, component) in real.ancestors().enumerate().chain(named) {
         let meta = std::fs::metadata(component).map_err(io_err("inspecting", component))?;
         let shown = if depth == 0 { dir } else { component };
         if meta.uid() != 0 && meta.uid() != own_uid {

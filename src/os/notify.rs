@@ -9,7 +9,7 @@
 use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
@@ -94,20 +94,34 @@ impl NotifyDir {
             _ => {}
         }
         // Checked after the create, whoever made it: a name someone else put there first (a
-        // symlink, their own directory) is refused, not followed.
-        let meta = std::fs::symlink_metadata(path)
-            .map_err(fail("inspecting the notify directory", path))?;
+        // symlink, their own directory) is refused, not followed; and narrowed through the
+        // descriptor checked, never by a path someone could swap for a symlink in between.
         let refuse = |why: &str| {
             fail("refusing the notify directory", path)(io::Error::other(why.to_owned()))
         };
-        if !meta.file_type().is_dir() {
-            return Err(refuse("not a directory (a symlink is not followed)"));
-        }
+        let dir = match std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)
+        {
+            Ok(dir) => dir,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => {
+                return Err(refuse("not a directory (a symlink is not followed)"));
+            }
+            Err(e) => return Err(fail("opening the notify directory", path)(e)),
+        };
+        let meta = dir
+            .metadata()
+            .map_err(fail("inspecting the notify directory", path))?;
         if meta.uid() != nix::unistd::geteuid().as_raw() {
             return Err(refuse("owned by another user"));
         }
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(DIR_MODE))
+        dir.set_permissions(std::fs::Permissions::from_mode(DIR_MODE))
             .map_err(fail("setting the mode of the notify directory", path))?;
+        // And every directory above it, as the control socket's: whoever may rename the notify
+        // directory could put one of theirs in its place, with sockets of theirs in it.
+        crate::os::control_socket::check_directory(path, nix::unistd::geteuid().as_raw())
+            .map_err(|e| refuse(&e.to_string()))?;
         Ok(NotifyDir {
             path: path.to_owned(),
         })

@@ -647,12 +647,16 @@ impl MapWriter {
 /// RLIMIT_NOFILE as corral found it, when `raise_open_files_limit` raised it.
 static ORIGINAL_OPEN_FILES_LIMIT: std::sync::OnceLock<libc::rlimit64> = std::sync::OnceLock::new();
 
-/// Raises corral's own soft RLIMIT_NOFILE to its hard limit, as systemd does for itself, and
-/// has every process spawned later start with the original again (a unit expects the limit
-/// it was given, and select() breaks above 1024). Descriptors that reach corral from outside
-/// (notify messages) are installed by the kernel only while there is room; the rest it
-/// closes itself, in corral's thread, where such a close can block. Returns the soft limit
-/// now in force.
+/// Raises corral's own RLIMIT_NOFILE, as systemd does for itself: both limits to the
+/// kernel's ceiling (`fs.nr_open`) when corral may (`CAP_SYS_RESOURCE`), else the soft one to
+/// the hard one; and has every process spawned later start with the original again (a unit
+/// expects the limit it was given, and select() breaks above 1024). Descriptors that reach
+/// corral from outside (notify messages) are installed by the kernel only while there is room;
+/// the rest it closes itself, in corral's thread, where such a close can block. And a quarter
+/// of this limit is all the closers of every unit may hold together: from a machine's init's
+/// 4096 (INR_OPEN_MAX), two units that block their closers would take all of it and leave every
+/// other unit's notify socket unread (docs/operations.md, "Notify sockets"). Returns the soft
+/// limit now in force.
 pub fn raise_open_files_limit() -> Result<u64, Errno> {
     let mut limit = libc::rlimit64 {
         rlim_cur: 0,
@@ -661,18 +665,31 @@ pub fn raise_open_files_limit() -> Result<u64, Errno> {
     // SAFETY: prlimit64 on ourselves (pid 0) writes the current limit into `limit`.
     let got = unsafe { libc::prlimit64(0, libc::RLIMIT_NOFILE, std::ptr::null(), &mut limit) };
     Errno::result(got)?;
-    if limit.rlim_cur >= limit.rlim_max {
-        return Ok(limit.rlim_cur);
+    let ceiling = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    for target in [ceiling, limit.rlim_max] {
+        if limit.rlim_cur >= target {
+            return Ok(limit.rlim_cur);
+        }
+        let raised = libc::rlimit64 {
+            rlim_cur: target,
+            rlim_max: target.max(limit.rlim_max),
+        };
+        // SAFETY: prlimit64 on ourselves reads the new limit from `raised`.
+        let set = unsafe { libc::prlimit64(0, libc::RLIMIT_NOFILE, &raised, std::ptr::null_mut()) };
+        match Errno::result(set) {
+            Ok(_) => {
+                let _ = ORIGINAL_OPEN_FILES_LIMIT.set(limit);
+                return Ok(raised.rlim_cur);
+            }
+            // Raising the hard limit needs CAP_SYS_RESOURCE: then the soft one alone.
+            Err(Errno::EPERM) if target > limit.rlim_max => {}
+            Err(e) => return Err(e),
+        }
     }
-    let raised = libc::rlimit64 {
-        rlim_cur: limit.rlim_max,
-        rlim_max: limit.rlim_max,
-    };
-    // SAFETY: prlimit64 on ourselves reads the new limit from `raised`.
-    let set = unsafe { libc::prlimit64(0, libc::RLIMIT_NOFILE, &raised, std::ptr::null_mut()) };
-    Errno::result(set)?;
-    let _ = ORIGINAL_OPEN_FILES_LIMIT.set(limit);
-    Ok(raised.rlim_cur)
+    Ok(limit.rlim_cur)
 }
 
 /// The host uid the unit's command runs as: its user's, or with a user namespace the outside
