@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use tracing::{debug, error, info, warn};
 
-use crate::core::exit::ExitReport;
+use crate::core::exit::{ExitReport, Termination};
 use crate::core::limit_watch::Thresholds;
 use crate::core::reload::ReloadPlan;
 use crate::core::service::State;
@@ -422,146 +422,208 @@ pub enum Ending {
 }
 
 impl Daemon {
+    /// One thread, one loop. Each turn runs these steps, in this order:
+    ///
+    /// 1. `wait`: sleep in epoll until a source is ready or the earliest deadline of any room.
+    /// 2. `dispatch`: serve each ready source (signals, clients, output pipes, notify
+    ///    sockets, probes, memory events, the units directory's watch...).
+    /// 3. `reap`: collect every exited child; a unit's main process becomes `Input::Exited`
+    ///    (its exec report read first, its OOM kills counted), an exec probe's ends its probe.
+    /// 4. `settle_stops`: units stopping that are now empty get `Input::UnitEmpty`; during a
+    ///    shutdown, units whose processes outlived SIGKILL by the kill wait are abandoned.
+    /// 5. `due_inputs`: a debounced reload that is due, probes past their timeout, the notify
+    ///    refusal counts whose report is due.
+    /// 6. `Input::Tick`: the core's own deadlines (backoff ends, stop timeouts, watchdogs).
+    /// 7. `room_timers`: OOM kills that spared the main process, cgroup removals to retry,
+    ///    usage sampling, idle metrics clients.
+    /// 8. `answer_clients`: waiters whose units got where they were going, then requests
+    ///    clients had queued behind them and the next pieces of large answers.
+    /// 9. `check_exit_with`: the `--exit-with` unit ended, so corral shuts down.
+    /// 10. `flush_clients`: write what the clients were given, drop the finished ones.
+    /// 11. `leftovers`: after a shutdown, end the processes left behind; the loop's only exit.
+    ///
+    /// Inputs come before the Tick so that deadlines see this turn's facts (an exit that came
+    /// in time does not time out); clients are answered after everything that could settle
+    /// what they wait for, and written to last, so one write carries the whole turn.
     fn event_loop(&mut self) -> i32 {
         self.feed(Input::Tick, Instant::now());
         // Arms the usage timer for the units that just started, before the first wait.
         self.sample_usage(Instant::now());
         loop {
-            let timeout = self
-                .next_deadline()
-                .map(|d| d.saturating_duration_since(Instant::now()));
-            let ready = match self.poller.wait(timeout) {
-                Ok(ready) => ready,
-                Err(e) => {
-                    // Nothing sane is left to do if epoll itself fails; stop the units cleanly.
-                    error!("epoll_wait failed: {e}; shutting down");
-                    self.begin_shutdown(Instant::now());
-                    Vec::new()
-                }
-            };
-            for readiness in ready {
-                self.dispatch(readiness);
+            for ready in self.wait() {
+                self.dispatch(ready);
             }
             let now = Instant::now();
-            let reaped = reaper::reap_all();
-            for (pid, mut termination) in reaped.exits {
-                if self.exec_probe_exited(pid, termination, now) {
-                    continue;
-                }
-                // Its report was written before it exited: read it before its exit counts.
-                let report = self
-                    .exec_reports
-                    .iter()
-                    .find(|(_, (_, p, _))| *p == pid)
-                    .map(|(token, _)| *token);
-                if let Some(token) = report {
-                    self.settle_exec_report(token, now);
-                }
-                let Some(unit) = self.sup.unit_of_pid(pid).cloned() else {
-                    // An orphan (or a leftover): reaped, and nothing else to tell the core,
-                    // which knows only main processes; a burst of thousands costs no more.
-                    debug!(
-                        pid,
-                        "reaped: {}",
-                        ExitReport {
-                            termination,
-                            oom: false
-                        }
-                    );
-                    continue;
-                };
-                if let Some(command) = self.members.take_helper_exit(&unit) {
-                    termination = command;
-                }
-                let end = self.members.on_main_exit(&unit, now);
-                let exit = ExitReport {
-                    termination,
-                    oom: end.by_oom,
-                };
-                let victim = if exit.is_sigkill() {
-                    OomVictim::Main
-                } else {
-                    OomVictim::Worker
-                };
-                self.record_oom_kills(&unit, end.fresh, victim, now);
-                self.drop_memory_watch(&unit);
-                self.usage_watch.forget(&unit);
-                debug!(pid, "reaped: {exit}");
-                self.feed(Input::Exited { pid, exit }, now);
-            }
-            self.feed_empty_units(now);
-            self.abandon_unkillable(now);
-            if self.reload_due.is_some_and(|(due, _)| due <= now) {
-                let _ = self.reload(now);
-            }
-            self.expire_probes(now);
-            self.report_notify_refusals(now);
+            let no_children_left = self.reap(now);
+            self.settle_stops(now);
+            self.due_inputs(now);
             self.feed(Input::Tick, now);
-            for (unit, count) in self.members.spared_main_oom_kills(now) {
-                self.record_oom_kills(&unit, count, OomVictim::Spared, now);
-            }
-            self.members.retry_removals(now);
-            self.sample_usage(now);
-            self.expire_metrics_clients(now);
-            self.answer_waiters();
-            self.serve_buffered();
-            self.answer_waiters();
+            self.room_timers(now);
+            self.answer_clients();
             self.check_exit_with(now);
             self.flush_clients();
-            let kill_wait = self.kill_wait();
-            if let Phase::Leftovers(left) = &mut self.phase {
-                if reaped.no_children_left {
-                    return self.exit_code;
-                }
-                let kill = now >= left.kill_at;
-                if kill && left.give_up_at.is_none() {
-                    left.give_up_at = Some(crate::core::service::after(now, kill_wait));
-                }
-                if left.give_up_at.is_some_and(|at| now >= at) {
-                    let pids = reaper::direct_children();
-                    warn!(
-                        ?pids,
-                        "processes outlived SIGKILL by {} (frozen, or in uninterruptible sleep): \
-                         abandoned, with what descends from them",
-                        humantime::format_duration(kill_wait)
-                    );
-                    return self.exit_code;
-                }
-                if std::process::id() == 1 {
-                    // Every process of the namespace descends from PID 1, and kill(-1) reaches
-                    // them all but ourselves, however deep (the pids of a /proc mounted for
-                    // another pid namespace would name strangers). Later forks get the SIGKILL.
-                    let signal = if kill {
-                        Some(Signal::SIGKILL)
-                    } else if left.termed.insert(0) {
-                        Some(Signal::SIGTERM)
-                    } else {
-                        None
-                    };
-                    if let Some(signal) = signal {
-                        // Logged once per signal: SIGKILL is repeated on every wake after it.
-                        if signal == Signal::SIGTERM || left.termed.insert(-1) {
-                            info!("sending {} to every remaining process", signal.as_str());
-                        }
-                        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-1), signal);
-                    }
-                    continue;
-                }
-                for pid in reaper::direct_children() {
-                    let signal = if kill {
-                        Some(Signal::SIGKILL)
-                    } else if left.termed.insert(pid) {
-                        Some(Signal::SIGTERM)
-                    } else {
-                        None
-                    };
-                    if let Some(signal) = signal {
-                        debug!(pid, "leftover process gets {}", signal.as_str());
-                        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
-                    }
-                }
+            if let Some(code) = self.leftovers(no_children_left, now) {
+                return code;
             }
         }
+    }
+
+    /// Step 1: waits for a ready source or the earliest deadline.
+    fn wait(&mut self) -> Vec<Readiness> {
+        let timeout = self
+            .next_deadline()
+            .map(|d| d.saturating_duration_since(Instant::now()));
+        match self.poller.wait(timeout) {
+            Ok(ready) => ready,
+            Err(e) => {
+                // Nothing sane is left to do if epoll itself fails; stop the units cleanly.
+                error!("epoll_wait failed: {e}; shutting down");
+                self.begin_shutdown(Instant::now());
+                Vec::new()
+            }
+        }
+    }
+
+    /// Step 3: reaps every exited child and tells the core of its units' main processes.
+    /// Returns whether corral has no child left.
+    fn reap(&mut self, now: Instant) -> bool {
+        let reaped = reaper::reap_all();
+        for (pid, termination) in reaped.exits {
+            self.on_reaped(pid, termination, now);
+        }
+        reaped.no_children_left
+    }
+
+    fn on_reaped(&mut self, pid: i32, mut termination: Termination, now: Instant) {
+        if self.exec_probe_exited(pid, termination, now) {
+            return;
+        }
+        // Its report was written before it exited: read it before its exit counts.
+        let report = self
+            .exec_reports
+            .iter()
+            .find(|(_, (_, p, _))| *p == pid)
+            .map(|(token, _)| *token);
+        if let Some(token) = report {
+            self.settle_exec_report(token, now);
+        }
+        let Some(unit) = self.sup.unit_of_pid(pid).cloned() else {
+            // An orphan (or a leftover): reaped, and nothing else to tell the core,
+            // which knows only main processes; a burst of thousands costs no more.
+            debug!(
+                pid,
+                "reaped: {}",
+                ExitReport {
+                    termination,
+                    oom: false
+                }
+            );
+            return;
+        };
+        if let Some(command) = self.members.take_helper_exit(&unit) {
+            termination = command;
+        }
+        let end = self.members.on_main_exit(&unit, now);
+        let exit = ExitReport {
+            termination,
+            oom: end.by_oom,
+        };
+        let victim = if exit.is_sigkill() {
+            OomVictim::Main
+        } else {
+            OomVictim::Worker
+        };
+        self.record_oom_kills(&unit, end.fresh, victim, now);
+        self.drop_memory_watch(&unit);
+        self.usage_watch.forget(&unit);
+        debug!(pid, "reaped: {exit}");
+        self.feed(Input::Exited { pid, exit }, now);
+    }
+
+    /// Step 4: the stops that can end now, or must be given up.
+    fn settle_stops(&mut self, now: Instant) {
+        self.feed_empty_units(now);
+        self.abandon_unkillable(now);
+    }
+
+    /// Step 5: inputs whose time came: a debounced reload, probe timeouts, refusal reports.
+    fn due_inputs(&mut self, now: Instant) {
+        if self.reload_due.is_some_and(|(due, _)| due <= now) {
+            let _ = self.reload(now);
+        }
+        self.expire_probes(now);
+        self.report_notify_refusals(now);
+    }
+
+    /// Step 7: the rooms' own timers, after the core's.
+    fn room_timers(&mut self, now: Instant) {
+        for (unit, count) in self.members.spared_main_oom_kills(now) {
+            self.record_oom_kills(&unit, count, OomVictim::Spared, now);
+        }
+        self.members.retry_removals(now);
+        self.sample_usage(now);
+        self.expire_metrics_clients(now);
+    }
+
+    /// Step 11: once every unit is down, ends the processes left behind: SIGTERM, SIGKILL at
+    /// the shutdown timeout, and after the kill wait gives up on what cannot die. Returns the
+    /// exit code when corral is done.
+    fn leftovers(&mut self, no_children_left: bool, now: Instant) -> Option<i32> {
+        let kill_wait = self.kill_wait();
+        let Phase::Leftovers(left) = &mut self.phase else {
+            return None;
+        };
+        if no_children_left {
+            return Some(self.exit_code);
+        }
+        let kill = now >= left.kill_at;
+        if kill && left.give_up_at.is_none() {
+            left.give_up_at = Some(crate::core::service::after(now, kill_wait));
+        }
+        if left.give_up_at.is_some_and(|at| now >= at) {
+            let pids = reaper::direct_children();
+            warn!(
+                ?pids,
+                "processes outlived SIGKILL by {} (frozen, or in uninterruptible sleep): \
+                 abandoned, with what descends from them",
+                humantime::format_duration(kill_wait)
+            );
+            return Some(self.exit_code);
+        }
+        if std::process::id() == 1 {
+            // Every process of the namespace descends from PID 1, and kill(-1) reaches
+            // them all but ourselves, however deep (the pids of a /proc mounted for
+            // another pid namespace would name strangers). Later forks get the SIGKILL.
+            let signal = if kill {
+                Some(Signal::SIGKILL)
+            } else if left.termed.insert(0) {
+                Some(Signal::SIGTERM)
+            } else {
+                None
+            };
+            if let Some(signal) = signal {
+                // Logged once per signal: SIGKILL is repeated on every wake after it.
+                if signal == Signal::SIGTERM || left.termed.insert(-1) {
+                    info!("sending {} to every remaining process", signal.as_str());
+                }
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-1), signal);
+            }
+            return None;
+        }
+        for pid in reaper::direct_children() {
+            let signal = if kill {
+                Some(Signal::SIGKILL)
+            } else if left.termed.insert(pid) {
+                Some(Signal::SIGTERM)
+            } else {
+                None
+            };
+            if let Some(signal) = signal {
+                debug!(pid, "leftover process gets {}", signal.as_str());
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+            }
+        }
+        None
     }
 
     /// Ends the stops whose units are empty. The last process of a unit is normally reaped by

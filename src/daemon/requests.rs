@@ -231,6 +231,7 @@ impl Daemon {
                         client.idle_deadline = None;
                     }
                     self.on_request(token, &line);
+                    self.answer_if_settled(token);
                 }
                 Incoming::TooLarge => {
                     if let Some(client) = self.clients.get_mut(&token) {
@@ -559,31 +560,59 @@ impl Daemon {
             .collect()
     }
 
-    /// Answers every start/stop/restart whose units all got where they were going.
-    pub(super) fn answer_waiters(&mut self) {
+    /// The answer to `client`'s start/stop/restart once its units all got where they were
+    /// going; `None` while it waits (or asked for nothing of the kind).
+    fn settled_answer(&self, client: &Client, now: Instant) -> Option<Response> {
+        let ClientState::Waiting { goal, units } = &client.state else {
+            return None;
+        };
+        let outcomes: Vec<Result<(), String>> = units
+            .iter()
+            .map(|u| self.sup.settled(u, *goal))
+            .collect::<Option<_>>()?;
+        let failures: Vec<String> = outcomes.into_iter().filter_map(Result::err).collect();
+        let statuses = self.statuses(units, now);
+        Some(if failures.is_empty() {
+            Response::units(statuses)
+        } else {
+            Response {
+                units: Some(statuses),
+                ..Response::error(ErrorKind::Failed, failures.join("; "))
+            }
+        })
+    }
+
+    /// Answers `token` at once if what it asked for is already the case (a `start` of a
+    /// running unit), so the requests queued behind it are served in the same turn.
+    fn answer_if_settled(&mut self, token: u64) {
         let now = Instant::now();
-        let mut answers = Vec::new();
-        for (token, client) in &self.clients {
-            let ClientState::Waiting { goal, units } = &client.state else {
-                continue;
-            };
-            let outcomes: Option<Vec<Result<(), String>>> =
-                units.iter().map(|u| self.sup.settled(u, *goal)).collect();
-            let Some(outcomes) = outcomes else {
-                continue;
-            };
-            let failures: Vec<String> = outcomes.into_iter().filter_map(Result::err).collect();
-            let statuses = self.statuses(units, now);
-            let response = if failures.is_empty() {
-                Response::units(statuses)
-            } else {
-                Response {
-                    units: Some(statuses),
-                    ..Response::error(ErrorKind::Failed, failures.join("; "))
-                }
-            };
-            answers.push((*token, response));
+        let answer = self
+            .clients
+            .get(&token)
+            .and_then(|client| self.settled_answer(client, now));
+        if let Some(response) = answer {
+            self.reply(token, response);
         }
+    }
+
+    /// Step 8 of the loop: answers every client whose start/stop/restart settled this turn,
+    /// then serves what clients queued behind their answered requests and produces more of
+    /// the large answers whose clients have read what came before. A request served here
+    /// whose goal is already met is answered as it is served (`serve_requests`), so one
+    /// pass over the waiters per turn suffices.
+    pub(super) fn answer_clients(&mut self) {
+        self.answer_waiters();
+        self.serve_buffered();
+    }
+
+    /// Answers every start/stop/restart whose units all got where they were going.
+    fn answer_waiters(&mut self) {
+        let now = Instant::now();
+        let answers: Vec<(u64, Response)> = self
+            .clients
+            .iter()
+            .filter_map(|(token, client)| Some((*token, self.settled_answer(client, now)?)))
+            .collect();
         for (token, response) in answers {
             self.reply(token, response);
         }
@@ -591,7 +620,7 @@ impl Daemon {
 
     /// Serves requests that queued up on a connection while an earlier one was answered, and
     /// produces more of the large answers whose clients have read what came before.
-    pub(super) fn serve_buffered(&mut self) {
+    fn serve_buffered(&mut self) {
         let tokens: Vec<u64> = self.clients.keys().copied().collect();
         for token in tokens {
             self.pump(token);
