@@ -470,15 +470,18 @@ pub struct Server {
     pub out_of_fds: bool,
     /// The listener is out of the epoll set until a client leaves (the reserve fd is gone too).
     pub listener_paused: bool,
+    /// The listener's epoll token, to pause and resume it.
+    pub listener_token: u64,
     /// When a refused connection was last logged, and how many were refused since unlogged.
     refusal_logged_at: Option<Instant>,
     refusals_unlogged: u64,
 }
 
 impl Server {
-    pub fn new(group: Option<u32>) -> Server {
+    pub fn new(group: Option<u32>, listener_token: u64) -> Server {
         Server {
             group,
+            listener_token,
             ..Server::default()
         }
     }

@@ -9,6 +9,7 @@ mod metrics_http;
 mod output;
 mod readiness;
 mod requests;
+mod sources;
 mod status;
 mod usage_watch;
 
@@ -29,7 +30,7 @@ use crate::core::supervisor::{Effect, Input, RequestError, Supervisor};
 use crate::os::cgroup;
 use crate::os::control_socket::{self, SocketError};
 use crate::os::pid1::{self, PowerAction};
-use crate::os::poller::{Poller, Readiness};
+use crate::os::poller::Ready;
 use crate::os::reaper;
 use crate::os::signals::SignalEvents;
 use crate::os::spawn;
@@ -45,6 +46,7 @@ use usage_watch::UsageWatch;
 
 pub use metrics_http::{is_loopback, read_token_file};
 use output::{LineSplitter, Piece, Ring};
+use sources::{Source, Sources, Token};
 
 pub use control::{
     ACCEPTS_PER_TURN, IDLE_TIMEOUT, MAX_CLIENTS, MAX_CONNECTIONS_PER_UID, MAX_FOLLOWERS_PER_UID,
@@ -103,14 +105,6 @@ fn os_err(operation: &'static str) -> impl FnOnce(std::io::Error) -> DaemonError
     move |source| DaemonError::Os { operation, source }
 }
 
-const TOKEN_SIGNALS: u64 = 0;
-const TOKEN_LISTENER: u64 = 1;
-const TOKEN_WATCH: u64 = 2;
-const TOKEN_METRICS: u64 = 3;
-/// The closers of descriptors units passed (readiness.rs) have finished a batch.
-const TOKEN_CLOSERS: u64 = 4;
-const FIRST_DYNAMIC_TOKEN: u64 = 5;
-
 /// Changes in the units directory settle for this long before a reload (editors write in
 /// several steps)...
 const RELOAD_DEBOUNCE: Duration = Duration::from_millis(100);
@@ -162,32 +156,32 @@ enum Phase {
 struct Daemon {
     opts: Options,
     sup: Supervisor,
-    poller: Poller,
+    /// The epoll set and what each token stands for.
+    sources: Sources,
     signals: SignalEvents,
     listener: UnixListener,
-    clients: HashMap<u64, Client>,
+    clients: HashMap<Token, Client>,
     /// The control server's own state: the socket group, the reserve fd.
     control: control::Server,
-    pipes: HashMap<u64, Pipe>,
+    pipes: HashMap<Token, Pipe>,
     watch: Option<DirWatch>,
     /// A debounced reload is due at `.0`; the first change of the burst came at `.1`.
     reload_due: Option<(Instant, Instant)>,
     /// The last reload's diagnostics, until a reload succeeds.
     reload_error: Option<String>,
     /// Exec reports of units spawned but not yet known to have exec'd: unit, pid, pipe.
-    exec_reports: HashMap<u64, (UnitName, i32, OwnedFd)>,
+    exec_reports: HashMap<Token, (UnitName, i32, OwnedFd)>,
     /// Memory-event fds (OOM kills, memory-high) of running units.
-    memory_watches: HashMap<u64, (UnitName, OwnedFd)>,
+    memory_watches: HashMap<Token, (UnitName, OwnedFd)>,
     /// `populated` watches of units' cgroups (v2): a wake to look for units that became empty.
-    populated_watches: HashMap<u64, (UnitName, OwnedFd)>,
+    populated_watches: HashMap<Token, (UnitName, OwnedFd)>,
     members: Members,
     /// Notify sockets, health probes in flight: see readiness.rs.
-    readiness: readiness::Readiness,
+    readiness: readiness::ReadinessChannels,
     usage_watch: UsageWatch,
     /// `--metrics-listen`: the HTTP listener and its connections.
     metrics: Option<MetricsServer>,
     rings: HashMap<UnitName, Ring>,
-    next_token: u64,
     clock: Clock,
     phase: Phase,
     exit_code: i32,
@@ -282,13 +276,13 @@ pub fn run(mut opts: Options) -> Result<Ending, DaemonError> {
              Linux 6.16): a peer may pass some, which corral then closes"
         );
     }
-    let poller = Poller::new().map_err(|e| DaemonError::Os {
+    let mut sources = Sources::new().map_err(|e| DaemonError::Os {
         operation: "creating the epoll set",
         source: e.into(),
     })?;
-    poller
-        .add(signals.fd(), TOKEN_SIGNALS, false)
-        .and_then(|()| poller.add(listener.as_fd(), TOKEN_LISTENER, false))
+    let listener_token = sources
+        .add(signals.fd(), Source::Signals, false)
+        .and_then(|_| sources.add(listener.as_fd(), Source::Listener, false))
         .map_err(|e| DaemonError::Os {
             operation: "registering with epoll",
             source: e.into(),
@@ -297,8 +291,8 @@ pub fn run(mut opts: Options) -> Result<Ending, DaemonError> {
         None => None,
         Some(addr) => match MetricsServer::bind(addr, opts.metrics_token.clone()) {
             Ok(server) => {
-                poller
-                    .add(server.listener.as_fd(), TOKEN_METRICS, false)
+                sources
+                    .add(server.listener.as_fd(), Source::Metrics, false)
                     .map_err(|e| DaemonError::Os {
                         operation: "registering with epoll",
                         source: e.into(),
@@ -346,7 +340,7 @@ pub fn run(mut opts: Options) -> Result<Ending, DaemonError> {
     let members = Members::new(opts.cgroup_root.as_deref(), &loaded.units);
     let watch = match DirWatch::new(&opts.units_dir) {
         Ok(watch) => {
-            if let Err(e) = poller.add(watch.fd(), TOKEN_WATCH, false) {
+            if let Err(e) = sources.add(watch.fd(), Source::Watch, false) {
                 warn!(
                     "cannot watch the units directory ({e}); reload with SIGHUP or `corral reload`"
                 );
@@ -377,22 +371,21 @@ pub fn run(mut opts: Options) -> Result<Ending, DaemonError> {
         metrics,
         sup: Supervisor::new(loaded.units.into_values(), now),
         opts,
-        poller,
+        sources,
         signals,
         listener,
         clients: HashMap::new(),
-        control: control::Server::new(group.map(|g| g.as_raw())),
+        control: control::Server::new(group.map(|g| g.as_raw()), listener_token),
         pipes: HashMap::new(),
         memory_watches: HashMap::new(),
         exec_reports: HashMap::new(),
         populated_watches: HashMap::new(),
-        readiness: readiness::Readiness::new(notify_dir, TOKEN_CLOSERS, open_files),
+        readiness: readiness::ReadinessChannels::new(notify_dir, open_files),
         watch,
         reload_due: None,
         // `status` shows why a host init started no unit, as after a refused reload.
         reload_error: startup_error,
         rings,
-        next_token: FIRST_DYNAMIC_TOKEN,
         clock: Clock::new(),
         phase: Phase::Supervising,
         exit_code: 0,
@@ -469,11 +462,11 @@ impl Daemon {
     }
 
     /// Step 1: waits for a ready source or the earliest deadline.
-    fn wait(&mut self) -> Vec<Readiness> {
+    fn wait(&mut self) -> Vec<Ready> {
         let timeout = self
             .next_deadline()
             .map(|d| d.saturating_duration_since(Instant::now()));
-        match self.poller.wait(timeout) {
+        match self.sources.wait(timeout) {
             Ok(ready) => ready,
             Err(e) => {
                 // Nothing sane is left to do if epoll itself fails; stop the units cleanly.
@@ -707,36 +700,25 @@ impl Daemon {
             .min()
     }
 
-    fn token(&mut self) -> u64 {
-        let token = self.next_token;
-        self.next_token += 1;
-        token
-    }
-
-    fn dispatch(&mut self, r: Readiness) {
-        match r.token {
-            TOKEN_SIGNALS => {
+    /// Step 2: serves one ready source.
+    fn dispatch(&mut self, ready: Ready) {
+        let Some(source) = self.sources.source(ready.token) else {
+            // Removed by an earlier source of the same wake.
+            return;
+        };
+        let token = ready.token;
+        match source {
+            Source::Signals => {
                 for signal in self.signals.drain() {
                     self.on_signal(signal);
                 }
             }
-            TOKEN_LISTENER => self.accept_clients(),
-            TOKEN_METRICS => self.accept_metrics_clients(),
-            TOKEN_WATCH => {
-                if let Some(watch) = &mut self.watch
-                    && let Err(e) = watch.drain()
-                {
-                    warn!("{e}; changes there are seen on SIGHUP or `corral reload`");
-                }
-                let now = Instant::now();
-                let first = self.reload_due.map_or(now, |(_, first)| first);
-                let due = (now + RELOAD_DEBOUNCE).min(first + RELOAD_MAX_DELAY);
-                self.reload_due = Some((due, first));
-            }
-            token if self.memory_watches.contains_key(&token) => {
-                if let Some((unit, fd)) = self.memory_watches.get(&token) {
+            Source::Listener => self.accept_clients(),
+            Source::Metrics => self.accept_metrics_clients(),
+            Source::Watch => self.on_units_dir_changed(),
+            Source::MemoryEvents { unit } => {
+                if let Some((_, fd)) = self.memory_watches.get(&token) {
                     cgroup::drain(fd);
-                    let unit = unit.clone();
                     debug!(unit = %unit, "memory event");
                     let now = Instant::now();
                     self.members.on_memory_event(&unit, now);
@@ -744,22 +726,33 @@ impl Daemon {
                 }
             }
             // The wake is the point: every wake looks for units that became empty.
-            token if self.populated_watches.contains_key(&token) => {
-                if let Some((unit, fd)) = self.populated_watches.get(&token) {
+            Source::Populated { unit } => {
+                if let Some((_, fd)) = self.populated_watches.get(&token) {
                     cgroup::drain(fd);
                     debug!(unit = %unit, "cgroup.events changed");
                 }
             }
-            token if self.exec_reports.contains_key(&token) => {
-                self.settle_exec_report(token, Instant::now());
-            }
-            token if self.pipes.contains_key(&token) => self.read_pipe(token),
-            token if self.readiness.owns(token) => self.on_readiness_event(token),
-            token if self.metrics.as_ref().is_some_and(|m| m.has_client(token)) => {
-                self.serve_metrics_client(token, r)
-            }
-            token => self.serve_client(token, r),
+            Source::ExecReport => self.settle_exec_report(token, Instant::now()),
+            Source::Pipe => self.read_pipe(token),
+            Source::Closers => self.readiness.on_closer_wake(&self.sources),
+            Source::Notify { unit } => self.drain_notify(&unit, Instant::now()),
+            Source::NetProbe => self.advance_net_probe(token),
+            Source::MetricsClient => self.serve_metrics_client(token, ready),
+            Source::Client => self.serve_client(token, ready),
         }
+    }
+
+    /// The units directory changed: a reload is due once the changes settle.
+    fn on_units_dir_changed(&mut self) {
+        if let Some(watch) = &mut self.watch
+            && let Err(e) = watch.drain()
+        {
+            warn!("{e}; changes there are seen on SIGHUP or `corral reload`");
+        }
+        let now = Instant::now();
+        let first = self.reload_due.map_or(now, |(_, first)| first);
+        let due = (now + RELOAD_DEBOUNCE).min(first + RELOAD_MAX_DELAY);
+        self.reload_due = Some((due, first));
     }
 
     fn on_signal(&mut self, signal: Signal) {
@@ -848,11 +841,9 @@ impl Daemon {
                         // The exec is confirmed later, on the loop, so the next unit's fork
                         // need not wait for this one's exec; where the report cannot be
                         // watched, it is waited for here.
-                        let token = self.token();
-                        if self
-                            .poller
-                            .add(child.exec_report.as_fd(), token, false)
-                            .is_ok()
+                        if let Ok(token) =
+                            self.sources
+                                .add(child.exec_report.as_fd(), Source::ExecReport, false)
                         {
                             self.exec_reports
                                 .insert(token, (unit.name.clone(), child.pid, child.exec_report));
@@ -879,8 +870,10 @@ impl Daemon {
                         self.watch_memory(&unit);
                         self.drop_populated_watch(&unit.name);
                         if let Some(fd) = self.members.populated_watch(&unit.name) {
-                            let token = self.token();
-                            if self.poller.add(fd.as_fd(), token, false).is_ok() {
+                            let populated = Source::Populated {
+                                unit: unit.name.clone(),
+                            };
+                            if let Ok(token) = self.sources.add(fd.as_fd(), populated, false) {
                                 self.populated_watches
                                     .insert(token, (unit.name.clone(), fd));
                             }
@@ -940,7 +933,7 @@ impl Daemon {
                 None
             }
             Effect::Forget { unit } => {
-                self.readiness.forget(&self.poller, &unit);
+                self.readiness.forget(&mut self.sources, &unit);
                 self.rings.remove(&unit);
                 self.members.forget(&unit, now);
                 self.drop_memory_watch(&unit);
@@ -1017,7 +1010,7 @@ impl Daemon {
     }
 
     fn drop_populated_watch(&mut self, unit: &UnitName) {
-        unwatch(&self.poller, &mut self.populated_watches, unit);
+        unwatch(&mut self.sources, &mut self.populated_watches, unit);
     }
 
     /// (Re)opens the memory-event fds of a running unit: OOM kills, memory-high, and the
@@ -1028,15 +1021,17 @@ impl Daemon {
             .members
             .memory_watch(unit, &self.usage_watch.thresholds)
         {
-            let token = self.token();
-            if self.poller.add(fd.as_fd(), token, false).is_ok() {
+            let events = Source::MemoryEvents {
+                unit: unit.name.clone(),
+            };
+            if let Ok(token) = self.sources.add(fd.as_fd(), events, false) {
                 self.memory_watches.insert(token, (unit.name.clone(), fd));
             }
         }
     }
 
     /// A unit's exec report is readable: nothing to do if it exec'd; else its start failed.
-    fn settle_exec_report(&mut self, token: u64, now: Instant) {
+    fn settle_exec_report(&mut self, token: Token, now: Instant) {
         if let Some(failed) = self.take_exec_report(token, now) {
             self.feed(failed, now);
         }
@@ -1064,9 +1059,9 @@ impl Daemon {
     }
 
     /// Reads and forgets one exec report, readable by now; the input a failure makes.
-    fn take_exec_report(&mut self, token: u64, now: Instant) -> Option<Input> {
+    fn take_exec_report(&mut self, token: Token, now: Instant) -> Option<Input> {
         let (unit, pid, report) = self.exec_reports.remove(&token)?;
-        let _ = self.poller.remove(&report);
+        self.sources.remove(&report, token);
         let Err(error) = spawn::exec_outcome(&report) else {
             // From here on the process is the unit's command, set up as the unit asks.
             debug!(unit = %unit, pid, "exec'd");
@@ -1090,7 +1085,7 @@ impl Daemon {
     }
 
     fn drop_memory_watch(&mut self, unit: &UnitName) {
-        unwatch(&self.poller, &mut self.memory_watches, unit);
+        unwatch(&mut self.sources, &mut self.memory_watches, unit);
     }
 
     /// Counts OOM kills the kernel reported for a unit, and says so with the figures that
@@ -1138,12 +1133,14 @@ impl Daemon {
         stream: Stream,
         fd: OwnedFd,
         discard: bool,
-    ) -> Option<u64> {
-        let token = self.token();
-        if let Err(e) = self.poller.add(fd.as_fd(), token, false) {
-            warn!(unit = %unit, "cannot watch the unit's output: {e}");
-            return None;
-        }
+    ) -> Option<Token> {
+        let token = match self.sources.add(fd.as_fd(), Source::Pipe, false) {
+            Ok(token) => token,
+            Err(e) => {
+                warn!(unit = %unit, "cannot watch the unit's output: {e}");
+                return None;
+            }
+        };
         self.pipes.insert(
             token,
             Pipe {
@@ -1158,15 +1155,15 @@ impl Daemon {
     }
 
     /// Stops reading a pipe and closes it, before its EOF.
-    fn close_pipe(&mut self, token: u64) {
+    fn close_pipe(&mut self, token: Token) {
         if let Some(pipe) = self.pipes.remove(&token) {
-            let _ = self.poller.remove(&pipe.fd);
+            self.sources.remove(&pipe.fd, token);
         }
     }
 
     /// Reads a bounded amount per wake so one chatty unit cannot starve the others; the
     /// level-triggered epoll brings us back for the rest.
-    fn read_pipe(&mut self, token: u64) {
+    fn read_pipe(&mut self, token: Token) {
         const READS_PER_WAKE: usize = 16;
         let mut buf = vec![0u8; 64 * 1024];
         let mut pieces = Vec::new();
@@ -1199,8 +1196,8 @@ impl Daemon {
         for piece in pieces {
             self.emit_line(&unit, stream, piece);
         }
-        if eof && let Some(pipe) = self.pipes.remove(&token) {
-            let _ = self.poller.remove(&pipe.fd);
+        if eof {
+            self.close_pipe(token);
         }
     }
 
@@ -1245,12 +1242,16 @@ impl Daemon {
 }
 
 /// Takes every fd of `unit` out of `watches` and out of the epoll set.
-fn unwatch(poller: &Poller, watches: &mut HashMap<u64, (UnitName, OwnedFd)>, unit: &UnitName) {
-    watches.retain(|_, (u, fd)| {
+fn unwatch(
+    sources: &mut Sources,
+    watches: &mut HashMap<Token, (UnitName, OwnedFd)>,
+    unit: &UnitName,
+) {
+    watches.retain(|token, (u, fd)| {
         if u != unit {
             return true;
         }
-        let _ = poller.remove(fd);
+        sources.remove(&*fd, *token);
         false
     });
 }

@@ -13,7 +13,7 @@ use crate::core::reload::ReloadPlan;
 use crate::core::supervisor::{Goal, Input, RequestError};
 use crate::os::control_socket::{self, Peer};
 use crate::os::namespaces;
-use crate::os::poller::Readiness;
+use crate::os::poller::Ready;
 use crate::proto::{
     ErrorBody, ErrorKind, LogLine, ReloadReport, Request, Response, UnitStatus, Verb,
 };
@@ -24,6 +24,7 @@ use super::control::{
     ACCEPTS_PER_TURN, Answer, Client, ClientState, Incoming, MAX_CLIENTS, MAX_CONNECTIONS_PER_UID,
     MAX_FOLLOWERS_PER_UID, REQUESTS_PER_TURN, ROOT_RESERVE, TRUSTED_RESERVE,
 };
+use super::sources::Source;
 use super::status::{namespace_status, unit_status};
 
 /// `logs` without `-n`.
@@ -82,8 +83,10 @@ impl Daemon {
                 client.flush(now);
                 continue;
             }
-            let token = self.token();
-            if self.poller.add(client.stream.as_fd(), token, false).is_ok() {
+            if let Ok(token) = self
+                .sources
+                .add(client.stream.as_fd(), Source::Client, false)
+            {
                 self.clients.insert(token, client);
             }
         }
@@ -169,9 +172,12 @@ impl Daemon {
     fn pause_listener(&mut self) {
         if !self.control.listener_paused {
             self.control.listener_paused = true;
-            let _ = self
-                .poller
-                .modify(self.listener.as_fd(), super::TOKEN_LISTENER, false, false);
+            let _ = self.sources.modify(
+                self.listener.as_fd(),
+                self.control.listener_token,
+                false,
+                false,
+            );
         }
     }
 
@@ -183,9 +189,12 @@ impl Daemon {
         }
         if self.control.listener_paused && self.control.reserve_fd.is_some() {
             self.control.listener_paused = false;
-            let _ = self
-                .poller
-                .modify(self.listener.as_fd(), super::TOKEN_LISTENER, true, false);
+            let _ = self.sources.modify(
+                self.listener.as_fd(),
+                self.control.listener_token,
+                true,
+                false,
+            );
         }
         if self.control.out_of_fds && episode_over {
             self.control.out_of_fds = false;
@@ -193,7 +202,7 @@ impl Daemon {
         }
     }
 
-    pub(super) fn serve_client(&mut self, token: u64, readiness: Readiness) {
+    pub(super) fn serve_client(&mut self, token: u64, readiness: Ready) {
         let Some(client) = self.clients.get_mut(&token) else {
             return;
         };
@@ -648,7 +657,7 @@ impl Daemon {
             if client.finished() || client.expired(now) {
                 gone.push(*token);
             } else {
-                let _ = self.poller.modify(
+                let _ = self.sources.modify(
                     client.stream.as_fd(),
                     *token,
                     client.wants_read(),
@@ -658,7 +667,7 @@ impl Daemon {
         }
         for token in &gone {
             if let Some(client) = self.clients.remove(token) {
-                let _ = self.poller.remove(&client.stream);
+                self.sources.remove(&client.stream, *token);
             }
         }
         if !gone.is_empty() || self.control.reserve_fd.is_none() {
