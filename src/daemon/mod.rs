@@ -2,6 +2,7 @@
 
 mod clock;
 mod control;
+mod generation;
 mod journald;
 pub mod logging;
 mod membership;
@@ -27,7 +28,6 @@ use crate::core::limit_watch::Thresholds;
 use crate::core::reload::ReloadPlan;
 use crate::core::service::State;
 use crate::core::supervisor::{Effect, Input, RequestError, Supervisor};
-use crate::os::cgroup;
 use crate::os::control_socket::{self, SocketError};
 use crate::os::pid1::{self, PowerAction};
 use crate::os::poller::Ready;
@@ -40,6 +40,7 @@ use crate::unit::{self, UnitName};
 
 use clock::Clock;
 use control::{Client, ClientState};
+use generation::Generations;
 use membership::Members;
 use metrics_http::MetricsServer;
 use usage_watch::UsageWatch;
@@ -169,12 +170,8 @@ struct Daemon {
     reload_due: Option<(Instant, Instant)>,
     /// The last reload's diagnostics, until a reload succeeds.
     reload_error: Option<String>,
-    /// Exec reports of units spawned but not yet known to have exec'd: unit, pid, pipe.
-    exec_reports: HashMap<Token, (UnitName, i32, OwnedFd)>,
-    /// Memory-event fds (OOM kills, memory-high) of running units.
-    memory_watches: HashMap<Token, (UnitName, OwnedFd)>,
-    /// `populated` watches of units' cgroups (v2): a wake to look for units that became empty.
-    populated_watches: HashMap<Token, (UnitName, OwnedFd)>,
+    /// Each unit's current run: its exec report, memory events, `cgroup.events` watch.
+    generations: Generations,
     members: Members,
     /// Notify sockets, health probes in flight: see readiness.rs.
     readiness: readiness::ReadinessChannels,
@@ -377,9 +374,7 @@ pub fn run(mut opts: Options) -> Result<Ending, DaemonError> {
         clients: HashMap::new(),
         control: control::Server::new(group.map(|g| g.as_raw()), listener_token),
         pipes: HashMap::new(),
-        memory_watches: HashMap::new(),
-        exec_reports: HashMap::new(),
-        populated_watches: HashMap::new(),
+        generations: Generations::default(),
         readiness: readiness::ReadinessChannels::new(notify_dir, open_files),
         watch,
         reload_due: None,
@@ -492,13 +487,8 @@ impl Daemon {
             return;
         }
         // Its report was written before it exited: read it before its exit counts.
-        let report = self
-            .exec_reports
-            .iter()
-            .find(|(_, (_, p, _))| *p == pid)
-            .map(|(token, _)| *token);
-        if let Some(token) = report {
-            self.settle_exec_report(token, now);
+        if let Some(unit) = self.generations.exec_pending_of(pid) {
+            self.settle_exec_report(&unit, now);
         }
         let Some(unit) = self.sup.unit_of_pid(pid).cloned() else {
             // An orphan (or a leftover): reaped, and nothing else to tell the core,
@@ -527,7 +517,7 @@ impl Daemon {
             OomVictim::Worker
         };
         self.record_oom_kills(&unit, end.fresh, victim, now);
-        self.drop_memory_watch(&unit);
+        self.generations.release_memory(&mut self.sources, &unit);
         self.usage_watch.forget(&unit);
         debug!(pid, "reaped: {exit}");
         self.feed(Input::Exited { pid, exit }, now);
@@ -717,8 +707,7 @@ impl Daemon {
             Source::Metrics => self.accept_metrics_clients(),
             Source::Watch => self.on_units_dir_changed(),
             Source::MemoryEvents { unit } => {
-                if let Some((_, fd)) = self.memory_watches.get(&token) {
-                    cgroup::drain(fd);
+                if self.generations.drain(&unit, token) {
                     debug!(unit = %unit, "memory event");
                     let now = Instant::now();
                     self.members.on_memory_event(&unit, now);
@@ -727,12 +716,11 @@ impl Daemon {
             }
             // The wake is the point: every wake looks for units that became empty.
             Source::Populated { unit } => {
-                if let Some((_, fd)) = self.populated_watches.get(&token) {
-                    cgroup::drain(fd);
+                if self.generations.drain(&unit, token) {
                     debug!(unit = %unit, "cgroup.events changed");
                 }
             }
-            Source::ExecReport => self.settle_exec_report(token, Instant::now()),
+            Source::ExecReport { unit } => self.settle_exec_report(&unit, Instant::now()),
             Source::Pipe => self.read_pipe(token),
             Source::Closers => self.readiness.on_closer_wake(&self.sources),
             Source::Notify { unit } => self.drain_notify(&unit, Instant::now()),
@@ -841,13 +829,17 @@ impl Daemon {
                         // The exec is confirmed later, on the loop, so the next unit's fork
                         // need not wait for this one's exec; where the report cannot be
                         // watched, it is waited for here.
-                        if let Ok(token) =
-                            self.sources
-                                .add(child.exec_report.as_fd(), Source::ExecReport, false)
+                        self.generations
+                            .begin(&mut self.sources, &unit.name, child.pid);
+                        let watched = self.generations.watch_exec_report(
+                            &mut self.sources,
+                            &unit.name,
+                            child.exec_report,
+                        );
+                        if let Err(report) = watched
+                            && let Err(e) = spawn::exec_outcome(&report)
                         {
-                            self.exec_reports
-                                .insert(token, (unit.name.clone(), child.pid, child.exec_report));
-                        } else if let Err(e) = spawn::exec_outcome(&child.exec_report) {
+                            self.generations.release(&mut self.sources, &unit.name);
                             self.members.spawn_failed(&unit.name, now);
                             return Some(Input::SpawnFailed {
                                 unit: unit.name.clone(),
@@ -868,15 +860,9 @@ impl Daemon {
                         );
                         self.usage_watch.forget(&unit.name);
                         self.watch_memory(&unit);
-                        self.drop_populated_watch(&unit.name);
                         if let Some(fd) = self.members.populated_watch(&unit.name) {
-                            let populated = Source::Populated {
-                                unit: unit.name.clone(),
-                            };
-                            if let Ok(token) = self.sources.add(fd.as_fd(), populated, false) {
-                                self.populated_watches
-                                    .insert(token, (unit.name.clone(), fd));
-                            }
+                            self.generations
+                                .watch_populated(&mut self.sources, &unit.name, fd);
                         }
                         self.watch_pipe(&unit.name, Stream::Stdout, child.stdout);
                         self.watch_pipe(&unit.name, Stream::Stderr, child.stderr);
@@ -936,8 +922,7 @@ impl Daemon {
                 self.readiness.forget(&mut self.sources, &unit);
                 self.rings.remove(&unit);
                 self.members.forget(&unit, now);
-                self.drop_memory_watch(&unit);
-                self.drop_populated_watch(&unit);
+                self.generations.release(&mut self.sources, &unit);
                 self.usage_watch.forget(&unit);
                 None
             }
@@ -1009,40 +994,26 @@ impl Daemon {
         Ok(plan)
     }
 
-    fn drop_populated_watch(&mut self, unit: &UnitName) {
-        unwatch(&mut self.sources, &mut self.populated_watches, unit);
-    }
-
     /// (Re)opens the memory-event fds of a running unit: OOM kills, memory-high, and the
     /// warning marks below memory-max.
     fn watch_memory(&mut self, unit: &crate::unit::Unit) {
-        self.drop_memory_watch(&unit.name);
-        for fd in self
+        let fds = self
             .members
-            .memory_watch(unit, &self.usage_watch.thresholds)
-        {
-            let events = Source::MemoryEvents {
-                unit: unit.name.clone(),
-            };
-            if let Ok(token) = self.sources.add(fd.as_fd(), events, false) {
-                self.memory_watches.insert(token, (unit.name.clone(), fd));
-            }
-        }
+            .memory_watch(unit, &self.usage_watch.thresholds);
+        self.generations
+            .watch_memory(&mut self.sources, &unit.name, fds);
     }
 
     /// A unit's exec report is readable: nothing to do if it exec'd; else its start failed.
-    fn settle_exec_report(&mut self, token: Token, now: Instant) {
-        if let Some(failed) = self.take_exec_report(token, now) {
+    fn settle_exec_report(&mut self, unit: &UnitName, now: Instant) {
+        if let Some(failed) = self.take_exec_report(unit, now) {
             self.feed(failed, now);
         }
     }
 
     /// The pid of the unit's newest process while it has not reached its exec.
     pub(super) fn exec_pending(&self, unit: &UnitName) -> Option<i32> {
-        self.exec_reports
-            .values()
-            .find(|(u, _, _)| u == unit)
-            .map(|(_, pid, _)| *pid)
+        self.generations.exec_pending(unit)
     }
 
     /// A unit's newest process may not be in its cgroup yet before its exec (on v1 it writes
@@ -1059,9 +1030,8 @@ impl Daemon {
     }
 
     /// Reads and forgets one exec report, readable by now; the input a failure makes.
-    fn take_exec_report(&mut self, token: Token, now: Instant) -> Option<Input> {
-        let (unit, pid, report) = self.exec_reports.remove(&token)?;
-        self.sources.remove(&report, token);
+    fn take_exec_report(&mut self, unit: &UnitName, now: Instant) -> Option<Input> {
+        let (pid, report) = self.generations.take_exec_report(&mut self.sources, unit)?;
         let Err(error) = spawn::exec_outcome(&report) else {
             // From here on the process is the unit's command, set up as the unit asks.
             debug!(unit = %unit, pid, "exec'd");
@@ -1069,23 +1039,18 @@ impl Daemon {
         };
         // The core fails a unit still starting or running; one already stopping takes the
         // exit (127) that follows as its end, so the reason is told here in every case.
-        let state = self.sup.get(&unit).map(|(_, rt)| rt.state);
+        let state = self.sup.get(unit).map(|(_, rt)| rt.state);
         if !matches!(state, Some(State::Starting | State::Running)) {
             warn!(unit = %unit, "its process did not reach its exec: {error}");
         }
         // The exit that follows no longer belongs to the unit: what its start set up goes now.
-        self.members.spawn_failed(&unit, now);
-        let _ = self.members.take_helper_exit(&unit);
-        self.drop_memory_watch(&unit);
-        self.drop_populated_watch(&unit);
+        self.members.spawn_failed(unit, now);
+        let _ = self.members.take_helper_exit(unit);
+        self.generations.release(&mut self.sources, unit);
         Some(Input::ExecFailed {
             pid,
             error: error.to_string(),
         })
-    }
-
-    fn drop_memory_watch(&mut self, unit: &UnitName) {
-        unwatch(&mut self.sources, &mut self.memory_watches, unit);
     }
 
     /// Counts OOM kills the kernel reported for a unit, and says so with the figures that
@@ -1239,19 +1204,4 @@ impl Daemon {
             self.begin_shutdown(now);
         }
     }
-}
-
-/// Takes every fd of `unit` out of `watches` and out of the epoll set.
-fn unwatch(
-    sources: &mut Sources,
-    watches: &mut HashMap<Token, (UnitName, OwnedFd)>,
-    unit: &UnitName,
-) {
-    watches.retain(|token, (u, fd)| {
-        if u != unit {
-            return true;
-        }
-        sources.remove(&*fd, *token);
-        false
-    });
 }

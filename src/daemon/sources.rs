@@ -29,7 +29,7 @@ pub(super) enum Source {
     /// A unit's stdout or stderr, or an exec probe's.
     Pipe,
     /// A spawned process's exec report (readable at its exec or when it gave up).
-    ExecReport,
+    ExecReport { unit: UnitName },
     /// A unit's memory events: OOM kills, memory-high, warning marks.
     MemoryEvents { unit: UnitName },
     /// A unit's `cgroup.events` (v2): a wake to look for units that became empty.
