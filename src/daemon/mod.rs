@@ -9,12 +9,14 @@ mod membership;
 mod metrics_http;
 mod output;
 mod readiness;
+mod reload_debounce;
 mod requests;
+mod shutdown;
 mod sources;
 mod status;
 mod usage_watch;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
@@ -43,6 +45,8 @@ use control::{Client, ClientState};
 use generation::Generations;
 use membership::Members;
 use metrics_http::MetricsServer;
+use reload_debounce::ReloadDebounce;
+use shutdown::Shutdown;
 use usage_watch::UsageWatch;
 
 pub use metrics_http::{is_loopback, read_token_file};
@@ -106,12 +110,6 @@ fn os_err(operation: &'static str) -> impl FnOnce(std::io::Error) -> DaemonError
     move |source| DaemonError::Os { operation, source }
 }
 
-/// Changes in the units directory settle for this long before a reload (editors write in
-/// several steps)...
-const RELOAD_DEBOUNCE: Duration = Duration::from_millis(100);
-/// ...but a directory that never stops changing is still reloaded this often.
-const RELOAD_MAX_DELAY: Duration = Duration::from_secs(1);
-
 /// A read end of a unit's stdout or stderr.
 struct Pipe {
     unit: UnitName,
@@ -134,26 +132,6 @@ enum OomVictim {
     Spared,
 }
 
-/// How long a shutdown waits for processes it sent SIGKILL: `--shutdown-timeout`, at least
-/// this. A process still there after that cannot die (uninterruptible sleep, a frozen cgroup)
-/// and is abandoned, so that a shutdown always ends (docs/operations.md).
-const MIN_KILL_WAIT: Duration = Duration::from_secs(1);
-
-/// After every unit is down: leftover descendants get SIGTERM, then SIGKILL at `kill_at`; what
-/// is still there at `give_up_at` (set with the SIGKILL) is abandoned.
-struct Leftovers {
-    kill_at: Instant,
-    give_up_at: Option<Instant>,
-    /// Pids that got their SIGTERM (as PID 1: 0 once every process got it through kill(-1),
-    /// and -1 once the SIGKILL to all was logged).
-    termed: HashSet<i32>,
-}
-
-enum Phase {
-    Supervising,
-    Leftovers(Leftovers),
-}
-
 struct Daemon {
     opts: Options,
     sup: Supervisor,
@@ -166,8 +144,8 @@ struct Daemon {
     control: control::Server,
     pipes: HashMap<Token, Pipe>,
     watch: Option<DirWatch>,
-    /// A debounced reload is due at `.0`; the first change of the burst came at `.1`.
-    reload_due: Option<(Instant, Instant)>,
+    /// When a change in the units directory is to be reloaded.
+    reload_due: ReloadDebounce,
     /// The last reload's diagnostics, until a reload succeeds.
     reload_error: Option<String>,
     /// Each unit's current run: its exec report, memory events, `cgroup.events` watch.
@@ -180,16 +158,11 @@ struct Daemon {
     metrics: Option<MetricsServer>,
     rings: HashMap<UnitName, Ring>,
     clock: Clock,
-    phase: Phase,
-    exit_code: i32,
+    /// The kill wait, the leftovers, the exit code and power action.
+    shutdown: Shutdown,
     own_uid: u32,
-    /// When each stopping unit got its first SIGKILL: a shutdown abandons the units whose
-    /// processes outlive it by the kill wait.
-    killed_at: HashMap<UnitName, Instant>,
     /// PID 1 of the machine: never exits, powers off or reboots instead.
     host_init: bool,
-    /// What a host init does after shutdown.
-    power: PowerAction,
     /// corral's own namespaces, which a unit's are compared with.
     own_namespaces: [Option<u64>; 7],
 }
@@ -362,6 +335,7 @@ pub fn run(mut opts: Options) -> Result<Ending, DaemonError> {
             1024
         }
     };
+    let shutdown = Shutdown::new(opts.shutdown_timeout);
     let mut daemon = Daemon {
         members,
         usage_watch,
@@ -377,25 +351,22 @@ pub fn run(mut opts: Options) -> Result<Ending, DaemonError> {
         generations: Generations::default(),
         readiness: readiness::ReadinessChannels::new(notify_dir, open_files),
         watch,
-        reload_due: None,
+        reload_due: ReloadDebounce::default(),
         // `status` shows why a host init started no unit, as after a refused reload.
         reload_error: startup_error,
         rings,
         clock: Clock::new(),
-        phase: Phase::Supervising,
-        exit_code: 0,
-        killed_at: HashMap::new(),
+        shutdown,
         own_uid: nix::unistd::geteuid().as_raw(),
         host_init,
-        power: PowerAction::Poweroff,
         own_namespaces: crate::os::namespaces::inodes(None),
     };
     let code = daemon.event_loop();
     daemon.members.teardown();
     let _ = std::fs::remove_file(&daemon.opts.socket);
     if daemon.host_init {
-        info!(action = ?daemon.power, "every process is gone; syncing and powering down");
-        return Ok(Ending::Power(daemon.power));
+        info!(action = ?daemon.shutdown.power, "every process is gone; syncing and powering down");
+        return Ok(Ending::Power(daemon.shutdown.power));
     }
     info!(code, "corral exits");
     Ok(Ending::Exit(code))
@@ -531,7 +502,7 @@ impl Daemon {
 
     /// Step 5: inputs whose time came: a debounced reload, probe timeouts, refusal reports.
     fn due_inputs(&mut self, now: Instant) {
-        if self.reload_due.is_some_and(|(due, _)| due <= now) {
+        if self.reload_due.is_due(now) {
             let _ = self.reload(now);
         }
         self.expire_probes(now);
@@ -548,65 +519,12 @@ impl Daemon {
         self.expire_metrics_clients(now);
     }
 
-    /// Step 11: once every unit is down, ends the processes left behind: SIGTERM, SIGKILL at
-    /// the shutdown timeout, and after the kill wait gives up on what cannot die. Returns the
-    /// exit code when corral is done.
+    /// Step 11: once every unit is down, ends the processes left behind (shutdown.rs).
+    /// Returns the exit code when corral is done.
     fn leftovers(&mut self, no_children_left: bool, now: Instant) -> Option<i32> {
-        let kill_wait = self.kill_wait();
-        let Phase::Leftovers(left) = &mut self.phase else {
-            return None;
-        };
-        if no_children_left {
-            return Some(self.exit_code);
-        }
-        let kill = now >= left.kill_at;
-        if kill && left.give_up_at.is_none() {
-            left.give_up_at = Some(crate::core::service::after(now, kill_wait));
-        }
-        if left.give_up_at.is_some_and(|at| now >= at) {
-            let pids = reaper::direct_children();
-            warn!(
-                ?pids,
-                "processes outlived SIGKILL by {} (frozen, or in uninterruptible sleep): \
-                 abandoned, with what descends from them",
-                humantime::format_duration(kill_wait)
-            );
-            return Some(self.exit_code);
-        }
-        if std::process::id() == 1 {
-            // Every process of the namespace descends from PID 1, and kill(-1) reaches
-            // them all but ourselves, however deep (the pids of a /proc mounted for
-            // another pid namespace would name strangers). Later forks get the SIGKILL.
-            let signal = if kill {
-                Some(Signal::SIGKILL)
-            } else if left.termed.insert(0) {
-                Some(Signal::SIGTERM)
-            } else {
-                None
-            };
-            if let Some(signal) = signal {
-                // Logged once per signal: SIGKILL is repeated on every wake after it.
-                if signal == Signal::SIGTERM || left.termed.insert(-1) {
-                    info!("sending {} to every remaining process", signal.as_str());
-                }
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-1), signal);
-            }
-            return None;
-        }
-        for pid in reaper::direct_children() {
-            let signal = if kill {
-                Some(Signal::SIGKILL)
-            } else if left.termed.insert(pid) {
-                Some(Signal::SIGTERM)
-            } else {
-                None
-            };
-            if let Some(signal) = signal {
-                debug!(pid, "leftover process gets {}", signal.as_str());
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
-            }
-        }
-        None
+        self.shutdown
+            .end_leftovers(no_children_left, now)
+            .then_some(self.shutdown.exit_code)
     }
 
     /// Ends the stops whose units are empty. The last process of a unit is normally reaped by
@@ -624,32 +542,11 @@ impl Daemon {
         }
     }
 
-    /// How long a shutdown waits for processes after their SIGKILL before it abandons them.
-    fn kill_wait(&self) -> Duration {
-        self.opts.shutdown_timeout.max(MIN_KILL_WAIT)
-    }
-
     /// During a shutdown, gives up on each stopping unit whose processes outlived their
-    /// SIGKILL by the kill wait, and logs what was left. Forgets the kill times of units no
-    /// longer stopping.
+    /// SIGKILL by the kill wait, and logs what was left.
     fn abandon_unkillable(&mut self, now: Instant) {
-        let sup = &self.sup;
-        self.killed_at.retain(|unit, _| {
-            sup.get(unit)
-                .is_some_and(|(_, rt)| rt.state == State::Stopping)
-        });
-        if !self.sup.is_shutting_down() {
-            return;
-        }
-        let wait = self.kill_wait();
-        let due: Vec<UnitName> = self
-            .killed_at
-            .iter()
-            .filter(|(_, at)| crate::core::service::after(**at, wait) <= now)
-            .map(|(unit, _)| unit.clone())
-            .collect();
+        let (due, wait) = self.shutdown.due_abandons(&self.sup, now);
         for unit in due {
-            self.killed_at.remove(&unit);
             let left = self.members.leftovers(&unit);
             warn!(
                 unit = %unit,
@@ -662,20 +559,6 @@ impl Daemon {
 
     fn next_deadline(&self) -> Option<Instant> {
         let clients = self.clients.values().filter_map(Client::next_deadline);
-        let leftovers = match &self.phase {
-            Phase::Leftovers(left) => [Some(left.kill_at), left.give_up_at]
-                .into_iter()
-                .flatten()
-                .filter(|at| Instant::now() < *at)
-                .min(),
-            _ => None,
-        };
-        let wait = self.kill_wait();
-        let abandon = self
-            .killed_at
-            .values()
-            .filter(|_| self.sup.is_shutting_down())
-            .map(|at| crate::core::service::after(*at, wait));
         self.sup
             .next_deadline()
             .into_iter()
@@ -683,10 +566,9 @@ impl Daemon {
             .chain(self.readiness.next_deadline())
             .chain(self.usage_watch.next_deadline())
             .chain(self.metrics.as_ref().and_then(MetricsServer::next_deadline))
-            .chain(self.reload_due.map(|(due, _)| due))
+            .chain(self.reload_due.deadline())
             .chain(clients)
-            .chain(leftovers)
-            .chain(abandon)
+            .chain(self.shutdown.next_deadline(self.sup.is_shutting_down()))
             .min()
     }
 
@@ -737,10 +619,7 @@ impl Daemon {
         {
             warn!("{e}; changes there are seen on SIGHUP or `corral reload`");
         }
-        let now = Instant::now();
-        let first = self.reload_due.map_or(now, |(_, first)| first);
-        let due = (now + RELOAD_DEBOUNCE).min(first + RELOAD_MAX_DELAY);
-        self.reload_due = Some((due, first));
+        self.reload_due.changed(Instant::now());
     }
 
     fn on_signal(&mut self, signal: Signal) {
@@ -748,7 +627,7 @@ impl Daemon {
             Signal::SIGTERM | Signal::SIGINT => {
                 // A host init's SIGINT is Ctrl-Alt-Del: the convention is a reboot.
                 if signal == Signal::SIGINT {
-                    self.power = PowerAction::Reboot;
+                    self.shutdown.power = PowerAction::Reboot;
                 }
                 info!("{} received: stopping every unit", signal.as_str());
                 self.begin_shutdown(Instant::now());
@@ -886,7 +765,7 @@ impl Daemon {
                 None
             }
             Effect::KillAll { unit } => {
-                self.killed_at.entry(unit.clone()).or_insert(now);
+                self.shutdown.killed(&unit, now);
                 self.signal_pending_exec(&unit, Signal::SIGKILL);
                 self.members.kill_all(&unit, now);
                 None
@@ -935,11 +814,7 @@ impl Daemon {
                         client.closing = true;
                     }
                 }
-                self.phase = Phase::Leftovers(Leftovers {
-                    kill_at: crate::core::service::after(now, self.opts.shutdown_timeout),
-                    give_up_at: None,
-                    termed: HashSet::new(),
-                });
+                self.shutdown.units_down(now);
                 None
             }
         }
@@ -948,7 +823,7 @@ impl Daemon {
     /// Reads the whole units directory and applies the difference as one plan; invalid input
     /// changes nothing (SPEC 6).
     fn reload(&mut self, now: Instant) -> Result<ReloadPlan, String> {
-        self.reload_due = None;
+        self.reload_due.clear();
         if self.sup.is_shutting_down() {
             return Err("corral is shutting down".to_owned());
         }
@@ -1199,8 +1074,8 @@ impl Daemon {
             return;
         };
         if matches!(rt.state, State::Exited | State::Failed) {
-            self.exit_code = rt.last_exit.map_or(1, |e| e.shell_code());
-            info!(unit = %name, code = self.exit_code, "--exit-with unit ended; shutting down");
+            self.shutdown.exit_code = rt.last_exit.map_or(1, |e| e.shell_code());
+            info!(unit = %name, code = self.shutdown.exit_code, "--exit-with unit ended; shutting down");
             self.begin_shutdown(now);
         }
     }

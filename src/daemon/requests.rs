@@ -416,7 +416,7 @@ impl Daemon {
                     return self.reply(token, Response::error(ErrorKind::Failed, why));
                 }
                 if let Some(power) = request.power {
-                    self.power = power;
+                    self.shutdown.power = power;
                 }
                 if let Some(client) = self.clients.get_mut(&token) {
                     client.state = ClientState::AwaitingShutdown;

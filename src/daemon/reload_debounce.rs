@@ -1,0 +1,58 @@
+//! When a change in the units directory is reloaded: once its burst of changes settles.
+
+use std::time::{Duration, Instant};
+
+/// Changes in the units directory settle for this long before a reload (editors write in
+/// several steps)...
+const RELOAD_DEBOUNCE: Duration = Duration::from_millis(100);
+/// ...but a directory that never stops changing is still reloaded this often.
+const RELOAD_MAX_DELAY: Duration = Duration::from_secs(1);
+
+/// A debounced reload: due at `.0`; the first change of the burst came at `.1`.
+#[derive(Debug, Default)]
+pub(super) struct ReloadDebounce(Option<(Instant, Instant)>);
+
+impl ReloadDebounce {
+    /// The directory changed at `now`.
+    pub(super) fn changed(&mut self, now: Instant) {
+        let first = self.0.map_or(now, |(_, first)| first);
+        let due = (now + RELOAD_DEBOUNCE).min(first + RELOAD_MAX_DELAY);
+        self.0 = Some((due, first));
+    }
+
+    pub(super) fn is_due(&self, now: Instant) -> bool {
+        self.0.is_some_and(|(due, _)| due <= now)
+    }
+
+    /// A reload happened (for whatever reason): nothing is due any more.
+    pub(super) fn clear(&mut self) {
+        self.0 = None;
+    }
+
+    pub(super) fn deadline(&self) -> Option<Instant> {
+        self.0.map(|(due, _)| due)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_is_reloaded_once_it_settles_or_after_the_max_delay() {
+        let t0 = Instant::now();
+        let mut d = ReloadDebounce::default();
+        assert!(!d.is_due(t0));
+        d.changed(t0);
+        assert_eq!(d.deadline(), Some(t0 + RELOAD_DEBOUNCE));
+        d.changed(t0 + Duration::from_millis(50));
+        assert_eq!(d.deadline(), Some(t0 + Duration::from_millis(150)));
+        assert!(!d.is_due(t0 + Duration::from_millis(149)));
+        assert!(d.is_due(t0 + Duration::from_millis(150)));
+        // A directory that keeps changing is reloaded by the max delay all the same.
+        d.changed(t0 + Duration::from_millis(950));
+        assert_eq!(d.deadline(), Some(t0 + RELOAD_MAX_DELAY));
+        d.clear();
+        assert_eq!(d.deadline(), None);
+    }
+}
