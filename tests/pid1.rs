@@ -1,6 +1,6 @@
 //! corral as PID 1 of a new pid namespace on this host (`unshare --pid --fork`), driven and
 //! observed from the parent namespace: shutdown order and exit code, `--exit-with`, reaping a
-//! burst of orphans, and the shutdown's treatment of processes no unit holds any more (SPEC 7).
+//! burst of orphans, and the shutdown's treatment of processes no unit holds any more (docs/operations.md, "PID 1").
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;

@@ -962,7 +962,7 @@ fn a_score_adjust_edit_reaches_the_running_process() {
     c.unit("web", &unit(200));
     next_reload(&mut c);
     settle(&mut c);
-    // In place (SPEC 6: an [oom] edit restarts nothing), or else by a restart.
+    // In place (docs/units.md, "What a reload restarts": an [oom] edit restarts nothing), or else by a restart.
     if pids(&c)["web"] == before["web"] {
         assert_eq!(score(), "200");
     }

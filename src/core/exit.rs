@@ -96,7 +96,7 @@ pub fn signal_name(signal: i32) -> String {
     }
 }
 
-/// Whether `policy` restarts a unit after `exit` (SPEC 2: OOM kills are failures and abnormal).
+/// Whether `policy` restarts a unit after `exit` (docs/units.md, `[restart]`: OOM kills are failures and abnormal).
 pub fn policy_restarts(
     policy: RestartPolicy,
     exit: &ExitReport,

@@ -8,7 +8,7 @@ use crate::core::notify::NotifyMessage;
 use crate::unit::{ReadyMode, RestartPolicy, Unit, UnitKind};
 use nix::sys::signal::Signal;
 
-/// The states of SPEC section 3.
+/// A unit's states, as `status` shows them (docs/protocol.md, UnitStatus `state`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum State {

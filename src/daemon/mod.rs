@@ -821,7 +821,7 @@ impl Daemon {
     }
 
     /// Reads the whole units directory and applies the difference as one plan; invalid input
-    /// changes nothing (SPEC 6).
+    /// changes nothing (docs/operations.md, "Reload").
     fn reload(&mut self, now: Instant) -> Result<ReloadPlan, String> {
         self.reload_due.clear();
         if self.sup.is_shutting_down() {

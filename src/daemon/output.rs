@@ -5,7 +5,7 @@ use std::rc::Rc;
 
 use crate::proto::{LogLine, Stream};
 
-/// Lines a unit's ring keeps (SPEC 8).
+/// Lines a unit's ring keeps (docs/operations.md, "Logs").
 pub const RING_LINES: usize = 1000;
 /// Longest line kept whole; longer ones are cut into `partial` pieces so memory stays bounded
 /// even for a unit that writes megabytes without a newline.

@@ -218,7 +218,7 @@ pub struct RestartConfig {
 }
 
 impl RestartConfig {
-    /// The defaults of SPEC section 2 for a unit of `kind`.
+    /// The defaults of docs/units.md for a unit of `kind`.
     pub fn default_for(kind: UnitKind) -> RestartConfig {
         RestartConfig {
             policy: match kind {
