@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
-use nix::sys::signal::Signal;
+use crate::core::signal::Signal;
 
 use crate::core::exit::ExitReport;
 use crate::core::notify::NotifyMessage;

@@ -760,6 +760,10 @@ impl Daemon {
                 }
             }
             Effect::Signal { unit, signal } => {
+                let Some(signal) = crate::os::signals::to_os(signal) else {
+                    warn!(unit = %unit, "cannot send {signal}: the kernel does not name it");
+                    return None;
+                };
                 self.signal_pending_exec(&unit, signal);
                 self.members.signal(&unit, signal);
                 None

@@ -3,10 +3,9 @@
 use std::collections::{HashSet, VecDeque};
 use std::os::fd::AsFd;
 use std::rc::Rc;
-use std::str::FromStr;
 use std::time::Instant;
 
-use nix::sys::signal::Signal;
+use crate::core::signal::Signal;
 use tracing::{info, warn};
 
 use crate::core::reload::ReloadPlan;
@@ -705,7 +704,7 @@ pub fn parse_signal(text: &str) -> Result<Signal, ErrorBody> {
         message: format!("unknown signal {text:?}"),
     };
     if let Ok(n) = text.parse::<i32>() {
-        return Signal::try_from(n).map_err(|_| bad());
+        return Signal::from_number(n).ok_or_else(bad);
     }
     let upper = text.to_ascii_uppercase();
     let full = if upper.starts_with("SIG") {
@@ -713,7 +712,7 @@ pub fn parse_signal(text: &str) -> Result<Signal, ErrorBody> {
     } else {
         format!("SIG{upper}")
     };
-    Signal::from_str(&full).map_err(|_| bad())
+    Signal::from_name(&full).ok_or_else(bad)
 }
 
 fn refused(e: &RequestError) -> Response {
