@@ -10,7 +10,9 @@ use std::os::unix::process::CommandExt;
 use std::process::Stdio;
 use std::sync::mpsc;
 
-use common::{Corral, DEADLINE, is_about, is_output, msg, require_root, wait_child};
+use common::{
+    Corral, DEADLINE, NOBODY, NOGROUP, is_about, is_output, msg, require_root, wait_child,
+};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
@@ -366,8 +368,6 @@ fn requests_queued_on_one_connection_are_answered_in_order() {
 
 // ---- hostile local peers -------------------------------------------------------------------
 
-const NOBODY: u32 = 65534;
-const NOGROUP: u32 = 65534;
 /// A group `nobody` is not a member of on Debian (base-passwd fixes both).
 const DAEMON_GID: u32 = 1;
 

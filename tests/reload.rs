@@ -10,15 +10,13 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use common::{Corral, Out, msg, reaped_pid, require_cgroup_v1, require_root, run_bounded, unit_of};
+use common::{
+    Corral, Out, msg, reaped_pid, require_cgroup_v1, require_root, run_bounded, sleeper, unit_of,
+};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
 /// A service that sleeps; `arg` tells two versions of its command apart.
-fn sleeper(arg: &str) -> String {
-    format!("[exec]\ncommand = [\"sleep\", \"{arg}\"]\n")
-}
-
 /// `sleeper` with a memory limit.
 fn limited(arg: &str, memory_max: &str) -> String {
     format!(
