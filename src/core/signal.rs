@@ -1,4 +1,5 @@
 //! Signals as the pure core and the unit model name them: a Linux signal number, no syscall.
+//!
 //! The daemon turns one into nix's `Signal` at the door to the kernel (os/signals.rs).
 
 use std::fmt;

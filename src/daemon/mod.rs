@@ -1,4 +1,4 @@
-//! Wiring without policy: the event loop, the effect executor, the control server and log rings.
+//! Wiring without policy: the event loop and its steps, the effect executor, and the rooms.
 
 mod clock;
 mod control;
@@ -50,7 +50,7 @@ use shutdown::Shutdown;
 use usage_watch::UsageWatch;
 
 pub use metrics_http::{is_loopback, read_token_file};
-use output::{LineSplitter, Piece, Ring};
+use output::{Piece, Pipes, Ring};
 use sources::{Source, Sources, Token};
 
 pub use control::{
@@ -110,17 +110,6 @@ fn os_err(operation: &'static str) -> impl FnOnce(std::io::Error) -> DaemonError
     move |source| DaemonError::Os { operation, source }
 }
 
-/// A read end of a unit's stdout or stderr.
-struct Pipe {
-    unit: UnitName,
-    stream: Stream,
-    fd: OwnedFd,
-    splitter: LineSplitter,
-    /// An exec health probe's output: read so the probe never blocks on a full pipe, then
-    /// dropped, so a probe every few seconds does not drown the unit's own log.
-    discard: bool,
-}
-
 /// Whom the OOM kills being reported took, as far as the main process's fate tells.
 #[derive(Debug, Clone, Copy)]
 enum OomVictim {
@@ -142,7 +131,8 @@ struct Daemon {
     clients: HashMap<Token, Client>,
     /// The control server's own state: the socket group, the reserve fd.
     control: control::Server,
-    pipes: HashMap<Token, Pipe>,
+    /// Units' output pipes, until their EOF.
+    pipes: Pipes,
     watch: Option<DirWatch>,
     /// When a change in the units directory is to be reloaded.
     reload_due: ReloadDebounce,
@@ -347,7 +337,7 @@ pub fn run(mut opts: Options) -> Result<Ending, DaemonError> {
         listener,
         clients: HashMap::new(),
         control: control::Server::new(group.map(|g| g.as_raw()), listener_token),
-        pipes: HashMap::new(),
+        pipes: Pipes::default(),
         generations: Generations::default(),
         readiness: readiness::ReadinessChannels::new(notify_dir, open_files),
         watch,
@@ -978,70 +968,29 @@ impl Daemon {
         fd: OwnedFd,
         discard: bool,
     ) -> Option<Token> {
-        let token = match self.sources.add(fd.as_fd(), Source::Pipe, false) {
-            Ok(token) => token,
+        match self
+            .pipes
+            .watch(&mut self.sources, unit, stream, fd, discard)
+        {
+            Ok(token) => Some(token),
             Err(e) => {
                 warn!(unit = %unit, "cannot watch the unit's output: {e}");
-                return None;
+                None
             }
-        };
-        self.pipes.insert(
-            token,
-            Pipe {
-                unit: unit.clone(),
-                stream,
-                fd,
-                splitter: LineSplitter::default(),
-                discard,
-            },
-        );
-        Some(token)
+        }
     }
 
     /// Stops reading a pipe and closes it, before its EOF.
     fn close_pipe(&mut self, token: Token) {
-        if let Some(pipe) = self.pipes.remove(&token) {
-            self.sources.remove(&pipe.fd, token);
-        }
+        self.pipes.close(&mut self.sources, token);
     }
 
-    /// Reads a bounded amount per wake so one chatty unit cannot starve the others; the
-    /// level-triggered epoll brings us back for the rest.
+    /// A unit's output is readable: its complete lines go to the log, the ring and followers.
     fn read_pipe(&mut self, token: Token) {
-        const READS_PER_WAKE: usize = 16;
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut pieces = Vec::new();
-        let mut eof = false;
-        let Some(pipe) = self.pipes.get_mut(&token) else {
-            return;
-        };
-        for _ in 0..READS_PER_WAKE {
-            match nix::unistd::read(&pipe.fd, &mut buf) {
-                Ok(0) => {
-                    eof = true;
-                    break;
-                }
-                Ok(n) => pipe.splitter.push(&buf[..n], &mut pieces),
-                Err(nix::errno::Errno::EAGAIN) => break,
-                Err(nix::errno::Errno::EINTR) => {}
-                Err(_) => {
-                    eof = true;
-                    break;
-                }
+        if let Some((unit, stream, pieces)) = self.pipes.read(&mut self.sources, token) {
+            for piece in pieces {
+                self.emit_line(&unit, stream, piece);
             }
-        }
-        if eof {
-            pipe.splitter.finish(&mut pieces);
-        }
-        let (unit, stream) = (pipe.unit.clone(), pipe.stream);
-        if pipe.discard {
-            pieces.clear();
-        }
-        for piece in pieces {
-            self.emit_line(&unit, stream, piece);
-        }
-        if eof {
-            self.close_pipe(token);
         }
     }
 

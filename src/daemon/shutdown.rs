@@ -1,5 +1,4 @@
-//! How corral ends: the kill wait of stopping units, the leftovers after every unit is down,
-//! the exit code and, as the machine's init, the power action.
+//! How corral ends: kill waits, leftovers after every unit is down, exit code, power action.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
