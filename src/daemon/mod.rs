@@ -18,7 +18,6 @@ mod usage_watch;
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -127,9 +126,7 @@ struct Daemon {
     /// The epoll set and what each token stands for.
     sources: Sources,
     signals: SignalEvents,
-    listener: UnixListener,
-    clients: HashMap<Token, Client>,
-    /// The control server's own state: the socket group, the reserve fd.
+    /// The control server: listener, clients, the socket group, the reserve fd.
     control: control::Server,
     /// Units' output pipes, until their EOF.
     pipes: Pipes,
@@ -334,9 +331,7 @@ pub fn run(mut opts: Options) -> Result<Ending, DaemonError> {
         opts,
         sources,
         signals,
-        listener,
-        clients: HashMap::new(),
-        control: control::Server::new(group.map(|g| g.as_raw()), listener_token),
+        control: control::Server::new(listener, listener_token, group.map(|g| g.as_raw())),
         pipes: Pipes::default(),
         generations: Generations::default(),
         readiness: readiness::ReadinessChannels::new(notify_dir, open_files),
@@ -548,7 +543,11 @@ impl Daemon {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        let clients = self.clients.values().filter_map(Client::next_deadline);
+        let clients = self
+            .control
+            .clients
+            .values()
+            .filter_map(Client::next_deadline);
         self.sup
             .next_deadline()
             .into_iter()
@@ -801,7 +800,7 @@ impl Daemon {
             }
             Effect::ShutdownComplete => {
                 info!("every unit is down");
-                for client in self.clients.values_mut() {
+                for client in self.control.clients.values_mut() {
                     if matches!(client.state, ClientState::AwaitingShutdown) {
                         client.send(&Response::message("every unit is stopped; corral exits"));
                         client.state = ClientState::Reading;
@@ -1003,7 +1002,7 @@ impl Daemon {
             text: piece.text,
             partial: piece.partial,
         });
-        for client in self.clients.values_mut() {
+        for client in self.control.clients.values_mut() {
             if let ClientState::Following { units } = &client.state
                 && units.contains(unit)
             {

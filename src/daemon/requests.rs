@@ -34,7 +34,7 @@ impl Daemon {
         // A bounded number per turn: a connect flood waits in the kernel's backlog while the
         // loop serves everyone else (epoll is level-triggered, so the rest wakes the next turn).
         for _ in 0..ACCEPTS_PER_TURN {
-            let stream = match self.listener.accept() {
+            let stream = match self.control.listener.accept() {
                 Ok((stream, _)) => stream,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -86,7 +86,7 @@ impl Daemon {
                 .sources
                 .add(client.stream.as_fd(), Source::Client, false)
             {
-                self.clients.insert(token, client);
+                self.control.clients.insert(token, client);
             }
         }
     }
@@ -108,7 +108,7 @@ impl Daemon {
         } else {
             (MAX_CLIENTS - TRUSTED_RESERVE, " for root and corral's user")
         };
-        if self.clients.len() >= capacity {
+        if self.control.clients.len() >= capacity {
             return Some((
                 ErrorKind::LimitReached,
                 format!(
@@ -117,7 +117,11 @@ impl Daemon {
                 ),
             ));
         }
-        let same_uid = self.clients.values().filter(|c| c.peer.uid == peer.uid);
+        let same_uid = self
+            .control
+            .clients
+            .values()
+            .filter(|c| c.peer.uid == peer.uid);
         if peer.uid != 0 && same_uid.count() >= MAX_CONNECTIONS_PER_UID {
             return Some((
                 ErrorKind::LimitReached,
@@ -147,7 +151,7 @@ impl Daemon {
             return false;
         };
         drop(reserve);
-        if let Ok((stream, _)) = self.listener.accept() {
+        if let Ok((stream, _)) = self.control.listener.accept() {
             let now = Instant::now();
             if stream.set_nonblocking(true).is_ok()
                 && let Ok(peer) = control_socket::peer(&stream)
@@ -172,7 +176,7 @@ impl Daemon {
         if !self.control.listener_paused {
             self.control.listener_paused = true;
             let _ = self.sources.modify(
-                self.listener.as_fd(),
+                self.control.listener.as_fd(),
                 self.control.listener_token,
                 false,
                 false,
@@ -189,7 +193,7 @@ impl Daemon {
         if self.control.listener_paused && self.control.reserve_fd.is_some() {
             self.control.listener_paused = false;
             let _ = self.sources.modify(
-                self.listener.as_fd(),
+                self.control.listener.as_fd(),
                 self.control.listener_token,
                 true,
                 false,
@@ -202,7 +206,7 @@ impl Daemon {
     }
 
     pub(super) fn serve_client(&mut self, token: u64, readiness: Ready) {
-        let Some(client) = self.clients.get_mut(&token) else {
+        let Some(client) = self.control.clients.get_mut(&token) else {
             return;
         };
         if readiness.readable || readiness.closed {
@@ -218,13 +222,13 @@ impl Daemon {
         // more and the hang-up would wake the loop forever.
         if readiness.closed {
             for _ in 0..REQUESTS_PER_TURN {
-                match self.clients.get_mut(&token) {
+                match self.control.clients.get_mut(&token) {
                     Some(client) => client.fill(),
                     None => return,
                 }
                 self.serve_requests(token);
             }
-            if let Some(client) = self.clients.get_mut(&token) {
+            if let Some(client) = self.control.clients.get_mut(&token) {
                 client.dead = true;
             }
         }
@@ -232,17 +236,22 @@ impl Daemon {
 
     /// Serves what `token` has buffered, within its budget for this turn.
     fn serve_requests(&mut self, token: u64) {
-        while let Some(incoming) = self.clients.get_mut(&token).and_then(Client::next_request) {
+        while let Some(incoming) = self
+            .control
+            .clients
+            .get_mut(&token)
+            .and_then(Client::next_request)
+        {
             match incoming {
                 Incoming::Line(line) => {
-                    if let Some(client) = self.clients.get_mut(&token) {
+                    if let Some(client) = self.control.clients.get_mut(&token) {
                         client.idle_deadline = None;
                     }
                     self.on_request(token, &line);
                     self.answer_if_settled(token);
                 }
                 Incoming::TooLarge => {
-                    if let Some(client) = self.clients.get_mut(&token) {
+                    if let Some(client) = self.control.clients.get_mut(&token) {
                         client.send(&Response::error(
                             ErrorKind::TooLarge,
                             format!(
@@ -263,7 +272,7 @@ impl Daemon {
 
     /// Produces more of `token`'s large answer, as much as its output bound has room for.
     fn pump(&mut self, token: u64) {
-        let Some(client) = self.clients.get_mut(&token) else {
+        let Some(client) = self.control.clients.get_mut(&token) else {
             return;
         };
         client.pump_follow();
@@ -278,7 +287,7 @@ impl Daemon {
         while !done && out.len() < room {
             done = answer.next_piece(&mut out, &status_of);
         }
-        let Some(client) = self.clients.get_mut(&token) else {
+        let Some(client) = self.control.clients.get_mut(&token) else {
             return;
         };
         client.send_bytes(&out);
@@ -291,7 +300,7 @@ impl Daemon {
     }
 
     fn reply(&mut self, token: u64, response: Response) {
-        if let Some(client) = self.clients.get_mut(&token) {
+        if let Some(client) = self.control.clients.get_mut(&token) {
             client.send(&response);
             client.state = ClientState::Reading;
             client.idle_deadline = Some(Instant::now() + super::control::IDLE_TIMEOUT);
@@ -305,7 +314,7 @@ impl Daemon {
                 return self.reply(token, Response::error(ErrorKind::BadRequest, e.to_string()));
             }
         };
-        let Some(client) = self.clients.get(&token) else {
+        let Some(client) = self.control.clients.get(&token) else {
             return;
         };
         let peer = client.peer;
@@ -369,7 +378,7 @@ impl Daemon {
                     let statuses = self.statuses(&names, now);
                     return self.reply(token, Response::units(statuses));
                 }
-                if let Some(client) = self.clients.get_mut(&token) {
+                if let Some(client) = self.control.clients.get_mut(&token) {
                     client.state = ClientState::Waiting { goal, units: names };
                 }
             }
@@ -417,7 +426,7 @@ impl Daemon {
                 if let Some(power) = request.power {
                     self.shutdown.power = power;
                 }
-                if let Some(client) = self.clients.get_mut(&token) {
+                if let Some(client) = self.control.clients.get_mut(&token) {
                     client.state = ClientState::AwaitingShutdown;
                 }
                 self.begin_shutdown(now);
@@ -472,7 +481,7 @@ impl Daemon {
 
     /// Starts a large answer on `token`; it is produced as the client reads.
     fn stream_answer(&mut self, token: u64, answer: Answer) {
-        if let Some(client) = self.clients.get_mut(&token) {
+        if let Some(client) = self.control.clients.get_mut(&token) {
             client.answer = Some(answer);
         }
         self.pump(token);
@@ -488,12 +497,13 @@ impl Daemon {
         if let Err(e) = self.sup.check_names(&names) {
             return self.reply(token, refused(&e));
         }
-        let Some(client) = self.clients.get(&token) else {
+        let Some(client) = self.control.clients.get(&token) else {
             return;
         };
         let uid = client.peer.uid;
         if request.follow && uid != 0 {
             let following = self
+                .control
                 .clients
                 .values()
                 .filter(|c| c.peer.uid == uid && c.is_follower())
@@ -522,7 +532,7 @@ impl Daemon {
             .map(|line| Rc::clone(line))
             .collect();
         if request.follow {
-            if let Some(client) = self.clients.get_mut(&token) {
+            if let Some(client) = self.control.clients.get_mut(&token) {
                 client.start_following(names, lines);
             }
         } else {
@@ -595,6 +605,7 @@ impl Daemon {
     fn answer_if_settled(&mut self, token: u64) {
         let now = Instant::now();
         let answer = self
+            .control
             .clients
             .get(&token)
             .and_then(|client| self.settled_answer(client, now));
@@ -617,6 +628,7 @@ impl Daemon {
     fn answer_waiters(&mut self) {
         let now = Instant::now();
         let answers: Vec<(u64, Response)> = self
+            .control
             .clients
             .iter()
             .filter_map(|(token, client)| Some((*token, self.settled_answer(client, now)?)))
@@ -629,7 +641,7 @@ impl Daemon {
     /// Serves requests that queued up on a connection while an earlier one was answered, and
     /// produces more of the large answers whose clients have read what came before.
     fn serve_buffered(&mut self) {
-        let tokens: Vec<u64> = self.clients.keys().copied().collect();
+        let tokens: Vec<u64> = self.control.clients.keys().copied().collect();
         for token in tokens {
             self.pump(token);
             self.serve_requests(token);
@@ -640,9 +652,9 @@ impl Daemon {
     /// interest current. Every client's budget of requests starts afresh for the next turn.
     pub(super) fn flush_clients(&mut self) {
         let now = Instant::now();
-        let tokens: Vec<u64> = self.clients.keys().copied().collect();
+        let tokens: Vec<u64> = self.control.clients.keys().copied().collect();
         for token in &tokens {
-            if let Some(client) = self.clients.get_mut(token) {
+            if let Some(client) = self.control.clients.get_mut(token) {
                 client.flush(now);
             }
             // Room made by the write is filled at once: a fast reader of a large answer gets it
@@ -650,7 +662,7 @@ impl Daemon {
             self.pump(*token);
         }
         let mut gone = Vec::new();
-        for (token, client) in &mut self.clients {
+        for (token, client) in &mut self.control.clients {
             client.flush(now);
             client.new_turn();
             if client.finished() || client.expired(now) {
@@ -665,7 +677,7 @@ impl Daemon {
             }
         }
         for token in &gone {
-            if let Some(client) = self.clients.remove(token) {
+            if let Some(client) = self.control.clients.remove(token) {
                 self.sources.remove(&client.stream, *token);
             }
         }
