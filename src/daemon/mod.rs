@@ -548,6 +548,7 @@ impl Daemon {
             .clients
             .values()
             .filter_map(Client::next_deadline);
+        let settled = self.a_waiter_is_settled().then(Instant::now);
         self.sup
             .next_deadline()
             .into_iter()
@@ -557,6 +558,7 @@ impl Daemon {
             .chain(self.metrics.as_ref().and_then(MetricsServer::next_deadline))
             .chain(self.reload_due.deadline())
             .chain(clients)
+            .chain(settled)
             .chain(self.shutdown.next_deadline(self.sup.is_shutting_down()))
             .min()
     }

@@ -578,6 +578,21 @@ impl Daemon {
             .collect()
     }
 
+    /// Whether a client waits for units that all got where they were going: a request
+    /// served after this turn's answers (step 8) settled it, so the next turn comes at once to
+    /// answer it, as a client with buffered work gets one (`Client::next_deadline`).
+    pub(super) fn a_waiter_is_settled(&self) -> bool {
+        self.control
+            .clients
+            .values()
+            .any(|client| match &client.state {
+                ClientState::Waiting { goal, units } => {
+                    units.iter().all(|u| self.sup.settled(u, *goal).is_some())
+                }
+                _ => false,
+            })
+    }
+
     /// The answer to `client`'s start/stop/restart once its units all got where they were
     /// going; `None` while it waits (or asked for nothing of the kind).
     fn settled_answer(&self, client: &Client, now: Instant) -> Option<Response> {
@@ -617,8 +632,9 @@ impl Daemon {
     /// Step 8 of the loop: answers every client whose start/stop/restart settled this turn,
     /// then serves what clients queued behind their answered requests and produces more of
     /// the large answers whose clients have read what came before. A request served here
-    /// whose goal is already met is answered as it is served (`serve_requests`), so one
-    /// pass over the waiters per turn suffices.
+    /// whose goal is already met is answered as it is served (`serve_requests`); one that
+    /// settles another client's wait gets that client answered on the next turn, which then
+    /// comes at once (`a_waiter_is_settled`). So one pass over the waiters per turn suffices.
     pub(super) fn answer_clients(&mut self) {
         self.answer_waiters();
         self.serve_buffered();
