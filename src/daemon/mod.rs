@@ -9,11 +9,11 @@ mod membership;
 mod metrics_http;
 mod output;
 mod readiness;
-mod reload_debounce;
 mod requests;
 mod shutdown;
 mod sources;
 mod status;
+mod units_dir;
 mod usage_watch;
 
 use std::collections::HashMap;
@@ -44,13 +44,13 @@ use control::{Client, ClientState};
 use generation::Generations;
 use membership::Members;
 use metrics_http::MetricsServer;
-use reload_debounce::ReloadDebounce;
 use shutdown::Shutdown;
 use usage_watch::UsageWatch;
 
 pub use metrics_http::{is_loopback, read_token_file};
 use output::{Piece, Pipes, Ring};
 use sources::{Source, Sources, Token};
+use units_dir::UnitsDir;
 
 pub use control::{
     ACCEPTS_PER_TURN, IDLE_TIMEOUT, MAX_CLIENTS, MAX_CONNECTIONS_PER_UID, MAX_FOLLOWERS_PER_UID,
@@ -130,11 +130,8 @@ struct Daemon {
     control: control::Server,
     /// Units' output pipes, until their EOF.
     pipes: Pipes,
-    watch: Option<DirWatch>,
-    /// When a change in the units directory is to be reloaded.
-    reload_due: ReloadDebounce,
-    /// The last reload's diagnostics, until a reload succeeds.
-    reload_error: Option<String>,
+    /// The units directory's watch, the reload due, the last reload's diagnostics.
+    units_dir: UnitsDir,
     /// Each unit's current run: its exec report, memory events, `cgroup.events` watch.
     generations: Generations,
     members: Members,
@@ -335,10 +332,8 @@ pub fn run(mut opts: Options) -> Result<Ending, DaemonError> {
         pipes: Pipes::default(),
         generations: Generations::default(),
         readiness: readiness::ReadinessChannels::new(notify_dir, open_files),
-        watch,
-        reload_due: ReloadDebounce::default(),
         // `status` shows why a host init started no unit, as after a refused reload.
-        reload_error: startup_error,
+        units_dir: UnitsDir::new(watch, startup_error),
         rings,
         clock: Clock::new(),
         shutdown,
@@ -487,7 +482,7 @@ impl Daemon {
 
     /// Step 5: inputs whose time came: a debounced reload, probe timeouts, refusal reports.
     fn due_inputs(&mut self, now: Instant) {
-        if self.reload_due.is_due(now) {
+        if self.units_dir.due.is_due(now) {
             let _ = self.reload(now);
         }
         self.expire_probes(now);
@@ -556,7 +551,7 @@ impl Daemon {
             .chain(self.readiness.next_deadline())
             .chain(self.usage_watch.next_deadline())
             .chain(self.metrics.as_ref().and_then(MetricsServer::next_deadline))
-            .chain(self.reload_due.deadline())
+            .chain(self.units_dir.due.deadline())
             .chain(clients)
             .chain(settled)
             .chain(self.shutdown.next_deadline(self.sup.is_shutting_down()))
@@ -578,7 +573,7 @@ impl Daemon {
             }
             Source::Listener => self.accept_clients(),
             Source::Metrics => self.accept_metrics_clients(),
-            Source::Watch => self.on_units_dir_changed(),
+            Source::Watch => self.units_dir.changed(Instant::now()),
             Source::MemoryEvents { unit } => {
                 if self.generations.drain(&unit, token) {
                     debug!(unit = %unit, "memory event");
@@ -601,16 +596,6 @@ impl Daemon {
             Source::MetricsClient => self.serve_metrics_client(token, ready),
             Source::Client => self.serve_client(token, ready),
         }
-    }
-
-    /// The units directory changed: a reload is due once the changes settle.
-    fn on_units_dir_changed(&mut self) {
-        if let Some(watch) = &mut self.watch
-            && let Err(e) = watch.drain()
-        {
-            warn!("{e}; changes there are seen on SIGHUP or `corral reload`");
-        }
-        self.reload_due.changed(Instant::now());
     }
 
     fn on_signal(&mut self, signal: Signal) {
@@ -818,7 +803,7 @@ impl Daemon {
     /// Reads the whole units directory and applies the difference as one plan; invalid input
     /// changes nothing (docs/operations.md, "Reload").
     fn reload(&mut self, now: Instant) -> Result<ReloadPlan, String> {
-        self.reload_due.clear();
+        self.units_dir.due.clear();
         if self.sup.is_shutting_down() {
             return Err("corral is shutting down".to_owned());
         }
@@ -827,11 +812,11 @@ impl Daemon {
             Err(diagnostics) => {
                 let text = diagnostics.to_string();
                 error!("reload refused, the running units keep their definitions:\n{text}");
-                self.reload_error = Some(text.clone());
+                self.units_dir.last_error = Some(text.clone());
                 return Err(text);
             }
         };
-        self.reload_error = None;
+        self.units_dir.last_error = None;
         for warning in &loaded.warnings {
             warn!("{warning}");
         }

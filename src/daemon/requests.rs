@@ -354,7 +354,7 @@ impl Daemon {
                 let answer = Answer::units(
                     rows,
                     !names.is_empty(),
-                    self.reload_error.clone(),
+                    self.units_dir.last_error.clone(),
                     Some(self.members.cgroups_report()),
                 );
                 self.stream_answer(token, answer);

@@ -1,6 +1,39 @@
-//! When a change in the units directory is reloaded: once its burst of changes settles.
+//! The units directory as the loop sees it: its watch, when a change is reloaded, the last error.
 
 use std::time::{Duration, Instant};
+
+use tracing::warn;
+
+use crate::os::watch::DirWatch;
+
+/// The units directory's watch, the reload a change makes due, and why the last reload (or,
+/// for a host init, the start) was refused, until one succeeds.
+pub(super) struct UnitsDir {
+    /// `None` where the directory cannot be watched: SIGHUP or `corral reload` then.
+    pub(super) watch: Option<DirWatch>,
+    pub(super) due: ReloadDebounce,
+    pub(super) last_error: Option<String>,
+}
+
+impl UnitsDir {
+    pub(super) fn new(watch: Option<DirWatch>, startup_error: Option<String>) -> UnitsDir {
+        UnitsDir {
+            watch,
+            due: ReloadDebounce::default(),
+            last_error: startup_error,
+        }
+    }
+
+    /// The watch woke the loop: a reload is due once the changes settle.
+    pub(super) fn changed(&mut self, now: Instant) {
+        if let Some(watch) = &mut self.watch
+            && let Err(e) = watch.drain()
+        {
+            warn!("{e}; changes there are seen on SIGHUP or `corral reload`");
+        }
+        self.due.changed(now);
+    }
+}
 
 /// Changes in the units directory settle for this long before a reload (editors write in
 /// several steps)...
