@@ -7,7 +7,8 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use common::{
-    Corral, DEADLINE, is_about, is_output, msg, require_cgroup_v1, toml_str, wait_pid_exit,
+    Corral, DEADLINE, is_about, is_output, msg, require_cgroup_v1, shell, sleeper, toml_str,
+    wait_pid_exit,
 };
 use serde_json::{Value, json};
 
@@ -173,8 +174,8 @@ fn every_resource_key_lands_in_its_v1_file_for_a_service_and_its_slice() {
             io("10M")
         ),
     );
-    let plain = "[exec]\ncommand = [\"sleep\", \"1000\"]\n[resources]\nmemory-max = \"64M\"\n";
-    c.unit("plain", plain);
+    let plain = format!("{}[resources]\nmemory-max = \"64M\"\n", sleeper("1000"));
+    c.unit("plain", &plain);
     // Limits of its own that all take, below a slice whose limits may not.
     c.unit("inner", &format!("slice = \"lim\"\n{plain}"));
     c.launch(&[]);
@@ -500,7 +501,7 @@ fn memory_max_caps_usage_with_oom_kills_that_status_reports_and_a_plain_sigkill_
     );
     c.unit(
         "victim",
-        "[exec]\ncommand = [\"sleep\", \"1000\"]\n[restart]\npolicy = \"never\"\n",
+        &format!("{}[restart]\npolicy = \"never\"\n", sleeper("1000")),
     );
     c.launch(&[]);
 
@@ -563,10 +564,7 @@ fn kill_and_stop_reach_a_setsid_escapee_and_stop_removes_the_cgroup() {
     let script = "setsid sh -c 'echo first $$; exec sleep 1000' & \
                   setsid sh -c 'trap \"\" USR1; echo second $$; exec sleep 1000' & \
                   trap '' USR1; echo ready; exec sleep 1000";
-    c.unit(
-        "esc",
-        &format!("[exec]\ncommand = [\"sh\", \"-c\", {}]\n", toml_str(script)),
-    );
+    c.unit("esc", &shell(script));
     c.launch(&[]);
     c.wait_count("esc and its escapees ready", 3, |l| {
         is_output(l, "esc")
@@ -758,8 +756,8 @@ fn a_reload_raises_and_lowers_memory_max_together_with_swap_in_place() {
     let mut c = Corral::new();
     let unit = |max: &str| {
         format!(
-            "[exec]\ncommand = [\"sleep\", \"1000\"]\n[resources]\nmemory-max = \"{max}\"\n\
-             memory-swap-max = \"16M\"\n"
+            "{}[resources]\nmemory-max = \"{max}\"\nmemory-swap-max = \"16M\"\n",
+            sleeper("1000")
         )
     };
     c.unit("grow", &unit("64M"));

@@ -10,7 +10,9 @@ use std::os::unix::process::CommandExt;
 use std::process::Stdio;
 use std::sync::mpsc;
 
-use common::{Corral, DEADLINE, is_about, is_output, msg, require_root, wait_child};
+use common::{
+    Corral, DEADLINE, NOBODY, NOGROUP, is_about, is_output, msg, require_root, wait_child,
+};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
@@ -364,10 +366,57 @@ fn requests_queued_on_one_connection_are_answered_in_order() {
     assert_eq!(read_response(&mut reader)["units"][0]["name"], "talker");
 }
 
+/// A wait settled by another client's queued request is answered without waiting for some
+/// later wake: `waiter` waits to start `x` (held back by `dep`, which never gets ready and
+/// stays up when `x` is stopped, so that stop wakes nothing); the
+/// `stop x` that settles it reaches corral queued behind a `stop` of `quick` on another
+/// connection, so it is served only once that `stop` is answered, late in a turn.
+#[test]
+fn a_wait_settled_by_a_queued_request_of_another_client_is_answered() {
+    if !require_root() {
+        return;
+    }
+    let mut c = Corral::new();
+    c.unit(
+        "dep",
+        "[exec]\ncommand = [\"sleep\", \"1000\"]\nready = \"notify\"\n",
+    );
+    c.unit(
+        "x",
+        "enabled = false\nrequires = [\"dep\"]\n[exec]\ncommand = [\"sleep\", \"1000\"]\n",
+    );
+    c.unit("quick", "[exec]\ncommand = [\"sleep\", \"1000\"]\n");
+    c.launch(&[]);
+    c.wait_count("dep and quick started", 2, |l| {
+        is_about(l, "dep", "started") || is_about(l, "quick", "started")
+    });
+    let waiter = c.connect();
+    let mut waiter_reader = BufReader::new(waiter.try_clone().unwrap());
+    (&waiter)
+        .write_all(b"{\"verb\":\"start\",\"units\":[\"x\"]}\n")
+        .unwrap();
+    // The waiter's request is read before the other connection is made (one wake each).
+    assert_eq!(c.status("x")["waiting_for"][0]["unit"], "dep");
+    let other = c.connect();
+    let mut other_reader = BufReader::new(other.try_clone().unwrap());
+    (&other)
+        .write_all(
+            b"{\"verb\":\"stop\",\"units\":[\"quick\"]}\n{\"verb\":\"stop\",\"units\":[\"x\"]}\n",
+        )
+        .unwrap();
+    assert_eq!(read_response(&mut other_reader)["ok"], true);
+    assert_eq!(read_response(&mut other_reader)["ok"], true);
+    let answer = read_response(&mut waiter_reader);
+    assert_eq!(answer["ok"], false, "{answer}");
+    let message = answer["error"]["message"].as_str().unwrap_or("");
+    assert!(
+        message.contains("x was stopped before it started"),
+        "{answer}"
+    );
+}
+
 // ---- hostile local peers -------------------------------------------------------------------
 
-const NOBODY: u32 = 65534;
-const NOGROUP: u32 = 65534;
 /// A group `nobody` is not a member of on Debian (base-passwd fixes both).
 const DAEMON_GID: u32 = 1;
 

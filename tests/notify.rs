@@ -12,26 +12,12 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{Corral, is_about, is_output, msg, require_root};
+use common::{
+    Corral, NOBODY, NOGROUP, is_about, is_output, msg, require_root, require_systemd_notify,
+};
 use nix::sys::socket::{
     AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, UnixAddr, sendmsg, socket,
 };
-
-/// Debian's `nobody`, a local user that is no unit's.
-const NOBODY: u32 = 65534;
-const NOGROUP: u32 = 65534;
-
-/// `systemd-notify` from Debian's `systemd` package, which .ci/run installs.
-fn systemd_notify() -> bool {
-    if std::path::Path::new("/usr/bin/systemd-notify").exists() {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("systemd-notify is missing (apt-get install systemd); CI=true does not skip");
-    }
-    eprintln!("SKIPPED: needs /usr/bin/systemd-notify (apt-get install systemd)");
-    false
-}
 
 /// The `NOTIFY_SOCKET` a unit printed as `socket=...` on its first line.
 fn notify_socket_of(c: &mut Corral, unit: &str) -> String {
@@ -59,7 +45,7 @@ const WAITING: &str = r#"
 
 #[test]
 fn a_local_user_who_is_not_the_units_cannot_send_to_its_notify_socket() {
-    if !require_root() || !systemd_notify() {
+    if !require_root() || !require_systemd_notify() {
         return;
     }
     let mut c = Corral::new();
@@ -89,7 +75,7 @@ fn a_local_user_who_is_not_the_units_cannot_send_to_its_notify_socket() {
 
 #[test]
 fn a_passed_socket_whose_close_lingers_does_not_stall_corral() {
-    if !require_root() || !systemd_notify() {
+    if !require_root() || !require_systemd_notify() {
         return;
     }
     const LINGER: Duration = Duration::from_secs(30);
@@ -231,7 +217,7 @@ fn a_flood_of_refused_notify_messages_logs_one_warning_and_a_count() {
 
 #[test]
 fn a_squatter_cannot_keep_a_unit_from_its_notify_socket() {
-    if !require_root() || !systemd_notify() {
+    if !require_root() || !require_systemd_notify() {
         return;
     }
     let mut c = Corral::new();
@@ -290,7 +276,7 @@ fn a_squatter_cannot_keep_a_unit_from_its_notify_socket() {
 
 #[test]
 fn a_unit_in_its_own_user_pid_network_and_mount_namespaces_reaches_its_notify_socket() {
-    if !require_root() || !systemd_notify() {
+    if !require_root() || !require_systemd_notify() {
         return;
     }
     let mut c = Corral::new();
@@ -416,7 +402,7 @@ fn lingering_connection(listener: &TcpListener, linger: Duration) -> TcpStream {
 #[test]
 #[ignore = "needs CAP_SYS_RESOURCE, or closers that hold no descriptor slots while blocked"]
 fn two_units_whose_closers_are_stuck_do_not_pause_every_other_units_notify_socket() {
-    if !require_root() || !systemd_notify() {
+    if !require_root() || !require_systemd_notify() {
         return;
     }
     const LINGER: Duration = Duration::from_secs(60);

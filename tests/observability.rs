@@ -11,7 +11,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{BIN, Corral, DEADLINE, is_about, msg, require_cgroup_v1, run_bounded, toml_str};
+use common::{
+    BIN, Corral, DEADLINE, free_port, is_about, msg, require_cgroup_v1, run_bounded, toml_str,
+};
 use serde_json::Value;
 
 fn ready() -> bool {
@@ -41,14 +43,6 @@ fn require_tool(tool: &str, args: &[&str], why: &str) -> bool {
 }
 
 /// A TCP port on loopback that nobody listens on right now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// One HTTP/1.1 exchange; returns (status line, whole head, body).
 fn http(port: u16, request: &str) -> (String, String, String) {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connecting to /metrics");

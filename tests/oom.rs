@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Corral, is_about, require_cgroup_v1, require_root};
+use common::{Corral, is_about, require_cgroup_v1, require_root, shell, sleeper};
 use serde_json::json;
 
 /// Allocates (and touches) 200 MiB: far past any limit these tests set.
@@ -82,18 +82,9 @@ fn sigkill_from_outside_and_exit_137_are_never_oom() {
     }
     let mut c = Corral::new();
     let limited = "[resources]\nmemory-max = \"32M\"\n[restart]\npolicy = \"never\"\n";
-    c.unit(
-        "victim",
-        &format!("[exec]\ncommand = [\"sleep\", \"1000\"]\n{limited}"),
-    );
-    c.unit(
-        "outsider",
-        &format!("[exec]\ncommand = [\"sleep\", \"1000\"]\n{limited}"),
-    );
-    c.unit(
-        "liar",
-        &format!("[exec]\ncommand = [\"sh\", \"-c\", \"exit 137\"]\n{limited}"),
-    );
+    c.unit("victim", &format!("{}{limited}", sleeper("1000")));
+    c.unit("outsider", &format!("{}{limited}", sleeper("1000")));
+    c.unit("liar", &format!("{}{limited}", shell("exit 137")));
     c.launch(&[]);
     c.wait_count("exit 137", 1, |l| {
         is_about(l, "liar", "exited with code 137")

@@ -1,6 +1,6 @@
 //! corral as PID 1 of a new pid namespace on this host (`unshare --pid --fork`), driven and
 //! observed from the parent namespace: shutdown order and exit code, `--exit-with`, reaping a
-//! burst of orphans, and the shutdown's treatment of processes no unit holds any more (SPEC 7).
+//! burst of orphans, and the shutdown's treatment of processes no unit holds any more (docs/operations.md, "PID 1").
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -13,13 +13,6 @@ use common::*;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
-
-fn service(command: &str) -> String {
-    format!(
-        "[exec]\ncommand = [\"sh\", \"-c\", {}]\n",
-        toml_str(command)
-    )
-}
 
 /// Waits until `unit` logged that it started.
 fn wait_started(c: &mut Corral, unit: &str) {
@@ -39,17 +32,17 @@ fn sigterm_from_the_parent_namespace_stops_in_reverse_dependency_order_and_exits
         return;
     }
     let mut c = Corral::new();
-    c.unit("db", &service("exec sleep 100000"));
+    c.unit("db", &shell("exec sleep 100000"));
     c.unit(
         "cache",
         &format!(
             "after = [\"db\"]\nrequires = [\"db\"]\n{}",
-            service("exec sleep 100000")
+            shell("exec sleep 100000")
         ),
     );
     c.unit(
         "app",
-        &format!("after = [\"cache\"]\n{}", service("exec sleep 100000")),
+        &format!("after = [\"cache\"]\n{}", shell("exec sleep 100000")),
     );
     c.launch_in_pid_namespace(&[]);
     let hello = c
@@ -94,9 +87,9 @@ fn exit_with(command: &str, kill_main: bool) -> (i32, Corral) {
     let mut c = Corral::new();
     c.unit(
         "job",
-        &format!("{}[restart]\npolicy = \"never\"\n", service(command)),
+        &format!("{}[restart]\npolicy = \"never\"\n", shell(command)),
     );
-    c.unit("bystander", &service("exec sleep 100000"));
+    c.unit("bystander", &shell("exec sleep 100000"));
     c.launch_in_pid_namespace(&["--exit-with", "job"]);
     if kill_main {
         c.wait_count("both units started", 2, |l| msg(l) == "started");

@@ -10,7 +10,10 @@ use std::os::unix::net::UnixDatagram;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use common::{Corral, is_about, is_output, msg, require_cgroup_v1, require_root, toml_str};
+use common::{
+    Corral, free_port, is_about, is_output, msg, require_cgroup_v1, require_root,
+    require_systemd_notify, toml_str,
+};
 use serde_json::Value;
 
 /// The index in `c.seen` of the first line matching `pred`.
@@ -22,29 +25,9 @@ fn index_of(c: &Corral, what: &str, pred: impl Fn(&Value) -> bool) -> usize {
 }
 
 /// `systemd-notify` from Debian's `systemd` package, which .ci/run installs.
-fn systemd_notify() -> bool {
-    if std::path::Path::new("/usr/bin/systemd-notify").exists() {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("systemd-notify is missing (apt-get install systemd); CI=true does not skip");
-    }
-    eprintln!("SKIPPED: needs /usr/bin/systemd-notify (apt-get install systemd)");
-    false
-}
-
-/// A port nothing listens on right now (bound, then released).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn a_dependent_waits_for_ready_1_sent_by_debians_systemd_notify() {
-    if !require_root() || !systemd_notify() {
+    if !require_root() || !require_systemd_notify() {
         return;
     }
     let mut c = Corral::new();
@@ -369,7 +352,7 @@ fn an_exec_probe_gates_readiness_and_runs_inside_the_units_cgroup() {
 
 #[test]
 fn a_watchdog_unit_that_stops_pinging_is_restarted() {
-    if !require_root() || !systemd_notify() {
+    if !require_root() || !require_systemd_notify() {
         return;
     }
     let mut c = Corral::new();
@@ -422,7 +405,7 @@ fn a_watchdog_unit_that_stops_pinging_is_restarted() {
 
 #[test]
 fn systemd_notify_works_unchanged_from_a_unit_running_as_nobody() {
-    if !require_root() || !systemd_notify() {
+    if !require_root() || !require_systemd_notify() {
         return;
     }
     let mut c = Corral::new();

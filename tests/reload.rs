@@ -10,15 +10,13 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use common::{Corral, Out, msg, reaped_pid, require_cgroup_v1, require_root, run_bounded, unit_of};
+use common::{
+    Corral, Out, msg, reaped_pid, require_cgroup_v1, require_root, run_bounded, sleeper, unit_of,
+};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
 /// A service that sleeps; `arg` tells two versions of its command apart.
-fn sleeper(arg: &str) -> String {
-    format!("[exec]\ncommand = [\"sleep\", \"{arg}\"]\n")
-}
-
 /// `sleeper` with a memory limit.
 fn limited(arg: &str, memory_max: &str) -> String {
     format!(
@@ -962,7 +960,7 @@ fn a_score_adjust_edit_reaches_the_running_process() {
     c.unit("web", &unit(200));
     next_reload(&mut c);
     settle(&mut c);
-    // In place (SPEC 6: an [oom] edit restarts nothing), or else by a restart.
+    // In place (docs/units.md, "What a reload restarts": an [oom] edit restarts nothing), or else by a restart.
     if pids(&c)["web"] == before["web"] {
         assert_eq!(score(), "200");
     }

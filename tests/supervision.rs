@@ -6,7 +6,9 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use common::{Corral, is_about, is_output, msg, reaped_pid, require_root, toml_str};
+use common::{
+    Corral, children_of, is_about, is_output, msg, proc_state, reaped_pid, require_root, toml_str,
+};
 use serde_json::{Value, json};
 
 fn at(line: &Value) -> SystemTime {
@@ -200,25 +202,6 @@ fn a_double_forked_orphan_is_reaped() {
     assert_eq!(c.status("forker")["state"], "running");
 }
 
-/// Direct children of `pid` (every thread's `children` file).
-fn children(pid: i32) -> Vec<i32> {
-    let mut out = Vec::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .flatten()
-    {
-        let text = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-        out.extend(text.split_whitespace().map(|p| p.parse::<i32>().unwrap()));
-    }
-    out
-}
-
-/// The state letter of /proc/PID/stat (after the parenthesised command name).
-fn proc_state(pid: i32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(") ")?.1.chars().next()
-}
-
 #[test]
 fn two_hundred_orphans_exiting_at_once_leave_no_zombie() {
     if !require_root() {
@@ -248,7 +231,7 @@ fn two_hundred_orphans_exiting_at_once_leave_no_zombie() {
     let reaped = c.wait_count("200 reaps", 200, |l| reaped_pid(l).is_some());
     assert_eq!(reaped.len(), 200);
 
-    let zombies: Vec<i32> = children(c.pid())
+    let zombies: Vec<i32> = children_of(c.pid())
         .into_iter()
         .filter(|&p| proc_state(p) == Some('Z'))
         .collect();

@@ -13,7 +13,7 @@ use crate::proto::{ErrorKind, LogLine, Request, Response, Verb};
 
 pub use render::{print_log_line, print_reload, print_status_details, print_status_table};
 
-/// Client exit codes of SPEC 1.
+/// Client exit codes (docs/cli.md, "Exit codes").
 pub mod exit_code {
     pub const OK: i32 = 0;
     pub const FAILED: i32 = 1;

@@ -184,7 +184,7 @@ impl PlanBuilder {
                     weight.to_string(),
                     "cpu-weight",
                 ),
-                // SPEC 4: shares = weight x 1024 / 100 (weight 100 is the default 1024 shares).
+                // docs/cgroups.md, "Limits": shares = weight x 1024 / 100 (weight 100 is the default 1024 shares).
                 Version::V1 => {
                     let shares = (u64::from(weight) * 1024 / 100).max(2);
                     self.set(
@@ -256,7 +256,7 @@ impl PlanBuilder {
                     );
                 }
                 if let Some(swap) = r.memory_swap_max {
-                    // v1 limits memory+swap together; SPEC 4: memsw = max + swap.
+                    // v1 limits memory+swap together; docs/cgroups.md: memsw = max + swap.
                     match (r.memory_max, swap) {
                         (_, ByteLimit::Max) => self.set(
                             Controller::Memory,
@@ -601,7 +601,7 @@ mod tests {
     }
 }
 
-/// A unit's cgroup below R (SPEC 4): `a.slice/b.slice/name.service`, or `name.slice` for a
+/// A unit's cgroup below R (docs/cgroups.md, "Layout"): `a.slice/b.slice/name.service`, or `name.slice` for a
 /// slice, following `slice` parents through `parent_of`.
 pub fn unit_cgroup(
     name: &crate::unit::UnitName,

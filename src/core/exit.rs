@@ -1,7 +1,7 @@
 //! How a unit's main process ended, kept lossless, and what the restart policy makes of it.
 
+use crate::core::signal::Signal;
 use crate::unit::RestartPolicy;
-use nix::sys::signal::Signal;
 
 /// What `waitpid` said, without interpretation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,7 +33,7 @@ impl ExitReport {
     pub fn signal(signal: Signal) -> ExitReport {
         ExitReport {
             termination: Termination::Signaled {
-                signal: signal as i32,
+                signal: signal.number(),
                 core_dumped: false,
             },
             oom: false,
@@ -42,7 +42,7 @@ impl ExitReport {
 
     /// Whether the process died of SIGKILL.
     pub fn is_sigkill(&self) -> bool {
-        matches!(self.termination, Termination::Signaled { signal, .. } if signal == Signal::SIGKILL as i32)
+        matches!(self.termination, Termination::Signaled { signal, .. } if signal == Signal::SIGKILL.number())
     }
 
     /// A clean exit: a listed exit code and no OOM kill.
@@ -87,16 +87,16 @@ impl std::fmt::Display for ExitReport {
 pub fn signal_name(signal: i32) -> String {
     const SIGRTMIN: i32 = 34;
     const SIGRTMAX: i32 = 64;
-    match Signal::try_from(signal) {
-        Ok(s) => s.as_str().to_owned(),
-        Err(_) if (SIGRTMIN..=SIGRTMAX).contains(&signal) => {
+    match Signal::from_number(signal) {
+        Some(s) => s.as_str().to_owned(),
+        None if (SIGRTMIN..=SIGRTMAX).contains(&signal) => {
             format!("SIGRTMIN+{}", signal - SIGRTMIN)
         }
-        Err(_) => format!("signal {signal}"),
+        None => format!("signal {signal}"),
     }
 }
 
-/// Whether `policy` restarts a unit after `exit` (SPEC 2: OOM kills are failures and abnormal).
+/// Whether `policy` restarts a unit after `exit` (docs/units.md, `[restart]`: OOM kills are failures and abnormal).
 pub fn policy_restarts(
     policy: RestartPolicy,
     exit: &ExitReport,
@@ -121,7 +121,7 @@ mod tests {
     fn oom_kill() -> ExitReport {
         ExitReport {
             termination: Termination::Signaled {
-                signal: Signal::SIGKILL as i32,
+                signal: Signal::SIGKILL.number(),
                 core_dumped: false,
             },
             oom: true,

@@ -10,6 +10,7 @@ pub mod notify_refusals;
 pub mod oom;
 pub mod reload;
 pub mod service;
+pub mod signal;
 pub mod supervisor;
 
 #[cfg(test)]

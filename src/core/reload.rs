@@ -40,7 +40,7 @@ pub enum Change {
     None,
 }
 
-/// SPEC 6: what a process was started with decides a restart; limits are rewritten in place.
+/// docs/units.md, "What a reload restarts": what a process was started with decides a restart; limits are rewritten in place.
 pub fn change(old: &Unit, new: &Unit) -> Change {
     if old.exec != new.exec
         || old.namespaces != new.namespaces

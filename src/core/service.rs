@@ -5,10 +5,10 @@ use std::time::{Duration, Instant};
 use crate::core::backoff::{StartHistory, restart_delay};
 use crate::core::exit::{ExitReport, policy_restarts};
 use crate::core::notify::NotifyMessage;
+use crate::core::signal::Signal;
 use crate::unit::{ReadyMode, RestartPolicy, Unit, UnitKind};
-use nix::sys::signal::Signal;
 
-/// The states of SPEC section 3.
+/// A unit's states, as `status` shows them (docs/protocol.md, UnitStatus `state`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum State {

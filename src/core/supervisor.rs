@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
-use nix::sys::signal::Signal;
+use crate::core::signal::Signal;
 
 use crate::core::exit::ExitReport;
 use crate::core::notify::NotifyMessage;
@@ -371,7 +371,7 @@ impl Supervisor {
         Ok(effects)
     }
 
-    /// Applies a new, valid set of units as one plan (SPEC 6): added units start, removed ones
+    /// Applies a new, valid set of units as one plan (docs/operations.md, "Reload"): added units start, removed ones
     /// stop and are forgotten, changed processes restart, changed limits are re-applied in
     /// place, and nothing else is touched.
     pub fn reload(&mut self, units: UnitSet, now: Instant) -> (ReloadPlan, Vec<Effect>) {

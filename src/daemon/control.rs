@@ -1,8 +1,8 @@
 //! Control-socket clients: buffered, non-blocking line I/O with bounds on everything.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::{ErrorKind as IoKind, Read, Write};
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -457,9 +457,12 @@ impl Client {
     }
 }
 
-/// What the control server keeps besides its clients.
-#[derive(Debug, Default)]
+/// The control server: its listener, its clients, and what bounds them.
+#[derive(Debug)]
 pub struct Server {
+    pub listener: UnixListener,
+    /// Every connected client, by epoll token.
+    pub clients: HashMap<u64, Client>,
     /// `--socket-group`'s gid: its members may use the read verbs.
     pub group: Option<u32>,
     /// An fd held back for the moment accept(2) fails for want of fds: closing it makes room
@@ -470,16 +473,25 @@ pub struct Server {
     pub out_of_fds: bool,
     /// The listener is out of the epoll set until a client leaves (the reserve fd is gone too).
     pub listener_paused: bool,
+    /// The listener's epoll token, to pause and resume it.
+    pub listener_token: u64,
     /// When a refused connection was last logged, and how many were refused since unlogged.
     refusal_logged_at: Option<Instant>,
     refusals_unlogged: u64,
 }
 
 impl Server {
-    pub fn new(group: Option<u32>) -> Server {
+    pub fn new(listener: UnixListener, listener_token: u64, group: Option<u32>) -> Server {
         Server {
+            listener,
+            clients: HashMap::new(),
             group,
-            ..Server::default()
+            reserve_fd: None,
+            out_of_fds: false,
+            listener_paused: false,
+            listener_token,
+            refusal_logged_at: None,
+            refusals_unlogged: 0,
         }
     }
 

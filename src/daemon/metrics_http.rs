@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
 
-use crate::os::poller::Readiness;
+use crate::os::poller::Ready;
 
 use super::Daemon;
+use super::sources::Source;
 
 /// Longest request head (request line and headers) read; longer requests get 431.
 pub const MAX_REQUEST_BYTES: usize = 8 * 1024;
@@ -50,10 +51,6 @@ impl MetricsServer {
             clients: HashMap::new(),
             token,
         })
-    }
-
-    pub fn has_client(&self, token: u64) -> bool {
-        self.clients.contains_key(&token)
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {
@@ -190,11 +187,13 @@ impl Daemon {
                 debug!("metrics connection refused: {MAX_CLIENTS} already open");
                 continue;
             }
-            let token = self.token();
             let Some(server) = &mut self.metrics else {
                 return;
             };
-            if self.poller.add(stream.as_fd(), token, false).is_ok() {
+            if let Ok(token) = self
+                .sources
+                .add(stream.as_fd(), Source::MetricsClient, false)
+            {
                 server.clients.insert(
                     token,
                     HttpClient {
@@ -208,7 +207,7 @@ impl Daemon {
         }
     }
 
-    pub(super) fn serve_metrics_client(&mut self, token: u64, readiness: Readiness) {
+    pub(super) fn serve_metrics_client(&mut self, token: u64, readiness: Ready) {
         let mut done = false;
         let mut wants_answer = false;
         if let Some(client) = self
@@ -337,7 +336,7 @@ impl Daemon {
                 Err(e) if e.kind() == IoKind::WouldBlock => {
                     // Wait for room instead of for input, which nobody sends any more.
                     let _ = self
-                        .poller
+                        .sources
                         .modify(client.stream.as_fd(), token, false, true);
                     return false;
                 }
@@ -351,7 +350,7 @@ impl Daemon {
 
     fn drop_metrics_client(&mut self, token: u64) {
         if let Some(client) = self.metrics.as_mut().and_then(|s| s.clients.remove(&token)) {
-            let _ = self.poller.remove(&client.stream);
+            self.sources.remove(&client.stream, token);
         }
     }
 

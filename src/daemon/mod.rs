@@ -1,7 +1,8 @@
-//! Wiring without policy: the event loop, the effect executor, the control server and log rings.
+//! Wiring without policy: the event loop and its steps, the effect executor, and the rooms.
 
 mod clock;
 mod control;
+mod generation;
 mod journald;
 pub mod logging;
 mod membership;
@@ -9,27 +10,28 @@ mod metrics_http;
 mod output;
 mod readiness;
 mod requests;
+mod shutdown;
+mod sources;
 mod status;
+mod units_dir;
 mod usage_watch;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use tracing::{debug, error, info, warn};
 
-use crate::core::exit::ExitReport;
+use crate::core::exit::{ExitReport, Termination};
 use crate::core::limit_watch::Thresholds;
 use crate::core::reload::ReloadPlan;
 use crate::core::service::State;
 use crate::core::supervisor::{Effect, Input, RequestError, Supervisor};
-use crate::os::cgroup;
 use crate::os::control_socket::{self, SocketError};
 use crate::os::pid1::{self, PowerAction};
-use crate::os::poller::{Poller, Readiness};
+use crate::os::poller::Ready;
 use crate::os::reaper;
 use crate::os::signals::SignalEvents;
 use crate::os::spawn;
@@ -39,12 +41,16 @@ use crate::unit::{self, UnitName};
 
 use clock::Clock;
 use control::{Client, ClientState};
+use generation::Generations;
 use membership::Members;
 use metrics_http::MetricsServer;
+use shutdown::Shutdown;
 use usage_watch::UsageWatch;
 
 pub use metrics_http::{is_loopback, read_token_file};
-use output::{LineSplitter, Piece, Ring};
+use output::{Piece, Pipes, Ring};
+use sources::{Source, Sources, Token};
+use units_dir::UnitsDir;
 
 pub use control::{
     ACCEPTS_PER_TURN, IDLE_TIMEOUT, MAX_CLIENTS, MAX_CONNECTIONS_PER_UID, MAX_FOLLOWERS_PER_UID,
@@ -105,31 +111,6 @@ fn os_err(operation: &'static str) -> impl FnOnce(std::io::Error) -> DaemonError
     move |source| DaemonError::Os { operation, source }
 }
 
-const TOKEN_SIGNALS: u64 = 0;
-const TOKEN_LISTENER: u64 = 1;
-const TOKEN_WATCH: u64 = 2;
-const TOKEN_METRICS: u64 = 3;
-/// The closers of descriptors units passed (readiness.rs) have finished a batch.
-const TOKEN_CLOSERS: u64 = 4;
-const FIRST_DYNAMIC_TOKEN: u64 = 5;
-
-/// Changes in the units directory settle for this long before a reload (editors write in
-/// several steps)...
-const RELOAD_DEBOUNCE: Duration = Duration::from_millis(100);
-/// ...but a directory that never stops changing is still reloaded this often.
-const RELOAD_MAX_DELAY: Duration = Duration::from_secs(1);
-
-/// A read end of a unit's stdout or stderr.
-struct Pipe {
-    unit: UnitName,
-    stream: Stream,
-    fd: OwnedFd,
-    splitter: LineSplitter,
-    /// An exec health probe's output: read so the probe never blocks on a full pipe, then
-    /// dropped, so a probe every few seconds does not drown the unit's own log.
-    discard: bool,
-}
-
 /// Whom the OOM kills being reported took, as far as the main process's fate tells.
 #[derive(Debug, Clone, Copy)]
 enum OomVictim {
@@ -141,66 +122,33 @@ enum OomVictim {
     Spared,
 }
 
-/// How long a shutdown waits for processes it sent SIGKILL: `--shutdown-timeout`, at least
-/// this. A process still there after that cannot die (uninterruptible sleep, a frozen cgroup)
-/// and is abandoned, so that a shutdown always ends (docs/operations.md).
-const MIN_KILL_WAIT: Duration = Duration::from_secs(1);
-
-/// After every unit is down: leftover descendants get SIGTERM, then SIGKILL at `kill_at`; what
-/// is still there at `give_up_at` (set with the SIGKILL) is abandoned.
-struct Leftovers {
-    kill_at: Instant,
-    give_up_at: Option<Instant>,
-    /// Pids that got their SIGTERM (as PID 1: 0 once every process got it through kill(-1),
-    /// and -1 once the SIGKILL to all was logged).
-    termed: HashSet<i32>,
-}
-
-enum Phase {
-    Supervising,
-    Leftovers(Leftovers),
-}
-
 struct Daemon {
     opts: Options,
     sup: Supervisor,
-    poller: Poller,
+    /// The epoll set and what each token stands for.
+    sources: Sources,
     signals: SignalEvents,
-    listener: UnixListener,
-    clients: HashMap<u64, Client>,
-    /// The control server's own state: the socket group, the reserve fd.
+    /// The control server: listener, clients, the socket group, the reserve fd.
     control: control::Server,
-    pipes: HashMap<u64, Pipe>,
-    watch: Option<DirWatch>,
-    /// A debounced reload is due at `.0`; the first change of the burst came at `.1`.
-    reload_due: Option<(Instant, Instant)>,
-    /// The last reload's diagnostics, until a reload succeeds.
-    reload_error: Option<String>,
-    /// Exec reports of units spawned but not yet known to have exec'd: unit, pid, pipe.
-    exec_reports: HashMap<u64, (UnitName, i32, OwnedFd)>,
-    /// Memory-event fds (OOM kills, memory-high) of running units.
-    memory_watches: HashMap<u64, (UnitName, OwnedFd)>,
-    /// `populated` watches of units' cgroups (v2): a wake to look for units that became empty.
-    populated_watches: HashMap<u64, (UnitName, OwnedFd)>,
+    /// Units' output pipes, until their EOF.
+    pipes: Pipes,
+    /// The units directory's watch, the reload due, the last reload's diagnostics.
+    units_dir: UnitsDir,
+    /// Each unit's current run: its exec report, memory events, `cgroup.events` watch.
+    generations: Generations,
     members: Members,
     /// Notify sockets, health probes in flight: see readiness.rs.
-    readiness: readiness::Readiness,
+    readiness: readiness::ReadinessChannels,
     usage_watch: UsageWatch,
     /// `--metrics-listen`: the HTTP listener and its connections.
     metrics: Option<MetricsServer>,
     rings: HashMap<UnitName, Ring>,
-    next_token: u64,
     clock: Clock,
-    phase: Phase,
-    exit_code: i32,
+    /// The kill wait, the leftovers, the exit code and power action.
+    shutdown: Shutdown,
     own_uid: u32,
-    /// When each stopping unit got its first SIGKILL: a shutdown abandons the units whose
-    /// processes outlive it by the kill wait.
-    killed_at: HashMap<UnitName, Instant>,
     /// PID 1 of the machine: never exits, powers off or reboots instead.
     host_init: bool,
-    /// What a host init does after shutdown.
-    power: PowerAction,
     /// corral's own namespaces, which a unit's are compared with.
     own_namespaces: [Option<u64>; 7],
 }
@@ -295,13 +243,13 @@ pub fn run(mut opts: Options) -> Result<Ending, DaemonError> {
     } else if !refuses_fds {
         debug!("this kernel cannot make the control socket refuse file descriptors");
     }
-    let poller = Poller::new().map_err(|e| DaemonError::Os {
+    let mut sources = Sources::new().map_err(|e| DaemonError::Os {
         operation: "creating the epoll set",
         source: e.into(),
     })?;
-    poller
-        .add(signals.fd(), TOKEN_SIGNALS, false)
-        .and_then(|()| poller.add(listener.as_fd(), TOKEN_LISTENER, false))
+    let listener_token = sources
+        .add(signals.fd(), Source::Signals, false)
+        .and_then(|_| sources.add(listener.as_fd(), Source::Listener, false))
         .map_err(|e| DaemonError::Os {
             operation: "registering with epoll",
             source: e.into(),
@@ -310,8 +258,8 @@ pub fn run(mut opts: Options) -> Result<Ending, DaemonError> {
         None => None,
         Some(addr) => match MetricsServer::bind(addr, opts.metrics_token.clone()) {
             Ok(server) => {
-                poller
-                    .add(server.listener.as_fd(), TOKEN_METRICS, false)
+                sources
+                    .add(server.listener.as_fd(), Source::Metrics, false)
                     .map_err(|e| DaemonError::Os {
                         operation: "registering with epoll",
                         source: e.into(),
@@ -359,7 +307,7 @@ pub fn run(mut opts: Options) -> Result<Ending, DaemonError> {
     let members = Members::new(opts.cgroup_root.as_deref(), &loaded.units);
     let watch = match DirWatch::new(&opts.units_dir) {
         Ok(watch) => {
-            if let Err(e) = poller.add(watch.fd(), TOKEN_WATCH, false) {
+            if let Err(e) = sources.add(watch.fd(), Source::Watch, false) {
                 warn!(
                     "cannot watch the units directory ({e}); reload with SIGHUP or `corral reload`"
                 );
@@ -384,43 +332,34 @@ pub fn run(mut opts: Options) -> Result<Ending, DaemonError> {
             1024
         }
     };
+    let shutdown = Shutdown::new(opts.shutdown_timeout);
     let mut daemon = Daemon {
         members,
         usage_watch,
         metrics,
         sup: Supervisor::new(loaded.units.into_values(), now),
         opts,
-        poller,
+        sources,
         signals,
-        listener,
-        clients: HashMap::new(),
-        control: control::Server::new(group.map(|g| g.as_raw())),
-        pipes: HashMap::new(),
-        memory_watches: HashMap::new(),
-        exec_reports: HashMap::new(),
-        populated_watches: HashMap::new(),
-        readiness: readiness::Readiness::new(notify_dir, TOKEN_CLOSERS, open_files),
-        watch,
-        reload_due: None,
+        control: control::Server::new(listener, listener_token, group.map(|g| g.as_raw())),
+        pipes: Pipes::default(),
+        generations: Generations::default(),
+        readiness: readiness::ReadinessChannels::new(notify_dir, open_files),
         // `status` shows why a host init started no unit, as after a refused reload.
-        reload_error: startup_error,
+        units_dir: UnitsDir::new(watch, startup_error),
         rings,
-        next_token: FIRST_DYNAMIC_TOKEN,
         clock: Clock::new(),
-        phase: Phase::Supervising,
-        exit_code: 0,
-        killed_at: HashMap::new(),
+        shutdown,
         own_uid: nix::unistd::geteuid().as_raw(),
         host_init,
-        power: PowerAction::Poweroff,
         own_namespaces: crate::os::namespaces::inodes(None),
     };
     let code = daemon.event_loop();
     daemon.members.teardown();
     let _ = std::fs::remove_file(&daemon.opts.socket);
     if daemon.host_init {
-        info!(action = ?daemon.power, "every process is gone; syncing and powering down");
-        return Ok(Ending::Power(daemon.power));
+        info!(action = ?daemon.shutdown.power, "every process is gone; syncing and powering down");
+        return Ok(Ending::Power(daemon.shutdown.power));
     }
     info!(code, "corral exits");
     Ok(Ending::Exit(code))
@@ -435,146 +374,150 @@ pub enum Ending {
 }
 
 impl Daemon {
+    /// One thread, one loop. Each turn runs these steps, in this order:
+    ///
+    /// 1. `wait`: sleep in epoll until a source is ready or the earliest deadline of any room.
+    /// 2. `dispatch`: serve each ready source (signals, clients, output pipes, notify
+    ///    sockets, probes, memory events, the units directory's watch...).
+    /// 3. `reap`: collect every exited child; a unit's main process becomes `Input::Exited`
+    ///    (its exec report read first, its OOM kills counted), an exec probe's ends its probe.
+    /// 4. `settle_stops`: units stopping that are now empty get `Input::UnitEmpty`; during a
+    ///    shutdown, units whose processes outlived SIGKILL by the kill wait are abandoned.
+    /// 5. `due_inputs`: a debounced reload that is due, probes past their timeout, the notify
+    ///    refusal counts whose report is due.
+    /// 6. `Input::Tick`: the core's own deadlines (backoff ends, stop timeouts, watchdogs).
+    /// 7. `room_timers`: OOM kills that spared the main process, cgroup removals to retry,
+    ///    usage sampling, idle metrics clients.
+    /// 8. `answer_clients`: waiters whose units got where they were going, then requests
+    ///    clients had queued behind them and the next pieces of large answers.
+    /// 9. `check_exit_with`: the `--exit-with` unit ended, so corral shuts down.
+    /// 10. `flush_clients`: write what the clients were given, drop the finished ones.
+    /// 11. `leftovers`: after a shutdown, end the processes left behind; the loop's only exit.
+    ///
+    /// Inputs come before the Tick so that deadlines see this turn's facts (an exit that came
+    /// in time does not time out); clients are answered after everything that could settle
+    /// what they wait for, and written to last, so one write carries the whole turn.
     fn event_loop(&mut self) -> i32 {
         self.feed(Input::Tick, Instant::now());
         // Arms the usage timer for the units that just started, before the first wait.
         self.sample_usage(Instant::now());
         loop {
-            let timeout = self
-                .next_deadline()
-                .map(|d| d.saturating_duration_since(Instant::now()));
-            let ready = match self.poller.wait(timeout) {
-                Ok(ready) => ready,
-                Err(e) => {
-                    // Nothing sane is left to do if epoll itself fails; stop the units cleanly.
-                    error!("epoll_wait failed: {e}; shutting down");
-                    self.begin_shutdown(Instant::now());
-                    Vec::new()
-                }
-            };
-            for readiness in ready {
-                self.dispatch(readiness);
+            for ready in self.wait() {
+                self.dispatch(ready);
             }
             let now = Instant::now();
-            let reaped = reaper::reap_all();
-            for (pid, mut termination) in reaped.exits {
-                if self.exec_probe_exited(pid, termination, now) {
-                    continue;
-                }
-                // Its report was written before it exited: read it before its exit counts.
-                let report = self
-                    .exec_reports
-                    .iter()
-                    .find(|(_, (_, p, _))| *p == pid)
-                    .map(|(token, _)| *token);
-                if let Some(token) = report {
-                    self.settle_exec_report(token, now);
-                }
-                let Some(unit) = self.sup.unit_of_pid(pid).cloned() else {
-                    // An orphan (or a leftover): reaped, and nothing else to tell the core,
-                    // which knows only main processes; a burst of thousands costs no more.
-                    debug!(
-                        pid,
-                        "reaped: {}",
-                        ExitReport {
-                            termination,
-                            oom: false
-                        }
-                    );
-                    continue;
-                };
-                if let Some(command) = self.members.take_helper_exit(&unit) {
-                    termination = command;
-                }
-                let end = self.members.on_main_exit(&unit, now);
-                let exit = ExitReport {
-                    termination,
-                    oom: end.by_oom,
-                };
-                let victim = if exit.is_sigkill() {
-                    OomVictim::Main
-                } else {
-                    OomVictim::Worker
-                };
-                self.record_oom_kills(&unit, end.fresh, victim, now);
-                self.drop_memory_watch(&unit);
-                self.usage_watch.forget(&unit);
-                debug!(pid, "reaped: {exit}");
-                self.feed(Input::Exited { pid, exit }, now);
-            }
-            self.feed_empty_units(now);
-            self.abandon_unkillable(now);
-            if self.reload_due.is_some_and(|(due, _)| due <= now) {
-                let _ = self.reload(now);
-            }
-            self.expire_probes(now);
-            self.report_notify_refusals(now);
+            let no_children_left = self.reap(now);
+            self.settle_stops(now);
+            self.due_inputs(now);
             self.feed(Input::Tick, now);
-            for (unit, count) in self.members.spared_main_oom_kills(now) {
-                self.record_oom_kills(&unit, count, OomVictim::Spared, now);
-            }
-            self.members.retry_removals(now);
-            self.sample_usage(now);
-            self.expire_metrics_clients(now);
-            self.answer_waiters();
-            self.serve_buffered();
-            self.answer_waiters();
+            self.room_timers(now);
+            self.answer_clients();
             self.check_exit_with(now);
             self.flush_clients();
-            let kill_wait = self.kill_wait();
-            if let Phase::Leftovers(left) = &mut self.phase {
-                if reaped.no_children_left {
-                    return self.exit_code;
-                }
-                let kill = now >= left.kill_at;
-                if kill && left.give_up_at.is_none() {
-                    left.give_up_at = Some(crate::core::service::after(now, kill_wait));
-                }
-                if left.give_up_at.is_some_and(|at| now >= at) {
-                    let pids = reaper::direct_children();
-                    warn!(
-                        ?pids,
-                        "processes outlived SIGKILL by {} (frozen, or in uninterruptible sleep): \
-                         abandoned, with what descends from them",
-                        humantime::format_duration(kill_wait)
-                    );
-                    return self.exit_code;
-                }
-                if std::process::id() == 1 {
-                    // Every process of the namespace descends from PID 1, and kill(-1) reaches
-                    // them all but ourselves, however deep (the pids of a /proc mounted for
-                    // another pid namespace would name strangers). Later forks get the SIGKILL.
-                    let signal = if kill {
-                        Some(Signal::SIGKILL)
-                    } else if left.termed.insert(0) {
-                        Some(Signal::SIGTERM)
-                    } else {
-                        None
-                    };
-                    if let Some(signal) = signal {
-                        // Logged once per signal: SIGKILL is repeated on every wake after it.
-                        if signal == Signal::SIGTERM || left.termed.insert(-1) {
-                            info!("sending {} to every remaining process", signal.as_str());
-                        }
-                        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-1), signal);
-                    }
-                    continue;
-                }
-                for pid in reaper::direct_children() {
-                    let signal = if kill {
-                        Some(Signal::SIGKILL)
-                    } else if left.termed.insert(pid) {
-                        Some(Signal::SIGTERM)
-                    } else {
-                        None
-                    };
-                    if let Some(signal) = signal {
-                        debug!(pid, "leftover process gets {}", signal.as_str());
-                        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
-                    }
-                }
+            if let Some(code) = self.leftovers(no_children_left, now) {
+                return code;
             }
         }
+    }
+
+    /// Step 1: waits for a ready source or the earliest deadline.
+    fn wait(&mut self) -> Vec<Ready> {
+        let timeout = self
+            .next_deadline()
+            .map(|d| d.saturating_duration_since(Instant::now()));
+        match self.sources.wait(timeout) {
+            Ok(ready) => ready,
+            Err(e) => {
+                // Nothing sane is left to do if epoll itself fails; stop the units cleanly.
+                error!("epoll_wait failed: {e}; shutting down");
+                self.begin_shutdown(Instant::now());
+                Vec::new()
+            }
+        }
+    }
+
+    /// Step 3: reaps every exited child and tells the core of its units' main processes.
+    /// Returns whether corral has no child left.
+    fn reap(&mut self, now: Instant) -> bool {
+        let reaped = reaper::reap_all();
+        for (pid, termination) in reaped.exits {
+            self.on_reaped(pid, termination, now);
+        }
+        reaped.no_children_left
+    }
+
+    fn on_reaped(&mut self, pid: i32, mut termination: Termination, now: Instant) {
+        if self.exec_probe_exited(pid, termination, now) {
+            return;
+        }
+        // Its report was written before it exited: read it before its exit counts.
+        if let Some(unit) = self.generations.exec_pending_of(pid) {
+            self.settle_exec_report(&unit, now);
+        }
+        let Some(unit) = self.sup.unit_of_pid(pid).cloned() else {
+            // An orphan (or a leftover): reaped, and nothing else to tell the core,
+            // which knows only main processes; a burst of thousands costs no more.
+            debug!(
+                pid,
+                "reaped: {}",
+                ExitReport {
+                    termination,
+                    oom: false
+                }
+            );
+            return;
+        };
+        if let Some(command) = self.members.take_helper_exit(&unit) {
+            termination = command;
+        }
+        let end = self.members.on_main_exit(&unit, now);
+        let exit = ExitReport {
+            termination,
+            oom: end.by_oom,
+        };
+        let victim = if exit.is_sigkill() {
+            OomVictim::Main
+        } else {
+            OomVictim::Worker
+        };
+        self.record_oom_kills(&unit, end.fresh, victim, now);
+        self.generations.release_memory(&mut self.sources, &unit);
+        self.usage_watch.forget(&unit);
+        debug!(pid, "reaped: {exit}");
+        self.feed(Input::Exited { pid, exit }, now);
+    }
+
+    /// Step 4: the stops that can end now, or must be given up.
+    fn settle_stops(&mut self, now: Instant) {
+        self.feed_empty_units(now);
+        self.abandon_unkillable(now);
+    }
+
+    /// Step 5: inputs whose time came: a debounced reload, probe timeouts, refusal reports.
+    fn due_inputs(&mut self, now: Instant) {
+        if self.units_dir.due.is_due(now) {
+            let _ = self.reload(now);
+        }
+        self.expire_probes(now);
+        self.report_notify_refusals(now);
+    }
+
+    /// Step 7: the rooms' own timers, after the core's.
+    fn room_timers(&mut self, now: Instant) {
+        for (unit, count) in self.members.spared_main_oom_kills(now) {
+            self.record_oom_kills(&unit, count, OomVictim::Spared, now);
+        }
+        self.members.retry_removals(now);
+        self.sample_usage(now);
+        self.expire_metrics_clients(now);
+    }
+
+    /// Step 11: once every unit is down, ends the processes left behind (shutdown.rs).
+    /// Returns the exit code when corral is done.
+    fn leftovers(&mut self, no_children_left: bool, now: Instant) -> Option<i32> {
+        self.shutdown
+            .end_leftovers(no_children_left, now)
+            .then_some(self.shutdown.exit_code)
     }
 
     /// Ends the stops whose units are empty. The last process of a unit is normally reaped by
@@ -592,32 +535,11 @@ impl Daemon {
         }
     }
 
-    /// How long a shutdown waits for processes after their SIGKILL before it abandons them.
-    fn kill_wait(&self) -> Duration {
-        self.opts.shutdown_timeout.max(MIN_KILL_WAIT)
-    }
-
     /// During a shutdown, gives up on each stopping unit whose processes outlived their
-    /// SIGKILL by the kill wait, and logs what was left. Forgets the kill times of units no
-    /// longer stopping.
+    /// SIGKILL by the kill wait, and logs what was left.
     fn abandon_unkillable(&mut self, now: Instant) {
-        let sup = &self.sup;
-        self.killed_at.retain(|unit, _| {
-            sup.get(unit)
-                .is_some_and(|(_, rt)| rt.state == State::Stopping)
-        });
-        if !self.sup.is_shutting_down() {
-            return;
-        }
-        let wait = self.kill_wait();
-        let due: Vec<UnitName> = self
-            .killed_at
-            .iter()
-            .filter(|(_, at)| crate::core::service::after(**at, wait) <= now)
-            .map(|(unit, _)| unit.clone())
-            .collect();
+        let (due, wait) = self.shutdown.due_abandons(&self.sup, now);
         for unit in due {
-            self.killed_at.remove(&unit);
             let left = self.members.leftovers(&unit);
             warn!(
                 unit = %unit,
@@ -629,21 +551,12 @@ impl Daemon {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        let clients = self.clients.values().filter_map(Client::next_deadline);
-        let leftovers = match &self.phase {
-            Phase::Leftovers(left) => [Some(left.kill_at), left.give_up_at]
-                .into_iter()
-                .flatten()
-                .filter(|at| Instant::now() < *at)
-                .min(),
-            _ => None,
-        };
-        let wait = self.kill_wait();
-        let abandon = self
-            .killed_at
+        let clients = self
+            .control
+            .clients
             .values()
-            .filter(|_| self.sup.is_shutting_down())
-            .map(|at| crate::core::service::after(*at, wait));
+            .filter_map(Client::next_deadline);
+        let settled = self.a_waiter_is_settled().then(Instant::now);
         self.sup
             .next_deadline()
             .into_iter()
@@ -651,49 +564,31 @@ impl Daemon {
             .chain(self.readiness.next_deadline())
             .chain(self.usage_watch.next_deadline())
             .chain(self.metrics.as_ref().and_then(MetricsServer::next_deadline))
-            .chain(self.reload_due.map(|(due, _)| due))
+            .chain(self.units_dir.due.deadline())
             .chain(clients)
-            .chain(leftovers)
-            .chain(abandon)
+            .chain(settled)
+            .chain(self.shutdown.next_deadline(self.sup.is_shutting_down()))
             .min()
     }
 
-    fn token(&mut self) -> u64 {
-        let token = self.next_token;
-        self.next_token += 1;
-        token
-    }
-
-    fn dispatch(&mut self, r: Readiness) {
-        match r.token {
-            TOKEN_SIGNALS => {
+    /// Step 2: serves one ready source.
+    fn dispatch(&mut self, ready: Ready) {
+        let Some(source) = self.sources.source(ready.token) else {
+            // Removed by an earlier source of the same wake.
+            return;
+        };
+        let token = ready.token;
+        match source {
+            Source::Signals => {
                 for signal in self.signals.drain() {
                     self.on_signal(signal);
                 }
             }
-            TOKEN_LISTENER => self.accept_clients(),
-            TOKEN_METRICS => self.accept_metrics_clients(),
-            TOKEN_WATCH => {
-                let wanted = match self.watch.as_mut().map(DirWatch::drain) {
-                    Some(Ok(wanted)) => wanted,
-                    Some(Err(e)) => {
-                        warn!("{e}; changes there are seen on SIGHUP or `corral reload`");
-                        true
-                    }
-                    None => false,
-                };
-                if !wanted {
-                    return;
-                }
-                let now = Instant::now();
-                let first = self.reload_due.map_or(now, |(_, first)| first);
-                let due = (now + RELOAD_DEBOUNCE).min(first + RELOAD_MAX_DELAY);
-                self.reload_due = Some((due, first));
-            }
-            token if self.memory_watches.contains_key(&token) => {
-                if let Some((unit, fd)) = self.memory_watches.get(&token) {
-                    cgroup::drain(fd);
-                    let unit = unit.clone();
+            Source::Listener => self.accept_clients(),
+            Source::Metrics => self.accept_metrics_clients(),
+            Source::Watch => self.units_dir.changed(Instant::now()),
+            Source::MemoryEvents { unit } => {
+                if self.generations.drain(&unit, token) {
                     debug!(unit = %unit, "memory event");
                     let now = Instant::now();
                     self.members.on_memory_event(&unit, now);
@@ -701,21 +596,18 @@ impl Daemon {
                 }
             }
             // The wake is the point: every wake looks for units that became empty.
-            token if self.populated_watches.contains_key(&token) => {
-                if let Some((unit, fd)) = self.populated_watches.get(&token) {
-                    cgroup::drain(fd);
+            Source::Populated { unit } => {
+                if self.generations.drain(&unit, token) {
                     debug!(unit = %unit, "cgroup.events changed");
                 }
             }
-            token if self.exec_reports.contains_key(&token) => {
-                self.settle_exec_report(token, Instant::now());
-            }
-            token if self.pipes.contains_key(&token) => self.read_pipe(token),
-            token if self.readiness.owns(token) => self.on_readiness_event(token),
-            token if self.metrics.as_ref().is_some_and(|m| m.has_client(token)) => {
-                self.serve_metrics_client(token, r)
-            }
-            token => self.serve_client(token, r),
+            Source::ExecReport { unit } => self.settle_exec_report(&unit, Instant::now()),
+            Source::Pipe => self.read_pipe(token),
+            Source::Closers => self.readiness.on_closer_wake(&self.sources),
+            Source::Notify { unit } => self.drain_notify(&unit, Instant::now()),
+            Source::NetProbe => self.advance_net_probe(token),
+            Source::MetricsClient => self.serve_metrics_client(token, ready),
+            Source::Client => self.serve_client(token, ready),
         }
     }
 
@@ -724,7 +616,7 @@ impl Daemon {
             Signal::SIGTERM | Signal::SIGINT => {
                 // A host init's SIGINT is Ctrl-Alt-Del: the convention is a reboot.
                 if signal == Signal::SIGINT {
-                    self.power = PowerAction::Reboot;
+                    self.shutdown.power = PowerAction::Reboot;
                 }
                 info!("{} received: stopping every unit", signal.as_str());
                 self.begin_shutdown(Instant::now());
@@ -805,15 +697,17 @@ impl Daemon {
                         // The exec is confirmed later, on the loop, so the next unit's fork
                         // need not wait for this one's exec; where the report cannot be
                         // watched, it is waited for here.
-                        let token = self.token();
-                        if self
-                            .poller
-                            .add(child.exec_report.as_fd(), token, false)
-                            .is_ok()
+                        self.generations
+                            .begin(&mut self.sources, &unit.name, child.pid);
+                        let watched = self.generations.watch_exec_report(
+                            &mut self.sources,
+                            &unit.name,
+                            child.exec_report,
+                        );
+                        if let Err(report) = watched
+                            && let Err(e) = spawn::exec_outcome(&report)
                         {
-                            self.exec_reports
-                                .insert(token, (unit.name.clone(), child.pid, child.exec_report));
-                        } else if let Err(e) = spawn::exec_outcome(&child.exec_report) {
+                            self.generations.release(&mut self.sources, &unit.name);
                             self.members.spawn_failed(&unit.name, now);
                             return Some(Input::SpawnFailed {
                                 unit: unit.name.clone(),
@@ -834,13 +728,9 @@ impl Daemon {
                         );
                         self.usage_watch.forget(&unit.name);
                         self.watch_memory(&unit);
-                        self.drop_populated_watch(&unit.name);
                         if let Some(fd) = self.members.populated_watch(&unit.name) {
-                            let token = self.token();
-                            if self.poller.add(fd.as_fd(), token, false).is_ok() {
-                                self.populated_watches
-                                    .insert(token, (unit.name.clone(), fd));
-                            }
+                            self.generations
+                                .watch_populated(&mut self.sources, &unit.name, fd);
                         }
                         self.watch_pipe(&unit.name, Stream::Stdout, child.stdout);
                         self.watch_pipe(&unit.name, Stream::Stderr, child.stderr);
@@ -859,12 +749,16 @@ impl Daemon {
                 }
             }
             Effect::Signal { unit, signal } => {
+                let Some(signal) = crate::os::signals::to_os(signal) else {
+                    warn!(unit = %unit, "cannot send {signal}: the kernel does not name it");
+                    return None;
+                };
                 self.signal_pending_exec(&unit, signal);
                 self.members.signal(&unit, signal);
                 None
             }
             Effect::KillAll { unit } => {
-                self.killed_at.entry(unit.clone()).or_insert(now);
+                self.shutdown.killed(&unit, now);
                 self.signal_pending_exec(&unit, Signal::SIGKILL);
                 self.members.kill_all(&unit, now);
                 None
@@ -897,37 +791,32 @@ impl Daemon {
                 None
             }
             Effect::Forget { unit } => {
-                self.readiness.forget(&self.poller, &unit);
+                self.readiness.forget(&mut self.sources, &unit);
                 self.rings.remove(&unit);
                 self.members.forget(&unit, now);
-                self.drop_memory_watch(&unit);
-                self.drop_populated_watch(&unit);
+                self.generations.release(&mut self.sources, &unit);
                 self.usage_watch.forget(&unit);
                 None
             }
             Effect::ShutdownComplete => {
                 info!("every unit is down");
-                for client in self.clients.values_mut() {
+                for client in self.control.clients.values_mut() {
                     if matches!(client.state, ClientState::AwaitingShutdown) {
                         client.send(&Response::message("every unit is stopped; corral exits"));
                         client.state = ClientState::Reading;
                         client.closing = true;
                     }
                 }
-                self.phase = Phase::Leftovers(Leftovers {
-                    kill_at: crate::core::service::after(now, self.opts.shutdown_timeout),
-                    give_up_at: None,
-                    termed: HashSet::new(),
-                });
+                self.shutdown.units_down(now);
                 None
             }
         }
     }
 
     /// Reads the whole units directory and applies the difference as one plan; invalid input
-    /// changes nothing (SPEC 6).
+    /// changes nothing (docs/operations.md, "Reload").
     fn reload(&mut self, now: Instant) -> Result<ReloadPlan, String> {
-        self.reload_due = None;
+        self.units_dir.due.clear();
         if self.sup.is_shutting_down() {
             return Err("corral is shutting down".to_owned());
         }
@@ -936,11 +825,11 @@ impl Daemon {
             Err(diagnostics) => {
                 let text = diagnostics.to_string();
                 error!("reload refused, the running units keep their definitions:\n{text}");
-                self.reload_error = Some(text.clone());
+                self.units_dir.last_error = Some(text.clone());
                 return Err(text);
             }
         };
-        self.reload_error = None;
+        self.units_dir.last_error = None;
         for warning in &loaded.warnings {
             warn!("{warning}");
         }
@@ -973,38 +862,26 @@ impl Daemon {
         Ok(plan)
     }
 
-    fn drop_populated_watch(&mut self, unit: &UnitName) {
-        unwatch(&self.poller, &mut self.populated_watches, unit);
-    }
-
     /// (Re)opens the memory-event fds of a running unit: OOM kills, memory-high, and the
     /// warning marks below memory-max.
     fn watch_memory(&mut self, unit: &crate::unit::Unit) {
-        self.drop_memory_watch(&unit.name);
-        for fd in self
+        let fds = self
             .members
-            .memory_watch(unit, &self.usage_watch.thresholds)
-        {
-            let token = self.token();
-            if self.poller.add(fd.as_fd(), token, false).is_ok() {
-                self.memory_watches.insert(token, (unit.name.clone(), fd));
-            }
-        }
+            .memory_watch(unit, &self.usage_watch.thresholds);
+        self.generations
+            .watch_memory(&mut self.sources, &unit.name, fds);
     }
 
     /// A unit's exec report is readable: nothing to do if it exec'd; else its start failed.
-    fn settle_exec_report(&mut self, token: u64, now: Instant) {
-        if let Some(failed) = self.take_exec_report(token, now) {
+    fn settle_exec_report(&mut self, unit: &UnitName, now: Instant) {
+        if let Some(failed) = self.take_exec_report(unit, now) {
             self.feed(failed, now);
         }
     }
 
     /// The pid of the unit's newest process while it has not reached its exec.
     pub(super) fn exec_pending(&self, unit: &UnitName) -> Option<i32> {
-        self.exec_reports
-            .values()
-            .find(|(u, _, _)| u == unit)
-            .map(|(_, pid, _)| *pid)
+        self.generations.exec_pending(unit)
     }
 
     /// A unit's newest process may not be in its cgroup yet before its exec (on v1 it writes
@@ -1021,9 +898,8 @@ impl Daemon {
     }
 
     /// Reads and forgets one exec report, readable by now; the input a failure makes.
-    fn take_exec_report(&mut self, token: u64, now: Instant) -> Option<Input> {
-        let (unit, pid, report) = self.exec_reports.remove(&token)?;
-        let _ = self.poller.remove(&report);
+    fn take_exec_report(&mut self, unit: &UnitName, now: Instant) -> Option<Input> {
+        let (pid, report) = self.generations.take_exec_report(&mut self.sources, unit)?;
         let Err(error) = spawn::exec_outcome(&report) else {
             // From here on the process is the unit's command, set up as the unit asks.
             debug!(unit = %unit, pid, "exec'd");
@@ -1031,23 +907,18 @@ impl Daemon {
         };
         // The core fails a unit still starting or running; one already stopping takes the
         // exit (127) that follows as its end, so the reason is told here in every case.
-        let state = self.sup.get(&unit).map(|(_, rt)| rt.state);
+        let state = self.sup.get(unit).map(|(_, rt)| rt.state);
         if !matches!(state, Some(State::Starting | State::Running)) {
             warn!(unit = %unit, "its process did not reach its exec: {error}");
         }
         // The exit that follows no longer belongs to the unit: what its start set up goes now.
-        self.members.spawn_failed(&unit, now);
-        let _ = self.members.take_helper_exit(&unit);
-        self.drop_memory_watch(&unit);
-        self.drop_populated_watch(&unit);
+        self.members.spawn_failed(unit, now);
+        let _ = self.members.take_helper_exit(unit);
+        self.generations.release(&mut self.sources, unit);
         Some(Input::ExecFailed {
             pid,
             error: error.to_string(),
         })
-    }
-
-    fn drop_memory_watch(&mut self, unit: &UnitName) {
-        unwatch(&self.poller, &mut self.memory_watches, unit);
     }
 
     /// Counts OOM kills the kernel reported for a unit, and says so with the figures that
@@ -1095,69 +966,30 @@ impl Daemon {
         stream: Stream,
         fd: OwnedFd,
         discard: bool,
-    ) -> Option<u64> {
-        let token = self.token();
-        if let Err(e) = self.poller.add(fd.as_fd(), token, false) {
-            warn!(unit = %unit, "cannot watch the unit's output: {e}");
-            return None;
+    ) -> Option<Token> {
+        match self
+            .pipes
+            .watch(&mut self.sources, unit, stream, fd, discard)
+        {
+            Ok(token) => Some(token),
+            Err(e) => {
+                warn!(unit = %unit, "cannot watch the unit's output: {e}");
+                None
+            }
         }
-        self.pipes.insert(
-            token,
-            Pipe {
-                unit: unit.clone(),
-                stream,
-                fd,
-                splitter: LineSplitter::default(),
-                discard,
-            },
-        );
-        Some(token)
     }
 
     /// Stops reading a pipe and closes it, before its EOF.
-    fn close_pipe(&mut self, token: u64) {
-        if let Some(pipe) = self.pipes.remove(&token) {
-            let _ = self.poller.remove(&pipe.fd);
-        }
+    fn close_pipe(&mut self, token: Token) {
+        self.pipes.close(&mut self.sources, token);
     }
 
-    /// Reads a bounded amount per wake so one chatty unit cannot starve the others; the
-    /// level-triggered epoll brings us back for the rest.
-    fn read_pipe(&mut self, token: u64) {
-        const READS_PER_WAKE: usize = 16;
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut pieces = Vec::new();
-        let mut eof = false;
-        let Some(pipe) = self.pipes.get_mut(&token) else {
-            return;
-        };
-        for _ in 0..READS_PER_WAKE {
-            match nix::unistd::read(&pipe.fd, &mut buf) {
-                Ok(0) => {
-                    eof = true;
-                    break;
-                }
-                Ok(n) => pipe.splitter.push(&buf[..n], &mut pieces),
-                Err(nix::errno::Errno::EAGAIN) => break,
-                Err(nix::errno::Errno::EINTR) => {}
-                Err(_) => {
-                    eof = true;
-                    break;
-                }
+    /// A unit's output is readable: its complete lines go to the log, the ring and followers.
+    fn read_pipe(&mut self, token: Token) {
+        if let Some((unit, stream, pieces)) = self.pipes.read(&mut self.sources, token) {
+            for piece in pieces {
+                self.emit_line(&unit, stream, piece);
             }
-        }
-        if eof {
-            pipe.splitter.finish(&mut pieces);
-        }
-        let (unit, stream) = (pipe.unit.clone(), pipe.stream);
-        if pipe.discard {
-            pieces.clear();
-        }
-        for piece in pieces {
-            self.emit_line(&unit, stream, piece);
-        }
-        if eof && let Some(pipe) = self.pipes.remove(&token) {
-            let _ = self.poller.remove(&pipe.fd);
         }
     }
 
@@ -1170,7 +1002,7 @@ impl Daemon {
             text: piece.text,
             partial: piece.partial,
         });
-        for client in self.clients.values_mut() {
+        for client in self.control.clients.values_mut() {
             if let ClientState::Following { units } = &client.state
                 && units.contains(unit)
             {
@@ -1194,20 +1026,9 @@ impl Daemon {
             return;
         };
         if matches!(rt.state, State::Exited | State::Failed) {
-            self.exit_code = rt.last_exit.map_or(1, |e| e.shell_code());
-            info!(unit = %name, code = self.exit_code, "--exit-with unit ended; shutting down");
+            self.shutdown.exit_code = rt.last_exit.map_or(1, |e| e.shell_code());
+            info!(unit = %name, code = self.shutdown.exit_code, "--exit-with unit ended; shutting down");
             self.begin_shutdown(now);
         }
     }
-}
-
-/// Takes every fd of `unit` out of `watches` and out of the epoll set.
-fn unwatch(poller: &Poller, watches: &mut HashMap<u64, (UnitName, OwnedFd)>, unit: &UnitName) {
-    watches.retain(|_, (u, fd)| {
-        if u != unit {
-            return true;
-        }
-        let _ = poller.remove(fd);
-        false
-    });
 }

@@ -1,11 +1,17 @@
-//! Units' output: splitting pipe bytes into bounded lines, and the per-unit ring of recent lines.
+//! Units' output: the pipes the loop reads, split into bounded lines, and each unit's ring.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::{AsFd, OwnedFd};
 use std::rc::Rc;
 
-use crate::proto::{LogLine, Stream};
+use nix::errno::Errno;
 
-/// Lines a unit's ring keeps (SPEC 8).
+use crate::proto::{LogLine, Stream};
+use crate::unit::UnitName;
+
+use super::sources::{Source, Sources, Token};
+
+/// Lines a unit's ring keeps (docs/operations.md, "Logs").
 pub const RING_LINES: usize = 1000;
 /// Longest line kept whole; longer ones are cut into `partial` pieces so memory stays bounded
 /// even for a unit that writes megabytes without a newline.
@@ -82,6 +88,97 @@ impl Ring {
     /// The newest `n` lines, oldest first.
     pub fn tail(&self, n: usize) -> impl Iterator<Item = &Rc<LogLine>> {
         self.lines.iter().skip(self.lines.len().saturating_sub(n))
+    }
+}
+
+/// A read end of a unit's stdout or stderr.
+struct Pipe {
+    unit: UnitName,
+    stream: Stream,
+    fd: OwnedFd,
+    splitter: LineSplitter,
+    /// An exec health probe's output: read so the probe never blocks on a full pipe, then
+    /// dropped, so a probe every few seconds does not drown the unit's own log.
+    discard: bool,
+}
+
+/// Every output pipe the loop reads. A pipe outlives the run that made it until its EOF, so
+/// that what a leftover process writes still reaches the log.
+#[derive(Default)]
+pub(super) struct Pipes {
+    by_token: HashMap<Token, Pipe>,
+}
+
+impl Pipes {
+    /// Reads `fd` from now on as `unit`'s `stream`; `discard`: read and drop (a probe's).
+    pub(super) fn watch(
+        &mut self,
+        sources: &mut Sources,
+        unit: &UnitName,
+        stream: Stream,
+        fd: OwnedFd,
+        discard: bool,
+    ) -> Result<Token, Errno> {
+        let token = sources.add(fd.as_fd(), Source::Pipe, false)?;
+        self.by_token.insert(
+            token,
+            Pipe {
+                unit: unit.clone(),
+                stream,
+                fd,
+                splitter: LineSplitter::default(),
+                discard,
+            },
+        );
+        Ok(token)
+    }
+
+    /// Stops reading a pipe and closes it.
+    pub(super) fn close(&mut self, sources: &mut Sources, token: Token) {
+        if let Some(pipe) = self.by_token.remove(&token) {
+            sources.remove(&pipe.fd, token);
+        }
+    }
+
+    /// Reads a bounded amount per wake so one chatty unit cannot starve the others (the
+    /// level-triggered epoll brings the loop back for the rest); closes the pipe at its EOF.
+    /// The unit, the stream and the pieces to log.
+    pub(super) fn read(
+        &mut self,
+        sources: &mut Sources,
+        token: Token,
+    ) -> Option<(UnitName, Stream, Vec<Piece>)> {
+        const READS_PER_WAKE: usize = 16;
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut pieces = Vec::new();
+        let mut eof = false;
+        let pipe = self.by_token.get_mut(&token)?;
+        for _ in 0..READS_PER_WAKE {
+            match nix::unistd::read(&pipe.fd, &mut buf) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(n) => pipe.splitter.push(&buf[..n], &mut pieces),
+                Err(Errno::EAGAIN) => break,
+                Err(Errno::EINTR) => {}
+                Err(_) => {
+                    eof = true;
+                    break;
+                }
+            }
+        }
+        if eof {
+            pipe.splitter.finish(&mut pieces);
+        }
+        let (unit, stream) = (pipe.unit.clone(), pipe.stream);
+        if pipe.discard {
+            pieces.clear();
+        }
+        if eof {
+            self.close(sources, token);
+        }
+        Some((unit, stream, pieces))
     }
 }
 

@@ -16,13 +16,13 @@ use crate::core::supervisor::Input;
 use crate::os::fd_closer::{Closer, CloserWake};
 use crate::os::namespaces;
 use crate::os::notify::{Datagram, NotifyDir, NotifySocket, SCM_MAX_FD};
-use crate::os::poller::Poller;
 use crate::os::probe::{NetProbe, Progress};
 use crate::os::spawn;
 use crate::proto::Stream;
 use crate::unit::{Exec, Namespaces, Probe, Unit, UnitName};
 
 use super::Daemon;
+use super::sources::{Source, Sources, Token};
 
 /// Datagrams read from one notify socket per wake, so one chatty unit cannot hold the loop;
 /// level-triggered epoll brings the loop back for the rest after the others had their turn.
@@ -53,7 +53,7 @@ struct ExecRun {
     timeout: Duration,
     /// Tokens of its stdout and stderr: closed when the probe ends, whoever still holds the
     /// write ends (a process the probe left behind).
-    pipes: Vec<u64>,
+    pipes: Vec<Token>,
     /// Read once it is reaped, when nothing can write to it any more: until its exec the
     /// probe is in the unit's namespaces, where the unit may stop it (SIGSTOP), and a read
     /// before then could hold the loop for as long as the unit likes.
@@ -69,47 +69,37 @@ struct Notify {
     refusals: Refusals,
 }
 
-/// What the daemon holds for readiness and health, keyed by epoll token or pid.
-pub(super) struct Readiness {
+/// What the daemon holds for readiness and health, keyed by unit, epoll token or pid.
+pub(super) struct ReadinessChannels {
     /// `--notify-dir`, checked on first use.
     notify_dir: PathBuf,
     dir: Option<NotifyDir>,
     sockets: HashMap<UnitName, Notify>,
-    socket_tokens: HashMap<u64, UnitName>,
     /// Each unit's closer of passed descriptors (also of its retired sockets).
     closers: HashMap<UnitName, Closer>,
-    /// The closers' wake-up, once the first closer exists, and its epoll token.
+    /// The closers' wake-up, once the first closer exists.
     closer_wake: Option<CloserWake>,
-    closer_token: u64,
     /// How many passed descriptors all closers together may hold.
     fds_in_flight_max: usize,
-    net: HashMap<u64, NetRun>,
+    net: HashMap<Token, NetRun>,
     exec: HashMap<i32, ExecRun>,
 }
 
-impl Readiness {
+impl ReadinessChannels {
     /// `open_files`: corral's soft RLIMIT_NOFILE.
-    pub(super) fn new(notify_dir: PathBuf, closer_token: u64, open_files: u64) -> Readiness {
-        Readiness {
+    pub(super) fn new(notify_dir: PathBuf, open_files: u64) -> ReadinessChannels {
+        ReadinessChannels {
             notify_dir,
             dir: None,
             sockets: HashMap::new(),
-            socket_tokens: HashMap::new(),
             closers: HashMap::new(),
             closer_wake: None,
-            closer_token,
             fds_in_flight_max: usize::try_from(open_files / FDS_IN_FLIGHT_SHARE)
                 .unwrap_or(usize::MAX)
                 .max(SCM_MAX_FD),
             net: HashMap::new(),
             exec: HashMap::new(),
         }
-    }
-
-    pub(super) fn owns(&self, token: u64) -> bool {
-        self.socket_tokens.contains_key(&token)
-            || self.net.contains_key(&token)
-            || token == self.closer_token
     }
 
     pub(super) fn next_deadline(&self) -> Option<Instant> {
@@ -120,11 +110,10 @@ impl Readiness {
     }
 
     /// A removed unit's socket closes; its probes' answers would find no unit anyway.
-    pub(super) fn forget(&mut self, poller: &Poller, unit: &UnitName) {
+    pub(super) fn forget(&mut self, sources: &mut Sources, unit: &UnitName) {
         if let Some(notify) = self.sockets.remove(unit) {
-            self.socket_tokens.remove(&notify.token);
-            let _ = poller.remove(notify.socket.as_fd());
-            self.retire(unit, notify.socket, poller);
+            sources.remove(notify.socket.as_fd(), notify.token);
+            self.retire(unit, notify.socket, sources);
         }
         // Dropping the closer ends its thread once its queue is closed.
         self.closers.remove(unit);
@@ -132,18 +121,18 @@ impl Readiness {
 
     /// Unlinks a socket and has the unit's closer close it: queued messages may carry
     /// descriptors, and closing the socket closes them.
-    fn retire(&mut self, unit: &UnitName, socket: NotifySocket, poller: &Poller) {
+    fn retire(&mut self, unit: &UnitName, socket: NotifySocket, sources: &mut Sources) {
         let fd = socket.retire();
-        self.close_passed(unit, vec![fd], poller);
+        self.close_passed(unit, vec![fd], sources);
     }
 
     /// Has the unit's closer close `fds`; they stay open when there is none to be had, the one
     /// choice that cannot block the loop.
-    fn close_passed(&mut self, unit: &UnitName, fds: Vec<OwnedFd>, poller: &Poller) {
+    fn close_passed(&mut self, unit: &UnitName, fds: Vec<OwnedFd>, sources: &mut Sources) {
         if fds.is_empty() {
             return;
         }
-        match self.closer(unit, poller) {
+        match self.closer(unit, sources) {
             Some(closer) => {
                 if let Err(e) = closer.close(fds) {
                     warn!(unit = %unit, "starting a thread to close passed fds: {e}; they stay open");
@@ -154,7 +143,7 @@ impl Readiness {
     }
 
     /// The unit's closer, made on first use.
-    fn closer(&mut self, unit: &UnitName, poller: &Poller) -> Option<&mut Closer> {
+    fn closer(&mut self, unit: &UnitName, sources: &mut Sources) -> Option<&mut Closer> {
         if self.closer_wake.is_none() {
             let wake = match CloserWake::new() {
                 Ok(wake) => wake,
@@ -163,7 +152,7 @@ impl Readiness {
                     return None;
                 }
             };
-            if let Err(e) = poller.add(wake.as_fd(), self.closer_token, false) {
+            if let Err(e) = sources.add(wake.as_fd(), Source::Closers, false) {
                 warn!(unit = %unit, "watching the fd closers' eventfd: {e}");
                 return None;
             }
@@ -192,10 +181,10 @@ impl Readiness {
     }
 
     /// Stops reading the unit's socket until its closer catches up.
-    fn pause(&mut self, unit: &UnitName, poller: &Poller) {
+    fn pause(&mut self, unit: &UnitName, sources: &Sources) {
         if let Some(n) = self.sockets.get_mut(unit)
             && !n.paused
-            && poller
+            && sources
                 .modify(n.socket.as_fd(), n.token, false, false)
                 .is_ok()
         {
@@ -204,7 +193,7 @@ impl Readiness {
     }
 
     /// A closer finished a batch: read again the sockets that waited for it.
-    fn on_closer_wake(&mut self, poller: &Poller) {
+    pub(super) fn on_closer_wake(&mut self, sources: &Sources) {
         if let Some(wake) = &self.closer_wake {
             wake.drain();
         }
@@ -216,7 +205,7 @@ impl Readiness {
             .collect();
         for unit in resumed {
             if let Some(n) = self.sockets.get_mut(&unit)
-                && poller
+                && sources
                     .modify(n.socket.as_fd(), n.token, true, false)
                     .is_ok()
             {
@@ -226,7 +215,7 @@ impl Readiness {
     }
 }
 
-impl Drop for Readiness {
+impl Drop for ReadinessChannels {
     /// At the end, sockets are unlinked; their descriptors are left to the process's exit,
     /// where a lingering close no longer waits (inet_release skips the linger when exiting).
     fn drop(&mut self) {
@@ -272,7 +261,7 @@ impl Daemon {
             .get(&unit.name)
             .is_some_and(|n| n.socket.owner() != owner)
         {
-            self.readiness.forget(&self.poller, &unit.name);
+            self.readiness.forget(&mut self.sources, &unit.name);
         }
         if !self.readiness.sockets.contains_key(&unit.name) {
             if self.readiness.dir.is_none() {
@@ -294,14 +283,16 @@ impl Daemon {
                     return None;
                 }
             };
-            let token = self.token();
-            if let Err(e) = self.poller.add(socket.as_fd(), token, false) {
-                warn!(unit = %unit.name, "cannot watch the unit's notify socket: {e}");
-                return None;
-            }
-            self.readiness
-                .socket_tokens
-                .insert(token, unit.name.clone());
+            let source = Source::Notify {
+                unit: unit.name.clone(),
+            };
+            let token = match self.sources.add(socket.as_fd(), source, false) {
+                Ok(token) => token,
+                Err(e) => {
+                    warn!(unit = %unit.name, "cannot watch the unit's notify socket: {e}");
+                    return None;
+                }
+            };
             self.readiness.sockets.insert(
                 unit.name.clone(),
                 Notify {
@@ -332,40 +323,33 @@ impl Daemon {
         Some(path)
     }
 
-    /// Reads every queued datagram of a notify socket or advances a network probe.
-    pub(super) fn on_readiness_event(&mut self, token: u64) {
+    /// A network probe's socket is ready: the probe advances, or ends.
+    pub(super) fn advance_net_probe(&mut self, token: Token) {
         let now = Instant::now();
-        if token == self.readiness.closer_token {
-            self.readiness.on_closer_wake(&self.poller);
-            return;
-        }
-        if let Some(unit) = self.readiness.socket_tokens.get(&token).cloned() {
-            self.drain_notify(&unit, now);
-            return;
-        }
         let Some(run) = self.readiness.net.get_mut(&token) else {
             return;
         };
         match run.probe.on_ready() {
             Progress::Pending { writable } => {
                 let _ = self
-                    .poller
+                    .sources
                     .modify(run.probe.as_fd(), token, !writable, writable);
             }
             Progress::Done { ok, message } => {
                 if let Some(run) = self.readiness.net.remove(&token) {
-                    let _ = self.poller.remove(run.probe.as_fd());
+                    self.sources.remove(run.probe.as_fd(), token);
                     self.probe_done(run.unit, run.seq, ok, message, now);
                 }
             }
         }
     }
 
-    fn drain_notify(&mut self, unit: &UnitName, now: Instant) {
+    /// Reads the datagrams queued on a unit's notify socket, a bounded number per wake.
+    pub(super) fn drain_notify(&mut self, unit: &UnitName, now: Instant) {
         self.report_refusals_of(unit, now);
         for _ in 0..DATAGRAMS_PER_WAKE {
             if !self.readiness.may_read(unit) {
-                self.readiness.pause(unit, &self.poller);
+                self.readiness.pause(unit, &self.sources);
                 return;
             }
             let Some(notify) = self.readiness.sockets.get(unit) else {
@@ -385,7 +369,7 @@ impl Daemon {
             self.hear(unit, &datagram, now);
             // Let go of passed fds (a barrier's) only now: the sender waits on them, so it is
             // still found in the unit while it is checked. Their close may block: not here.
-            self.readiness.close_passed(unit, fds, &self.poller);
+            self.readiness.close_passed(unit, fds, &mut self.sources);
         }
     }
 
@@ -561,10 +545,10 @@ impl Daemon {
                 message,
             }),
             Progress::Pending { writable } => {
-                let token = self.token();
-                if let Err(e) = self.poller.add(probe.as_fd(), token, writable) {
-                    return failed(format!("registering the probe with epoll: {e}"));
-                }
+                let token = match self.sources.add(probe.as_fd(), Source::NetProbe, writable) {
+                    Ok(token) => token,
+                    Err(e) => return failed(format!("registering the probe with epoll: {e}")),
+                };
                 self.readiness.net.insert(
                     token,
                     NetRun {
@@ -701,7 +685,7 @@ impl Daemon {
     /// Probes past their timeout fail; an exec probe's process is killed (still unreaped,
     /// so its pid is still ours).
     pub(super) fn expire_probes(&mut self, now: Instant) {
-        let late: Vec<u64> = self
+        let late: Vec<Token> = self
             .readiness
             .net
             .iter()
@@ -710,7 +694,7 @@ impl Daemon {
             .collect();
         for token in late {
             if let Some(run) = self.readiness.net.remove(&token) {
-                let _ = self.poller.remove(run.probe.as_fd());
+                self.sources.remove(run.probe.as_fd(), token);
                 let (ok, message) = run
                     .probe
                     .verdict()

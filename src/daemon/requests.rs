@@ -3,17 +3,16 @@
 use std::collections::{HashSet, VecDeque};
 use std::os::fd::AsFd;
 use std::rc::Rc;
-use std::str::FromStr;
 use std::time::Instant;
 
-use nix::sys::signal::Signal;
+use crate::core::signal::Signal;
 use tracing::{info, warn};
 
 use crate::core::reload::ReloadPlan;
 use crate::core::supervisor::{Goal, Input, RequestError};
 use crate::os::control_socket::{self, Peer};
 use crate::os::namespaces;
-use crate::os::poller::Readiness;
+use crate::os::poller::Ready;
 use crate::proto::{
     ErrorBody, ErrorKind, LogLine, ReloadReport, Request, Response, UnitStatus, Verb,
 };
@@ -24,6 +23,7 @@ use super::control::{
     ACCEPTS_PER_TURN, Answer, Client, ClientState, Incoming, MAX_CLIENTS, MAX_CONNECTIONS_PER_UID,
     MAX_FOLLOWERS_PER_UID, REQUESTS_PER_TURN, ROOT_RESERVE, TRUSTED_RESERVE,
 };
+use super::sources::Source;
 use super::status::{namespace_status, unit_status};
 
 /// `logs` without `-n`.
@@ -34,7 +34,7 @@ impl Daemon {
         // A bounded number per turn: a connect flood waits in the kernel's backlog while the
         // loop serves everyone else (epoll is level-triggered, so the rest wakes the next turn).
         for _ in 0..ACCEPTS_PER_TURN {
-            let stream = match self.listener.accept() {
+            let stream = match self.control.listener.accept() {
                 Ok((stream, _)) => stream,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -82,9 +82,11 @@ impl Daemon {
                 client.flush(now);
                 continue;
             }
-            let token = self.token();
-            if self.poller.add(client.stream.as_fd(), token, false).is_ok() {
-                self.clients.insert(token, client);
+            if let Ok(token) = self
+                .sources
+                .add(client.stream.as_fd(), Source::Client, false)
+            {
+                self.control.clients.insert(token, client);
             }
         }
     }
@@ -106,7 +108,7 @@ impl Daemon {
         } else {
             (MAX_CLIENTS - TRUSTED_RESERVE, " for root and corral's user")
         };
-        if self.clients.len() >= capacity {
+        if self.control.clients.len() >= capacity {
             return Some((
                 ErrorKind::LimitReached,
                 format!(
@@ -115,7 +117,11 @@ impl Daemon {
                 ),
             ));
         }
-        let same_uid = self.clients.values().filter(|c| c.peer.uid == peer.uid);
+        let same_uid = self
+            .control
+            .clients
+            .values()
+            .filter(|c| c.peer.uid == peer.uid);
         if peer.uid != 0 && same_uid.count() >= MAX_CONNECTIONS_PER_UID {
             return Some((
                 ErrorKind::LimitReached,
@@ -145,7 +151,7 @@ impl Daemon {
             return false;
         };
         drop(reserve);
-        if let Ok((stream, _)) = self.listener.accept() {
+        if let Ok((stream, _)) = self.control.listener.accept() {
             let now = Instant::now();
             if stream.set_nonblocking(true).is_ok()
                 && let Ok(peer) = control_socket::peer(&stream)
@@ -169,9 +175,12 @@ impl Daemon {
     fn pause_listener(&mut self) {
         if !self.control.listener_paused {
             self.control.listener_paused = true;
-            let _ = self
-                .poller
-                .modify(self.listener.as_fd(), super::TOKEN_LISTENER, false, false);
+            let _ = self.sources.modify(
+                self.control.listener.as_fd(),
+                self.control.listener_token,
+                false,
+                false,
+            );
         }
     }
 
@@ -183,9 +192,12 @@ impl Daemon {
         }
         if self.control.listener_paused && self.control.reserve_fd.is_some() {
             self.control.listener_paused = false;
-            let _ = self
-                .poller
-                .modify(self.listener.as_fd(), super::TOKEN_LISTENER, true, false);
+            let _ = self.sources.modify(
+                self.control.listener.as_fd(),
+                self.control.listener_token,
+                true,
+                false,
+            );
         }
         if self.control.out_of_fds && episode_over {
             self.control.out_of_fds = false;
@@ -193,8 +205,8 @@ impl Daemon {
         }
     }
 
-    pub(super) fn serve_client(&mut self, token: u64, readiness: Readiness) {
-        let Some(client) = self.clients.get_mut(&token) else {
+    pub(super) fn serve_client(&mut self, token: u64, readiness: Ready) {
+        let Some(client) = self.control.clients.get_mut(&token) else {
             return;
         };
         if readiness.readable || readiness.closed {
@@ -210,13 +222,13 @@ impl Daemon {
         // more and the hang-up would wake the loop forever.
         if readiness.closed {
             for _ in 0..REQUESTS_PER_TURN {
-                match self.clients.get_mut(&token) {
+                match self.control.clients.get_mut(&token) {
                     Some(client) => client.fill(),
                     None => return,
                 }
                 self.serve_requests(token);
             }
-            if let Some(client) = self.clients.get_mut(&token) {
+            if let Some(client) = self.control.clients.get_mut(&token) {
                 client.dead = true;
             }
         }
@@ -224,16 +236,22 @@ impl Daemon {
 
     /// Serves what `token` has buffered, within its budget for this turn.
     fn serve_requests(&mut self, token: u64) {
-        while let Some(incoming) = self.clients.get_mut(&token).and_then(Client::next_request) {
+        while let Some(incoming) = self
+            .control
+            .clients
+            .get_mut(&token)
+            .and_then(Client::next_request)
+        {
             match incoming {
                 Incoming::Line(line) => {
-                    if let Some(client) = self.clients.get_mut(&token) {
+                    if let Some(client) = self.control.clients.get_mut(&token) {
                         client.idle_deadline = None;
                     }
                     self.on_request(token, &line);
+                    self.answer_if_settled(token);
                 }
                 Incoming::TooLarge => {
-                    if let Some(client) = self.clients.get_mut(&token) {
+                    if let Some(client) = self.control.clients.get_mut(&token) {
                         client.send(&Response::error(
                             ErrorKind::TooLarge,
                             format!(
@@ -254,7 +272,7 @@ impl Daemon {
 
     /// Produces more of `token`'s large answer, as much as its output bound has room for.
     fn pump(&mut self, token: u64) {
-        let Some(client) = self.clients.get_mut(&token) else {
+        let Some(client) = self.control.clients.get_mut(&token) else {
             return;
         };
         client.pump_follow();
@@ -269,7 +287,7 @@ impl Daemon {
         while !done && out.len() < room {
             done = answer.next_piece(&mut out, &status_of);
         }
-        let Some(client) = self.clients.get_mut(&token) else {
+        let Some(client) = self.control.clients.get_mut(&token) else {
             return;
         };
         client.send_bytes(&out);
@@ -282,7 +300,7 @@ impl Daemon {
     }
 
     fn reply(&mut self, token: u64, response: Response) {
-        if let Some(client) = self.clients.get_mut(&token) {
+        if let Some(client) = self.control.clients.get_mut(&token) {
             client.send(&response);
             client.state = ClientState::Reading;
             client.idle_deadline = Some(Instant::now() + super::control::IDLE_TIMEOUT);
@@ -296,7 +314,7 @@ impl Daemon {
                 return self.reply(token, Response::error(ErrorKind::BadRequest, e.to_string()));
             }
         };
-        let Some(client) = self.clients.get(&token) else {
+        let Some(client) = self.control.clients.get(&token) else {
             return;
         };
         let peer = client.peer;
@@ -336,7 +354,7 @@ impl Daemon {
                 let answer = Answer::units(
                     rows,
                     !names.is_empty(),
-                    self.reload_error.clone(),
+                    self.units_dir.last_error.clone(),
                     Some(self.members.cgroups_report()),
                 );
                 self.stream_answer(token, answer);
@@ -360,7 +378,7 @@ impl Daemon {
                     let statuses = self.statuses(&names, now);
                     return self.reply(token, Response::units(statuses));
                 }
-                if let Some(client) = self.clients.get_mut(&token) {
+                if let Some(client) = self.control.clients.get_mut(&token) {
                     client.state = ClientState::Waiting { goal, units: names };
                 }
             }
@@ -406,9 +424,9 @@ impl Daemon {
                     return self.reply(token, Response::error(ErrorKind::Failed, why));
                 }
                 if let Some(power) = request.power {
-                    self.power = power;
+                    self.shutdown.power = power;
                 }
-                if let Some(client) = self.clients.get_mut(&token) {
+                if let Some(client) = self.control.clients.get_mut(&token) {
                     client.state = ClientState::AwaitingShutdown;
                 }
                 self.begin_shutdown(now);
@@ -463,7 +481,7 @@ impl Daemon {
 
     /// Starts a large answer on `token`; it is produced as the client reads.
     fn stream_answer(&mut self, token: u64, answer: Answer) {
-        if let Some(client) = self.clients.get_mut(&token) {
+        if let Some(client) = self.control.clients.get_mut(&token) {
             client.answer = Some(answer);
         }
         self.pump(token);
@@ -479,12 +497,13 @@ impl Daemon {
         if let Err(e) = self.sup.check_names(&names) {
             return self.reply(token, refused(&e));
         }
-        let Some(client) = self.clients.get(&token) else {
+        let Some(client) = self.control.clients.get(&token) else {
             return;
         };
         let uid = client.peer.uid;
         if request.follow && uid != 0 {
             let following = self
+                .control
                 .clients
                 .values()
                 .filter(|c| c.peer.uid == uid && c.is_follower())
@@ -513,7 +532,7 @@ impl Daemon {
             .map(|line| Rc::clone(line))
             .collect();
         if request.follow {
-            if let Some(client) = self.clients.get_mut(&token) {
+            if let Some(client) = self.control.clients.get_mut(&token) {
                 client.start_following(names, lines);
             }
         } else {
@@ -559,31 +578,77 @@ impl Daemon {
             .collect()
     }
 
-    /// Answers every start/stop/restart whose units all got where they were going.
-    pub(super) fn answer_waiters(&mut self) {
-        let now = Instant::now();
-        let mut answers = Vec::new();
-        for (token, client) in &self.clients {
-            let ClientState::Waiting { goal, units } = &client.state else {
-                continue;
-            };
-            let outcomes: Option<Vec<Result<(), String>>> =
-                units.iter().map(|u| self.sup.settled(u, *goal)).collect();
-            let Some(outcomes) = outcomes else {
-                continue;
-            };
-            let failures: Vec<String> = outcomes.into_iter().filter_map(Result::err).collect();
-            let statuses = self.statuses(units, now);
-            let response = if failures.is_empty() {
-                Response::units(statuses)
-            } else {
-                Response {
-                    units: Some(statuses),
-                    ..Response::error(ErrorKind::Failed, failures.join("; "))
+    /// Whether a client waits for units that all got where they were going: a request
+    /// served after this turn's answers (step 8) settled it, so the next turn comes at once to
+    /// answer it, as a client with buffered work gets one (`Client::next_deadline`).
+    pub(super) fn a_waiter_is_settled(&self) -> bool {
+        self.control
+            .clients
+            .values()
+            .any(|client| match &client.state {
+                ClientState::Waiting { goal, units } => {
+                    units.iter().all(|u| self.sup.settled(u, *goal).is_some())
                 }
-            };
-            answers.push((*token, response));
+                _ => false,
+            })
+    }
+
+    /// The answer to `client`'s start/stop/restart once its units all got where they were
+    /// going; `None` while it waits (or asked for nothing of the kind).
+    fn settled_answer(&self, client: &Client, now: Instant) -> Option<Response> {
+        let ClientState::Waiting { goal, units } = &client.state else {
+            return None;
+        };
+        let outcomes: Vec<Result<(), String>> = units
+            .iter()
+            .map(|u| self.sup.settled(u, *goal))
+            .collect::<Option<_>>()?;
+        let failures: Vec<String> = outcomes.into_iter().filter_map(Result::err).collect();
+        let statuses = self.statuses(units, now);
+        Some(if failures.is_empty() {
+            Response::units(statuses)
+        } else {
+            Response {
+                units: Some(statuses),
+                ..Response::error(ErrorKind::Failed, failures.join("; "))
+            }
+        })
+    }
+
+    /// Answers `token` at once if what it asked for is already the case (a `start` of a
+    /// running unit), so the requests queued behind it are served in the same turn.
+    fn answer_if_settled(&mut self, token: u64) {
+        let now = Instant::now();
+        let answer = self
+            .control
+            .clients
+            .get(&token)
+            .and_then(|client| self.settled_answer(client, now));
+        if let Some(response) = answer {
+            self.reply(token, response);
         }
+    }
+
+    /// Step 8 of the loop: answers every client whose start/stop/restart settled this turn,
+    /// then serves what clients queued behind their answered requests and produces more of
+    /// the large answers whose clients have read what came before. A request served here
+    /// whose goal is already met is answered as it is served (`serve_requests`); one that
+    /// settles another client's wait gets that client answered on the next turn, which then
+    /// comes at once (`a_waiter_is_settled`). So one pass over the waiters per turn suffices.
+    pub(super) fn answer_clients(&mut self) {
+        self.answer_waiters();
+        self.serve_buffered();
+    }
+
+    /// Answers every start/stop/restart whose units all got where they were going.
+    fn answer_waiters(&mut self) {
+        let now = Instant::now();
+        let answers: Vec<(u64, Response)> = self
+            .control
+            .clients
+            .iter()
+            .filter_map(|(token, client)| Some((*token, self.settled_answer(client, now)?)))
+            .collect();
         for (token, response) in answers {
             self.reply(token, response);
         }
@@ -591,8 +656,8 @@ impl Daemon {
 
     /// Serves requests that queued up on a connection while an earlier one was answered, and
     /// produces more of the large answers whose clients have read what came before.
-    pub(super) fn serve_buffered(&mut self) {
-        let tokens: Vec<u64> = self.clients.keys().copied().collect();
+    fn serve_buffered(&mut self) {
+        let tokens: Vec<u64> = self.control.clients.keys().copied().collect();
         for token in tokens {
             self.pump(token);
             self.serve_requests(token);
@@ -603,9 +668,9 @@ impl Daemon {
     /// interest current. Every client's budget of requests starts afresh for the next turn.
     pub(super) fn flush_clients(&mut self) {
         let now = Instant::now();
-        let tokens: Vec<u64> = self.clients.keys().copied().collect();
+        let tokens: Vec<u64> = self.control.clients.keys().copied().collect();
         for token in &tokens {
-            if let Some(client) = self.clients.get_mut(token) {
+            if let Some(client) = self.control.clients.get_mut(token) {
                 client.flush(now);
             }
             // Room made by the write is filled at once: a fast reader of a large answer gets it
@@ -613,13 +678,13 @@ impl Daemon {
             self.pump(*token);
         }
         let mut gone = Vec::new();
-        for (token, client) in &mut self.clients {
+        for (token, client) in &mut self.control.clients {
             client.flush(now);
             client.new_turn();
             if client.finished() || client.expired(now) {
                 gone.push(*token);
             } else {
-                let _ = self.poller.modify(
+                let _ = self.sources.modify(
                     client.stream.as_fd(),
                     *token,
                     client.wants_read(),
@@ -628,8 +693,8 @@ impl Daemon {
             }
         }
         for token in &gone {
-            if let Some(client) = self.clients.remove(token) {
-                let _ = self.poller.remove(&client.stream);
+            if let Some(client) = self.control.clients.remove(token) {
+                self.sources.remove(&client.stream, *token);
             }
         }
         if !gone.is_empty() || self.control.reserve_fd.is_none() {
@@ -667,7 +732,7 @@ pub fn parse_signal(text: &str) -> Result<Signal, ErrorBody> {
         message: format!("unknown signal {text:?}"),
     };
     if let Ok(n) = text.parse::<i32>() {
-        return Signal::try_from(n).map_err(|_| bad());
+        return Signal::from_number(n).ok_or_else(bad);
     }
     let upper = text.to_ascii_uppercase();
     let full = if upper.starts_with("SIG") {
@@ -675,7 +740,7 @@ pub fn parse_signal(text: &str) -> Result<Signal, ErrorBody> {
     } else {
         format!("SIG{upper}")
     };
-    Signal::from_str(&full).map_err(|_| bad())
+    Signal::from_name(&full).ok_or_else(bad)
 }
 
 fn refused(e: &RequestError) -> Response {

@@ -731,7 +731,7 @@ fn container(
     }
     c.resources = resources(unit, warnings);
     probes(unit, role, &mut c, warnings);
-    if unit.stop.signal.0 != nix::sys::signal::Signal::SIGTERM {
+    if unit.stop.signal.0 != crate::core::signal::Signal::SIGTERM {
         warnings.unit(
             &unit.name,
             "stop.signal",

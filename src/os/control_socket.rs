@@ -270,7 +270,7 @@ fn listen(path: &Path) -> Result<(UnixListener, bool), SocketError> {
     Ok((UnixListener::from(fd), refuses_fds))
 }
 
-/// The socket path of SPEC 1 when neither `--socket` nor `$CORRAL_SOCKET` is given.
+/// The socket path of docs/cli.md when neither `--socket` nor `$CORRAL_SOCKET` is given.
 pub fn default_path() -> PathBuf {
     if nix::unistd::geteuid().is_root() {
         return PathBuf::from("/run/corral/control.sock");

@@ -13,7 +13,7 @@ pub struct Poller {
 
 /// What a ready fd is ready for.
 #[derive(Debug, Clone, Copy)]
-pub struct Readiness {
+pub struct Ready {
     pub token: u64,
     pub readable: bool,
     pub writable: bool,
@@ -51,7 +51,7 @@ impl Poller {
     }
 
     /// Wait until something is ready or `timeout` passes (`None`: forever).
-    pub fn wait(&mut self, timeout: Option<Duration>) -> Result<Vec<Readiness>, Errno> {
+    pub fn wait(&mut self, timeout: Option<Duration>) -> Result<Vec<Ready>, Errno> {
         let timeout = match timeout {
             None => EpollTimeout::NONE,
             // Round up so a deadline 0.4 ms away does not spin at timeout 0.
@@ -69,7 +69,7 @@ impl Poller {
             .iter()
             .map(|e| {
                 let flags = e.events();
-                Readiness {
+                Ready {
                     token: e.data(),
                     readable: flags.intersects(EpollFlags::EPOLLIN | EpollFlags::EPOLLPRI),
                     writable: flags.contains(EpollFlags::EPOLLOUT),

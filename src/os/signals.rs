@@ -10,6 +10,12 @@ use nix::sys::signal::Signal;
 
 /// The signals the supervisor acts on. As PID 1 none of them has a default action, so each
 /// must be handled here or it is silently dropped by the kernel.
+/// The kernel's form of a signal the core asked for; `None` for a number nix does not name
+/// (the core's signals are all named, so this does not happen).
+pub fn to_os(signal: crate::core::signal::Signal) -> Option<Signal> {
+    Signal::try_from(signal.number()).ok()
+}
+
 pub const HANDLED: [Signal; 4] = [
     Signal::SIGTERM,
     Signal::SIGINT,

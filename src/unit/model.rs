@@ -218,7 +218,7 @@ pub struct RestartConfig {
 }
 
 impl RestartConfig {
-    /// The defaults of SPEC section 2 for a unit of `kind`.
+    /// The defaults of docs/units.md for a unit of `kind`.
     pub fn default_for(kind: UnitKind) -> RestartConfig {
         RestartConfig {
             policy: match kind {
@@ -237,7 +237,7 @@ impl RestartConfig {
 
 /// A signal by number, with the name it was given by (`SIGTERM`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SignalSpec(pub nix::sys::signal::Signal);
+pub struct SignalSpec(pub crate::core::signal::Signal);
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct StopConfig {
@@ -248,7 +248,7 @@ pub struct StopConfig {
 impl Default for StopConfig {
     fn default() -> Self {
         StopConfig {
-            signal: SignalSpec(nix::sys::signal::Signal::SIGTERM),
+            signal: SignalSpec(crate::core::signal::Signal::SIGTERM),
             timeout: Duration::from_secs(10),
         }
     }

@@ -1,4 +1,4 @@
-//! One unit file: TOML parsed with spans, walked against the schema of SPEC section 2, every problem collected.
+//! One unit file: TOML parsed with spans, walked against the schema of docs/units.md, every problem collected.
 
 use std::collections::BTreeMap;
 use std::ops::Range;

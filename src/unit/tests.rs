@@ -4,7 +4,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use nix::sys::signal::Signal;
+use crate::core::signal::Signal;
 
 use super::*;
 
@@ -1038,7 +1038,7 @@ fn implied_namespaces_and_sandbox() {
     );
 }
 
-const SPEC_EXAMPLE: &str = r#"
+const COMPLETE_EXAMPLE: &str = r#"
 kind = "service"              # "service" (default) | "oneshot" | "slice"
 description = "static web server"
 slice = "frontend"            # parent slice unit; default: the root
@@ -1109,7 +1109,7 @@ private-tmp = true            # a fresh tmpfs on /tmp (implies mount)
 
 #[test]
 fn spec_example_parses_into_the_expected_model() {
-    let (unit, warnings) = parse(SPEC_EXAMPLE).unwrap();
+    let (unit, warnings) = parse(COMPLETE_EXAMPLE).unwrap();
     assert!(warnings.is_empty(), "{warnings:?}");
     let map = vec![IdMapEntry {
         inside: 0,

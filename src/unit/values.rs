@@ -3,7 +3,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use nix::sys::signal::Signal;
+use crate::core::signal::Signal;
 
 use super::model::{
     ByteLimit, Capability, CpuPercent, DeviceSpec, HttpTarget, IdMapEntry, SignalSpec,
@@ -322,8 +322,8 @@ pub(crate) fn signal(s: &str) -> Parse<SignalSpec> {
     } else {
         format!("SIG{upper}")
     };
-    Signal::from_str(&full).map(SignalSpec).map_err(|_| {
-        let names = Signal::iterator().map(Signal::as_str);
+    Signal::from_name(&full).map(SignalSpec).ok_or_else(|| {
+        let names = Signal::names();
         Invalid::new(format!("unknown signal {s:?}")).hint(
             did_you_mean(&full, names)
                 .unwrap_or_else(|| "write a name like \"SIGTERM\" or \"TERM\"".into()),
@@ -334,7 +334,7 @@ pub(crate) fn signal(s: &str) -> Parse<SignalSpec> {
 pub(crate) fn signal_number(n: i64) -> Parse<SignalSpec> {
     i32::try_from(n)
         .ok()
-        .and_then(|n| Signal::try_from(n).ok())
+        .and_then(Signal::from_number)
         .map(SignalSpec)
         .ok_or_else(|| Invalid::new(format!("{n} is not a signal number")))
 }

@@ -185,6 +185,42 @@ pub fn toml_str(text: &str) -> String {
     serde_json::Value::from(text).to_string()
 }
 
+/// A unit's `[exec]` that sleeps for `arg` (`"1000"`, `"infinity"`).
+pub fn sleeper(arg: &str) -> String {
+    format!("[exec]\ncommand = [\"sleep\", \"{arg}\"]\n")
+}
+
+/// A unit's `[exec]` that runs `script` with `sh -c`.
+pub fn shell(script: &str) -> String {
+    format!("[exec]\ncommand = [\"sh\", \"-c\", {}]\n", toml_str(script))
+}
+
+/// Debian's `nobody` and `nogroup` (base-passwd fixes both): a local user that is no unit's.
+pub const NOBODY: u32 = 65534;
+pub const NOGROUP: u32 = 65534;
+
+/// A port nothing listens on right now (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `systemd-notify` from Debian's `systemd` package, which .ci/run installs; skips (or under
+/// CI=true fails) the calling test without it.
+pub fn require_systemd_notify() -> bool {
+    if Path::new("/usr/bin/systemd-notify").exists() {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("systemd-notify is missing (apt-get install systemd); CI=true does not skip");
+    }
+    eprintln!("SKIPPED: needs /usr/bin/systemd-notify (apt-get install systemd)");
+    false
+}
+
 /// The message of a corral JSON log line ("" when it has none).
 pub fn msg(line: &Value) -> &str {
     line["fields"]["message"].as_str().unwrap_or("")

@@ -177,7 +177,7 @@ fn look_up_own_identity() -> Credentials {
     }
 }
 
-/// The environment of SPEC: the unit's `env-file` variables, its `env` over them, plus PATH,
+/// The environment of docs/operations.md ("What a unit's process inherits"): the unit's `env-file` variables, its `env` over them, plus PATH,
 /// HOME, USER and LOGNAME of its user where neither set them.
 pub fn environment(
     exec: &Exec,

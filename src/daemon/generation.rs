@@ -1,0 +1,177 @@
+//! The OS handles of each unit's current run: made at its spawn, released in one place.
+//!
+//! A run (a generation) holds its main process's exec report until the exec is confirmed, the
+//! memory-event fds that report its OOM kills and memory-high crossings, and (v2) the
+//! `cgroup.events` watch that wakes the loop when its cgroup empties. The exec report goes
+//! when it is read; the memory events when the main process ends (what comes after is the
+//! next run's); the rest when the next run begins, when its start fails, or when the unit is
+//! forgotten. Output pipes are not here on purpose: they outlive the run until their EOF, so
+//! that what a leftover process writes still reaches the log (daemon/mod.rs, `Pipe`).
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
+
+use crate::os::cgroup;
+use crate::unit::UnitName;
+
+use super::sources::{Source, Sources, Token};
+
+/// One run of a unit, as far as the loop waits on it.
+struct Generation {
+    /// The main process (or the helper init of a pid namespace).
+    pid: i32,
+    /// Until the exec is confirmed or refused.
+    exec_report: Option<(Token, OwnedFd)>,
+    memory_events: Vec<(Token, OwnedFd)>,
+    populated: Option<(Token, OwnedFd)>,
+}
+
+/// Every unit's current run.
+#[derive(Default)]
+pub(super) struct Generations {
+    runs: HashMap<UnitName, Generation>,
+}
+
+impl Generations {
+    /// A new run of `unit` with main process `pid`: whatever the last one still held goes.
+    pub(super) fn begin(&mut self, sources: &mut Sources, unit: &UnitName, pid: i32) {
+        self.release(sources, unit);
+        self.runs.insert(
+            unit.clone(),
+            Generation {
+                pid,
+                exec_report: None,
+                memory_events: Vec::new(),
+                populated: None,
+            },
+        );
+    }
+
+    /// Watches the run's exec report; gives it back when it cannot be watched (the caller
+    /// then waits for it).
+    pub(super) fn watch_exec_report(
+        &mut self,
+        sources: &mut Sources,
+        unit: &UnitName,
+        report: OwnedFd,
+    ) -> Result<(), OwnedFd> {
+        let Some(run) = self.runs.get_mut(unit) else {
+            return Err(report);
+        };
+        let source = Source::ExecReport { unit: unit.clone() };
+        match sources.add(report.as_fd(), source, false) {
+            Ok(token) => {
+                run.exec_report = Some((token, report));
+                Ok(())
+            }
+            Err(_) => Err(report),
+        }
+    }
+
+    /// The pid of the unit's newest process while it has not reached its exec.
+    pub(super) fn exec_pending(&self, unit: &UnitName) -> Option<i32> {
+        let run = self.runs.get(unit)?;
+        run.exec_report.as_ref().map(|_| run.pid)
+    }
+
+    /// The unit whose main process `pid` has not reached its exec yet, if any.
+    pub(super) fn exec_pending_of(&self, pid: i32) -> Option<UnitName> {
+        self.runs
+            .iter()
+            .find(|(_, run)| run.pid == pid && run.exec_report.is_some())
+            .map(|(unit, _)| unit.clone())
+    }
+
+    /// Takes the unit's exec report out of the epoll set: its main pid and the report to read.
+    pub(super) fn take_exec_report(
+        &mut self,
+        sources: &mut Sources,
+        unit: &UnitName,
+    ) -> Option<(i32, OwnedFd)> {
+        let run = self.runs.get_mut(unit)?;
+        let (token, report) = run.exec_report.take()?;
+        sources.remove(&report, token);
+        Some((run.pid, report))
+    }
+
+    /// Watches the run's memory-event fds, instead of the ones it had (new limits, new marks).
+    pub(super) fn watch_memory(
+        &mut self,
+        sources: &mut Sources,
+        unit: &UnitName,
+        fds: Vec<OwnedFd>,
+    ) {
+        self.release_memory(sources, unit);
+        let Some(run) = self.runs.get_mut(unit) else {
+            return;
+        };
+        for fd in fds {
+            let source = Source::MemoryEvents { unit: unit.clone() };
+            if let Ok(token) = sources.add(fd.as_fd(), source, false) {
+                run.memory_events.push((token, fd));
+            }
+        }
+    }
+
+    /// The main process ended: its memory events are no longer this run's to report.
+    pub(super) fn release_memory(&mut self, sources: &mut Sources, unit: &UnitName) {
+        if let Some(run) = self.runs.get_mut(unit) {
+            for (token, fd) in run.memory_events.drain(..) {
+                sources.remove(&fd, token);
+            }
+        }
+    }
+
+    /// Watches the run's `cgroup.events`.
+    pub(super) fn watch_populated(&mut self, sources: &mut Sources, unit: &UnitName, fd: OwnedFd) {
+        let Some(run) = self.runs.get_mut(unit) else {
+            return;
+        };
+        let source = Source::Populated { unit: unit.clone() };
+        if let Ok(token) = sources.add(fd.as_fd(), source, false) {
+            run.populated = Some((token, fd));
+        }
+    }
+
+    /// Empties the memory-event or `cgroup.events` fd behind `token`, so that level-triggered
+    /// epoll does not wake again for the same event. False if the run no longer has it.
+    pub(super) fn drain(&self, unit: &UnitName, token: Token) -> bool {
+        let Some(run) = self.runs.get(unit) else {
+            return false;
+        };
+        let fd = run
+            .memory_events
+            .iter()
+            .chain(run.populated.as_ref())
+            .find(|(t, _)| *t == token)
+            .map(|(_, fd)| fd);
+        match fd {
+            Some(fd) => {
+                cgroup::drain(fd);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The run is over for good (its start failed, or the unit is forgotten): every handle it
+    /// still holds leaves the epoll set and is closed.
+    pub(super) fn release(&mut self, sources: &mut Sources, unit: &UnitName) {
+        let Some(run) = self.runs.remove(unit) else {
+            return;
+        };
+        let Generation {
+            exec_report,
+            memory_events,
+            populated,
+            ..
+        } = run;
+        for (token, fd) in exec_report
+            .into_iter()
+            .chain(memory_events)
+            .chain(populated)
+        {
+            sources.remove(&fd, token);
+        }
+    }
+}
