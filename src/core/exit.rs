@@ -83,6 +83,40 @@ impl std::fmt::Display for ExitReport {
     }
 }
 
+/// Why a start never reached its exec: the kernel's errno where one is known, and the words
+/// `status` shows. The core decides from the errno, never from the words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpawnFailure {
+    pub errno: Option<i32>,
+    pub message: String,
+}
+
+impl SpawnFailure {
+    pub fn new(errno: Option<i32>, message: impl Into<String>) -> SpawnFailure {
+        SpawnFailure {
+            errno,
+            message: message.into(),
+        }
+    }
+
+    /// A resource that comes back: fork(2) refused at pids-max or RLIMIT_NPROC (EAGAIN), memory
+    /// (ENOMEM), descriptors (EMFILE, ENFILE), an interrupted call. Worth another start after
+    /// the backoff; anything else (no such command, no permission, a bad path) fails the unit
+    /// until someone changes something.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self.errno,
+            Some(libc::EAGAIN | libc::ENOMEM | libc::EMFILE | libc::ENFILE | libc::EINTR)
+        )
+    }
+}
+
+impl std::fmt::Display for SpawnFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 /// `SIGTERM`, `SIGRTMIN+6`, or `signal 99` for a number Linux does not name.
 pub fn signal_name(signal: i32) -> String {
     const SIGRTMIN: i32 = 34;
@@ -179,6 +213,26 @@ mod tests {
         assert_eq!(signal_name(40), "SIGRTMIN+6");
         assert_eq!(signal_name(15), "SIGTERM");
         assert_eq!(signal_name(99), "signal 99");
+    }
+
+    #[test]
+    fn only_resources_that_come_back_make_a_spawn_failure_transient() {
+        for (errno, transient) in [
+            (Some(libc::EAGAIN), true),
+            (Some(libc::ENOMEM), true),
+            (Some(libc::EMFILE), true),
+            (Some(libc::ENFILE), true),
+            (Some(libc::ENOENT), false),
+            (Some(libc::EACCES), false),
+            (Some(libc::EPERM), false),
+            (None, false),
+        ] {
+            assert_eq!(
+                SpawnFailure::new(errno, "x").is_transient(),
+                transient,
+                "{errno:?}"
+            );
+        }
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use crate::core::backoff::{StartHistory, restart_delay};
-use crate::core::exit::{ExitReport, policy_restarts};
+use crate::core::exit::{ExitReport, SpawnFailure, policy_restarts};
 use crate::core::notify::NotifyMessage;
 use crate::core::signal::Signal;
 use crate::unit::{ReadyMode, RestartPolicy, Unit, UnitKind};
@@ -118,7 +118,7 @@ pub enum Event {
         pid: i32,
     },
     SpawnFailed {
-        error: String,
+        error: SpawnFailure,
     },
     Exited(ExitReport),
     /// No process of the unit is left (its cgroup, or its process group, is empty).
@@ -346,9 +346,17 @@ impl Runtime {
                 self.disarm_timers();
                 self.deadline = None;
                 self.pid = None;
-                self.enter(Failed, now);
-                actions.push(note(true, format!("cannot be spawned: {error}")));
-                self.error = Some(error);
+                let why = format!("cannot be spawned: {error}");
+                self.error = Some(error.message.clone());
+                // A resource that comes back is tried again after the backoff, as a failed run
+                // would be; anything else needs someone to change something.
+                if error.is_transient() && unit.restart.policy != RestartPolicy::Never {
+                    self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+                    self.schedule_restart(why, now, unit, &mut actions);
+                } else {
+                    self.enter(Failed, now);
+                    actions.push(note(true, why));
+                }
             }
             (Starting | Running, Event::Exited(exit)) => {
                 self.record_exit(exit, None, &mut actions);
@@ -727,6 +735,45 @@ impl Runtime {
             actions.push(note(!success, format!("{exit}; not restarting")));
             return;
         }
+        if success {
+            self.schedule_restart_quietly(exit, now, unit, actions);
+        } else {
+            self.schedule_restart(exit, now, unit, actions);
+        }
+    }
+
+    /// Backoff before the next start, or `failed` once the start limit is hit; `what` says what
+    /// ended the run, for the log (a warning).
+    fn schedule_restart(
+        &mut self,
+        what: String,
+        now: Instant,
+        unit: &Unit,
+        actions: &mut Vec<Action>,
+    ) {
+        self.backoff(what, true, now, unit, actions);
+    }
+
+    /// As `schedule_restart`, for a run that ended well (`always` restarts it): not a warning.
+    fn schedule_restart_quietly(
+        &mut self,
+        what: String,
+        now: Instant,
+        unit: &Unit,
+        actions: &mut Vec<Action>,
+    ) {
+        self.backoff(what, false, now, unit, actions);
+    }
+
+    fn backoff(
+        &mut self,
+        what: String,
+        warn: bool,
+        now: Instant,
+        unit: &Unit,
+        actions: &mut Vec<Action>,
+    ) {
+        let cfg = &unit.restart;
         if self
             .history
             .would_exceed(now, cfg.start_limit_burst, cfg.start_limit_interval)
@@ -736,7 +783,7 @@ impl Runtime {
                 cfg.start_limit_burst,
                 humantime::format_duration(cfg.start_limit_interval)
             );
-            actions.push(note(true, format!("{exit}; {error}")));
+            actions.push(note(true, format!("{what}; {error}")));
             self.error = Some(error);
             self.enter(State::Failed, now);
             return;
@@ -745,9 +792,9 @@ impl Runtime {
         self.deadline = Some(after(now, delay));
         self.enter(State::Backoff, now);
         actions.push(note(
-            !success,
+            warn,
             format!(
-                "{exit}; restarting in {}",
+                "{what}; restarting in {}",
                 humantime::format_duration(delay)
             ),
         ));
@@ -797,9 +844,18 @@ mod tests {
             (
                 Starting,
                 Event::SpawnFailed {
-                    error: "ENOENT".into(),
+                    error: SpawnFailure::new(Some(libc::ENOENT), "ENOENT"),
                 },
                 Failed,
+                vec!["note"],
+            ),
+            // fork(2) refused at pids-max: tried again after the backoff.
+            (
+                Starting,
+                Event::SpawnFailed {
+                    error: SpawnFailure::new(Some(libc::EAGAIN), "clone: EAGAIN"),
+                },
+                Backoff,
                 vec!["note"],
             ),
             (

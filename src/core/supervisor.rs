@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use crate::core::signal::Signal;
 
-use crate::core::exit::ExitReport;
+use crate::core::exit::{ExitReport, SpawnFailure};
 use crate::core::notify::NotifyMessage;
 use crate::core::reload::{self, Change, ReloadPlan};
 use crate::core::service::{Action, Event, Runtime, State, StopReason, Want};
@@ -28,12 +28,12 @@ pub enum Input {
     },
     SpawnFailed {
         unit: UnitName,
-        error: String,
+        error: SpawnFailure,
     },
     /// The process `Spawned` announced gave up before its exec (it exits 127 next).
     ExecFailed {
         pid: i32,
-        error: String,
+        error: SpawnFailure,
     },
     /// The kernel counted more OOM kills in the unit's cgroup (whichever process they took).
     OomKills {
@@ -1252,7 +1252,10 @@ mod tests {
         let web = pid(&sup, "web");
         let failed = |pid| Input::ExecFailed {
             pid,
-            error: "in the child, chdir to working-dir failed: ENOENT".into(),
+            error: SpawnFailure::new(
+                Some(libc::ENOENT),
+                "in the child, chdir to working-dir failed: ENOENT",
+            ),
         };
         run(&mut sup, failed(web), t0, &mut pids);
         let (_, rt) = sup.get(&name("web")).expect("web");
@@ -1512,7 +1515,7 @@ mod tests {
         assert_eq!(sup.settled(&name("web"), Goal::Started), None);
         let failed = Input::SpawnFailed {
             unit: name("db"),
-            error: "no such file".into(),
+            error: SpawnFailure::new(Some(libc::ENOENT), "no such file"),
         };
         sup.handle(failed, t0).expect("accepted");
         assert_eq!(state(&sup, "db"), State::Failed);

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use tracing::{debug, error, info, warn};
 
-use crate::core::exit::{ExitReport, Termination};
+use crate::core::exit::{ExitReport, SpawnFailure, Termination};
 use crate::core::limit_watch::Thresholds;
 use crate::core::reload::ReloadPlan;
 use crate::core::service::State;
@@ -675,7 +675,7 @@ impl Daemon {
                 let Some(exec) = &unit.exec else {
                     return Some(Input::SpawnFailed {
                         unit: unit.name.clone(),
-                        error: "unit has no [exec]".into(),
+                        error: SpawnFailure::new(None, "unit has no [exec]"),
                     });
                 };
                 let exec = self.with_notify_env(&unit, exec);
@@ -711,7 +711,7 @@ impl Daemon {
                             self.members.spawn_failed(&unit.name, now);
                             return Some(Input::SpawnFailed {
                                 unit: unit.name.clone(),
-                                error: e.to_string(),
+                                error: e.to_failure(),
                             });
                         }
                         info!(
@@ -743,7 +743,7 @@ impl Daemon {
                         self.members.spawn_failed(&unit.name, now);
                         Some(Input::SpawnFailed {
                             unit: unit.name.clone(),
-                            error: e.to_string(),
+                            error: e.to_failure(),
                         })
                     }
                 }
@@ -917,7 +917,7 @@ impl Daemon {
         self.generations.release(&mut self.sources, unit);
         Some(Input::ExecFailed {
             pid,
-            error: error.to_string(),
+            error: error.to_failure(),
         })
     }
 

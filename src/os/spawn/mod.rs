@@ -67,6 +67,27 @@ pub enum SpawnError {
     EnvFile { path: String, problem: String },
 }
 
+impl SpawnError {
+    /// The kernel's errno behind the failure, where there is one: what the core decides on.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            SpawnError::Setup { errno, .. }
+            | SpawnError::Child { errno, .. }
+            | SpawnError::IdMap { errno, .. }
+            | SpawnError::ReadOnlyPath { errno, .. } => Some(*errno as i32),
+            SpawnError::NotFound(_) => Some(libc::ENOENT),
+            SpawnError::Nul { .. }
+            | SpawnError::VanishedBeforeMapping
+            | SpawnError::EnvFile { .. } => None,
+        }
+    }
+
+    /// The failure as the core takes it.
+    pub fn to_failure(&self) -> crate::core::exit::SpawnFailure {
+        crate::core::exit::SpawnFailure::new(self.errno(), self.to_string())
+    }
+}
+
 /// Whether fs.suid_dumpable is 1 ("debug"), under which the kernel makes a process dumpable
 /// again at each change of its ids: the children `child` keeps non-dumpable until their exec
 /// are then traceable between a set*id and the next `PR_SET_DUMPABLE`.
