@@ -91,15 +91,19 @@ struct Shape {
     /// A restricted pod: uid 1000, a read-only root file system, a tmpfs only at /run (the
     /// pod user's, as an emptyDir with an fsGroup is), no capabilities.
     restricted: bool,
+    /// The container's own memory limit (the runtime's `resources.memory.limit`), bytes.
+    memory_limit: Option<u64>,
 }
 
 const RO: Shape = Shape {
     writable_cgroups: false,
     restricted: false,
+    memory_limit: None,
 };
 const RW: Shape = Shape {
     writable_cgroups: true,
     restricted: false,
+    memory_limit: None,
 };
 
 /// Builds the rootfs in `c`'s temp dir (so the units are where `c` has them) and the bundle's
@@ -112,7 +116,7 @@ fn bundle(c: &Corral, runc: &Path, shape: Shape, args: &[&str]) -> tempfile::Tem
         .find(|p| p.exists())
         .expect("busybox-static's /bin/busybox");
     install(busybox, &rootfs, "/bin/busybox");
-    for applet in ["sh", "sleep", "cat", "echo", "kill"] {
+    for applet in ["sh", "sleep", "cat", "echo", "kill", "tail"] {
         let link = rootfs.join("bin").join(applet);
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink("busybox", link).unwrap();
@@ -146,6 +150,9 @@ fn bundle(c: &Corral, runc: &Path, shape: Shape, args: &[&str]) -> tempfile::Tem
             options.push(json!(if shape.writable_cgroups { "rw" } else { "ro" }));
         }
     }
+    if let Some(limit) = shape.memory_limit {
+        spec["linux"]["resources"]["memory"] = json!({ "limit": limit, "swap": limit });
+    }
     if shape.restricted {
         spec["root"]["readonly"] = json!(true);
         spec["process"]["user"] = json!({ "uid": 1000, "gid": 1000 });
@@ -168,10 +175,11 @@ fn bundle(c: &Corral, runc: &Path, shape: Shape, args: &[&str]) -> tempfile::Tem
 
 /// The container id for `shape`, unique to this test process.
 fn container_id(shape: Shape) -> String {
-    let kind = match (shape.restricted, shape.writable_cgroups) {
-        (true, _) => "restricted",
-        (false, true) => "rw",
-        (false, false) => "ro",
+    let kind = match (shape.restricted, shape.writable_cgroups, shape.memory_limit) {
+        (true, _, _) => "restricted",
+        (false, _, Some(_)) => "limited",
+        (false, true, None) => "rw",
+        (false, false, None) => "ro",
     };
     format!("corral-test-{}-{kind}", std::process::id())
 }
@@ -353,6 +361,7 @@ fn in_a_restricted_pod_corral_names_the_path_it_cannot_use_and_runs_once_pointed
     let shape = Shape {
         writable_cgroups: false,
         restricted: true,
+        memory_limit: None,
     };
     let mut c = Corral::new();
     c.unit("app", "[exec]\ncommand = [\"sleep\", \"1000\"]\n");
@@ -392,4 +401,34 @@ fn in_a_restricted_pod_corral_names_the_path_it_cannot_use_and_runs_once_pointed
     assert_eq!(out.json()["units"][0]["state"], "running", "{out:?}");
     container.kill("TERM");
     assert_eq!(c.wait_exit().code(), Some(0));
+}
+
+/// Read-only cgroups, so no unit has a cgroup of its own, in a container with a memory limit:
+/// the kernel OOM-kills a unit that outgrows the container, and corral infers the OOM kill
+/// from the container's own counter (docs/units.md), so `on-oom` restarts the unit.
+#[test]
+fn in_a_read_only_container_an_oom_kill_is_inferred_from_the_containers_counter() {
+    let Some(runc) = runtime() else { return };
+    let shape = Shape {
+        writable_cgroups: false,
+        restricted: false,
+        memory_limit: Some(64 << 20),
+    };
+    let mut c = Corral::new();
+    // busybox tail buffers a line of /dev/zero that never ends, until the container's limit.
+    c.unit(
+        "hog",
+        "[exec]\ncommand = [\"tail\", \"/dev/zero\"]\n[restart]\npolicy = \"on-oom\"\ndelay = \"100ms\"\n",
+    );
+    let container = run_with(&mut c, &runc, shape, CORRAL_RUN);
+    c.wait_log("the inferred OOM kill", |l| {
+        is_about(l, "hog", "inferred from the container's own counter")
+    });
+    c.wait_log("on-oom restarts it", |l| {
+        is_about(l, "hog", "(OOM kill); restarting in")
+    });
+    let hog = c.status("hog");
+    assert_eq!(hog["last_exit"]["oom"], true, "{hog}");
+    assert_eq!(hog["limits_enforced"], false, "{hog}");
+    container.kill("KILL");
 }

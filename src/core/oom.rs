@@ -9,6 +9,8 @@
 
 use std::time::{Duration, Instant};
 
+use crate::core::exit::{ExitReport, Termination};
+
 /// How long after a memory event the counter is read. cgroup v1 signals as an OOM begins,
 /// before the victim is chosen and the counter moves (Documentation/admin-guide/cgroup-v1/
 /// memory.rst, "OOM Control"); v2's `memory.events` changes once it moved.
@@ -95,6 +97,22 @@ impl OomLedger {
         let fresh = counter.saturating_sub(self.accounted);
         self.accounted = counter;
         u32::try_from(fresh).unwrap_or(u32::MAX)
+    }
+}
+
+/// Where corral has no cgroup per unit (a read-only cgroup tree, docs/container.md), the only
+/// counter is the container's own, shared by every unit: a kill it shows is attributed to a
+/// main process that ended the way an OOM victim or its shell does (SIGKILL, or exit 137), and
+/// reported as inferred. Any other end keeps the kill counted for nobody.
+pub fn inferred_from_container(end: MainEnd, termination: Termination) -> MainEnd {
+    let report = ExitReport {
+        termination,
+        oom: false,
+    };
+    let ended_like_a_kill = report.is_sigkill() || report.shell_code() == 137;
+    MainEnd {
+        by_oom: end.fresh > 0 && ended_like_a_kill,
+        fresh: if ended_like_a_kill { end.fresh } else { 0 },
     }
 }
 
@@ -204,6 +222,32 @@ mod tests {
             assert_eq!(end.by_oom, *by_oom, "{case}: {steps:?}");
             assert_eq!(counted, *kills, "{case}: {steps:?}");
         }
+    }
+
+    #[test]
+    fn the_containers_counter_blames_only_an_end_that_looks_like_a_kill() {
+        let moved = MainEnd {
+            by_oom: true,
+            fresh: 1,
+        };
+        let still = MainEnd {
+            by_oom: false,
+            fresh: 0,
+        };
+        let sigkill = Termination::Signaled {
+            signal: 9,
+            core_dumped: false,
+        };
+        assert_eq!(inferred_from_container(moved, sigkill), moved);
+        assert_eq!(
+            inferred_from_container(moved, Termination::Exited(137)),
+            moved
+        );
+        assert_eq!(
+            inferred_from_container(moved, Termination::Exited(1)),
+            still
+        );
+        assert_eq!(inferred_from_container(still, sigkill), still);
     }
 
     #[test]

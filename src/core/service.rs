@@ -128,6 +128,8 @@ pub enum Event {
     DeadlineReached,
     /// A datagram on the unit's notify socket from one of its processes (the daemon checked).
     Notify(NotifyMessage),
+    /// The main process reached its exec (the daemon read its empty exec report).
+    Execd,
     /// A user froze (`true`) or thawed (`false`) every process of the unit: a frozen unit
     /// cannot answer its watchdog or a probe, so neither is held against it.
     Frozen(bool),
@@ -201,6 +203,9 @@ pub struct Runtime {
     emptied: bool,
     /// A user froze the unit: its watchdog and probes wait for the thaw.
     frozen: bool,
+    /// The main process of a unit with namespaces has not reached its exec: until then it
+    /// may not have built them, and a probe would enter (or connect from) corral's own.
+    awaiting_exec: bool,
 }
 
 impl Runtime {
@@ -230,6 +235,7 @@ impl Runtime {
             restart_due: false,
             emptied: false,
             frozen: false,
+            awaiting_exec: false,
         }
     }
 
@@ -238,7 +244,7 @@ impl Runtime {
         let probe_due = self
             .probe
             .next_at
-            .filter(|_| self.probe.in_flight.is_none());
+            .filter(|_| self.probe.in_flight.is_none() && !self.awaiting_exec);
         [self.deadline, self.watchdog_at, probe_due]
             .into_iter()
             .flatten()
@@ -316,6 +322,7 @@ impl Runtime {
             }
             (Starting, Event::Spawned { pid }) => {
                 self.pid = Some(pid);
+                self.awaiting_exec = unit.namespaces != crate::unit::Namespaces::default();
                 // A oneshot stays `starting` until its process has exited successfully.
                 if unit.kind != UnitKind::Oneshot {
                     self.watchdog_at = self.watchdog_timeout(unit).map(|t| after(now, t));
@@ -331,6 +338,10 @@ impl Runtime {
             }
             (Starting | Running, Event::Notify(msg)) => {
                 self.on_notify(msg, now, unit, &mut actions);
+            }
+            // Its probes, held back until now, are due as they were.
+            (Starting | Running, Event::Execd) => {
+                self.awaiting_exec = false;
             }
             (Starting | Running, Event::Frozen(frozen)) => {
                 self.on_frozen(frozen, now, unit);
@@ -642,7 +653,10 @@ impl Runtime {
             self.fail(FailureCause::Watchdog, now, unit, actions);
             return;
         }
-        if self.probe.in_flight.is_none() && self.probe.next_at.is_some_and(|d| d <= now) {
+        if self.probe.in_flight.is_none()
+            && !self.awaiting_exec
+            && self.probe.next_at.is_some_and(|d| d <= now)
+        {
             self.probe.seq += 1;
             self.probe.in_flight = Some((self.probe.seq, now));
             self.probe.next_at = None;
@@ -1410,6 +1424,38 @@ mod tests {
             &unit,
         );
         assert_eq!(rt.state, Stopping);
+    }
+
+    #[test]
+    fn a_namespaced_units_probe_waits_for_its_exec() {
+        let mut unit = service("boxed");
+        unit.namespaces.pid = true;
+        unit.health = Some(crate::unit::Health {
+            probe: Some(crate::unit::ProbeConfig {
+                probe: crate::unit::Probe::Tcp(([127, 0, 0, 1], 5432).into()),
+                interval: Duration::from_secs(1),
+                timeout: Duration::from_millis(100),
+                initial_delay: Duration::ZERO,
+                failure_threshold: 1,
+                success_threshold: 1,
+            }),
+            watchdog: None,
+        });
+        let t0 = Instant::now();
+        let mut rt = started(&unit, t0);
+        // Only the start timeout is due: the probe waits, however long the way to the exec.
+        assert_eq!(rt.deadline(), Some(t0 + unit.readiness.start_timeout));
+        assert_eq!(
+            rt.transition(Event::DeadlineReached, t0 + MS(500), &unit),
+            vec![]
+        );
+        rt.transition(Event::Execd, t0 + MS(600), &unit);
+        assert_eq!(rt.deadline(), Some(t0), "the probe is due as it was");
+        let actions = rt.transition(Event::DeadlineReached, t0 + MS(600), &unit);
+        assert!(
+            matches!(actions.as_slice(), [Action::Probe { .. }]),
+            "{actions:?}"
+        );
     }
 
     #[test]

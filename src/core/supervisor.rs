@@ -54,6 +54,10 @@ pub enum Input {
         unit: UnitName,
         message: NotifyMessage,
     },
+    /// Process `pid` (the `Spawned` one) reached its exec.
+    Execd {
+        pid: i32,
+    },
     /// A user froze or thawed the unit's processes (`corral freeze|thaw`).
     Frozen {
         unit: UnitName,
@@ -332,6 +336,11 @@ impl Supervisor {
             }
             Input::Notify { unit, message } => {
                 self.feed(&unit, Event::Notify(message), now, &mut effects);
+            }
+            Input::Execd { pid } => {
+                if let Some(unit) = self.by_pid.get(&pid).cloned() {
+                    self.feed(&unit, Event::Execd, now, &mut effects);
+                }
             }
             Input::Frozen { unit, frozen } => {
                 self.feed(&unit, Event::Frozen(frozen), now, &mut effects);

@@ -48,6 +48,9 @@ pub struct Members {
     disabled: Option<String>,
     /// The capability ladder's reading at start.
     ladder: Ladder,
+    /// Below `Writable`: the tree as detected, only read (the container's own OOM counter),
+    /// and the ledger of that counter, shared by every unit.
+    observed: Option<(Cgroups, OomLedger)>,
     /// Where each unit's cgroup is, below R.
     paths: HashMap<UnitName, PathBuf>,
     doors: HashMap<UnitName, Door>,
@@ -98,6 +101,7 @@ impl Members {
         let mut members = Members {
             cgroups: None,
             disabled: None,
+            observed: None,
             ladder: Ladder {
                 version: None,
                 rung: Rung::Unavailable,
@@ -201,6 +205,10 @@ impl Members {
                 self.ladder.rung = rung;
                 self.ladder.reason = Some(e.to_string());
                 self.disabled = Some(reason);
+                // The container's own counter can still be read: OOM kills are inferred.
+                if let Some(counter) = detected.cgroups.oom_kills(Path::new("")) {
+                    self.observed = Some((detected.cgroups, OomLedger::new(counter)));
+                }
             }
         }
     }
@@ -651,6 +659,21 @@ impl Members {
                 fresh: 0,
             },
         }
+    }
+
+    /// Without a cgroup of the unit's own: OOM kills the container's counter shows, attributed
+    /// by `core::oom::inferred_from_container`; `None` where no counter can be read.
+    pub fn inferred_oom_at_exit(
+        &mut self,
+        now: Instant,
+        termination: Termination,
+    ) -> Option<MainEnd> {
+        let (cgroups, ledger) = self.observed.as_mut()?;
+        let counter = cgroups.oom_kills(Path::new(""));
+        Some(crate::core::oom::inferred_from_container(
+            ledger.main_ended(counter, now),
+            termination,
+        ))
     }
 
     /// Units whose counter reading is due, with the OOM kills it shows: they took other

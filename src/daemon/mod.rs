@@ -120,6 +120,8 @@ enum OomVictim {
     Worker,
     /// The main process lives on.
     Spared,
+    /// No cgroup of the unit's own: the container's counter moved as the unit ended.
+    Inferred,
 }
 
 struct Daemon {
@@ -470,15 +472,23 @@ impl Daemon {
         if let Some(command) = self.members.take_helper_exit(&unit) {
             termination = command;
         }
-        let end = self.members.on_main_exit(&unit, now);
-        let exit = ExitReport {
+        let mut end = self.members.on_main_exit(&unit, now);
+        let killed = ExitReport {
             termination,
-            oom: end.by_oom,
+            oom: false,
         };
-        let victim = if exit.is_sigkill() {
+        let mut victim = if killed.is_sigkill() {
             OomVictim::Main
         } else {
             OomVictim::Worker
+        };
+        if let Some(inferred) = self.members.inferred_oom_at_exit(now, termination) {
+            end = inferred;
+            victim = OomVictim::Inferred;
+        }
+        let exit = ExitReport {
+            termination,
+            oom: end.by_oom,
         };
         self.record_oom_kills(&unit, end.fresh, victim, now);
         self.generations.release_memory(&mut self.sources, &unit);
@@ -704,15 +714,17 @@ impl Daemon {
                             &unit.name,
                             child.exec_report,
                         );
-                        if let Err(report) = watched
-                            && let Err(e) = spawn::exec_outcome(&report)
-                        {
-                            self.generations.release(&mut self.sources, &unit.name);
-                            self.members.spawn_failed(&unit.name, now);
-                            return Some(Input::SpawnFailed {
-                                unit: unit.name.clone(),
-                                error: e.to_failure(),
-                            });
+                        let mut execd_here = false;
+                        if let Err(report) = watched {
+                            if let Err(e) = spawn::exec_outcome(&report) {
+                                self.generations.release(&mut self.sources, &unit.name);
+                                self.members.spawn_failed(&unit.name, now);
+                                return Some(Input::SpawnFailed {
+                                    unit: unit.name.clone(),
+                                    error: e.to_failure(),
+                                });
+                            }
+                            execd_here = true;
                         }
                         info!(
                             unit = %unit.name,
@@ -734,10 +746,16 @@ impl Daemon {
                         }
                         self.watch_pipe(&unit.name, Stream::Stdout, child.stdout);
                         self.watch_pipe(&unit.name, Stream::Stderr, child.stderr);
-                        Some(Input::Spawned {
+                        let spawned = Input::Spawned {
                             unit: unit.name.clone(),
                             pid: child.pid,
-                        })
+                        };
+                        if !execd_here {
+                            return Some(spawned);
+                        }
+                        // The exec was waited for here: the core learns both, in order.
+                        self.feed(spawned, now);
+                        Some(Input::Execd { pid: child.pid })
                     }
                     Err(e) => {
                         self.members.spawn_failed(&unit.name, now);
@@ -903,7 +921,7 @@ impl Daemon {
         let Err(error) = spawn::exec_outcome(&report) else {
             // From here on the process is the unit's command, set up as the unit asks.
             debug!(unit = %unit, pid, "exec'd");
-            return None;
+            return Some(Input::Execd { pid });
         };
         // The core fails a unit still starting or running; one already stopping takes the
         // exit (127) that follows as its end, so the reason is told here in every case.
@@ -944,6 +962,9 @@ impl Daemon {
             OomVictim::Spared => "a process of the unit (the main process lives)",
             OomVictim::Main => "the unit's main process",
             OomVictim::Worker => "a process of the unit, and the main process ended with it",
+            OomVictim::Inferred => {
+                "the unit's main process, inferred from the container's own counter (no cgroup of the unit's own to tell)"
+            }
         };
         warn!(unit = %unit, count, "OOM kill of {whom} (memory-max {limit}, peak {peak})");
         self.feed(
