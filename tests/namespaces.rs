@@ -625,6 +625,11 @@ fn a_missing_read_only_path_fails_the_start_naming_it() {
     });
     let status = c.status("typo");
     assert_eq!(status["state"], "failed", "{status}");
+    // The child reports the path, then exits; its cgroup goes once it is reaped.
+    let shown = format!("{}/typo.service", c.cgroup_root_path());
+    c.wait_count("the failed start's cgroup removed", 1, |l| {
+        msg(l) == "removed" && l["fields"]["cgroup"] == shown.as_str()
+    });
     assert!(!c.cgroup_exists("typo.service"), "nothing is left behind");
 }
 
