@@ -363,7 +363,7 @@ impl Runtime {
                 // would be; anything else needs someone to change something.
                 if error.is_transient() && unit.restart.policy != RestartPolicy::Never {
                     self.consecutive_failures = self.consecutive_failures.saturating_add(1);
-                    self.schedule_restart(why, now, unit, &mut actions);
+                    self.backoff(why, true, now, unit, &mut actions);
                 } else {
                     self.enter(Failed, now);
                     actions.push(note(true, why));
@@ -749,36 +749,11 @@ impl Runtime {
             actions.push(note(!success, format!("{exit}; not restarting")));
             return;
         }
-        if success {
-            self.schedule_restart_quietly(exit, now, unit, actions);
-        } else {
-            self.schedule_restart(exit, now, unit, actions);
-        }
+        self.backoff(exit, !success, now, unit, actions);
     }
 
     /// Backoff before the next start, or `failed` once the start limit is hit; `what` says what
-    /// ended the run, for the log (a warning).
-    fn schedule_restart(
-        &mut self,
-        what: String,
-        now: Instant,
-        unit: &Unit,
-        actions: &mut Vec<Action>,
-    ) {
-        self.backoff(what, true, now, unit, actions);
-    }
-
-    /// As `schedule_restart`, for a run that ended well (`always` restarts it): not a warning.
-    fn schedule_restart_quietly(
-        &mut self,
-        what: String,
-        now: Instant,
-        unit: &Unit,
-        actions: &mut Vec<Action>,
-    ) {
-        self.backoff(what, false, now, unit, actions);
-    }
-
+    /// ended the run, for the log (`warn`: a warning, unless the run ended well).
     fn backoff(
         &mut self,
         what: String,

@@ -982,6 +982,15 @@ mod tests {
         }
     }
 
+    /// A fake tree with `web` (memory-max 32M, memory-high 16M) spawned into it.
+    fn spawned_web() -> (FakeTree, Unit, Members) {
+        let tree = FakeTree::new("web");
+        let web = limited("web");
+        let mut members = tree.members(std::slice::from_ref(&web));
+        members.prepare_spawn(&web);
+        (tree, web, members)
+    }
+
     fn limited(n: &str) -> Unit {
         let mut unit = service(n);
         unit.resources.memory_max = Some(ByteLimit::Bytes(32 << 20));
@@ -1010,10 +1019,7 @@ mod tests {
 
     #[test]
     fn a_wrapper_that_exits_right_after_its_workers_oom_kill_ended_by_oom() {
-        let tree = FakeTree::new("web");
-        let web = limited("web");
-        let mut members = tree.members(std::slice::from_ref(&web));
-        members.prepare_spawn(&web);
+        let (tree, web, mut members) = spawned_web();
         let t0 = Instant::now();
         members.on_memory_event(&web.name, t0);
         tree.set_oom_kills("web", 1);
@@ -1028,10 +1034,7 @@ mod tests {
 
     #[test]
     fn a_kill_the_main_process_outlives_is_counted_once_and_is_not_its_end() {
-        let tree = FakeTree::new("web");
-        let web = limited("web");
-        let mut members = tree.members(std::slice::from_ref(&web));
-        members.prepare_spawn(&web);
+        let (tree, web, mut members) = spawned_web();
         let t0 = Instant::now();
         members.on_memory_event(&web.name, t0);
         tree.set_oom_kills("web", 1);
@@ -1058,10 +1061,7 @@ mod tests {
 
     #[test]
     fn memory_above_memory_high_shows_as_a_warning_until_it_falls_back() {
-        let tree = FakeTree::new("web");
-        let web = limited("web");
-        let mut members = tree.members(std::slice::from_ref(&web));
-        members.prepare_spawn(&web);
+        let (tree, web, mut members) = spawned_web();
         let rel = format!("{R}/web.service");
         let t0 = Instant::now();
         tree.write(&rel, "memory.current", &format!("{}\n", 20 << 20));
