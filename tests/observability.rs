@@ -871,3 +871,53 @@ fn idle_connections_of_a_stranger_do_not_lock_the_bearer_out_of_the_metrics_list
     assert_eq!(status, "HTTP/1.1 200 OK", "{head}");
     drop(idle);
 }
+
+/// Out of descriptors, the metrics listener stays readable but cannot accept: corral stops
+/// polling it (one warning) instead of waking for ever, and serves again once a client leaves.
+#[test]
+fn running_out_of_fds_pauses_the_metrics_listener_once_until_a_client_leaves() {
+    if !common::require_root() {
+        return;
+    }
+    let mut c = Corral::new();
+    c.unit("idle", "[exec]\ncommand = [\"sleep\", \"1000\"]\n");
+    let port = free_port();
+    c.launch(&["--metrics-listen", &format!("127.0.0.1:{port}")]);
+    c.wait_exec("idle", 1);
+    // RLIMIT_NOFILE bounds the numbers of new fds (open ones above it stay): a limit of the
+    // count open now plus two leaves a few free numbers at the bottom, whatever corral holds
+    // higher up (the control server's reserve fd).
+    let open = std::fs::read_dir(format!("/proc/{}/fd", c.pid()))
+        .unwrap()
+        .count() as u64;
+    let limit = open + 2;
+    let rlimit = libc::rlimit {
+        rlim_cur: limit,
+        rlim_max: limit,
+    };
+    // SAFETY: prlimit on corral's pid with a limit that lives across the call.
+    let set = unsafe { libc::prlimit(c.pid(), libc::RLIMIT_NOFILE, &rlimit, std::ptr::null_mut()) };
+    assert_eq!(set, 0, "{}", std::io::Error::last_os_error());
+    // Idle connections take the last fds (fewer than the 16 clients allowed); the next ones
+    // wait in the kernel's backlog.
+    let held: Vec<TcpStream> = (0..15)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    c.wait_log("the listener paused", |l| {
+        msg(l).contains("the metrics listener waits until a metrics client leaves")
+    });
+    // corral still answers on its control socket while paused (refusing with its reserve fd
+    // counts: the loop turns).
+    let out = c.cli(&["status"]);
+    assert_ne!(out.code, 4, "no answer on the control socket: {out:?}");
+    drop(held);
+    c.wait_log("the listener back", |l| {
+        msg(l) == "accepting metrics connections again"
+    });
+    let paused = c
+        .seen
+        .iter()
+        .filter(|l| msg(l).contains("accepting a metrics connection"))
+        .count();
+    assert_eq!(paused, 1, "one warning per episode");
+}

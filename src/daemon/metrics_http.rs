@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::os::poller::Ready;
 
@@ -24,10 +24,18 @@ pub const TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct MetricsServer {
     pub listener: TcpListener,
+    /// The listener's epoll token, once registered.
+    pub listener_token: Option<u64>,
     clients: HashMap<u64, HttpClient>,
     /// Requests must carry `Authorization: Bearer <this>` (`--metrics-token-file`).
     token: Option<String>,
+    /// Out of descriptors: the listener is not polled until a client leaves (a readable
+    /// listener that cannot accept would wake the loop for ever).
+    paused: bool,
 }
+
+/// Connections accepted per wake: a connect flood is served a slice per turn.
+const ACCEPTS_PER_WAKE: usize = 16;
 
 struct HttpClient {
     stream: TcpStream,
@@ -48,8 +56,10 @@ impl MetricsServer {
         listener.set_nonblocking(true)?;
         Ok(MetricsServer {
             listener,
+            listener_token: None,
             clients: HashMap::new(),
             token,
+            paused: false,
         })
     }
 
@@ -171,14 +181,18 @@ fn response(status: &str, extra_headers: &str, content_type: &str, body: &str) -
 
 impl Daemon {
     pub(super) fn accept_metrics_clients(&mut self) {
-        loop {
+        for _ in 0..ACCEPTS_PER_WAKE {
             let Some(server) = &self.metrics else { return };
             let stream = match server.listener.accept() {
                 Ok((stream, _)) => stream,
                 Err(e) if e.kind() == IoKind::WouldBlock => return,
                 Err(e) if e.kind() == IoKind::Interrupted => continue,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                    self.pause_metrics_listener(&e);
+                    return;
+                }
                 Err(e) => {
-                    warn!("accepting a metrics connection: {e}");
+                    debug!("accepting a metrics connection: {e}");
                     return;
                 }
             };
@@ -204,6 +218,46 @@ impl Daemon {
                     },
                 );
             }
+        }
+    }
+
+    /// No descriptor for another connection: stop polling the listener (one warning per
+    /// episode) until a metrics client leaves; the kernel keeps the waiting connections.
+    fn pause_metrics_listener(&mut self, e: &std::io::Error) {
+        let Some(server) = &mut self.metrics else {
+            return;
+        };
+        let Some(token) = server.listener_token else {
+            return;
+        };
+        if self
+            .sources
+            .modify(server.listener.as_fd(), token, false, false)
+            .is_ok()
+        {
+            server.paused = true;
+            warn!(
+                "accepting a metrics connection: {e}: out of file descriptors; the metrics \
+                 listener waits until a metrics client leaves"
+            );
+        }
+    }
+
+    /// A client left: a paused listener is polled again.
+    fn resume_metrics_listener(&mut self) {
+        let Some(server) = &mut self.metrics else {
+            return;
+        };
+        let (true, Some(token)) = (server.paused, server.listener_token) else {
+            return;
+        };
+        if self
+            .sources
+            .modify(server.listener.as_fd(), token, true, false)
+            .is_ok()
+        {
+            server.paused = false;
+            info!("accepting metrics connections again");
         }
     }
 
@@ -351,6 +405,8 @@ impl Daemon {
     fn drop_metrics_client(&mut self, token: u64) {
         if let Some(client) = self.metrics.as_mut().and_then(|s| s.clients.remove(&token)) {
             self.sources.remove(&client.stream, token);
+            drop(client);
+            self.resume_metrics_listener();
         }
     }
 

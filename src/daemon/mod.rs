@@ -259,13 +259,14 @@ pub fn run(mut opts: Options) -> Result<Ending, DaemonError> {
     let metrics = match opts.metrics_listen {
         None => None,
         Some(addr) => match MetricsServer::bind(addr, opts.metrics_token.clone()) {
-            Ok(server) => {
-                sources
+            Ok(mut server) => {
+                let token = sources
                     .add(server.listener.as_fd(), Source::Metrics, false)
                     .map_err(|e| DaemonError::Os {
                         operation: "registering with epoll",
                         source: e.into(),
                     })?;
+                server.listener_token = Some(token);
                 if opts.metrics_token.is_some() {
                     info!(address = %addr, "serving GET /metrics to the bearer of the token");
                 } else {
