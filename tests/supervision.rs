@@ -576,7 +576,9 @@ fn instances_of_a_template_run_with_their_instance_name() {
     c.launch(&[]);
     for n in ["a", "b"] {
         let unit = format!("echo@{n}");
-        let line = c.wait_log(&format!("{unit}'s greeting"), |l| is_output(l, &unit));
+        // Either instance may print first: search the whole log, not on from the last match.
+        let line =
+            c.wait_count(&format!("{unit}'s greeting"), 1, |l| is_output(l, &unit))[0].clone();
         assert_eq!(
             msg(&line),
             format!("I am {n} of echo@{n} at 100%"),
