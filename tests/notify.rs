@@ -106,25 +106,7 @@ fn a_passed_socket_whose_close_lingers_does_not_stall_corral() {
     // A connection whose peer never reads, its buffers full: closing the last reference to
     // it with SO_LINGER {1, 30s} waits up to 30s for data that will never leave.
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let mut stuck = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-    stuck.set_nonblocking(true).unwrap();
-    let chunk = [0u8; 65536];
-    while stuck.write(&chunk).is_ok() {}
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: LINGER.as_secs() as libc::c_int,
-    };
-    // SAFETY: a valid socket fd and a linger struct of the size passed.
-    let set = unsafe {
-        libc::setsockopt(
-            stuck.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&raw const linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(set, 0, "setting SO_LINGER");
+    let stuck = lingering_connection(&listener, LINGER);
 
     // Passed by root, which may reach any socket: corral must drop it without waiting on it.
     let sender = socket(

@@ -546,11 +546,9 @@ fn token_file(c: &Corral, text: &str, mode: u32) -> String {
     path.to_str().unwrap().to_owned()
 }
 
-#[test]
-fn metrics_listen_with_a_token_file_serves_only_the_bearer_of_the_token() {
-    if !ready() {
-        return;
-    }
+/// corral with one unit, serving /metrics on a free loopback port to the bearer of the token
+/// `s3cret-Token_1` only; returns it and the port, once the unit started.
+fn launch_with_metrics_token() -> (Corral, u16) {
     let mut c = Corral::new();
     c.unit("db", "[exec]\ncommand = [\"sleep\", \"infinity\"]\n");
     let token = token_file(&c, "s3cret-Token_1\n", 0o600);
@@ -558,6 +556,16 @@ fn metrics_listen_with_a_token_file_serves_only_the_bearer_of_the_token() {
     let listen = format!("127.0.0.1:{port}");
     c.launch(&["--metrics-listen", &listen, "--metrics-token-file", &token]);
     c.wait_log("db starts", |l| is_about(l, "db", "started"));
+    (c, port)
+}
+
+#[test]
+fn metrics_listen_with_a_token_file_serves_only_the_bearer_of_the_token() {
+    if !ready() {
+        return;
+    }
+    // Held to the end: dropping it stops corral.
+    let (_corral, port) = launch_with_metrics_token();
     let get = |auth: &str| {
         http(
             port,
@@ -853,13 +861,8 @@ fn idle_connections_of_a_stranger_do_not_lock_the_bearer_out_of_the_metrics_list
     if !ready() {
         return;
     }
-    let mut c = Corral::new();
-    c.unit("db", "[exec]\ncommand = [\"sleep\", \"infinity\"]\n");
-    let token = token_file(&c, "s3cret-Token_1\n", 0o600);
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    c.launch(&["--metrics-listen", &listen, "--metrics-token-file", &token]);
-    c.wait_log("db starts", |l| is_about(l, "db", "started"));
+    // Held to the end: dropping it stops corral.
+    let (_corral, port) = launch_with_metrics_token();
     // More idle connections than the listener takes; each is accepted (or refused) in turn.
     let idle: Vec<TcpStream> = (0..32)
         .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
