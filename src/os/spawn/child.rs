@@ -1063,29 +1063,60 @@ unsafe fn undumpable(report: RawFd) {
 /// # Safety
 /// Child-side only; raw syscalls.
 unsafe fn clear_inheritable_capabilities(report: RawFd) {
+    // SAFETY: child-side raw syscalls, as this function is.
+    unsafe {
+        let (mut header, mut data) = capabilities(report);
+        // Lowering the inheritable set needs no privilege.
+        if data.iter().any(|d| d.inheritable != 0) {
+            for d in &mut data {
+                d.inheritable = 0;
+            }
+            set_capability_sets(report, &mut header, &data);
+        }
+        clear_ambient(report);
+    }
+}
+
+/// The calling thread's capability sets (capget(2), version 3).
+///
+/// # Safety
+/// Child-side only; raw syscalls.
+unsafe fn capabilities(report: RawFd) -> (CapHeader, [CapData; 2]) {
     let mut header = CapHeader {
         version: CAP_VERSION_3,
         pid: 0,
     };
     let mut data = [CapData::default(); 2];
-    // SAFETY: capget/capset read and write the two-element array version 3 defines; lowering
-    // the inheritable set and clearing the ambient one need no privilege.
-    unsafe {
-        if libc::syscall(libc::SYS_capget, &raw mut header, data.as_mut_ptr()) < 0 {
-            fail(report, stage::CAPSET);
-        }
-        if data.iter().any(|d| d.inheritable != 0) {
-            for d in &mut data {
-                d.inheritable = 0;
-            }
-            if libc::syscall(libc::SYS_capset, &raw mut header, data.as_ptr()) < 0 {
-                fail(report, stage::CAPSET);
-            }
-        }
-        let clear = libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong;
-        if libc::prctl(libc::PR_CAP_AMBIENT, clear, 0, 0, 0) < 0 {
-            fail(report, stage::AMBIENT);
-        }
+    // SAFETY: capget writes the two-element array version 3 defines.
+    if unsafe { libc::syscall(libc::SYS_capget, &raw mut header, data.as_mut_ptr()) } < 0 {
+        // SAFETY: child-side, as this function is.
+        unsafe { fail(report, stage::CAPSET) };
+    }
+    (header, data)
+}
+
+/// capset(2) of `data`, the header `capabilities` gave.
+///
+/// # Safety
+/// Child-side only; raw syscalls.
+unsafe fn set_capability_sets(report: RawFd, header: &mut CapHeader, data: &[CapData; 2]) {
+    // SAFETY: capset reads the two-element array version 3 defines.
+    if unsafe { libc::syscall(libc::SYS_capset, header as *mut CapHeader, data.as_ptr()) } < 0 {
+        // SAFETY: child-side, as this function is.
+        unsafe { fail(report, stage::CAPSET) };
+    }
+}
+
+/// Empties the ambient set.
+///
+/// # Safety
+/// Child-side only; raw syscalls.
+unsafe fn clear_ambient(report: RawFd) {
+    let clear = libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong;
+    // SAFETY: a prctl that takes no pointers.
+    if unsafe { libc::prctl(libc::PR_CAP_AMBIENT, clear, 0, 0, 0) } < 0 {
+        // SAFETY: child-side, as this function is.
+        unsafe { fail(report, stage::AMBIENT) };
     }
 }
 
@@ -1130,29 +1161,17 @@ unsafe fn drop_bounding_set(report: RawFd, keep: u64, last: u32) {
 /// # Safety
 /// Child-side only; raw syscalls.
 unsafe fn set_capabilities(report: RawFd, keep: u64, last: u32) {
-    let mut header = CapHeader {
-        version: CAP_VERSION_3,
-        pid: 0,
-    };
-    let mut data = [CapData::default(); 2];
-    // SAFETY: capget/capset read and write the two-element array version 3 defines.
+    // SAFETY: child-side raw syscalls, as this function is.
     unsafe {
-        if libc::syscall(libc::SYS_capget, &raw mut header, data.as_mut_ptr()) < 0 {
-            fail(report, stage::CAPSET);
-        }
+        let (mut header, mut data) = capabilities(report);
         for (i, d) in data.iter_mut().enumerate() {
             let keep = (keep >> (32 * i)) as u32;
             d.permitted &= keep;
             d.effective = d.permitted;
             d.inheritable = d.permitted;
         }
-        if libc::syscall(libc::SYS_capset, &raw mut header, data.as_ptr()) < 0 {
-            fail(report, stage::CAPSET);
-        }
-        let clear = libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong;
-        if libc::prctl(libc::PR_CAP_AMBIENT, clear, 0, 0, 0) < 0 {
-            fail(report, stage::AMBIENT);
-        }
+        set_capability_sets(report, &mut header, &data);
+        clear_ambient(report);
         for cap in 0..=last.min(63) {
             let held = data[(cap / 32) as usize].permitted & (1 << (cap % 32)) != 0;
             let raise = libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong;
