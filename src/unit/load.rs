@@ -277,17 +277,7 @@ fn unit_files(dir: &Path, diagnostics: &mut Vec<Diagnostic>) -> Result<UnitFiles
     })?;
     let mut files = BTreeMap::new();
     let mut drop_in_dirs = BTreeMap::new();
-    for entry in entries {
-        let entry = match entry {
-            Ok(entry) => entry,
-            Err(e) => {
-                diagnostics.push(Diagnostic::error(
-                    dir,
-                    format!("cannot read units directory: {e}"),
-                ));
-                continue;
-            }
-        };
+    for entry in readable_entries(entries, dir, "units directory", diagnostics) {
         let file_name = entry.file_name();
         let path = dir.join(&file_name);
         let Some(file_name) = file_name.to_str() else {
@@ -351,6 +341,24 @@ fn unit_files(dir: &Path, diagnostics: &mut Vec<Diagnostic>) -> Result<UnitFiles
     })
 }
 
+/// The entries of `dir` that could be read; each that could not is an error naming `what`.
+fn readable_entries(
+    entries: fs::ReadDir,
+    dir: &Path,
+    what: &str,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Vec<fs::DirEntry> {
+    entries
+        .filter_map(|entry| {
+            entry
+                .map_err(|e| {
+                    diagnostics.push(Diagnostic::error(dir, format!("cannot read {what}: {e}")))
+                })
+                .ok()
+        })
+        .collect()
+}
+
 /// The `*.toml` files of a drop-in directory, in the byte order of their names (the order
 /// they merge in), leftovers skipped as in the units directory.
 fn drop_in_files(dir: &Path, diagnostics: &mut Vec<Diagnostic>) -> Vec<PathBuf> {
@@ -365,17 +373,7 @@ fn drop_in_files(dir: &Path, diagnostics: &mut Vec<Diagnostic>) -> Vec<PathBuf> 
         }
     };
     let mut out = Vec::new();
-    for entry in entries {
-        let entry = match entry {
-            Ok(entry) => entry,
-            Err(e) => {
-                diagnostics.push(Diagnostic::error(
-                    dir,
-                    format!("cannot read drop-in directory: {e}"),
-                ));
-                continue;
-            }
-        };
+    for entry in readable_entries(entries, dir, "drop-in directory", diagnostics) {
         let path = dir.join(entry.file_name());
         match entry.file_name().to_str() {
             None => {
