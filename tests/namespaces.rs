@@ -734,20 +734,22 @@ echo "uid=$(id -u)""#;
     );
 }
 
-/// Waits until `unit` has either printed `ready` (`Ok`) or logged a line naming `needle`, its
-/// failed start (`Err` with that line's message).
 fn cstr(path: &Path) -> std::ffi::CString {
     std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap()
 }
 
+/// Waits until `unit` has either printed `ready` (`Ok`) or logged a line naming `needle`, its
+/// failed start (`Err` with that line's message). The whole log is searched, not only what
+/// follows the last match: several units start at once, and their lines come in any order.
 fn ready_or_failure(c: &mut Corral, unit: &str, needle: &str) -> Result<(), String> {
-    let line = c.wait_log(&format!("{unit} ready or failed"), |l| {
+    let lines = c.wait_count(&format!("{unit} ready or failed"), 1, |l| {
         (is_output(l, unit) && msg(l) == "ready") || is_about(l, unit, needle)
     });
-    if is_output(&line, unit) {
+    let line = &lines[0];
+    if is_output(line, unit) {
         Ok(())
     } else {
-        Err(msg(&line).to_owned())
+        Err(msg(line).to_owned())
     }
 }
 
