@@ -107,6 +107,10 @@ pub struct LastExit {
     pub core_dumped: bool,
     #[serde(skip_serializing_if = "is_false", default)]
     pub oom: bool,
+    /// The main process was not corral's child (named by `MAINPID=`) and another process
+    /// reaped it: it ended, with neither code nor signal known.
+    #[serde(skip_serializing_if = "is_false", default)]
+    pub status_unknown: bool,
     /// corral ended the run itself: `start-timeout`, `health` or `watchdog`.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub reason: Option<String>,

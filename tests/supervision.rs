@@ -653,8 +653,7 @@ fn a_unit_cannot_read_a_root_only_file_through_an_env_file_it_can_swap() {
 }
 
 /// A unit's main process names one of its children with `MAINPID=`, then reaps that child
-/// itself and goes on: corral, which sees the exit only of its own children and of orphans,
-/// never learns that its main process is gone.
+/// itself and goes on: no waitpid of corral's ever sees that main process end.
 const DEAD_MAIN: &str = r#"
 import os, socket, subprocess
 child = subprocess.Popen(["sleep", "0.2"])
@@ -665,16 +664,12 @@ print(f"reaped={child.pid}", flush=True)
 os.execvp("sleep", ["sleep", "600"])
 "#;
 
-/// Ignored: fails today. After the step above the unit shows `running` with a pid that no
-/// longer exists (which the kernel may give any process next: exec probes enter the namespaces
-/// of /proc/PID), its restart policy never sees the end of its main process, and `stop` never
-/// answers: the unit stays `stopping` with an empty cgroup until corral exits. The fix: hold a
-/// pidfd for a main process that is not corral's child (pidfd_open when MAINPID= is accepted,
-/// watched by the loop; readable = exited, status unknown, as systemd reports it), enter a
-/// unit's namespaces through that pidfd (setns(2) takes one since Linux 5.8), and treat the
-/// unit's cgroup becoming empty as the end of its main process.
+/// Without a pidfd corral would show `running` with a pid that no longer exists (which the
+/// kernel may give any process next: exec probes enter the namespaces of /proc/PID), the
+/// restart policy would never see the end of the main process, and `stop` would never answer.
+/// corral holds a pidfd of a main process named by MAINPID= (os/pidfd.rs): its end is seen, with
+/// no status, as systemd reports it.
 #[test]
-#[ignore = "a main process named by MAINPID= and reaped by the unit is never seen to exit"]
 fn a_main_process_named_by_mainpid_and_reaped_by_the_unit_is_seen_to_exit() {
     if !require_root() {
         return;
@@ -689,10 +684,17 @@ fn a_main_process_named_by_mainpid_and_reaped_by_the_unit_is_seen_to_exit() {
         ),
     );
     c.launch(&[]);
-    let line = c.wait_log("the child reaped by the unit", |l| {
-        is_output(l, "liar") && msg(l).starts_with("reaped=")
+    let named = c.wait_count("the named main process", 1, |l| {
+        is_about(l, "liar", "main process is now pid")
     });
-    let gone: i32 = msg(&line).trim_start_matches("reaped=").parse().unwrap();
+    let gone: i32 = msg(&named[0])
+        .trim_start_matches("main process is now pid ")
+        .trim_end_matches(" (MAINPID=)")
+        .parse()
+        .unwrap();
+    c.wait_count("the end of the named main process", 1, |l| {
+        is_about(l, "liar", "status unknown")
+    });
     assert!(!Path::new(&format!("/proc/{gone}")).exists());
     let status = c.status("liar");
     assert_ne!(
@@ -700,6 +702,18 @@ fn a_main_process_named_by_mainpid_and_reaped_by_the_unit_is_seen_to_exit() {
         Some(i64::from(gone)),
         "corral shows a main process that is gone: {status}"
     );
-    // And `stop` answers (bounded by the harness) once the unit's processes are gone.
+    // Not known to be a clean exit: with policy never, the unit failed, and says why.
+    assert_eq!(status["state"], "failed", "{status}");
+    assert_eq!(
+        status["last_exit"],
+        json!({"status_unknown": true}),
+        "{status}"
+    );
+    assert_eq!(status["last_exit_status"], 255, "{status}");
+    assert!(
+        c.cli(&["status", "liar"]).stdout.contains("status unknown"),
+        "the text status says how the run ended"
+    );
+    // And `stop` answers (bounded by the harness): the unit's leftovers were killed.
     c.ok(&["stop", "liar"]);
 }

@@ -23,6 +23,7 @@ fn last_exit_text(exit: &LastExit) -> String {
     let mut text = match (&exit.code, &exit.signal) {
         (Some(code), _) => format!("code {code}"),
         (None, Some(signal)) => signal.clone(),
+        (None, None) if exit.status_unknown => "status unknown".to_owned(),
         (None, None) => "-".to_owned(),
     };
     if exit.core_dumped {

@@ -12,6 +12,9 @@ pub enum Termination {
         signal: i32,
         core_dumped: bool,
     },
+    /// It ended as a child of another process, which reaped it: a main process named by
+    /// `MAINPID=` that is not corral's child. Its pidfd said it ended; nothing says how.
+    Unknown,
 }
 
 /// One end of a main process: the kernel's word plus whether the unit's OOM counter moved.
@@ -49,7 +52,8 @@ impl ExitReport {
     pub fn is_success(&self, success_exit_codes: &[i32]) -> bool {
         match self.termination {
             Termination::Exited(code) => !self.oom && success_exit_codes.contains(&code),
-            Termination::Signaled { .. } => false,
+            // Not known to be clean: `on-failure` restarts a daemon that vanished.
+            Termination::Signaled { .. } | Termination::Unknown => false,
         }
     }
 
@@ -58,6 +62,8 @@ impl ExitReport {
         match self.termination {
             Termination::Exited(code) => code,
             Termination::Signaled { signal, .. } => 128 + signal,
+            // What a shell reports for a status it could not learn.
+            Termination::Unknown => 255,
         }
     }
 }
@@ -74,6 +80,9 @@ impl std::fmt::Display for ExitReport {
                 if core_dumped {
                     f.write_str(" (core dumped)")?;
                 }
+            }
+            Termination::Unknown => {
+                f.write_str("ended, status unknown (it was not corral's child)")?
             }
         }
         if self.oom {
@@ -168,6 +177,10 @@ mod tests {
         let fail = ExitReport::code(1);
         let listed = ExitReport::code(3);
         let killed = ExitReport::signal(Signal::SIGKILL);
+        let vanished = ExitReport {
+            termination: Termination::Unknown,
+            oom: false,
+        };
         let codes = [0, 3];
         // (policy, exit, restarts?)
         let table = [
@@ -179,16 +192,20 @@ mod tests {
             (OnFailure, fail, true),
             (OnFailure, killed, true),
             (OnFailure, oom_kill(), true),
+            (OnFailure, vanished, true),
             (OnAbnormal, ok, false),
             (OnAbnormal, fail, false),
             (OnAbnormal, killed, true),
             (OnAbnormal, oom_kill(), true),
+            (OnAbnormal, vanished, false),
             (OnOom, fail, false),
             (OnOom, killed, false),
             (OnOom, oom_kill(), true),
             (Always, ok, true),
             (Always, fail, true),
             (Always, oom_kill(), true),
+            (Never, vanished, false),
+            (OnOom, vanished, false),
         ];
         for (policy, exit, want) in table {
             assert_eq!(

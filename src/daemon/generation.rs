@@ -4,7 +4,8 @@
 //! memory-event fds that report its OOM kills and memory-high crossings, and (v2) the
 //! `cgroup.events` watch that wakes the loop when its cgroup empties. The exec report goes
 //! when it is read; the memory events when the main process ends (what comes after is the
-//! next run's); the rest when the next run begins, when its start fails, or when the unit is
+//! next run's); a pidfd of a main process named by `MAINPID=` (corral is not its parent, so only
+//! the pidfd tells when it ends) when it ends or another is named; the rest when the next run begins, when its start fails, or when the unit is
 //! forgotten. Output pipes are not here on purpose: they outlive the run until their EOF, so
 //! that what a leftover process writes still reaches the log (daemon/mod.rs, `Pipe`).
 
@@ -24,6 +25,8 @@ struct Generation {
     exec_report: Option<(Token, OwnedFd)>,
     memory_events: Vec<(Token, OwnedFd)>,
     populated: Option<(Token, OwnedFd)>,
+    /// A main process named by `MAINPID=`: its pid and pidfd.
+    named_main: Option<(i32, Token, OwnedFd)>,
 }
 
 /// Every unit's current run.
@@ -43,6 +46,7 @@ impl Generations {
                 exec_report: None,
                 memory_events: Vec::new(),
                 populated: None,
+                named_main: None,
             },
         );
     }
@@ -133,6 +137,38 @@ impl Generations {
         }
     }
 
+    /// Watches `pidfd`, of the main process `pid` that `MAINPID=` named, instead of any
+    /// earlier one.
+    pub(super) fn watch_named_main(
+        &mut self,
+        sources: &mut Sources,
+        unit: &UnitName,
+        pid: i32,
+        pidfd: OwnedFd,
+    ) {
+        let Some(run) = self.runs.get_mut(unit) else {
+            return;
+        };
+        if let Some((_, token, fd)) = run.named_main.take() {
+            sources.remove(&fd, token);
+        }
+        let source = Source::NamedMain { unit: unit.clone() };
+        if let Ok(token) = sources.add(pidfd.as_fd(), source, false) {
+            run.named_main = Some((pid, token, pidfd));
+        }
+    }
+
+    /// Takes the named main process's pidfd out of the epoll set: its pid and pidfd.
+    pub(super) fn take_named_main(
+        &mut self,
+        sources: &mut Sources,
+        unit: &UnitName,
+    ) -> Option<(i32, OwnedFd)> {
+        let (pid, token, fd) = self.runs.get_mut(unit)?.named_main.take()?;
+        sources.remove(&fd, token);
+        Some((pid, fd))
+    }
+
     /// Empties the memory-event or `cgroup.events` fd behind `token`, so that level-triggered
     /// epoll does not wake again for the same event. False if the run no longer has it.
     pub(super) fn drain(&self, unit: &UnitName, token: Token) -> bool {
@@ -164,12 +200,14 @@ impl Generations {
             exec_report,
             memory_events,
             populated,
+            named_main,
             ..
         } = run;
         for (token, fd) in exec_report
             .into_iter()
             .chain(memory_events)
             .chain(populated)
+            .chain(named_main.map(|(_, token, fd)| (token, fd)))
         {
             sources.remove(&fd, token);
         }

@@ -498,6 +498,27 @@ impl Daemon {
         self.feed(Input::Exited { pid, exit }, now);
     }
 
+    /// The pidfd of a main process that `MAINPID=` named became readable: it ended. One that
+    /// is corral's to reap (its child, or an orphan given to corral) is left to step 3, which
+    /// learns its status; one that another process reaped ends the run with no status.
+    fn named_main_ended(&mut self, unit: &UnitName, now: Instant) {
+        let Some((pid, pidfd)) = self.generations.take_named_main(&mut self.sources, unit) else {
+            return;
+        };
+        match crate::os::pidfd::ended(&pidfd) {
+            crate::os::pidfd::Ended::ToReap => {}
+            crate::os::pidfd::Ended::Elsewhere => {
+                if self.sup.unit_of_pid(pid) == Some(unit) {
+                    self.on_reaped(pid, Termination::Unknown, now);
+                }
+            }
+            crate::os::pidfd::Ended::Running => {
+                self.generations
+                    .watch_named_main(&mut self.sources, unit, pid, pidfd);
+            }
+        }
+    }
+
     /// Step 4: the stops that can end now, or must be given up.
     fn settle_stops(&mut self, now: Instant) {
         self.feed_empty_units(now);
@@ -613,6 +634,7 @@ impl Daemon {
                 }
             }
             Source::ExecReport { unit } => self.settle_exec_report(&unit, Instant::now()),
+            Source::NamedMain { unit } => self.named_main_ended(&unit, Instant::now()),
             Source::Pipe => self.read_pipe(token),
             Source::Closers => self.readiness.on_closer_wake(&self.sources),
             Source::Notify { unit } => self.drain_notify(&unit, Instant::now()),

@@ -16,6 +16,7 @@ use crate::core::supervisor::Input;
 use crate::os::fd_closer::{Closer, CloserWake};
 use crate::os::namespaces;
 use crate::os::notify::{Datagram, NotifyDir, NotifySocket, SCM_MAX_FD};
+use crate::os::pidfd;
 use crate::os::probe::{NetProbe, Progress};
 use crate::os::spawn;
 use crate::proto::Stream;
@@ -396,8 +397,15 @@ impl Daemon {
             return;
         }
         let mut message = NotifyMessage::parse(&datagram.bytes);
+        let mut named = None;
         if let Some(claimed) = message.main_pid {
-            message.main_pid = self.main_pid_claim(unit, pid, claimed, now);
+            message.main_pid = self
+                .main_pid_claim(unit, pid, claimed, now)
+                .and_then(|main| self.pin_main_pid(unit, main, now).map(|fd| (main, fd)))
+                .map(|(main, fd)| {
+                    named = Some((main, fd));
+                    main
+                });
         }
         debug!(unit = %unit, pid, "notify: {}", String::from_utf8_lossy(&datagram.bytes).escape_debug());
         if !message.is_empty() {
@@ -408,6 +416,34 @@ impl Daemon {
                 },
                 now,
             );
+        }
+        // Corral is not the new main process's parent: only its pidfd says when it ends.
+        if let Some((main, pidfd)) = named
+            && self.sup.get(unit).and_then(|(_, rt)| rt.pid) == Some(main)
+        {
+            self.generations
+                .watch_named_main(&mut self.sources, unit, main, pidfd);
+        }
+    }
+
+    /// A pidfd of `main`, taken before it becomes the unit's main process, and proof that the
+    /// process it names is the unit's: a pid checked before the pidfd was opened could have
+    /// ended and been given to another process in between, but not one checked after.
+    fn pin_main_pid(&mut self, unit: &UnitName, main: i32, now: Instant) -> Option<OwnedFd> {
+        match pidfd::open(main) {
+            Ok(fd) if self.belongs_to(unit, main) => Some(fd),
+            Ok(_) => {
+                self.refuse(unit, now, || {
+                    format!("ignoring MAINPID={main}: it ended before it could be watched")
+                });
+                None
+            }
+            Err(e) => {
+                self.refuse(unit, now, || {
+                    format!("ignoring MAINPID={main}: it cannot be watched: {e}")
+                });
+                None
+            }
         }
     }
 

@@ -34,6 +34,8 @@ pub(super) enum Source {
     MemoryEvents { unit: UnitName },
     /// A unit's `cgroup.events` (v2): a wake to look for units that became empty.
     Populated { unit: UnitName },
+    /// The pidfd of a unit's main process named by `MAINPID=`: readable when it ended.
+    NamedMain { unit: UnitName },
     /// A control client.
     Client,
     /// A `GET /metrics` connection.

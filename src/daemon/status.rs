@@ -138,6 +138,7 @@ pub fn last_exit(exit: &ExitReport) -> LastExit {
             signal: None,
             core_dumped: false,
             oom: exit.oom,
+            status_unknown: false,
             reason: None,
         },
         Termination::Signaled {
@@ -148,6 +149,15 @@ pub fn last_exit(exit: &ExitReport) -> LastExit {
             signal: Some(crate::core::exit::signal_name(signal)),
             core_dumped,
             oom: exit.oom,
+            status_unknown: false,
+            reason: None,
+        },
+        Termination::Unknown => LastExit {
+            code: None,
+            signal: None,
+            core_dumped: false,
+            oom: exit.oom,
+            status_unknown: true,
             reason: None,
         },
     }

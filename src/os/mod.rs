@@ -6,6 +6,7 @@ pub mod fd_closer;
 pub mod namespaces;
 pub mod notify;
 pub mod pid1;
+pub mod pidfd;
 pub mod poller;
 pub mod probe;
 pub mod process_group;
