@@ -20,11 +20,13 @@ use nix::sys::socket::{
 };
 
 /// The `NOTIFY_SOCKET` a unit printed as `socket=...` on its first line.
+/// The first `socket=` line of `unit`, looked for in the whole log: units print theirs in any
+/// order, and a unit keeps its socket across restarts.
 fn notify_socket_of(c: &mut Corral, unit: &str) -> String {
-    let line = c.wait_log(&format!("{unit}'s NOTIFY_SOCKET"), |l| {
+    let lines = c.wait_count(&format!("{unit}'s NOTIFY_SOCKET"), 1, |l| {
         is_output(l, unit) && msg(l).starts_with("socket=")
     });
-    msg(&line).trim_start_matches("socket=").to_owned()
+    msg(&lines[0]).trim_start_matches("socket=").to_owned()
 }
 
 /// `NOTIFY_SOCKET` as sd_notify reads it: `@name` is abstract, anything else a path.
@@ -374,15 +376,12 @@ fn lingering_connection(listener: &TcpListener, linger: Duration) -> TcpStream {
     stuck
 }
 
-/// Ignored: passes only where corral may raise its hard open-files limit (CAP_SYS_RESOURCE,
-/// which a host's init has); without it the closers' shared budget (a quarter of 4096) is taken
-/// by two units and the victim's READY=1 is never read. The fix for that case: a closer moves
-/// each batch out of corral's descriptor table before it closes anything (sendmsg with
-/// SCM_RIGHTS into a socketpair of its own, then the now non-final closes), so a blocked close
-/// holds no descriptor slot, and only the unit's own closer waits (docs/operations.md,
-/// "Notify sockets").
+/// Where corral may not raise its hard open-files limit (no CAP_SYS_RESOURCE, as here under
+/// `ulimit -Hn 4096`), the closers' shared budget is a quarter of 4096, and two units holding
+/// 506 fds each in stuck closers would fill it: every unit's socket would go unread. A closer
+/// parks each batch in a socket pair's queue before it closes its copies (os/fd_closer.rs), so
+/// a blocked last close holds no slot of corral's table, and only the unit's own socket waits.
 #[test]
-#[ignore = "needs CAP_SYS_RESOURCE, or closers that hold no descriptor slots while blocked"]
 fn two_units_whose_closers_are_stuck_do_not_pause_every_other_units_notify_socket() {
     if !require_root() || !require_systemd_notify() {
         return;
@@ -449,7 +448,7 @@ fn two_units_whose_closers_are_stuck_do_not_pause_every_other_units_notify_socke
     drop(stuck);
     let me = std::process::id();
     for unit in ["hostile-a", "hostile-b"] {
-        c.wait_log("the refusal", |l| {
+        c.wait_count("the refusal", 1, |l| {
             is_about(l, unit, &format!("ignoring a notify message from pid {me}"))
         });
     }

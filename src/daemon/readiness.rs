@@ -28,13 +28,13 @@ use super::sources::{Source, Sources, Token};
 /// Datagrams read from one notify socket per wake, so one chatty unit cannot hold the loop;
 /// level-triggered epoll brings the loop back for the rest after the others had their turn.
 const DATAGRAMS_PER_WAKE: usize = 32;
-/// Descriptors a unit may have passed that its closer has not closed yet. A socket is read
-/// only while one more full message (SCM_MAX_FD) fits, so corral holds at most this many
-/// per unit; the rest wait in the kernel, charged to the sender.
+/// Descriptors a unit may have passed whose last close has not happened yet (parked or not;
+/// os/fd_closer.rs). A socket is read only while one more full message (SCM_MAX_FD) fits, so
+/// corral holds at most this many per unit; the rest wait in the kernel, charged to the sender.
 const FDS_IN_FLIGHT_PER_UNIT: usize = 2 * SCM_MAX_FD;
-/// All units together may have this share of corral's RLIMIT_NOFILE in flight, so the
-/// kernel always has room to install what a message carries (what it cannot install, it
-/// closes itself in the receiving thread).
+/// The closers' copies not yet parked, all units' together, may take this share of corral's
+/// RLIMIT_NOFILE, so the kernel always has room to install what a message carries (what it
+/// cannot install, it closes itself in the receiving thread).
 const FDS_IN_FLIGHT_SHARE: u64 = 4;
 
 /// A TCP or HTTP probe waiting on its socket.
