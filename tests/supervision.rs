@@ -607,15 +607,13 @@ fn instances_of_a_template_run_with_their_instance_name() {
     assert_eq!(names, ["echo@a", "echo@b"]);
 }
 
-/// Ignored: reproduces a confused deputy that the docs now state as a limit. corral reads a
-/// unit's env-file as root, following symlinks, as systemd's manager does; so a unit whose user
-/// can replace its env-file (it sits in the user's own directory) reads through corral any
-/// root-only file of `KEY=VALUE` lines, another unit's secrets for one. The fix, if wanted: an
-/// env-file that the unit's user could have swapped (a directory on its path, as named or as
-/// resolved, writable by someone other than root and corral's user, or a symlink of theirs) is
-/// read only when it belongs to the unit's host uid; else the start fails naming the path.
+/// A confused deputy: corral reads a unit's env-file as root, following symlinks, as
+/// systemd's manager does; so a unit whose user can replace its env-file (it sits in the user's
+/// own directory) would read through corral any root-only file of `KEY=VALUE` lines, another
+/// unit's secrets for one. Such a path is read only if the unit's user may read what it names;
+/// a root-only secret on a path only root controls is still read for the unit (the point of
+/// env-files).
 #[test]
-#[ignore = "a unit that can swap its env-file reads root-only files through corral"]
 fn a_unit_cannot_read_a_root_only_file_through_an_env_file_it_can_swap() {
     if !require_root() {
         return;
@@ -641,15 +639,45 @@ fn a_unit_cannot_read_a_root_only_file_through_an_env_file_it_can_swap() {
             toml_str(env.to_str().unwrap())
         ),
     );
+    // The same user's unit whose env-file is root's, in a directory only root can write.
+    let secrets = c.root().join("secrets");
+    std::fs::create_dir(&secrets).unwrap();
+    std::fs::set_permissions(
+        &secrets,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    let own = secrets.join("app.env");
+    std::fs::write(&own, "DB_PASSWORD=its-own\n").unwrap();
+    std::fs::set_permissions(&own, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    c.unit(
+        "owner",
+        &format!(
+            "[exec]\ncommand = [\"sh\", \"-c\", \"echo got=$DB_PASSWORD; exec sleep 600\"]\n\
+             user = \"nobody\"\nenv-file = {}\n[restart]\npolicy = \"never\"\n",
+            toml_str(own.to_str().unwrap())
+        ),
+    );
     c.launch(&[]);
-    let outcome = c.wait_log("the start or its refusal", |l| {
+    let outcome = c.wait_count("the thief's start or its refusal", 1, |l| {
         (is_output(l, "thief") && msg(l).starts_with("got=")) || is_about(l, "thief", "env-file")
     });
     assert_ne!(
-        msg(&outcome),
+        msg(&outcome[0]),
         "got=hunter2",
         "the unit read a root-only file"
     );
+    let status = c.status("thief");
+    assert_eq!(status["state"], "failed", "{status}");
+    let error = status["error"].as_str().unwrap_or("");
+    assert!(
+        error.contains(env.to_str().unwrap()) && error.contains("owned by uid 65534"),
+        "the refusal names the path and why: {status}"
+    );
+    let owner = c.wait_count("the owner's secret", 1, |l| {
+        is_output(l, "owner") && msg(l).starts_with("got=")
+    });
+    assert_eq!(msg(&owner[0]), "got=its-own");
 }
 
 /// A unit's main process names one of its children with `MAINPID=`, then reaps that child

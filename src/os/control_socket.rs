@@ -3,7 +3,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
@@ -11,6 +11,8 @@ use nix::sys::socket::{
     AddressFamily, Backlog, SockFlag, SockType, UnixAddr, getsockopt, sockopt::PeerCredentials,
 };
 use nix::unistd::{Gid, chown};
+
+use crate::os::owned_path::{self, Leaf, Unowned};
 
 /// include/uapi/asm-generic/socket.h: the peer's supplementary groups as they were at
 /// connect(2) (Linux 4.13).
@@ -151,54 +153,19 @@ pub fn bind(path: &Path, group: Option<Gid>) -> Result<(UnixListener, bool), Soc
     Ok((listener, refuses_fds))
 }
 
-/// As sshd checks the directories of its files: the socket's directory must be owned by root
-/// or corral's user and writable by no one else; every directory above it must be owned by root
-/// or corral's user, and writable by others only with the sticky bit (as /tmp), where nobody
-/// else can rename or remove what is ours. Both the directories the path names and those it
-/// resolves to: a symlink on the way is only as safe as the directory it sits in, whose owner
-/// can point it elsewhere at any time. The notify sockets' directory is held to the same.
+/// The socket's directory must be root's and corral's alone (os/owned_path.rs): writable by
+/// no one else, and every directory above it, as named and as resolved, owned by root or
+/// corral's user and writable by others only with the sticky bit. The notify sockets'
+/// directory is held to the same.
 pub fn check_directory(dir: &Path, own_uid: u32) -> Result<(), SocketError> {
-    let real = std::fs::canonicalize(dir).map_err(io_err("resolving", dir))?;
-    let named = std::path::absolute(dir).map_err(io_err("resolving", dir))?;
-    let unsafe_dir = |dir: &Path, why: String| SocketError::UnsafeDirectory {
-        dir: dir.to_owned(),
-        why,
-    };
-    // A symlink among them is someone's to replace (even in a sticky directory): its owner's.
-    for link in named.ancestors() {
-        if let Ok(meta) = std::fs::symlink_metadata(link)
-            && meta.file_type().is_symlink()
-            && meta.uid() != 0
-            && meta.uid() != own_uid
-        {
-            return Err(unsafe_dir(
-                link,
-                format!("is a symbolic link owned by uid {}", meta.uid()),
-            ));
-        }
-    }
-    let named = named.ancestors().enumerate().skip(1);
-    for (depth, component) in real.ancestors().enumerate().chain(named) {
-        let meta = std::fs::metadata(component).map_err(io_err("inspecting", component))?;
-        let shown = if depth == 0 { dir } else { component };
-        if meta.uid() != 0 && meta.uid() != own_uid {
-            return Err(unsafe_dir(shown, format!("is owned by uid {}", meta.uid())));
-        }
-        let mode = meta.mode();
-        let others_write = mode & 0o022 != 0;
-        if others_write && (depth == 0 || mode & 0o1000 == 0) {
-            let what = if depth == 0 {
-                "the socket's directory"
-            } else {
-                "a directory above the socket"
-            };
-            return Err(unsafe_dir(
-                shown,
-                format!("({what}) has mode {:o}, writable by others", mode & 0o7777),
-            ));
-        }
-    }
-    Ok(())
+    owned_path::check(dir, own_uid, Leaf::Directory).map_err(|e| match e {
+        Unowned::Other { path, why } => SocketError::UnsafeDirectory { dir: path, why },
+        Unowned::Io { path, source } => SocketError::Io {
+            operation: "inspecting",
+            path,
+            source,
+        },
+    })
 }
 
 /// Removes a socket nobody answers on; anything else at `path` is left alone and refused.

@@ -5,6 +5,7 @@ pub mod control_socket;
 pub mod fd_closer;
 pub mod namespaces;
 pub mod notify;
+pub mod owned_path;
 pub mod pid1;
 pub mod pidfd;
 pub mod poller;

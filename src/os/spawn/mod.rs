@@ -13,6 +13,7 @@ use nix::sys::stat::Mode;
 use nix::unistd::pipe2;
 
 use crate::os::cgroup::Join;
+use crate::os::owned_path::{self, Leaf};
 use crate::unit::{Credentials, Exec, IdMapEntry, Namespaces, Sandbox};
 
 /// An environment variable that, given empty, `spawn` sets to the command's own pid (as the
@@ -98,11 +99,61 @@ pub fn ids_changes_leave_processes_dumpable() -> bool {
 /// An env file larger than this is refused: it is read into memory at every start.
 const MAX_ENV_FILE: u64 = 1 << 20;
 
+/// The host ids a unit's env-files are read for, when they are not corral's own: corral reads
+/// a file the unit's user could have put in place only if that user could read it too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvReader {
+    pub uid: u32,
+    /// Its primary and supplementary groups on the host (none known in a user namespace).
+    pub gids: Vec<u32>,
+}
+
+impl EnvReader {
+    /// The unit's reader, or None when the unit runs as corral's own user.
+    pub fn of(ns: &Namespaces, who: Option<&Credentials>) -> Option<EnvReader> {
+        let uid = host_uid(ns, who);
+        if uid == nix::unistd::geteuid().as_raw() {
+            return None;
+        }
+        let gids = match who {
+            Some(c) if !ns.user => std::iter::once(c.gid).chain(c.groups.iter().copied()),
+            _ => {
+                return Some(EnvReader {
+                    uid,
+                    gids: Vec::new(),
+                });
+            }
+        };
+        Some(EnvReader {
+            uid,
+            gids: gids.collect(),
+        })
+    }
+
+    /// Whether the permission bits let this reader read the file (ACLs are not consulted: a
+    /// file readable only through one is refused, with the reason).
+    fn may_read(&self, meta: &std::fs::Metadata) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let mode = meta.mode();
+        if meta.uid() == self.uid {
+            mode & 0o400 != 0
+        } else if self.gids.contains(&meta.gid()) {
+            mode & 0o040 != 0
+        } else {
+            mode & 0o004 != 0
+        }
+    }
+}
+
 /// The variables of the unit's `env-file`s, later files winning, read now (in corral, before
 /// the fork: the child may only make raw syscalls). systemd reads EnvironmentFile= the same way,
-/// as the manager, at each start.
+/// as the manager, at each start. For a unit of another user (`reader`), a file whose path that
+/// user, or anyone but root and corral's user, could change is read only if the unit's user may
+/// read it itself: else a unit that can swap its env-file for a symlink would read, through
+/// corral, any root-only file of `KEY=VALUE` lines (docs/units.md, "Env files").
 pub fn env_file_vars(
     files: &[crate::unit::EnvFile],
+    reader: Option<&EnvReader>,
 ) -> Result<std::collections::BTreeMap<String, String>, SpawnError> {
     let mut vars = std::collections::BTreeMap::new();
     for file in files {
@@ -110,7 +161,7 @@ pub fn env_file_vars(
             path: crate::escape::path(&file.path),
             problem,
         };
-        let text = match read_env_file(&file.path) {
+        let text = match read_env_file(&file.path, reader) {
             Ok(text) => text,
             Err(e) if file.optional && e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(fail(e.to_string())),
@@ -130,7 +181,9 @@ pub fn env_file_vars(
 
 /// Reads a regular file of at most `MAX_ENV_FILE` bytes without ever blocking: O_NONBLOCK so a
 /// FIFO put in its place cannot stall the event loop at open, and only regular files are read.
-fn read_env_file(path: &Path) -> std::io::Result<Vec<u8>> {
+/// For a `reader`, what the path names is checked after the open, on the file opened: a swap
+/// between the check of the path and the open finds an unowned path, or a file it may read.
+fn read_env_file(path: &Path, reader: Option<&EnvReader>) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     let file = std::fs::OpenOptions::new()
@@ -140,6 +193,18 @@ fn read_env_file(path: &Path) -> std::io::Result<Vec<u8>> {
     let meta = file.metadata()?;
     if !meta.is_file() {
         return Err(std::io::Error::other("not a regular file"));
+    }
+    if let Some(reader) = reader
+        && !reader.may_read(&meta)
+    {
+        let own = nix::unistd::geteuid().as_raw();
+        if let Err(unowned) = owned_path::check(path, own, Leaf::File) {
+            return Err(std::io::Error::other(format!(
+                "the unit's user (uid {}) may not read it, and corral reads it for them only \
+                 where nobody but root and corral's user can change what the path names: {unowned}",
+                reader.uid
+            )));
+        }
     }
     if meta.len() > MAX_ENV_FILE {
         return Err(std::io::Error::other(format!(
@@ -295,7 +360,12 @@ pub fn spawn(
     confine: Confinement<'_>,
 ) -> Result<Child, SpawnError> {
     let identity = who.unwrap_or_else(|| own_identity());
-    let env = environment(exec, env_file_vars(&exec.env_files)?, identity);
+    let reader = EnvReader::of(confine.namespaces, who);
+    let env = environment(
+        exec,
+        env_file_vars(&exec.env_files, reader.as_ref())?,
+        identity,
+    );
     let path_var = env
         .iter()
         .find(|(k, _)| k == "PATH")
@@ -882,7 +952,7 @@ mod tests {
             ],
             user: None,
         };
-        let vars = env_file_vars(&exec.env_files).unwrap();
+        let vars = env_file_vars(&exec.env_files, None).unwrap();
         let env = environment(&exec, vars, own_identity());
         let get = |k: &str| {
             env.iter()
@@ -898,7 +968,7 @@ mod tests {
         // A required file that is missing, one with a bad line, one that is not a file: each
         // names the file (and the line), and never a value.
         let missing = dir.path().join("missing");
-        let e = env_file_vars(&[file(&missing, false)])
+        let e = env_file_vars(&[file(&missing, false)], None)
             .unwrap_err()
             .to_string();
         assert!(
@@ -907,7 +977,7 @@ mod tests {
         );
         assert!(e.contains("No such file"), "{e}");
         std::fs::write(&local, "OK=1\nexport TOKEN=s3cr3t\n").unwrap();
-        let e = env_file_vars(&[file(&local, false)])
+        let e = env_file_vars(&[file(&local, false)], None)
             .unwrap_err()
             .to_string();
         assert!(
@@ -916,21 +986,23 @@ mod tests {
         );
         assert!(!e.contains("s3cr3t"), "{e}");
         std::fs::write(&local, b"A=\xff\n").unwrap();
-        let e = env_file_vars(&[file(&local, false)])
+        let e = env_file_vars(&[file(&local, false)], None)
             .unwrap_err()
             .to_string();
         assert!(e.ends_with("line 1: not UTF-8"), "{e}");
         // A FIFO would block a plain open until a writer came: refused at once instead.
         let fifo = dir.path().join("fifo");
         nix::unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o600)).unwrap();
-        let e = env_file_vars(&[file(&fifo, true)]).unwrap_err().to_string();
+        let e = env_file_vars(&[file(&fifo, true)], None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not a regular file"), "{e}");
-        let e = env_file_vars(&[file(dir.path(), false)])
+        let e = env_file_vars(&[file(dir.path(), false)], None)
             .unwrap_err()
             .to_string();
         assert!(e.contains("not a regular file"), "{e}");
         std::fs::write(&local, vec![b'#'; (MAX_ENV_FILE + 1) as usize]).unwrap();
-        let e = env_file_vars(&[file(&local, false)])
+        let e = env_file_vars(&[file(&local, false)], None)
             .unwrap_err()
             .to_string();
         assert!(e.contains("larger than 1024 KiB"), "{e}");
