@@ -179,6 +179,7 @@ pub fn run(mut opts: Options) -> Result<Ending, DaemonError> {
             unit::Loaded {
                 units: unit::UnitSet::new(),
                 warnings: Vec::new(),
+                runtime_instances: Default::default(),
             }
         }
         Err(diagnostics) => {
