@@ -279,10 +279,19 @@ fn bad_instance_names_and_missing_templates_are_refused_naming_why() {
         "{out:?}"
     );
     assert_eq!(listed(&c), ["web"]);
-    // An invalid units directory refuses a start that must read it; nothing is applied.
+    c.ok(&["scale", "worker", "1"]);
+    // An invalid units directory refuses a start or scale that must read it; nothing is
+    // applied. Scaling down reads nothing, so it still works.
     c.unit("broken", "[exec]\ncommand = 3\n");
-    let out = c.cli(&["start", "worker@1"]);
-    assert_eq!(out.code, 1, "{out:?}");
-    assert!(out.stderr.contains("broken.toml"), "{out:?}");
+    for args in [&["start", "worker@2"][..], &["scale", "worker", "2"]] {
+        let out = c.cli(args);
+        assert_eq!(out.code, 1, "{args:?}: {out:?}");
+        assert!(
+            out.stderr.contains("broken.toml:2:11: error: exec.command"),
+            "{args:?}: {out:?}"
+        );
+        assert_eq!(listed(&c), ["web", "worker@1"], "{args:?}");
+    }
+    c.ok(&["scale", "worker", "0"]);
     assert_eq!(listed(&c), ["web"]);
 }
