@@ -507,10 +507,13 @@ impl Supervisor {
     /// `Some(Err(why))` it will not get there, `None` keep waiting.
     pub fn settled(&self, name: &UnitName, goal: Goal) -> Option<Result<(), String>> {
         let Some(e) = self.entries.get(name) else {
-            // Removed by a reload while a client waited: it will never get there.
+            // Removed by a reload (or, a runtime instance, by a stop or scale) while a client
+            // waited: it will never get there.
             return Some(match goal {
                 Goal::Stopped => Ok(()),
-                Goal::Started => Err(format!("{name} was removed from the units directory")),
+                Goal::Started => Err(format!(
+                    "{name} was removed (from the units directory, or by a stop or scale)"
+                )),
             });
         };
         let rt = &e.rt;
