@@ -295,3 +295,36 @@ fn bad_instance_names_and_missing_templates_are_refused_naming_why() {
     c.ok(&["scale", "worker", "0"]);
     assert_eq!(listed(&c), ["web"]);
 }
+
+#[test]
+fn a_file_takes_a_runtime_instance_over_and_a_restart_of_corral_forgets_the_rest() {
+    if !require_root() {
+        return;
+    }
+    let mut c = Corral::new();
+    c.unit("worker@", &template("100"));
+    c.unit("web", &sleeper("1000"));
+    c.launch(&[]);
+    c.wait_exec("web", 1);
+    c.ok(&["scale", "worker", "2"]);
+    let first = c.wait_exec("worker@2", 1);
+
+    // A file for worker@2 (a symlink to the template: the same unit) takes it over untouched;
+    // scale then no longer removes it.
+    symlink("worker@.toml", c.units.join("worker@2.toml")).unwrap();
+    c.wait_log("the file's takeover", |l| {
+        unit_of(l) == "worker@2" && msg(l) == "a file of its own now defines this runtime instance"
+    });
+    c.ok(&["scale", "worker", "0"]);
+    assert_eq!(listed(&c), ["web", "worker@2"]);
+    assert_eq!(c.status("worker@2")["pid"], first);
+
+    c.ok(&["start", "worker@9"]);
+    c.wait_exec("worker@9", 1);
+    c.ok(&["shutdown"]);
+    c.wait_exit();
+    // The runtime instances lived in corral's memory: the files' units come back, not they.
+    c.launch(&[]);
+    c.wait_exec("worker@2", 2);
+    assert_eq!(listed(&c), ["web", "worker@2"]);
+}
