@@ -1,6 +1,6 @@
-//! Runtime instances of templates (`corral start worker@3` with no file, `corral scale`): which
-//! to make from their template, which to start, which to stop and remove (docs/units.md,
-//! "Runtime instances").
+//! Runtime instances (`start worker@3` with no file, `scale`): which to make, start, and remove.
+//!
+//! The rules as users see them: docs/units.md, "Runtime instances".
 
 use std::collections::BTreeSet;
 

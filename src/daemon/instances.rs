@@ -1,6 +1,7 @@
-//! Runtime instances as requests make them: a start of an instance that has no file, `scale`,
-//! and a stop that removes one. Which to make, start and remove is core/instances.rs; the set
-//! lives in `UnitsDir`, and each is made by reading the units directory as a reload does.
+//! Requests that make and remove runtime instances: a start of an instance with no file, `scale`, a stop.
+//!
+//! Which to make, start and remove is core/instances.rs; the set lives in `UnitsDir`, and each
+//! is made by reading the units directory as a reload does.
 
 use std::collections::BTreeSet;
 use std::time::Instant;
