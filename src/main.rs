@@ -57,6 +57,18 @@ enum Command {
     Stop(ActionArgs),
     /// Stop then start units, and wait until they run again
     Restart(ActionArgs),
+    /// Make the runtime instances of a template exactly TEMPLATE@1..TEMPLATE@N (0: none) and
+    /// wait until they run and the others are gone; instances with a file are never removed
+    Scale {
+        /// The template: `worker` or `worker@`
+        template: String,
+        count: u32,
+        /// Return as soon as the request is accepted
+        #[arg(long)]
+        no_block: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Send a signal to every process of a unit
     Kill {
         unit: String,
@@ -614,6 +626,17 @@ fn talk(command: Command, socket: &std::path::Path) -> Result<i32, ClientError> 
         Command::Start(a) => action(&mut conn, Verb::Start, a),
         Command::Stop(a) => action(&mut conn, Verb::Stop, a),
         Command::Restart(a) => action(&mut conn, Verb::Restart, a),
+        Command::Scale {
+            template,
+            count,
+            no_block,
+            json,
+        } => {
+            let mut request = client::request(Verb::Scale, &[template]);
+            request.count = Some(count);
+            request.no_block = no_block;
+            answer_with_units(&conn.call(&request)?, json)
+        }
         Command::Kill { unit, signal } => {
             let mut request = client::request(Verb::Kill, &[unit]);
             request.signal = Some(signal);
@@ -674,15 +697,19 @@ fn talk(command: Command, socket: &std::path::Path) -> Result<i32, ClientError> 
 fn action(conn: &mut Connection, verb: Verb, args: ActionArgs) -> Result<i32, ClientError> {
     let mut request = client::request(verb, &args.units);
     request.no_block = args.no_block;
-    let response = conn.call(&request)?;
-    if args.json {
-        println!("{}", serde_json::to_string(&response)?);
-        return Ok(client::response_code(&response));
+    answer_with_units(&conn.call(&request)?, args.json)
+}
+
+/// The answer of start, stop, restart or scale: each unit's state, or the JSON line.
+fn answer_with_units(response: &Response, json: bool) -> Result<i32, ClientError> {
+    if json {
+        println!("{}", serde_json::to_string(response)?);
+        return Ok(client::response_code(response));
     }
     for unit in response.units.iter().flatten() {
         println!("{}: {}", unit.name, unit.state);
     }
-    Ok(report(&response, false))
+    Ok(report(response, false))
 }
 
 fn logs(

@@ -20,6 +20,8 @@ pub enum Verb {
     Shutdown,
     /// The Prometheus text exposition of every unit (see docs/metrics.md).
     Metrics,
+    /// Runtime instances of a template made exactly `TEMPLATE1..TEMPLATEN` (`count`).
+    Scale,
 }
 
 impl Verb {
@@ -50,6 +52,9 @@ pub struct Request {
     /// shutdown: what the machine does afterwards (host init only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub power: Option<crate::os::pid1::PowerAction>,
+    /// scale: how many numbered instances of the template (`units`' one name) to have.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u32>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -66,6 +71,7 @@ impl Request {
             lines: None,
             follow: false,
             power: None,
+            count: None,
         }
     }
 }
@@ -410,6 +416,7 @@ mod tests {
             Verb::Logs,
             Verb::Shutdown,
             Verb::Metrics,
+            Verb::Scale,
         ] {
             assert_eq!(verb.is_read_only(), read.contains(&verb), "{verb:?}");
         }

@@ -4,6 +4,7 @@ pub mod backoff;
 pub mod cgroup_plan;
 pub mod container;
 pub mod exit;
+pub mod instances;
 pub mod limit_watch;
 pub mod notify;
 pub mod notify_refusals;

@@ -18,6 +18,10 @@ pub enum Input {
     Start(Vec<UnitName>),
     Stop(Vec<UnitName>),
     Restart(Vec<UnitName>),
+    /// Runtime instances the operator no longer wants (`stop` of one, `scale` below it): each,
+    /// and what requires it, goes down as on a user's stop; the instance is then forgotten, as
+    /// a unit a reload removed is.
+    Discard(Vec<UnitName>),
     Kill {
         unit: UnitName,
         signal: Signal,
@@ -207,6 +211,12 @@ impl Supervisor {
             .collect()
     }
 
+    /// Whether `name` is on its way out (removed by a reload, or discarded): stopping, then
+    /// forgotten. A start of it must make it anew.
+    pub fn is_removing(&self, name: &UnitName) -> bool {
+        self.entries.get(name).is_some_and(|e| e.removing)
+    }
+
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down
     }
@@ -274,6 +284,15 @@ impl Supervisor {
                 self.check_names(&names)?;
                 for name in self.expand_slices(&names) {
                     self.push_down(&name);
+                }
+            }
+            Input::Discard(names) => {
+                self.check_names(&names)?;
+                for name in &names {
+                    self.push_down(name);
+                    if let Some(e) = self.entries.get_mut(name) {
+                        e.removing = true;
+                    }
                 }
             }
             Input::Restart(names) => {
@@ -488,10 +507,13 @@ impl Supervisor {
     /// `Some(Err(why))` it will not get there, `None` keep waiting.
     pub fn settled(&self, name: &UnitName, goal: Goal) -> Option<Result<(), String>> {
         let Some(e) = self.entries.get(name) else {
-            // Removed by a reload while a client waited: it will never get there.
+            // Removed by a reload (or, a runtime instance, by a stop or scale) while a client
+            // waited: it will never get there.
             return Some(match goal {
                 Goal::Stopped => Ok(()),
-                Goal::Started => Err(format!("{name} was removed from the units directory")),
+                Goal::Started => Err(format!(
+                    "{name} was removed (from the units directory, or by a stop or scale)"
+                )),
             });
         };
         let rt = &e.rt;
@@ -1609,6 +1631,108 @@ mod tests {
         let (plan, effects) = sup.reload(set(vec![service("web")]), t0);
         assert!(plan.is_noop());
         assert!(effects.is_empty(), "{effects:?}");
+    }
+
+    /// One row: the instance's moment when discarded, and what follows: signalled at once,
+    /// forgotten at once, and whether a reload put it back before it was down.
+    #[test]
+    fn a_discarded_instance_goes_down_then_is_forgotten_unless_a_reload_puts_it_back() {
+        #[derive(Debug, Clone, Copy)]
+        enum At {
+            Running,
+            Inactive,
+            RunningPutBack,
+        }
+        use At::{Inactive, Running, RunningPutBack};
+        struct Row {
+            moment: At,
+            signalled: bool,
+            forgotten_at_once: bool,
+            forgotten_after_exit: bool,
+        }
+        #[rustfmt::skip]
+        let rows = [
+            Row { moment: Running, signalled: true, forgotten_at_once: false, forgotten_after_exit: true },
+            Row { moment: Inactive, signalled: false, forgotten_at_once: true, forgotten_after_exit: true },
+            // `scale` up again while the discarded instance still stops: it comes back.
+            Row { moment: RunningPutBack, signalled: true, forgotten_at_once: false, forgotten_after_exit: false },
+        ];
+        for row in rows {
+            let t0 = Instant::now();
+            let mut w = service("w@1");
+            w.enabled = !matches!(row.moment, Inactive);
+            let mut sup = Supervisor::new([w.clone(), service("web")], t0);
+            let mut pids = 0;
+            run(&mut sup, Input::Tick, t0, &mut pids);
+            let before = sup.get(&name("w@1")).and_then(|(_, rt)| rt.pid);
+            let web = pid(&sup, "web");
+            let effects = run(&mut sup, Input::Discard(vec![name("w@1")]), t0, &mut pids);
+            let what = format!("{:?}", row.moment);
+            assert_eq!(
+                !signalled(&effects).is_empty(),
+                row.signalled,
+                "{what}: {effects:?}"
+            );
+            assert_eq!(
+                effects.contains(&Effect::Forget { unit: name("w@1") }),
+                row.forgotten_at_once,
+                "{what}"
+            );
+            assert_eq!(
+                sup.get(&name("w@1")).is_none(),
+                row.forgotten_at_once,
+                "{what}"
+            );
+            if let Some(p) = before {
+                assert!(sup.is_removing(&name("w@1")), "{what}");
+                assert_eq!(sup.settled(&name("w@1"), Goal::Stopped), None, "{what}");
+                if matches!(row.moment, RunningPutBack) {
+                    run_reload(
+                        &mut sup,
+                        set(vec![w.clone(), service("web")]),
+                        t0,
+                        &mut pids,
+                    );
+                    assert!(!sup.is_removing(&name("w@1")), "{what}");
+                }
+                let exit = Input::Exited {
+                    pid: p,
+                    exit: ExitReport::signal(Signal::SIGTERM),
+                };
+                let effects = run(&mut sup, exit, t0, &mut pids);
+                let put_back = matches!(row.moment, RunningPutBack);
+                assert_eq!(
+                    spawned(&effects).is_empty(),
+                    !put_back,
+                    "{what}: {effects:?}"
+                );
+            }
+            assert_eq!(
+                sup.get(&name("w@1")).is_none(),
+                row.forgotten_after_exit,
+                "{what}"
+            );
+            if row.forgotten_after_exit {
+                assert_eq!(
+                    sup.settled(&name("w@1"), Goal::Stopped),
+                    Some(Ok(())),
+                    "{what}"
+                );
+            }
+            // Nothing else was touched.
+            assert_eq!(pid(&sup, "web"), web, "{what}");
+        }
+    }
+
+    #[test]
+    fn a_discard_naming_an_unknown_unit_applies_nothing() {
+        let t0 = Instant::now();
+        let mut sup = Supervisor::new([service("w@1")], t0);
+        run(&mut sup, Input::Tick, t0, &mut 0);
+        let err = sup.handle(Input::Discard(vec![name("w@1"), name("w@2")]), t0);
+        assert_eq!(err, Err(RequestError::UnknownUnits(vec![name("w@2")])));
+        assert_eq!(state(&sup, "w@1"), State::Running);
+        assert!(!sup.is_removing(&name("w@1")));
     }
 
     /// Every duration a unit file takes, at the largest value its syntax accepts, parsed and

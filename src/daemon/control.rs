@@ -46,8 +46,13 @@ pub const OUTPUT_HIGH_WATER: usize = 256 * 1024;
 pub enum ClientState {
     /// Waiting for a request line.
     Reading,
-    /// start/stop/restart: answered when every unit reaches the goal.
-    Waiting { goal: Goal, units: Vec<UnitName> },
+    /// start/stop/restart/scale: answered when every unit reaches the goal and every one of
+    /// `gone` (the instances a `scale` removes) is stopped and forgotten.
+    Waiting {
+        goal: Goal,
+        units: Vec<UnitName>,
+        gone: Vec<UnitName>,
+    },
     /// logs -f: every new line of these units is sent until the client closes.
     Following { units: Vec<UnitName> },
     /// shutdown: answered when every unit is down.

@@ -3,6 +3,7 @@
 mod clock;
 mod control;
 mod generation;
+mod instances;
 mod journald;
 pub mod logging;
 mod membership;
@@ -16,7 +17,7 @@ mod status;
 mod units_dir;
 mod usage_watch;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -179,6 +180,7 @@ pub fn run(mut opts: Options) -> Result<Ending, DaemonError> {
             unit::Loaded {
                 units: unit::UnitSet::new(),
                 warnings: Vec::new(),
+                runtime_instances: Default::default(),
             }
         }
         Err(diagnostics) => {
@@ -857,23 +859,62 @@ impl Daemon {
     /// Reads the whole units directory and applies the difference as one plan; invalid input
     /// changes nothing (docs/operations.md, "Reload").
     fn reload(&mut self, now: Instant) -> Result<ReloadPlan, String> {
-        self.units_dir.due.clear();
         if self.sup.is_shutting_down() {
+            self.units_dir.due.clear();
             return Err("corral is shutting down".to_owned());
         }
-        let loaded = match unit::load_dir(&self.opts.units_dir, &unit::SystemUserDb) {
-            Ok(loaded) => loaded,
+        let runtime = self.units_dir.runtime.clone();
+        let loaded = self.load_units(&runtime)?;
+        Ok(self.apply_units(loaded, &runtime, now))
+    }
+
+    /// Reads the whole units directory, with the runtime instances `runtime` made from their
+    /// templates; a refusal is logged and kept for `status`. Whatever asked for it, a read of
+    /// the directory is a reload: the change the watch saw is no longer due.
+    fn load_units(&mut self, runtime: &BTreeSet<UnitName>) -> Result<unit::Loaded, String> {
+        self.units_dir.due.clear();
+        match unit::load_dir_with_instances(&self.opts.units_dir, &unit::SystemUserDb, runtime) {
+            Ok(loaded) => {
+                self.units_dir.last_error = None;
+                Ok(loaded)
+            }
             Err(diagnostics) => {
                 let text = diagnostics.to_string();
                 error!("reload refused, the running units keep their definitions:\n{text}");
                 self.units_dir.last_error = Some(text.clone());
-                return Err(text);
+                Err(text)
             }
-        };
-        self.units_dir.last_error = None;
+        }
+    }
+
+    /// Applies units read by `load_units(asked)` as one plan. The runtime instances become
+    /// those made: one whose template is gone is stopped and removed, one that has a file now
+    /// is that file's (each said in the log).
+    fn apply_units(
+        &mut self,
+        loaded: unit::Loaded,
+        asked: &BTreeSet<UnitName>,
+        now: Instant,
+    ) -> ReloadPlan {
         for warning in &loaded.warnings {
             warn!("{warning}");
         }
+        let mut orphans: BTreeMap<UnitName, Vec<&str>> = BTreeMap::new();
+        for name in asked.difference(&loaded.runtime_instances) {
+            if loaded.units.contains_key(name) {
+                info!(unit = %name, "a file of its own now defines this runtime instance");
+            } else if let Ok(Some(template)) = unit::template_of_instance(name.as_str()) {
+                orphans.entry(template).or_default().push(name.as_str());
+            }
+        }
+        for (template, instances) in orphans {
+            warn!(
+                template = %template,
+                instances = instances.join(","),
+                "the template {template}.toml is gone: its runtime instances stop and are removed"
+            );
+        }
+        self.units_dir.runtime = loaded.runtime_instances;
         self.members.update_units(&loaded.units);
         for name in loaded.units.keys() {
             self.rings.entry(name.clone()).or_default();
@@ -900,7 +941,7 @@ impl Daemon {
             );
         }
         self.run_effects(effects, now);
-        Ok(plan)
+        plan
     }
 
     /// (Re)opens the memory-event fds of a running unit: OOM kills, memory-high, and the

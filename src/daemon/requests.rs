@@ -366,6 +366,12 @@ impl Daemon {
                         Response::error(ErrorKind::BadRequest, "name at least one unit"),
                     );
                 }
+                // An instance with no file is made from its template first.
+                if request.verb != Verb::Stop
+                    && let Err(e) = self.make_instances(&names, now)
+                {
+                    return self.reply(token, Response::error(e.kind, e.message));
+                }
                 let (input, goal) = match request.verb {
                     Verb::Start => (Input::Start(names.clone()), Goal::Started),
                     Verb::Stop => (Input::Stop(names.clone()), Goal::Stopped),
@@ -374,12 +380,20 @@ impl Daemon {
                 if let Err(e) = self.step(input, now) {
                     return self.reply(token, refused(&e));
                 }
+                // A runtime instance stopped by name is removed too.
+                if request.verb == Verb::Stop {
+                    self.discard_instances(&names, now);
+                }
                 if request.no_block {
                     let statuses = self.statuses(&names, now);
                     return self.reply(token, Response::units(statuses));
                 }
                 if let Some(client) = self.control.clients.get_mut(&token) {
-                    client.state = ClientState::Waiting { goal, units: names };
+                    client.state = ClientState::Waiting {
+                        goal,
+                        units: names,
+                        gone: Vec::new(),
+                    };
                 }
             }
             Verb::Kill => {
@@ -406,6 +420,11 @@ impl Daemon {
                 self.reply(token, response);
             }
             Verb::Logs => self.start_logs(token, &request, names),
+            Verb::Scale => {
+                if let Some(response) = self.scale(token, &request, now) {
+                    self.reply(token, response);
+                }
+            }
             Verb::Metrics => {
                 let response = match self.sup.check_names(&names) {
                     Ok(()) => Response {
@@ -586,8 +605,9 @@ impl Daemon {
             .clients
             .values()
             .any(|client| match &client.state {
-                ClientState::Waiting { goal, units } => {
+                ClientState::Waiting { goal, units, gone } => {
                     units.iter().all(|u| self.sup.settled(u, *goal).is_some())
+                        && gone.iter().all(|u| !self.sup.is_removing(u))
                 }
                 _ => false,
             })
@@ -596,15 +616,24 @@ impl Daemon {
     /// The answer to `client`'s start/stop/restart once its units all got where they were
     /// going; `None` while it waits (or asked for nothing of the kind).
     fn settled_answer(&self, client: &Client, now: Instant) -> Option<Response> {
-        let ClientState::Waiting { goal, units } = &client.state else {
+        let ClientState::Waiting { goal, units, gone } = &client.state else {
             return None;
         };
+        // Gone once forgotten, or no longer on its way out: a later `scale` put it back.
+        if gone.iter().any(|u| self.sup.is_removing(u)) {
+            return None;
+        }
         let outcomes: Vec<Result<(), String>> = units
             .iter()
             .map(|u| self.sup.settled(u, *goal))
             .collect::<Option<_>>()?;
         let failures: Vec<String> = outcomes.into_iter().filter_map(Result::err).collect();
-        let statuses = self.statuses(units, now);
+        // A `scale` to 0 waits for no unit to start: its answer lists none (not all).
+        let statuses = if units.is_empty() {
+            Vec::new()
+        } else {
+            self.statuses(units, now)
+        };
         Some(if failures.is_empty() {
             Response::units(statuses)
         } else {
@@ -716,7 +745,9 @@ fn parse_names(units: &[String]) -> Result<Vec<UnitName>, ErrorBody> {
     for u in units {
         let name = UnitName::new(u).ok_or_else(|| ErrorBody {
             kind: ErrorKind::UnknownUnit,
-            message: format!("{u:?} is not a unit name"),
+            message: format!(
+                "{u:?} is not a unit name (unit names use only letters, digits and `_ . @ -`)"
+            ),
         })?;
         if seen.insert(name.clone()) {
             names.push(name);
@@ -743,7 +774,7 @@ pub fn parse_signal(text: &str) -> Result<Signal, ErrorBody> {
     Signal::from_name(&full).ok_or_else(bad)
 }
 
-fn refused(e: &RequestError) -> Response {
+pub(super) fn refused(e: &RequestError) -> Response {
     let kind = match e {
         RequestError::UnknownUnits(_) => ErrorKind::UnknownUnit,
         RequestError::NotRunning(_) | RequestError::IsSlice(_) => ErrorKind::NotRunning,

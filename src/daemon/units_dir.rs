@@ -1,18 +1,27 @@
 //! The units directory as the loop sees it: its watch, when a change is reloaded, the last error.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use tracing::warn;
 
 use crate::os::watch::DirWatch;
+use crate::unit::UnitName;
 
-/// The units directory's watch, the reload a change makes due, and why the last reload (or,
-/// for a host init, the start) was refused, until one succeeds.
+/// The units directory's watch, the reload a change makes due, why the last reload (or, for a
+/// host init, the start) was refused until one succeeds, and the runtime instances the operator
+/// asked for on top of the directory's files.
 pub(super) struct UnitsDir {
     /// `None` where the directory cannot be watched: SIGHUP or `corral reload` then.
     pub(super) watch: Option<DirWatch>,
     pub(super) due: ReloadDebounce,
     pub(super) last_error: Option<String>,
+    /// Instances made from their template at runtime (`corral start worker@3` with no file,
+    /// `corral scale`): read with the directory at each reload, so each is made again from
+    /// the template as it is then. Until `stop` or `scale` removes one, its template goes, or
+    /// a file of its own takes it over; never written down, so a restart of corral forgets
+    /// them (docs/units.md, "Runtime instances").
+    pub(super) runtime: BTreeSet<UnitName>,
 }
 
 impl UnitsDir {
@@ -21,6 +30,7 @@ impl UnitsDir {
             watch,
             due: ReloadDebounce::default(),
             last_error: startup_error,
+            runtime: BTreeSet::new(),
         }
     }
 

@@ -1,11 +1,9 @@
 //! A units directory: which files are units (and templates, instances, drop-ins), reading them
 //! all, and the checks that span units.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
-
-use std::collections::HashSet;
 
 use super::diagnostic::{Diagnostic, LoadError, sort_diagnostics};
 use super::layers::{Layer, UnitLayers};
@@ -37,12 +35,26 @@ pub fn is_ignored_file_name(name: &str) -> bool {
 /// template with the instance's file and drop-ins merged over it. Every problem of every file
 /// is reported at once; a directory that cannot be read is one error.
 pub fn load_dir(dir: &Path, users: &dyn UserDb) -> Result<Loaded, LoadError> {
+    load_dir_with_instances(dir, users, &BTreeSet::new())
+}
+
+/// [`load_dir`], plus the runtime instances `runtime` (`corral start worker@3`, `corral
+/// scale`): each that has no file is made from its template (and its drop-ins, and its own
+/// `worker@3.toml.d/` if there is one) exactly as a symlink to the template would make it. One
+/// with a file of its own is that file's; one whose template is gone is left out (the caller
+/// says so, `Loaded::runtime_instances` tells which were made). No file may name a runtime
+/// instance in `after`, `requires` or `slice`: it can be gone at the next `stop` or `scale`.
+pub fn load_dir_with_instances(
+    dir: &Path,
+    users: &dyn UserDb,
+    runtime: &BTreeSet<UnitName>,
+) -> Result<Loaded, LoadError> {
     let mut diagnostics = Vec::new();
-    let files = unit_files(dir, &mut diagnostics)?;
-    if files.units.is_empty() && diagnostics.is_empty() {
+    let files = unit_files(dir, runtime, &mut diagnostics)?;
+    if files.units.is_empty() && diagnostics.is_empty() && runtime.is_empty() {
         diagnostics.push(Diagnostic::warning(dir, "no unit files found"));
     }
-    let assembled = assemble(&files, &mut diagnostics);
+    let assembled = assemble(dir, &files, runtime, &mut diagnostics);
     let mut parsed = BTreeMap::new();
     for (name, layers) in &assembled.units {
         parsed.insert(name.clone(), parse_layers(name, layers, users));
@@ -51,7 +63,7 @@ pub fn load_dir(dir: &Path, users: &dyn UserDb) -> Result<Loaded, LoadError> {
     for (name, layers) in &assembled.templates {
         templates.insert(name.clone(), parse_layers(name, layers, users));
     }
-    cross_check(&parsed, &templates, &mut diagnostics);
+    cross_check(&parsed, &templates, &assembled.runtime, &mut diagnostics);
     // A template's own problem shows once, as the template's, not again for each instance.
     let template_problems: HashSet<Diagnostic> = templates
         .into_values()
@@ -81,6 +93,7 @@ pub fn load_dir(dir: &Path, users: &dyn UserDb) -> Result<Loaded, LoadError> {
         Ok(Loaded {
             units,
             warnings: diagnostics,
+            runtime_instances: assembled.runtime,
         })
     }
 }
@@ -89,8 +102,8 @@ pub fn load_dir(dir: &Path, users: &dyn UserDb) -> Result<Loaded, LoadError> {
 /// key (`corral check --show`). A template is shown with its specifiers unexpanded.
 pub fn show_unit(dir: &Path, name: &str) -> Result<String, LoadError> {
     let mut diagnostics = Vec::new();
-    let files = unit_files(dir, &mut diagnostics)?;
-    let mut assembled = assemble(&files, &mut diagnostics);
+    let files = unit_files(dir, &BTreeSet::new(), &mut diagnostics)?;
+    let mut assembled = assemble(dir, &files, &BTreeSet::new(), &mut diagnostics);
     let found = UnitName::new(name).and_then(|n| {
         assembled
             .units
@@ -120,11 +133,19 @@ struct Assembled {
     units: BTreeMap<UnitName, UnitLayers>,
     /// Each with a placeholder instance, for checking it on its own.
     templates: BTreeMap<UnitName, UnitLayers>,
+    /// The units made from a template alone, at runtime (also in `units`).
+    runtime: BTreeSet<UnitName>,
 }
 
 /// Reads the files of every unit: its own, its template's (for an instance), and the drop-ins
-/// of each. A unit with a file that cannot be read is left out (the error is reported).
-fn assemble(files: &UnitFiles, diagnostics: &mut Vec<Diagnostic>) -> Assembled {
+/// of each; then makes each runtime instance without a file from its template. A unit with a
+/// file that cannot be read is left out (the error is reported).
+fn assemble(
+    dir: &Path,
+    files: &UnitFiles,
+    runtime: &BTreeSet<UnitName>,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Assembled {
     let read =
         |path: &Path, what: &str, diagnostics: &mut Vec<Diagnostic>| match read_unit_file(path) {
             Ok(text) => Some(Layer::new(path, &text)),
@@ -199,7 +220,30 @@ fn assemble(files: &UnitFiles, diagnostics: &mut Vec<Diagnostic>) -> Assembled {
             );
         }
     }
-    Assembled { units, templates }
+    let mut made = BTreeSet::new();
+    for name in runtime.iter().filter(|n| !files.units.contains_key(*n)) {
+        let Ok(NameKind::Instance { template }) = name_kind(name.as_str()) else {
+            continue;
+        };
+        let Some(base) = UnitName::new(template).and_then(|t| templates.get(&t)) else {
+            continue;
+        };
+        // Problems with no position of their own name the file this instance would have.
+        let main = dir.join(format!("{name}.toml"));
+        let template_layers = base.layers.len();
+        if let Some(layers) = with_drop_ins(name, base.layers.clone(), diagnostics) {
+            units.insert(
+                name.clone(),
+                UnitLayers::instance(name, main, layers, template_layers),
+            );
+            made.insert(name.clone());
+        }
+    }
+    Assembled {
+        units,
+        templates,
+        runtime: made,
+    }
 }
 
 /// Whether `a` and `b` lead to the same file, symlinks followed.
@@ -266,9 +310,13 @@ pub fn is_drop_in_dir_name(name: &str) -> bool {
     !name.starts_with('.') && name.len() > DROP_IN_SUFFIX.len() && name.ends_with(DROP_IN_SUFFIX)
 }
 
-/// The unit files of `dir` and their drop-ins. `Err` only when the directory itself cannot be
-/// read.
-fn unit_files(dir: &Path, diagnostics: &mut Vec<Diagnostic>) -> Result<UnitFiles, LoadError> {
+/// The unit files of `dir` and their drop-ins (those of the `runtime` instances too). `Err`
+/// only when the directory itself cannot be read.
+fn unit_files(
+    dir: &Path,
+    runtime: &BTreeSet<UnitName>,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Result<UnitFiles, LoadError> {
     let entries = fs::read_dir(dir).map_err(|e| LoadError {
         diagnostics: vec![Diagnostic::error(
             dir,
@@ -325,7 +373,8 @@ fn unit_files(dir: &Path, diagnostics: &mut Vec<Diagnostic>) -> Result<UnitFiles
     }
     let mut drop_ins = BTreeMap::new();
     for (stem, path) in drop_in_dirs {
-        match UnitName::new(&stem).filter(|name| files.contains_key(name)) {
+        match UnitName::new(&stem).filter(|name| files.contains_key(name) || runtime.contains(name))
+        {
             Some(name) => {
                 drop_ins.insert(name, drop_in_files(&path, diagnostics));
             }
@@ -407,6 +456,7 @@ fn drop_in_files(dir: &Path, diagnostics: &mut Vec<Diagnostic>) -> Vec<PathBuf> 
 fn cross_check(
     parsed: &BTreeMap<UnitName, Parsed>,
     templates: &BTreeMap<UnitName, Parsed>,
+    runtime: &BTreeSet<UnitName>,
     diagnostics: &mut Vec<Diagnostic>,
 ) {
     let kind_of = |name: &UnitName| parsed.get(name).and_then(|p| p.kind);
@@ -424,6 +474,19 @@ fn cross_check(
         for r in &p.refs {
             let here = |d: Diagnostic| d.at(r.line, r.column).with_key(r.key());
             let target = &r.target;
+            if runtime.contains(target) {
+                diagnostics.push(
+                    here(Diagnostic::error(
+                        &r.file,
+                        format!("`{target}` is a runtime instance, with no file"),
+                    ))
+                    .with_suggestion(Some(format!(
+                        "`corral stop` or `corral scale` can remove it at any time; to depend on \
+                         it, give it a file (a symlink to its template: {target}.toml)"
+                    ))),
+                );
+                continue;
+            }
             if !parsed.contains_key(target) {
                 let hint = if templates.contains_key(target) {
                     Some(format!(

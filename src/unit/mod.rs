@@ -19,10 +19,20 @@ pub use env_file::{EnvFileError, parse_env_file};
 pub use layers::{Layer, UnitLayers};
 pub use load::{
     DROP_IN_SUFFIX, MAX_UNIT_FILE_BYTES, is_drop_in_dir_name, is_ignored_file_name, load_dir,
-    show_unit,
+    load_dir_with_instances, show_unit,
 };
 pub use model::*;
 pub use users::{MemoryUserDb, SystemUserDb, UserDb, UserEntry};
+
+/// The template an instance named at runtime (`corral start worker@3` with no file) is made
+/// from, its name checked by the rules of a file instance's; `Ok(None)` for a name without `@`.
+/// The error names the broken rule.
+pub fn template_of_instance(name: &str) -> Result<Option<UnitName>, String> {
+    specifier::template_of(name).map_err(|e| match e.hint {
+        Some(hint) => format!("{} ({hint})", e.message),
+        None => e.message,
+    })
+}
 
 /// Every unit of a directory, by name.
 pub type UnitSet = BTreeMap<UnitName, Unit>;
@@ -32,6 +42,9 @@ pub type UnitSet = BTreeMap<UnitName, Unit>;
 pub struct Loaded {
     pub units: UnitSet,
     pub warnings: Vec<Diagnostic>,
+    /// The runtime instances asked for that were made from their template alone (no file of
+    /// their own): those whose template is gone, or that have a file now, are not here.
+    pub runtime_instances: std::collections::BTreeSet<UnitName>,
 }
 
 /// Parses and validates one unit file on its own: no checks against other units.

@@ -101,3 +101,33 @@ pub(crate) fn name_kind(name: &str) -> Result<NameKind<'_>, Invalid> {
         template: &name[..=at],
     })
 }
+
+/// The longest unit name: a file's name is at most NAME_MAX (255) bytes, `.toml` included. An
+/// instance named at runtime is held to it too, so it could always be written as a file.
+pub(crate) const MAX_NAME_BYTES: usize = 255 - ".toml".len();
+
+/// The template of an instance named at runtime (`corral start worker@3`, `corral scale`) that
+/// has no file: the rules of a file instance's name (docs/units.md, "Templates and instances"),
+/// each broken rule an error that names it. `Ok(None)` for a name without `@`, which is no
+/// instance.
+pub(crate) fn template_of(name: &str) -> Result<Option<UnitName>, Invalid> {
+    if UnitName::new(name).is_none() {
+        return Err(Invalid::new(format!("invalid unit name {name:?}"))
+            .hint("unit names use only letters, digits and `_ . @ -`"));
+    }
+    if name.len() > MAX_NAME_BYTES {
+        return Err(Invalid::new(format!(
+            "invalid unit name: {} bytes, more than the {MAX_NAME_BYTES} a unit file's name \
+             allows (255 with `.toml`)",
+            name.len()
+        )));
+    }
+    match name_kind(name)? {
+        NameKind::Plain => Ok(None),
+        NameKind::Template => Err(Invalid::new(format!(
+            "`{name}` is a template, never started itself"
+        ))
+        .hint(format!("name one of its instances, such as `{name}1`"))),
+        NameKind::Instance { template } => Ok(UnitName::new(template)),
+    }
+}

@@ -2284,3 +2284,136 @@ fn show_prints_the_merged_unit_with_the_origin_of_every_key() {
     let err = show_unit(d, "nope").unwrap_err().to_string();
     assert!(err.ends_with("error: no unit `nope` here"), "{err}");
 }
+
+fn runtime(names: &[&str]) -> std::collections::BTreeSet<UnitName> {
+    names.iter().map(|n| name(n)).collect()
+}
+
+#[test]
+fn runtime_instances_are_made_from_their_template_unless_a_file_gives_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    write(
+        d,
+        "worker@.toml",
+        "[exec]\ncommand = [\"work\", \"%i\", \"%n\"]\n",
+    );
+    fs::create_dir(d.join("worker@.toml.d")).unwrap();
+    write(
+        &d.join("worker@.toml.d"),
+        "10.toml",
+        "[resources]\npids-max = 8\n",
+    );
+    // A drop-in of a runtime instance applies to it, as to a file instance.
+    fs::create_dir(d.join("worker@7.toml.d")).unwrap();
+    write(
+        &d.join("worker@7.toml.d"),
+        "10.toml",
+        "[resources]\npids-max = 9\n",
+    );
+    write(d, "worker@2.toml", "description = \"by file\"\n");
+    let asked = runtime(&["worker@1", "worker@2", "worker@7", "gone@1"]);
+    let loaded = load_dir_with_instances(d, &db(), &asked).unwrap();
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    let names: Vec<_> = loaded.units.keys().map(UnitName::as_str).collect();
+    assert_eq!(names, ["worker@1", "worker@2", "worker@7"]);
+    // worker@2 has a file, gone@ no template: neither was made at runtime.
+    assert_eq!(loaded.runtime_instances, runtime(&["worker@1", "worker@7"]));
+    for (n, pids) in [("worker@1", 8), ("worker@7", 9)] {
+        let u = &loaded.units[&name(n)];
+        let want = ["work", n.trim_start_matches("worker@"), n];
+        assert_eq!(u.exec.as_ref().unwrap().command, want, "{n}");
+        assert_eq!(u.resources.pids_max, Some(Some(pids)), "{n}");
+    }
+    assert_eq!(
+        loaded.units[&name("worker@2")].description.as_deref(),
+        Some("by file")
+    );
+    // Without the runtime set, worker@7's drop-ins are ignored with a warning, as before.
+    let plain = load_dir(d, &db()).unwrap();
+    assert_eq!(plain.units.len(), 1);
+    assert!(plain.runtime_instances.is_empty());
+}
+
+#[test]
+fn a_runtime_instance_is_checked_like_a_file_instance_and_cannot_be_depended_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    write(
+        d,
+        "worker@.toml",
+        "[exec]\ncommand = [\"work\"]\n[namespaces]\nhostname = \"w-%i\"\n",
+    );
+    // An instance whose name makes the template invalid: the template's line, the instance.
+    let errs: Vec<String> = load_dir_with_instances(d, &db(), &runtime(&["worker@a_b"]))
+        .unwrap_err()
+        .diagnostics
+        .iter()
+        .map(|e| e.to_string().replace(&format!("{}/", d.display()), ""))
+        .collect();
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].starts_with(
+            "worker@.toml:4:12: error: in instance worker@a_b.toml: namespaces.hostname: invalid host name \"w-a_b\""
+        ),
+        "{errs:?}"
+    );
+    // A file naming a runtime instance would break when `stop` or `scale` removes it.
+    write(d, "web.toml", &format!("after = [\"worker@1\"]\n{EXEC}"));
+    let errs: Vec<String> = load_dir_with_instances(d, &db(), &runtime(&["worker@1"]))
+        .unwrap_err()
+        .diagnostics
+        .iter()
+        .map(|e| e.to_string().replace(&format!("{}/", d.display()), ""))
+        .collect();
+    assert_eq!(
+        errs,
+        [
+            "web.toml:1:10: error: after[0]: `worker@1` is a runtime instance, with no file \
+          (`corral stop` or `corral scale` can remove it at any time; to depend on it, give it \
+          a file (a symlink to its template: worker@1.toml))"
+        ]
+    );
+}
+
+#[test]
+fn runtime_instance_names_follow_the_rules_of_file_names() {
+    let long = format!("w@{}", "1".repeat(249));
+    for (given, want) in [
+        ("worker@3", Ok(Some("worker@"))),
+        ("worker@a@b", Ok(Some("worker@"))),
+        ("web", Ok(None)),
+        (
+            "worker@a b",
+            Err(
+                "invalid unit name \"worker@a b\" (unit names use only letters, digits and `_ . @ -`)",
+            ),
+        ),
+        (
+            "@3",
+            Err(
+                "invalid unit name \"@3\": nothing before `@` (a template is named like `worker@`, its instances like `worker@3`)",
+            ),
+        ),
+        (
+            "worker@",
+            Err(
+                "`worker@` is a template, never started itself (name one of its instances, such as `worker@1`)",
+            ),
+        ),
+        (
+            long.as_str(),
+            Err(
+                "invalid unit name: 251 bytes, more than the 250 a unit file's name allows (255 with `.toml`)",
+            ),
+        ),
+    ] {
+        let got = template_of_instance(given);
+        let got = got
+            .as_ref()
+            .map(|t| t.as_ref().map(UnitName::as_str))
+            .map_err(String::as_str);
+        assert_eq!(got, want, "{given}");
+    }
+    assert!(template_of_instance(&format!("w@{}", "1".repeat(248))).is_ok());
+}
