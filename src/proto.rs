@@ -20,12 +20,17 @@ pub enum Verb {
     Shutdown,
     /// The Prometheus text exposition of every unit (see docs/metrics.md).
     Metrics,
+    /// Answered once the named units (none: every enabled unit) are ready, or at `timeout_ms`.
+    WaitReady,
 }
 
 impl Verb {
     /// Verbs a `--socket-group` peer may use: they read, never change.
     pub fn is_read_only(self) -> bool {
-        matches!(self, Verb::Status | Verb::Logs | Verb::Metrics)
+        matches!(
+            self,
+            Verb::Status | Verb::Logs | Verb::Metrics | Verb::WaitReady
+        )
     }
 }
 
@@ -50,6 +55,9 @@ pub struct Request {
     /// shutdown: what the machine does afterwards (host init only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub power: Option<crate::os::pid1::PowerAction>,
+    /// wait-ready: answer with a `timeout` error after this many milliseconds (none: wait on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -66,6 +74,7 @@ impl Request {
             lines: None,
             follow: false,
             power: None,
+            timeout_ms: None,
         }
     }
 }
@@ -88,6 +97,8 @@ pub enum ErrorKind {
     ShuttingDown,
     /// reload: a unit file is invalid; nothing was applied.
     Invalid,
+    /// wait-ready: the units were not ready within `timeout_ms`; the message says why.
+    Timeout,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
