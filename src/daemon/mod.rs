@@ -50,7 +50,6 @@ use usage_watch::UsageWatch;
 
 pub use metrics_http::{is_loopback, read_token_file};
 use output::{Piece, Pipes, Ring};
-pub use probes_http::DEFAULT_PORT as PROBE_PORT;
 use sources::{Source, Sources, Token};
 use units_dir::UnitsDir;
 

@@ -9,8 +9,6 @@ use crate::unit::UnitName;
 use super::Daemon;
 use super::http::{Bounds, Incoming, request_line, response, too_large};
 
-/// The port `corral export k8s --wrap` gives `--probe-listen` (and its probes).
-pub const DEFAULT_PORT: u16 = 9101;
 /// Connections at once: beyond this a new one closes the oldest still sending its request.
 pub const MAX_CLIENTS: usize = 64;
 /// A connection has this long to send its request and take its answer: the kubelet's own
