@@ -404,7 +404,7 @@ mod tests {
 
     #[test]
     fn socket_group_peers_get_the_read_verbs_only() {
-        let read = [Verb::Status, Verb::Logs, Verb::Metrics];
+        let read = [Verb::Status, Verb::Logs, Verb::Metrics, Verb::WaitReady];
         for verb in [
             Verb::Status,
             Verb::Start,
@@ -417,6 +417,7 @@ mod tests {
             Verb::Logs,
             Verb::Shutdown,
             Verb::Metrics,
+            Verb::WaitReady,
         ] {
             assert_eq!(verb.is_read_only(), read.contains(&verb), "{verb:?}");
         }

@@ -314,3 +314,38 @@ fn wait_ready_without_a_supervisor_exits_4() {
     assert_eq!(out.code, 4, "{out:?}");
     assert!(out.stderr.contains("no supervisor answers"), "{out:?}");
 }
+
+/// `/livez` is answered by the loop itself: a stopped loop answers nothing (the kernel still
+/// completes the connect, so the kubelet sees its probe time out), and answers once it runs.
+#[test]
+fn livez_is_not_answered_while_the_loop_is_stopped() {
+    if !require_cgroup_v1() {
+        return;
+    }
+    let mut c = Corral::new();
+    c.unit("web", "[exec]\ncommand = [\"sleep\", \"600\"]\n");
+    let port = launch_with_probes(&mut c);
+    c.wait_exec("web", 1);
+    c.signal(nix::sys::signal::Signal::SIGSTOP);
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.write_all(b"GET /livez HTTP/1.1\r\n\r\n").unwrap();
+    // Stopped, corral cannot answer, however long this waits.
+    stream
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let stopped = stream.read(&mut byte);
+    // Running again before any assertion, so a failure does not leave corral stopped.
+    c.signal(nix::sys::signal::Signal::SIGCONT);
+    assert!(
+        stopped
+            .as_ref()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock),
+        "an answer from a stopped loop: {stopped:?}"
+    );
+    stream.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).unwrap();
+    assert!(raw.starts_with("HTTP/1.1 200 OK"), "{raw}");
+    assert!(raw.ends_with("{\"live\":true}\n"), "{raw}");
+}
