@@ -74,9 +74,11 @@ fn make_db_ready(c: &mut Corral, fifo: &Path) {
     c.wait_log("db ready", |l| is_about(l, "db", "ready (READY=1)"));
 }
 
+/// Launches corral with its probe listener on every address, as `export k8s --wrap` does (no
+/// opt-in needed, unlike `--metrics-listen`); the tests reach it on loopback.
 fn launch_with_probes(c: &mut Corral) -> u16 {
     let port = free_port();
-    c.launch(&["--probe-listen", &format!("127.0.0.1:{port}")]);
+    c.launch(&["--probe-listen", &format!("0.0.0.0:{port}")]);
     c.wait_count("the probe listener", 1, |l| {
         common::msg(l) == "serving GET /livez, /readyz and /readyz/UNIT"
     });
