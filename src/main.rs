@@ -29,6 +29,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process: the size of the largest variant (`run`'s options) costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Supervise the units in UNITS_DIR in the foreground (PID-1 capable)
@@ -107,6 +109,13 @@ enum Command {
     Top(TopArgs),
     /// Every unit's figures in the Prometheus text format
     Metrics { units: Vec<String> },
+    /// Wait until the named units (none: every enabled unit) are ready; exit 1 at --timeout
+    WaitReady {
+        units: Vec<String>,
+        /// Give up after this long, saying why each unit is not ready (default: wait on)
+        #[arg(long, value_name = "DURATION", value_parser = parse_bounded_duration)]
+        timeout: Option<Duration>,
+    },
     /// Stop every unit in reverse dependency order, then end the supervisor
     Shutdown {
         /// Then power the machine off (corral must be the host's init)
@@ -220,6 +229,10 @@ struct RunArgs {
     /// content (which every local user must not be able to read)
     #[arg(long, value_name = "PATH", requires = "metrics_listen")]
     metrics_token_file: Option<PathBuf>,
+    /// Serve GET /livez, /readyz and /readyz/UNIT (for the kubelet) on this address, e.g.
+    /// 0.0.0.0:9101; any address, no token (they tell only readiness)
+    #[arg(long, value_name = "ADDR:PORT")]
+    probe_listen: Option<std::net::SocketAddr>,
 }
 
 /// The longest duration any option takes. Deadlines are `now + duration`; a figure beyond what
@@ -403,6 +416,7 @@ fn run(args: RunArgs, socket: PathBuf) -> i32 {
         usage_interval: args.usage_interval,
         metrics_listen,
         metrics_token,
+        probe_listen: args.probe_listen,
         notify_dir: args
             .notify_dir
             .unwrap_or_else(corral::os::notify::default_dir),
@@ -672,6 +686,7 @@ fn talk(command: Command, socket: &std::path::Path) -> Result<i32, ClientError> 
             }
             Ok(exit_code::OK)
         }
+        Command::WaitReady { units, timeout } => wait_ready(&mut conn, units, timeout),
         Command::Top(args) => client::top::run(
             &mut conn,
             &client::top::Options {
@@ -710,6 +725,37 @@ fn answer_with_units(response: &Response, json: bool) -> Result<i32, ClientError
         println!("{}: {}", unit.name, unit.state);
     }
     Ok(report(response, false))
+}
+
+/// `wait-ready`: one request the supervisor answers when the units are ready (it does not
+/// poll); the supervisor enforces the timeout, and the client gives up too a little later in
+/// case the supervisor's loop is stuck.
+fn wait_ready(
+    conn: &mut Connection,
+    units: Vec<String>,
+    timeout: Option<Duration>,
+) -> Result<i32, ClientError> {
+    /// How much longer than the supervisor's timeout the client waits for its answer.
+    const CLIENT_GRACE: Duration = Duration::from_secs(2);
+    let mut request = Request::new(Verb::WaitReady, units);
+    request.timeout_ms = timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
+    conn.set_read_timeout(timeout.map(|t| t.saturating_add(CLIENT_GRACE)))?;
+    match conn.call(&request) {
+        Ok(response) => Ok(report(&response, false)),
+        Err(ClientError::Io(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            eprintln!(
+                "corral: the supervisor did not answer within {} of the timeout",
+                humantime::format_duration(CLIENT_GRACE)
+            );
+            Ok(exit_code::FAILED)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 fn logs(

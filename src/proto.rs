@@ -22,12 +22,17 @@ pub enum Verb {
     Metrics,
     /// Runtime instances of a template made exactly `TEMPLATE1..TEMPLATEN` (`count`).
     Scale,
+    /// Answered once the named units (none: every enabled unit) are ready, or at `timeout_ms`.
+    WaitReady,
 }
 
 impl Verb {
     /// Verbs a `--socket-group` peer may use: they read, never change.
     pub fn is_read_only(self) -> bool {
-        matches!(self, Verb::Status | Verb::Logs | Verb::Metrics)
+        matches!(
+            self,
+            Verb::Status | Verb::Logs | Verb::Metrics | Verb::WaitReady
+        )
     }
 }
 
@@ -55,6 +60,9 @@ pub struct Request {
     /// scale: how many numbered instances of the template (`units`' one name) to have.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub count: Option<u32>,
+    /// wait-ready: answer with a `timeout` error after this many milliseconds (none: wait on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -72,6 +80,7 @@ impl Request {
             follow: false,
             power: None,
             count: None,
+            timeout_ms: None,
         }
     }
 }
@@ -94,6 +103,8 @@ pub enum ErrorKind {
     ShuttingDown,
     /// reload: a unit file is invalid; nothing was applied.
     Invalid,
+    /// wait-ready: the units were not ready within `timeout_ms`; the message says why.
+    Timeout,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -403,7 +414,7 @@ mod tests {
 
     #[test]
     fn socket_group_peers_get_the_read_verbs_only() {
-        let read = [Verb::Status, Verb::Logs, Verb::Metrics];
+        let read = [Verb::Status, Verb::Logs, Verb::Metrics, Verb::WaitReady];
         for verb in [
             Verb::Status,
             Verb::Start,
@@ -417,6 +428,7 @@ mod tests {
             Verb::Shutdown,
             Verb::Metrics,
             Verb::Scale,
+            Verb::WaitReady,
         ] {
             assert_eq!(verb.is_read_only(), read.contains(&verb), "{verb:?}");
         }

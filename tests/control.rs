@@ -796,12 +796,13 @@ fn socket_group_access_needs_membership() {
     set_mode(c.socket.parent().unwrap(), 0o755);
     set_mode(&c.socket, 0o666);
     let status = r#"{"verb":"status"}"#;
-    let ask = |gid: u32, groups: &[u32]| {
+    let ask_for = |gid: u32, groups: &[u32], request: &str| {
         let mut conns = connect_as(&c.socket, NOBODY, gid, groups, 1);
         let stream = conns.pop().unwrap().unwrap();
-        send_line(&stream, status);
+        send_line(&stream, request);
         first_answer(&stream)
     };
+    let ask = |gid: u32, groups: &[u32]| ask_for(gid, groups, status);
     // Neither the primary group nor a supplementary one: refused.
     let stranger = ask(DAEMON_GID, &[]);
     assert_eq!(stranger["ok"], false, "{stranger}");
@@ -809,6 +810,11 @@ fn socket_group_access_needs_membership() {
     // A member by its primary group, or by a supplementary one.
     assert_eq!(ask(NOGROUP, &[])["ok"], true);
     assert_eq!(ask(DAEMON_GID, &[NOGROUP])["ok"], true);
+    // wait-ready is a read verb: a member may wait for a unit.
+    let wait = r#"{"verb":"wait-ready","units":["talker"],"timeout_ms":60000}"#;
+    let answer = ask_for(NOGROUP, &[], wait);
+    assert_eq!(answer["ok"], true, "{answer}");
+    assert_eq!(answer["message"], "ready: talker", "{answer}");
 }
 
 #[test]

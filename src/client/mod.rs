@@ -64,6 +64,15 @@ impl Connection {
         })
     }
 
+    /// How long a read waits for the supervisor (None: for ever).
+    pub fn set_read_timeout(
+        &self,
+        timeout: Option<std::time::Duration>,
+    ) -> Result<(), ClientError> {
+        self.reader.get_ref().set_read_timeout(timeout)?;
+        Ok(())
+    }
+
     pub fn send(&mut self, request: &Request) -> Result<(), ClientError> {
         let mut line = serde_json::to_vec(request)?;
         line.push(b'\n');

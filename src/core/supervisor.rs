@@ -255,6 +255,57 @@ impl Supervisor {
         waits
     }
 
+    /// Whether a unit is ready, as the probe endpoints and `wait-ready` see it: a service
+    /// `running` (past its readiness gate: READY=1 or its health probe), a oneshot `exited`
+    /// successfully, a slice always. None: no such unit (docs/kubernetes.md, "Probes").
+    pub fn is_ready(&self, name: &UnitName) -> Option<bool> {
+        self.entries
+            .contains_key(name)
+            .then(|| self.requirement_met(name))
+    }
+
+    /// The units among `names` that are not ready, in the order named; with no names, every
+    /// enabled unit that is not ready, by name. A name that is no unit counts as not ready.
+    pub fn not_ready(&self, names: &[UnitName]) -> Vec<UnitName> {
+        if names.is_empty() {
+            return self
+                .entries
+                .values()
+                .filter(|e| e.unit.enabled && !self.requirement_met(&e.unit.name))
+                .map(|e| e.unit.name.clone())
+                .collect();
+        }
+        names
+            .iter()
+            .filter(|n| self.is_ready(n) != Some(true))
+            .cloned()
+            .collect()
+    }
+
+    /// Why a unit is not ready, in a few words: its state, and its error or last exit when it
+    /// failed or waits to restart (`failed: exited with code 1`).
+    pub fn not_ready_because(&self, name: &UnitName) -> String {
+        let Some(e) = self.entries.get(name) else {
+            return "no such unit".to_owned();
+        };
+        let rt = &e.rt;
+        let state = rt.state.as_str();
+        let cause = match (&rt.error, &rt.last_exit) {
+            (Some(error), _) => Some(error.to_string()),
+            (None, Some(exit)) if matches!(rt.state, State::Failed | State::Backoff) => {
+                Some(exit.to_string())
+            }
+            _ => None,
+        };
+        match cause {
+            Some(cause) => format!("{state}: {cause}"),
+            None if rt.state == State::Exited && e.unit.kind == UnitKind::Service => {
+                "exited (a service is ready only while it runs)".to_owned()
+            }
+            None => state.to_owned(),
+        }
+    }
+
     /// Every name must exist, or the whole request is refused.
     pub fn check_names(&self, names: &[UnitName]) -> Result<(), RequestError> {
         let unknown: Vec<UnitName> = names
@@ -958,6 +1009,62 @@ mod tests {
         let effects = run(&mut sup, notify("db", b"READY=1"), later, &mut pids);
         assert_eq!(spawned(&effects), vec!["api", "web"]);
         assert_eq!(sup.settled(&name("db"), Goal::Started), Some(Ok(())));
+    }
+
+    #[test]
+    fn readiness_is_running_for_a_service_a_success_for_a_oneshot_and_counts_enabled_units() {
+        let t0 = Instant::now();
+        let mut db = service("db");
+        db.readiness.mode = crate::unit::ReadyMode::Notify;
+        let mut spare = service("spare");
+        spare.enabled = false;
+        let migrate = oneshot("migrate");
+        let web = service("web");
+        let mut sup = Supervisor::new([db, spare, migrate, web], t0);
+        let mut pids = 0;
+        run(&mut sup, Input::Tick, t0, &mut pids);
+        let exec = |sup: &mut Supervisor, unit: &str, pids: &mut i32| {
+            let pid = pid(sup, unit);
+            run(sup, Input::Execd { pid }, t0, pids);
+        };
+        exec(&mut sup, "web", &mut pids);
+        // db waits for READY=1, migrate has not exited, spare is disabled.
+        let table: [(&str, Option<bool>); 5] = [
+            ("db", Some(false)),
+            ("migrate", Some(false)),
+            ("web", Some(true)),
+            ("spare", Some(false)),
+            ("nosuch", None),
+        ];
+        for (unit, want) in table {
+            assert_eq!(sup.is_ready(&name(unit)), want, "{unit}");
+        }
+        assert_eq!(sup.not_ready(&[]), vec![name("db"), name("migrate")]);
+        assert_eq!(
+            sup.not_ready(&[name("web"), name("spare"), name("nosuch")]),
+            vec![name("spare"), name("nosuch")]
+        );
+        assert_eq!(sup.not_ready_because(&name("db")), "starting");
+        run(&mut sup, notify("db", b"READY=1"), t0, &mut pids);
+        let exit = Input::Exited {
+            pid: pid(&sup, "migrate"),
+            exit: ExitReport::code(0),
+        };
+        run(&mut sup, exit, t0, &mut pids);
+        assert!(sup.not_ready(&[]).is_empty());
+        // A service that failed is not ready, and says why.
+        let exit = Input::Exited {
+            pid: pid(&sup, "web"),
+            exit: ExitReport::code(3),
+        };
+        run(&mut sup, exit, t0, &mut pids);
+        assert_eq!(sup.not_ready(&[]), vec![name("web")]);
+        assert!(
+            sup.not_ready_because(&name("web"))
+                .starts_with("backoff: exited with code 3"),
+            "{}",
+            sup.not_ready_because(&name("web"))
+        );
     }
 
     #[test]

@@ -57,6 +57,13 @@ pub enum ClientState {
     Following { units: Vec<UnitName> },
     /// shutdown: answered when every unit is down.
     AwaitingShutdown,
+    /// wait-ready: answered when these units (none: every enabled unit) are ready, or with a
+    /// `timeout` error at `deadline`, `timeout` after the request.
+    AwaitingReady {
+        units: Vec<UnitName>,
+        deadline: Option<Instant>,
+        timeout: Duration,
+    },
 }
 
 /// A large answer, written piece by piece as the client reads it instead of built whole: the
@@ -431,10 +438,16 @@ impl Client {
         if self.has_work() {
             return Some(Instant::now());
         }
-        if self.wants_write() {
-            return (!self.is_follower()).then(|| self.last_progress + STALL_TIMEOUT);
-        }
-        self.idle_deadline
+        let ready_deadline = match self.state {
+            ClientState::AwaitingReady { deadline, .. } => deadline,
+            _ => None,
+        };
+        let own = if self.wants_write() {
+            (!self.is_follower()).then(|| self.last_progress + STALL_TIMEOUT)
+        } else {
+            self.idle_deadline
+        };
+        own.into_iter().chain(ready_deadline).min()
     }
 
     /// To be dropped: silent for `IDLE_TIMEOUT` with nothing left to write, or (a follower

@@ -4,11 +4,13 @@ mod clock;
 mod control;
 mod generation;
 mod instances;
+mod http;
 mod journald;
 pub mod logging;
 mod membership;
 mod metrics_http;
 mod output;
+mod probes_http;
 mod readiness;
 mod requests;
 mod shutdown;
@@ -44,7 +46,6 @@ use clock::Clock;
 use control::{Client, ClientState};
 use generation::Generations;
 use membership::Members;
-use metrics_http::MetricsServer;
 use shutdown::Shutdown;
 use usage_watch::UsageWatch;
 
@@ -79,6 +80,8 @@ pub struct Options {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// Answer only requests with `Authorization: Bearer <this>` (`--metrics-token-file`).
     pub metrics_token: Option<String>,
+    /// Serve `/livez`, `/readyz` and `/readyz/UNIT` here (any address: see docs/kubernetes.md).
+    pub probe_listen: Option<std::net::SocketAddr>,
     /// Where the units' notify sockets are made (see docs/operations.md, "Notify sockets").
     pub notify_dir: PathBuf,
 }
@@ -98,6 +101,11 @@ pub enum DaemonError {
     Socket(#[from] SocketError),
     #[error("--metrics-listen {addr}: {source}")]
     MetricsListen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("--probe-listen {addr}: {source}")]
+    ProbeListen {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
@@ -143,8 +151,8 @@ struct Daemon {
     /// Notify sockets, health probes in flight: see readiness.rs.
     readiness: readiness::ReadinessChannels,
     usage_watch: UsageWatch,
-    /// `--metrics-listen`: the HTTP listener and its connections.
-    metrics: Option<MetricsServer>,
+    /// `--metrics-listen` and `--probe-listen`: the HTTP listeners and their connections.
+    http: http::Servers,
     rings: HashMap<UnitName, Ring>,
     clock: Clock,
     /// The kill wait, the leftovers, the exit code and power action.
@@ -258,17 +266,15 @@ pub fn run(mut opts: Options) -> Result<Ending, DaemonError> {
             operation: "registering with epoll",
             source: e.into(),
         })?;
-    let metrics = match opts.metrics_listen {
-        None => None,
-        Some(addr) => match MetricsServer::bind(addr, opts.metrics_token.clone()) {
-            Ok(mut server) => {
-                let token = sources
-                    .add(server.listener.as_fd(), Source::Metrics, false)
-                    .map_err(|e| DaemonError::Os {
-                        operation: "registering with epoll",
-                        source: e.into(),
-                    })?;
-                server.listener_token = Some(token);
+    let mut http = http::Servers::default();
+    if let Some(addr) = opts.metrics_listen {
+        match http::HttpServer::bind(
+            addr,
+            http::Role::Metrics,
+            metrics_http::BOUNDS,
+            &mut sources,
+        ) {
+            Ok(server) => {
                 if opts.metrics_token.is_some() {
                     info!(address = %addr, "serving GET /metrics to the bearer of the token");
                 } else {
@@ -280,16 +286,28 @@ pub fn run(mut opts: Options) -> Result<Ending, DaemonError> {
                          every unit's status there (--metrics-token-file requires a token)"
                     );
                 }
-                Some(server)
+                http.metrics = Some(server);
             }
             Err(source) if host_init => {
                 let error = DaemonError::MetricsListen { addr, source };
                 warn!("{error}; not serving metrics");
-                None
             }
             Err(source) => return Err(DaemonError::MetricsListen { addr, source }),
-        },
-    };
+        }
+    }
+    if let Some(addr) = opts.probe_listen {
+        match http::HttpServer::bind(addr, http::Role::Probes, probes_http::BOUNDS, &mut sources) {
+            Ok(server) => {
+                info!(address = %addr, "serving GET /livez, /readyz and /readyz/UNIT");
+                http.probes = Some(server);
+            }
+            Err(source) if host_init => {
+                let error = DaemonError::ProbeListen { addr, source };
+                warn!("{error}; not serving probes");
+            }
+            Err(source) => return Err(DaemonError::ProbeListen { addr, source }),
+        }
+    }
     info!(
         units = loaded.units.len(),
         dir = %opts.units_dir.display(),
@@ -341,7 +359,7 @@ pub fn run(mut opts: Options) -> Result<Ending, DaemonError> {
     let mut daemon = Daemon {
         members,
         usage_watch,
-        metrics,
+        http,
         sup: Supervisor::new(loaded.units.into_values(), now),
         opts,
         sources,
@@ -392,7 +410,7 @@ impl Daemon {
     ///    refusal counts whose report is due.
     /// 6. `Input::Tick`: the core's own deadlines (backoff ends, stop timeouts, watchdogs).
     /// 7. `room_timers`: OOM kills that spared the main process, cgroup removals to retry,
-    ///    usage sampling, idle metrics clients.
+    ///    usage sampling, idle HTTP clients (metrics, probes).
     /// 8. `answer_clients`: waiters whose units got where they were going, then requests
     ///    clients had queued behind them and the next pieces of large answers.
     /// 9. `check_exit_with`: the `--exit-with` unit ended, so corral shuts down.
@@ -543,7 +561,7 @@ impl Daemon {
         }
         self.members.retry_removals(now);
         self.sample_usage(now);
-        self.expire_metrics_clients(now);
+        self.http.expire(now, &mut self.sources);
     }
 
     /// Step 11: once every unit is down, ends the processes left behind (shutdown.rs).
@@ -597,7 +615,7 @@ impl Daemon {
             .chain(self.members.next_deadline())
             .chain(self.readiness.next_deadline())
             .chain(self.usage_watch.next_deadline())
-            .chain(self.metrics.as_ref().and_then(MetricsServer::next_deadline))
+            .chain(self.http.next_deadline())
             .chain(self.units_dir.due.deadline())
             .chain(clients)
             .chain(settled)
@@ -619,7 +637,7 @@ impl Daemon {
                 }
             }
             Source::Listener => self.accept_clients(),
-            Source::Metrics => self.accept_metrics_clients(),
+            Source::HttpListener(role) => self.accept_http(role),
             Source::Watch => self.units_dir.changed(Instant::now()),
             Source::MemoryEvents { unit } => {
                 if self.generations.drain(&unit, token) {
@@ -641,7 +659,7 @@ impl Daemon {
             Source::Closers => self.readiness.on_closer_wake(&self.sources),
             Source::Notify { unit } => self.drain_notify(&unit, Instant::now()),
             Source::NetProbe => self.advance_net_probe(token),
-            Source::MetricsClient => self.serve_metrics_client(token, ready),
+            Source::HttpClient(role) => self.serve_http(role, token, ready),
             Source::Client => self.serve_client(token, ready),
         }
     }

@@ -3,10 +3,10 @@
 use std::collections::{HashSet, VecDeque};
 use std::os::fd::AsFd;
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::core::signal::Signal;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::core::reload::ReloadPlan;
 use crate::core::supervisor::{Goal, Input, RequestError};
@@ -425,6 +425,22 @@ impl Daemon {
                     self.reply(token, response);
                 }
             }
+            Verb::WaitReady => {
+                if let Err(e) = self.sup.check_names(&names) {
+                    return self.reply(token, refused(&e));
+                }
+                let timeout = Duration::from_millis(request.timeout_ms.unwrap_or(0));
+                let deadline = request.timeout_ms.and_then(|_| now.checked_add(timeout));
+                // Not `info`: an exec probe asks every few seconds.
+                debug!(uid = peer.uid, pid = peer.pid, units = ?names, timeout_ms = request.timeout_ms, "wait-ready: waiting");
+                if let Some(client) = self.control.clients.get_mut(&token) {
+                    client.state = ClientState::AwaitingReady {
+                        units: names,
+                        deadline,
+                        timeout,
+                    };
+                }
+            }
             Verb::Metrics => {
                 let response = match self.sup.check_names(&names) {
                     Ok(()) => Response {
@@ -609,8 +625,49 @@ impl Daemon {
                     units.iter().all(|u| self.sup.settled(u, *goal).is_some())
                         && gone.iter().all(|u| !self.sup.is_removing(u))
                 }
+                ClientState::AwaitingReady { units, .. } => self.sup.not_ready(units).is_empty(),
                 _ => false,
             })
+    }
+
+    /// The answer to `client`'s wait-ready once its units are ready (or one named is gone, or
+    /// its time is up); `None` while it waits. A unit that fails is waited for on (a restart,
+    /// a `corral restart` or a reload may still make it ready): the timeout says why it is not.
+    fn ready_answer(&self, client: &Client, now: Instant) -> Option<Response> {
+        let ClientState::AwaitingReady {
+            units,
+            deadline,
+            timeout,
+        } = &client.state
+        else {
+            return None;
+        };
+        let waiting = self.sup.not_ready(units);
+        if waiting.is_empty() {
+            let what = if units.is_empty() {
+                "every enabled unit is ready".to_owned()
+            } else {
+                format!("ready: {}", join_names(units))
+            };
+            return Some(Response::message(what));
+        }
+        if let Some(gone) = waiting.iter().find(|u| self.sup.is_ready(u).is_none()) {
+            let why = format!("{gone} was removed from the units directory");
+            return Some(Response::error(ErrorKind::Failed, why));
+        }
+        if deadline.is_some_and(|d| d <= now) {
+            let why: Vec<String> = waiting
+                .iter()
+                .map(|u| format!("{u} ({})", self.sup.not_ready_because(u)))
+                .collect();
+            let message = format!(
+                "not ready after {}: {}",
+                humantime::format_duration(*timeout),
+                why.join(", ")
+            );
+            return Some(Response::error(ErrorKind::Timeout, message));
+        }
+        None
     }
 
     /// The answer to `client`'s start/stop/restart once its units all got where they were
@@ -648,11 +705,10 @@ impl Daemon {
     /// running unit), so the requests queued behind it are served in the same turn.
     fn answer_if_settled(&mut self, token: u64) {
         let now = Instant::now();
-        let answer = self
-            .control
-            .clients
-            .get(&token)
-            .and_then(|client| self.settled_answer(client, now));
+        let answer = self.control.clients.get(&token).and_then(|client| {
+            self.settled_answer(client, now)
+                .or_else(|| self.ready_answer(client, now))
+        });
         if let Some(response) = answer {
             self.reply(token, response);
         }
@@ -676,7 +732,12 @@ impl Daemon {
             .control
             .clients
             .iter()
-            .filter_map(|(token, client)| Some((*token, self.settled_answer(client, now)?)))
+            .filter_map(|(token, client)| {
+                let answer = self
+                    .settled_answer(client, now)
+                    .or_else(|| self.ready_answer(client, now))?;
+                Some((*token, answer))
+            })
             .collect();
         for (token, response) in answers {
             self.reply(token, response);
@@ -730,6 +791,14 @@ impl Daemon {
             self.recover_fds(!gone.is_empty());
         }
     }
+}
+
+fn join_names(names: &[UnitName]) -> String {
+    names
+        .iter()
+        .map(UnitName::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// An fd to give back when accept(2) runs out of them.

@@ -9,6 +9,8 @@ use nix::errno::Errno;
 use crate::os::poller::{Poller, Ready};
 use crate::unit::UnitName;
 
+use super::http::Role;
+
 /// An epoll token: chosen here, never reused, so a stale one names nothing.
 pub(super) type Token = u64;
 
@@ -22,8 +24,8 @@ pub(super) enum Source {
     Listener,
     /// The units directory's inotify watch.
     Watch,
-    /// The `--metrics-listen` listener.
-    Metrics,
+    /// The `--metrics-listen` or `--probe-listen` listener.
+    HttpListener(Role),
     /// The closers of descriptors units passed finished a batch.
     Closers,
     /// A unit's stdout or stderr, or an exec probe's.
@@ -38,8 +40,8 @@ pub(super) enum Source {
     NamedMain { unit: UnitName },
     /// A control client.
     Client,
-    /// A `GET /metrics` connection.
-    MetricsClient,
+    /// A connection to one of them.
+    HttpClient(Role),
     /// A unit's notify socket.
     Notify { unit: UnitName },
     /// A TCP or HTTP health probe's socket.

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, EmptyDirVolumeSource, EnvVar,
-    ExecAction, HTTPGetAction, KeyToPath, Pod, PodSpec, PodTemplateSpec, Probe,
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
+    EnvVar, ExecAction, HTTPGetAction, KeyToPath, Pod, PodSpec, PodTemplateSpec, Probe,
     ResourceRequirements, SecurityContext, TCPSocketAction, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -24,23 +24,25 @@ use crate::unit::{
     UnitSet,
 };
 
-/// How the kubelet asks the wrapped corral: `corral status` over the control socket, whose
-/// exit code says it all (docs/cli.md): 4 when no supervisor answers (not live), 3 when a
-/// named unit is not running (not ready). An exec probe needs no listener and no port open
-/// to the pod's network.
-pub const LIVENESS_COMMAND: [&str; 2] = ["corral", "status"];
+/// The port of the wrapped corral's `--probe-listen` (on every address of the pod), which the
+/// kubelet's HTTP probes ask: `/livez` (corral's loop turns) and `/readyz` (every enabled unit
+/// is ready). Named `probes` in the container's ports. See docs/kubernetes.md, "Probes".
+pub const PROBE_PORT: u16 = 9101;
+/// The container port's name the probes refer to.
+const PROBE_PORT_NAME: &str = "probes";
 
-/// `corral status` of every enabled service: ready while each runs (a oneshot that has done its
-/// work reads `exited`, so it is left out).
-fn readiness_command(units: &BTreeMap<UnitName, Unit>) -> Vec<String> {
-    let mut command: Vec<String> = LIVENESS_COMMAND.map(str::to_owned).to_vec();
-    command.extend(
-        units
-            .values()
-            .filter(|u| u.enabled && u.kind == UnitKind::Service)
-            .map(|u| u.name.to_string()),
-    );
-    command
+/// An HTTP probe of the wrapped corral's probe listener.
+fn probe_endpoint(path: &str, period_seconds: i32, failure_threshold: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::String(PROBE_PORT_NAME.to_owned()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period_seconds),
+        failure_threshold: Some(failure_threshold),
+        ..Probe::default()
+    }
 }
 
 /// Where the wrapped pod mounts the units' ConfigMap: corral's default units directory.
@@ -227,8 +229,13 @@ fn wrap(
         ..ConfigMap::default()
     };
 
-    let mut command = vec!["corral".to_owned(), "run".to_owned()];
-    command.push(UNITS_MOUNT.to_owned());
+    let command = vec![
+        "corral".to_owned(),
+        "run".to_owned(),
+        "--probe-listen".to_owned(),
+        format!("0.0.0.0:{PROBE_PORT}"),
+        UNITS_MOUNT.to_owned(),
+    ];
 
     let needs_privilege: Vec<&str> = units
         .values()
@@ -251,21 +258,17 @@ fn wrap(
         name: "corral".to_owned(),
         image: Some(options.image.clone()),
         command: Some(command),
-        liveness_probe: Some(Probe {
-            exec: Some(ExecAction {
-                command: Some(LIVENESS_COMMAND.map(str::to_owned).to_vec()),
-            }),
-            period_seconds: Some(10),
-            failure_threshold: Some(3),
-            ..Probe::default()
-        }),
-        readiness_probe: Some(Probe {
-            exec: Some(ExecAction {
-                command: Some(readiness_command(units)),
-            }),
-            period_seconds: Some(5),
-            ..Probe::default()
-        }),
+        ports: Some(vec![ContainerPort {
+            name: Some(PROBE_PORT_NAME.to_owned()),
+            container_port: i32::from(PROBE_PORT),
+            protocol: Some("TCP".to_owned()),
+            ..ContainerPort::default()
+        }]),
+        // Until corral listens (it binds before it starts any unit), liveness is not asked:
+        // 30 s for a start that reads the units and empties what a previous corral left.
+        startup_probe: Some(probe_endpoint("/livez", 1, 30)),
+        liveness_probe: Some(probe_endpoint("/livez", 10, 3)),
+        readiness_probe: Some(probe_endpoint("/readyz", 5, 3)),
         resources: wrapped_resources(units, warnings),
         security_context: options.privileged.then(|| SecurityContext {
             privileged: Some(true),

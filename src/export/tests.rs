@@ -245,6 +245,38 @@ fn wrap_grace_period_covers_the_longest_stop_chain() {
 }
 
 #[test]
+fn wrap_probes_ask_the_probe_listener_that_its_command_opens() {
+    let set = units(&[("a", CMD)]);
+    let (spec, _) = pod_spec(&set, Layout::Wrap);
+    let c = &spec.containers[0];
+    let command = c.command.clone().unwrap();
+    let listen = format!("0.0.0.0:{}", k8s::PROBE_PORT);
+    assert!(
+        command
+            .windows(2)
+            .any(|w| w == ["--probe-listen", listen.as_str()]),
+        "{command:?}"
+    );
+    // corral takes the option as its run option (not as a units directory).
+    assert_eq!(command.last().map(String::as_str), Some(k8s::UNITS_MOUNT));
+    let port = &c.ports.as_ref().unwrap()[0];
+    assert_eq!(port.container_port, i32::from(k8s::PROBE_PORT));
+    let name = port.name.clone().unwrap();
+    let asks = |probe: &Option<k8s_openapi::api::core::v1::Probe>| {
+        let get = probe.as_ref().unwrap().http_get.as_ref().unwrap();
+        let k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(port) = &get.port
+        else {
+            panic!("a named port: {:?}", get.port);
+        };
+        assert_eq!(port, &name);
+        get.path.clone().unwrap()
+    };
+    assert_eq!(asks(&c.startup_probe), "/livez");
+    assert_eq!(asks(&c.liveness_probe), "/livez");
+    assert_eq!(asks(&c.readiness_probe), "/readyz");
+}
+
+#[test]
 fn object_names_are_dns_labels_that_leave_room_for_the_config_map() {
     assert!(k8s::valid_object_name("corral"));
     assert!(k8s::valid_object_name("a-1"));
