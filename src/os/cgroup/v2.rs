@@ -333,6 +333,7 @@ mod tests {
         let oom = OomConfig {
             group_kill: true,
             score_adjust: None,
+            pressure: None,
         };
         let plan: Plan = cgroup_plan::plan(&resources, &oom, Version::V2, &|_| Ok((8, 0)));
         let problems = apply(&v2, Path::new("app.service"), &plan);
