@@ -57,6 +57,10 @@ pub struct Row {
     pub io_read_bytes: Option<u64>,
     pub io_write_bytes: Option<u64>,
     pub near_limits: Vec<String>,
+    /// `[oom] usage-threshold`, shown beside memory-max (`64.0M@90%`).
+    pub pressure_threshold_percent: Option<u32>,
+    /// A memory-pressure episode is under way (the state is marked as near a limit).
+    pub pressure_episode: bool,
 }
 
 fn cpu_percent(prev: Option<&Snapshot>, now: &Snapshot, unit: &UnitStatus) -> Option<f64> {
@@ -98,6 +102,11 @@ pub fn rows(prev: Option<&Snapshot>, now: &Snapshot, sort: SortKey) -> Vec<Row> 
             io_read_bytes: u.usage.io_read_bytes,
             io_write_bytes: u.usage.io_write_bytes,
             near_limits: u.near_limits.clone(),
+            pressure_threshold_percent: u.pressure.as_ref().and_then(|p| p.usage_threshold_percent),
+            pressure_episode: u
+                .pressure
+                .as_ref()
+                .is_some_and(|p| p.episode_since.is_some()),
         });
     }
     for siblings in children.values_mut() {
@@ -163,8 +172,12 @@ fn cells(row: &Row) -> [String; 11] {
         name.push('/');
     }
     let mut state = row.state.clone();
-    if !row.near_limits.is_empty() {
+    if !row.near_limits.is_empty() || row.pressure_episode {
         state.push('!');
+    }
+    let mut memory_max = size(row.memory_max);
+    if let Some(percent) = row.pressure_threshold_percent {
+        memory_max.push_str(&format!("@{percent}%"));
     }
     [
         name,
@@ -172,7 +185,7 @@ fn cells(row: &Row) -> [String; 11] {
         row.cpu_percent.map_or_else(dash, |p| format!("{p:.1}")),
         row.cpu_quota_percent.map_or_else(dash, |q| format!("{q}%")),
         size(row.memory_current),
-        size(row.memory_max),
+        memory_max,
         count(row.nr_throttled),
         row.cpu_throttled_usec
             .map_or_else(dash, |us| format!("{:.1}s", us as f64 / 1e6)),

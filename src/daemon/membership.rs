@@ -15,6 +15,7 @@ use crate::core::container::{self, Budget, Ladder, Rung};
 use crate::core::exit::Termination;
 use crate::core::limit_watch::{HighWatch, Notice, Thresholds};
 use crate::core::oom::{MainEnd, OomLedger};
+use crate::core::pressure::PressureWatch;
 use crate::os::cgroup::{self, Cgroups, Join};
 use crate::os::process_group::ProcessGroup;
 use crate::os::{reaper, spawn};
@@ -615,10 +616,41 @@ impl Members {
         {
             marks.extend(thresholds.memory_marks(max));
         }
+        // `[oom] usage-threshold` on v1: the kernel wakes corral as usage crosses the threshold
+        // and its recovery mark. Each mark costs the start an RCU grace period (v1.rs,
+        // `notifies_memory_marks`), paid only by units that ask to act before the OOM killer.
+        if let (Some(max), Some(policy)) = (bytes(unit.resources.memory_max), &unit.oom.pressure)
+            && cgroups.version() == Version::V1
+        {
+            marks.extend(
+                PressureWatch::usage_marks(policy, max)
+                    .into_iter()
+                    .flatten(),
+            );
+        }
+        marks.sort_unstable();
+        marks.dedup();
         cgroups.memory_watch(rel, &marks).unwrap_or_else(|e| {
             warn!(unit = %unit.name, "OOM kills that spare the main process will go unnoticed: {e}");
             Vec::new()
         })
+    }
+
+    /// The PSI trigger of the unit's `[oom] pressure-threshold` on its new cgroup (v2); None
+    /// without the key, without a cgroup, or where the kernel has no per-cgroup PSI.
+    pub fn pressure_trigger(&self, unit: &Unit) -> Option<OwnedFd> {
+        let psi = unit.oom.pressure.as_ref()?.psi?;
+        let (Some(cgroups), Some(Door::Cgroup(rel))) = (&self.cgroups, self.doors.get(&unit.name))
+        else {
+            return None;
+        };
+        match cgroups.pressure_trigger(rel, &psi.trigger()) {
+            Ok(fd) => fd,
+            Err(e) => {
+                warn!(unit = %unit.name, "pressure-threshold \"{psi}\" is not watched: {e}");
+                None
+            }
+        }
     }
 
     /// A memory event woke us: an OOM kill may have happened (see core/oom.rs for when the
@@ -732,6 +764,12 @@ impl Members {
     /// The cgroup version in use, if corral manages cgroups.
     pub fn version(&self) -> Option<Version> {
         self.cgroups.as_ref().map(|c| c.version())
+    }
+
+    /// Whether a unit's `[oom] usage-threshold` is announced by the kernel (v1 usage
+    /// thresholds) rather than sampled by the usage timer (v2).
+    pub fn notifies_usage_threshold(&self) -> bool {
+        self.version() == Some(Version::V1)
     }
 
     /// Whether the kernel tells corral when memory usage crosses a mark (v1 thresholds).

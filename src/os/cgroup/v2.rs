@@ -174,6 +174,31 @@ impl Backend for V2 {
         super::access::v2(&self.mount, &self.dir(Path::new("")))
     }
 
+    fn pressure_trigger(&self, rel: &Path, trigger: &str) -> Result<Option<OwnedFd>, CgroupError> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.dir(rel).join("memory.pressure");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(super::io_error("opening", &path))?;
+        // The kernel reads one write and overwrites its last byte with a NUL (psi_write:
+        // `buf[buf_size - 1] = '\0'`), so the trigger goes with its NUL, as psi.rst's example
+        // writes `strlen(trig) + 1` bytes; without it the window would lose its last digit.
+        let mut bytes = trigger.as_bytes().to_vec();
+        bytes.push(0);
+        (&file)
+            .write_all(&bytes)
+            .map_err(|source| CgroupError::Write {
+                value: trigger.to_owned(),
+                path: path.clone(),
+                source,
+            })?;
+        Ok(Some(OwnedFd::from(file)))
+    }
+
     fn memory_watch(&self, rel: &Path, _marks: &[u64]) -> Result<Vec<OwnedFd>, CgroupError> {
         Ok(vec![watch_modified(&self.dir(rel).join("memory.events"))?])
     }
