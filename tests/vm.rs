@@ -86,6 +86,7 @@ const EXPECTED: &[(&str, bool)] = &[
     ("v2-top", false),
     ("v2-memory-warning", false),
     ("pressure.psi-restart", false),
+    ("pressure.env", false),
     ("pressure.warn-oom", false),
     // tests/vm/oci.sh: corral under runc, the container's /sys/fs/cgroup read-only and read-write.
     ("oci-ro.units-start", false),

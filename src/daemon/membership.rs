@@ -653,6 +653,58 @@ impl Members {
         }
     }
 
+    /// `$MEMORY_PRESSURE_WATCH` and `$MEMORY_PRESSURE_WRITE` for a unit with `[oom]
+    /// pressure-threshold` whose cgroup was just prepared (v2), as systemd's
+    /// `MemoryPressureWatch=` hands them: the unit's `memory.pressure`, and its trigger in
+    /// base64 with the NUL the kernel needs (v2.rs, `pressure_trigger`). The file is given to
+    /// the unit's user (fchown on an fd opened without following links), as systemd does, so
+    /// its own process can arm the trigger; where that fails, neither variable is set.
+    pub fn pressure_env(&self, unit: &Unit) -> Vec<(String, String)> {
+        use base64::Engine;
+        use std::os::unix::fs::OpenOptionsExt;
+        let (Some(psi), Some(cgroups), Some(rel)) = (
+            unit.oom.pressure.as_ref().and_then(|p| p.psi),
+            &self.cgroups,
+            self.paths.get(&unit.name),
+        ) else {
+            return Vec::new();
+        };
+        let Some(file) = cgroups.pressure_file(rel) else {
+            return Vec::new();
+        };
+        let uid = spawn::host_uid(
+            &unit.namespaces,
+            unit.exec.as_ref().and_then(|e| e.user.as_ref()),
+        );
+        if uid != nix::unistd::geteuid().as_raw() {
+            let given = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+                .open(&file)
+                .map_err(|e| e.to_string())
+                .and_then(|f| {
+                    nix::unistd::fchown(&f, Some(nix::unistd::Uid::from_raw(uid)), None)
+                        .map_err(|e| e.to_string())
+                });
+            if let Err(e) = given {
+                warn!(unit = %unit.name, "no $MEMORY_PRESSURE_WATCH: giving {} to uid {uid}: {e}", file.display());
+                return Vec::new();
+            }
+        }
+        let mut trigger = psi.trigger().into_bytes();
+        trigger.push(0);
+        vec![
+            (
+                "MEMORY_PRESSURE_WATCH".to_owned(),
+                file.to_string_lossy().into_owned(),
+            ),
+            (
+                "MEMORY_PRESSURE_WRITE".to_owned(),
+                base64::engine::general_purpose::STANDARD.encode(trigger),
+            ),
+        ]
+    }
+
     /// A memory event woke us: an OOM kill may have happened (see core/oom.rs for when the
     /// counter is read).
     pub fn on_memory_event(&mut self, unit: &UnitName, now: Instant) {

@@ -699,8 +699,12 @@ impl Daemon {
                         error: SpawnFailure::new(None, "unit has no [exec]"),
                     });
                 };
-                let exec = self.with_notify_env(&unit, exec);
+                let mut exec = self.with_notify_env(&unit, exec);
                 let cgroup = self.members.prepare_spawn(&unit);
+                // The unit's own [exec] env wins, as an Environment= does over systemd's.
+                for (name, value) in self.members.pressure_env(&unit) {
+                    exec.env.entry(name).or_insert(value);
+                }
                 let confine = spawn::Confinement {
                     namespaces: &unit.namespaces,
                     sandbox: &unit.sandbox,

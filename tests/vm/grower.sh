@@ -9,6 +9,8 @@ if [ -e "$marker" ]; then
     echo "after the restart: staying small"
     while :; do sleep 1000; done
 fi
+# What corral hands a unit with pressure-threshold, as systemd's MemoryPressureWatch= does.
+echo "$MEMORY_PRESSURE_WATCH $MEMORY_PRESSURE_WRITE" >"/tmp/$1.env"
 echo "growing"
 chunk=$(head -c 1048576 /dev/zero | tr '\0' x)
 # One variable per MiB: each assignment copies the chunk once (a growing string would be copied

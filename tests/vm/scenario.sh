@@ -513,6 +513,13 @@ if wait_for 90 psi_restarted; then
 else
     result pressure.psi-restart FAIL "no pressure restart within 90 s: $(status psigrow); $(cat $CG/psigrow.service/memory.pressure 2>&1 | tr '\n' ' ')"
 fi
+# $MEMORY_PRESSURE_WATCH/_WRITE: the unit's memory.pressure, and base64 of "some 50000 1000000\0".
+env_got=$(cat /tmp/psigrow.env 2>&1)
+if [ "$env_got" = "$CG/psigrow.service/memory.pressure c29tZSA1MDAwMCAxMDAwMDAwAA==" ]; then
+    result pressure.env PASS "$env_got"
+else
+    result pressure.env FAIL "got '$env_got'"
+fi
 corral stop psigrow >/dev/null 2>&1
 # action "warn": warned about (the usage timer, 1 s for such a unit), then OOM-killed as today.
 corral start --no-block psiwarn >/dev/null 2>&1

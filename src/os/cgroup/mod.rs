@@ -216,6 +216,11 @@ pub trait Backend {
     ) -> Result<Option<OwnedFd>, CgroupError> {
         Ok(None)
     }
+    /// The path of the cgroup's `memory.pressure` for a unit to arm its own trigger on (what
+    /// systemd hands over as `$MEMORY_PRESSURE_WATCH`); None without per-cgroup PSI (v1 here).
+    fn pressure_file(&self, _rel: &Path) -> Option<PathBuf> {
+        None
+    }
     /// The limits in force above R (the container's or slice's budget), and the v2 caps on
     /// how many cgroups and levels may exist below it.
     fn budget(&self) -> (Budget, Option<u64>, Option<u64>);

@@ -174,6 +174,11 @@ impl Backend for V2 {
         super::access::v2(&self.mount, &self.dir(Path::new("")))
     }
 
+    fn pressure_file(&self, rel: &Path) -> Option<PathBuf> {
+        let file = self.dir(rel).join("memory.pressure");
+        file.exists().then_some(file)
+    }
+
     fn pressure_trigger(&self, rel: &Path, trigger: &str) -> Result<Option<OwnedFd>, CgroupError> {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
