@@ -312,3 +312,45 @@ fn a_unit_whose_pressure_action_is_warn_is_warned_about_then_oom_killed() {
     assert_eq!(status["pressure_restarts"], 0, "{status}");
     assert_eq!(status["pressure"]["actions"], 1, "{status}");
 }
+
+/// A reload that adds `[oom]` keys to a running unit applies them in place (no restart for the
+/// reload itself), re-arms the kernel's usage thresholds and judges the unit's usage at once.
+#[test]
+fn a_reload_that_adds_a_usage_threshold_acts_on_the_running_unit_in_place() {
+    if !ready() {
+        return;
+    }
+    let mut c = Corral::new();
+    let holder = "[exec]\ncommand = [\"python3\", \"-c\", \"import signal, sys, time\\nsignal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\\nx = b'x' * (40 << 20)\\nprint('held', flush=True)\\ntime.sleep(1000)\"]\n[resources]\nmemory-max = \"64M\"\n";
+    c.unit("holder", holder);
+    c.launch(&[]);
+    c.wait_log("the unit holds 40M", |l| {
+        common::is_output(l, "holder") && common::msg(l) == "held"
+    });
+    let pid = c.status("holder")["pid"].clone();
+    assert!(c.status("holder")["pressure"].is_null());
+    c.unit(
+        "holder",
+        &format!("{holder}[oom]\nusage-threshold = \"50%\"\naction = \"restart\"\n"),
+    );
+    // The file watcher may apply it first; either way one reload re-limits the unit.
+    c.ok(&["reload"]);
+    c.wait_log("the reload applied in place", |l| {
+        common::msg(l) == "reload applied" && l["fields"]["relimited"] == "holder"
+    });
+    c.wait_log("the pressure restart", |l| {
+        is_about(
+            l,
+            "holder",
+            "stopped for a memory-pressure restart (exited with code 0)",
+        )
+    });
+    c.wait_count("the next run holds again", 2, |l| {
+        common::is_output(l, "holder") && common::msg(l) == "held"
+    });
+    let status = c.status("holder");
+    assert_ne!(status["pid"], pid, "{status}");
+    assert_eq!(status["pressure_restarts"], 1, "{status}");
+    assert_eq!(status["restarts"], 0, "{status}");
+    assert_eq!(status["oom_kills"], 0, "{status}");
+}

@@ -477,4 +477,24 @@ mod tests {
         failed.error = Some("start limit hit".to_owned());
         assert_eq!(status_note(&failed), "start limit hit");
     }
+
+    #[test]
+    fn the_pressure_line_names_the_thresholds_what_watches_them_and_the_actions() {
+        let p = crate::proto::PressureStatus {
+            usage_threshold_percent: Some(90),
+            pressure_threshold: Some("some 10% over 2s".to_owned()),
+            sustain_ms: 1000,
+            action: "signal".to_owned(),
+            signal: Some("SIGUSR1".to_owned()),
+            watched_by: vec!["psi-trigger".to_owned(), "usage-sampled".to_owned()],
+            usage_percent: Some(47),
+            actions: 2,
+            ..crate::proto::PressureStatus::default()
+        };
+        assert_eq!(
+            pressure_line(&p, 0),
+            "signal SIGUSR1 at usage 90% of memory-max or stalls some 10% over 2s held 1000 ms; \
+             watched by psi-trigger, usage-sampled; usage 47%; 2 actions, 0 restarts"
+        );
+    }
 }

@@ -508,4 +508,20 @@ mod tests {
         assert_eq!(small.len(), 3);
         assert!(small.iter().all(|l| l.chars().count() <= 20), "{small:?}");
     }
+
+    #[test]
+    fn a_usage_threshold_shows_beside_memory_max_and_an_episode_marks_the_state() {
+        let t0 = Instant::now();
+        let mut web = status("web", "service", None, 0, 50 << 20);
+        web.usage.memory_max = Some(64 << 20);
+        web.pressure = Some(crate::proto::PressureStatus {
+            usage_threshold_percent: Some(90),
+            episode_since: Some("2026-12-03T10:00:00Z".to_owned()),
+            ..crate::proto::PressureStatus::default()
+        });
+        let rows = rows(None, &snap(t0, vec![web]), SortKey::Cpu);
+        let cells = cells(&rows[0]);
+        assert_eq!(cells[1], "running!");
+        assert_eq!(cells[5], "64.0M@90%");
+    }
 }

@@ -384,6 +384,35 @@ mod tests {
         }
     }
 
+    /// psi_write overwrites the last byte of the write with a NUL: the trigger goes with one.
+    #[test]
+    fn a_pressure_trigger_is_written_with_its_nul_and_a_symlink_is_not_followed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let unit_dir = tmp.path().join("app.service");
+        fs::create_dir_all(&unit_dir).unwrap();
+        let v2 = V2::new(tmp.path().to_owned(), Path::new("/"), Path::new("/x"));
+        let rel = Path::new("app.service");
+        assert_eq!(v2.pressure_file(rel), None, "no PSI: no file");
+        assert!(v2.pressure_trigger(rel, "some 150000 1000000").is_err());
+        fs::write(unit_dir.join("memory.pressure"), "").unwrap();
+        let fd = v2.pressure_trigger(rel, "some 150000 1000000").unwrap();
+        assert!(fd.is_some());
+        assert_eq!(
+            fs::read(unit_dir.join("memory.pressure")).unwrap(),
+            b"some 150000 1000000\0"
+        );
+        assert_eq!(
+            v2.pressure_file(rel),
+            Some(unit_dir.join("memory.pressure"))
+        );
+        let other = tmp.path().join("elsewhere");
+        fs::write(&other, "").unwrap();
+        fs::remove_file(unit_dir.join("memory.pressure")).unwrap();
+        std::os::unix::fs::symlink(&other, unit_dir.join("memory.pressure")).unwrap();
+        assert!(v2.pressure_trigger(rel, "some 1 2").is_err());
+        assert_eq!(fs::read(&other).unwrap(), b"");
+    }
+
     #[test]
     fn a_missing_file_is_a_problem_naming_the_key() {
         let tmp = tempfile::tempdir().unwrap();
