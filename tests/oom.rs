@@ -354,3 +354,34 @@ fn a_reload_that_adds_a_usage_threshold_acts_on_the_running_unit_in_place() {
     assert_eq!(status["restarts"], 0, "{status}");
     assert_eq!(status["oom_kills"], 0, "{status}");
 }
+
+/// cgroup v1 has no per-cgroup PSI here: a `pressure-threshold` is accepted, said once to be
+/// unwatched, and `status` lists nothing watching it.
+#[test]
+fn a_pressure_threshold_on_cgroup_v1_is_said_to_be_unwatched() {
+    if !ready() {
+        return;
+    }
+    let mut c = Corral::new();
+    c.unit(
+        "calm",
+        &format!(
+            "{}[oom]\npressure-threshold = \"some 10% over 2s\"\naction = \"restart\"\n",
+            sleeper("1000")
+        ),
+    );
+    c.launch(&[]);
+    c.wait_log("the warning", |l| {
+        is_about(
+            l,
+            "calm",
+            "pressure-threshold \"some 10% over 2s\" is not watched",
+        )
+    });
+    let status = c.status("calm");
+    assert_eq!(status["pressure"]["watched_by"], json!([]), "{status}");
+    assert_eq!(
+        status["pressure"]["pressure_threshold"], "some 10% over 2s",
+        "{status}"
+    );
+}

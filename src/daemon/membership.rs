@@ -68,6 +68,8 @@ pub struct Members {
     remove_root_at_exit: bool,
     /// Units in their own pid namespace: the main pid is a helper init that passes signals on.
     helpers: HashMap<UnitName, Helper>,
+    /// Units told once that nothing here can watch their `pressure-threshold` (v1).
+    psi_unwatched: HashSet<UnitName>,
 }
 
 /// The helper init of a unit's pid namespace, and the pipe that carries its command's status.
@@ -123,6 +125,7 @@ impl Members {
             high: HashMap::new(),
             remove_root_at_exit: root_given,
             helpers: HashMap::new(),
+            psi_unwatched: HashSet::new(),
         };
         members.climb(detected);
         let summary = members.ladder.summary();
@@ -638,14 +641,24 @@ impl Members {
 
     /// The PSI trigger of the unit's `[oom] pressure-threshold` on its new cgroup (v2); None
     /// without the key, without a cgroup, or where the kernel has no per-cgroup PSI.
-    pub fn pressure_trigger(&self, unit: &Unit) -> Option<OwnedFd> {
+    pub fn pressure_trigger(&mut self, unit: &Unit) -> Option<OwnedFd> {
         let psi = unit.oom.pressure.as_ref()?.psi?;
         let (Some(cgroups), Some(Door::Cgroup(rel))) = (&self.cgroups, self.doors.get(&unit.name))
         else {
             return None;
         };
         match cgroups.pressure_trigger(rel, &psi.trigger()) {
-            Ok(fd) => fd,
+            Ok(Some(fd)) => Some(fd),
+            Ok(None) => {
+                if self.psi_unwatched.insert(unit.name.clone()) {
+                    warn!(
+                        unit = %unit.name,
+                        "pressure-threshold \"{psi}\" is not watched: cgroup {:?} has no per-cgroup PSI here (usage-threshold is)",
+                        cgroups.version()
+                    );
+                }
+                None
+            }
             Err(e) => {
                 warn!(unit = %unit.name, "pressure-threshold \"{psi}\" is not watched: {e}");
                 None
