@@ -55,6 +55,18 @@ pub const SERIES: &[Series] = &[
         "corral_unit_near_limit",
         "1 while a limit warning episode of that concern is under way.",
     ),
+    counter(
+        "corral_unit_pressure_actions_total",
+        "Actions taken by the unit's [oom] thresholds (warn, signal or restart) since corral started.",
+    ),
+    counter(
+        "corral_unit_pressure_restarts_total",
+        "Restarts by [oom] action = \"restart\" since corral started (not failures).",
+    ),
+    gauge(
+        "corral_unit_pressure_usage_threshold_ratio",
+        "[oom] usage-threshold as a share of memory-max.",
+    ),
     gauge(
         "corral_unit_memory_bytes",
         "Memory charged to the unit's cgroup now.",
@@ -211,6 +223,31 @@ fn samples(name: &str, u: &UnitStatus) -> Vec<(Labels, f64)> {
                     if on { 1.0 } else { 0.0 },
                 )
             })
+            .collect(),
+        "corral_unit_pressure_actions_total" => u
+            .pressure
+            .as_ref()
+            .map(|p| {
+                let action = match &p.signal {
+                    Some(_) => "signal",
+                    None => p.action.as_str(),
+                };
+                (vec![("action", action.to_owned())], f64::from(p.actions))
+            })
+            .into_iter()
+            .collect(),
+        "corral_unit_pressure_restarts_total" => u
+            .pressure
+            .as_ref()
+            .map(|_| (Vec::new(), f64::from(u.pressure_restarts)))
+            .into_iter()
+            .collect(),
+        "corral_unit_pressure_usage_threshold_ratio" => u
+            .pressure
+            .as_ref()
+            .and_then(|p| p.usage_threshold_percent)
+            .map(|p| (Vec::new(), f64::from(p) / 100.0))
+            .into_iter()
             .collect(),
         "corral_unit_memory_bytes" => plain(usage.memory_current),
         "corral_unit_memory_peak_bytes" => plain(usage.memory_peak),

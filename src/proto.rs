@@ -258,7 +258,39 @@ pub struct UnitStatus {
     /// `requires` not yet running, its `after` still on their way up); empty otherwise.
     #[serde(default)]
     pub waiting_for: Vec<WaitingFor>,
+    /// Restarts by `[oom] action = "restart"` since corral started; not in `restarts`.
+    #[serde(default)]
+    pub pressure_restarts: u32,
+    /// `[oom]` thresholds that act before the OOM killer; null without them.
+    #[serde(default)]
+    pub pressure: Option<PressureStatus>,
     pub error: Option<String>,
+}
+
+/// A unit's `[oom]` thresholds, what watches them, and the actions taken (docs/protocol.md).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PressureStatus {
+    /// `usage-threshold`: percent of memory-max.
+    pub usage_threshold_percent: Option<u32>,
+    /// `pressure-threshold`: `some 20% over 5s`.
+    pub pressure_threshold: Option<String>,
+    pub sustain_ms: u64,
+    /// `warn`, `restart` or `signal`.
+    pub action: String,
+    /// The signal of `action = "signal"`.
+    pub signal: Option<String>,
+    pub cool_down_ms: u64,
+    /// What tells corral, for this run: `psi-trigger` (v2 `memory.pressure`),
+    /// `usage-thresholds` (v1 `memory.usage_in_bytes` eventfds), `usage-sampled`
+    /// (the usage timer, v2), `memory-events` (v2 `memory.events`, with memory-high).
+    pub watched_by: Vec<String>,
+    /// memory.current as a percent of the limit in force, at the last reading of this run.
+    pub usage_percent: Option<u64>,
+    /// When the episode under way began (RFC 3339); null when none is.
+    pub episode_since: Option<String>,
+    /// Actions taken since corral started (each `warn`, `signal` or `restart`).
+    pub actions: u32,
+    pub last_action: Option<String>,
 }
 
 /// A unit another one waits for before it starts, and that unit's state now.

@@ -420,7 +420,8 @@ fn metrics_over_http_parse_and_carry_every_documented_series() {
     );
     c.unit(
         "db",
-        "slice = \"back\"\n[exec]\ncommand = [\"sleep\", \"infinity\"]\n[resources]\nmemory-max = \"64M\"\npids-max = 16\ncpu-quota = \"50%\"\n",
+        "slice = \"back\"\n[exec]\ncommand = [\"sleep\", \"infinity\"]\n[resources]\nmemory-max = \"64M\"\npids-max = 16\ncpu-quota = \"50%\"\n\
+         [oom]\nusage-threshold = \"90%\"\n",
     );
     c.unit(
         "setup",

@@ -85,6 +85,9 @@ const EXPECTED: &[(&str, bool)] = &[
     ("v2-metrics", false),
     ("v2-top", false),
     ("v2-memory-warning", false),
+    ("pressure.psi-restart", false),
+    ("pressure.env", false),
+    ("pressure.warn-oom", false),
     // tests/vm/oci.sh: corral under runc, the container's /sys/fs/cgroup read-only and read-write.
     ("oci-ro.units-start", false),
     ("oci-ro.orphan-reaped", false),
@@ -112,6 +115,10 @@ const EXPECTED_WARNINGS: &[&str] = &[
     "did not stop within 1s; sending SIGKILL",
     // The fork bomb at pids-max, the OOM scenarios and `nearmax` near memory-max.
     "near a limit: ",
+    // [oom] thresholds: psigrow's restart and psiwarn's warning (pressure.* scenarios).
+    "memory pressure: ",
+    // psigrow grows past its memory-high, where the pressure comes from.
+    "memory above memory-high: ",
 ];
 
 /// The one error corral logs in the VM on purpose: /init breaks a unit before corral starts

@@ -301,6 +301,9 @@ pub fn print_status_details(units: &[UnitStatus]) {
             let peak = usage.memory_peak.map_or_else(|| "unknown".to_owned(), size);
             say!("  oom       oom-killed {times}{last} (memory-max {limit}, peak {peak})");
         }
+        if let Some(p) = &u.pressure {
+            say!("  pressure  {}", pressure_line(p, u.pressure_restarts));
+        }
         if let Some(line) = namespaces_line(&u.namespaces) {
             say!("  isolation {line}");
         }
@@ -342,6 +345,39 @@ pub fn print_status_details(units: &[UnitStatus]) {
 
 /// `own pid, net; shared uts, ipc, ...`: which namespaces the main process has to itself.
 /// A requested namespace the process does not have is called out, never blended in.
+/// `[oom]` thresholds, what watches them, and what was done: one line of `status UNIT`.
+fn pressure_line(p: &crate::proto::PressureStatus, restarts: u32) -> String {
+    let mut on: Vec<String> = Vec::new();
+    if let Some(percent) = p.usage_threshold_percent {
+        on.push(format!("usage {percent}% of memory-max"));
+    }
+    if let Some(psi) = &p.pressure_threshold {
+        on.push(format!("stalls {psi}"));
+    }
+    let action = match &p.signal {
+        Some(signal) => format!("signal {signal}"),
+        None => p.action.clone(),
+    };
+    let mut line = format!("{action} at {}", on.join(" or "));
+    if p.sustain_ms > 0 {
+        line.push_str(&format!(" held {} ms", p.sustain_ms));
+    }
+    let watched = if p.watched_by.is_empty() {
+        "not watched now".to_owned()
+    } else {
+        format!("watched by {}", p.watched_by.join(", "))
+    };
+    line.push_str(&format!("; {watched}"));
+    if let Some(percent) = p.usage_percent {
+        line.push_str(&format!("; usage {percent}%"));
+    }
+    if p.episode_since.is_some() {
+        line.push_str("; episode under way");
+    }
+    line.push_str(&format!("; {} actions, {restarts} restarts", p.actions));
+    line
+}
+
 fn namespaces_line(namespaces: &[NamespaceStatus]) -> Option<String> {
     if namespaces.is_empty() {
         return None;
@@ -441,5 +477,25 @@ mod tests {
         let mut failed = unit("failed", true);
         failed.error = Some("start limit hit".to_owned());
         assert_eq!(status_note(&failed), "start limit hit");
+    }
+
+    #[test]
+    fn the_pressure_line_names_the_thresholds_what_watches_them_and_the_actions() {
+        let p = crate::proto::PressureStatus {
+            usage_threshold_percent: Some(90),
+            pressure_threshold: Some("some 10% over 2s".to_owned()),
+            sustain_ms: 1000,
+            action: "signal".to_owned(),
+            signal: Some("SIGUSR1".to_owned()),
+            watched_by: vec!["psi-trigger".to_owned(), "usage-sampled".to_owned()],
+            usage_percent: Some(47),
+            actions: 2,
+            ..crate::proto::PressureStatus::default()
+        };
+        assert_eq!(
+            pressure_line(&p, 0),
+            "signal SIGUSR1 at usage 90% of memory-max or stalls some 10% over 2s held 1000 ms; \
+             watched by psi-trigger, usage-sampled; usage 47%; 2 actions, 0 restarts"
+        );
     }
 }

@@ -57,6 +57,10 @@ pub struct Row {
     pub io_read_bytes: Option<u64>,
     pub io_write_bytes: Option<u64>,
     pub near_limits: Vec<String>,
+    /// `[oom] usage-threshold`, shown beside memory-max (`64.0M@90%`).
+    pub pressure_threshold_percent: Option<u32>,
+    /// A memory-pressure episode is under way (the state is marked as near a limit).
+    pub pressure_episode: bool,
 }
 
 fn cpu_percent(prev: Option<&Snapshot>, now: &Snapshot, unit: &UnitStatus) -> Option<f64> {
@@ -98,6 +102,11 @@ pub fn rows(prev: Option<&Snapshot>, now: &Snapshot, sort: SortKey) -> Vec<Row> 
             io_read_bytes: u.usage.io_read_bytes,
             io_write_bytes: u.usage.io_write_bytes,
             near_limits: u.near_limits.clone(),
+            pressure_threshold_percent: u.pressure.as_ref().and_then(|p| p.usage_threshold_percent),
+            pressure_episode: u
+                .pressure
+                .as_ref()
+                .is_some_and(|p| p.episode_since.is_some()),
         });
     }
     for siblings in children.values_mut() {
@@ -163,8 +172,12 @@ fn cells(row: &Row) -> [String; 11] {
         name.push('/');
     }
     let mut state = row.state.clone();
-    if !row.near_limits.is_empty() {
+    if !row.near_limits.is_empty() || row.pressure_episode {
         state.push('!');
+    }
+    let mut memory_max = size(row.memory_max);
+    if let Some(percent) = row.pressure_threshold_percent {
+        memory_max.push_str(&format!("@{percent}%"));
     }
     [
         name,
@@ -172,7 +185,7 @@ fn cells(row: &Row) -> [String; 11] {
         row.cpu_percent.map_or_else(dash, |p| format!("{p:.1}")),
         row.cpu_quota_percent.map_or_else(dash, |q| format!("{q}%")),
         size(row.memory_current),
-        size(row.memory_max),
+        memory_max,
         count(row.nr_throttled),
         row.cpu_throttled_usec
             .map_or_else(dash, |us| format!("{:.1}s", us as f64 / 1e6)),
@@ -494,5 +507,21 @@ mod tests {
         let small = frame(&rows(None, &now, SortKey::Cpu), SortKey::Cpu, 20, 3);
         assert_eq!(small.len(), 3);
         assert!(small.iter().all(|l| l.chars().count() <= 20), "{small:?}");
+    }
+
+    #[test]
+    fn a_usage_threshold_shows_beside_memory_max_and_an_episode_marks_the_state() {
+        let t0 = Instant::now();
+        let mut web = status("web", "service", None, 0, 50 << 20);
+        web.usage.memory_max = Some(64 << 20);
+        web.pressure = Some(crate::proto::PressureStatus {
+            usage_threshold_percent: Some(90),
+            episode_since: Some("2026-12-03T10:00:00Z".to_owned()),
+            ..crate::proto::PressureStatus::default()
+        });
+        let rows = rows(None, &snap(t0, vec![web]), SortKey::Cpu);
+        let cells = cells(&rows[0]);
+        assert_eq!(cells[1], "running!");
+        assert_eq!(cells[5], "64.0M@90%");
     }
 }

@@ -462,6 +462,7 @@ mod tests {
         let oom = OomConfig {
             group_kill: true,
             score_adjust: None,
+            pressure: None,
         };
         (resources, oom)
     }

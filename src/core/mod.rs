@@ -9,6 +9,7 @@ pub mod limit_watch;
 pub mod notify;
 pub mod notify_refusals;
 pub mod oom;
+pub mod pressure;
 pub mod reload;
 pub mod service;
 pub mod signal;

@@ -5,8 +5,9 @@ use std::time::{Duration, Instant};
 use crate::core::backoff::{StartHistory, restart_delay};
 use crate::core::exit::{ExitReport, SpawnFailure, policy_restarts};
 use crate::core::notify::NotifyMessage;
+use crate::core::pressure::{Due, Observation, PressureWatch};
 use crate::core::signal::Signal;
-use crate::unit::{ReadyMode, RestartPolicy, Unit, UnitKind};
+use crate::unit::{PressureAction, ReadyMode, RestartPolicy, Unit, UnitKind};
 
 /// A unit's states, as `status` shows them (docs/protocol.md, UnitStatus `state`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -58,6 +59,9 @@ pub enum StopReason {
     User,
     /// A user's `restart`: start again as soon as the process is gone.
     Restart,
+    /// `[oom] action = "restart"`: like a user's restart, and not a failure (docs/units.md,
+    /// "Acting before the OOM killer").
+    Pressure,
     /// A required unit stopped or failed; start again when it is back.
     Dependency,
     Shutdown,
@@ -144,6 +148,8 @@ pub enum Event {
     Abandoned {
         left: String,
     },
+    /// What the daemon saw of the unit's memory (usage, or its PSI trigger firing).
+    Pressure(Observation),
 }
 
 /// What one transition asks the outside world to do.
@@ -181,6 +187,12 @@ pub struct Runtime {
     /// Set when corral ended the last run itself (start timeout, health, watchdog).
     pub last_exit_cause: Option<FailureCause>,
     pub error: Option<String>,
+    /// Episodes of memory pressure and the actions taken (core/pressure.rs).
+    pub pressure: PressureWatch,
+    /// Restarts by `[oom] action = "restart"` since corral started (not in `restarts`).
+    pub pressure_restarts: u32,
+    /// The last run was ended by a pressure restart (`last_exit.reason` "memory-pressure").
+    pub last_exit_by_pressure: bool,
     /// The last `STATUS=` the unit sent this generation.
     pub notify_status: Option<String>,
     /// `READY=1` arrived this generation.
@@ -199,6 +211,9 @@ pub struct Runtime {
     stop_reason: Option<StopReason>,
     /// Set when the backoff timer ended: the next start is an automatic restart.
     restart_due: bool,
+    /// Set when a pressure restart's stop ended: the next start does not count towards the
+    /// start limit (it is not a failure, and the cool-down bounds how often it comes).
+    pressure_start_due: bool,
     /// While stopping: the unit was seen empty before its main process was reaped.
     emptied: bool,
     /// A user froze the unit: its watchdog and probes wait for the thaw.
@@ -221,6 +236,9 @@ impl Runtime {
             last_exit: None,
             last_exit_cause: None,
             error: None,
+            pressure: PressureWatch::default(),
+            pressure_restarts: 0,
+            last_exit_by_pressure: false,
             notify_status: None,
             ready_notified: false,
             stopping_notified: false,
@@ -233,6 +251,7 @@ impl Runtime {
             deadline: None,
             stop_reason: None,
             restart_due: false,
+            pressure_start_due: false,
             emptied: false,
             frozen: false,
             awaiting_exec: false,
@@ -245,7 +264,12 @@ impl Runtime {
             .probe
             .next_at
             .filter(|_| self.probe.in_flight.is_none() && !self.awaiting_exec);
-        [self.deadline, self.watchdog_at, probe_due]
+        // Only a run has pressure episodes: in another state the unit's deadline is its own.
+        let pressure_due = self
+            .pressure
+            .deadline()
+            .filter(|_| matches!(self.state, State::Starting | State::Running));
+        [self.deadline, self.watchdog_at, probe_due, pressure_due]
             .into_iter()
             .flatten()
             .min()
@@ -302,7 +326,10 @@ impl Runtime {
                     self.restarts += 1;
                     self.restart_due = false;
                 }
-                self.history.record(now, unit.restart.start_limit_interval);
+                if !std::mem::take(&mut self.pressure_start_due) {
+                    self.history.record(now, unit.restart.start_limit_interval);
+                }
+                self.pressure.new_run();
                 self.error = None;
                 self.deadline = None;
                 self.notify_status = None;
@@ -351,6 +378,12 @@ impl Runtime {
             }
             (Starting | Running, Event::DeadlineReached) => {
                 self.on_timers(now, unit, &mut actions);
+            }
+            (Starting | Running, Event::Pressure(observation)) => {
+                let policy = unit.oom.pressure.as_ref();
+                if let Some(due) = self.pressure.observe(observation, policy, now) {
+                    self.act_on_pressure(due, now, unit, &mut actions);
+                }
             }
             // Before its exec (`Running` already when nothing gates readiness).
             (Starting | Running, Event::SpawnFailed { error }) => {
@@ -404,7 +437,9 @@ impl Runtime {
                 actions.push(Action::Signal(unit.stop.signal.0));
             }
             // A later stop reason (e.g. shutdown during a restart) wins: nothing starts after it.
-            (Stopping, Event::Stop(reason)) if reason != StopReason::Restart => {
+            (Stopping, Event::Stop(reason))
+                if !matches!(reason, StopReason::Restart | StopReason::Pressure) =>
+            {
                 self.stop_reason = Some(reason);
             }
             // A stopped unit reads `inactive` whatever its last run did; last_exit keeps that.
@@ -452,7 +487,15 @@ impl Runtime {
         let how = self
             .last_exit
             .map_or_else(|| "no exit seen".to_owned(), |e| e.to_string());
-        actions.push(note(false, format!("stopped ({how})")));
+        if self.stop_reason == Some(StopReason::Pressure) {
+            self.pressure_start_due = true;
+            actions.push(note(
+                false,
+                format!("stopped for a memory-pressure restart ({how}); starting again"),
+            ));
+        } else {
+            actions.push(note(false, format!("stopped ({how})")));
+        }
         self.deadline = None;
         self.stop_reason = None;
         self.emptied = false;
@@ -641,6 +684,14 @@ impl Runtime {
             self.fail(FailureCause::StartTimeout, now, unit, actions);
             return;
         }
+        if self.pressure.deadline().is_some_and(|d| d <= now)
+            && let Some(due) = self.pressure.tick(unit.oom.pressure.as_ref(), now)
+        {
+            self.act_on_pressure(due, now, unit, actions);
+            if self.state == State::Stopping {
+                return;
+            }
+        }
         if self.watchdog_at.is_some_and(|d| d <= now) {
             let timeout = self.watchdog_timeout(unit).unwrap_or_default();
             actions.push(note(
@@ -663,6 +714,40 @@ impl Runtime {
             actions.push(Action::Probe {
                 seq: self.probe.seq,
             });
+        }
+    }
+
+    /// An episode of memory pressure is due its action (core/pressure.rs): a warning, a
+    /// signal, or a restart that is not a failure.
+    fn act_on_pressure(&mut self, due: Due, now: Instant, unit: &Unit, actions: &mut Vec<Action>) {
+        match due.action {
+            PressureAction::Warn => {
+                actions.push(note(
+                    true,
+                    format!(
+                        "memory pressure: {}; an OOM kill may follow (action warn)",
+                        due.why
+                    ),
+                ));
+            }
+            PressureAction::Signal(signal) => {
+                actions.push(note(
+                    true,
+                    format!("memory pressure: {}; sending {}", due.why, signal.0),
+                ));
+                actions.push(Action::Signal(signal.0));
+            }
+            PressureAction::Restart => {
+                actions.push(note(
+                    true,
+                    format!(
+                        "memory pressure: {}; restarting before the OOM killer acts (not a failure)",
+                        due.why
+                    ),
+                ));
+                self.pressure_restarts = self.pressure_restarts.saturating_add(1);
+                actions.extend(self.transition(Event::Stop(StopReason::Pressure), now, unit));
+            }
         }
     }
 
@@ -699,6 +784,9 @@ impl Runtime {
         self.pid = None;
         self.last_exit = Some(exit);
         self.last_exit_cause = cause;
+        self.last_exit_by_pressure = self.stop_reason == Some(StopReason::Pressure);
+        // The run is over: so is its episode (a late reading must not act on the next run).
+        self.pressure.new_run();
         // Whatever the main process left behind goes with it: never two generations at once.
         actions.push(Action::KillAll);
     }
@@ -1489,5 +1577,198 @@ mod tests {
         assert_eq!(rt.notify_status, None);
         assert!(!rt.ready_notified);
         assert_eq!(rt.last_exit_cause, None, "an exit of its own");
+    }
+
+    fn pressured(action: PressureAction, sustain: u64) -> Unit {
+        let mut unit = service("web");
+        unit.resources.memory_max = Some(crate::unit::ByteLimit::Bytes(100 << 20));
+        unit.restart.start_limit_burst = 1;
+        unit.oom.pressure = Some(crate::unit::PressurePolicy {
+            usage_percent: Some(90),
+            psi: None,
+            sustain: MS(sustain),
+            action,
+            cool_down: MS(1000),
+        });
+        unit
+    }
+
+    fn usage(mib: u64) -> Event {
+        Event::Pressure(Observation::Usage {
+            current: mib << 20,
+            max: 100 << 20,
+        })
+    }
+
+    fn kinds(actions: &[Action]) -> Vec<String> {
+        actions
+            .iter()
+            .map(|a| match a {
+                Action::Spawn => "spawn".to_owned(),
+                Action::Signal(s) => format!("signal {s}"),
+                Action::KillAll => "killall".to_owned(),
+                Action::Probe { .. } => "probe".to_owned(),
+                Action::Note { warn, .. } => format!("note warn={warn}"),
+            })
+            .collect()
+    }
+
+    /// (state, action, event) -> (state, actions): the episode's action, in each state.
+    #[test]
+    fn pressure_action_table() {
+        use crate::unit::SignalSpec;
+        let t0 = Instant::now();
+        let usr1 = PressureAction::Signal(SignalSpec(Signal::SIGUSR1));
+        let table: Vec<(State, PressureAction, Event, State, Vec<&str>)> = vec![
+            (
+                Running,
+                PressureAction::Warn,
+                usage(95),
+                Running,
+                vec!["note warn=true"],
+            ),
+            (
+                Running,
+                usr1,
+                usage(95),
+                Running,
+                vec!["note warn=true", "signal SIGUSR1"],
+            ),
+            (
+                Running,
+                PressureAction::Restart,
+                usage(95),
+                Stopping,
+                vec!["note warn=true", "signal SIGTERM"],
+            ),
+            (
+                Starting,
+                PressureAction::Restart,
+                usage(95),
+                Stopping,
+                vec!["note warn=true", "signal SIGTERM"],
+            ),
+            (Running, PressureAction::Restart, usage(50), Running, vec![]),
+            // Already on its way down, or not running: a reading changes nothing.
+            (
+                Stopping,
+                PressureAction::Restart,
+                usage(95),
+                Stopping,
+                vec![],
+            ),
+            (Backoff, PressureAction::Restart, usage(95), Backoff, vec![]),
+            (
+                Inactive,
+                PressureAction::Restart,
+                usage(95),
+                Inactive,
+                vec![],
+            ),
+            (Exited, PressureAction::Restart, usage(95), Exited, vec![]),
+        ];
+        for (from, action, event, to, want) in table {
+            let unit = pressured(action, 0);
+            let mut rt = in_state(from, t0);
+            let label = format!("{from:?} {action:?} + {event:?}");
+            let actions = rt.transition(event, t0, &unit);
+            assert_eq!(rt.state, to, "{label}");
+            assert_eq!(kinds(&actions), want, "{label}");
+        }
+    }
+
+    #[test]
+    fn a_pressure_restart_is_not_a_failure_and_does_not_use_up_the_start_limit() {
+        let unit = pressured(PressureAction::Restart, 0);
+        let t0 = Instant::now();
+        let mut rt = Runtime::new(t0, Want::Up);
+        let mut now = t0;
+        rt.transition(Event::Start, now, &unit);
+        rt.transition(Event::Spawned { pid: 10 }, now, &unit);
+        // start-limit-burst is 1: a second counted start within 10s would fail the unit.
+        for round in 1..=3u32 {
+            now += MS(1500);
+            let acts = rt.transition(usage(95), now, &unit);
+            assert_eq!(rt.state, Stopping, "round {round}: {acts:?}");
+            rt.transition(
+                Event::Exited(ExitReport::signal(Signal::SIGTERM)),
+                now,
+                &unit,
+            );
+            let acts = rt.transition(Event::UnitEmpty, now, &unit);
+            assert_eq!(rt.state, Inactive, "round {round}");
+            assert!(
+                matches!(&acts[..], [Action::Note { warn: false, message }] if message.contains("memory-pressure restart")),
+                "{acts:?}"
+            );
+            assert!(rt.last_exit_by_pressure);
+            let acts = rt.transition(Event::Start, now, &unit);
+            assert_eq!(kinds(&acts), ["spawn"], "round {round}: not refused");
+            rt.transition(
+                Event::Spawned {
+                    pid: 10 + round as i32,
+                },
+                now,
+                &unit,
+            );
+            assert_eq!(rt.state, Running);
+            assert_eq!(rt.pressure_restarts, round);
+        }
+        assert_eq!(rt.restarts, 0, "not an automatic restart after a failure");
+        assert_eq!(rt.consecutive_failures(), 0);
+        assert_eq!(rt.error, None);
+        // The next run's own exit is an exit of its own.
+        let acts = rt.transition(Event::Exited(ExitReport::code(1)), now, &unit);
+        assert!(!rt.last_exit_by_pressure, "{acts:?}");
+        assert_eq!(rt.consecutive_failures(), 1);
+    }
+
+    #[test]
+    fn a_pressure_stop_ends_in_sigkill_after_the_stop_timeout_and_a_user_stop_wins() {
+        let unit = pressured(PressureAction::Restart, 0);
+        let t0 = Instant::now();
+        let mut rt = in_state(Running, t0);
+        rt.transition(usage(95), t0, &unit);
+        assert_eq!(rt.deadline(), Some(t0 + unit.stop.timeout));
+        let acts = rt.transition(Event::DeadlineReached, t0 + unit.stop.timeout, &unit);
+        assert_eq!(kinds(&acts), ["note warn=true", "killall"]);
+        // A user's stop during the pressure stop: the unit stays down.
+        rt.transition(Event::Stop(StopReason::User), t0 + MS(1), &unit);
+        rt.transition(
+            Event::Exited(ExitReport::signal(Signal::SIGKILL)),
+            t0,
+            &unit,
+        );
+        let acts = rt.transition(Event::UnitEmpty, t0, &unit);
+        assert_eq!(kinds(&acts), ["note warn=false"]);
+        assert!(!rt.pressure_start_due, "a user stop is a plain stop");
+    }
+
+    #[test]
+    fn a_sustained_episode_acts_at_its_deadline_and_an_exit_during_it_forgets_it() {
+        let unit = pressured(PressureAction::Restart, 500);
+        let t0 = Instant::now();
+        let mut rt = in_state(Running, t0);
+        assert!(rt.transition(usage(95), t0, &unit).is_empty());
+        assert_eq!(rt.deadline(), Some(t0 + MS(500)));
+        let acts = rt.transition(Event::DeadlineReached, t0 + MS(500), &unit);
+        assert_eq!(rt.state, Stopping, "{acts:?}");
+
+        // The unit exits on its own during the episode: nothing is due for the next run.
+        let mut rt = in_state(Running, t0);
+        rt.transition(usage(95), t0, &unit);
+        rt.transition(Event::Exited(ExitReport::code(1)), t0 + MS(100), &unit);
+        assert_eq!(rt.state, Backoff);
+        assert_eq!(
+            rt.deadline(),
+            Some(t0 + MS(200)),
+            "the backoff's deadline only"
+        );
+        rt.transition(Event::DeadlineReached, t0 + MS(200), &unit);
+        rt.transition(Event::Start, t0 + MS(200), &unit);
+        rt.transition(Event::Spawned { pid: 50 }, t0 + MS(200), &unit);
+        assert_eq!(rt.deadline(), None, "the new run has no episode");
+        let acts = rt.transition(Event::DeadlineReached, t0 + MS(600), &unit);
+        assert_eq!(rt.state, Running, "{acts:?}");
     }
 }

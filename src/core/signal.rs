@@ -49,6 +49,7 @@ impl Signal {
     pub const SIGQUIT: Signal = Signal(libc::SIGQUIT);
     pub const SIGKILL: Signal = Signal(libc::SIGKILL);
     pub const SIGTERM: Signal = Signal(libc::SIGTERM);
+    pub const SIGUSR1: Signal = Signal(libc::SIGUSR1);
 
     /// The named signal with this number.
     pub fn from_number(number: i32) -> Option<Signal> {

@@ -80,6 +80,12 @@ pub enum Input {
         unit: UnitName,
         left: String,
     },
+    /// What the daemon saw of a unit's memory: a usage reading, or its PSI trigger firing;
+    /// an episode's action (core/pressure.rs) comes out as effects.
+    Pressure {
+        unit: UnitName,
+        observation: crate::core::pressure::Observation,
+    },
     /// Time passed; deadlines at or before `now` fire.
     Tick,
     Shutdown,
@@ -435,6 +441,9 @@ impl Supervisor {
                     self.feed(&unit, Event::Abandoned { left }, now, &mut effects);
                 }
             }
+            Input::Pressure { unit, observation } => {
+                self.feed(&unit, Event::Pressure(observation), now, &mut effects);
+            }
             Input::Tick => {}
             Input::Shutdown => {
                 self.shutting_down = true;
@@ -494,6 +503,9 @@ impl Supervisor {
             };
             let newly_enabled = unit.enabled && !e.unit.enabled;
             let previous = std::mem::replace(&mut e.unit, Arc::new(unit));
+            if previous.oom.pressure != e.unit.oom.pressure {
+                e.rt.pressure.reconfigure(e.unit.oom.pressure.as_ref(), now);
+            }
             match change {
                 Change::Restart if e.rt.state.has_process() => {
                     self.feed(&name, Event::Stop(StopReason::Restart), now, &mut effects);
@@ -1640,6 +1652,94 @@ mod tests {
         assert_ne!(pid(&sup, "web"), old);
         assert_eq!(sup.get(&name("web")).expect("web").1.restarts, 0);
         assert_eq!(sup.settled(&name("web"), Goal::Started), Some(Ok(())));
+    }
+
+    fn pressured_web(sustain: Duration) -> Unit {
+        let mut web = service("web");
+        web.resources.memory_max = Some(crate::unit::ByteLimit::Bytes(100 << 20));
+        web.oom.pressure = Some(crate::unit::PressurePolicy {
+            usage_percent: Some(90),
+            psi: None,
+            sustain,
+            action: crate::unit::PressureAction::Restart,
+            cool_down: Duration::from_secs(60),
+        });
+        web
+    }
+
+    fn usage_of(unit: &str, mib: u64) -> Input {
+        Input::Pressure {
+            unit: name(unit),
+            observation: crate::core::pressure::Observation::Usage {
+                current: mib << 20,
+                max: 100 << 20,
+            },
+        }
+    }
+
+    #[test]
+    fn a_pressure_restart_goes_through_handle_stops_then_starts_and_counts_apart() {
+        let t0 = Instant::now();
+        let mut sup = Supervisor::new([pressured_web(Duration::ZERO)], t0);
+        let mut pids = 0;
+        run(&mut sup, Input::Tick, t0, &mut pids);
+        let old = pid(&sup, "web");
+        let effects = run(&mut sup, usage_of("web", 95), t0, &mut pids);
+        assert!(
+            effects
+                .iter()
+                .any(|e| matches!(e, Effect::Signal { signal, .. } if *signal == Signal::SIGTERM)),
+            "{effects:?}"
+        );
+        assert_eq!(state(&sup, "web"), State::Stopping);
+        let effects = run(
+            &mut sup,
+            Input::Exited {
+                pid: old,
+                exit: ExitReport::signal(Signal::SIGTERM),
+            },
+            t0,
+            &mut pids,
+        );
+        assert_eq!(spawned(&effects), vec!["web"]);
+        let (_, rt) = sup.get(&name("web")).expect("web");
+        assert_eq!((rt.restarts, rt.pressure_restarts), (0, 1));
+        assert!(rt.last_exit_by_pressure);
+        assert_eq!(rt.pressure.actions, 1);
+        // Within the cool-down the new run's episode waits.
+        let effects = run(&mut sup, usage_of("web", 95), t0, &mut pids);
+        assert!(spawned(&effects).is_empty() && state(&sup, "web") == State::Running);
+        assert_eq!(sup.next_deadline(), Some(t0 + Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn a_reload_that_removes_the_keys_cancels_the_episode_waiting_for_its_sustain() {
+        let t0 = Instant::now();
+        let mut sup = Supervisor::new([pressured_web(Duration::from_secs(5))], t0);
+        let mut pids = 0;
+        run(&mut sup, Input::Tick, t0, &mut pids);
+        run(&mut sup, usage_of("web", 95), t0, &mut pids);
+        assert_eq!(sup.next_deadline(), Some(t0 + Duration::from_secs(5)));
+        let mut plain = pressured_web(Duration::from_secs(5));
+        plain.oom.pressure = None;
+        let effects = run_reload(
+            &mut sup,
+            [(name("web"), plain)].into_iter().collect(),
+            t0,
+            &mut pids,
+        );
+        assert!(
+            effects.iter().all(|e| matches!(e, Effect::Relimit { .. })),
+            "only the limits are re-applied: {effects:?}"
+        );
+        assert_eq!(sup.next_deadline(), None);
+        run(
+            &mut sup,
+            Input::Tick,
+            t0 + Duration::from_secs(6),
+            &mut pids,
+        );
+        assert_eq!(state(&sup, "web"), State::Running);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The OS handles of each unit's current run: made at its spawn, released in one place.
 //!
 //! A run (a generation) holds its main process's exec report until the exec is confirmed, the
-//! memory-event fds that report its OOM kills and memory-high crossings, and (v2) the
+//! memory-event fds that report its OOM kills and memory-high crossings, (v2) its PSI trigger
+//! on `memory.pressure` (`[oom] pressure-threshold`), and (v2) the
 //! `cgroup.events` watch that wakes the loop when its cgroup empties. The exec report goes
 //! when it is read; the memory events when the main process ends (what comes after is the
 //! next run's); a pidfd of a main process named by `MAINPID=` (corral is not its parent, so only
@@ -24,6 +25,8 @@ struct Generation {
     /// Until the exec is confirmed or refused.
     exec_report: Option<(Token, OwnedFd)>,
     memory_events: Vec<(Token, OwnedFd)>,
+    /// The PSI trigger: goes with the memory events (the cgroup's next run is another's).
+    pressure: Option<(Token, OwnedFd)>,
     populated: Option<(Token, OwnedFd)>,
     /// A main process named by `MAINPID=`: its pid and pidfd.
     named_main: Option<(i32, Token, OwnedFd)>,
@@ -45,6 +48,7 @@ impl Generations {
                 pid,
                 exec_report: None,
                 memory_events: Vec::new(),
+                pressure: None,
                 populated: None,
                 named_main: None,
             },
@@ -120,10 +124,40 @@ impl Generations {
     /// The main process ended: its memory events are no longer this run's to report.
     pub(super) fn release_memory(&mut self, sources: &mut Sources, unit: &UnitName) {
         if let Some(run) = self.runs.get_mut(unit) {
-            for (token, fd) in run.memory_events.drain(..) {
+            for (token, fd) in run.memory_events.drain(..).chain(run.pressure.take()) {
                 sources.remove(&fd, token);
             }
         }
+    }
+
+    /// Watches the run's PSI trigger (POLLPRI), instead of the one it had (new keys).
+    pub(super) fn watch_pressure(
+        &mut self,
+        sources: &mut Sources,
+        unit: &UnitName,
+        fd: Option<OwnedFd>,
+    ) {
+        self.release_pressure(sources, unit);
+        let (Some(run), Some(fd)) = (self.runs.get_mut(unit), fd) else {
+            return;
+        };
+        let source = Source::PressureTrigger { unit: unit.clone() };
+        if let Ok(token) = sources.add_priority(fd.as_fd(), source) {
+            run.pressure = Some((token, fd));
+        }
+    }
+
+    /// The trigger goes: its cgroup is gone (the kernel then reports an error at every
+    /// wait), or the unit's keys no longer ask for it.
+    pub(super) fn release_pressure(&mut self, sources: &mut Sources, unit: &UnitName) {
+        if let Some((token, fd)) = self.runs.get_mut(unit).and_then(|r| r.pressure.take()) {
+            sources.remove(&fd, token);
+        }
+    }
+
+    /// Whether the run's memory pressure comes from a PSI trigger (for `status`).
+    pub(super) fn has_pressure_trigger(&self, unit: &UnitName) -> bool {
+        self.runs.get(unit).is_some_and(|r| r.pressure.is_some())
     }
 
     /// Watches the run's `cgroup.events`.
@@ -199,6 +233,7 @@ impl Generations {
         let Generation {
             exec_report,
             memory_events,
+            pressure,
             populated,
             named_main,
             ..
@@ -206,6 +241,7 @@ impl Generations {
         for (token, fd) in exec_report
             .into_iter()
             .chain(memory_events)
+            .chain(pressure)
             .chain(populated)
             .chain(named_main.map(|(_, token, fd)| (token, fd)))
         {

@@ -15,6 +15,7 @@ use crate::core::container::{self, Budget, Ladder, Rung};
 use crate::core::exit::Termination;
 use crate::core::limit_watch::{HighWatch, Notice, Thresholds};
 use crate::core::oom::{MainEnd, OomLedger};
+use crate::core::pressure::PressureWatch;
 use crate::os::cgroup::{self, Cgroups, Join};
 use crate::os::process_group::ProcessGroup;
 use crate::os::{reaper, spawn};
@@ -67,6 +68,8 @@ pub struct Members {
     remove_root_at_exit: bool,
     /// Units in their own pid namespace: the main pid is a helper init that passes signals on.
     helpers: HashMap<UnitName, Helper>,
+    /// Units told once that nothing here can watch their `pressure-threshold` (v1).
+    psi_unwatched: HashSet<UnitName>,
 }
 
 /// The helper init of a unit's pid namespace, and the pipe that carries its command's status.
@@ -122,6 +125,7 @@ impl Members {
             high: HashMap::new(),
             remove_root_at_exit: root_given,
             helpers: HashMap::new(),
+            psi_unwatched: HashSet::new(),
         };
         members.climb(detected);
         let summary = members.ladder.summary();
@@ -615,10 +619,103 @@ impl Members {
         {
             marks.extend(thresholds.memory_marks(max));
         }
+        // `[oom] usage-threshold` on v1: the kernel wakes corral as usage crosses the threshold
+        // and its recovery mark. Each mark costs the start an RCU grace period (v1.rs,
+        // `notifies_memory_marks`), paid only by units that ask to act before the OOM killer.
+        if let (Some(max), Some(policy)) = (bytes(unit.resources.memory_max), &unit.oom.pressure)
+            && cgroups.version() == Version::V1
+        {
+            marks.extend(
+                PressureWatch::usage_marks(policy, max)
+                    .into_iter()
+                    .flatten(),
+            );
+        }
+        marks.sort_unstable();
+        marks.dedup();
         cgroups.memory_watch(rel, &marks).unwrap_or_else(|e| {
             warn!(unit = %unit.name, "OOM kills that spare the main process will go unnoticed: {e}");
             Vec::new()
         })
+    }
+
+    /// The PSI trigger of the unit's `[oom] pressure-threshold` on its new cgroup (v2); None
+    /// without the key, without a cgroup, or where the kernel has no per-cgroup PSI.
+    pub fn pressure_trigger(&mut self, unit: &Unit) -> Option<OwnedFd> {
+        let psi = unit.oom.pressure.as_ref()?.psi?;
+        let (Some(cgroups), Some(Door::Cgroup(rel))) = (&self.cgroups, self.doors.get(&unit.name))
+        else {
+            return None;
+        };
+        match cgroups.pressure_trigger(rel, &psi.trigger()) {
+            Ok(Some(fd)) => Some(fd),
+            Ok(None) => {
+                if self.psi_unwatched.insert(unit.name.clone()) {
+                    warn!(
+                        unit = %unit.name,
+                        "pressure-threshold \"{psi}\" is not watched: cgroup {:?} has no per-cgroup PSI here (usage-threshold is)",
+                        cgroups.version()
+                    );
+                }
+                None
+            }
+            Err(e) => {
+                warn!(unit = %unit.name, "pressure-threshold \"{psi}\" is not watched: {e}");
+                None
+            }
+        }
+    }
+
+    /// `$MEMORY_PRESSURE_WATCH` and `$MEMORY_PRESSURE_WRITE` for a unit with `[oom]
+    /// pressure-threshold` whose cgroup was just prepared (v2), as systemd's
+    /// `MemoryPressureWatch=` hands them: the unit's `memory.pressure`, and its trigger in
+    /// base64 with the NUL the kernel needs (v2.rs, `pressure_trigger`). The file is given to
+    /// the unit's user (fchown on an fd opened without following links), as systemd does, so
+    /// its own process can arm the trigger; where that fails, neither variable is set.
+    pub fn pressure_env(&self, unit: &Unit) -> Vec<(String, String)> {
+        use base64::Engine;
+        use std::os::unix::fs::OpenOptionsExt;
+        let (Some(psi), Some(cgroups), Some(rel)) = (
+            unit.oom.pressure.as_ref().and_then(|p| p.psi),
+            &self.cgroups,
+            self.paths.get(&unit.name),
+        ) else {
+            return Vec::new();
+        };
+        let Some(file) = cgroups.pressure_file(rel) else {
+            return Vec::new();
+        };
+        let uid = spawn::host_uid(
+            &unit.namespaces,
+            unit.exec.as_ref().and_then(|e| e.user.as_ref()),
+        );
+        if uid != nix::unistd::geteuid().as_raw() {
+            let given = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+                .open(&file)
+                .map_err(|e| e.to_string())
+                .and_then(|f| {
+                    nix::unistd::fchown(&f, Some(nix::unistd::Uid::from_raw(uid)), None)
+                        .map_err(|e| e.to_string())
+                });
+            if let Err(e) = given {
+                warn!(unit = %unit.name, "no $MEMORY_PRESSURE_WATCH: giving {} to uid {uid}: {e}", file.display());
+                return Vec::new();
+            }
+        }
+        let mut trigger = psi.trigger().into_bytes();
+        trigger.push(0);
+        vec![
+            (
+                "MEMORY_PRESSURE_WATCH".to_owned(),
+                file.to_string_lossy().into_owned(),
+            ),
+            (
+                "MEMORY_PRESSURE_WRITE".to_owned(),
+                base64::engine::general_purpose::STANDARD.encode(trigger),
+            ),
+        ]
     }
 
     /// A memory event woke us: an OOM kill may have happened (see core/oom.rs for when the
@@ -732,6 +829,12 @@ impl Members {
     /// The cgroup version in use, if corral manages cgroups.
     pub fn version(&self) -> Option<Version> {
         self.cgroups.as_ref().map(|c| c.version())
+    }
+
+    /// Whether a unit's `[oom] usage-threshold` is announced by the kernel (v1 usage
+    /// thresholds) rather than sampled by the usage timer (v2).
+    pub fn notifies_usage_threshold(&self) -> bool {
+        self.version() == Some(Version::V1)
     }
 
     /// Whether the kernel tells corral when memory usage crosses a mark (v1 thresholds).

@@ -3,8 +3,8 @@
 mod clock;
 mod control;
 mod generation;
-mod instances;
 mod http;
+mod instances;
 mod journald;
 pub mod logging;
 mod membership;
@@ -647,6 +647,16 @@ impl Daemon {
                     self.sample_unit(&unit, now);
                 }
             }
+            Source::PressureTrigger { unit } => {
+                if ready.closed {
+                    // The cgroup went (psi_trigger_poll then reports an error at every wait).
+                    self.generations.release_pressure(&mut self.sources, &unit);
+                } else {
+                    debug!(unit = %unit, "memory pressure trigger");
+                    let observation = crate::core::pressure::Observation::Stall;
+                    self.feed(Input::Pressure { unit, observation }, Instant::now());
+                }
+            }
             // The wake is the point: every wake looks for units that became empty.
             Source::Populated { unit } => {
                 if self.generations.drain(&unit, token) {
@@ -731,8 +741,12 @@ impl Daemon {
                         error: SpawnFailure::new(None, "unit has no [exec]"),
                     });
                 };
-                let exec = self.with_notify_env(&unit, exec);
+                let mut exec = self.with_notify_env(&unit, exec);
                 let cgroup = self.members.prepare_spawn(&unit);
+                // The unit's own [exec] env wins, as an Environment= does over systemd's.
+                for (name, value) in self.members.pressure_env(&unit) {
+                    exec.env.entry(name).or_insert(value);
+                }
                 let confine = spawn::Confinement {
                     namespaces: &unit.namespaces,
                     sandbox: &unit.sandbox,
@@ -783,6 +797,7 @@ impl Daemon {
                         );
                         self.usage_watch.forget(&unit.name);
                         self.watch_memory(&unit);
+                        self.watch_pressure(&unit);
                         if let Some(fd) = self.members.populated_watch(&unit.name) {
                             self.generations
                                 .watch_populated(&mut self.sources, &unit.name, fd);
@@ -844,7 +859,13 @@ impl Daemon {
                     .sup
                     .get(&unit.name)
                     .is_some_and(|(_, rt)| rt.pid.is_some());
-                if running && unit.resources != previous.resources {
+                if running && unit.oom.pressure != previous.oom.pressure {
+                    self.watch_pressure(&unit);
+                }
+                if running
+                    && (unit.resources != previous.resources
+                        || unit.oom.pressure != previous.oom.pressure)
+                {
                     self.watch_memory(&unit);
                     // A new limit may begin or end an episode with no crossing to report it.
                     self.sample_unit(&unit.name, now);
@@ -970,6 +991,14 @@ impl Daemon {
             .memory_watch(unit, &self.usage_watch.thresholds);
         self.generations
             .watch_memory(&mut self.sources, &unit.name, fds);
+    }
+
+    /// Arms the PSI trigger of a running unit's `[oom] pressure-threshold` (v2), or drops the
+    /// one it had when its keys no longer ask for it.
+    fn watch_pressure(&mut self, unit: &crate::unit::Unit) {
+        let fd = self.members.pressure_trigger(unit);
+        self.generations
+            .watch_pressure(&mut self.sources, &unit.name, fd);
     }
 
     /// A unit's exec report is readable: nothing to do if it exec'd; else its start failed.

@@ -601,6 +601,13 @@ impl Daemon {
             .warnings
             .extend(self.usage_watch.warnings(&unit.name));
         status.near_limits = self.usage_watch.concerns(&unit.name);
+        status.pressure = super::status::pressure_status(
+            unit,
+            rt,
+            self.pressure_watched_by(unit),
+            &self.clock,
+            now,
+        );
         Some(status)
     }
 

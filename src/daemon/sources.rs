@@ -34,6 +34,8 @@ pub(super) enum Source {
     ExecReport { unit: UnitName },
     /// A unit's memory events: OOM kills, memory-high, warning marks.
     MemoryEvents { unit: UnitName },
+    /// A unit's PSI trigger on `memory.pressure` (v2): its memory stalls passed the threshold.
+    PressureTrigger { unit: UnitName },
     /// A unit's `cgroup.events` (v2): a wake to look for units that became empty.
     Populated { unit: UnitName },
     /// The pidfd of a unit's main process named by `MAINPID=`: readable when it ended.
@@ -73,6 +75,19 @@ impl Sources {
     ) -> Result<Token, Errno> {
         let token = self.next;
         self.poller.add(fd, token, writable)?;
+        self.next += 1;
+        self.by_token.insert(token, source);
+        Ok(token)
+    }
+
+    /// Watches `fd` for POLLPRI only (a PSI trigger) as `source`; its token.
+    pub(super) fn add_priority(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        source: Source,
+    ) -> Result<Token, Errno> {
+        let token = self.next;
+        self.poller.add_priority(fd, token)?;
         self.next += 1;
         self.by_token.insert(token, source);
         Ok(token)

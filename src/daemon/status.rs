@@ -5,11 +5,48 @@ use std::time::Instant;
 use crate::core::exit::{ExitReport, Termination};
 use crate::core::service::{Runtime, State};
 use crate::os::namespaces::KINDS;
-use crate::proto::{HealthStatus, LastExit, Limits, NamespaceStatus, UnitStatus, WaitingFor};
-use crate::unit::{ByteLimit, Namespaces, Probe, ReadyMode, Resources, Unit, UnitName};
+use crate::proto::{
+    HealthStatus, LastExit, Limits, NamespaceStatus, PressureStatus, UnitStatus, WaitingFor,
+};
+use crate::unit::{
+    ByteLimit, Namespaces, PressureAction, Probe, ReadyMode, Resources, Unit, UnitName,
+};
 
 use super::clock::{Clock, millis};
 use super::membership::CgroupFacts;
+
+/// `pressure`: the unit's `[oom]` thresholds, and its episode; `watched_by` comes from the
+/// daemon, which knows what it armed for this run.
+pub fn pressure_status(
+    unit: &Unit,
+    rt: &Runtime,
+    watched_by: Vec<String>,
+    clock: &Clock,
+    now: Instant,
+) -> Option<PressureStatus> {
+    let policy = unit.oom.pressure.as_ref()?;
+    let watch = &rt.pressure;
+    Some(PressureStatus {
+        usage_threshold_percent: policy.usage_percent,
+        pressure_threshold: policy.psi.map(|p| p.to_string()),
+        sustain_ms: millis(policy.sustain),
+        action: policy.action.as_str().to_owned(),
+        signal: match policy.action {
+            PressureAction::Signal(s) => Some(s.0.to_string()),
+            _ => None,
+        },
+        cool_down_ms: millis(policy.cool_down),
+        watched_by,
+        usage_percent: watch
+            .last_usage
+            .map(|(current, max)| crate::core::pressure::share_of(current, max)),
+        episode_since: watch
+            .episode_since(Some(policy), now)
+            .map(|at| clock.rfc3339(at)),
+        actions: watch.actions,
+        last_action: watch.last_action_at.map(|at| clock.rfc3339(at)),
+    })
+}
 
 /// `waiting_for`: what the core says the unit waits for before it starts.
 pub fn unit_status(
@@ -32,7 +69,13 @@ pub fn unit_status(
         restarts: rt.restarts,
         oom_kills: rt.oom_kills,
         last_exit: rt.last_exit.as_ref().map(|exit| LastExit {
-            reason: rt.last_exit_cause.map(|c| c.as_str().to_owned()),
+            reason: rt
+                .last_exit_cause
+                .map(|c| c.as_str().to_owned())
+                .or_else(|| {
+                    rt.last_exit_by_pressure
+                        .then(|| "memory-pressure".to_owned())
+                }),
             ..last_exit(exit)
         }),
         last_exit_status: rt.last_exit.as_ref().map(ExitReport::shell_code),
@@ -87,6 +130,8 @@ pub fn unit_status(
                 state: state.as_str().to_owned(),
             })
             .collect(),
+        pressure_restarts: rt.pressure_restarts,
+        pressure: None,
         error: rt.error.clone(),
     }
 }

@@ -751,6 +751,14 @@ fn container(
             format!("{adj}: the kubelet sets oom_score_adj from the pod's QoS class"),
         );
     }
+    if unit.oom.pressure.is_some() {
+        warnings.unit(
+            &unit.name,
+            "oom.action",
+            "Kubernetes has no action on a memory threshold before the OOM killer: the \
+             container is OOM-killed at its memory limit",
+        );
+    }
     namespace_warnings(unit, warnings);
     let (security, tmp_volume) = security(unit, name, warnings);
     c.security_context = security;

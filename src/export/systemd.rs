@@ -263,6 +263,15 @@ fn service_file(
     if let Some(adj) = unit.oom.score_adjust {
         let _ = writeln!(out, "OOMScoreAdjust={adj}");
     }
+    if unit.oom.pressure.is_some() {
+        warnings.unit(
+            &unit.name,
+            "oom.action",
+            "systemd has no action on a memory threshold before the OOM killer (its open \
+             request #25966); ManagedOOMMemoryPressure=kill (systemd-oomd) kills instead, and \
+             MemoryPressureWatch= lets the service watch its own pressure",
+        );
+    }
     namespaces(&mut out, unit, options, warnings);
     sandbox(&mut out, unit, warnings);
     if unit.enabled {

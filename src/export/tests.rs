@@ -463,3 +463,16 @@ fn split_runs_the_last_oneshot_as_the_pods_container_when_nothing_else_is() {
     assert!(k8s::export(&none, &sources, &options(Layout::Split)).is_err());
     assert!(k8s::export(&none, &sources, &options(Layout::Wrap)).is_ok());
 }
+
+#[test]
+fn pressure_keys_are_warned_about_by_both_exports() {
+    let set = units(&[(
+        "web",
+        &format!("{CMD}[oom]\npressure-threshold = \"some 10% over 2s\"\naction = \"restart\"\n"),
+    )]);
+    let (_, systemd_warnings) = systemd_files(&set, 255);
+    assert!(has(&systemd_warnings, "oom.action"), "{systemd_warnings:?}");
+    assert!(has(&systemd_warnings, "#25966"), "{systemd_warnings:?}");
+    let (_, k8s_warnings) = pod_spec(&set, Layout::Split);
+    assert!(has(&k8s_warnings, "oom.action"), "{k8s_warnings:?}");
+}

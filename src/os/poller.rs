@@ -34,6 +34,12 @@ impl Poller {
             .add(fd, EpollEvent::new(interest(true, writable), token))
     }
 
+    /// Watches `fd` for POLLPRI only: a PSI trigger (psi.rst, "Userspace monitor usage").
+    pub fn add_priority(&self, fd: BorrowedFd<'_>, token: u64) -> Result<(), Errno> {
+        self.epoll
+            .add(fd, EpollEvent::new(EpollFlags::EPOLLPRI, token))
+    }
+
     /// Changes the interest; hang-up and error are reported even with neither.
     pub fn modify(
         &self,

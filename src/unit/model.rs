@@ -305,6 +305,85 @@ pub struct OomConfig {
     pub group_kill: bool,
     /// -1000..=1000
     pub score_adjust: Option<i32>,
+    /// Acting before the OOM killer (`usage-threshold`, `pressure-threshold`, `action`...);
+    /// `None` when neither threshold is set.
+    pub pressure: Option<PressurePolicy>,
+}
+
+/// `[oom]` thresholds and what to do when one is crossed for `sustain` (docs/units.md,
+/// "Acting before the OOM killer").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PressurePolicy {
+    /// Percent of `memory-max` (1..=99): usage at or above it begins an episode.
+    pub usage_percent: Option<u32>,
+    /// PSI stall over a window (cgroup v2 `memory.pressure`).
+    pub psi: Option<PsiThreshold>,
+    /// How long an episode lasts before the action is taken.
+    pub sustain: Duration,
+    pub action: PressureAction,
+    /// After an action, none for this long (across restarts too).
+    pub cool_down: Duration,
+}
+
+/// `"some 20% over 5s"`: tasks stalled on memory for 20% of any 5 s window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PsiThreshold {
+    /// `full` (every task stalled) rather than `some`.
+    pub full: bool,
+    /// 1..=100
+    pub percent: u32,
+    /// 500ms..=10s, the kernel's range for a trigger's window (Documentation/accounting/psi.rst).
+    pub window: Duration,
+}
+
+impl PsiThreshold {
+    /// The stall time within the window that fires the trigger.
+    pub fn stall(&self) -> Duration {
+        self.window * self.percent / 100
+    }
+
+    /// What to write to `memory.pressure` to arm the kernel's trigger: `<some|full> <stall us>
+    /// <window us>` (psi.rst, "Userspace monitor usage").
+    pub fn trigger(&self) -> String {
+        format!(
+            "{} {} {}",
+            if self.full { "full" } else { "some" },
+            self.stall().as_micros(),
+            self.window.as_micros()
+        )
+    }
+}
+
+impl std::fmt::Display for PsiThreshold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {}% over {}",
+            if self.full { "full" } else { "some" },
+            self.percent,
+            humantime::format_duration(self.window)
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PressureAction {
+    /// Log a warning (what corral did before these keys).
+    Warn,
+    /// The unit's stop signal, its stop timeout, then a start: not a failure.
+    Restart,
+    /// Send this signal to every process of the unit (an app that can shed caches).
+    Signal(SignalSpec),
+}
+
+impl PressureAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PressureAction::Warn => "warn",
+            PressureAction::Restart => "restart",
+            PressureAction::Signal(_) => "signal",
+        }
+    }
 }
 
 /// One line of an id map: `inside outside count`.

@@ -86,7 +86,24 @@ const RESOURCES_KEYS: &[&str] = &[
     "io",
 ];
 const IO_KEYS: &[&str] = &["device", "read-bps", "write-bps", "read-iops", "write-iops"];
-const OOM_KEYS: &[&str] = &["group-kill", "score-adjust"];
+const OOM_KEYS: &[&str] = &[
+    "group-kill",
+    "score-adjust",
+    "usage-threshold",
+    "pressure-threshold",
+    "sustain",
+    "action",
+    "signal",
+    "cool-down",
+];
+/// Keys that only mean something with a threshold.
+const PRESSURE_TUNING_KEYS: &[&str] = &["sustain", "action", "signal", "cool-down"];
+/// The kernel's range for a PSI trigger's window (Documentation/accounting/psi.rst).
+const PSI_WINDOW_MIN: Duration = Duration::from_millis(500);
+const PSI_WINDOW_MAX: Duration = Duration::from_secs(10);
+/// A pressure restart loop is bounded by the cool-down: at least this long.
+const MIN_COOL_DOWN: Duration = Duration::from_secs(1);
+const DEFAULT_COOL_DOWN: Duration = Duration::from_secs(60);
 const NAMESPACES_KEYS: &[&str] = &[
     "pid", "net", "mount", "uts", "hostname", "ipc", "cgroup", "user", "uid-map", "gid-map",
 ];
@@ -723,6 +740,7 @@ impl Reader<'_> {
             sec.check_keys(cx, OOM_KEYS);
             sec.set(cx, "group-kill", &mut unit.oom.group_kill, boolean);
             unit.oom.score_adjust = sec.read(cx, "score-adjust", int_in(-1000, 1000));
+            unit.oom.pressure = pressure_policy(cx, &sec, &unit.resources);
         }
         let ns = root.section(cx, "namespaces");
         if let Some(sec) = &ns {
@@ -1147,6 +1165,127 @@ fn resources(cx: &mut Ctx, sec: &Section) -> Resources {
         );
     }
     r
+}
+
+/// `"90%"`: a whole percentage within `lo..=hi`.
+fn percent_in(lo: u32, hi: u32) -> impl Fn(&str) -> Parse<u32> {
+    move |s| {
+        let hint = "write a whole percentage such as \"90%\"";
+        let n: u32 = s
+            .trim()
+            .strip_suffix('%')
+            .and_then(|n| n.trim().parse().ok())
+            .ok_or_else(|| Invalid::new(format!("invalid percentage {s:?}")).hint(hint))?;
+        if (lo..=hi).contains(&n) {
+            Ok(n)
+        } else {
+            Err(Invalid::new(format!("{n}% is out of range {lo}%..={hi}%")))
+        }
+    }
+}
+
+/// `"some 20% over 5s"` (or `full`): a PSI stall share over a window of 500ms..=10s.
+fn psi_threshold(s: &str) -> Parse<PsiThreshold> {
+    let hint = "write \"some 20% over 5s\" or \"full 10% over 2s\" (a window of 500ms..=10s)";
+    let words: Vec<&str> = s.split_whitespace().collect();
+    let [kind, share, "over", window @ ..] = words.as_slice() else {
+        return Err(Invalid::new(format!("invalid pressure threshold {s:?}")).hint(hint));
+    };
+    let full = match *kind {
+        "some" => false,
+        "full" => true,
+        other => {
+            return Err(
+                Invalid::new(format!("invalid pressure kind {other:?}: `some` or `full`"))
+                    .hint(hint),
+            );
+        }
+    };
+    let percent = percent_in(1, 100)(share)?;
+    let window = values::duration(&window.join(" ")).map_err(|p| p.hint(hint))?;
+    if !(PSI_WINDOW_MIN..=PSI_WINDOW_MAX).contains(&window) {
+        return Err(Invalid::new(format!(
+            "window {} is out of range 500ms..=10s (the kernel's limits for a trigger)",
+            humantime::format_duration(window)
+        )));
+    }
+    Ok(PsiThreshold {
+        full,
+        percent,
+        window,
+    })
+}
+
+/// The `[oom]` keys that act before the OOM killer; `None` without a threshold (and then the
+/// tuning keys are errors: they would do nothing).
+fn pressure_policy(cx: &mut Ctx, sec: &Section, resources: &Resources) -> Option<PressurePolicy> {
+    let usage_percent = sec.read(cx, "usage-threshold", text(percent_in(1, 99)));
+    let psi = sec.read(cx, "pressure-threshold", text(psi_threshold));
+    let sustain = sec
+        .read(cx, "sustain", any_duration)
+        .unwrap_or(Duration::ZERO);
+    let cool_down = sec
+        .read(cx, "cool-down", duration_in(MIN_COOL_DOWN, MAX_DURATION))
+        .unwrap_or(DEFAULT_COOL_DOWN);
+    let action = sec.read(
+        cx,
+        "action",
+        one_of(&[("warn", 0u8), ("restart", 1), ("signal", 2)]),
+    );
+    let chosen = sec.read(cx, "signal", signal);
+    if usage_percent.is_some() && !matches!(resources.memory_max, Some(ByteLimit::Bytes(_))) {
+        cx.error(
+            sec.span_of("usage-threshold"),
+            &sec.key("usage-threshold"),
+            Invalid::new("`usage-threshold` is a share of memory-max, which is not set")
+                .hint("set [resources] memory-max, or use `pressure-threshold`"),
+        );
+    }
+    let action = match (action, chosen) {
+        (Some(2), Some(sig)) => PressureAction::Signal(sig),
+        (Some(2), None) => {
+            cx.error(
+                sec.span_of("action"),
+                &sec.key("action"),
+                Invalid::new("`action = \"signal\"` needs `signal`")
+                    .hint("add `signal = \"SIGUSR1\"`"),
+            );
+            PressureAction::Warn
+        }
+        (action, Some(_)) => {
+            cx.error(
+                sec.span_of("signal"),
+                &sec.key("signal"),
+                Invalid::new("`signal` is only for `action = \"signal\"`"),
+            );
+            match action {
+                Some(1) => PressureAction::Restart,
+                _ => PressureAction::Warn,
+            }
+        }
+        (Some(1), None) => PressureAction::Restart,
+        _ => PressureAction::Warn,
+    };
+    if usage_percent.is_none() && psi.is_none() {
+        for k in PRESSURE_TUNING_KEYS {
+            if sec.get(k).is_some() {
+                cx.error(
+                    sec.span_of(k),
+                    &sec.key(k),
+                    Invalid::new(format!("`{k}` needs a threshold"))
+                        .hint("set `usage-threshold` or `pressure-threshold`"),
+                );
+            }
+        }
+        return None;
+    }
+    Some(PressurePolicy {
+        usage_percent,
+        psi,
+        sustain,
+        action,
+        cool_down,
+    })
 }
 
 fn io_limits(cx: &mut Ctx, sec: &Section) -> Vec<IoLimit> {

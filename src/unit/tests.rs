@@ -947,7 +947,8 @@ fn good_values_land_in_the_model() {
         oom,
         OomConfig {
             group_kill: false,
-            score_adjust: Some(-1000)
+            score_adjust: Some(-1000),
+            pressure: None,
         }
     );
 }
@@ -1163,6 +1164,7 @@ fn spec_example_parses_into_the_expected_model() {
         oom: OomConfig {
             group_kill: true,
             score_adjust: Some(0),
+            pressure: None,
         },
         namespaces: Namespaces {
             pid: true,
@@ -2416,4 +2418,110 @@ fn runtime_instance_names_follow_the_rules_of_file_names() {
         assert_eq!(got, want, "{given}");
     }
     assert!(template_of_instance(&format!("w@{}", "1".repeat(248))).is_ok());
+}
+
+#[test]
+fn pressure_keys_land_in_the_model() {
+    let unit = ok(r#"
+[resources]
+memory-max = "64M"
+[oom]
+usage-threshold = "80%"
+pressure-threshold = "some 20% over 5s"
+sustain = "2s"
+action = "restart"
+cool-down = "5m"
+"#);
+    let policy = unit.oom.pressure.expect("a policy");
+    assert_eq!(policy.usage_percent, Some(80));
+    let psi = policy.psi.expect("a PSI threshold");
+    assert_eq!(psi.trigger(), "some 1000000 5000000");
+    assert_eq!(psi.to_string(), "some 20% over 5s");
+    assert_eq!(policy.sustain, Duration::from_secs(2));
+    assert_eq!(policy.action, PressureAction::Restart);
+    assert_eq!(policy.cool_down, Duration::from_secs(300));
+
+    let unit = ok(r#"
+[oom]
+pressure-threshold = "full 10% over 500ms"
+action = "signal"
+signal = "SIGUSR1"
+"#);
+    let policy = unit.oom.pressure.expect("a policy");
+    assert_eq!(
+        policy.psi.map(|p| p.trigger()).as_deref(),
+        Some("full 50000 500000")
+    );
+    assert_eq!(
+        policy.action,
+        PressureAction::Signal(SignalSpec(crate::core::signal::Signal::SIGUSR1))
+    );
+    assert_eq!(policy.cool_down, Duration::from_secs(60), "the default");
+    assert_eq!(policy.sustain, Duration::ZERO, "the default");
+    assert_eq!(ok("[oom]\ngroup-kill = true\n").oom.pressure, None);
+}
+
+#[test]
+fn pressure_keys_are_validated_with_file_line_and_key() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "[oom]\nusage-threshold = \"90%\"\n",
+            "units/web.toml:2:19: error: oom.usage-threshold: `usage-threshold` is a share of memory-max, which is not set",
+        ),
+        (
+            "[resources]\nmemory-max = \"max\"\n[oom]\nusage-threshold = \"90%\"\n",
+            "units/web.toml:4:19: error: oom.usage-threshold: `usage-threshold` is a share of memory-max",
+        ),
+        (
+            "[resources]\nmemory-max = \"64M\"\n[oom]\nusage-threshold = \"100%\"\n",
+            "oom.usage-threshold: 100% is out of range 1%..=99%",
+        ),
+        (
+            "[resources]\nmemory-max = \"64M\"\n[oom]\nusage-threshold = 90\n",
+            "oom.usage-threshold: expected a string",
+        ),
+        (
+            "[oom]\npressure-threshold = \"some 20% over 20s\"\n",
+            "oom.pressure-threshold: window 20s is out of range 500ms..=10s",
+        ),
+        (
+            "[oom]\npressure-threshold = \"most 20% over 2s\"\n",
+            "oom.pressure-threshold: invalid pressure kind \"most\"",
+        ),
+        (
+            "[oom]\npressure-threshold = \"some 0% over 2s\"\n",
+            "oom.pressure-threshold: 0% is out of range 1%..=100%",
+        ),
+        (
+            "[oom]\npressure-threshold = \"some 20%\"\n",
+            "oom.pressure-threshold: invalid pressure threshold",
+        ),
+        (
+            "[oom]\naction = \"restart\"\n",
+            "units/web.toml:2:10: error: oom.action: `action` needs a threshold",
+        ),
+        (
+            "[oom]\npressure-threshold = \"some 20% over 2s\"\naction = \"signal\"\n",
+            "oom.action: `action = \"signal\"` needs `signal`",
+        ),
+        (
+            "[oom]\npressure-threshold = \"some 20% over 2s\"\nsignal = \"SIGUSR1\"\n",
+            "oom.signal: `signal` is only for `action = \"signal\"`",
+        ),
+        (
+            "[oom]\npressure-threshold = \"some 20% over 2s\"\naction = \"reboot\"\n",
+            "oom.action: invalid value \"reboot\"",
+        ),
+        (
+            "[oom]\npressure-threshold = \"some 20% over 2s\"\ncool-down = \"10ms\"\n",
+            "oom.cool-down: 10ms is out of range 1s..=365d",
+        ),
+    ];
+    for (text, want) in cases {
+        let got = errors(&service(text));
+        assert!(
+            got.iter().any(|e| e.contains(want)),
+            "{text:?}: wanted {want:?} in {got:#?}"
+        );
+    }
 }

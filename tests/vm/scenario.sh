@@ -490,6 +490,55 @@ fi
 rm -f /units/nearmax.toml /tmp/nearmax
 corral reload >/dev/null 2>&1
 
+# --- [oom] pressure-threshold: a PSI trigger restarts a growing unit before the OOM killer ------
+# memory-high throttles and reclaims the unit above 16M (stalls the kernel counts in its
+# memory.pressure); the trigger "some 5% over 1s" fires, corral sends SIGTERM, the unit's trap
+# writes its marker, and it starts again with oom_kills still 0.
+corral start --no-block psigrow >/dev/null 2>&1
+psi_restarted() {
+    st=$(status psigrow)
+    [ "$(field "$st" pressure_restarts)" -ge 1 ] 2>/dev/null && [ "$(field "$st" state)" = running ]
+}
+if wait_for 90 psi_restarted; then
+    st=$(status psigrow)
+    marker=$(cat /tmp/psigrow.marker 2>/dev/null)
+    kills=$(field "$st" oom_kills)
+    last=$(field "$st" last_exit)
+    case "$marker:$kills:$last" in
+    'graceful:0:{"code":0,"reason":"memory-pressure"}')
+        result pressure.psi-restart PASS "marker '$marker', oom_kills $kills, last_exit $last, pressure $(field "$st" pressure), restarts $(field "$st" restarts), memory.events $(tr '\n' ' ' <$CG/psigrow.service/memory.events)"
+        ;;
+    *) result pressure.psi-restart FAIL "marker '$marker', oom_kills $kills, last_exit $last: $st" ;;
+    esac
+else
+    result pressure.psi-restart FAIL "no pressure restart within 90 s: $(status psigrow); $(cat $CG/psigrow.service/memory.pressure 2>&1 | tr '\n' ' ')"
+fi
+# $MEMORY_PRESSURE_WATCH/_WRITE: the unit's memory.pressure, and base64 of "some 50000 1000000\0".
+env_got=$(cat /tmp/psigrow.env 2>&1)
+if [ "$env_got" = "$CG/psigrow.service/memory.pressure c29tZSA1MDAwMCAxMDAwMDAwAA==" ]; then
+    result pressure.env PASS "$env_got"
+else
+    result pressure.env FAIL "got '$env_got'"
+fi
+corral stop psigrow >/dev/null 2>&1
+# action "warn": warned about (the usage timer, 1 s for such a unit), then OOM-killed as today.
+corral start --no-block psiwarn >/dev/null 2>&1
+warn_oom() {
+    st=$(status psiwarn)
+    [ "$(field "$st" oom_kills)" -ge 1 ] 2>/dev/null && [ "$(field "$st" state)" != running ]
+}
+if wait_for 90 warn_oom; then
+    st=$(status psiwarn)
+    actions=$(printf '%s' "$(field "$st" pressure)" | sed -nE 's/.*"actions":([0-9]+).*/\1/p')
+    if [ ! -e /tmp/psiwarn.marker ] && [ "$actions" = 1 ] && [ "$(field "$st" pressure_restarts)" = 0 ]; then
+        result pressure.warn-oom PASS "no SIGTERM, 1 warning, oom_kills $(field "$st" oom_kills), last_exit $(field "$st" last_exit)"
+    else
+        result pressure.warn-oom FAIL "marker $(cat /tmp/psiwarn.marker 2>&1), actions '$actions': $st"
+    fi
+else
+    result pressure.warn-oom FAIL "no OOM kill within 90 s: $(status psiwarn)"
+fi
+
 # --- corral as the process of an OCI container under runc (started above), checked -------------
 oci_check ro
 oci_check rw

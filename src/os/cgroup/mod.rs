@@ -206,6 +206,21 @@ pub trait Backend {
     /// `cgroup.events`), or None where the kernel offers no such event (v1: its only one is the
     /// hierarchy-wide release_agent program). Read `procs` to learn whether it is empty.
     fn populated_watch(&self, rel: &Path) -> Result<Option<OwnedFd>, CgroupError>;
+    /// An fd armed with a PSI trigger on the cgroup's `memory.pressure` (`trigger` as psi.rst
+    /// writes it: `some 150000 1000000`), which polls POLLPRI each time the stall passes the
+    /// threshold within the window; None where the kernel has no per-cgroup PSI (v1 here).
+    fn pressure_trigger(
+        &self,
+        _rel: &Path,
+        _trigger: &str,
+    ) -> Result<Option<OwnedFd>, CgroupError> {
+        Ok(None)
+    }
+    /// The path of the cgroup's `memory.pressure` for a unit to arm its own trigger on (what
+    /// systemd hands over as `$MEMORY_PRESSURE_WATCH`); None without per-cgroup PSI (v1 here).
+    fn pressure_file(&self, _rel: &Path) -> Option<PathBuf> {
+        None
+    }
     /// The limits in force above R (the container's or slice's budget), and the v2 caps on
     /// how many cgroups and levels may exist below it.
     fn budget(&self) -> (Budget, Option<u64>, Option<u64>);

@@ -174,6 +174,36 @@ impl Backend for V2 {
         super::access::v2(&self.mount, &self.dir(Path::new("")))
     }
 
+    fn pressure_file(&self, rel: &Path) -> Option<PathBuf> {
+        let file = self.dir(rel).join("memory.pressure");
+        file.exists().then_some(file)
+    }
+
+    fn pressure_trigger(&self, rel: &Path, trigger: &str) -> Result<Option<OwnedFd>, CgroupError> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.dir(rel).join("memory.pressure");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(super::io_error("opening", &path))?;
+        // The kernel reads one write and overwrites its last byte with a NUL (psi_write:
+        // `buf[buf_size - 1] = '\0'`), so the trigger goes with its NUL, as psi.rst's example
+        // writes `strlen(trig) + 1` bytes; without it the window would lose its last digit.
+        let mut bytes = trigger.as_bytes().to_vec();
+        bytes.push(0);
+        (&file)
+            .write_all(&bytes)
+            .map_err(|source| CgroupError::Write {
+                value: trigger.to_owned(),
+                path: path.clone(),
+                source,
+            })?;
+        Ok(Some(OwnedFd::from(file)))
+    }
+
     fn memory_watch(&self, rel: &Path, _marks: &[u64]) -> Result<Vec<OwnedFd>, CgroupError> {
         Ok(vec![watch_modified(&self.dir(rel).join("memory.events"))?])
     }
@@ -333,6 +363,7 @@ mod tests {
         let oom = OomConfig {
             group_kill: true,
             score_adjust: None,
+            pressure: None,
         };
         let plan: Plan = cgroup_plan::plan(&resources, &oom, Version::V2, &|_| Ok((8, 0)));
         let problems = apply(&v2, Path::new("app.service"), &plan);
@@ -351,6 +382,35 @@ mod tests {
         ] {
             assert_eq!(read(&unit_dir.join(file)), want, "{file}");
         }
+    }
+
+    /// psi_write overwrites the last byte of the write with a NUL: the trigger goes with one.
+    #[test]
+    fn a_pressure_trigger_is_written_with_its_nul_and_a_symlink_is_not_followed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let unit_dir = tmp.path().join("app.service");
+        fs::create_dir_all(&unit_dir).unwrap();
+        let v2 = V2::new(tmp.path().to_owned(), Path::new("/"), Path::new("/x"));
+        let rel = Path::new("app.service");
+        assert_eq!(v2.pressure_file(rel), None, "no PSI: no file");
+        assert!(v2.pressure_trigger(rel, "some 150000 1000000").is_err());
+        fs::write(unit_dir.join("memory.pressure"), "").unwrap();
+        let fd = v2.pressure_trigger(rel, "some 150000 1000000").unwrap();
+        assert!(fd.is_some());
+        assert_eq!(
+            fs::read(unit_dir.join("memory.pressure")).unwrap(),
+            b"some 150000 1000000\0"
+        );
+        assert_eq!(
+            v2.pressure_file(rel),
+            Some(unit_dir.join("memory.pressure"))
+        );
+        let other = tmp.path().join("elsewhere");
+        fs::write(&other, "").unwrap();
+        fs::remove_file(unit_dir.join("memory.pressure")).unwrap();
+        std::os::unix::fs::symlink(&other, unit_dir.join("memory.pressure")).unwrap();
+        assert!(v2.pressure_trigger(rel, "some 1 2").is_err());
+        assert_eq!(fs::read(&other).unwrap(), b"");
     }
 
     #[test]
