@@ -1017,6 +1017,17 @@ impl Daemon {
 
     fn emit_line(&mut self, unit: &UnitName, stream: Stream, piece: Piece) {
         info!(target: "unit", unit = %unit, stream = output::stream_name(stream), "{}", piece.text);
+        // `ready = "log-line"`: the daemon only matches; the core decides (service.rs).
+        let ready_line = self.sup.get(unit).is_some_and(|(u, rt)| {
+            rt.awaits_ready_line(u)
+                && u.readiness
+                    .pattern
+                    .as_ref()
+                    .is_some_and(|p| p.is_match(&piece.text))
+        });
+        if ready_line {
+            self.feed(Input::ReadyLine { unit: unit.clone() }, Instant::now());
+        }
         let line = std::rc::Rc::new(LogLine {
             time: clock::now_rfc3339_micros(),
             unit: unit.to_string(),

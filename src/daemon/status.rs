@@ -63,6 +63,7 @@ pub fn unit_status(
             match unit.readiness.mode {
                 ReadyMode::Started => "started",
                 ReadyMode::Notify => "notify",
+                ReadyMode::LogLine => "log-line",
             }
             .to_owned()
         }),

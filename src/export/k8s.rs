@@ -958,6 +958,13 @@ fn probes(unit: &Unit, role: Role, c: &mut Container, warnings: &mut Warnings) {
             format!("notify: Kubernetes has no sd_notify, {consequence}"),
         );
     }
+    if unit.readiness.mode == ReadyMode::LogLine {
+        warnings.unit(
+            &unit.name,
+            "exec.ready",
+            "log-line: Kubernetes has no readiness by output line; add a [health] probe",
+        );
+    }
     if let Some(watchdog) = unit.health.as_ref().and_then(|h| h.watchdog) {
         warnings.unit(
             &unit.name,

@@ -187,6 +187,14 @@ fn service_file(
         _ => "simple",
     };
     let _ = writeln!(out, "Type={ty}");
+    if unit.readiness.mode == ReadyMode::LogLine {
+        warnings.unit(
+            &unit.name,
+            "exec.ready",
+            "log-line: systemd has no readiness by output line; Type=simple, so what comes \
+             after it waits only for its start",
+        );
+    }
     if unit.kind == UnitKind::Oneshot {
         // corral keeps a oneshot that succeeded `exited`, and what requires it stays up.
         let _ = writeln!(out, "RemainAfterExit=yes");

@@ -91,6 +91,30 @@ pub enum ReadyMode {
     Started,
     /// Ready when a process of the unit sends `READY=1` to `$NOTIFY_SOCKET` (systemd `Type=notify`).
     Notify,
+    /// Ready when a line of its stdout or stderr matches `ready-pattern` (process-compose's
+    /// `ready_log_line`).
+    LogLine,
+}
+
+/// `ready-pattern`: a regular expression (regex-lite syntax) searched in each output line.
+/// Two patterns are equal when they are written alike (a reload compares units).
+#[derive(Debug, Clone)]
+pub struct LinePattern(pub regex_lite::Regex);
+
+impl LinePattern {
+    pub fn is_match(&self, line: &str) -> bool {
+        self.0.is_match(line)
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+impl PartialEq for LinePattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -98,6 +122,8 @@ pub struct Readiness {
     pub mode: ReadyMode,
     /// A unit not ready this long after its spawn has failed its start.
     pub start_timeout: Duration,
+    /// `ready-pattern`: set exactly when `mode` is `LogLine`.
+    pub pattern: Option<LinePattern>,
 }
 
 impl Default for Readiness {
@@ -105,6 +131,7 @@ impl Default for Readiness {
         Readiness {
             mode: ReadyMode::Started,
             start_timeout: Duration::from_secs(90),
+            pattern: None,
         }
     }
 }
@@ -160,7 +187,7 @@ impl Unit {
     /// The unit stays `starting` after its spawn until it proves it is ready.
     pub fn gates_readiness(&self) -> bool {
         self.kind == UnitKind::Service
-            && (self.readiness.mode == ReadyMode::Notify
+            && (matches!(self.readiness.mode, ReadyMode::Notify | ReadyMode::LogLine)
                 || self.health.as_ref().is_some_and(|h| h.probe.is_some()))
     }
 }

@@ -42,6 +42,7 @@ const EXEC_KEYS: &[&str] = &[
     "user",
     "group",
     "ready",
+    "ready-pattern",
     "start-timeout",
 ];
 const HEALTH_KEYS: &[&str] = &[
@@ -105,6 +106,7 @@ const KINDS: &[(&str, UnitKind)] = &[
 const READY_MODES: &[(&str, ReadyMode)] = &[
     ("started", ReadyMode::Started),
     ("notify", ReadyMode::Notify),
+    ("log-line", ReadyMode::LogLine),
 ];
 const POLICIES: &[(&str, RestartPolicy)] = &[
     ("never", RestartPolicy::Never),
@@ -947,14 +949,46 @@ fn readiness(cx: &mut Ctx, sec: &Section, kind: UnitKind, cfg: &mut Readiness) {
         &mut cfg.start_timeout,
         positive_duration,
     );
-    if kind == UnitKind::Oneshot && cfg.mode == ReadyMode::Notify {
+    if kind == UnitKind::Oneshot && cfg.mode != ReadyMode::Started {
+        let mode = if cfg.mode == ReadyMode::Notify {
+            "notify"
+        } else {
+            "log-line"
+        };
         cx.error(
             sec.span_of("ready"),
             &sec.key("ready"),
-            Invalid::new("`ready = \"notify\"` is for services")
+            Invalid::new(format!("`ready = \"{mode}\"` is for services"))
                 .hint("a oneshot is ready when it exits successfully"),
         );
     }
+    cfg.pattern = sec.read(cx, "ready-pattern", text(line_pattern));
+    if sec.get("ready-pattern").is_some() && cfg.mode != ReadyMode::LogLine {
+        cx.error(
+            sec.span_of("ready-pattern"),
+            &sec.key("ready-pattern"),
+            Invalid::new("`ready-pattern` is read only with `ready = \"log-line\"`")
+                .hint("add `ready = \"log-line\"`, or drop `ready-pattern`"),
+        );
+    } else if cfg.mode == ReadyMode::LogLine && sec.get("ready-pattern").is_none() {
+        cx.error(
+            sec.span_of("ready"),
+            &sec.key("ready-pattern"),
+            Invalid::new("`ready = \"log-line\"` needs `ready-pattern`")
+                .hint("the regular expression a line of the unit's output matches once it is ready, e.g. `ready-pattern = \"listening on\"`"),
+        );
+    }
+}
+
+/// `ready-pattern`: a regular expression, searched (not anchored) in each output line.
+fn line_pattern(s: &str) -> Parse<LinePattern> {
+    if s.is_empty() {
+        return Err(Invalid::new("the pattern is empty: every line would match"));
+    }
+    // regex-lite's own bound on the compiled size keeps a hostile pattern from growing corral.
+    regex_lite::Regex::new(s)
+        .map(LinePattern)
+        .map_err(|e| Invalid::new(format!("invalid regular expression: {e}")))
 }
 
 /// A timeout or an interval: `1ms..=365d`.

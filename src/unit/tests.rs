@@ -1502,10 +1502,22 @@ fn readiness_and_health_keys_parse_with_their_defaults() {
         Readiness {
             mode: ReadyMode::Notify,
             start_timeout: Duration::from_secs(5),
+            pattern: None,
         }
     );
     assert_eq!(unit.health, None);
     assert_eq!(ok("").readiness, Readiness::default());
+    let unit = ok(
+        "[exec]\ncommand = [\"db\"]\nready = \"log-line\"\nready-pattern = \"listening on [0-9]+\"",
+    );
+    assert_eq!(unit.readiness.mode, ReadyMode::LogLine);
+    let pattern = unit.readiness.pattern.as_ref().map(|p| p.as_str());
+    assert_eq!(pattern, Some("listening on [0-9]+"));
+    assert!(
+        unit.readiness
+            .pattern
+            .is_some_and(|p| p.is_match("db: listening on 5432"))
+    );
 
     let unit = ok("[health]\nhttp = \"http://127.0.0.1:8080/healthz?full=1\"");
     let probe = unit.health.unwrap().probe.unwrap();
@@ -1584,6 +1596,26 @@ fn readiness_and_health_mistakes_are_reported_with_position_and_key() {
         (
             "kind = \"oneshot\"\n[exec]\ncommand = [\"x\"]\nready = \"notify\"",
             "4:9: error: exec.ready: `ready = \"notify\"` is for services",
+        ),
+        (
+            "[exec]\ncommand = [\"x\"]\nready = \"log-line\"",
+            "3:9: error: exec.ready-pattern: `ready = \"log-line\"` needs `ready-pattern`",
+        ),
+        (
+            "[exec]\ncommand = [\"x\"]\nready = \"log-line\"\nready-pattern = \"listening (on\"",
+            "4:17: error: exec.ready-pattern: invalid regular expression",
+        ),
+        (
+            "[exec]\ncommand = [\"x\"]\nready = \"log-line\"\nready-pattern = \"\"",
+            "4:17: error: exec.ready-pattern: the pattern is empty",
+        ),
+        (
+            "[exec]\ncommand = [\"x\"]\nready-pattern = \"up\"",
+            "3:17: error: exec.ready-pattern: `ready-pattern` is read only with `ready = \"log-line\"`",
+        ),
+        (
+            "kind = \"oneshot\"\n[exec]\ncommand = [\"x\"]\nready = \"log-line\"\nready-pattern = \"up\"",
+            "4:9: error: exec.ready: `ready = \"log-line\"` is for services",
         ),
         (
             "[health]\nhttp = \"https://127.0.0.1/\"",
