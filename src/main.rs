@@ -82,12 +82,20 @@ enum Command {
     Logs {
         #[arg(required = true)]
         units: Vec<String>,
-        /// How many recent lines
-        #[arg(short = 'n', long = "lines", default_value_t = 100)]
-        lines: usize,
+        /// How many recent lines (default 100; with --since or --grep, every matching line the
+        /// buffer holds)
+        #[arg(short = 'n', long = "lines")]
+        lines: Option<usize>,
         /// Keep printing new lines until interrupted
         #[arg(short, long)]
         follow: bool,
+        /// Only lines written since then: a duration back from now (10m, 1h 30m) or an RFC 3339
+        /// time (2026-12-03T10:00:00Z)
+        #[arg(long, value_name = "WHEN")]
+        since: Option<String>,
+        /// Only lines matching this regular expression (regex-lite syntax), new ones too with -f
+        #[arg(long, value_name = "PATTERN")]
+        grep: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -639,8 +647,17 @@ fn talk(command: Command, socket: &std::path::Path) -> Result<i32, ClientError> 
             units,
             lines,
             follow,
+            since,
+            grep,
             json,
-        } => logs(&mut conn, units, lines, follow, json),
+        } => {
+            let mut request = Request::new(Verb::Logs, units);
+            request.lines = lines;
+            request.follow = follow;
+            request.since = since;
+            request.grep = grep;
+            logs(&mut conn, request, json)
+        }
         Command::Metrics { units } => {
             let response = conn.call(&client::request(Verb::Metrics, &units))?;
             match (&response.metrics, response.ok) {
@@ -685,17 +702,9 @@ fn action(conn: &mut Connection, verb: Verb, args: ActionArgs) -> Result<i32, Cl
     Ok(report(&response, false))
 }
 
-fn logs(
-    conn: &mut Connection,
-    units: Vec<String>,
-    lines: usize,
-    follow: bool,
-    json: bool,
-) -> Result<i32, ClientError> {
-    let with_unit = units.len() > 1;
-    let mut request = Request::new(Verb::Logs, units);
-    request.lines = Some(lines);
-    request.follow = follow;
+fn logs(conn: &mut Connection, request: Request, json: bool) -> Result<i32, ClientError> {
+    let with_unit = request.units.len() > 1;
+    let follow = request.follow;
     let mut print = |line: corral::proto::LogLine| {
         if json {
             if let Ok(text) = serde_json::to_string(&line) {

@@ -1036,8 +1036,9 @@ impl Daemon {
             partial: piece.partial,
         });
         for client in self.control.clients.values_mut() {
-            if let ClientState::Following { units } = &client.state
+            if let ClientState::Following { units, filter } = &client.state
                 && units.contains(unit)
+                && filter.admits(&line)
             {
                 client.follow_line(&line);
             }

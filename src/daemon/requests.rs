@@ -23,6 +23,7 @@ use super::control::{
     ACCEPTS_PER_TURN, Answer, Client, ClientState, Incoming, MAX_CLIENTS, MAX_CONNECTIONS_PER_UID,
     MAX_FOLLOWERS_PER_UID, REQUESTS_PER_TURN, ROOT_RESERVE, TRUSTED_RESERVE,
 };
+use super::output::LineFilter;
 use super::sources::Source;
 use super::status::{namespace_status, unit_status};
 
@@ -515,15 +516,26 @@ impl Daemon {
                 return self.reply(token, Response::error(ErrorKind::LimitReached, message));
             }
         }
-        // No more than a ring holds; `names` has each unit once.
-        let n = request
-            .lines
-            .unwrap_or(DEFAULT_LOG_LINES)
-            .min(super::RING_LINES);
+        let filter = match LineFilter::new(
+            request.since.as_deref(),
+            request.grep.as_deref(),
+            std::time::SystemTime::now(),
+        ) {
+            Ok(filter) => filter,
+            Err(e) => return self.reply(token, Response::error(ErrorKind::BadRequest, e)),
+        };
+        // No more than a ring holds; `names` has each unit once. A filtered request without
+        // `lines` gets every line that matches, as `journalctl --since` does.
+        let default = if filter.is_empty() {
+            DEFAULT_LOG_LINES
+        } else {
+            super::RING_LINES
+        };
+        let n = request.lines.unwrap_or(default).min(super::RING_LINES);
         let mut lines: Vec<&Rc<LogLine>> = names
             .iter()
             .filter_map(|name| self.rings.get(name))
-            .flat_map(|ring| ring.tail(n))
+            .flat_map(|ring| ring.tail_matching(n, &filter))
             .collect();
         // Several units interleave by time; RFC 3339 strings of one format sort by time.
         lines.sort_by(|a, b| a.time.cmp(&b.time));
@@ -533,7 +545,7 @@ impl Daemon {
             .collect();
         if request.follow {
             if let Some(client) = self.control.clients.get_mut(&token) {
-                client.start_following(names, lines);
+                client.start_following(names, filter, lines);
             }
         } else {
             self.stream_answer(token, Answer::lines(lines));

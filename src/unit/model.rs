@@ -101,7 +101,30 @@ pub enum ReadyMode {
 #[derive(Debug, Clone)]
 pub struct LinePattern(pub regex_lite::Regex);
 
+/// The longest pattern corral compiles, and the most memory its compiled form may take: a
+/// line is matched on the loop, so the work per line stays bounded (regex-lite matches in time
+/// linear in the line, times the pattern's size).
+pub const MAX_PATTERN_CHARS: usize = 1024;
+const MAX_PATTERN_MEMORY: usize = 256 * 1024;
+
 impl LinePattern {
+    /// Compiles `pattern`, searched anywhere in a line; the error says why in words.
+    pub fn new(pattern: &str) -> Result<LinePattern, String> {
+        if pattern.is_empty() {
+            return Err("the pattern is empty: every line would match".to_owned());
+        }
+        if pattern.chars().count() > MAX_PATTERN_CHARS {
+            return Err(format!(
+                "the pattern is longer than {MAX_PATTERN_CHARS} characters"
+            ));
+        }
+        regex_lite::RegexBuilder::new(pattern)
+            .size_limit(MAX_PATTERN_MEMORY)
+            .build()
+            .map(LinePattern)
+            .map_err(|e| format!("invalid regular expression: {e}"))
+    }
+
     pub fn is_match(&self, line: &str) -> bool {
         self.0.is_match(line)
     }

@@ -982,13 +982,7 @@ fn readiness(cx: &mut Ctx, sec: &Section, kind: UnitKind, cfg: &mut Readiness) {
 
 /// `ready-pattern`: a regular expression, searched (not anchored) in each output line.
 fn line_pattern(s: &str) -> Parse<LinePattern> {
-    if s.is_empty() {
-        return Err(Invalid::new("the pattern is empty: every line would match"));
-    }
-    // regex-lite's own bound on the compiled size keeps a hostile pattern from growing corral.
-    regex_lite::Regex::new(s)
-        .map(LinePattern)
-        .map_err(|e| Invalid::new(format!("invalid regular expression: {e}")))
+    LinePattern::new(s).map_err(Invalid::new)
 }
 
 /// A timeout or an interval: `1ms..=365d`.
