@@ -166,6 +166,27 @@ fn parse_object_name(text: &str) -> Result<String, String> {
     }
 }
 
+/// `--log-dir`: absolute, and not where a write acts on the kernel or a device.
+fn parse_log_dir(text: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(text);
+    if !path.is_absolute() {
+        return Err(format!("{text:?} is not an absolute path"));
+    }
+    if path
+        .components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(format!("{text:?} has `..` in it"));
+    }
+    if ["/proc", "/sys", "/dev"]
+        .iter()
+        .any(|t| path.starts_with(t))
+    {
+        return Err(format!("{text:?} is inside /proc, /sys or /dev"));
+    }
+    Ok(path)
+}
+
 #[derive(Args)]
 struct RunArgs {
     #[arg(default_value = DEFAULT_UNITS_DIR)]
@@ -182,6 +203,10 @@ struct RunArgs {
     /// When this unit ends (exited or failed), shut down and exit with its status
     #[arg(long, value_name = "UNIT")]
     exit_with: Option<String>,
+    /// Write each unit's output also to DIR/<unit>.log (a unit's [logs] file wins), rotated
+    /// as its [logs] says; DIR must be an absolute path, and is created (0750) if missing
+    #[arg(long, value_name = "DIR", value_parser = parse_log_dir)]
+    log_dir: Option<PathBuf>,
     /// After the units are down, how long leftover processes get between SIGTERM and SIGKILL
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_bounded_duration)]
     shutdown_timeout: Duration,
@@ -402,6 +427,7 @@ fn run(args: RunArgs, socket: PathBuf) -> i32 {
         notify_dir: args
             .notify_dir
             .unwrap_or_else(corral::os::notify::default_dir),
+        log_dir: args.log_dir,
     };
     match daemon::run(options) {
         Ok(daemon::Ending::Exit(code)) => code,

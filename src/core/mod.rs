@@ -5,6 +5,7 @@ pub mod cgroup_plan;
 pub mod container;
 pub mod exit;
 pub mod limit_watch;
+pub mod log_rotation;
 pub mod notify;
 pub mod notify_refusals;
 pub mod oom;

@@ -4,6 +4,7 @@ mod clock;
 mod control;
 mod generation;
 mod journald;
+mod log_files;
 pub mod logging;
 mod membership;
 mod metrics_http;
@@ -80,6 +81,8 @@ pub struct Options {
     pub metrics_token: Option<String>,
     /// Where the units' notify sockets are made (see docs/operations.md, "Notify sockets").
     pub notify_dir: PathBuf,
+    /// `--log-dir`: the default log file of a unit is `<dir>/<unit>.log`.
+    pub log_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -145,6 +148,8 @@ struct Daemon {
     /// `--metrics-listen`: the HTTP listener and its connections.
     metrics: Option<MetricsServer>,
     rings: HashMap<UnitName, Ring>,
+    /// Units' log files and their writer thread.
+    log_files: log_files::LogFiles,
     clock: Clock,
     /// The kill wait, the leftovers, the exit code and power action.
     shutdown: Shutdown,
@@ -336,7 +341,10 @@ pub fn run(mut opts: Options) -> Result<Ending, DaemonError> {
         }
     };
     let shutdown = Shutdown::new(opts.shutdown_timeout);
+    let mut log_files = log_files::LogFiles::new(opts.log_dir.clone());
+    log_files.configure(loaded.units.values());
     let mut daemon = Daemon {
+        log_files,
         members,
         usage_watch,
         metrics,
@@ -358,6 +366,7 @@ pub fn run(mut opts: Options) -> Result<Ending, DaemonError> {
         own_namespaces: crate::os::namespaces::inodes(None),
     };
     let code = daemon.event_loop();
+    daemon.log_files.finish();
     daemon.members.teardown();
     let _ = std::fs::remove_file(&daemon.opts.socket);
     if daemon.host_init {
@@ -853,6 +862,7 @@ impl Daemon {
             warn!("{warning}");
         }
         self.members.update_units(&loaded.units);
+        self.log_files.configure(loaded.units.values());
         for name in loaded.units.keys() {
             self.rings.entry(name.clone()).or_default();
         }
@@ -1028,8 +1038,13 @@ impl Daemon {
         if ready_line {
             self.feed(Input::ReadyLine { unit: unit.clone() }, Instant::now());
         }
+        let time = clock::now_rfc3339_micros();
+        if let Some(dropped) = self.log_files.write(unit, &time, stream, piece.bytes()) {
+            let file = self.log_files.path_of(unit).unwrap_or_default();
+            warn!(unit = %unit, "log file {}: {dropped} lines dropped while its writer fell behind", file.display());
+        }
         let line = std::rc::Rc::new(LogLine {
-            time: clock::now_rfc3339_micros(),
+            time,
             unit: unit.to_string(),
             stream,
             text: piece.text,

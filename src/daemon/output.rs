@@ -23,6 +23,16 @@ pub const MAX_LINE_BYTES: usize = 8 * 1024;
 pub struct Piece {
     pub text: String,
     pub partial: bool,
+    /// The bytes as written, where they are not UTF-8 (`text` has U+FFFD for them): a log file
+    /// gets the raw bytes.
+    pub raw: Option<Vec<u8>>,
+}
+
+impl Piece {
+    /// The line's bytes as the unit wrote them (without its newline, and its `\r`).
+    pub fn bytes(&self) -> &[u8] {
+        self.raw.as_deref().unwrap_or(self.text.as_bytes())
+    }
 }
 
 /// Turns a byte stream into lines of at most `MAX_LINE_BYTES`.
@@ -61,13 +71,22 @@ impl LineSplitter {
     }
 
     fn take(&mut self, partial: bool) -> Piece {
-        let bytes = std::mem::take(&mut self.pending);
-        let text = match String::from_utf8(bytes) {
-            Ok(s) => s,
-            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
-        };
-        let text = text.strip_suffix('\r').map(str::to_owned).unwrap_or(text);
-        Piece { text, partial }
+        let mut bytes = std::mem::take(&mut self.pending);
+        if bytes.last() == Some(&b'\r') {
+            bytes.pop();
+        }
+        match String::from_utf8(bytes) {
+            Ok(text) => Piece {
+                text,
+                partial,
+                raw: None,
+            },
+            Err(e) => Piece {
+                text: String::from_utf8_lossy(e.as_bytes()).into_owned(),
+                partial,
+                raw: Some(e.into_bytes()),
+            },
+        }
     }
 }
 
@@ -280,6 +299,7 @@ mod tests {
         Piece {
             text: text.into(),
             partial: false,
+            raw: None,
         }
     }
 
@@ -306,7 +326,13 @@ mod tests {
 
     #[test]
     fn invalid_utf8_is_kept_lossily() {
-        assert_eq!(split(&[b"a\xffb\n"]), vec![whole("a\u{fffd}b")]);
+        let pieces = split(&[b"a\xffb\r\n"]);
+        assert_eq!(pieces[0].text, "a\u{fffd}b");
+        assert_eq!(
+            pieces[0].bytes(),
+            b"a\xffb",
+            "the raw bytes are kept for log files"
+        );
     }
 
     #[test]

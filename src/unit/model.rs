@@ -74,6 +74,32 @@ pub struct Unit {
     pub readiness: Readiness,
     /// `[health]`: a probe and/or a watchdog; `None` when the unit has no such section.
     pub health: Option<Health>,
+    /// `[logs]`: the unit's log file and its rotation.
+    pub logs: LogConfig,
+}
+
+/// `[logs]`: where a unit's output lines are also written, and how the file is rotated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// `file`: absolute; `None` is `run --log-dir`'s `<dir>/<unit>.log`, or no file.
+    pub file: Option<PathBuf>,
+    /// `max-size`: a file is rotated before a line would take it past this many bytes.
+    pub max_size: u64,
+    /// `keep`: rotated files kept (`<file>.1` is the newest).
+    pub keep: u32,
+    /// `compress`: rotated files are gzip-compressed (`<file>.1.gz`).
+    pub compress: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            file: None,
+            max_size: 10 << 20,
+            keep: 5,
+            compress: false,
+        }
+    }
 }
 
 impl Unit {

@@ -1184,6 +1184,7 @@ fn spec_example_parses_into_the_expected_model() {
         },
         readiness: Readiness::default(),
         health: None,
+        logs: LogConfig::default(),
     };
     assert_eq!(unit, expected);
 }
@@ -2315,4 +2316,80 @@ fn show_prints_the_merged_unit_with_the_origin_of_every_key() {
     );
     let err = show_unit(d, "nope").unwrap_err().to_string();
     assert!(err.ends_with("error: no unit `nope` here"), "{err}");
+}
+
+#[test]
+fn logs_keys_land_in_the_model_and_bad_ones_name_file_line_and_key() {
+    assert_eq!(ok("").logs, LogConfig::default());
+    let unit = ok(
+        "[logs]\nfile = \"/var/log/corral/web.log\"\nmax-size = \"1M\"\nkeep = 3\ncompress = true",
+    );
+    assert_eq!(
+        unit.logs,
+        LogConfig {
+            file: Some(PathBuf::from("/var/log/corral/web.log")),
+            max_size: 1 << 20,
+            keep: 3,
+            compress: true,
+        }
+    );
+    let cases = [
+        (
+            "[logs]\nfile = \"web.log\"",
+            "2:8: error: logs.file: path \"web.log\" is not absolute",
+        ),
+        (
+            "[logs]\nfile = \"/var/log/\"",
+            "2:8: error: logs.file: \"/var/log/\" names a directory",
+        ),
+        (
+            "[logs]\nfile = \"/var/log/../etc/x\"",
+            "2:8: error: logs.file: \"/var/log/../etc/x\" has `.` or `..`",
+        ),
+        (
+            "[logs]\nfile = \"/proc/sys/kernel/core_pattern\"",
+            "2:8: error: logs.file: \"/proc/sys/kernel/core_pattern\" is inside /proc",
+        ),
+        (
+            "[logs]\nfile = \"/dev/sda\"",
+            "2:8: error: logs.file: \"/dev/sda\" is inside /dev",
+        ),
+        (
+            "[logs]\nmax-size = \"1K\"",
+            "2:12: error: logs.max-size: 1K is out of range 4K..=1G",
+        ),
+        (
+            "[logs]\nmax-size = \"max\"",
+            "2:12: error: logs.max-size: a log file needs a size to rotate at",
+        ),
+        (
+            "[logs]\nkeep = 101",
+            "2:8: error: logs.keep: 101 is out of range 0..=100",
+        ),
+        (
+            "[logs]\ncompress = \"yes\"",
+            "2:12: error: logs.compress: expected a boolean",
+        ),
+        (
+            "[logs]\nrotate = true",
+            "2:1: error: logs.rotate: unknown key",
+        ),
+    ];
+    for (text, want) in cases {
+        let text = service(text);
+        let got = errors(&text);
+        assert_eq!(got.len(), 1, "{text:?}: expected one error, got {got:#?}");
+        assert!(
+            got[0].contains(want),
+            "{text:?}:\n  got  {}\n  want {want}",
+            got[0]
+        );
+    }
+    let slice = errors("kind = \"slice\"\n[logs]\nfile = \"/var/log/s.log\"");
+    assert!(
+        slice
+            .iter()
+            .any(|e| e.contains("[logs] is not allowed in a slice")),
+        "{slice:?}"
+    );
 }
