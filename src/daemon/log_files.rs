@@ -339,3 +339,97 @@ fn rotate(dir: &LogDir, log: &mut LogFile, target: &Target) -> std::io::Result<(
     *log = dir.open_append(&target.name).map_err(what)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `LogFiles` whose queue nobody drains but the test, holding `capacity` lines.
+    fn stalled(capacity: usize) -> (LogFiles, Receiver<Message>, UnitName) {
+        let (queue, lines) = std::sync::mpsc::sync_channel(capacity);
+        let (_done_tx, done) = std::sync::mpsc::sync_channel(1);
+        let unit = UnitName::new("u").unwrap();
+        let mut files = LogFiles::new(None);
+        let target = Target {
+            dir: PathBuf::from("/nonexistent"),
+            name: "u.log".into(),
+            max_size: 4096,
+            keep: 1,
+            compress: false,
+        };
+        files.targets.insert(unit.clone(), Arc::new(target));
+        files.writer = Some(Writer {
+            queue,
+            queued_bytes: Arc::new(AtomicUsize::new(0)),
+            done,
+        });
+        (files, lines, unit)
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_and_the_next_line_through_carries_the_count() {
+        let (mut files, lines, unit) = stalled(2);
+        let mut write = |files: &mut LogFiles, text: &str| {
+            files.write(
+                &unit,
+                "2026-12-03T10:00:00.000000Z",
+                Stream::Stdout,
+                text.as_bytes(),
+            )
+        };
+        assert_eq!(write(&mut files, "a"), None);
+        assert_eq!(write(&mut files, "b"), None);
+        // Full: dropped, counted, nothing reported yet.
+        assert_eq!(write(&mut files, "c"), None);
+        assert_eq!(write(&mut files, "d"), None);
+        let first = lines.try_recv().unwrap();
+        assert_eq!(
+            (first.bytes.as_slice(), first.dropped_before),
+            (&b"a"[..], 0)
+        );
+        // Room again: this line gets in and carries the two before it.
+        assert_eq!(write(&mut files, "e"), Some(2));
+        assert_eq!(write(&mut files, "f"), None, "full again, counted afresh");
+        let rest: Vec<(Vec<u8>, u64)> = lines
+            .try_iter()
+            .map(|m| (m.bytes, m.dropped_before))
+            .collect();
+        assert_eq!(rest, vec![(b"b".to_vec(), 0), (b"e".to_vec(), 2)]);
+        assert_eq!(write(&mut files, "g"), Some(1));
+    }
+
+    #[test]
+    fn the_queue_is_bounded_by_bytes_too() {
+        let (mut files, lines, unit) = stalled(QUEUED_LINES);
+        let big = vec![b'x'; 8 * 1024];
+        let mut queued = 0;
+        for _ in 0..QUEUED_LINES {
+            files.write(&unit, "t", Stream::Stderr, &big);
+        }
+        while lines.try_recv().is_ok() {
+            queued += 1;
+        }
+        assert_eq!(queued, QUEUED_BYTES / big.len(), "no more than 4 MiB waits");
+        assert_eq!(
+            files.dropped.get(&unit).copied(),
+            Some((QUEUED_LINES - queued) as u64)
+        );
+    }
+
+    #[test]
+    fn a_units_file_is_its_own_else_the_log_dirs() {
+        let mut unit = crate::core::fixtures::service("web");
+        assert_eq!(Target::of(&unit, None), None);
+        let dir = Path::new("/var/log/corral");
+        assert_eq!(
+            Target::of(&unit, Some(dir)).map(|t| t.path()),
+            Some(PathBuf::from("/var/log/corral/web.log"))
+        );
+        unit.logs.file = Some(PathBuf::from("/srv/web/out.log"));
+        let target = Target::of(&unit, Some(dir)).unwrap();
+        assert_eq!(
+            (target.dir.as_path(), target.name.as_str()),
+            (Path::new("/srv/web"), "out.log")
+        );
+    }
+}
