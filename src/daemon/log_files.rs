@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::time::{Duration, Instant};
 
 use tracing::warn;
@@ -26,6 +26,9 @@ const IDLE_CLOSE: Duration = Duration::from_secs(60);
 /// After a file could not be opened or rotated, its lines are dropped this long before the
 /// next try (one warning per try, not per line).
 const RETRY_AFTER: Duration = Duration::from_secs(10);
+/// Lines are gathered and written together, at most this many bytes at once, and whenever the
+/// queue is empty: one write(2) per burst rather than per line.
+const FLUSH_BYTES: usize = 64 << 10;
 /// How long the end of `corral run` waits for the writer to write what is queued.
 const FINISH_WAIT: Duration = Duration::from_secs(2);
 
@@ -214,6 +217,8 @@ enum FileState {
     Open {
         dir: LogDir,
         log: LogFile,
+        /// Lines counted in `log.size` but not yet written.
+        pending: Vec<u8>,
         target: Arc<Target>,
         last_line: Instant,
     },
@@ -225,7 +230,15 @@ enum FileState {
 fn write_lines(lines: &Receiver<Message>, queued_bytes: &AtomicUsize) {
     let mut files: HashMap<PathBuf, FileState> = HashMap::new();
     loop {
-        let message = match lines.recv_timeout(IDLE_CLOSE) {
+        let next = match lines.try_recv() {
+            Ok(message) => Ok(message),
+            Err(TryRecvError::Empty) => {
+                flush_all(&mut files);
+                lines.recv_timeout(IDLE_CLOSE)
+            }
+            Err(TryRecvError::Disconnected) => Err(RecvTimeoutError::Disconnected),
+        };
+        let message = match next {
             Ok(message) => message,
             Err(RecvTimeoutError::Timeout) => {
                 let now = Instant::now();
@@ -237,7 +250,10 @@ fn write_lines(lines: &Receiver<Message>, queued_bytes: &AtomicUsize) {
                 });
                 continue;
             }
-            Err(RecvTimeoutError::Disconnected) => return,
+            Err(RecvTimeoutError::Disconnected) => {
+                flush_all(&mut files);
+                return;
+            }
         };
         queued_bytes.fetch_sub(message.bytes.len(), Ordering::Relaxed);
         let path = message.target.path();
@@ -246,12 +262,36 @@ fn write_lines(lines: &Receiver<Message>, queued_bytes: &AtomicUsize) {
             .entry(path.clone())
             .or_insert(FileState::Broken { until: now });
         if let Err(e) = write_one(state, &message, now) {
-            warn!(file = %path.display(), "log file: {e}; its lines are dropped for {}s", RETRY_AFTER.as_secs());
-            *state = FileState::Broken {
-                until: now + RETRY_AFTER,
-            };
+            broken(state, &path, &e, now);
         }
     }
+}
+
+fn broken(state: &mut FileState, path: &Path, e: &std::io::Error, now: Instant) {
+    warn!(file = %path.display(), "log file: {e}; its lines are dropped for {}s", RETRY_AFTER.as_secs());
+    *state = FileState::Broken {
+        until: now + RETRY_AFTER,
+    };
+}
+
+/// Writes every file's gathered lines: the queue is empty, so the writer has time.
+fn flush_all(files: &mut HashMap<PathBuf, FileState>) {
+    for (path, state) in files.iter_mut() {
+        if let FileState::Open { log, pending, .. } = state
+            && let Err(e) = flush(log, pending)
+        {
+            broken(state, path, &e, Instant::now());
+        }
+    }
+}
+
+fn flush(log: &mut LogFile, pending: &mut Vec<u8>) -> std::io::Result<()> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let result = log.file.write_all(pending);
+    pending.clear();
+    result
 }
 
 /// Writes one line (after the note of the lines dropped before it), opening and rotating the
@@ -269,6 +309,9 @@ fn write_one(state: &mut FileState, message: &Message, now: Instant) -> std::io:
         FileState::Open { target: open, .. } => !Arc::ptr_eq(open, target) && **open != **target,
     };
     if reopen {
+        if let FileState::Open { log, pending, .. } = state {
+            flush(log, pending)?;
+        }
         let dir = LogDir::open(&target.dir).map_err(|e| {
             std::io::Error::new(
                 e.kind(),
@@ -279,6 +322,7 @@ fn write_one(state: &mut FileState, message: &Message, now: Instant) -> std::io:
         *state = FileState::Open {
             dir,
             log,
+            pending: Vec::new(),
             target: Arc::clone(target),
             last_line: now,
         };
@@ -286,6 +330,7 @@ fn write_one(state: &mut FileState, message: &Message, now: Instant) -> std::io:
     let FileState::Open {
         dir,
         log,
+        pending,
         last_line,
         ..
     } = state
@@ -298,7 +343,7 @@ fn write_one(state: &mut FileState, message: &Message, now: Instant) -> std::io:
             "{} corral {} lines dropped: the log file writer fell behind\n",
             message.time, message.dropped_before
         );
-        append(dir, log, target, note.as_bytes())?;
+        append(dir, log, pending, target, note.as_bytes())?;
     }
     let stream = match message.stream {
         Stream::Stdout => "out",
@@ -311,16 +356,27 @@ fn write_one(state: &mut FileState, message: &Message, now: Instant) -> std::io:
     line.push(b' ');
     line.extend_from_slice(&message.bytes);
     line.push(b'\n');
-    append(dir, log, target, &line)
+    append(dir, log, pending, target, &line)
 }
 
-/// Appends `line`, rotating first if it would take the file past `max-size`.
-fn append(dir: &LogDir, log: &mut LogFile, target: &Target, line: &[u8]) -> std::io::Result<()> {
+/// Appends `line` (gathered, written by `flush`), rotating first if it would take the file
+/// past `max-size`.
+fn append(
+    dir: &LogDir,
+    log: &mut LogFile,
+    pending: &mut Vec<u8>,
+    target: &Target,
+    line: &[u8],
+) -> std::io::Result<()> {
     if log_rotation::must_rotate(log.size, line.len() as u64, target.max_size) {
+        flush(log, pending)?;
         rotate(dir, log, target)?;
     }
-    log.file.write_all(line)?;
+    pending.extend_from_slice(line);
     log.size += line.len() as u64;
+    if pending.len() >= FLUSH_BYTES {
+        flush(log, pending)?;
+    }
     Ok(())
 }
 
@@ -369,7 +425,7 @@ mod tests {
     #[test]
     fn a_full_queue_drops_and_counts_and_the_next_line_through_carries_the_count() {
         let (mut files, lines, unit) = stalled(2);
-        let mut write = |files: &mut LogFiles, text: &str| {
+        let write = |files: &mut LogFiles, text: &str| {
             files.write(
                 &unit,
                 "2026-12-03T10:00:00.000000Z",
