@@ -226,6 +226,22 @@ fn service_file(
             let _ = writeln!(out, "Group={}", user.gid);
         }
     }
+    if let Some(file) = &unit.logs.file {
+        // systemd appends the raw output, with no stamp and no rotation of its own.
+        match literal(&file.display().to_string()) {
+            Some(path) => {
+                let _ = writeln!(out, "StandardOutput=append:{path}");
+                let _ = writeln!(out, "StandardError=append:{path}");
+                warnings.unit(
+                    &unit.name,
+                    "logs",
+                    "StandardOutput=append: writes the lines without a time or stream and \
+                     never rotates: max-size, keep and compress need logrotate (or journald)",
+                );
+            }
+            None => warnings.unit(&unit.name, "logs.file", UNWRITABLE),
+        }
+    }
     if let Some(slice) = unit.slice.as_ref().filter(|s| units.contains_key(*s)) {
         let _ = writeln!(out, "Slice={}", slice_name(slice, units));
     }
