@@ -1051,11 +1051,23 @@ impl Daemon {
             partial: piece.partial,
         });
         for client in self.control.clients.values_mut() {
-            if let ClientState::Following { units, filter } = &client.state
+            if let ClientState::Following { units, filter } = &mut client.state
                 && units.contains(unit)
-                && filter.admits(&line)
             {
-                client.follow_line(&line);
+                match filter.admits_within_budget(&line) {
+                    Ok(true) => client.follow_line(&line),
+                    Ok(false) => {}
+                    Err(why) => {
+                        warn!(
+                            uid = client.peer.uid,
+                            pid = client.peer.pid,
+                            "logs -f: {why}"
+                        );
+                        client.send(&Response::error(crate::proto::ErrorKind::LimitReached, why));
+                        client.state = ClientState::Reading;
+                        client.closing = true;
+                    }
+                }
             }
         }
         // A unit already forgotten (removed by a reload) gets no new buffer.

@@ -3,7 +3,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
 use std::rc::Rc;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use nix::errno::Errno;
 
@@ -98,6 +98,10 @@ pub struct Ring {
 }
 
 impl Ring {
+    pub fn len(&self) -> usize {
+        self.lines.len()
+    }
+
     pub fn push(&mut self, line: Rc<LogLine>) {
         if self.lines.len() == RING_LINES {
             self.lines.pop_front();
@@ -106,18 +110,40 @@ impl Ring {
     }
 
     /// The newest `n` lines that `filter` admits, oldest first.
+    #[cfg(test)]
     pub fn tail_matching(&self, n: usize, filter: &LineFilter) -> Vec<&Rc<LogLine>> {
-        let mut found: Vec<&Rc<LogLine>> = self
-            .lines
-            .iter()
-            .rev()
-            .filter(|line| filter.admits(line))
-            .take(n)
-            .collect();
+        self.tail_matching_until(n, filter, None)
+            .unwrap_or_default()
+    }
+
+    /// As `tail_matching`, giving up (`Err`: the lines searched) at `deadline`: a pattern is
+    /// matched on the loop, and regex-lite can take microseconds per byte of a line.
+    pub fn tail_matching_until(
+        &self,
+        n: usize,
+        filter: &LineFilter,
+        deadline: Option<Instant>,
+    ) -> Result<Vec<&Rc<LogLine>>, usize> {
+        let mut found = Vec::new();
+        for (searched, line) in self.lines.iter().rev().enumerate() {
+            if found.len() == n {
+                break;
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(searched);
+            }
+            if filter.admits(line) {
+                found.push(line);
+            }
+        }
         found.reverse();
-        found
+        Ok(found)
     }
 }
+
+/// The most of the loop's time one follower's `grep` may take per second; a follower that
+/// needs more is disconnected (a pattern can cost microseconds per byte of each line).
+pub const FOLLOW_GREP_BUDGET: Duration = Duration::from_millis(50);
 
 /// `logs --since` and `--grep`: which lines an answer (and a follower) gets.
 #[derive(Debug, Default)]
@@ -126,6 +152,9 @@ pub struct LineFilter {
     /// that one format, so comparing the strings compares the times.
     since: Option<String>,
     grep: Option<LinePattern>,
+    /// A follower's grep time in the second that began at `window`.
+    spent: Duration,
+    window: Option<Instant>,
 }
 
 impl LineFilter {
@@ -142,7 +171,37 @@ impl LineFilter {
         let grep = grep
             .map(|pattern| LinePattern::new(pattern).map_err(|e| format!("grep: {e}")))
             .transpose()?;
-        Ok(LineFilter { since, grep })
+        Ok(LineFilter {
+            since,
+            grep,
+            ..LineFilter::default()
+        })
+    }
+
+    /// For a follower: whether `line` passes, with the time its grep took counted against
+    /// `FOLLOW_GREP_BUDGET`; `Err` once this second's budget is spent.
+    pub fn admits_within_budget(&mut self, line: &LogLine) -> Result<bool, String> {
+        if self.grep.is_none() {
+            return Ok(self.admits(line));
+        }
+        let start = Instant::now();
+        if self
+            .window
+            .is_none_or(|w| start.duration_since(w) >= Duration::from_secs(1))
+        {
+            self.window = Some(start);
+            self.spent = Duration::ZERO;
+        }
+        let admitted = self.admits(line);
+        self.spent += start.elapsed();
+        if self.spent > FOLLOW_GREP_BUDGET {
+            return Err(format!(
+                "grep: matching new lines took more than {}ms of corral's loop within a second; \
+                 follow with a simpler pattern",
+                FOLLOW_GREP_BUDGET.as_millis()
+            ));
+        }
+        Ok(admitted)
     }
 
     /// Admits every line.
@@ -414,6 +473,39 @@ mod tests {
                 "-n {n} --since {since:?} --grep {grep:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_grep_search_is_bounded_in_time() {
+        let now = SystemTime::now();
+        let mut ring = Ring::default();
+        ring.push(line_at("2026-12-03T09:40:00.000000Z", "GET /a 200"));
+        let filter = LineFilter::new(None, Some("200"), now).unwrap();
+        let past = Instant::now();
+        assert_eq!(ring.tail_matching_until(5, &filter, Some(past)), Err(0));
+        assert_eq!(
+            ring.tail_matching_until(5, &filter, None).map(|l| l.len()),
+            Ok(1)
+        );
+
+        // A follower whose grep spent its second's budget is cut off; the next second it is not.
+        let mut follower = LineFilter::new(None, Some("200"), now).unwrap();
+        let line = line_at("2026-12-03T09:40:00.000000Z", "GET /a 200");
+        assert_eq!(follower.admits_within_budget(&line), Ok(true));
+        follower.spent = FOLLOW_GREP_BUDGET;
+        let e = follower.admits_within_budget(&line).unwrap_err();
+        assert!(
+            e.starts_with("grep: matching new lines took more than 50ms"),
+            "{e}"
+        );
+        follower.window = Instant::now().checked_sub(Duration::from_secs(2));
+        assert_eq!(follower.admits_within_budget(&line), Ok(true));
+        // Without grep nothing is timed.
+        let mut plain = LineFilter {
+            spent: Duration::from_secs(10),
+            ..LineFilter::default()
+        };
+        assert_eq!(plain.admits_within_budget(&line), Ok(true));
     }
 
     #[test]

@@ -29,6 +29,8 @@ use super::status::{namespace_status, unit_status};
 
 /// `logs` without `-n`.
 const DEFAULT_LOG_LINES: usize = 100;
+/// The most of the loop's time one `logs --grep` answer may take to search the buffers.
+const GREP_BUDGET: std::time::Duration = std::time::Duration::from_millis(50);
 
 impl Daemon {
     pub(super) fn accept_clients(&mut self) {
@@ -532,11 +534,27 @@ impl Daemon {
             super::RING_LINES
         };
         let n = request.lines.unwrap_or(default).min(super::RING_LINES);
-        let mut lines: Vec<&Rc<LogLine>> = names
-            .iter()
-            .filter_map(|name| self.rings.get(name))
-            .flat_map(|ring| ring.tail_matching(n, &filter))
-            .collect();
+        // grep runs on the loop: the whole search is bounded in time, not only in lines.
+        let deadline = Instant::now() + GREP_BUDGET;
+        let mut lines: Vec<&Rc<LogLine>> = Vec::new();
+        let mut searched = 0;
+        for ring in names.iter().filter_map(|name| self.rings.get(name)) {
+            match ring.tail_matching_until(n, &filter, Some(deadline)) {
+                Ok(found) => {
+                    searched += ring.len();
+                    lines.extend(found);
+                }
+                Err(more) => {
+                    let message = format!(
+                        "grep: the search was stopped after {}ms, {} lines in; narrow it with \
+                         --since or -n, or use a simpler pattern",
+                        GREP_BUDGET.as_millis(),
+                        searched + more
+                    );
+                    return self.reply(token, Response::error(ErrorKind::LimitReached, message));
+                }
+            }
+        }
         // Several units interleave by time; RFC 3339 strings of one format sort by time.
         lines.sort_by(|a, b| a.time.cmp(&b.time));
         let lines: VecDeque<Rc<LogLine>> = lines[lines.len().saturating_sub(n)..]
