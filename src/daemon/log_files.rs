@@ -116,8 +116,19 @@ impl LogFiles {
     pub(super) fn configure<'u>(&mut self, units: impl Iterator<Item = &'u Unit>) {
         let log_dir = self.log_dir.clone();
         let mut targets = HashMap::new();
+        let mut owners: HashMap<PathBuf, &UnitName> = HashMap::new();
         for unit in units {
             if let Some(target) = Target::of(unit, log_dir.as_deref()) {
+                // One writer per file: two units' rotations of one file would fight.
+                if let Some(owner) = owners.get(&target.path()) {
+                    warn!(
+                        unit = %unit.name,
+                        "log file {} is already {owner}'s; this unit gets none",
+                        target.path().display()
+                    );
+                    continue;
+                }
+                owners.insert(target.path(), &unit.name);
                 // The same definition keeps its Arc: the writer keeps its open file.
                 let target = match self.targets.get(&unit.name) {
                     Some(old) if **old == target => Arc::clone(old),
@@ -470,6 +481,18 @@ mod tests {
             files.dropped.get(&unit).copied(),
             Some((QUEUED_LINES - queued) as u64)
         );
+    }
+
+    #[test]
+    fn a_file_two_units_name_is_the_first_ones() {
+        let mut a = crate::core::fixtures::service("a");
+        let mut b = crate::core::fixtures::service("b");
+        a.logs.file = Some(PathBuf::from("/var/log/shared.log"));
+        b.logs.file = a.logs.file.clone();
+        let mut files = LogFiles::new(None);
+        files.configure([&a, &b].into_iter());
+        assert_eq!(files.path_of(&a.name), a.logs.file);
+        assert_eq!(files.path_of(&b.name), None);
     }
 
     #[test]
