@@ -433,3 +433,47 @@ fn a_symlink_planted_at_the_log_path_is_refused_and_its_target_untouched() {
     let link = std::fs::symlink_metadata(logs.join("web.log")).unwrap();
     assert!(link.file_type().is_symlink(), "the link is left as it was");
 }
+
+#[test]
+fn a_reload_that_adds_a_log_file_applies_it_from_the_next_line_without_a_restart() {
+    if !require_root() {
+        return;
+    }
+    let mut c = Corral::new();
+    let gate = c.path("gate");
+    nix::unistd::mkfifo(&gate, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let logs = c.path("logs");
+    std::fs::create_dir(&logs).unwrap();
+    let exec = format!(
+        r#"
+        [exec]
+        command = ["sh", "-c", "echo before; read x < {gate}; echo after; exec sleep 600"]
+        "#,
+        gate = gate.display()
+    );
+    c.unit("web", &exec);
+    c.launch(&[]);
+    c.wait_log("the first line", |l| {
+        is_output(l, "web") && msg(l) == "before"
+    });
+    let pid = c.status("web")["pid"].clone();
+    c.unit(
+        "web",
+        &format!("{exec}\n[logs]\nfile = \"{}/web.log\"\n", logs.display()),
+    );
+    let plan = c.ok(&["reload", "--json"]).json();
+    assert_eq!(
+        plan["reload"]["updated"],
+        serde_json::json!(["web"]),
+        "{plan}"
+    );
+    std::fs::write(&gate, "go\n").unwrap();
+    c.wait_log("the second line", |l| {
+        is_output(l, "web") && msg(l) == "after"
+    });
+    assert_eq!(c.status("web")["pid"], pid, "not restarted");
+    shut_down(&mut c);
+    let lines = file_lines(&logs.join("web.log"));
+    let texts: Vec<&str> = lines.iter().map(|l| parse_line(l).2).collect();
+    assert_eq!(texts, ["after"]);
+}
