@@ -96,12 +96,20 @@ enum Command {
     Logs {
         #[arg(required = true)]
         units: Vec<String>,
-        /// How many recent lines
-        #[arg(short = 'n', long = "lines", default_value_t = 100)]
-        lines: usize,
+        /// How many recent lines (default 100; with --since or --grep, every matching line the
+        /// buffer holds)
+        #[arg(short = 'n', long = "lines")]
+        lines: Option<usize>,
         /// Keep printing new lines until interrupted
         #[arg(short, long)]
         follow: bool,
+        /// Only lines written since then: a duration back from now (10m, 1h 30m) or an RFC 3339
+        /// time (2026-12-03T10:00:00Z)
+        #[arg(long, value_name = "WHEN")]
+        since: Option<String>,
+        /// Only lines matching this regular expression (regex-lite syntax), new ones too with -f
+        #[arg(long, value_name = "PATTERN")]
+        grep: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -179,6 +187,27 @@ fn parse_object_name(text: &str) -> Result<String, String> {
     }
 }
 
+/// `--log-dir`: absolute, and not where a write acts on the kernel or a device.
+fn parse_log_dir(text: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(text);
+    if !path.is_absolute() {
+        return Err(format!("{text:?} is not an absolute path"));
+    }
+    if path
+        .components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(format!("{text:?} has `..` in it"));
+    }
+    if ["/proc", "/sys", "/dev"]
+        .iter()
+        .any(|t| path.starts_with(t))
+    {
+        return Err(format!("{text:?} is inside /proc, /sys or /dev"));
+    }
+    Ok(path)
+}
+
 #[derive(Args)]
 struct RunArgs {
     #[arg(default_value = DEFAULT_UNITS_DIR)]
@@ -195,6 +224,10 @@ struct RunArgs {
     /// When this unit ends (exited or failed), shut down and exit with its status
     #[arg(long, value_name = "UNIT")]
     exit_with: Option<String>,
+    /// Write each unit's output also to DIR/<unit>.log (a unit's [logs] file wins), rotated
+    /// as its [logs] says; DIR must be an absolute path, and is created (0750) if missing
+    #[arg(long, value_name = "DIR", value_parser = parse_log_dir)]
+    log_dir: Option<PathBuf>,
     /// After the units are down, how long leftover processes get between SIGTERM and SIGKILL
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_bounded_duration)]
     shutdown_timeout: Duration,
@@ -420,6 +453,7 @@ fn run(args: RunArgs, socket: PathBuf) -> i32 {
         notify_dir: args
             .notify_dir
             .unwrap_or_else(corral::os::notify::default_dir),
+        log_dir: args.log_dir,
     };
     match daemon::run(options) {
         Ok(daemon::Ending::Exit(code)) => code,
@@ -676,8 +710,17 @@ fn talk(command: Command, socket: &std::path::Path) -> Result<i32, ClientError> 
             units,
             lines,
             follow,
+            since,
+            grep,
             json,
-        } => logs(&mut conn, units, lines, follow, json),
+        } => {
+            let mut request = Request::new(Verb::Logs, units);
+            request.lines = lines;
+            request.follow = follow;
+            request.since = since;
+            request.grep = grep;
+            logs(&mut conn, request, json)
+        }
         Command::Metrics { units } => {
             let response = conn.call(&client::request(Verb::Metrics, &units))?;
             match (&response.metrics, response.ok) {
@@ -758,17 +801,9 @@ fn wait_ready(
     }
 }
 
-fn logs(
-    conn: &mut Connection,
-    units: Vec<String>,
-    lines: usize,
-    follow: bool,
-    json: bool,
-) -> Result<i32, ClientError> {
-    let with_unit = units.len() > 1;
-    let mut request = Request::new(Verb::Logs, units);
-    request.lines = Some(lines);
-    request.follow = follow;
+fn logs(conn: &mut Connection, request: Request, json: bool) -> Result<i32, ClientError> {
+    let with_unit = request.units.len() > 1;
+    let follow = request.follow;
     let mut print = |line: corral::proto::LogLine| {
         if json {
             if let Ok(text) = serde_json::to_string(&line) {

@@ -54,6 +54,13 @@ pub struct Request {
     /// logs: keep streaming new lines until the client closes.
     #[serde(default, skip_serializing_if = "is_false")]
     pub follow: bool,
+    /// logs: only lines written at or after this: a duration back from now (`10m`, `1h 30m`)
+    /// or an RFC 3339 time (`2026-12-03T10:00:00Z`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    /// logs: only lines matching this regular expression (regex-lite syntax), followed lines too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grep: Option<String>,
     /// shutdown: what the machine does afterwards (host init only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub power: Option<crate::os::pid1::PowerAction>,
@@ -78,6 +85,8 @@ impl Request {
             signal: None,
             lines: None,
             follow: false,
+            since: None,
+            grep: None,
             power: None,
             count: None,
             timeout_ms: None,

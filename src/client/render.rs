@@ -38,7 +38,8 @@ fn last_exit_text(exit: &LastExit) -> String {
     text
 }
 
-/// What a `starting` unit waits for: its probe's last failure, its READY=1, or its exit.
+/// What a `starting` unit waits for: its probe's last failure, its READY=1 or its ready line,
+/// or its exit.
 fn waiting_for(u: &UnitStatus) -> String {
     let probe_failure = u.health.as_ref().and_then(|h| {
         (h.last_result.as_deref() == Some("failed"))
@@ -49,6 +50,9 @@ fn waiting_for(u: &UnitStatus) -> String {
         (Some(message), _) => format!("not ready: {message}"),
         (None, Some(text)) => text.clone(),
         (None, None) if u.ready.as_deref() == Some("notify") => "waiting for READY=1".to_owned(),
+        (None, None) if u.ready.as_deref() == Some("log-line") => {
+            "waiting for a line matching ready-pattern".to_owned()
+        }
         (None, None) if u.health.as_ref().is_some_and(|h| h.probe.is_some()) => {
             "waiting for the health probe".to_owned()
         }

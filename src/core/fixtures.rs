@@ -46,5 +46,6 @@ pub fn unit(n: &str, kind: UnitKind) -> Unit {
         sandbox: Sandbox::default(),
         readiness: Readiness::default(),
         health: None,
+        logs: LogConfig::default(),
     }
 }

@@ -6,6 +6,7 @@ pub mod container;
 pub mod exit;
 pub mod instances;
 pub mod limit_watch;
+pub mod log_rotation;
 pub mod notify;
 pub mod notify_refusals;
 pub mod oom;

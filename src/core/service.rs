@@ -134,6 +134,8 @@ pub enum Event {
     Notify(NotifyMessage),
     /// The main process reached its exec (the daemon read its empty exec report).
     Execd,
+    /// A line of the unit's output matched its `ready-pattern` (the daemon matched it).
+    ReadyLine,
     /// A user froze (`true`) or thawed (`false`) every process of the unit: a frozen unit
     /// cannot answer its watchdog or a probe, so neither is held against it.
     Frozen(bool),
@@ -197,6 +199,8 @@ pub struct Runtime {
     pub notify_status: Option<String>,
     /// `READY=1` arrived this generation.
     pub ready_notified: bool,
+    /// A line matching `ready-pattern` came this generation.
+    pub ready_line_seen: bool,
     /// `STOPPING=1` arrived this generation.
     pub stopping_notified: bool,
     pub probe: ProbeTrack,
@@ -241,6 +245,7 @@ impl Runtime {
             last_exit_by_pressure: false,
             notify_status: None,
             ready_notified: false,
+            ready_line_seen: false,
             stopping_notified: false,
             probe: ProbeTrack::default(),
             watchdog_at: None,
@@ -256,6 +261,15 @@ impl Runtime {
             frozen: false,
             awaiting_exec: false,
         }
+    }
+
+    /// The unit's output lines are worth matching against its `ready-pattern`: a started run
+    /// still waits for its line. (The daemon asks before it runs a regex on each line.)
+    pub fn awaits_ready_line(&self, unit: &Unit) -> bool {
+        unit.readiness.mode == ReadyMode::LogLine
+            && self.state == State::Starting
+            && self.pid.is_some()
+            && !self.ready_line_seen
     }
 
     /// The earliest of the unit's timers: its state's deadline, the watchdog, the next probe.
@@ -334,6 +348,7 @@ impl Runtime {
                 self.deadline = None;
                 self.notify_status = None;
                 self.ready_notified = false;
+                self.ready_line_seen = false;
                 self.stopping_notified = false;
                 // Probe numbers keep counting across runs: a late answer to the last run's probe
                 // must not pass for this run's.
@@ -365,6 +380,14 @@ impl Runtime {
             }
             (Starting | Running, Event::Notify(msg)) => {
                 self.on_notify(msg, now, unit, &mut actions);
+            }
+            // Only a started run waits for its line: before the spawn there is no output of
+            // this run, and once running a matching line means nothing more.
+            (Starting, Event::ReadyLine) if self.awaits_ready_line(unit) => {
+                self.ready_line_seen = true;
+                if self.gates_passed(unit) {
+                    self.become_ready(now, unit, &mut actions);
+                }
             }
             // Its probes, held back until now, are due as they were.
             (Starting | Running, Event::Execd) => {
@@ -511,6 +534,8 @@ impl Runtime {
             let how = match (unit.readiness.mode, self.probe.passed) {
                 (ReadyMode::Notify, true) => "READY=1 and the health probe",
                 (ReadyMode::Notify, false) => "READY=1",
+                (ReadyMode::LogLine, true) => "a line matched ready-pattern, and the health probe",
+                (ReadyMode::LogLine, false) => "a line matched ready-pattern",
                 (ReadyMode::Started, _) => "the health probe",
             };
             actions.push(note(false, format!("ready ({how})")));
@@ -519,7 +544,11 @@ impl Runtime {
 
     /// Every readiness gate of the unit is passed.
     fn gates_passed(&self, unit: &Unit) -> bool {
-        let notified = unit.readiness.mode != ReadyMode::Notify || self.ready_notified;
+        let notified = match unit.readiness.mode {
+            ReadyMode::Started => true,
+            ReadyMode::Notify => self.ready_notified,
+            ReadyMode::LogLine => self.ready_line_seen,
+        };
         let has_probe = unit.health.as_ref().is_some_and(|h| h.probe.is_some());
         notified && (!has_probe || self.probe.passed)
     }
@@ -679,6 +708,9 @@ impl Runtime {
             );
             if unit.readiness.mode == ReadyMode::Notify && !self.ready_notified {
                 why.push_str(" (no READY=1)");
+            }
+            if unit.readiness.mode == ReadyMode::LogLine && !self.ready_line_seen {
+                why.push_str(" (no line matched ready-pattern)");
             }
             actions.push(note(true, why));
             self.fail(FailureCause::StartTimeout, now, unit, actions);
@@ -1203,6 +1235,7 @@ mod tests {
         unit.readiness = crate::unit::Readiness {
             mode: ReadyMode::Notify,
             start_timeout: Duration::from_secs(5),
+            pattern: None,
         };
         unit
     }
@@ -1220,6 +1253,24 @@ mod tests {
             }),
             watchdog: None,
         });
+        unit
+    }
+
+    fn log_line_service(name: &str) -> Unit {
+        let mut unit = service(name);
+        unit.readiness = crate::unit::Readiness {
+            mode: ReadyMode::LogLine,
+            start_timeout: Duration::from_secs(5),
+            pattern: regex_lite::Regex::new("listening")
+                .ok()
+                .map(crate::unit::LinePattern),
+        };
+        unit
+    }
+
+    fn log_line_probed_service(name: &str) -> Unit {
+        let mut unit = probed_service(name);
+        unit.readiness = log_line_service(name).readiness;
         unit
     }
 
@@ -1270,6 +1321,28 @@ mod tests {
             ),
             (probed_service("p"), vec![ok(1)], Starting),
             (probed_service("p"), vec![ready_msg()], Starting),
+            (log_line_service("l"), vec![], Starting),
+            (log_line_service("l"), vec![Event::ReadyLine], Running),
+            // READY=1 is not the line a log-line unit waits for.
+            (log_line_service("l"), vec![ready_msg()], Starting),
+            // Its line is one gate; a probe (two successes) is another.
+            (
+                log_line_probed_service("lp"),
+                vec![Event::ReadyLine],
+                Starting,
+            ),
+            (
+                log_line_probed_service("lp"),
+                vec![ok(1), ok(2), Event::ReadyLine],
+                Running,
+            ),
+            (
+                log_line_probed_service("lp"),
+                vec![Event::ReadyLine, ok(1), ok(2)],
+                Running,
+            ),
+            // A matching line means nothing to a unit that does not wait for one.
+            (notify_service("n"), vec![Event::ReadyLine], Starting),
         ];
         for (unit, events, want) in table {
             let mut rt = started(&unit, t0);
@@ -1299,6 +1372,65 @@ mod tests {
         assert!(
             matches!(&actions[..], [Action::Note { message, .. }] if message == "ready (READY=1)")
         );
+    }
+
+    #[test]
+    fn a_log_line_unit_waits_for_its_line_only_while_its_run_is_starting() {
+        let unit = log_line_service("web");
+        let t0 = Instant::now();
+        let mut rt = Runtime::new(t0, Want::Up);
+        assert!(!rt.awaits_ready_line(&unit), "inactive");
+        rt.transition(Event::Start, t0, &unit);
+        // Before the spawn, a line can only be a leftover's of the last run.
+        assert!(!rt.awaits_ready_line(&unit));
+        assert!(rt.transition(Event::ReadyLine, t0, &unit).is_empty());
+        assert_eq!(rt.state, Starting);
+        rt.transition(Event::Spawned { pid: 7 }, t0, &unit);
+        assert!(rt.awaits_ready_line(&unit));
+        assert_eq!(rt.deadline(), Some(t0 + Duration::from_secs(5)));
+        let actions = rt.transition(Event::ReadyLine, t0 + MS(300), &unit);
+        assert_eq!(rt.state, Running);
+        assert_eq!(rt.deadline(), None, "the start timeout is disarmed");
+        assert!(!rt.awaits_ready_line(&unit));
+        assert!(matches!(&actions[..], [Action::Note { message, .. }]
+            if message == "ready (a line matched ready-pattern)"));
+        // A second matching line changes nothing.
+        assert!(
+            rt.transition(Event::ReadyLine, t0 + MS(400), &unit)
+                .is_empty()
+        );
+        // The next run waits for its own line again.
+        rt.transition(Event::Stop(StopReason::User), t0 + MS(500), &unit);
+        rt.transition(
+            Event::Exited(ExitReport::signal(Signal::SIGTERM)),
+            t0 + MS(600),
+            &unit,
+        );
+        rt.transition(Event::UnitEmpty, t0 + MS(600), &unit);
+        assert_eq!(rt.state, Inactive);
+        rt.transition(Event::Start, t0 + MS(700), &unit);
+        rt.transition(Event::Spawned { pid: 8 }, t0 + MS(700), &unit);
+        assert!(rt.awaits_ready_line(&unit));
+        assert_eq!(rt.state, Starting);
+    }
+
+    #[test]
+    fn a_log_line_unit_whose_line_never_comes_fails_at_start_timeout() {
+        let unit = log_line_service("mute");
+        let t0 = Instant::now();
+        let mut rt = started(&unit, t0);
+        let actions = rt.transition(Event::DeadlineReached, t0 + Duration::from_secs(5), &unit);
+        assert_eq!(rt.state, Stopping);
+        assert!(
+            actions
+                .iter()
+                .any(|a| matches!(a, Action::Note { warn: true, message }
+            if message.ends_with("(no line matched ready-pattern)"))),
+            "{actions:?}"
+        );
+        // A line that comes after the timeout does not revive the run.
+        rt.transition(Event::ReadyLine, t0 + Duration::from_secs(6), &unit);
+        assert_eq!(rt.state, Stopping);
     }
 
     #[test]

@@ -58,6 +58,10 @@ pub enum Input {
         unit: UnitName,
         message: NotifyMessage,
     },
+    /// A line of the unit's current run matched its `ready-pattern`.
+    ReadyLine {
+        unit: UnitName,
+    },
     /// Process `pid` (the `Spawned` one) reached its exec.
     Execd {
         pid: i32,
@@ -412,6 +416,9 @@ impl Supervisor {
             }
             Input::Notify { unit, message } => {
                 self.feed(&unit, Event::Notify(message), now, &mut effects);
+            }
+            Input::ReadyLine { unit } => {
+                self.feed(&unit, Event::ReadyLine, now, &mut effects);
             }
             Input::Execd { pid } => {
                 if let Some(unit) = self.by_pid.get(&pid).cloned() {
@@ -1077,6 +1084,28 @@ mod tests {
             "{}",
             sup.not_ready_because(&name("web"))
         );
+    }
+
+    #[test]
+    fn a_dependent_of_a_log_line_unit_starts_once_its_line_matched() {
+        let t0 = Instant::now();
+        let mut db = service("db");
+        db.readiness.mode = crate::unit::ReadyMode::LogLine;
+        db.readiness.pattern = regex_lite::Regex::new("ready")
+            .ok()
+            .map(crate::unit::LinePattern);
+        let mut web = service("web");
+        web.after = vec![name("db")];
+        let mut sup = Supervisor::new([db, web], t0);
+        let mut pids = 0;
+        let effects = run(&mut sup, Input::Tick, t0, &mut pids);
+        assert_eq!(spawned(&effects), vec!["db"]);
+        assert_eq!(sup.settled(&name("db"), Goal::Started), None);
+        let line = Input::ReadyLine { unit: name("db") };
+        let effects = run(&mut sup, line, t0 + Duration::from_secs(1), &mut pids);
+        assert_eq!(spawned(&effects), vec!["web"]);
+        assert_eq!(state(&sup, "db"), State::Running);
+        assert_eq!(sup.settled(&name("db"), Goal::Started), Some(Ok(())));
     }
 
     #[test]

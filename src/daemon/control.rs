@@ -53,8 +53,12 @@ pub enum ClientState {
         units: Vec<UnitName>,
         gone: Vec<UnitName>,
     },
-    /// logs -f: every new line of these units is sent until the client closes.
-    Following { units: Vec<UnitName> },
+    /// logs -f: every new line of these units (that `filter` admits) is sent until the client
+    /// closes.
+    Following {
+        units: Vec<UnitName>,
+        filter: super::output::LineFilter,
+    },
     /// shutdown: answered when every unit is down.
     AwaitingShutdown,
     /// wait-ready: answered when these units (none: every enabled unit) are ready, or with a
@@ -345,11 +349,16 @@ impl Client {
     }
 
     /// A follower's backlog, written before any new line.
-    pub fn start_following(&mut self, units: Vec<UnitName>, backlog: VecDeque<Rc<LogLine>>) {
+    pub fn start_following(
+        &mut self,
+        units: Vec<UnitName>,
+        filter: super::output::LineFilter,
+        backlog: VecDeque<Rc<LogLine>>,
+    ) {
         self.backlog_left = backlog.len();
         self.follow_queue = backlog;
         self.lag_bytes = 0;
-        self.state = ClientState::Following { units };
+        self.state = ClientState::Following { units, filter };
         self.idle_deadline = None;
         self.pump_follow();
     }

@@ -6,6 +6,7 @@ mod generation;
 mod http;
 mod instances;
 mod journald;
+mod log_files;
 pub mod logging;
 mod membership;
 mod metrics_http;
@@ -84,6 +85,8 @@ pub struct Options {
     pub probe_listen: Option<std::net::SocketAddr>,
     /// Where the units' notify sockets are made (see docs/operations.md, "Notify sockets").
     pub notify_dir: PathBuf,
+    /// `--log-dir`: the default log file of a unit is `<dir>/<unit>.log`.
+    pub log_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -154,6 +157,8 @@ struct Daemon {
     /// `--metrics-listen` and `--probe-listen`: the HTTP listeners and their connections.
     http: http::Servers,
     rings: HashMap<UnitName, Ring>,
+    /// Units' log files and their writer thread.
+    log_files: log_files::LogFiles,
     clock: Clock,
     /// The kill wait, the leftovers, the exit code and power action.
     shutdown: Shutdown,
@@ -356,7 +361,10 @@ pub fn run(mut opts: Options) -> Result<Ending, DaemonError> {
         }
     };
     let shutdown = Shutdown::new(opts.shutdown_timeout);
+    let mut log_files = log_files::LogFiles::new(opts.log_dir.clone());
+    log_files.configure(loaded.units.values());
     let mut daemon = Daemon {
+        log_files,
         members,
         usage_watch,
         http,
@@ -378,6 +386,7 @@ pub fn run(mut opts: Options) -> Result<Ending, DaemonError> {
         own_namespaces: crate::os::namespaces::inodes(None),
     };
     let code = daemon.event_loop();
+    daemon.log_files.finish();
     daemon.members.teardown();
     let _ = std::fs::remove_file(&daemon.opts.socket);
     if daemon.host_init {
@@ -955,6 +964,7 @@ impl Daemon {
         }
         self.units_dir.runtime = loaded.runtime_instances;
         self.members.update_units(&loaded.units);
+        self.log_files.configure(loaded.units.values());
         for name in loaded.units.keys() {
             self.rings.entry(name.clone()).or_default();
         }
@@ -1127,18 +1137,47 @@ impl Daemon {
 
     fn emit_line(&mut self, unit: &UnitName, stream: Stream, piece: Piece) {
         info!(target: "unit", unit = %unit, stream = output::stream_name(stream), "{}", piece.text);
+        // `ready = "log-line"`: the daemon only matches; the core decides (service.rs).
+        let ready_line = self.sup.get(unit).is_some_and(|(u, rt)| {
+            rt.awaits_ready_line(u)
+                && u.readiness
+                    .pattern
+                    .as_ref()
+                    .is_some_and(|p| p.is_match(&piece.text))
+        });
+        if ready_line {
+            self.feed(Input::ReadyLine { unit: unit.clone() }, Instant::now());
+        }
+        let time = clock::now_rfc3339_micros();
+        if let Some(dropped) = self.log_files.write(unit, &time, stream, piece.bytes()) {
+            let file = self.log_files.path_of(unit).unwrap_or_default();
+            warn!(unit = %unit, "log file {}: {dropped} lines dropped while its writer fell behind", file.display());
+        }
         let line = std::rc::Rc::new(LogLine {
-            time: clock::now_rfc3339_micros(),
+            time,
             unit: unit.to_string(),
             stream,
             text: piece.text,
             partial: piece.partial,
         });
         for client in self.control.clients.values_mut() {
-            if let ClientState::Following { units } = &client.state
+            if let ClientState::Following { units, filter } = &mut client.state
                 && units.contains(unit)
             {
-                client.follow_line(&line);
+                match filter.admits_within_budget(&line) {
+                    Ok(true) => client.follow_line(&line),
+                    Ok(false) => {}
+                    Err(why) => {
+                        warn!(
+                            uid = client.peer.uid,
+                            pid = client.peer.pid,
+                            "logs -f: {why}"
+                        );
+                        client.send(&Response::error(crate::proto::ErrorKind::LimitReached, why));
+                        client.state = ClientState::Reading;
+                        client.closing = true;
+                    }
+                }
             }
         }
         // A unit already forgotten (removed by a reload) gets no new buffer.

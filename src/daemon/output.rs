@@ -3,11 +3,12 @@
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
 use std::rc::Rc;
+use std::time::{Duration, Instant, SystemTime};
 
 use nix::errno::Errno;
 
 use crate::proto::{LogLine, Stream};
-use crate::unit::UnitName;
+use crate::unit::{LinePattern, UnitName};
 
 use super::sources::{Source, Sources, Token};
 
@@ -22,6 +23,16 @@ pub const MAX_LINE_BYTES: usize = 8 * 1024;
 pub struct Piece {
     pub text: String,
     pub partial: bool,
+    /// The bytes as written, where they are not UTF-8 (`text` has U+FFFD for them): a log file
+    /// gets the raw bytes.
+    pub raw: Option<Vec<u8>>,
+}
+
+impl Piece {
+    /// The line's bytes as the unit wrote them (without its newline, and its `\r`).
+    pub fn bytes(&self) -> &[u8] {
+        self.raw.as_deref().unwrap_or(self.text.as_bytes())
+    }
 }
 
 /// Turns a byte stream into lines of at most `MAX_LINE_BYTES`.
@@ -60,13 +71,22 @@ impl LineSplitter {
     }
 
     fn take(&mut self, partial: bool) -> Piece {
-        let bytes = std::mem::take(&mut self.pending);
-        let text = match String::from_utf8(bytes) {
-            Ok(s) => s,
-            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
-        };
-        let text = text.strip_suffix('\r').map(str::to_owned).unwrap_or(text);
-        Piece { text, partial }
+        let mut bytes = std::mem::take(&mut self.pending);
+        if bytes.last() == Some(&b'\r') {
+            bytes.pop();
+        }
+        match String::from_utf8(bytes) {
+            Ok(text) => Piece {
+                text,
+                partial,
+                raw: None,
+            },
+            Err(e) => Piece {
+                text: String::from_utf8_lossy(e.as_bytes()).into_owned(),
+                partial,
+                raw: Some(e.into_bytes()),
+            },
+        }
     }
 }
 
@@ -78,6 +98,10 @@ pub struct Ring {
 }
 
 impl Ring {
+    pub fn len(&self) -> usize {
+        self.lines.len()
+    }
+
     pub fn push(&mut self, line: Rc<LogLine>) {
         if self.lines.len() == RING_LINES {
             self.lines.pop_front();
@@ -85,9 +109,136 @@ impl Ring {
         self.lines.push_back(line);
     }
 
-    /// The newest `n` lines, oldest first.
-    pub fn tail(&self, n: usize) -> impl Iterator<Item = &Rc<LogLine>> {
-        self.lines.iter().skip(self.lines.len().saturating_sub(n))
+    /// The newest `n` lines that `filter` admits, oldest first.
+    #[cfg(test)]
+    pub fn tail_matching(&self, n: usize, filter: &LineFilter) -> Vec<&Rc<LogLine>> {
+        self.tail_matching_until(n, filter, None)
+            .unwrap_or_default()
+    }
+
+    /// As `tail_matching`, giving up (`Err`: the lines searched) at `deadline`: a pattern is
+    /// matched on the loop, and regex-lite can take microseconds per byte of a line.
+    pub fn tail_matching_until(
+        &self,
+        n: usize,
+        filter: &LineFilter,
+        deadline: Option<Instant>,
+    ) -> Result<Vec<&Rc<LogLine>>, usize> {
+        let mut found = Vec::new();
+        for (searched, line) in self.lines.iter().rev().enumerate() {
+            if found.len() == n {
+                break;
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(searched);
+            }
+            if filter.admits(line) {
+                found.push(line);
+            }
+        }
+        found.reverse();
+        Ok(found)
+    }
+}
+
+/// The most of the loop's time one follower's `grep` may take per second; a follower that
+/// needs more is disconnected (a pattern can cost microseconds per byte of each line).
+pub const FOLLOW_GREP_BUDGET: Duration = Duration::from_millis(50);
+
+/// `logs --since` and `--grep`: which lines an answer (and a follower) gets.
+#[derive(Debug, Default)]
+pub struct LineFilter {
+    /// Lines stamped at or after this, as RFC 3339 with microseconds: the ring's stamps have
+    /// that one format, so comparing the strings compares the times.
+    since: Option<String>,
+    grep: Option<LinePattern>,
+    /// A follower's grep time in the second that began at `window`.
+    spent: Duration,
+    window: Option<Instant>,
+}
+
+impl LineFilter {
+    /// From a request's `since` and `grep`; `now` is the wall clock a duration counts back from.
+    pub fn new(
+        since: Option<&str>,
+        grep: Option<&str>,
+        now: SystemTime,
+    ) -> Result<LineFilter, String> {
+        let since = since
+            .map(|text| parse_since(text, now))
+            .transpose()?
+            .map(stamp);
+        let grep = grep
+            .map(|pattern| LinePattern::new(pattern).map_err(|e| format!("grep: {e}")))
+            .transpose()?;
+        Ok(LineFilter {
+            since,
+            grep,
+            ..LineFilter::default()
+        })
+    }
+
+    /// For a follower: whether `line` passes, with the time its grep took counted against
+    /// `FOLLOW_GREP_BUDGET`; `Err` once this second's budget is spent.
+    pub fn admits_within_budget(&mut self, line: &LogLine) -> Result<bool, String> {
+        if self.grep.is_none() {
+            return Ok(self.admits(line));
+        }
+        let start = Instant::now();
+        if self
+            .window
+            .is_none_or(|w| start.duration_since(w) >= Duration::from_secs(1))
+        {
+            self.window = Some(start);
+            self.spent = Duration::ZERO;
+        }
+        let admitted = self.admits(line);
+        self.spent += start.elapsed();
+        if self.spent > FOLLOW_GREP_BUDGET {
+            return Err(format!(
+                "grep: matching new lines took more than {}ms of corral's loop within a second; \
+                 follow with a simpler pattern",
+                FOLLOW_GREP_BUDGET.as_millis()
+            ));
+        }
+        Ok(admitted)
+    }
+
+    /// Admits every line.
+    pub fn is_empty(&self) -> bool {
+        self.since.is_none() && self.grep.is_none()
+    }
+
+    pub fn admits(&self, line: &LogLine) -> bool {
+        self.since.as_ref().is_none_or(|at| line.time >= *at)
+            && self.grep.as_ref().is_none_or(|p| p.is_match(&line.text))
+    }
+}
+
+/// `at` as the ring stamps lines, kept within what humantime formats (1970 to 9999), which
+/// every line's stamp is.
+fn stamp(at: SystemTime) -> String {
+    const LAST: std::time::Duration = std::time::Duration::from_secs(253_402_300_799);
+    let at = at.clamp(SystemTime::UNIX_EPOCH, SystemTime::UNIX_EPOCH + LAST);
+    humantime::format_rfc3339_micros(at).to_string()
+}
+
+/// `--since`: an RFC 3339 time (`2026-12-03T10:00:00Z`, fractions allowed), or a duration
+/// back from `now` (`10m`, `1h 30m`).
+pub fn parse_since(text: &str, now: SystemTime) -> Result<SystemTime, String> {
+    let text = text.trim();
+    if let Ok(at) = humantime::parse_rfc3339_weak(text) {
+        return Ok(at);
+    }
+    match humantime::parse_duration(text) {
+        Ok(ago) => Ok(now
+            .checked_sub(ago)
+            .unwrap_or(SystemTime::UNIX_EPOCH)
+            .max(SystemTime::UNIX_EPOCH)),
+        Err(_) => Err(format!(
+            "since: {text:?} is neither a duration (\"10m\", \"1h 30m\") nor an RFC 3339 time \
+             (\"2026-12-03T10:00:00Z\")"
+        )),
     }
 }
 
@@ -207,6 +358,7 @@ mod tests {
         Piece {
             text: text.into(),
             partial: false,
+            raw: None,
         }
     }
 
@@ -233,7 +385,13 @@ mod tests {
 
     #[test]
     fn invalid_utf8_is_kept_lossily() {
-        assert_eq!(split(&[b"a\xffb\n"]), vec![whole("a\u{fffd}b")]);
+        let pieces = split(&[b"a\xffb\r\n"]);
+        assert_eq!(pieces[0].text, "a\u{fffd}b");
+        assert_eq!(
+            pieces[0].bytes(),
+            b"a\xffb",
+            "the raw bytes are kept for log files"
+        );
     }
 
     #[test]
@@ -248,12 +406,117 @@ mod tests {
                 partial: false,
             }));
         }
-        let tail: Vec<&str> = ring.tail(3).map(|l| l.text.as_str()).collect();
+        let all = LineFilter::default();
+        let tail: Vec<&str> = ring
+            .tail_matching(3, &all)
+            .iter()
+            .map(|l| l.text.as_str())
+            .collect();
         assert_eq!(tail, vec!["1007", "1008", "1009"]);
-        assert_eq!(ring.tail(usize::MAX).count(), RING_LINES);
+        assert_eq!(ring.tail_matching(usize::MAX, &all).len(), RING_LINES);
         assert_eq!(
-            ring.tail(usize::MAX).next().map(|l| l.text.as_str()),
+            ring.tail_matching(usize::MAX, &all)
+                .first()
+                .map(|l| l.text.as_str()),
             Some("10")
         );
+    }
+
+    fn line_at(time: &str, text: &str) -> Rc<LogLine> {
+        Rc::new(LogLine {
+            time: time.into(),
+            unit: "u".into(),
+            stream: Stream::Stdout,
+            text: text.into(),
+            partial: false,
+        })
+    }
+
+    /// -n, --since, --grep, the texts expected.
+    type Row<'a> = (usize, Option<&'a str>, Option<&'a str>, &'a [&'a str]);
+
+    #[test]
+    fn since_and_grep_pick_the_newest_matching_lines() {
+        let now = humantime::parse_rfc3339("2026-12-03T10:00:00Z").unwrap();
+        let mut ring = Ring::default();
+        for (time, text) in [
+            ("2026-12-03T09:40:00.000000Z", "GET /a 200"),
+            ("2026-12-03T09:51:00.000000Z", "GET /b 500"),
+            ("2026-12-03T09:55:00.000000Z", "GET /c 200"),
+            ("2026-12-03T09:58:00.000000Z", "GET /d 500"),
+            ("2026-12-03T09:59:00.000000Z", "GET /e 500"),
+        ] {
+            ring.push(line_at(time, text));
+        }
+        let texts = |n: usize, since: Option<&str>, grep: Option<&str>| -> Vec<String> {
+            let filter = LineFilter::new(since, grep, now).unwrap();
+            ring.tail_matching(n, &filter)
+                .iter()
+                .map(|l| l.text.clone())
+                .collect()
+        };
+        #[rustfmt::skip]
+        let rows: [Row; 7] = [
+            (9, Some("10m"), None, &["GET /b 500", "GET /c 200", "GET /d 500", "GET /e 500"]),
+            (9, Some("2026-12-03T09:55:00Z"), None, &["GET /c 200", "GET /d 500", "GET /e 500"]),
+            (9, None, Some(" 5[0-9]{2}$"), &["GET /b 500", "GET /d 500", "GET /e 500"]),
+            // -n counts matching lines, the newest.
+            (2, None, Some("500"), &["GET /d 500", "GET /e 500"]),
+            (9, Some("8m"), Some("200"), &["GET /c 200"]),
+            (9, Some("4m"), Some("200"), &[]),
+            (9, Some("1h"), Some("/[ac] "), &["GET /a 200", "GET /c 200"]),
+        ];
+        for (n, since, grep, want) in rows {
+            assert_eq!(
+                texts(n, since, grep),
+                want,
+                "-n {n} --since {since:?} --grep {grep:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_grep_search_is_bounded_in_time() {
+        let now = SystemTime::now();
+        let mut ring = Ring::default();
+        ring.push(line_at("2026-12-03T09:40:00.000000Z", "GET /a 200"));
+        let filter = LineFilter::new(None, Some("200"), now).unwrap();
+        let past = Instant::now();
+        assert_eq!(ring.tail_matching_until(5, &filter, Some(past)), Err(0));
+        assert_eq!(
+            ring.tail_matching_until(5, &filter, None).map(|l| l.len()),
+            Ok(1)
+        );
+
+        // A follower whose grep spent its second's budget is cut off; the next second it is not.
+        let mut follower = LineFilter::new(None, Some("200"), now).unwrap();
+        let line = line_at("2026-12-03T09:40:00.000000Z", "GET /a 200");
+        assert_eq!(follower.admits_within_budget(&line), Ok(true));
+        follower.spent = FOLLOW_GREP_BUDGET;
+        let e = follower.admits_within_budget(&line).unwrap_err();
+        assert!(
+            e.starts_with("grep: matching new lines took more than 50ms"),
+            "{e}"
+        );
+        follower.window = Instant::now().checked_sub(Duration::from_secs(2));
+        assert_eq!(follower.admits_within_budget(&line), Ok(true));
+        // Without grep nothing is timed.
+        let mut plain = LineFilter {
+            spent: Duration::from_secs(10),
+            ..LineFilter::default()
+        };
+        assert_eq!(plain.admits_within_budget(&line), Ok(true));
+    }
+
+    #[test]
+    fn a_bad_since_or_pattern_is_a_clear_error() {
+        let now = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1 << 31);
+        let e = LineFilter::new(Some("yesterday"), None, now).unwrap_err();
+        assert!(e.contains("neither a duration"), "{e}");
+        let e = LineFilter::new(None, Some("(unclosed"), now).unwrap_err();
+        assert!(e.starts_with("grep: invalid regular expression"), "{e}");
+        // A duration longer than the epoch is "everything".
+        assert!(LineFilter::new(Some("100000d"), None, now).is_ok());
+        assert!(LineFilter::new(Some("9999-12-31T23:59:60Z"), None, now).is_ok());
     }
 }

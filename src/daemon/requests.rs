@@ -23,11 +23,14 @@ use super::control::{
     ACCEPTS_PER_TURN, Answer, Client, ClientState, Incoming, MAX_CLIENTS, MAX_CONNECTIONS_PER_UID,
     MAX_FOLLOWERS_PER_UID, REQUESTS_PER_TURN, ROOT_RESERVE, TRUSTED_RESERVE,
 };
+use super::output::LineFilter;
 use super::sources::Source;
 use super::status::{namespace_status, unit_status};
 
 /// `logs` without `-n`.
 const DEFAULT_LOG_LINES: usize = 100;
+/// The most of the loop's time one `logs --grep` answer may take to search the buffers.
+const GREP_BUDGET: std::time::Duration = std::time::Duration::from_millis(50);
 
 impl Daemon {
     pub(super) fn accept_clients(&mut self) {
@@ -550,16 +553,43 @@ impl Daemon {
                 return self.reply(token, Response::error(ErrorKind::LimitReached, message));
             }
         }
-        // No more than a ring holds; `names` has each unit once.
-        let n = request
-            .lines
-            .unwrap_or(DEFAULT_LOG_LINES)
-            .min(super::RING_LINES);
-        let mut lines: Vec<&Rc<LogLine>> = names
-            .iter()
-            .filter_map(|name| self.rings.get(name))
-            .flat_map(|ring| ring.tail(n))
-            .collect();
+        let filter = match LineFilter::new(
+            request.since.as_deref(),
+            request.grep.as_deref(),
+            std::time::SystemTime::now(),
+        ) {
+            Ok(filter) => filter,
+            Err(e) => return self.reply(token, Response::error(ErrorKind::BadRequest, e)),
+        };
+        // No more than a ring holds; `names` has each unit once. A filtered request without
+        // `lines` gets every line that matches, as `journalctl --since` does.
+        let default = if filter.is_empty() {
+            DEFAULT_LOG_LINES
+        } else {
+            super::RING_LINES
+        };
+        let n = request.lines.unwrap_or(default).min(super::RING_LINES);
+        // grep runs on the loop: the whole search is bounded in time, not only in lines.
+        let deadline = Instant::now() + GREP_BUDGET;
+        let mut lines: Vec<&Rc<LogLine>> = Vec::new();
+        let mut searched = 0;
+        for ring in names.iter().filter_map(|name| self.rings.get(name)) {
+            match ring.tail_matching_until(n, &filter, Some(deadline)) {
+                Ok(found) => {
+                    searched += ring.len();
+                    lines.extend(found);
+                }
+                Err(more) => {
+                    let message = format!(
+                        "grep: the search was stopped after {}ms, {} lines in; narrow it with \
+                         --since or -n, or use a simpler pattern",
+                        GREP_BUDGET.as_millis(),
+                        searched + more
+                    );
+                    return self.reply(token, Response::error(ErrorKind::LimitReached, message));
+                }
+            }
+        }
         // Several units interleave by time; RFC 3339 strings of one format sort by time.
         lines.sort_by(|a, b| a.time.cmp(&b.time));
         let lines: VecDeque<Rc<LogLine>> = lines[lines.len().saturating_sub(n)..]
@@ -568,7 +598,7 @@ impl Daemon {
             .collect();
         if request.follow {
             if let Some(client) = self.control.clients.get_mut(&token) {
-                client.start_following(names, lines);
+                client.start_following(names, filter, lines);
             }
         } else {
             self.stream_answer(token, Answer::lines(lines));

@@ -106,6 +106,7 @@ pub fn unit_status(
             match unit.readiness.mode {
                 ReadyMode::Started => "started",
                 ReadyMode::Notify => "notify",
+                ReadyMode::LogLine => "log-line",
             }
             .to_owned()
         }),

@@ -760,6 +760,7 @@ fn container(
         );
     }
     namespace_warnings(unit, warnings);
+    log_file_warning(unit, warnings);
     let (security, tmp_volume) = security(unit, name, warnings);
     c.security_context = security;
     if let Some(volume) = &tmp_volume {
@@ -969,6 +970,13 @@ fn probes(unit: &Unit, role: Role, c: &mut Container, warnings: &mut Warnings) {
             format!("notify: Kubernetes has no sd_notify, {consequence}"),
         );
     }
+    if unit.readiness.mode == ReadyMode::LogLine {
+        warnings.unit(
+            &unit.name,
+            "exec.ready",
+            "log-line: Kubernetes has no readiness by output line; add a [health] probe",
+        );
+    }
     if let Some(watchdog) = unit.health.as_ref().and_then(|h| h.watchdog) {
         warnings.unit(
             &unit.name,
@@ -977,6 +985,19 @@ fn probes(unit: &Unit, role: Role, c: &mut Container, warnings: &mut Warnings) {
                 "{}: Kubernetes has no watchdog; a liveness probe is the nearest",
                 humantime::format_duration(watchdog)
             ),
+        );
+    }
+}
+
+/// `[logs] file`: Kubernetes keeps containers' output itself (`kubectl logs`, rotated by the
+/// kubelet's `containerLogMaxSize`).
+fn log_file_warning(unit: &Unit, warnings: &mut Warnings) {
+    if unit.logs.file.is_some() {
+        warnings.unit(
+            &unit.name,
+            "logs.file",
+            "not exported: the kubelet keeps the container's output (kubectl logs) and rotates \
+             it (containerLogMaxSize, containerLogMaxFiles)",
         );
     }
 }

@@ -187,6 +187,14 @@ fn service_file(
         _ => "simple",
     };
     let _ = writeln!(out, "Type={ty}");
+    if unit.readiness.mode == ReadyMode::LogLine {
+        warnings.unit(
+            &unit.name,
+            "exec.ready",
+            "log-line: systemd has no readiness by output line; Type=simple, so what comes \
+             after it waits only for its start",
+        );
+    }
     if unit.kind == UnitKind::Oneshot {
         // corral keeps a oneshot that succeeded `exited`, and what requires it stays up.
         let _ = writeln!(out, "RemainAfterExit=yes");
@@ -216,6 +224,22 @@ fn service_file(
             let name = literal(&user.user_name).filter(|n| !n.contains(char::is_whitespace));
             let _ = writeln!(out, "User={}", name.unwrap_or_else(|| user.uid.to_string()));
             let _ = writeln!(out, "Group={}", user.gid);
+        }
+    }
+    if let Some(file) = &unit.logs.file {
+        // systemd appends the raw output, with no stamp and no rotation of its own.
+        match literal(&file.display().to_string()) {
+            Some(path) => {
+                let _ = writeln!(out, "StandardOutput=append:{path}");
+                let _ = writeln!(out, "StandardError=append:{path}");
+                warnings.unit(
+                    &unit.name,
+                    "logs",
+                    "StandardOutput=append: writes the lines without a time or stream and \
+                     never rotates: max-size, keep and compress need logrotate (or journald)",
+                );
+            }
+            None => warnings.unit(&unit.name, "logs.file", UNWRITABLE),
         }
     }
     if let Some(slice) = unit.slice.as_ref().filter(|s| units.contains_key(*s)) {

@@ -476,3 +476,34 @@ fn pressure_keys_are_warned_about_by_both_exports() {
     let (_, k8s_warnings) = pod_spec(&set, Layout::Split);
     assert!(has(&k8s_warnings, "oom.action"), "{k8s_warnings:?}");
 }
+
+#[test]
+fn a_log_file_and_log_line_readiness_export_as_far_as_each_target_goes() {
+    let set = units(&[(
+        "web",
+        "[exec]\ncommand = [\"web\"]\nready = \"log-line\"\nready-pattern = \"listening\"\n\
+         [logs]\nfile = \"/var/log/corral/web.log\"\nkeep = 2\n",
+    )]);
+    let (files, warnings) = systemd_files(&set, 252);
+    let web = lines(&files["web.service"]);
+    assert!(web.contains(&"Type=simple"), "{web:?}");
+    assert!(
+        web.contains(&"StandardOutput=append:/var/log/corral/web.log"),
+        "{web:?}"
+    );
+    assert!(
+        web.contains(&"StandardError=append:/var/log/corral/web.log"),
+        "{web:?}"
+    );
+    assert!(
+        has(&warnings, "web: logs: StandardOutput=append: writes"),
+        "{warnings:?}"
+    );
+    assert!(has(&warnings, "web: exec.ready: log-line"), "{warnings:?}");
+    let (_, warnings) = pod_spec(&set, Layout::Split);
+    assert!(
+        has(&warnings, "web: logs.file: not exported"),
+        "{warnings:?}"
+    );
+    assert!(has(&warnings, "web: exec.ready: log-line"), "{warnings:?}");
+}

@@ -74,6 +74,32 @@ pub struct Unit {
     pub readiness: Readiness,
     /// `[health]`: a probe and/or a watchdog; `None` when the unit has no such section.
     pub health: Option<Health>,
+    /// `[logs]`: the unit's log file and its rotation.
+    pub logs: LogConfig,
+}
+
+/// `[logs]`: where a unit's output lines are also written, and how the file is rotated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// `file`: absolute; `None` is `run --log-dir`'s `<dir>/<unit>.log`, or no file.
+    pub file: Option<PathBuf>,
+    /// `max-size`: a file is rotated before a line would take it past this many bytes.
+    pub max_size: u64,
+    /// `keep`: rotated files kept (`<file>.1` is the newest).
+    pub keep: u32,
+    /// `compress`: rotated files are gzip-compressed (`<file>.1.gz`).
+    pub compress: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            file: None,
+            max_size: 10 << 20,
+            keep: 5,
+            compress: false,
+        }
+    }
 }
 
 impl Unit {
@@ -91,6 +117,53 @@ pub enum ReadyMode {
     Started,
     /// Ready when a process of the unit sends `READY=1` to `$NOTIFY_SOCKET` (systemd `Type=notify`).
     Notify,
+    /// Ready when a line of its stdout or stderr matches `ready-pattern` (process-compose's
+    /// `ready_log_line`).
+    LogLine,
+}
+
+/// `ready-pattern`: a regular expression (regex-lite syntax) searched in each output line.
+/// Two patterns are equal when they are written alike (a reload compares units).
+#[derive(Debug, Clone)]
+pub struct LinePattern(pub regex_lite::Regex);
+
+/// The longest pattern corral compiles, and the most memory its compiled form may take: a
+/// line is matched on the loop, so the work per line stays bounded (regex-lite matches in time
+/// linear in the line, times the pattern's size).
+pub const MAX_PATTERN_CHARS: usize = 1024;
+const MAX_PATTERN_MEMORY: usize = 256 * 1024;
+
+impl LinePattern {
+    /// Compiles `pattern`, searched anywhere in a line; the error says why in words.
+    pub fn new(pattern: &str) -> Result<LinePattern, String> {
+        if pattern.is_empty() {
+            return Err("the pattern is empty: every line would match".to_owned());
+        }
+        if pattern.chars().count() > MAX_PATTERN_CHARS {
+            return Err(format!(
+                "the pattern is longer than {MAX_PATTERN_CHARS} characters"
+            ));
+        }
+        regex_lite::RegexBuilder::new(pattern)
+            .size_limit(MAX_PATTERN_MEMORY)
+            .build()
+            .map(LinePattern)
+            .map_err(|e| format!("invalid regular expression: {e}"))
+    }
+
+    pub fn is_match(&self, line: &str) -> bool {
+        self.0.is_match(line)
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+impl PartialEq for LinePattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -98,6 +171,8 @@ pub struct Readiness {
     pub mode: ReadyMode,
     /// A unit not ready this long after its spawn has failed its start.
     pub start_timeout: Duration,
+    /// `ready-pattern`: set exactly when `mode` is `LogLine`.
+    pub pattern: Option<LinePattern>,
 }
 
 impl Default for Readiness {
@@ -105,6 +180,7 @@ impl Default for Readiness {
         Readiness {
             mode: ReadyMode::Started,
             start_timeout: Duration::from_secs(90),
+            pattern: None,
         }
     }
 }
@@ -160,7 +236,7 @@ impl Unit {
     /// The unit stays `starting` after its spawn until it proves it is ready.
     pub fn gates_readiness(&self) -> bool {
         self.kind == UnitKind::Service
-            && (self.readiness.mode == ReadyMode::Notify
+            && (matches!(self.readiness.mode, ReadyMode::Notify | ReadyMode::LogLine)
                 || self.health.as_ref().is_some_and(|h| h.probe.is_some()))
     }
 }

@@ -32,6 +32,7 @@ const TOP_KEYS: &[&str] = &[
     "namespaces",
     "sandbox",
     "health",
+    "logs",
 ];
 const SLICE_KEYS: &[&str] = &["kind", "description", "slice", "resources"];
 const EXEC_KEYS: &[&str] = &[
@@ -42,6 +43,7 @@ const EXEC_KEYS: &[&str] = &[
     "user",
     "group",
     "ready",
+    "ready-pattern",
     "start-timeout",
 ];
 const HEALTH_KEYS: &[&str] = &[
@@ -73,6 +75,14 @@ const RESTART_KEYS: &[&str] = &[
     "success-exit-codes",
 ];
 const STOP_KEYS: &[&str] = &["signal", "timeout"];
+const LOGS_KEYS: &[&str] = &["file", "max-size", "keep", "compress"];
+/// `max-size` bounds: below 4K a file would rotate every few lines; above 1G a rotation's
+/// compression would hold the writer (not the loop) for long.
+const MIN_LOG_SIZE: u64 = 4 << 10;
+const MAX_LOG_SIZE: u64 = 1 << 30;
+const MAX_LOG_KEEP: i64 = 100;
+/// Where no log file belongs: kernel interfaces and devices, where a write acts.
+const NO_LOG_TREES: &[&str] = &["/proc", "/sys", "/dev"];
 const RESOURCES_KEYS: &[&str] = &[
     "cpu-quota",
     "cpu-quota-period",
@@ -122,6 +132,7 @@ const KINDS: &[(&str, UnitKind)] = &[
 const READY_MODES: &[(&str, ReadyMode)] = &[
     ("started", ReadyMode::Started),
     ("notify", ReadyMode::Notify),
+    ("log-line", ReadyMode::LogLine),
 ];
 const POLICIES: &[(&str, RestartPolicy)] = &[
     ("never", RestartPolicy::Never),
@@ -704,6 +715,7 @@ impl Reader<'_> {
             sandbox: Sandbox::default(),
             readiness: Readiness::default(),
             health: None,
+            logs: LogConfig::default(),
         };
         let cx = &mut self.cx;
         if let Some(sec) = root.section(cx, "resources") {
@@ -748,6 +760,9 @@ impl Reader<'_> {
         }
         if let Some(sec) = root.section(cx, "sandbox") {
             unit.sandbox = sandbox(cx, &sec);
+        }
+        if let Some(sec) = root.section(cx, "logs") {
+            unit.logs = logs(cx, &sec);
         }
         if let Some(sec) = root.section(cx, "health") {
             if kind == UnitKind::Oneshot {
@@ -965,14 +980,40 @@ fn readiness(cx: &mut Ctx, sec: &Section, kind: UnitKind, cfg: &mut Readiness) {
         &mut cfg.start_timeout,
         positive_duration,
     );
-    if kind == UnitKind::Oneshot && cfg.mode == ReadyMode::Notify {
+    if kind == UnitKind::Oneshot && cfg.mode != ReadyMode::Started {
+        let mode = if cfg.mode == ReadyMode::Notify {
+            "notify"
+        } else {
+            "log-line"
+        };
         cx.error(
             sec.span_of("ready"),
             &sec.key("ready"),
-            Invalid::new("`ready = \"notify\"` is for services")
+            Invalid::new(format!("`ready = \"{mode}\"` is for services"))
                 .hint("a oneshot is ready when it exits successfully"),
         );
     }
+    cfg.pattern = sec.read(cx, "ready-pattern", text(line_pattern));
+    if sec.get("ready-pattern").is_some() && cfg.mode != ReadyMode::LogLine {
+        cx.error(
+            sec.span_of("ready-pattern"),
+            &sec.key("ready-pattern"),
+            Invalid::new("`ready-pattern` is read only with `ready = \"log-line\"`")
+                .hint("add `ready = \"log-line\"`, or drop `ready-pattern`"),
+        );
+    } else if cfg.mode == ReadyMode::LogLine && sec.get("ready-pattern").is_none() {
+        cx.error(
+            sec.span_of("ready"),
+            &sec.key("ready-pattern"),
+            Invalid::new("`ready = \"log-line\"` needs `ready-pattern`")
+                .hint("the regular expression a line of the unit's output matches once it is ready, e.g. `ready-pattern = \"listening on\"`"),
+        );
+    }
+}
+
+/// `ready-pattern`: a regular expression, searched (not anchored) in each output line.
+fn line_pattern(s: &str) -> Parse<LinePattern> {
+    LinePattern::new(s).map_err(Invalid::new)
 }
 
 /// A timeout or an interval: `1ms..=365d`.
@@ -1380,6 +1421,58 @@ fn namespaces(cx: &mut Ctx, sec: &Section) -> Namespaces {
         }
     }
     ns
+}
+
+fn logs(cx: &mut Ctx, sec: &Section) -> LogConfig {
+    sec.check_keys(cx, LOGS_KEYS);
+    let mut cfg = LogConfig {
+        file: sec.read(cx, "file", log_path),
+        ..LogConfig::default()
+    };
+    let max_size = sec.read(cx, "max-size", |v| {
+        match size_in(MIN_LOG_SIZE, MAX_LOG_SIZE)(v)? {
+            ByteLimit::Bytes(n) => Ok(n),
+            ByteLimit::Max => Err(Invalid::new("a log file needs a size to rotate at").hint(
+                format!(
+                    "write a size of {}..={}",
+                    show_size(MIN_LOG_SIZE),
+                    show_size(MAX_LOG_SIZE)
+                ),
+            )),
+        }
+    });
+    if let Some(n) = max_size {
+        cfg.max_size = n;
+    }
+    sec.set(cx, "keep", &mut cfg.keep, int_in(0, MAX_LOG_KEEP));
+    sec.set(cx, "compress", &mut cfg.compress, boolean);
+    cfg
+}
+
+/// `[logs] file`: absolute, a file name at its end, no `.` or `..` (the directory it names is
+/// the one rotation works in), and nowhere a write acts on the kernel or a device.
+fn log_path(v: &DeValue) -> Parse<PathBuf> {
+    use std::path::Component;
+    let path = abs_path(v)?;
+    let text = path.to_string_lossy();
+    if text.ends_with('/') || path.file_name().is_none() {
+        return Err(
+            Invalid::new(format!("{text:?} names a directory, not a file"))
+                .hint("write the file's path, e.g. \"/var/log/corral/web.log\""),
+        );
+    }
+    if path
+        .components()
+        .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+    {
+        return Err(Invalid::new(format!("{text:?} has `.` or `..` in it"))
+            .hint("write the path without them"));
+    }
+    if let Some(tree) = NO_LOG_TREES.iter().find(|t| path.starts_with(t)) {
+        return Err(Invalid::new(format!("{text:?} is inside {tree}"))
+            .hint("keep log files on a file system for files, e.g. under /var/log"));
+    }
+    Ok(path)
 }
 
 fn sandbox(cx: &mut Ctx, sec: &Section) -> Sandbox {

@@ -1186,6 +1186,7 @@ fn spec_example_parses_into_the_expected_model() {
         },
         readiness: Readiness::default(),
         health: None,
+        logs: LogConfig::default(),
     };
     assert_eq!(unit, expected);
 }
@@ -1504,10 +1505,22 @@ fn readiness_and_health_keys_parse_with_their_defaults() {
         Readiness {
             mode: ReadyMode::Notify,
             start_timeout: Duration::from_secs(5),
+            pattern: None,
         }
     );
     assert_eq!(unit.health, None);
     assert_eq!(ok("").readiness, Readiness::default());
+    let unit = ok(
+        "[exec]\ncommand = [\"db\"]\nready = \"log-line\"\nready-pattern = \"listening on [0-9]+\"",
+    );
+    assert_eq!(unit.readiness.mode, ReadyMode::LogLine);
+    let pattern = unit.readiness.pattern.as_ref().map(|p| p.as_str());
+    assert_eq!(pattern, Some("listening on [0-9]+"));
+    assert!(
+        unit.readiness
+            .pattern
+            .is_some_and(|p| p.is_match("db: listening on 5432"))
+    );
 
     let unit = ok("[health]\nhttp = \"http://127.0.0.1:8080/healthz?full=1\"");
     let probe = unit.health.unwrap().probe.unwrap();
@@ -1586,6 +1599,26 @@ fn readiness_and_health_mistakes_are_reported_with_position_and_key() {
         (
             "kind = \"oneshot\"\n[exec]\ncommand = [\"x\"]\nready = \"notify\"",
             "4:9: error: exec.ready: `ready = \"notify\"` is for services",
+        ),
+        (
+            "[exec]\ncommand = [\"x\"]\nready = \"log-line\"",
+            "3:9: error: exec.ready-pattern: `ready = \"log-line\"` needs `ready-pattern`",
+        ),
+        (
+            "[exec]\ncommand = [\"x\"]\nready = \"log-line\"\nready-pattern = \"listening (on\"",
+            "4:17: error: exec.ready-pattern: invalid regular expression",
+        ),
+        (
+            "[exec]\ncommand = [\"x\"]\nready = \"log-line\"\nready-pattern = \"\"",
+            "4:17: error: exec.ready-pattern: the pattern is empty",
+        ),
+        (
+            "[exec]\ncommand = [\"x\"]\nready-pattern = \"up\"",
+            "3:17: error: exec.ready-pattern: `ready-pattern` is read only with `ready = \"log-line\"`",
+        ),
+        (
+            "kind = \"oneshot\"\n[exec]\ncommand = [\"x\"]\nready = \"log-line\"\nready-pattern = \"up\"",
+            "4:9: error: exec.ready: `ready = \"log-line\"` is for services",
         ),
         (
             "[health]\nhttp = \"https://127.0.0.1/\"",
@@ -2524,4 +2557,80 @@ fn pressure_keys_are_validated_with_file_line_and_key() {
             "{text:?}: wanted {want:?} in {got:#?}"
         );
     }
+}
+
+#[test]
+fn logs_keys_land_in_the_model_and_bad_ones_name_file_line_and_key() {
+    assert_eq!(ok("").logs, LogConfig::default());
+    let unit = ok(
+        "[logs]\nfile = \"/var/log/corral/web.log\"\nmax-size = \"1M\"\nkeep = 3\ncompress = true",
+    );
+    assert_eq!(
+        unit.logs,
+        LogConfig {
+            file: Some(PathBuf::from("/var/log/corral/web.log")),
+            max_size: 1 << 20,
+            keep: 3,
+            compress: true,
+        }
+    );
+    let cases = [
+        (
+            "[logs]\nfile = \"web.log\"",
+            "2:8: error: logs.file: path \"web.log\" is not absolute",
+        ),
+        (
+            "[logs]\nfile = \"/var/log/\"",
+            "2:8: error: logs.file: \"/var/log/\" names a directory",
+        ),
+        (
+            "[logs]\nfile = \"/var/log/../etc/x\"",
+            "2:8: error: logs.file: \"/var/log/../etc/x\" has `.` or `..`",
+        ),
+        (
+            "[logs]\nfile = \"/proc/sys/kernel/core_pattern\"",
+            "2:8: error: logs.file: \"/proc/sys/kernel/core_pattern\" is inside /proc",
+        ),
+        (
+            "[logs]\nfile = \"/dev/sda\"",
+            "2:8: error: logs.file: \"/dev/sda\" is inside /dev",
+        ),
+        (
+            "[logs]\nmax-size = \"1K\"",
+            "2:12: error: logs.max-size: 1K is out of range 4K..=1G",
+        ),
+        (
+            "[logs]\nmax-size = \"max\"",
+            "2:12: error: logs.max-size: a log file needs a size to rotate at",
+        ),
+        (
+            "[logs]\nkeep = 101",
+            "2:8: error: logs.keep: 101 is out of range 0..=100",
+        ),
+        (
+            "[logs]\ncompress = \"yes\"",
+            "2:12: error: logs.compress: expected a boolean",
+        ),
+        (
+            "[logs]\nrotate = true",
+            "2:1: error: logs.rotate: unknown key",
+        ),
+    ];
+    for (text, want) in cases {
+        let text = service(text);
+        let got = errors(&text);
+        assert_eq!(got.len(), 1, "{text:?}: expected one error, got {got:#?}");
+        assert!(
+            got[0].contains(want),
+            "{text:?}:\n  got  {}\n  want {want}",
+            got[0]
+        );
+    }
+    let slice = errors("kind = \"slice\"\n[logs]\nfile = \"/var/log/s.log\"");
+    assert!(
+        slice
+            .iter()
+            .any(|e| e.contains("[logs] is not allowed in a slice")),
+        "{slice:?}"
+    );
 }
