@@ -201,7 +201,9 @@ fn cells(row: &Row) -> [String; 11] {
 /// The frame as lines: a title, the column header, one line per row; each at most `width`
 /// characters and at most `height` lines in all.
 pub fn frame(rows: &[Row], sort: SortKey, width: usize, height: usize) -> Vec<String> {
-    let clock = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    // humantime panics before 1970 (a machine whose clock was never set may be there).
+    let clock = humantime::format_rfc3339_seconds(SystemTime::now().max(SystemTime::UNIX_EPOCH))
+        .to_string();
     let time = clock.get(11..19).unwrap_or(&clock);
     let sort_name = match sort {
         SortKey::Cpu => "cpu",

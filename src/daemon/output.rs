@@ -215,12 +215,9 @@ impl LineFilter {
     }
 }
 
-/// `at` as the ring stamps lines, kept within what humantime formats (1970 to 9999), which
-/// every line's stamp is.
+/// `at` as the ring stamps lines (see `clock::formattable`).
 fn stamp(at: SystemTime) -> String {
-    const LAST: std::time::Duration = std::time::Duration::from_secs(253_402_300_799);
-    let at = at.clamp(SystemTime::UNIX_EPOCH, SystemTime::UNIX_EPOCH + LAST);
-    humantime::format_rfc3339_micros(at).to_string()
+    humantime::format_rfc3339_micros(super::clock::formattable(at)).to_string()
 }
 
 /// `--since`: an RFC 3339 time (`2026-12-03T10:00:00Z`, fractions allowed), or a duration
