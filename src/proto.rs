@@ -50,6 +50,12 @@ pub struct Request {
     /// shutdown: what the machine does afterwards (host init only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub power: Option<crate::os::pid1::PowerAction>,
+    /// status, metrics: only units in one of these states (each may be a comma list).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub states: Vec<String>,
+    /// status, metrics: only units in one of these slices, directly or below.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub slices: Vec<String>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -66,6 +72,8 @@ impl Request {
             lines: None,
             follow: false,
             power: None,
+            states: Vec::new(),
+            slices: Vec::new(),
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod notify;
 pub mod notify_refusals;
 pub mod oom;
 pub mod reload;
+pub mod selection;
 pub mod service;
 pub mod signal;
 pub mod supervisor;
