@@ -293,6 +293,14 @@ struct TopArgs {
     /// Time between frames (100ms to 20s: the socket drops a connection silent for 30s)
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_top_interval)]
     interval: Duration,
+    /// Only these units: names or glob patterns
+    units: Vec<String>,
+    /// Only units in this state (repeatable, or a comma list)
+    #[arg(long = "state", value_name = "STATE")]
+    states: Vec<String>,
+    /// Only units in this slice, directly or below (repeatable, or a comma list)
+    #[arg(long = "slice", value_name = "SLICE")]
+    slices: Vec<String>,
 }
 
 #[derive(Args)]
@@ -642,6 +650,9 @@ fn talk(command: Command, socket: &std::path::Path) -> Result<i32, ClientError> 
                 json: args.json,
                 sort: args.sort,
                 interval: args.interval,
+                units: args.units,
+                states: args.states,
+                slices: args.slices,
             },
         ),
         Command::Shutdown { poweroff, reboot } => {
