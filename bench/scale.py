@@ -479,6 +479,14 @@ def main(argv=None):
                                 capture_output=True, text=True).stdout.strip()
         if subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "src"], cwd=REPO).returncode:
             commit += " + uncommitted changes in src/"
+    # A running unit holds about four descriptors (its output pipes, its OOM eventfd, its exec
+    # report while it starts): corral inherits this soft limit, so it is raised to the hard one.
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    for n in args.enabled_sizes:
+        if 4 * n + 256 > hard:
+            log(f"N={n} running needs about {4 * n + 256} descriptors; the limit is {hard}")
     load_before = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     sc = Scale(args, corral)
     res = {"smoke": args.smoke, "runs": [], "errors": []}
@@ -489,7 +497,7 @@ def main(argv=None):
             log(f"N={n} {'enabled' if enabled else 'disabled'}")
             try:
                 res["runs"].append(sc.one(n, enabled))
-            except BenchError as e:
+            except (BenchError, OSError, ValueError, KeyError) as e:
                 res["errors"].append(str(e))
                 log(f"FAILED: {e}")
     finally:

@@ -29,8 +29,8 @@ use super::status::{namespace_status, unit_status};
 
 /// `logs` without `-n`.
 const DEFAULT_LOG_LINES: usize = 100;
-/// Pieces of one large answer produced in one turn of the loop (a piece is one unit's row or
-/// figures, or one log line).
+/// Pieces of one large answer that write nothing (a unit's figures gathered for `metrics`, a
+/// unit gone since the request) produced in one turn of the loop.
 const PIECES_PER_TURN: usize = 1024;
 /// Slices above a unit that a filter looks at; deeper nesting is not found by `--slice`.
 const MAX_SLICE_DEPTH: usize = 64;
@@ -293,10 +293,15 @@ impl Daemon {
         let mut done = false;
         // Pieces that write nothing (a metrics answer's gathering) are bounded too: the loop
         // comes back at once for the rest (`Client::has_work`), serving everyone in between.
-        let mut pieces = 0;
-        while !done && out.len() < room && pieces < PIECES_PER_TURN {
+        // Only those count: pieces that write are bounded by `room`, and counting them too
+        // cut a metrics text into ~N/50 turns, each paying the loop's own O(N) scans.
+        let mut silent = 0;
+        while !done && out.len() < room && silent < PIECES_PER_TURN {
+            let before = out.len();
             done = answer.next_piece(&mut out, &status_of);
-            pieces += 1;
+            if out.len() == before {
+                silent += 1;
+            }
         }
         let Some(client) = self.control.clients.get_mut(&token) else {
             return;
