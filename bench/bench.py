@@ -1606,6 +1606,12 @@ def main():
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
+        # The scale section (bench/scale.py, `bench/run --scale`) is kept as the last run left it.
+        old = (out / "RESULTS.md").read_text() if (out / "RESULTS.md").exists() else ""
+        begin, end = "<!-- scale: begin", "<!-- scale: end -->"
+        if begin in old and end in old:
+            text = text.rstrip("\n") + "\n\n" + begin + old.split(begin, 1)[1].split(end, 1)[0] \
+                + end + "\n"
         (out / "RESULTS.md").write_text(text)
         (out / "results.json").write_text(json.dumps(
             {"meta": meta, "versions": versions, "options": opts, "sizes": args.sizes,

@@ -49,9 +49,16 @@ enum Command {
     Export(ExportCommand),
     /// Show the state of all units, or of the named ones (exit 3 if a named one is not running)
     Status {
+        /// Unit names, or glob patterns (`'web-*'`, quoted from the shell) matched by the supervisor
         units: Vec<String>,
         #[arg(long)]
         json: bool,
+        /// Only units in this state (repeatable, or a comma list: failed,backoff)
+        #[arg(long = "state", value_name = "STATE")]
+        states: Vec<String>,
+        /// Only units in this slice, directly or below (repeatable, or a comma list)
+        #[arg(long = "slice", value_name = "SLICE")]
+        slices: Vec<String>,
     },
     /// Start units and wait until they run (a oneshot: until it exited successfully)
     Start(ActionArgs),
@@ -116,7 +123,16 @@ enum Command {
     /// A live view of usage against limits, slices with their units beneath (q quits)
     Top(TopArgs),
     /// Every unit's figures in the Prometheus text format
-    Metrics { units: Vec<String> },
+    Metrics {
+        /// Unit names, or glob patterns matched by the supervisor
+        units: Vec<String>,
+        /// Only units in this state (repeatable, or a comma list)
+        #[arg(long = "state", value_name = "STATE")]
+        states: Vec<String>,
+        /// Only units in this slice, directly or below (repeatable, or a comma list)
+        #[arg(long = "slice", value_name = "SLICE")]
+        slices: Vec<String>,
+    },
     /// Wait until the named units (none: every enabled unit) are ready; exit 1 at --timeout
     WaitReady {
         units: Vec<String>,
@@ -335,6 +351,14 @@ struct TopArgs {
     /// Time between frames (100ms to 20s: the socket drops a connection silent for 30s)
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_top_interval)]
     interval: Duration,
+    /// Only these units: names or glob patterns
+    units: Vec<String>,
+    /// Only units in this state (repeatable, or a comma list)
+    #[arg(long = "state", value_name = "STATE")]
+    states: Vec<String>,
+    /// Only units in this slice, directly or below (repeatable, or a comma list)
+    #[arg(long = "slice", value_name = "SLICE")]
+    slices: Vec<String>,
 }
 
 #[derive(Args)]
@@ -628,49 +652,12 @@ fn search_path(name: &str) -> Option<PathBuf> {
 fn talk(command: Command, socket: &std::path::Path) -> Result<i32, ClientError> {
     let mut conn = Connection::open(socket)?;
     match command {
-        Command::Status { units, json } => {
-            let response = conn.call(&client::request(Verb::Status, &units))?;
-            if !response.ok {
-                return Ok(report(&response, json));
-            }
-            if let (Some(error), false) = (&response.reload_error, json) {
-                eprintln!(
-                    "corral: the last reload failed; units keep their previous definitions:\n{}",
-                    corral::escape::terminal_lines(error)
-                );
-            }
-            if let (Some(cgroups), false) = (&response.cgroups, json)
-                && let Some(remedy) = &cgroups.remedy
-            {
-                eprintln!("corral: {}; to enforce limits, {remedy}", cgroups.summary);
-            }
-            let reload_error = response.reload_error.clone();
-            let cgroups = response.cgroups.clone();
-            let statuses = response.units.unwrap_or_default();
-            if json {
-                let mut out = serde_json::json!({ "units": statuses });
-                if let Some(error) = reload_error {
-                    out["reload_error"] = error.into();
-                }
-                if let Some(cgroups) = cgroups {
-                    out["cgroups"] = serde_json::json!(cgroups);
-                }
-                println!("{out}");
-            } else if units.is_empty() {
-                client::print_status_table(&statuses);
-            } else {
-                client::print_status_details(&statuses);
-            }
-            let not_running = !units.is_empty()
-                && statuses
-                    .iter()
-                    .any(|u| u.state != "running" && u.state != "active");
-            Ok(if not_running {
-                exit_code::NOT_RUNNING
-            } else {
-                exit_code::OK
-            })
-        }
+        Command::Status {
+            units,
+            json,
+            states,
+            slices,
+        } => status(&mut conn, units, json, states, slices),
         Command::Start(a) => action(&mut conn, Verb::Start, a),
         Command::Stop(a) => action(&mut conn, Verb::Stop, a),
         Command::Restart(a) => action(&mut conn, Verb::Restart, a),
@@ -721,8 +708,15 @@ fn talk(command: Command, socket: &std::path::Path) -> Result<i32, ClientError> 
             request.grep = grep;
             logs(&mut conn, request, json)
         }
-        Command::Metrics { units } => {
-            let response = conn.call(&client::request(Verb::Metrics, &units))?;
+        Command::Metrics {
+            units,
+            states,
+            slices,
+        } => {
+            let mut request = client::request(Verb::Metrics, &units);
+            request.states = states;
+            request.slices = slices;
+            let response = conn.call(&request)?;
             match (&response.metrics, response.ok) {
                 (Some(text), true) => print!("{text}"),
                 _ => return Ok(report(&response, false)),
@@ -737,6 +731,9 @@ fn talk(command: Command, socket: &std::path::Path) -> Result<i32, ClientError> 
                 json: args.json,
                 sort: args.sort,
                 interval: args.interval,
+                units: args.units,
+                states: args.states,
+                slices: args.slices,
             },
         ),
         Command::Shutdown { poweroff, reboot } => {
@@ -750,6 +747,81 @@ fn talk(command: Command, socket: &std::path::Path) -> Result<i32, ClientError> 
         }
         Command::Run(_) | Command::Check { .. } | Command::Export(_) => Ok(exit_code::USAGE),
     }
+}
+
+/// `status`: every unit is shown as it is read (a JSON element, a unit in detail, or a table
+/// row kept as its cells until the column widths are known), never the whole answer at once.
+fn status(
+    conn: &mut Connection,
+    units: Vec<String>,
+    json: bool,
+    states: Vec<String>,
+    slices: Vec<String>,
+) -> Result<i32, ClientError> {
+    use std::io::Write as _;
+    // Exact names and nothing else: each unit in detail, and exit 3 if one is not running.
+    let by_name = !units.is_empty()
+        && !units.iter().any(|u| u.contains(['*', '?', '[']))
+        && states.is_empty()
+        && slices.is_empty();
+    let mut request = client::request(Verb::Status, &units);
+    request.states = states;
+    request.slices = slices;
+    let mut table = client::StatusTable::default();
+    let mut shown = 0usize;
+    let mut not_running = false;
+    let stdout = std::io::stdout();
+    let mut each = |u: corral::proto::UnitStatus| {
+        not_running |= by_name && u.state != "running" && u.state != "active";
+        if json {
+            let mut out = stdout.lock();
+            let _ = out.write_all(if shown == 0 { b"{\"units\":[" } else { b"," });
+            let _ = serde_json::to_writer(&mut out, &u);
+        } else if by_name {
+            client::print_unit_details(&u, shown == 0);
+        } else {
+            table.add(&u);
+        }
+        shown += 1;
+    };
+    let response = conn.call_units(&request, &mut each)?;
+    if !response.ok {
+        return Ok(report(&response, json));
+    }
+    if json {
+        let mut out = stdout.lock();
+        if shown == 0 {
+            let _ = out.write_all(b"{\"units\":[");
+        }
+        let _ = out.write_all(b"]");
+        if let Some(error) = &response.reload_error {
+            let _ = write!(out, ",\"reload_error\":{}", serde_json::json!(error));
+        }
+        if let Some(cgroups) = &response.cgroups {
+            let _ = write!(out, ",\"cgroups\":{}", serde_json::json!(cgroups));
+        }
+        let _ = writeln!(out, "}}");
+    } else {
+        if let Some(error) = &response.reload_error {
+            eprintln!(
+                "corral: the last reload failed; units keep their previous definitions:\n{}",
+                corral::escape::terminal_lines(error)
+            );
+        }
+        if let Some(cgroups) = &response.cgroups
+            && let Some(remedy) = &cgroups.remedy
+        {
+            eprintln!("corral: {}; to enforce limits, {remedy}", cgroups.summary);
+        }
+        if !by_name {
+            table.print();
+        }
+    }
+    Ok(if not_running {
+        exit_code::NOT_RUNNING
+    } else {
+        exit_code::OK
+    })
 }
 
 fn action(conn: &mut Connection, verb: Verb, args: ActionArgs) -> Result<i32, ClientError> {

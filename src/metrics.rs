@@ -150,21 +150,175 @@ fn escape(value: &str) -> String {
 /// Renders every unit's figures; a series whose figure the kernel did not give is left out for
 /// that unit.
 pub fn render(units: &[UnitStatus]) -> String {
+    let figures: Vec<Figures> = units.iter().map(Figures::of).collect();
     let mut out = String::new();
-    for series in SERIES {
-        let _ = writeln!(out, "# HELP {} {}", series.name, series.help);
-        let _ = writeln!(out, "# TYPE {} {}", series.name, series.kind);
-        for unit in units {
-            for (labels, value) in samples(series.name, unit) {
-                let mut label_text = format!("unit=\"{}\"", escape(&unit.name));
-                for (key, val) in labels {
-                    let _ = write!(label_text, ",{key}=\"{}\"", escape(&val));
-                }
-                let _ = writeln!(out, "{}{{{label_text}}} {}", series.name, number(value));
-            }
+    for series in 0..SERIES.len() {
+        write_head(series, &mut out);
+        for unit in &figures {
+            unit.write(series, &mut out);
         }
     }
     out
+}
+
+/// The `# HELP` and `# TYPE` lines of `SERIES[series]`.
+pub fn write_head(series: usize, out: &mut String) {
+    if let Some(s) = SERIES.get(series) {
+        let _ = writeln!(out, "# HELP {} {}", s.name, s.help);
+        let _ = writeln!(out, "# TYPE {} {}", s.name, s.kind);
+    }
+}
+
+/// One unit's figures, kept as small as the text needs them: a large exposition is written
+/// series by series (the format groups each family's samples), so every unit's figures are
+/// held while the text is not (`corral metrics` streams it, docs/protocol.md).
+#[derive(Debug, Clone)]
+pub struct Figures {
+    /// The `unit="..."` label, escaped.
+    unit: Box<str>,
+    kind: &'static str,
+    slice: Box<str>,
+    /// An index into `states_of(kind)`; none when the state is not one of its kind's.
+    state: Option<u8>,
+    /// The value of each single-sample series, by its index in `SERIES`.
+    values: [Option<f64>; SERIES.len()],
+    near: [bool; CONCERNS.len()],
+    pressure: [Option<f64>; 3],
+    /// `[oom]`'s action (`warn`, `signal`, `restart`) and how often it was taken.
+    pressure_actions: Option<(Box<str>, f64)>,
+}
+
+impl Figures {
+    pub fn of(u: &UnitStatus) -> Figures {
+        let usage = &u.usage;
+        // The kinds of docs/units.md; the label and the states follow from the kind.
+        let kind = match u.kind.as_str() {
+            "slice" => "slice",
+            "oneshot" => "oneshot",
+            _ => "service",
+        };
+        let mut values = [None; SERIES.len()];
+        for (i, series) in SERIES.iter().enumerate() {
+            let f = |v: Option<u64>| v.map(|v| v as f64);
+            values[i] = match series.name {
+                "corral_unit_restarts_total" => Some(f64::from(u.restarts)),
+                "corral_unit_oom_kills_total" => {
+                    if u.kind == "slice" {
+                        f(usage.cgroup_oom_kills)
+                    } else {
+                        Some(f64::from(u.oom_kills))
+                    }
+                }
+                "corral_unit_last_exit_status" => u.last_exit_status.map(f64::from),
+                "corral_unit_memory_bytes" => f(usage.memory_current),
+                "corral_unit_memory_peak_bytes" => f(usage.memory_peak),
+                "corral_unit_memory_max_bytes" => f(usage.memory_max),
+                "corral_unit_cpu_usage_seconds_total" => f(usage.cpu_usage_usec).map(|v| v / 1e6),
+                "corral_unit_cpu_throttled_periods_total" => f(usage.nr_throttled),
+                "corral_unit_cpu_throttled_seconds_total" => {
+                    f(usage.cpu_throttled_usec).map(|v| v / 1e6)
+                }
+                "corral_unit_cpu_quota_ratio" => {
+                    u.limits.cpu_quota_percent.map(|p| f64::from(p) / 100.0)
+                }
+                "corral_unit_pids" => f(usage.pids_current),
+                "corral_unit_pids_max" => f(usage.pids_max),
+                "corral_unit_io_read_bytes_total" => f(usage.io_read_bytes),
+                "corral_unit_io_write_bytes_total" => f(usage.io_write_bytes),
+                "corral_unit_io_read_ops_total" => f(usage.io_read_ops),
+                "corral_unit_io_write_ops_total" => f(usage.io_write_ops),
+                "corral_unit_pressure_restarts_total" => {
+                    u.pressure.as_ref().map(|_| f64::from(u.pressure_restarts))
+                }
+                "corral_unit_pressure_usage_threshold_ratio" => u
+                    .pressure
+                    .as_ref()
+                    .and_then(|p| p.usage_threshold_percent)
+                    .map(|p| f64::from(p) / 100.0),
+                _ => None,
+            };
+        }
+        Figures {
+            unit: escape(&u.name).into(),
+            kind,
+            slice: escape(u.slice.as_deref().unwrap_or_default()).into(),
+            state: states_of(&u.kind)
+                .iter()
+                .position(|s| *s == u.state)
+                .and_then(|i| u8::try_from(i).ok()),
+            values,
+            near: CONCERNS.map(|c| u.near_limits.iter().any(|n| n == c)),
+            pressure: [usage.cpu_pressure, usage.memory_pressure, usage.io_pressure],
+            pressure_actions: u.pressure.as_ref().map(|p| {
+                let action = match &p.signal {
+                    Some(_) => "signal",
+                    None => p.action.as_str(),
+                };
+                (escape(action).into(), f64::from(p.actions))
+            }),
+        }
+    }
+
+    /// This unit's samples of `SERIES[series]`, one line each.
+    pub fn write(&self, series: usize, out: &mut String) {
+        let Some(Series { name, .. }) = SERIES.get(series) else {
+            return;
+        };
+        let unit = &self.unit;
+        match *name {
+            "corral_unit_info" => {
+                let _ = writeln!(
+                    out,
+                    "{name}{{unit=\"{unit}\",kind=\"{}\",slice=\"{}\"}} 1",
+                    self.kind, self.slice
+                );
+            }
+            "corral_unit_state" => {
+                for (i, state) in states_of(self.kind).iter().enumerate() {
+                    let on = self.state == u8::try_from(i).ok();
+                    let _ = writeln!(
+                        out,
+                        "{name}{{unit=\"{unit}\",state=\"{state}\"}} {}",
+                        u8::from(on)
+                    );
+                }
+            }
+            "corral_unit_near_limit" => {
+                for (concern, on) in CONCERNS.iter().zip(self.near) {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{unit=\"{unit}\",concern=\"{concern}\"}} {}",
+                        u8::from(on)
+                    );
+                }
+            }
+            "corral_unit_pressure_actions_total" => {
+                if let Some((action, count)) = &self.pressure_actions {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{unit=\"{unit}\",action=\"{action}\"}} {}",
+                        number(*count)
+                    );
+                }
+            }
+            "corral_unit_pressure_some_avg10_ratio" => {
+                for (resource, percent) in ["cpu", "memory", "io"].iter().zip(self.pressure) {
+                    if let Some(p) = percent {
+                        let _ = writeln!(
+                            out,
+                            "{name}{{unit=\"{unit}\",resource=\"{resource}\"}} {}",
+                            number(p / 100.0)
+                        );
+                    }
+                }
+            }
+            _ => {
+                if let Some(value) = self.values[series] {
+                    let _ = writeln!(out, "{name}{{unit=\"{unit}\"}} {}", number(value));
+                }
+            }
+        }
+    }
 }
 
 /// Integers print without a fraction; everything else as Rust's shortest round-trip form.
@@ -173,111 +327,6 @@ fn number(value: f64) -> String {
         format!("{}", value as i64)
     } else {
         format!("{value}")
-    }
-}
-
-type Labels = Vec<(&'static str, String)>;
-
-fn samples(name: &str, u: &UnitStatus) -> Vec<(Labels, f64)> {
-    let usage = &u.usage;
-    let plain = |v: Option<u64>| v.map(|v| (Vec::new(), v as f64)).into_iter().collect();
-    let seconds = |usec: Option<u64>| {
-        usec.map(|v| (Vec::new(), v as f64 / 1e6))
-            .into_iter()
-            .collect()
-    };
-    match name {
-        "corral_unit_info" => vec![(
-            vec![
-                ("kind", u.kind.clone()),
-                ("slice", u.slice.clone().unwrap_or_default()),
-            ],
-            1.0,
-        )],
-        "corral_unit_state" => states_of(&u.kind)
-            .iter()
-            .map(|s| {
-                (
-                    vec![("state", (*s).to_owned())],
-                    if *s == u.state { 1.0 } else { 0.0 },
-                )
-            })
-            .collect(),
-        "corral_unit_restarts_total" => plain(Some(u64::from(u.restarts))),
-        "corral_unit_oom_kills_total" => plain(if u.kind == "slice" {
-            usage.cgroup_oom_kills
-        } else {
-            Some(u64::from(u.oom_kills))
-        }),
-        "corral_unit_last_exit_status" => u
-            .last_exit_status
-            .map(|s| (Vec::new(), f64::from(s)))
-            .into_iter()
-            .collect(),
-        "corral_unit_near_limit" => CONCERNS
-            .iter()
-            .map(|c| {
-                let on = u.near_limits.iter().any(|n| n == c);
-                (
-                    vec![("concern", (*c).to_owned())],
-                    if on { 1.0 } else { 0.0 },
-                )
-            })
-            .collect(),
-        "corral_unit_pressure_actions_total" => u
-            .pressure
-            .as_ref()
-            .map(|p| {
-                let action = match &p.signal {
-                    Some(_) => "signal",
-                    None => p.action.as_str(),
-                };
-                (vec![("action", action.to_owned())], f64::from(p.actions))
-            })
-            .into_iter()
-            .collect(),
-        "corral_unit_pressure_restarts_total" => u
-            .pressure
-            .as_ref()
-            .map(|_| (Vec::new(), f64::from(u.pressure_restarts)))
-            .into_iter()
-            .collect(),
-        "corral_unit_pressure_usage_threshold_ratio" => u
-            .pressure
-            .as_ref()
-            .and_then(|p| p.usage_threshold_percent)
-            .map(|p| (Vec::new(), f64::from(p) / 100.0))
-            .into_iter()
-            .collect(),
-        "corral_unit_memory_bytes" => plain(usage.memory_current),
-        "corral_unit_memory_peak_bytes" => plain(usage.memory_peak),
-        "corral_unit_memory_max_bytes" => plain(usage.memory_max),
-        "corral_unit_cpu_usage_seconds_total" => seconds(usage.cpu_usage_usec),
-        "corral_unit_cpu_throttled_periods_total" => plain(usage.nr_throttled),
-        "corral_unit_cpu_throttled_seconds_total" => seconds(usage.cpu_throttled_usec),
-        "corral_unit_cpu_quota_ratio" => u
-            .limits
-            .cpu_quota_percent
-            .map(|p| (Vec::new(), f64::from(p) / 100.0))
-            .into_iter()
-            .collect(),
-        "corral_unit_pids" => plain(usage.pids_current),
-        "corral_unit_pids_max" => plain(usage.pids_max),
-        "corral_unit_io_read_bytes_total" => plain(usage.io_read_bytes),
-        "corral_unit_io_write_bytes_total" => plain(usage.io_write_bytes),
-        "corral_unit_io_read_ops_total" => plain(usage.io_read_ops),
-        "corral_unit_io_write_ops_total" => plain(usage.io_write_ops),
-        "corral_unit_pressure_some_avg10_ratio" => [
-            ("cpu", usage.cpu_pressure),
-            ("memory", usage.memory_pressure),
-            ("io", usage.io_pressure),
-        ]
-        .into_iter()
-        .filter_map(|(resource, percent)| {
-            percent.map(|p| (vec![("resource", resource.to_owned())], p / 100.0))
-        })
-        .collect(),
-        _ => Vec::new(),
     }
 }
 

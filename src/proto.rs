@@ -70,6 +70,12 @@ pub struct Request {
     /// wait-ready: answer with a `timeout` error after this many milliseconds (none: wait on).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// status, metrics: only units in one of these states (each may be a comma list).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub states: Vec<String>,
+    /// status, metrics: only units in one of these slices, directly or below.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub slices: Vec<String>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -90,6 +96,8 @@ impl Request {
             power: None,
             count: None,
             timeout_ms: None,
+            states: Vec::new(),
+            slices: Vec::new(),
         }
     }
 }

@@ -7,11 +7,14 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
-use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{DeserializeOwned, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
-use crate::proto::{ErrorKind, LogLine, Request, Response, Verb};
+use crate::proto::{ErrorKind, LogLine, Request, Response, UnitStatus, Verb};
 
-pub use render::{print_log_line, print_reload, print_status_details, print_status_table};
+pub use render::{
+    StatusTable, print_log_line, print_reload, print_status_details, print_status_table,
+    print_unit_details,
+};
 
 /// Client exit codes (docs/cli.md, "Exit codes").
 pub mod exit_code {
@@ -96,12 +99,45 @@ impl Connection {
         &mut self,
         each: &mut dyn FnMut(LogLine),
     ) -> Result<Option<Response>, ClientError> {
+        self.receive_each("lines", each)
+    }
+
+    /// The next response, its `units` handed to `each` one by one as they are parsed (a
+    /// `status` of ten thousand units is shown as it arrives, never held whole). The response
+    /// comes back without `units`; `None` at end of stream.
+    pub fn receive_units(
+        &mut self,
+        each: &mut dyn FnMut(UnitStatus),
+    ) -> Result<Option<Response>, ClientError> {
+        self.receive_each("units", each)
+    }
+
+    /// Sends `request`, then hands the answer's `units` to `each` as they are read.
+    pub fn call_units(
+        &mut self,
+        request: &Request,
+        each: &mut dyn FnMut(UnitStatus),
+    ) -> Result<Response, ClientError> {
+        if let Err(e) = self.send(request) {
+            return match self.receive() {
+                Ok(Some(response)) => Ok(response),
+                _ => Err(e),
+            };
+        }
+        self.receive_units(each)?.ok_or(ClientError::NoAnswer)
+    }
+
+    fn receive_each<T: DeserializeOwned>(
+        &mut self,
+        key: &'static str,
+        each: &mut dyn FnMut(T),
+    ) -> Result<Option<Response>, ClientError> {
         if self.reader.fill_buf()?.is_empty() {
             return Ok(None);
         }
         let rest = {
             let mut de = serde_json::Deserializer::from_reader(&mut self.reader);
-            de.deserialize_map(EachLine(each))?
+            de.deserialize_map(Each { key, each })?
         };
         // The parser stops at the object's last brace: the rest of the line is its newline.
         let mut tail = String::new();
@@ -125,10 +161,14 @@ impl Connection {
     }
 }
 
-/// A response object whose `lines` go to a callback while the other fields are kept.
-struct EachLine<'a>(&'a mut dyn FnMut(LogLine));
+/// A response object whose array under `key` goes to a callback, element by element, while
+/// the other fields are kept.
+struct Each<'a, T> {
+    key: &'static str,
+    each: &'a mut dyn FnMut(T),
+}
 
-impl<'de> Visitor<'de> for EachLine<'_> {
+impl<'de, T: DeserializeOwned> Visitor<'de> for Each<'_, T> {
     type Value = serde_json::Map<String, serde_json::Value>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
@@ -138,8 +178,8 @@ impl<'de> Visitor<'de> for EachLine<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut rest = serde_json::Map::new();
         while let Some(key) = map.next_key::<String>()? {
-            if key == "lines" {
-                map.next_value_seed(LinesSeed(&mut *self.0))?;
+            if key == self.key {
+                map.next_value_seed(ElementsSeed(&mut *self.each))?;
             } else {
                 rest.insert(key, map.next_value()?);
             }
@@ -148,9 +188,9 @@ impl<'de> Visitor<'de> for EachLine<'_> {
     }
 }
 
-struct LinesSeed<'a>(&'a mut dyn FnMut(LogLine));
+struct ElementsSeed<'a, T>(&'a mut dyn FnMut(T));
 
-impl<'de> DeserializeSeed<'de> for LinesSeed<'_> {
+impl<'de, T: DeserializeOwned> DeserializeSeed<'de> for ElementsSeed<'_, T> {
     type Value = ();
 
     fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<(), D::Error> {
@@ -158,16 +198,16 @@ impl<'de> DeserializeSeed<'de> for LinesSeed<'_> {
     }
 }
 
-impl<'de> Visitor<'de> for LinesSeed<'_> {
+impl<'de, T: DeserializeOwned> Visitor<'de> for ElementsSeed<'_, T> {
     type Value = ();
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("an array of log lines")
+        f.write_str("an array")
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while let Some(line) = seq.next_element::<LogLine>()? {
-            (self.0)(line);
+        while let Some(element) = seq.next_element::<T>()? {
+            (self.0)(element);
         }
         Ok(())
     }

@@ -1,5 +1,6 @@
 //! Human renderings: the status table and log lines.
 
+use std::io::Write;
 use std::time::SystemTime;
 
 use crate::escape::terminal;
@@ -115,57 +116,76 @@ fn age(since: &str) -> String {
 }
 
 pub fn print_status_table(units: &[UnitStatus]) {
-    let header = [
-        "UNIT",
-        "KIND",
-        "STATE",
-        "PID",
-        "FOR",
-        "RESTARTS",
-        "LAST EXIT",
-        "NOTE",
-    ];
-    let rows: Vec<[String; 8]> = units
-        .iter()
-        .map(|u| {
-            let note = status_note(u);
-            [
-                u.name.clone(),
-                u.kind.clone(),
-                u.state.clone(),
-                u.pid.map_or_else(|| "-".to_owned(), |p| p.to_string()),
-                age(&u.since),
-                u.restarts.to_string(),
-                u.last_exit
-                    .as_ref()
-                    .map_or_else(|| "-".to_owned(), last_exit_text),
-                note,
-            ]
-            .map(|cell| terminal(&cell).into_owned())
-        })
-        .collect();
-    let mut widths = header.map(str::len);
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
+    let mut table = StatusTable::default();
+    for u in units {
+        table.add(u);
     }
-    let line = |cells: [&str; 8]| {
-        let mut out = String::new();
-        for (i, cell) in cells.iter().enumerate() {
-            if i + 1 == cells.len() {
-                out.push_str(cell);
-            } else {
-                out.push_str(&format!("{cell:<width$}  ", width = widths[i]));
+    table.print();
+}
+
+/// The status table, filled row by row as the answer is read: each unit's status is turned
+/// into its cells at once and dropped, so a table of ten thousand units holds their cells
+/// only (the column widths need every row before the first is printed).
+#[derive(Default)]
+pub struct StatusTable {
+    rows: Vec<[Box<str>; 8]>,
+}
+
+impl StatusTable {
+    pub fn add(&mut self, u: &UnitStatus) {
+        let note = status_note(u);
+        let row = [
+            u.name.clone(),
+            u.kind.clone(),
+            u.state.clone(),
+            u.pid.map_or_else(|| "-".to_owned(), |p| p.to_string()),
+            age(&u.since),
+            u.restarts.to_string(),
+            u.last_exit
+                .as_ref()
+                .map_or_else(|| "-".to_owned(), last_exit_text),
+            note,
+        ]
+        .map(|cell| Box::from(terminal(&cell).as_ref()));
+        self.rows.push(row);
+    }
+
+    pub fn print(&self) {
+        let header = [
+            "UNIT",
+            "KIND",
+            "STATE",
+            "PID",
+            "FOR",
+            "RESTARTS",
+            "LAST EXIT",
+            "NOTE",
+        ];
+        let mut widths = header.map(str::len);
+        for row in &self.rows {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.chars().count());
             }
         }
-        println!("{}", out.trim_end());
-    };
-    line(header);
-    for row in &rows {
-        line([
-            &row[0], &row[1], &row[2], &row[3], &row[4], &row[5], &row[6], &row[7],
-        ]);
+        let stdout = std::io::stdout();
+        let mut out = std::io::BufWriter::new(stdout.lock());
+        let mut line = |cells: [&str; 8]| {
+            let mut text = String::new();
+            for (i, cell) in cells.iter().enumerate() {
+                if i + 1 == cells.len() {
+                    text.push_str(cell);
+                } else {
+                    text.push_str(&format!("{cell:<width$}  ", width = widths[i]));
+                }
+            }
+            let _ = writeln!(out, "{}", text.trim_end());
+        };
+        line(header);
+        for row in &self.rows {
+            line([
+                &row[0], &row[1], &row[2], &row[3], &row[4], &row[5], &row[6], &row[7],
+            ]);
+        }
     }
 }
 
@@ -197,7 +217,14 @@ fn used_of(used: Option<u64>, limit: Option<u64>, show: fn(u64) -> String) -> St
 /// The view of `status UNIT`: one block per unit, what an operator checks at a glance.
 pub fn print_status_details(units: &[UnitStatus]) {
     for (i, u) in units.iter().enumerate() {
-        if i > 0 {
+        print_unit_details(u, i == 0);
+    }
+}
+
+/// One unit in detail, as `status UNIT` shows it; a blank line before all but the first.
+pub fn print_unit_details(u: &UnitStatus, first: bool) {
+    {
+        if !first {
             println!();
         }
         let pid = u.pid.map_or_else(String::new, |p| format!(", pid {p}"));

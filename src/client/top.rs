@@ -2,7 +2,7 @@
 //! through the control socket (`status`) once per interval; CPU % comes from the difference
 //! of two samples. The terminal handling is a few ANSI sequences and termios raw mode.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
 use std::os::fd::AsFd;
 use std::sync::Arc;
@@ -28,6 +28,11 @@ pub struct Options {
     pub json: bool,
     pub sort: SortKey,
     pub interval: Duration,
+    /// Only these units (names or glob patterns), states and slices: filtered by the
+    /// supervisor, so a view of a few units among thousands costs a few rows a frame.
+    pub units: Vec<String>,
+    pub states: Vec<String>,
+    pub slices: Vec<String>,
 }
 
 /// The status of every unit, and when it was taken.
@@ -63,14 +68,15 @@ pub struct Row {
     pub pressure_episode: bool,
 }
 
-fn cpu_percent(prev: Option<&Snapshot>, now: &Snapshot, unit: &UnitStatus) -> Option<f64> {
+/// `before`: the unit's CPU time in the previous snapshot.
+fn cpu_percent(
+    prev: Option<&Snapshot>,
+    before: Option<u64>,
+    now: &Snapshot,
+    unit: &UnitStatus,
+) -> Option<f64> {
     let prev = prev?;
-    let before = prev
-        .units
-        .iter()
-        .find(|u| u.name == unit.name)?
-        .usage
-        .cpu_usage_usec?;
+    let before = before?;
     let after = unit.usage.cpu_usage_usec?;
     let wall = now.at.checked_duration_since(prev.at)?.as_micros() as f64;
     // A counter that went back is a new cgroup (a restart): no figure this time.
@@ -81,17 +87,31 @@ fn cpu_percent(prev: Option<&Snapshot>, now: &Snapshot, unit: &UnitStatus) -> Op
 /// followed by what lies below it.
 pub fn rows(prev: Option<&Snapshot>, now: &Snapshot, sort: SortKey) -> Vec<Row> {
     let mut children: BTreeMap<Option<String>, Vec<Row>> = BTreeMap::new();
-    let names: Vec<&str> = now.units.iter().map(|u| u.name.as_str()).collect();
+    // Looked up per unit: sets and maps, so a frame of N units costs N, not N².
+    let names: HashSet<&str> = now.units.iter().map(|u| u.name.as_str()).collect();
+    let cpu_before: HashMap<&str, Option<u64>> = prev
+        .map(|p| {
+            p.units
+                .iter()
+                .map(|u| (u.name.as_str(), u.usage.cpu_usage_usec))
+                .collect()
+        })
+        .unwrap_or_default();
     for u in &now.units {
         // A unit whose slice is unknown (e.g. removed by a reload) is shown at the root.
-        let parent = u.slice.clone().filter(|s| names.contains(&s.as_str()));
+        let parent = u.slice.clone().filter(|s| names.contains(s.as_str()));
         children.entry(parent).or_default().push(Row {
             unit: u.name.clone(),
             kind: u.kind.clone(),
             slice: u.slice.clone(),
             depth: 0,
             state: u.state.clone(),
-            cpu_percent: cpu_percent(prev, now, u),
+            cpu_percent: cpu_percent(
+                prev,
+                cpu_before.get(u.name.as_str()).copied().flatten(),
+                now,
+                u,
+            ),
             cpu_quota_percent: u.limits.cpu_quota_percent,
             memory_current: u.usage.memory_current,
             memory_max: u.usage.memory_max.or(u.limits.memory_max),
@@ -245,10 +265,11 @@ pub fn frame(rows: &[Row], sort: SortKey, width: usize, height: usize) -> Vec<St
         .collect()
 }
 
-fn snapshot(conn: &mut Connection) -> Result<Snapshot, String> {
-    let response = conn
-        .call(&request(Verb::Status, &[]))
-        .map_err(|e| e.to_string())?;
+fn snapshot(conn: &mut Connection, opts: &Options) -> Result<Snapshot, String> {
+    let mut request = request(Verb::Status, &opts.units);
+    request.states = opts.states.clone();
+    request.slices = opts.slices.clone();
+    let response = conn.call(&request).map_err(|e| e.to_string())?;
     let at = Instant::now();
     match (response.ok, response.units) {
         (true, Some(units)) => Ok(Snapshot { at, units }),
@@ -318,7 +339,7 @@ fn terminal_size() -> (usize, usize) {
 fn live(conn: &mut Connection, opts: &Options, stop: &AtomicBool) -> Result<(), String> {
     let mut sort = opts.sort;
     let mut prev: Option<Snapshot> = None;
-    let mut now = snapshot(conn)?;
+    let mut now = snapshot(conn, opts)?;
     let mut out = std::io::stdout();
     loop {
         let (width, height) = terminal_size();
@@ -361,7 +382,7 @@ fn live(conn: &mut Connection, opts: &Options, stop: &AtomicBool) -> Result<(), 
             }
         }
         if Instant::now() >= next_at {
-            prev = Some(std::mem::replace(&mut now, snapshot(conn)?));
+            prev = Some(std::mem::replace(&mut now, snapshot(conn, opts)?));
         }
     }
 }
@@ -387,7 +408,7 @@ fn read_key(timeout: Duration) -> Option<u8> {
 }
 
 fn once(conn: &mut Connection, opts: &Options) -> Result<i32, ClientError> {
-    let first = match snapshot(conn) {
+    let first = match snapshot(conn, opts) {
         Ok(s) => s,
         Err(message) => {
             eprintln!("corral: {message}");
@@ -395,7 +416,7 @@ fn once(conn: &mut Connection, opts: &Options) -> Result<i32, ClientError> {
         }
     };
     std::thread::sleep(opts.interval);
-    let second = match snapshot(conn) {
+    let second = match snapshot(conn, opts) {
         Ok(s) => s,
         Err(message) => {
             eprintln!("corral: {message}");

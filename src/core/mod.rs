@@ -12,6 +12,7 @@ pub mod notify_refusals;
 pub mod oom;
 pub mod pressure;
 pub mod reload;
+pub mod selection;
 pub mod service;
 pub mod signal;
 pub mod supervisor;

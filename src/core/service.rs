@@ -10,7 +10,7 @@ use crate::core::signal::Signal;
 use crate::unit::{PressureAction, ReadyMode, RestartPolicy, Unit, UnitKind};
 
 /// A unit's states, as `status` shows them (docs/protocol.md, UnitStatus `state`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum State {
     Inactive,

@@ -7,6 +7,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use crate::core::supervisor::Goal;
+use crate::metrics::{self, Figures};
 use crate::os::control_socket::Peer;
 use crate::proto::{CgroupsReport, LogLine, MAX_REQUEST_BYTES, Response, UnitStatus};
 use crate::unit::UnitName;
@@ -93,6 +94,15 @@ enum Items {
         /// The capability ladder's reading (docs/container.md).
         cgroups: Option<CgroupsReport>,
     },
+    /// metrics: `{"ok":true,"metrics":"..."}`. The exposition groups each series' samples, so
+    /// every unit's figures are gathered first (one unit per piece, small: `Figures`), then the
+    /// text is written series by series, one unit's lines per piece, never held whole.
+    Metrics {
+        to_gather: VecDeque<UnitName>,
+        figures: Vec<Figures>,
+        series: usize,
+        unit: usize,
+    },
 }
 
 impl Answer {
@@ -122,6 +132,19 @@ impl Answer {
         }
     }
 
+    pub fn metrics(names: VecDeque<UnitName>) -> Answer {
+        Answer {
+            items: Items::Metrics {
+                figures: Vec::with_capacity(names.len()),
+                to_gather: names,
+                series: 0,
+                unit: 0,
+            },
+            opened: false,
+            written: 0,
+        }
+    }
+
     /// Appends the next piece (the opening, one element, or the closing) to `out`; true once
     /// the closing is written. `status_of` gives a unit's status now (None: it is gone).
     pub fn next_piece(
@@ -131,11 +154,43 @@ impl Answer {
     ) -> bool {
         if !self.opened {
             self.opened = true;
-            let key = match self.items {
-                Items::Lines(_) => "lines",
-                Items::Units { .. } => "units",
+            let opening: &[u8] = match self.items {
+                Items::Lines(_) => b"{\"ok\":true,\"lines\":[",
+                Items::Units { .. } => b"{\"ok\":true,\"units\":[",
+                Items::Metrics { .. } => b"{\"ok\":true,\"metrics\":\"",
             };
-            out.extend_from_slice(format!("{{\"ok\":true,\"{key}\":[").as_bytes());
+            out.extend_from_slice(opening);
+            return false;
+        }
+        if let Items::Metrics {
+            to_gather,
+            figures,
+            series,
+            unit,
+        } = &mut self.items
+        {
+            if let Some(name) = to_gather.pop_front() {
+                if let Some(status) = status_of(&name, false) {
+                    figures.push(Figures::of(&status));
+                }
+                return false;
+            }
+            if *series >= metrics::SERIES.len() {
+                out.extend_from_slice(b"\"}\n");
+                return true;
+            }
+            let mut text = String::new();
+            if *unit == 0 {
+                metrics::write_head(*series, &mut text);
+            }
+            if let Some(f) = figures.get(*unit) {
+                f.write(*series, &mut text);
+                *unit += 1;
+            } else {
+                *series += 1;
+                *unit = 0;
+            }
+            json_string_content(&text, out);
             return false;
         }
         let comma = self.written > 0;
@@ -181,9 +236,25 @@ impl Answer {
                 out.extend_from_slice(b"}\n");
                 return true;
             }
+            Items::Metrics { .. } => {}
         }
         out.extend_from_slice(b"]}\n");
         true
+    }
+}
+
+/// `text` as the inside of a JSON string: escaped, without the quotes.
+fn json_string_content(text: &str, out: &mut Vec<u8>) {
+    if text.is_empty() {
+        return;
+    }
+    let mark = out.len();
+    if serde_json::to_writer(&mut *out, text).is_ok() {
+        // The quotes serde_json put around it: the string goes on in the next piece.
+        out.pop();
+        out.remove(mark);
+    } else {
+        out.truncate(mark);
     }
 }
 
@@ -594,6 +665,36 @@ mod tests {
             };
             let answer = Answer::units(names.iter().cloned().collect(), false, reload_error, None);
             assert_eq!(written(answer, &present), whole.to_line());
+        }
+        for names in [vec![], names.clone()] {
+            let statuses: Vec<UnitStatus> = names
+                .iter()
+                .filter(|n| n.as_str() != "gone")
+                .map(|n| UnitStatus {
+                    name: format!("{n}\"\\"),
+                    kind: "service".into(),
+                    state: "running".into(),
+                    restarts: 3,
+                    ..UnitStatus::default()
+                })
+                .collect();
+            let whole = Response {
+                ok: true,
+                metrics: Some(crate::metrics::render(&statuses)),
+                ..Response::default()
+            };
+            let by_name = |name: &UnitName, _: bool| {
+                statuses
+                    .iter()
+                    .find(|s| s.name.starts_with(name.as_str()))
+                    .cloned()
+            };
+            let answer = Answer::metrics(names.iter().cloned().collect());
+            let bytes = written(answer, &by_name);
+            assert_eq!(
+                String::from_utf8_lossy(&bytes),
+                String::from_utf8_lossy(&whole.to_line())
+            );
         }
     }
 }

@@ -856,6 +856,14 @@ impl Members {
     }
 
     pub fn facts(&self, unit: &UnitName) -> CgroupFacts {
+        self.facts_of(unit, false)
+    }
+
+    /// `facts`, for a unit whose state says it is at rest (inactive, exited or failed: its
+    /// last process is gone and its cgroup removed, or queued for removal): its usage is read
+    /// only while a removal is pending. Looking for a cgroup that is not there costs a stat
+    /// per hierarchy (7 on v1), most of a disabled unit's status.
+    pub fn facts_of(&self, unit: &UnitName, at_rest: bool) -> CgroupFacts {
         let (Some(cgroups), Some(rel)) = (&self.cgroups, self.paths.get(unit)) else {
             return CgroupFacts {
                 limits_reason: self.disabled.clone(),
@@ -864,15 +872,22 @@ impl Members {
         };
         // `limits_enforced` covers the slices above the unit too (proto::UnitStatus): a cap on
         // a slice that did not take leaves the unit unbounded as well. Outermost slice first.
-        let mut slices: Vec<(&UnitName, &PathBuf)> = self
-            .paths
-            .iter()
-            .filter(|(name, path)| *name != unit && rel.starts_with(path))
+        // The slices are the ancestors of the unit's path (cgroup_plan::unit_cgroup names each
+        // `<slice>.slice`): a walk up the path, not a scan of every unit's path, so a status of
+        // N units costs N walks of a few components.
+        let mut slices: Vec<UnitName> = rel
+            .ancestors()
+            .skip(1)
+            .filter_map(|dir| {
+                let stem = dir.file_name()?.to_str()?.strip_suffix(".slice")?;
+                let name = UnitName::new(stem)?;
+                (self.paths.get(&name).map(PathBuf::as_path) == Some(dir)).then_some(name)
+            })
             .collect();
-        slices.sort_by_key(|(_, path)| path.components().count());
+        slices.reverse();
         let problems: Vec<String> = slices
-            .into_iter()
-            .flat_map(|(name, _)| {
+            .iter()
+            .flat_map(|name| {
                 let own = self.problems.get(name).into_iter().flatten();
                 own.map(move |p| format!("slice {name}: {p}"))
             })
@@ -882,7 +897,7 @@ impl Members {
             cgroup: Some(cgroups.display(rel)),
             limits_enforced: problems.is_empty(),
             limits_reason: (!problems.is_empty()).then(|| problems.join("; ")),
-            usage: if cgroups.exists(rel) {
+            usage: if (!at_rest || self.removals.contains_key(rel)) && cgroups.exists(rel) {
                 cgroups.usage(rel)
             } else {
                 Usage::default()

@@ -9,6 +9,7 @@ use crate::core::signal::Signal;
 use tracing::{debug, info, warn};
 
 use crate::core::reload::ReloadPlan;
+use crate::core::selection::{Selection, SelectionError};
 use crate::core::supervisor::{Goal, Input, RequestError};
 use crate::os::control_socket::{self, Peer};
 use crate::os::namespaces;
@@ -16,7 +17,7 @@ use crate::os::poller::Ready;
 use crate::proto::{
     ErrorBody, ErrorKind, LogLine, ReloadReport, Request, Response, UnitStatus, Verb,
 };
-use crate::unit::{Namespaces, UnitName};
+use crate::unit::{Namespaces, UnitKind, UnitName};
 
 use super::Daemon;
 use super::control::{
@@ -31,6 +32,11 @@ use super::status::{namespace_status, unit_status};
 const DEFAULT_LOG_LINES: usize = 100;
 /// The most of the loop's time one `logs --grep` answer may take to search the buffers.
 const GREP_BUDGET: std::time::Duration = std::time::Duration::from_millis(50);
+/// Pieces of one large answer that write nothing (a unit's figures gathered for `metrics`, a
+/// unit gone since the request) produced in one turn of the loop.
+const PIECES_PER_TURN: usize = 1024;
+/// Slices above a unit that a filter looks at; deeper nesting is not found by `--slice`.
+const MAX_SLICE_DEPTH: usize = 64;
 
 impl Daemon {
     pub(super) fn accept_clients(&mut self) {
@@ -284,11 +290,21 @@ impl Daemon {
         };
         let room = client.room();
         let now = Instant::now();
-        let mut out = Vec::new();
+        // Sized once: grown by doubling, the buffer's copies were a tenth of a status.
+        let mut out = Vec::with_capacity(room.saturating_add(4096));
         let status_of = |name: &UnitName, named: bool| self.unit_status(name, named, now);
         let mut done = false;
-        while !done && out.len() < room {
+        // Pieces that write nothing (a metrics answer's gathering) are bounded too: the loop
+        // comes back at once for the rest (`Client::has_work`), serving everyone in between.
+        // Only those count: pieces that write are bounded by `room`, and counting them too
+        // cut a metrics text into ~N/50 turns, each paying the loop's own O(N) scans.
+        let mut silent = 0;
+        while !done && out.len() < room && silent < PIECES_PER_TURN {
+            let before = out.len();
             done = answer.next_piece(&mut out, &status_of);
+            if out.len() == before {
+                silent += 1;
+            }
         }
         let Some(client) = self.control.clients.get_mut(&token) else {
             return;
@@ -336,27 +352,25 @@ impl Daemon {
         if !request.verb.is_read_only() {
             info!(uid = peer.uid, pid = peer.pid, verb = ?request.verb, units = ?request.units, "control request");
         }
-        let names = match parse_names(&request.units) {
-            Ok(names) => names,
-            Err(e) => return self.reply(token, Response::error(e.kind, e.message)),
+        // status and metrics take patterns and filters (`selected`); the others names only.
+        let names = match request.verb {
+            Verb::Status | Verb::Metrics => Vec::new(),
+            _ => match parse_names(&request.units) {
+                Ok(names) => names,
+                Err(e) => return self.reply(token, Response::error(e.kind, e.message)),
+            },
         };
         let now = Instant::now();
         match request.verb {
             Verb::Status => {
-                if let Err(e) = self.sup.check_names(&names) {
-                    return self.reply(token, refused(&e));
-                }
+                let (rows, by_name) = match self.selected(&request) {
+                    Ok(selected) => selected,
+                    Err(e) => return self.reply(token, Response::error(e.kind, e.message)),
+                };
                 // Written as the client reads: one row per unit, each taken when it is written.
-                let wanted: HashSet<&UnitName> = names.iter().collect();
-                let rows = self
-                    .sup
-                    .units()
-                    .filter(|(unit, _)| wanted.is_empty() || wanted.contains(&unit.name))
-                    .map(|(unit, _)| unit.name.clone())
-                    .collect();
                 let answer = Answer::units(
                     rows,
-                    !names.is_empty(),
+                    by_name,
                     self.units_dir.last_error.clone(),
                     Some(self.members.cgroups_report()),
                 );
@@ -444,17 +458,11 @@ impl Daemon {
                     };
                 }
             }
-            Verb::Metrics => {
-                let response = match self.sup.check_names(&names) {
-                    Ok(()) => Response {
-                        ok: true,
-                        metrics: Some(crate::metrics::render(&self.statuses(&names, now))),
-                        ..Response::default()
-                    },
-                    Err(e) => refused(&e),
-                };
-                self.reply(token, response);
-            }
+            Verb::Metrics => match self.selected(&request) {
+                // Streamed like status: figures gathered unit by unit, then the text.
+                Ok((rows, _)) => self.stream_answer(token, Answer::metrics(rows)),
+                Err(e) => self.reply(token, Response::error(e.kind, e.message)),
+            },
             Verb::Shutdown => {
                 if request.power.is_some() && !self.host_init {
                     let why = "corral is not the host's init (PID 1 of the first pid namespace): \
@@ -485,6 +493,55 @@ impl Daemon {
                 self.reply(token, response);
             }
         }
+    }
+
+    /// The units a status or metrics request selects (its names, patterns, `states` and
+    /// `slices`; docs/protocol.md), in the supervisor's order, and whether it named units
+    /// exactly and nothing else. A name or slice that does not exist refuses the request.
+    fn selected(&self, request: &Request) -> Result<(VecDeque<UnitName>, bool), ErrorBody> {
+        let selection = Selection::parse(&request.units, &request.states, &request.slices)
+            .map_err(|e| ErrorBody {
+                kind: match e {
+                    SelectionError::BadName(_) => ErrorKind::UnknownUnit,
+                    _ => ErrorKind::BadRequest,
+                },
+                message: e.to_string(),
+            })?;
+        self.sup.check_names(&selection.names).map_err(|e| {
+            let refusal = refused(&e);
+            refusal.error.unwrap_or(ErrorBody {
+                kind: ErrorKind::UnknownUnit,
+                message: e.to_string(),
+            })
+        })?;
+        if let Some(slice) = selection.slices.iter().find(|s| {
+            self.sup
+                .get(s)
+                .is_none_or(|(u, _)| u.kind != UnitKind::Slice)
+        }) {
+            return Err(ErrorBody {
+                kind: ErrorKind::UnknownUnit,
+                message: format!("no slice {slice}"),
+            });
+        }
+        let rows = self
+            .sup
+            .units()
+            .filter(|(unit, rt)| {
+                selection.admits(&unit.name, rt.state, self.slices_of(unit.slice.as_ref()))
+            })
+            .map(|(unit, _)| unit.name.clone())
+            .collect();
+        Ok((rows, selection.is_by_name()))
+    }
+
+    /// A unit's slices from its parent up; slices cannot form cycles (unit/load.rs refuses
+    /// them), and the walk is bounded all the same.
+    fn slices_of<'a>(&'a self, parent: Option<&'a UnitName>) -> impl Iterator<Item = &'a UnitName> {
+        std::iter::successors(parent, |slice| {
+            self.sup.get(slice).and_then(|(u, _)| u.slice.as_ref())
+        })
+        .take(MAX_SLICE_DEPTH)
     }
 
     /// Freezes or thaws every named unit; each must have a running process.
@@ -618,7 +675,7 @@ impl Daemon {
             unit,
             rt,
             self.sup.waiting_for(&unit.name),
-            self.members.facts(&unit.name),
+            self.members.facts_of(&unit.name, at_rest(unit, rt)),
             &self.clock,
             now,
         );
@@ -878,6 +935,15 @@ pub fn parse_signal(text: &str) -> Result<Signal, ErrorBody> {
         format!("SIG{upper}")
     };
     Signal::from_name(&full).ok_or_else(bad)
+}
+
+/// A unit with no process and no cgroup to read (see `Members::facts_of`); never a slice,
+/// whose cgroup lives while it is active.
+fn at_rest(unit: &crate::unit::Unit, rt: &crate::core::service::Runtime) -> bool {
+    use crate::core::service::State;
+    unit.kind != UnitKind::Slice
+        && rt.pid.is_none()
+        && matches!(rt.state, State::Inactive | State::Exited | State::Failed)
 }
 
 pub(super) fn refused(e: &RequestError) -> Response {
