@@ -145,6 +145,44 @@ impl Ring {
 /// needs more is disconnected (a pattern can cost microseconds per byte of each line).
 pub const FOLLOW_GREP_BUDGET: Duration = Duration::from_millis(50);
 
+/// The most of the loop's time the greps of one peer uid other than root may take per second,
+/// its answers' searches and its followers' matching together: per answer alone, one peer's
+/// connections, `REQUESTS_PER_TURN` each, would hold a turn for seconds.
+pub const GREP_BUDGET_PER_UID: Duration = Duration::from_millis(50);
+
+/// Each peer uid's grep time in its current second (root's is not counted: root keeps its way
+/// in). Only uids that grepped within the last second are kept.
+#[derive(Debug, Default)]
+pub struct GrepBudgets {
+    spent: HashMap<u32, (Instant, Duration)>,
+}
+
+impl GrepBudgets {
+    /// What `uid` may still spend in its second as of `now`; `None`: no bound (root).
+    pub fn remaining(&mut self, uid: u32, now: Instant) -> Option<Duration> {
+        if uid == 0 {
+            return None;
+        }
+        self.spent.retain(|_, (window, _)| {
+            now.saturating_duration_since(*window) < Duration::from_secs(1)
+        });
+        let spent = self
+            .spent
+            .get(&uid)
+            .map_or(Duration::ZERO, |(_, spent)| *spent);
+        Some(GREP_BUDGET_PER_UID.saturating_sub(spent))
+    }
+
+    /// Counts `took` against `uid`'s second (which begins at its first grep).
+    pub fn charge(&mut self, uid: u32, took: Duration, now: Instant) {
+        if uid == 0 {
+            return;
+        }
+        let (_, spent) = self.spent.entry(uid).or_insert((now, Duration::ZERO));
+        *spent += took;
+    }
+}
+
 /// `logs --since` and `--grep`: which lines an answer (and a follower) gets.
 #[derive(Debug, Default)]
 pub struct LineFilter {
@@ -169,7 +207,7 @@ impl LineFilter {
             .transpose()?
             .map(stamp);
         let grep = grep
-            .map(|pattern| LinePattern::new(pattern).map_err(|e| format!("grep: {e}")))
+            .map(|pattern| LinePattern::for_grep(pattern).map_err(|e| format!("grep: {e}")))
             .transpose()?;
         Ok(LineFilter {
             since,
@@ -202,6 +240,11 @@ impl LineFilter {
             ));
         }
         Ok(admitted)
+    }
+
+    /// Whether a grep is part of the filter (its matching is what costs).
+    pub fn greps(&self) -> bool {
+        self.grep.is_some()
     }
 
     /// Admits every line.
@@ -343,6 +386,32 @@ pub fn stream_name(stream: Stream) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_uids_greps_share_one_budget_per_second_and_root_has_none() {
+        let t0 = Instant::now();
+        let mut budgets = GrepBudgets::default();
+        assert_eq!(budgets.remaining(0, t0), None);
+        budgets.charge(0, Duration::from_secs(5), t0);
+        assert_eq!(budgets.remaining(0, t0), None);
+        assert_eq!(budgets.remaining(1000, t0), Some(GREP_BUDGET_PER_UID));
+        budgets.charge(1000, Duration::from_millis(30), t0);
+        budgets.charge(
+            1000,
+            Duration::from_millis(30),
+            t0 + Duration::from_millis(500),
+        );
+        let half = t0 + Duration::from_millis(900);
+        assert_eq!(budgets.remaining(1000, half), Some(Duration::ZERO));
+        // Another uid has its own; a second after its first grep, a uid starts afresh.
+        assert_eq!(budgets.remaining(1001, half), Some(GREP_BUDGET_PER_UID));
+        let later = t0 + Duration::from_secs(1);
+        assert_eq!(budgets.remaining(1000, later), Some(GREP_BUDGET_PER_UID));
+        assert!(
+            budgets.spent.is_empty(),
+            "only the last second's uids are kept"
+        );
+    }
 
     fn split(chunks: &[&[u8]]) -> Vec<Piece> {
         let mut splitter = LineSplitter::default();
