@@ -1175,9 +1175,11 @@ impl Daemon {
                     .is_some_and(|left| left.is_zero())
                 {
                     Err(format!(
-                        "grep: uid {uid}'s greps took their {}ms of corral's loop within a \
-                         second; follow with a simpler pattern",
-                        output::GREP_BUDGET_PER_UID.as_millis()
+                        "grep: the greps of uid {uid} took their {}ms of corral's loop within \
+                         a second (or those of all users but root their {}ms); follow with a \
+                         simpler pattern",
+                        output::GREP_BUDGET_PER_UID.as_millis(),
+                        output::GREP_BUDGET_ALL_PEERS.as_millis()
                     ))
                 } else {
                     let admitted = filter.admits_within_budget(&line);

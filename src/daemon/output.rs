@@ -149,12 +149,16 @@ pub const FOLLOW_GREP_BUDGET: Duration = Duration::from_millis(50);
 /// its answers' searches and its followers' matching together: per answer alone, one peer's
 /// connections, `REQUESTS_PER_TURN` each, would hold a turn for seconds.
 pub const GREP_BUDGET_PER_UID: Duration = Duration::from_millis(50);
+/// The same for every uid but root's together: a `--socket-group` member with subordinate ids
+/// connects from many uids (docs/operations.md, "Threat model").
+pub const GREP_BUDGET_ALL_PEERS: Duration = Duration::from_millis(100);
 
-/// Each peer uid's grep time in its current second (root's is not counted: root keeps its way
-/// in). Only uids that grepped within the last second are kept.
+/// Each peer uid's grep time in its current second, and all of theirs (root's is not counted:
+/// root keeps its way in). Only uids that grepped within the last second are kept.
 #[derive(Debug, Default)]
 pub struct GrepBudgets {
     spent: HashMap<u32, (Instant, Duration)>,
+    all: Option<(Instant, Duration)>,
 }
 
 impl GrepBudgets {
@@ -166,11 +170,21 @@ impl GrepBudgets {
         self.spent.retain(|_, (window, _)| {
             now.saturating_duration_since(*window) < Duration::from_secs(1)
         });
+        if self.all.is_some_and(|(window, _)| {
+            now.saturating_duration_since(window) >= Duration::from_secs(1)
+        }) {
+            self.all = None;
+        }
         let spent = self
             .spent
             .get(&uid)
             .map_or(Duration::ZERO, |(_, spent)| *spent);
-        Some(GREP_BUDGET_PER_UID.saturating_sub(spent))
+        let all = self.all.map_or(Duration::ZERO, |(_, spent)| spent);
+        Some(
+            GREP_BUDGET_PER_UID
+                .saturating_sub(spent)
+                .min(GREP_BUDGET_ALL_PEERS.saturating_sub(all)),
+        )
     }
 
     /// Counts `took` against `uid`'s second (which begins at its first grep).
@@ -180,6 +194,8 @@ impl GrepBudgets {
         }
         let (_, spent) = self.spent.entry(uid).or_insert((now, Duration::ZERO));
         *spent += took;
+        let (_, all) = self.all.get_or_insert((now, Duration::ZERO));
+        *all += took;
     }
 }
 
@@ -403,10 +419,20 @@ mod tests {
         );
         let half = t0 + Duration::from_millis(900);
         assert_eq!(budgets.remaining(1000, half), Some(Duration::ZERO));
-        // Another uid has its own; a second after its first grep, a uid starts afresh.
-        assert_eq!(budgets.remaining(1001, half), Some(GREP_BUDGET_PER_UID));
+        // Another uid has its own, within what is left of everyone's.
+        let left = GREP_BUDGET_ALL_PEERS - Duration::from_millis(60);
+        assert_eq!(
+            budgets.remaining(1001, half),
+            Some(GREP_BUDGET_PER_UID.min(left))
+        );
+        budgets.charge(1001, Duration::from_millis(40), half);
+        budgets.charge(1002, Duration::from_millis(1), half);
+        assert_eq!(budgets.remaining(1003, half), Some(Duration::ZERO));
+        // A second after its first grep, a uid starts afresh, and so does everyone's.
         let later = t0 + Duration::from_secs(1);
         assert_eq!(budgets.remaining(1000, later), Some(GREP_BUDGET_PER_UID));
+        let fresh = half + Duration::from_secs(1);
+        assert_eq!(budgets.remaining(1001, fresh), Some(GREP_BUDGET_PER_UID));
         assert!(
             budgets.spent.is_empty(),
             "only the last second's uids are kept"

@@ -578,9 +578,10 @@ impl Daemon {
         {
             if left.is_zero() {
                 let message = format!(
-                    "grep: uid {uid}'s searches took their {}ms of corral's loop within a \
-                     second; try again in a moment",
-                    super::output::GREP_BUDGET_PER_UID.as_millis()
+                    "grep: the searches of uid {uid} took their {}ms of corral's loop within \
+                     a second (or those of all users but root their {}ms); try again in a moment",
+                    super::output::GREP_BUDGET_PER_UID.as_millis(),
+                    super::output::GREP_BUDGET_ALL_PEERS.as_millis()
                 );
                 return self.reply(token, Response::error(ErrorKind::LimitReached, message));
             }
