@@ -163,23 +163,12 @@ pub struct GrepBudgets {
 
 impl GrepBudgets {
     /// What `uid` may still spend in its second as of `now`; `None`: no bound (root).
-    pub fn remaining(&mut self, uid: u32, now: Instant) -> Option<Duration> {
+    pub fn remaining(&self, uid: u32, now: Instant) -> Option<Duration> {
         if uid == 0 {
             return None;
         }
-        self.spent.retain(|_, (window, _)| {
-            now.saturating_duration_since(*window) < Duration::from_secs(1)
-        });
-        if self.all.is_some_and(|(window, _)| {
-            now.saturating_duration_since(window) >= Duration::from_secs(1)
-        }) {
-            self.all = None;
-        }
-        let spent = self
-            .spent
-            .get(&uid)
-            .map_or(Duration::ZERO, |(_, spent)| *spent);
-        let all = self.all.map_or(Duration::ZERO, |(_, spent)| spent);
+        let spent = current(self.spent.get(&uid).copied(), now);
+        let all = current(self.all, now);
         Some(
             GREP_BUDGET_PER_UID
                 .saturating_sub(spent)
@@ -187,16 +176,37 @@ impl GrepBudgets {
         )
     }
 
-    /// Counts `took` against `uid`'s second (which begins at its first grep).
+    /// Counts `took` against `uid`'s second (which begins at its first grep) and everyone's.
     pub fn charge(&mut self, uid: u32, took: Duration, now: Instant) {
         if uid == 0 {
             return;
         }
-        let (_, spent) = self.spent.entry(uid).or_insert((now, Duration::ZERO));
-        *spent += took;
-        let (_, all) = self.all.get_or_insert((now, Duration::ZERO));
-        *all += took;
+        // Forgets the uids whose second is over whenever one more comes: at most the uids
+        // that grepped within a second are kept, and a line's check stays a lookup.
+        if !self.spent.contains_key(&uid) {
+            self.spent
+                .retain(|_, window| current(Some(*window), now) > Duration::ZERO);
+        }
+        for window in [
+            self.spent.entry(uid).or_insert((now, Duration::ZERO)),
+            self.all.get_or_insert((now, Duration::ZERO)),
+        ] {
+            if now.saturating_duration_since(window.0) >= GREP_WINDOW {
+                *window = (now, Duration::ZERO);
+            }
+            window.1 += took;
+        }
     }
+}
+
+/// The second a grep budget is counted over.
+const GREP_WINDOW: Duration = Duration::from_secs(1);
+
+/// What a window began at `.0` counts as spent at `now`: nothing once it is over.
+fn current(window: Option<(Instant, Duration)>, now: Instant) -> Duration {
+    window
+        .filter(|(start, _)| now.saturating_duration_since(*start) < GREP_WINDOW)
+        .map_or(Duration::ZERO, |(_, spent)| spent)
 }
 
 /// `logs --since` and `--grep`: which lines an answer (and a follower) gets.
@@ -433,9 +443,11 @@ mod tests {
         assert_eq!(budgets.remaining(1000, later), Some(GREP_BUDGET_PER_UID));
         let fresh = half + Duration::from_secs(1);
         assert_eq!(budgets.remaining(1001, fresh), Some(GREP_BUDGET_PER_UID));
-        assert!(
-            budgets.spent.is_empty(),
-            "only the last second's uids are kept"
+        budgets.charge(1004, Duration::from_millis(1), fresh);
+        assert_eq!(
+            budgets.spent.keys().collect::<Vec<_>>(),
+            [&1004],
+            "only the uids of the last second are kept"
         );
     }
 
