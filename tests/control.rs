@@ -1060,3 +1060,92 @@ fn status_and_logs_print_terminal_sequences_escaped() {
         "{out:?}"
     );
 }
+
+/// A `--socket-group` member must not hold corral's loop with `logs --grep` alone (no hostile
+/// unit needed): a grep budget per answer (50 ms) was not enough, since one peer gets
+/// `MAX_CONNECTIONS_PER_UID` × `REQUESTS_PER_TURN` = 128 answers per turn, each searching any
+/// unit's buffer of ordinary lines with a costly pattern for its whole 50 ms: seconds of every
+/// turn, while root's `status`, /livez, watchdogs and timers waited. So a peer uid's greps share
+/// `GREP_BUDGET_PER_UID` per second. The bound is the one of
+/// `under_a_hostile_peer_root_status_answers_within_a_bound_from_the_limits`: each request no
+/// dearer than a quiet status round trip.
+#[test]
+fn under_a_peer_pipelining_costly_greps_root_status_answers_within_a_bound_from_the_limits() {
+    use corral::daemon::{MAX_CONNECTIONS_PER_UID, REQUESTS_PER_TURN};
+    use std::time::{Duration, Instant};
+    if !require_root() {
+        return;
+    }
+    let mut c = Corral::new();
+    // 1000 ordinary lines of 200 bytes: a full buffer.
+    c.unit(
+        "chatty",
+        r#"
+        [exec]
+        command = ["sh", "-c", "i=0; while [ $i -lt 1000 ]; do printf '%0200d\n' $i; i=$((i+1)); done; echo done; exec sleep 600"]
+        "#,
+    );
+    c.launch(&["--socket-group", "nogroup"]);
+    c.wait_log("chatty's last line", |l| {
+        is_output(l, "chatty") && msg(l) == "done"
+    });
+    set_mode(c.root(), 0o755);
+    let round_trip = || {
+        let started = Instant::now();
+        c.ok(&["status"]);
+        started.elapsed()
+    };
+    let quiet = (0..3).map(|_| round_trip()).max().unwrap();
+
+    let hostile: Vec<UnixStream> =
+        connect_as(&c.socket, NOBODY, NOGROUP, &[], MAX_CONNECTIONS_PER_UID)
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+    // Costly (each line's match takes the line's length times ~90 states), and within the
+    // compiled size `--grep` allows.
+    let grep = r#"{"verb":"logs","units":["chatty"],"grep":"[0-9]{0,90}Q"}"#;
+    let (answered_tx, answered_rx) = mpsc::channel();
+    for stream in &hostile {
+        // Pipelined: a few requests queued at once, and more as answers come back.
+        let writer = stream.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let burst = format!("{grep}\n").repeat(8);
+            while (&writer).write_all(burst.as_bytes()).is_ok() {}
+        });
+        let reader = stream.try_clone().unwrap();
+        let answered_tx = answered_tx.clone();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(reader).lines();
+            while let Some(Ok(line)) = lines.next() {
+                let _ = answered_tx.send(line);
+            }
+        });
+    }
+    // The flood is under way: corral answers it (limit-reached, the grep stopped at 50 ms).
+    let first = answered_rx.recv_timeout(DEADLINE).unwrap();
+    assert!(first.contains("limit-reached"), "{first}");
+
+    let clients = MAX_CONNECTIONS_PER_UID as u32;
+    let bound = quiet * (3 * clients * REQUESTS_PER_TURN as u32 + 1);
+    let started = Instant::now();
+    let mut status = c
+        .cmd(&["status", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let finished = wait_child(&mut status, bound.max(Duration::from_millis(1)));
+    let took = started.elapsed();
+    if finished.is_none() {
+        let _ = status.kill();
+        let _ = status.wait();
+    }
+    for stream in &hostile {
+        let _ = stream.shutdown(std::net::Shutdown::Both);
+    }
+    assert!(
+        finished.is_some_and(|s| s.success()),
+        "root's status under pipelined greps: {finished:?} after {took:?} (bound {bound:?}, quiet {quiet:?})"
+    );
+}

@@ -477,3 +477,43 @@ fn a_reload_that_adds_a_log_file_applies_it_from_the_next_line_without_a_restart
     let texts: Vec<&str> = lines.iter().map(|l| parse_line(l).2).collect();
     assert_eq!(texts, ["after"]);
 }
+
+/// `logs --grep` is bounded on the loop at 50 ms per answer, but the budget is checked only
+/// between lines, and one line's match can cost far more: a line is kept up to 8 KiB and
+/// regex-lite's time is the line's length times the pattern's compiled size. At the 256 KiB a
+/// `ready-pattern` may take, `(?:0|1|2|3){0,1000}Q` (22 characters) took about 0.7 s per 8 KiB
+/// line in a release build (1.5 s in a debug one), all of it on the loop, for anyone who may
+/// read logs. `--grep` patterns now compile within 8 KiB (refused past it), where one line
+/// costs at most about 15 ms (release).
+#[test]
+fn a_costly_grep_pattern_over_long_lines_stays_within_its_time_budget() {
+    if !require_root() {
+        return;
+    }
+    let mut c = Corral::new();
+    // Four lines of 8000 zeros each: output lines are kept up to 8 KiB.
+    c.unit(
+        "long",
+        r#"
+        [exec]
+        command = ["sh", "-c", "for i in 1 2 3 4; do printf '%08000d\n' 0; done; echo done; exec sleep 600"]
+        "#,
+    );
+    c.launch(&[]);
+    c.wait_log("the last line", |l| {
+        is_output(l, "long") && msg(l) == "done"
+    });
+    let start = std::time::Instant::now();
+    c.ok(&["logs", "long", "-n", "1"]);
+    let plain = start.elapsed();
+    let start = std::time::Instant::now();
+    let out = c.cli(&["logs", "long", "--grep", "(?:0|1|2|3){0,1000}Q"]);
+    let grep = start.elapsed();
+    // The documented budget is 50 ms per answer; a CLI round trip as long as a plain `logs`,
+    // plus ten times that budget, is room enough for a loaded machine.
+    let bound = plain + std::time::Duration::from_millis(10 * 50);
+    assert!(
+        grep <= bound,
+        "logs --grep took {grep:?} (a plain logs {plain:?}, bound {bound:?}): {out:?}"
+    );
+}

@@ -351,3 +351,53 @@ fn livez_is_not_answered_while_the_loop_is_stopped() {
     assert!(raw.starts_with("HTTP/1.1 200 OK"), "{raw}");
     assert!(raw.ends_with("{\"live\":true}\n"), "{raw}");
 }
+
+/// Descriptors corral has open now.
+fn open_fds(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// Out of descriptors at an accept, the probe listener leaves the epoll set "until a probe
+/// client leaves". When the descriptors went elsewhere (here: control connections, which a
+/// local peer or a unit's passed fds can also take) and no probe client was connected, no
+/// probe client ever leaves, and the listener stayed out for good once descriptors were free
+/// again: /livez never answered, and the kubelet would restart a pod whose loop runs.
+#[test]
+fn the_probe_listener_serves_again_once_descriptors_are_free_though_no_probe_client_left() {
+    if !require_cgroup_v1() {
+        return;
+    }
+    let mut c = Corral::new();
+    c.unit("web", "[exec]\ncommand = [\"sleep\", \"600\"]\n");
+    let port = launch_with_probes(&mut c);
+    c.wait_exec("web", 1);
+    let pid = c.pid();
+    // Room for a few more descriptors only.
+    let limit = open_fds(pid) + 4;
+    let set = std::process::Command::new("prlimit")
+        .args([
+            "--pid",
+            &pid.to_string(),
+            &format!("--nofile={limit}:{limit}"),
+        ])
+        .status()
+        .unwrap();
+    assert!(set.success(), "prlimit: {set}");
+    // Control connections take them all (the rest are turned away with corral's reserve fd).
+    let held: Vec<std::os::unix::net::UnixStream> = (0..16)
+        .filter_map(|_| std::os::unix::net::UnixStream::connect(&c.socket).ok())
+        .collect();
+    c.wait_log("the control listener out of descriptors", |l| {
+        common::msg(l).contains("out of file descriptors")
+    });
+    let stuck = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.wait_log("the probe listener paused", |l| {
+        common::msg(l).contains("the probe listener waits")
+    });
+    drop(stuck);
+    drop(held);
+    // corral closes them in its next turns; then a probe is answered (the read waits DEADLINE).
+    assert_eq!(get(port, "/livez").0, 200);
+}

@@ -576,6 +576,8 @@ pub struct Server {
     /// When a refused connection was last logged, and how many were refused since unlogged.
     refusal_logged_at: Option<Instant>,
     refusals_unlogged: u64,
+    /// Each peer uid's `logs --grep` time this second, answers and followers together.
+    pub grep_budgets: super::output::GrepBudgets,
 }
 
 impl Server {
@@ -589,6 +591,7 @@ impl Server {
             listener_paused: false,
             listener_token,
             refusal_logged_at: None,
+            grep_budgets: super::output::GrepBudgets::default(),
             refusals_unlogged: 0,
         }
     }

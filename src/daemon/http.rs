@@ -75,9 +75,17 @@ pub struct HttpServer {
     listener_token: Token,
     clients: HashMap<Token, HttpClient>,
     /// Out of descriptors: the listener is not polled until a client leaves (a readable
-    /// listener that cannot accept would wake the loop for ever).
-    paused: bool,
+    /// listener that cannot accept would wake the loop for ever), or until this time, for
+    /// descriptors that something else held and gave back (with no client of its own, a
+    /// listener would else never be polled again).
+    paused: Option<Instant>,
+    /// The out-of-descriptors warning of this episode was given (until an accept succeeds).
+    warned: bool,
 }
+
+/// How long a listener out of descriptors waits before it tries to accept again, when none of
+/// its clients left meanwhile.
+const PAUSE_RETRY: Duration = Duration::from_secs(1);
 
 /// What one accept gave.
 enum Accepted {
@@ -117,12 +125,17 @@ impl HttpServer {
             listener,
             listener_token,
             clients: HashMap::new(),
-            paused: false,
+            paused: None,
+            warned: false,
         })
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.clients.values().map(|c| c.deadline).min()
+        self.clients
+            .values()
+            .map(|c| c.deadline)
+            .chain(self.paused)
+            .min()
     }
 
     /// Whether a new connection needs room made first.
@@ -177,35 +190,44 @@ impl HttpServer {
                 deadline: now + self.bounds.timeout,
             },
         );
+        if self.warned {
+            self.warned = false;
+            info!("accepting {} connections again", self.role.name());
+        }
         Accepted::Client(token)
     }
 
     /// No descriptor for another connection: stop polling the listener (one warning per
-    /// episode) until a client leaves; the kernel keeps the waiting connections.
+    /// episode) until a client leaves or `PAUSE_RETRY` has passed; the kernel keeps the
+    /// waiting connections.
     fn pause(&mut self, e: &std::io::Error, sources: &Sources) {
-        if !self.paused
+        if self.paused.is_none()
             && sources
                 .modify(self.listener.as_fd(), self.listener_token, false, false)
                 .is_ok()
         {
-            self.paused = true;
-            let name = self.role.name();
-            warn!(
-                "accepting a {name} connection: {e}: out of file descriptors; the {name} \
-                 listener waits until a {name} client leaves"
-            );
+            self.paused = Some(Instant::now() + PAUSE_RETRY);
+            if !self.warned {
+                self.warned = true;
+                let name = self.role.name();
+                warn!(
+                    "accepting a {name} connection: {e}: out of file descriptors; the {name} \
+                     listener waits until a {name} client leaves (or tries again each {}s)",
+                    PAUSE_RETRY.as_secs()
+                );
+            }
         }
     }
 
-    /// A client left: a paused listener is polled again.
+    /// A client left, or the pause is over: a paused listener is polled again.
     fn resume(&mut self, sources: &Sources) {
-        if self.paused
+        if self.paused.is_some()
             && sources
                 .modify(self.listener.as_fd(), self.listener_token, true, false)
                 .is_ok()
         {
-            self.paused = false;
-            info!("accepting {} connections again", self.role.name());
+            self.paused = None;
+            debug!("polling the {} listener again", self.role.name());
         }
     }
 
@@ -307,6 +329,9 @@ impl HttpServer {
         for token in late {
             debug!("{} connection timed out", self.role.name());
             self.drop_client(token, sources);
+        }
+        if self.paused.is_some_and(|until| until <= now) {
+            self.resume(sources);
         }
     }
 }

@@ -1160,11 +1160,34 @@ impl Daemon {
             text: piece.text,
             partial: piece.partial,
         });
+        let budgets = &mut self.control.grep_budgets;
         for client in self.control.clients.values_mut() {
             if let ClientState::Following { units, filter } = &mut client.state
                 && units.contains(unit)
             {
-                match filter.admits_within_budget(&line) {
+                // A follower's grep counts against its own second and its uid's.
+                let started = Instant::now();
+                let uid = client.peer.uid;
+                let admitted = if !filter.greps() {
+                    Ok(filter.admits(&line))
+                } else if budgets
+                    .remaining(uid, started)
+                    .is_some_and(|left| left.is_zero())
+                {
+                    Err(format!(
+                        "grep: the greps of uid {uid} took their {}ms of corral's loop within \
+                         a second (or those of all users but root their {}ms); follow with a \
+                         simpler pattern",
+                        output::GREP_BUDGET_PER_UID.as_millis(),
+                        output::GREP_BUDGET_ALL_PEERS.as_millis()
+                    ))
+                } else {
+                    let admitted = filter.admits_within_budget(&line);
+                    let now = Instant::now();
+                    budgets.charge(uid, now.saturating_duration_since(started), now);
+                    admitted
+                };
+                match admitted {
                     Ok(true) => client.follow_line(&line),
                     Ok(false) => {}
                     Err(why) => {

@@ -145,6 +145,70 @@ impl Ring {
 /// needs more is disconnected (a pattern can cost microseconds per byte of each line).
 pub const FOLLOW_GREP_BUDGET: Duration = Duration::from_millis(50);
 
+/// The most of the loop's time the greps of one peer uid other than root may take per second,
+/// its answers' searches and its followers' matching together: per answer alone, one peer's
+/// connections, `REQUESTS_PER_TURN` each, would hold a turn for seconds.
+pub const GREP_BUDGET_PER_UID: Duration = Duration::from_millis(50);
+/// The same for every uid but root's together: a `--socket-group` member with subordinate ids
+/// connects from many uids (docs/operations.md, "Threat model").
+pub const GREP_BUDGET_ALL_PEERS: Duration = Duration::from_millis(100);
+
+/// Each peer uid's grep time in its current second, and all of theirs (root's is not counted:
+/// root keeps its way in). Only uids that grepped within the last second are kept.
+#[derive(Debug, Default)]
+pub struct GrepBudgets {
+    spent: HashMap<u32, (Instant, Duration)>,
+    all: Option<(Instant, Duration)>,
+}
+
+impl GrepBudgets {
+    /// What `uid` may still spend in its second as of `now`; `None`: no bound (root).
+    pub fn remaining(&self, uid: u32, now: Instant) -> Option<Duration> {
+        if uid == 0 {
+            return None;
+        }
+        let spent = current(self.spent.get(&uid).copied(), now);
+        let all = current(self.all, now);
+        Some(
+            GREP_BUDGET_PER_UID
+                .saturating_sub(spent)
+                .min(GREP_BUDGET_ALL_PEERS.saturating_sub(all)),
+        )
+    }
+
+    /// Counts `took` against `uid`'s second (which begins at its first grep) and everyone's.
+    pub fn charge(&mut self, uid: u32, took: Duration, now: Instant) {
+        if uid == 0 {
+            return;
+        }
+        // Forgets the uids whose second is over whenever one more comes: at most the uids
+        // that grepped within a second are kept, and a line's check stays a lookup.
+        if !self.spent.contains_key(&uid) {
+            self.spent
+                .retain(|_, window| current(Some(*window), now) > Duration::ZERO);
+        }
+        for window in [
+            self.spent.entry(uid).or_insert((now, Duration::ZERO)),
+            self.all.get_or_insert((now, Duration::ZERO)),
+        ] {
+            if now.saturating_duration_since(window.0) >= GREP_WINDOW {
+                *window = (now, Duration::ZERO);
+            }
+            window.1 += took;
+        }
+    }
+}
+
+/// The second a grep budget is counted over.
+const GREP_WINDOW: Duration = Duration::from_secs(1);
+
+/// What a window began at `.0` counts as spent at `now`: nothing once it is over.
+fn current(window: Option<(Instant, Duration)>, now: Instant) -> Duration {
+    window
+        .filter(|(start, _)| now.saturating_duration_since(*start) < GREP_WINDOW)
+        .map_or(Duration::ZERO, |(_, spent)| spent)
+}
+
 /// `logs --since` and `--grep`: which lines an answer (and a follower) gets.
 #[derive(Debug, Default)]
 pub struct LineFilter {
@@ -169,7 +233,7 @@ impl LineFilter {
             .transpose()?
             .map(stamp);
         let grep = grep
-            .map(|pattern| LinePattern::new(pattern).map_err(|e| format!("grep: {e}")))
+            .map(|pattern| LinePattern::for_grep(pattern).map_err(|e| format!("grep: {e}")))
             .transpose()?;
         Ok(LineFilter {
             since,
@@ -202,6 +266,11 @@ impl LineFilter {
             ));
         }
         Ok(admitted)
+    }
+
+    /// Whether a grep is part of the filter (its matching is what costs).
+    pub fn greps(&self) -> bool {
+        self.grep.is_some()
     }
 
     /// Admits every line.
@@ -340,6 +409,44 @@ pub fn stream_name(stream: Stream) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_uids_greps_share_one_budget_per_second_and_root_has_none() {
+        let t0 = Instant::now();
+        let mut budgets = GrepBudgets::default();
+        assert_eq!(budgets.remaining(0, t0), None);
+        budgets.charge(0, Duration::from_secs(5), t0);
+        assert_eq!(budgets.remaining(0, t0), None);
+        assert_eq!(budgets.remaining(1000, t0), Some(GREP_BUDGET_PER_UID));
+        budgets.charge(1000, Duration::from_millis(30), t0);
+        budgets.charge(
+            1000,
+            Duration::from_millis(30),
+            t0 + Duration::from_millis(500),
+        );
+        let half = t0 + Duration::from_millis(900);
+        assert_eq!(budgets.remaining(1000, half), Some(Duration::ZERO));
+        // Another uid has its own, within what is left of everyone's.
+        let left = GREP_BUDGET_ALL_PEERS - Duration::from_millis(60);
+        assert_eq!(
+            budgets.remaining(1001, half),
+            Some(GREP_BUDGET_PER_UID.min(left))
+        );
+        budgets.charge(1001, Duration::from_millis(40), half);
+        budgets.charge(1002, Duration::from_millis(1), half);
+        assert_eq!(budgets.remaining(1003, half), Some(Duration::ZERO));
+        // A second after its first grep, a uid starts afresh, and so does everyone's.
+        let later = t0 + Duration::from_secs(1);
+        assert_eq!(budgets.remaining(1000, later), Some(GREP_BUDGET_PER_UID));
+        let fresh = half + Duration::from_secs(1);
+        assert_eq!(budgets.remaining(1001, fresh), Some(GREP_BUDGET_PER_UID));
+        budgets.charge(1004, Duration::from_millis(1), fresh);
+        assert_eq!(
+            budgets.spent.keys().collect::<Vec<_>>(),
+            [&1004],
+            "only the uids of the last second are kept"
+        );
+    }
 
     fn split(chunks: &[&[u8]]) -> Vec<Piece> {
         let mut splitter = LineSplitter::default();

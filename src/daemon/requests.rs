@@ -627,9 +627,27 @@ impl Daemon {
         };
         let n = request.lines.unwrap_or(default).min(super::RING_LINES);
         // grep runs on the loop: the whole search is bounded in time, not only in lines.
-        let deadline = Instant::now() + GREP_BUDGET;
+        // And a peer's greps share one budget per second, however many connections ask.
+        let started = Instant::now();
+        let mut budget = GREP_BUDGET;
+        if filter.greps()
+            && let Some(left) = self.control.grep_budgets.remaining(uid, started)
+        {
+            if left.is_zero() {
+                let message = format!(
+                    "grep: the searches of uid {uid} took their {}ms of corral's loop within \
+                     a second (or those of all users but root their {}ms); try again in a moment",
+                    super::output::GREP_BUDGET_PER_UID.as_millis(),
+                    super::output::GREP_BUDGET_ALL_PEERS.as_millis()
+                );
+                return self.reply(token, Response::error(ErrorKind::LimitReached, message));
+            }
+            budget = budget.min(left);
+        }
+        let deadline = started + budget;
         let mut lines: Vec<&Rc<LogLine>> = Vec::new();
         let mut searched = 0;
+        let mut stopped = None;
         for ring in names.iter().filter_map(|name| self.rings.get(name)) {
             match ring.tail_matching_until(n, &filter, Some(deadline)) {
                 Ok(found) => {
@@ -637,15 +655,24 @@ impl Daemon {
                     lines.extend(found);
                 }
                 Err(more) => {
-                    let message = format!(
-                        "grep: the search was stopped after {}ms, {} lines in; narrow it with \
-                         --since or -n, or use a simpler pattern",
-                        GREP_BUDGET.as_millis(),
-                        searched + more
-                    );
-                    return self.reply(token, Response::error(ErrorKind::LimitReached, message));
+                    stopped = Some(searched + more);
+                    break;
                 }
             }
+        }
+        if filter.greps() {
+            let now = Instant::now();
+            self.control
+                .grep_budgets
+                .charge(uid, now.saturating_duration_since(started), now);
+        }
+        if let Some(searched) = stopped {
+            let message = format!(
+                "grep: the search was stopped after {}ms, {searched} lines in; narrow it with \
+                 --since or -n, or use a simpler pattern",
+                budget.as_millis(),
+            );
+            return self.reply(token, Response::error(ErrorKind::LimitReached, message));
         }
         // Several units interleave by time; RFC 3339 strings of one format sort by time.
         lines.sort_by(|a, b| a.time.cmp(&b.time));
