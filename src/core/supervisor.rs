@@ -126,7 +126,7 @@ pub enum Effect {
 /// A request that cannot be carried out; nothing of it was applied.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RequestError {
-    #[error("no such unit: {}", join(.0))]
+    #[error("no such unit: {}", UnitName::join(.0, ", "))]
     UnknownUnits(Vec<UnitName>),
     #[error("unit {0} has no running process")]
     NotRunning(UnitName),
@@ -134,14 +134,6 @@ pub enum RequestError {
     IsSlice(UnitName),
     #[error("corral is shutting down")]
     ShuttingDown,
-}
-
-fn join(names: &[UnitName]) -> String {
-    names
-        .iter()
-        .map(UnitName::as_str)
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// What a waiting client wants to see before it gets its answer.

@@ -169,8 +169,8 @@ impl Daemon {
         info!(
             template = %template,
             count,
-            created = list(&plan.create),
-            removed = list(&plan.discard),
+            created = UnitName::join(&plan.create, ","),
+            removed = UnitName::join(&plan.discard, ","),
             "scale"
         );
         if !plan.discard.is_empty() {
@@ -211,14 +211,6 @@ impl Daemon {
             ),
         )
     }
-}
-
-fn list(names: &[UnitName]) -> String {
-    names
-        .iter()
-        .map(UnitName::as_str)
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 fn error_body(kind: ErrorKind, message: impl Into<String>) -> ErrorBody {

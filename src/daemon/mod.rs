@@ -972,13 +972,7 @@ impl Daemon {
         if plan.is_noop() {
             debug!("reload: nothing changed");
         } else {
-            let list = |names: &[UnitName]| {
-                names
-                    .iter()
-                    .map(UnitName::as_str)
-                    .collect::<Vec<_>>()
-                    .join(",")
-            };
+            let list = |names: &[UnitName]| UnitName::join(names, ",");
             info!(
                 added = list(&plan.added),
                 removed = list(&plan.removed),

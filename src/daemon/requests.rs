@@ -768,7 +768,7 @@ impl Daemon {
             let what = if units.is_empty() {
                 "every enabled unit is ready".to_owned()
             } else {
-                format!("ready: {}", join_names(units))
+                format!("ready: {}", UnitName::join(units, ", "))
             };
             return Some(Response::message(what));
         }
@@ -912,14 +912,6 @@ impl Daemon {
             self.recover_fds(!gone.is_empty());
         }
     }
-}
-
-fn join_names(names: &[UnitName]) -> String {
-    names
-        .iter()
-        .map(UnitName::as_str)
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// An fd to give back when accept(2) runs out of them.

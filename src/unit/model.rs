@@ -11,6 +11,15 @@ use std::time::Duration;
 pub struct UnitName(String);
 
 impl UnitName {
+    /// The names joined by `separator`, for messages and log fields.
+    pub fn join(names: &[UnitName], separator: &str) -> String {
+        names
+            .iter()
+            .map(UnitName::as_str)
+            .collect::<Vec<_>>()
+            .join(separator)
+    }
+
     /// Accepts only names that match `[A-Za-z0-9_.@-]+`.
     pub fn new(name: &str) -> Option<UnitName> {
         let valid = !name.is_empty()
