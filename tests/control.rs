@@ -825,6 +825,11 @@ fn running_out_of_fds_is_logged_once_and_root_gets_back_in() {
     let mut c = Corral::new();
     c.unit("talker", TALKER);
     c.launch(&[]);
+    // Measured once the unit runs: its first start opens fds (cgroup files, pipes, pidfd)
+    // that a measure taken at corral's first log line would not count.
+    c.wait_log("talker's pid line", |l| {
+        is_output(l, "talker") && msg(l).starts_with("pid ")
+    });
     // A few fds more than corral has open now (RLIMIT_NOFILE bounds fd numbers).
     let highest = std::fs::read_dir(format!("/proc/{}/fd", c.pid()))
         .unwrap()
@@ -839,9 +844,6 @@ fn running_out_of_fds_is_logged_once_and_root_gets_back_in() {
     // SAFETY: prlimit on corral's pid with a limit that lives across the call.
     let set = unsafe { libc::prlimit(c.pid(), libc::RLIMIT_NOFILE, &rlimit, std::ptr::null_mut()) };
     assert_eq!(set, 0, "{}", std::io::Error::last_os_error());
-    c.wait_log("talker's pid line", |l| {
-        is_output(l, "talker") && msg(l).starts_with("pid ")
-    });
     // Connections that are answered and kept, until corral has no fd left for the next one.
     let status = r#"{"verb":"status"}"#;
     let mut held = Vec::new();
