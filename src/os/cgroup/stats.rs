@@ -1,7 +1,6 @@
 //! The live figures of one cgroup (`proto::Usage`), read from the kernel's files of either
 //! version: every file name and every parser in one place.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -40,19 +39,9 @@ impl PressureFiles {
     }
 }
 
-/// A cgroup file's text, in one `read` for the usual few bytes. cgroupfs files are kernfs
-/// seq_files of a single record (fs/kernfs/file.c, `kernfs_seq_start`) that seq_read_iter
-/// renders whole before copying (fs/seq_file.c), so a read shorter than the buffer has reached
-/// the end; `read_to_string` would add an `fstat` and a second, empty `read` to each file.
+/// A cgroup file's text, or `None` when it cannot be read (no such file, cgroup gone).
 fn read_cgroup_file(path: &Path) -> Option<String> {
-    let mut file = std::fs::File::open(path).ok()?;
-    let mut first = [0u8; 1024];
-    let n = file.read(&mut first).ok()?;
-    let mut bytes = first[..n].to_vec();
-    if n == first.len() {
-        file.read_to_end(&mut bytes).ok()?;
-    }
-    String::from_utf8(bytes).ok()
+    super::read_text(path).ok()
 }
 
 /// v1 writes "no limit" as the largest page-aligned count (`PAGE_COUNTER_MAX` pages, e.g.
