@@ -364,7 +364,7 @@ impl Runtime {
             }
             (Starting, Event::Spawned { pid }) => {
                 self.pid = Some(pid);
-                self.awaiting_exec = unit.namespaces != crate::unit::Namespaces::default();
+                self.awaiting_exec = *unit.namespaces != crate::unit::Namespaces::default();
                 // A oneshot stays `starting` until its process has exited successfully.
                 if unit.kind != UnitKind::Oneshot {
                     self.watchdog_at = self.watchdog_timeout(unit).map(|t| after(now, t));
@@ -1232,7 +1232,7 @@ mod tests {
 
     fn notify_service(name: &str) -> Unit {
         let mut unit = service(name);
-        unit.readiness = crate::unit::Readiness {
+        *unit.readiness = crate::unit::Readiness {
             mode: ReadyMode::Notify,
             start_timeout: Duration::from_secs(5),
             pattern: None,
@@ -1242,7 +1242,7 @@ mod tests {
 
     fn probed_service(name: &str) -> Unit {
         let mut unit = service(name);
-        unit.health = Some(crate::unit::Health {
+        unit.health = Some(Box::new(crate::unit::Health {
             probe: Some(crate::unit::ProbeConfig {
                 probe: crate::unit::Probe::Tcp(([127, 0, 0, 1], 5432).into()),
                 interval: Duration::from_secs(1),
@@ -1252,13 +1252,13 @@ mod tests {
                 success_threshold: 2,
             }),
             watchdog: None,
-        });
+        }));
         unit
     }
 
     fn log_line_service(name: &str) -> Unit {
         let mut unit = service(name);
-        unit.readiness = crate::unit::Readiness {
+        *unit.readiness = crate::unit::Readiness {
             mode: ReadyMode::LogLine,
             start_timeout: Duration::from_secs(5),
             pattern: regex_lite::Regex::new("listening")
@@ -1574,10 +1574,10 @@ mod tests {
     #[test]
     fn the_watchdog_fires_without_pings_and_is_pushed_on_by_each() {
         let mut unit = service("dog");
-        unit.health = Some(crate::unit::Health {
+        unit.health = Some(Box::new(crate::unit::Health {
             probe: None,
             watchdog: Some(Duration::from_secs(1)),
-        });
+        }));
         let ping = || Event::Notify(NotifyMessage::parse(b"WATCHDOG=1"));
         let t0 = Instant::now();
         let mut rt = started(&unit, t0);
@@ -1625,7 +1625,7 @@ mod tests {
     fn a_namespaced_units_probe_waits_for_its_exec() {
         let mut unit = service("boxed");
         unit.namespaces.pid = true;
-        unit.health = Some(crate::unit::Health {
+        unit.health = Some(Box::new(crate::unit::Health {
             probe: Some(crate::unit::ProbeConfig {
                 probe: crate::unit::Probe::Tcp(([127, 0, 0, 1], 5432).into()),
                 interval: Duration::from_secs(1),
@@ -1635,7 +1635,7 @@ mod tests {
                 success_threshold: 1,
             }),
             watchdog: None,
-        });
+        }));
         let t0 = Instant::now();
         let mut rt = started(&unit, t0);
         // Only the start timeout is due: the probe waits, however long the way to the exec.
@@ -1656,7 +1656,7 @@ mod tests {
     #[test]
     fn a_frozen_unit_is_not_failed_by_its_watchdog_or_its_probes() {
         let mut unit = service("dog");
-        unit.health = Some(crate::unit::Health {
+        unit.health = Some(Box::new(crate::unit::Health {
             probe: Some(crate::unit::ProbeConfig {
                 probe: crate::unit::Probe::Tcp(([127, 0, 0, 1], 5432).into()),
                 interval: Duration::from_secs(2),
@@ -1666,7 +1666,7 @@ mod tests {
                 success_threshold: 1,
             }),
             watchdog: Some(Duration::from_secs(1)),
-        });
+        }));
         let t0 = Instant::now();
         let mut rt = started(&unit, t0);
         let (at, seq) = run_due_probe(&mut rt, &unit);

@@ -707,7 +707,7 @@ impl Daemon {
             now,
         );
         // Seven reads of /proc per unit: only where someone asks or isolation is at stake.
-        if unit.exec.is_some() && (named || unit.namespaces != Namespaces::default()) {
+        if unit.exec.is_some() && (named || *unit.namespaces != Namespaces::default()) {
             let theirs = rt.pid.map(|pid| namespaces::inodes(Some(pid)));
             status.namespaces = namespace_status(&unit.namespaces, theirs, &self.own_namespaces);
         }
