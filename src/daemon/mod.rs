@@ -381,6 +381,8 @@ pub fn run(mut opts: Options) -> Result<Ending, DaemonError> {
         host_init,
         own_namespaces: crate::os::namespaces::inodes(None),
     };
+    // What loading the units directory freed goes back to the kernel before the loop starts.
+    crate::os::heap::release_free_pages();
     let code = daemon.event_loop();
     daemon.log_files.finish();
     daemon.members.teardown();
@@ -926,6 +928,7 @@ impl Daemon {
                 let text = diagnostics.to_string();
                 error!("reload refused, the running units keep their definitions:\n{text}");
                 self.units_dir.last_error = Some(text.clone());
+                crate::os::heap::release_free_pages();
                 Err(text)
             }
         }
@@ -977,6 +980,8 @@ impl Daemon {
             );
         }
         self.run_effects(effects, now);
+        // The old units and what reading the new ones took are freed now.
+        crate::os::heap::release_free_pages();
         plan
     }
 
