@@ -829,12 +829,14 @@ impl Reader<'_> {
 
 fn exec(cx: &mut Ctx, sec: &Section, users: &dyn UserDb) -> Option<Exec> {
     sec.check_keys(cx, EXEC_KEYS);
-    let command: Vec<String> = sec
+    let mut command: Vec<String> = sec
         .list(cx, "command", owned)
         .into_iter()
         .flatten()
         .map(|(s, _)| s)
         .collect();
+    // Collected without a size hint the vector has room for 4: kept for the unit's life.
+    command.shrink_to_fit();
     if sec.get("command").is_none() {
         cx.error(
             sec.span.clone(),
