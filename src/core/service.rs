@@ -7,7 +7,7 @@ use crate::core::exit::{ExitReport, SpawnFailure, policy_restarts};
 use crate::core::notify::NotifyMessage;
 use crate::core::pressure::{Due, Observation, PressureWatch};
 use crate::core::signal::Signal;
-use crate::unit::{PressureAction, ReadyMode, RestartPolicy, Unit, UnitKind};
+use crate::unit::{PressureAction, Rare, ReadyMode, RestartPolicy, Unit, UnitKind};
 
 /// A unit's states, as `status` shows them (docs/protocol.md, UnitStatus `state`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -100,7 +100,7 @@ pub struct ProbeReport {
 }
 
 /// A health probe's schedule and its run of consecutive results, for one generation.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ProbeTrack {
     next_at: Option<Instant>,
     /// The probe running now: its number and when it started.
@@ -112,6 +112,8 @@ pub struct ProbeTrack {
     pub passed: bool,
     pub last: Option<ProbeReport>,
 }
+
+crate::shared_default!(ProbeTrack, crate::core::pressure::PressureWatch);
 
 /// Events the supervisor feeds into one unit.
 #[derive(Debug, Clone, PartialEq)]
@@ -190,7 +192,7 @@ pub struct Runtime {
     pub last_exit_cause: Option<FailureCause>,
     pub error: Option<String>,
     /// Episodes of memory pressure and the actions taken (core/pressure.rs).
-    pub pressure: PressureWatch,
+    pub pressure: Rare<PressureWatch>,
     /// Restarts by `[oom] action = "restart"` since corral started (not in `restarts`).
     pub pressure_restarts: u32,
     /// The last run was ended by a pressure restart (`last_exit.reason` "memory-pressure").
@@ -203,7 +205,7 @@ pub struct Runtime {
     pub ready_line_seen: bool,
     /// `STOPPING=1` arrived this generation.
     pub stopping_notified: bool,
-    pub probe: ProbeTrack,
+    pub probe: Rare<ProbeTrack>,
     /// The watchdog fires at this moment unless a `WATCHDOG=1` pushes it on.
     watchdog_at: Option<Instant>,
     /// `WATCHDOG_USEC=` from the unit overrides the file's `watchdog` for this generation.
@@ -240,14 +242,14 @@ impl Runtime {
             last_exit: None,
             last_exit_cause: None,
             error: None,
-            pressure: PressureWatch::default(),
+            pressure: Rare::default(),
             pressure_restarts: 0,
             last_exit_by_pressure: false,
             notify_status: None,
             ready_notified: false,
             ready_line_seen: false,
             stopping_notified: false,
-            probe: ProbeTrack::default(),
+            probe: Rare::default(),
             watchdog_at: None,
             watchdog_override: None,
             consecutive_failures: 0,
@@ -355,7 +357,8 @@ impl Runtime {
                 self.probe = ProbeTrack {
                     seq: self.probe.seq,
                     ..ProbeTrack::default()
-                };
+                }
+                .into();
                 self.watchdog_override = None;
                 self.watchdog_at = None;
                 self.frozen = false;

@@ -108,7 +108,8 @@ pub struct Unit {
 /// the defaults otherwise. Reads see a `T` (`unit.resources.memory_max`), so the access sites
 /// do not change; a write through `DerefMut` gives the unit a box of its own, and
 /// [`Unit::share_defaults`] gives back the boxes that hold the defaults. Inline, every section
-/// made each unit about 1.1 KiB (bench/analysis.md, "Where the heap goes per unit").
+/// made each unit about 1.1 KiB (bench/analysis.md, "Where the heap goes per unit"). The
+/// core's runtime uses it too, for the state only probed or pressure-watched units fill.
 #[derive(Clone)]
 pub struct Rare<T: SharedDefault>(Option<Box<T>>);
 
@@ -117,9 +118,11 @@ pub trait SharedDefault: Default + Clone + PartialEq + Sized + 'static {
     fn shared_default() -> &'static Self;
 }
 
+/// Makes each type a [`SharedDefault`], its `Default` value made once, at its first read.
+#[macro_export]
 macro_rules! shared_default {
     ($($t:ty),*) => {$(
-        impl SharedDefault for $t {
+        impl $crate::unit::SharedDefault for $t {
             fn shared_default() -> &'static $t {
                 static DEFAULT: std::sync::LazyLock<$t> = std::sync::LazyLock::new(<$t>::default);
                 &DEFAULT
@@ -128,7 +131,7 @@ macro_rules! shared_default {
     )*};
 }
 
-shared_default!(
+crate::shared_default!(
     Resources, OomConfig, Namespaces, Sandbox, Readiness, LogConfig
 );
 
