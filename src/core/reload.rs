@@ -79,30 +79,35 @@ pub fn diff<'a>(old: impl IntoIterator<Item = &'a Unit>, new: &UnitSet) -> Reloa
         })
     };
     for (name, unit) in &old {
-        if !new.contains_key(*name) {
+        let Some(next) = new.get(*name) else {
             plan.removed.push((*name).clone());
-        } else if let Some(next) = new.get(*name) {
-            // A slice moved above the unit moves its cgroup: only a restart puts the
-            // processes there. (A unit whose own `slice` changed restarts anyway.)
-            let moved = match (&unit.slice, &next.slice) {
-                (Some(a), Some(b)) if a == b => moved_slice(a),
-                _ => false,
-            };
-            let list = match change(unit, next.as_ref()) {
-                _ if moved => &mut plan.restarted,
-                Change::Restart => &mut plan.restarted,
-                Change::Relimit => &mut plan.relimited,
-                Change::Update => &mut plan.updated,
-                Change::None => &mut plan.unchanged,
-            };
-            list.push((*name).clone());
-        }
+            continue;
+        };
+        // A slice moved above the unit moves its cgroup: only a restart puts the
+        // processes there. (A unit whose own `slice` changed restarts anyway.)
+        let moved = match (&unit.slice, &next.slice) {
+            (Some(a), Some(b)) if a == b => moved_slice(a),
+            _ => false,
+        };
+        let list = match change(unit, next.as_ref()) {
+            _ if moved => &mut plan.restarted,
+            Change::Restart => &mut plan.restarted,
+            Change::Relimit => &mut plan.relimited,
+            Change::Update => &mut plan.updated,
+            Change::None => &mut plan.unchanged,
+        };
+        list.push((*name).clone());
     }
-    plan.added = new
-        .keys()
-        .filter(|n| !old.contains_key(n))
-        .cloned()
-        .collect();
+    // Every name of `new` that is not one of the old names kept is added: none when the
+    // counts say so (the usual reload), without looking each up.
+    let kept = old.len() - plan.removed.len();
+    if new.len() > kept {
+        plan.added = new
+            .keys()
+            .filter(|n| !old.contains_key(n))
+            .cloned()
+            .collect();
+    }
     plan
 }
 

@@ -261,6 +261,9 @@ impl Members {
         for u in units.values() {
             let parent_of = |n: &UnitName| units.get(n).and_then(|u| u.slice.clone());
             let rel = cgroup_plan::unit_cgroup(&u.name, u.kind, &parent_of);
+            if self.paths.get(&u.name) == Some(&rel) {
+                continue;
+            }
             // A moved slice's old cgroup goes once the units below have left it.
             if let Some(old) = self.paths.insert(u.name.clone(), rel.clone())
                 && old != rel
