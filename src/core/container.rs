@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::core::cgroup_plan::Version;
 use crate::core::graph::DepGraph;
 use crate::proto::human_size;
-use crate::unit::{ByteLimit, Unit, UnitKind, UnitName};
+use crate::unit::{ByteLimit, Unit, UnitKind, UnitName, UnitSet};
 
 /// The rung corral stands on, highest first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,7 +157,7 @@ pub fn cgroup_keys(unit: &Unit) -> Vec<&'static str> {
 
 /// Below `Writable`: one line naming, per unit, the keys that are not enforced, and the switch
 /// that would enforce them. `None` when nothing is lost.
-pub fn unenforced_report(ladder: &Ladder, units: &BTreeMap<UnitName, Unit>) -> Option<String> {
+pub fn unenforced_report(ladder: &Ladder, units: &UnitSet) -> Option<String> {
     if ladder.rung == Rung::Writable {
         return None;
     }
@@ -181,7 +181,7 @@ pub fn unenforced_report(ladder: &Ladder, units: &BTreeMap<UnitName, Unit>) -> O
 /// Warnings about units that cannot fit the budget: a unit's limit above the container's, a
 /// sum of memory-max over it (an OOM of the whole container then kills corral too), and more
 /// cgroups or levels than `cgroup.max.descendants` / `max.depth` allow.
-pub fn budget_warnings(ladder: &Ladder, units: &BTreeMap<UnitName, Unit>) -> Vec<String> {
+pub fn budget_warnings(ladder: &Ladder, units: &UnitSet) -> Vec<String> {
     let mut warnings = Vec::new();
     let bytes = |l: Option<ByteLimit>| match l {
         Some(ByteLimit::Bytes(n)) => Some(n),
@@ -264,7 +264,7 @@ fn container_word(ladder: &Ladder) -> &'static str {
     }
 }
 
-fn slice_depth(unit: &Unit, units: &BTreeMap<UnitName, Unit>) -> u64 {
+fn slice_depth(unit: &Unit, units: &UnitSet) -> u64 {
     let mut depth = 0;
     let mut next = unit.slice.as_ref();
     // Bounded by the number of units: slice cycles are rejected at load, but never loop.
@@ -280,7 +280,7 @@ fn slice_depth(unit: &Unit, units: &BTreeMap<UnitName, Unit>) -> u64 {
 /// The longest time a shutdown can take: stops run in reverse dependency order, each unit
 /// after its dependents, so the worst case is the heaviest chain of stop timeouts. Returns it
 /// with the chain, dependents first.
-pub fn longest_stop_chain(units: &BTreeMap<UnitName, Unit>) -> (Duration, Vec<UnitName>) {
+pub fn longest_stop_chain(units: &UnitSet) -> (Duration, Vec<UnitName>) {
     let mut graph = DepGraph::new();
     for unit in units.values().filter(|u| u.kind != UnitKind::Slice) {
         graph.add_node(unit.name.clone());
@@ -315,7 +315,7 @@ pub fn longest_stop_chain(units: &BTreeMap<UnitName, Unit>) -> (Duration, Vec<Un
 /// A warning when a shutdown may outlast the runtime's grace period: the longest chain of stop
 /// timeouts, plus the leftovers' `--shutdown-timeout`, against `grace`.
 pub fn grace_warning(
-    units: &BTreeMap<UnitName, Unit>,
+    units: &UnitSet,
     grace: Duration,
     shutdown_timeout: Duration,
 ) -> Option<String> {
@@ -342,8 +342,10 @@ mod tests {
 
     const MIB: u64 = 1 << 20;
 
-    fn units(list: Vec<Unit>) -> BTreeMap<UnitName, Unit> {
-        list.into_iter().map(|u| (u.name.clone(), u)).collect()
+    fn units(list: Vec<Unit>) -> UnitSet {
+        list.into_iter()
+            .map(|u| (u.name.clone(), std::sync::Arc::new(u)))
+            .collect()
     }
 
     fn ladder(rung: Rung) -> Ladder {

@@ -64,7 +64,14 @@ impl<N: Ord + Clone> DepGraph<N> {
     /// start (`[a, b, c, a]`). Each starts at the component's smallest node and is a shortest
     /// cycle through it.
     pub fn cycles(&self) -> Vec<Vec<N>> {
-        let nodes: Vec<&N> = self.deps.keys().collect();
+        // A node that depends on nothing is in no cycle: left out, the thousands of units
+        // with no `after` cost nothing here (the components and cycles are the same).
+        let nodes: Vec<&N> = self
+            .deps
+            .iter()
+            .filter(|(_, deps)| !deps.is_empty())
+            .map(|(n, _)| n)
+            .collect();
         let index: BTreeMap<&N, usize> = nodes.iter().enumerate().map(|(i, n)| (*n, i)).collect();
         let adj: Vec<Vec<usize>> = nodes
             .iter()

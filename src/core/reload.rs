@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use crate::core::cgroup_plan::unit_cgroup;
-use crate::unit::{Unit, UnitName};
+use crate::unit::{Unit, UnitKind, UnitName, UnitSet};
 
 /// What a reload does to each unit. Every name of either set is in exactly one list.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -41,8 +41,12 @@ pub enum Change {
 }
 
 /// docs/units.md, "What a reload restarts": what a process was started with decides a restart; limits are rewritten in place.
+/// The same `Unit` (a reload that reused the parse of unchanged files: unit/cache.rs) is
+/// `None` without comparing a field.
 pub fn change(old: &Unit, new: &Unit) -> Change {
-    if old.exec != new.exec
+    if std::ptr::eq(old, new) {
+        Change::None
+    } else if old.exec != new.exec
         || old.namespaces != new.namespaces
         || old.sandbox != new.sandbox
         || old.slice != new.slice
@@ -60,37 +64,50 @@ pub fn change(old: &Unit, new: &Unit) -> Change {
     }
 }
 
-pub fn diff<'a>(
-    old: impl IntoIterator<Item = &'a Unit>,
-    new: &BTreeMap<UnitName, Unit>,
-) -> ReloadPlan {
+/// What a reload from the units `old` to `new` does to each.
+pub fn diff<'a>(old: impl IntoIterator<Item = &'a Unit>, new: &UnitSet) -> ReloadPlan {
     let mut plan = ReloadPlan::default();
     let old: BTreeMap<&UnitName, &Unit> = old.into_iter().map(|u| (&u.name, u)).collect();
     let old_parent = |n: &UnitName| old.get(n).and_then(|u| u.slice.clone());
     let new_parent = |n: &UnitName| new.get(n).and_then(|u| u.slice.clone());
+    // Whether the cgroup of the slice `s` moved, once per slice.
+    let mut slice_moved: BTreeMap<UnitName, bool> = BTreeMap::new();
+    let mut moved_slice = |s: &UnitName| {
+        *slice_moved.entry(s.clone()).or_insert_with(|| {
+            unit_cgroup(s, UnitKind::Slice, &old_parent)
+                != unit_cgroup(s, UnitKind::Slice, &new_parent)
+        })
+    };
     for (name, unit) in &old {
-        if !new.contains_key(*name) {
+        let Some(next) = new.get(*name) else {
             plan.removed.push((*name).clone());
-        } else if let Some(next) = new.get(*name) {
-            // A slice moved above the unit moves its cgroup: only a restart puts the
-            // processes there.
-            let moved = unit_cgroup(name, unit.kind, &old_parent)
-                != unit_cgroup(name, next.kind, &new_parent);
-            let list = match change(unit, next) {
-                _ if moved => &mut plan.restarted,
-                Change::Restart => &mut plan.restarted,
-                Change::Relimit => &mut plan.relimited,
-                Change::Update => &mut plan.updated,
-                Change::None => &mut plan.unchanged,
-            };
-            list.push((*name).clone());
-        }
+            continue;
+        };
+        // A slice moved above the unit moves its cgroup: only a restart puts the
+        // processes there. (A unit whose own `slice` changed restarts anyway.)
+        let moved = match (&unit.slice, &next.slice) {
+            (Some(a), Some(b)) if a == b => moved_slice(a),
+            _ => false,
+        };
+        let list = match change(unit, next.as_ref()) {
+            _ if moved => &mut plan.restarted,
+            Change::Restart => &mut plan.restarted,
+            Change::Relimit => &mut plan.relimited,
+            Change::Update => &mut plan.updated,
+            Change::None => &mut plan.unchanged,
+        };
+        list.push((*name).clone());
     }
-    plan.added = new
-        .keys()
-        .filter(|n| !old.contains_key(n))
-        .cloned()
-        .collect();
+    // Every name of `new` that is not one of the old names kept is added: none when the
+    // counts say so (the usual reload), without looking each up.
+    let kept = old.len() - plan.removed.len();
+    if new.len() > kept {
+        plan.added = new
+            .keys()
+            .filter(|n| !old.contains_key(n))
+            .cloned()
+            .collect();
+    }
     plan
 }
 
@@ -98,10 +115,14 @@ pub fn diff<'a>(
 mod tests {
     use super::*;
     use crate::core::fixtures::{name, service, unit};
-    use crate::unit::{ByteLimit, RestartPolicy, UnitKind};
+    use crate::unit::{ByteLimit, RestartPolicy};
+    use std::sync::Arc;
 
-    fn set(units: Vec<Unit>) -> BTreeMap<UnitName, Unit> {
-        units.into_iter().map(|u| (u.name.clone(), u)).collect()
+    fn set(units: Vec<Unit>) -> UnitSet {
+        units
+            .into_iter()
+            .map(|u| (u.name.clone(), Arc::new(u)))
+            .collect()
     }
 
     #[test]
@@ -171,6 +192,38 @@ mod tests {
         let plan = diff(&units, &set(units.clone()));
         assert!(plan.is_noop());
         assert_eq!(plan.unchanged.len(), 2);
+    }
+
+    /// A reload that kept a unit's parse hands back the very `Unit` the supervisor holds: it is
+    /// unchanged without a comparison; an equal copy is unchanged too, by comparison; and a
+    /// kept unit below a slice that moved is still restarted.
+    #[test]
+    fn the_same_unit_is_unchanged_and_still_restarts_when_its_slice_moves() {
+        let mut app = service("app");
+        app.slice = Some(name("inner"));
+        let app = Arc::new(app);
+        let kept = Arc::new(service("kept"));
+        let old = [
+            Arc::clone(&app),
+            Arc::clone(&kept),
+            Arc::new(service("copied")),
+            Arc::new(unit("inner", UnitKind::Slice)),
+            Arc::new(unit("outer", UnitKind::Slice)),
+        ];
+        assert_eq!(change(&kept, &kept), Change::None);
+        let mut inner = unit("inner", UnitKind::Slice);
+        inner.slice = Some(name("outer"));
+        let mut new = set(vec![
+            service("copied"),
+            inner,
+            unit("outer", UnitKind::Slice),
+        ]);
+        new.insert(name("app"), Arc::clone(&app));
+        new.insert(name("kept"), Arc::clone(&kept));
+        let plan = diff(old.iter().map(|u| &**u), &new);
+        let names = |v: &Vec<UnitName>| v.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert_eq!(names(&plan.restarted), vec!["app", "inner"]);
+        assert_eq!(names(&plan.unchanged), vec!["copied", "kept", "outer"]);
     }
 
     #[test]

@@ -152,14 +152,14 @@ struct Entry {
 }
 
 impl Entry {
-    fn new(unit: Unit, now: Instant) -> Entry {
+    fn new(unit: Arc<Unit>, now: Instant) -> Entry {
         let want = if unit.enabled { Want::Up } else { Want::Down };
         let mut rt = Runtime::new(now, want);
         if unit.kind == UnitKind::Slice {
             rt.state = State::Active;
         }
         Entry {
-            unit: Arc::new(unit),
+            unit,
             rt,
             removing: false,
         }
@@ -177,10 +177,13 @@ pub struct Supervisor {
 
 impl Supervisor {
     /// Enabled units want to be up; nothing starts before the first `handle`.
-    pub fn new(units: impl IntoIterator<Item = Unit>, now: Instant) -> Supervisor {
+    pub fn new(units: impl IntoIterator<Item: Into<Arc<Unit>>>, now: Instant) -> Supervisor {
         let entries = units
             .into_iter()
-            .map(|unit| (unit.name.clone(), Entry::new(unit, now)))
+            .map(|unit| {
+                let unit = unit.into();
+                (unit.name.clone(), Entry::new(unit, now))
+            })
             .collect();
         Supervisor {
             entries,
@@ -484,7 +487,7 @@ impl Supervisor {
                 Some(e) => {
                     e.removing = false;
                     e.rt.want = if unit.enabled { Want::Up } else { Want::Down };
-                    e.unit = Arc::new(unit);
+                    e.unit = unit;
                 }
                 None => {
                     self.entries.insert(name.clone(), Entry::new(unit, now));
@@ -495,13 +498,17 @@ impl Supervisor {
             let Some(e) = self.entries.get_mut(&name) else {
                 continue;
             };
+            // The very unit it had (a reload that did not read its files again): nothing to do.
+            if Arc::ptr_eq(&e.unit, &unit) && !plan.restarted.contains(&name) {
+                continue;
+            }
             let change = if plan.restarted.contains(&name) {
                 Change::Restart
             } else {
                 reload::change(&e.unit, &unit)
             };
             let newly_enabled = unit.enabled && !e.unit.enabled;
-            let previous = std::mem::replace(&mut e.unit, Arc::new(unit));
+            let previous = std::mem::replace(&mut e.unit, unit);
             if previous.oom.pressure != e.unit.oom.pressure {
                 e.rt.pressure.reconfigure(e.unit.oom.pressure.as_ref(), now);
             }
@@ -1743,12 +1750,7 @@ mod tests {
         assert_eq!(sup.next_deadline(), Some(t0 + Duration::from_secs(5)));
         let mut plain = pressured_web(Duration::from_secs(5));
         plain.oom.pressure = None;
-        let effects = run_reload(
-            &mut sup,
-            [(name("web"), plain)].into_iter().collect(),
-            t0,
-            &mut pids,
-        );
+        let effects = run_reload(&mut sup, set(vec![plain]), t0, &mut pids);
         assert!(
             effects.iter().all(|e| matches!(e, Effect::Relimit { .. })),
             "only the limits are re-applied: {effects:?}"
@@ -1802,7 +1804,10 @@ mod tests {
     }
 
     fn set(units: Vec<Unit>) -> UnitSet {
-        units.into_iter().map(|u| (u.name.clone(), u)).collect()
+        units
+            .into_iter()
+            .map(|u| (u.name.clone(), Arc::new(u)))
+            .collect()
     }
 
     #[test]

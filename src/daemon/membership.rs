@@ -20,7 +20,7 @@ use crate::os::cgroup::{self, Cgroups, Join};
 use crate::os::process_group::ProcessGroup;
 use crate::os::{reaper, spawn};
 use crate::proto::Usage;
-use crate::unit::{ByteLimit, DeviceSpec, Unit, UnitKind, UnitName};
+use crate::unit::{ByteLimit, DeviceSpec, Unit, UnitKind, UnitName, UnitSet};
 
 /// How long a start waits for processes left in a unit's cgroup (by an earlier corral) to die.
 const LEFTOVER_WAIT: Duration = Duration::from_secs(2);
@@ -81,7 +81,7 @@ struct Helper {
 
 impl Members {
     /// Detects cgroups and prepares R; on any failure supervision goes on without limits.
-    pub fn new(root: Option<&Path>, units: &BTreeMap<UnitName, Unit>) -> Members {
+    pub fn new(root: Option<&Path>, units: &UnitSet) -> Members {
         Members::with_detected(cgroup::detect(root), root.is_some(), units)
     }
 
@@ -89,7 +89,7 @@ impl Members {
     fn with_detected(
         detected: Result<cgroup::Detected, cgroup::CgroupError>,
         root_given: bool,
-        units: &BTreeMap<UnitName, Unit>,
+        units: &UnitSet,
     ) -> Members {
         let paths = units
             .values()
@@ -228,12 +228,13 @@ impl Members {
     }
 
     /// Slices exist for as long as corral runs, parents first, each with its limits.
-    fn setup_slices(&mut self, units: &BTreeMap<UnitName, Unit>) {
+    fn setup_slices(&mut self, units: &UnitSet) {
         let Some(cgroups) = &self.cgroups else {
             return;
         };
         let mut slices: Vec<&Unit> = units
             .values()
+            .map(|u| &**u)
             .filter(|u| u.kind == UnitKind::Slice)
             .collect();
         slices.sort_by_key(|u| {
@@ -256,10 +257,13 @@ impl Members {
 
     /// A reload's new set of units: paths of added and changed units. Removed units keep
     /// theirs until `forget`; running units keep the door they were started with.
-    pub fn update_units(&mut self, units: &BTreeMap<UnitName, Unit>) {
+    pub fn update_units(&mut self, units: &UnitSet) {
         for u in units.values() {
             let parent_of = |n: &UnitName| units.get(n).and_then(|u| u.slice.clone());
             let rel = cgroup_plan::unit_cgroup(&u.name, u.kind, &parent_of);
+            if self.paths.get(&u.name) == Some(&rel) {
+                continue;
+            }
             // A moved slice's old cgroup goes once the units below have left it.
             if let Some(old) = self.paths.insert(u.name.clone(), rel.clone())
                 && old != rel
@@ -269,7 +273,7 @@ impl Members {
                 self.schedule_removal(old, Instant::now());
             }
         }
-        let added_slices: BTreeMap<UnitName, Unit> = units
+        let added_slices: UnitSet = units
             .iter()
             .filter(|(n, u)| u.kind == UnitKind::Slice && !self.problems.contains_key(*n))
             .map(|(n, u)| (n.clone(), u.clone()))
@@ -1089,7 +1093,10 @@ mod tests {
                 "0::/elsewhere\n",
                 Some(Path::new(&format!("/{R}"))),
             );
-            let units = units.iter().map(|u| (u.name.clone(), u.clone())).collect();
+            let units = units
+                .iter()
+                .map(|u| (u.name.clone(), std::sync::Arc::new(u.clone())))
+                .collect();
             Members::with_detected(detected, true, &units)
         }
 

@@ -180,7 +180,13 @@ struct Daemon {
 pub fn run(mut opts: Options) -> Result<Ending, DaemonError> {
     let host_init = pid1::is_host_init();
     let mut startup_error = None;
-    let loaded = match unit::load_dir(&opts.units_dir, &unit::SystemUserDb) {
+    let mut unit_cache = unit::LoadCache::new();
+    let loaded = match unit::load_dir_cached(
+        &opts.units_dir,
+        &unit::SystemUserDb,
+        &Default::default(),
+        &mut unit_cache,
+    ) {
         Ok(loaded) => loaded,
         Err(diagnostics) if host_init => {
             let text = diagnostics.to_string();
@@ -358,7 +364,7 @@ pub fn run(mut opts: Options) -> Result<Ending, DaemonError> {
     };
     let shutdown = Shutdown::new(opts.shutdown_timeout);
     let mut log_files = log_files::LogFiles::new(opts.log_dir.clone());
-    log_files.configure(loaded.units.values());
+    log_files.configure(loaded.units.values().map(|u| &**u));
     let mut daemon = Daemon {
         log_files,
         members,
@@ -373,7 +379,7 @@ pub fn run(mut opts: Options) -> Result<Ending, DaemonError> {
         generations: Generations::default(),
         readiness: readiness::ReadinessChannels::new(notify_dir, open_files),
         // `status` shows why a host init started no unit, as after a refused reload.
-        units_dir: UnitsDir::new(watch, startup_error),
+        units_dir: UnitsDir::new(watch, startup_error, unit_cache),
         rings: HashMap::new(),
         clock: Clock::new(),
         shutdown,
@@ -919,7 +925,19 @@ impl Daemon {
     /// the directory is a reload: the change the watch saw is no longer due.
     fn load_units(&mut self, runtime: &BTreeSet<UnitName>) -> Result<unit::Loaded, String> {
         self.units_dir.due.clear();
-        match unit::load_dir_with_instances(&self.opts.units_dir, &unit::SystemUserDb, runtime) {
+        let read = unit::load_dir_cached(
+            &self.opts.units_dir,
+            &unit::SystemUserDb,
+            runtime,
+            &mut self.units_dir.cache,
+        );
+        let stats = self.units_dir.cache.stats();
+        debug!(
+            files_read = stats.files_read,
+            parsed = stats.parsed,
+            "units directory read"
+        );
+        match read {
             Ok(loaded) => {
                 self.units_dir.last_error = None;
                 Ok(loaded)
@@ -963,7 +981,8 @@ impl Daemon {
         }
         self.units_dir.runtime = loaded.runtime_instances;
         self.members.update_units(&loaded.units);
-        self.log_files.configure(loaded.units.values());
+        self.log_files
+            .configure(loaded.units.values().map(|u| &**u));
         let (plan, effects) = self.sup.reload(loaded.units, now);
         if plan.is_noop() {
             debug!("reload: nothing changed");

@@ -1,4 +1,4 @@
-//! The units directory as the loop sees it: its watch, when a change is reloaded, the last error.
+//! The units directory as the loop sees it: its watch, when a change is reloaded, the last error, what the last read found.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use tracing::warn;
 
 use crate::os::watch::DirWatch;
-use crate::unit::UnitName;
+use crate::unit::{LoadCache, UnitName};
 
 /// The units directory's watch, the reload a change makes due, why the last reload (or, for a
 /// host init, the start) was refused until one succeeds, and the runtime instances the operator
@@ -22,15 +22,23 @@ pub(super) struct UnitsDir {
     /// a file of its own takes it over; never written down, so a restart of corral forgets
     /// them (docs/units.md, "Runtime instances").
     pub(super) runtime: BTreeSet<UnitName>,
+    /// What the last read of the directory found, so that a reload reads and parses only
+    /// what changed (unit/cache.rs).
+    pub(super) cache: LoadCache,
 }
 
 impl UnitsDir {
-    pub(super) fn new(watch: Option<DirWatch>, startup_error: Option<String>) -> UnitsDir {
+    pub(super) fn new(
+        watch: Option<DirWatch>,
+        startup_error: Option<String>,
+        cache: LoadCache,
+    ) -> UnitsDir {
         UnitsDir {
             watch,
             due: ReloadDebounce::default(),
             last_error: startup_error,
             runtime: BTreeSet::new(),
+            cache,
         }
     }
 

@@ -317,6 +317,7 @@ fn wrapped_resources(units: &UnitSet, warnings: &mut Warnings) -> Option<Resourc
     let members = |slice: Option<&UnitName>| -> Vec<&Unit> {
         units
             .values()
+            .map(|u| &**u)
             .filter(|u| u.slice.as_ref() == slice)
             .filter(|u| u.kind == UnitKind::Slice || started.contains(&u.name))
             .collect()
@@ -473,7 +474,7 @@ fn split(units: &UnitSet, options: &Options, warnings: &mut Warnings) -> PodSpec
     let names = container_names(&order, warnings);
     let mains: Vec<&Unit> = order
         .iter()
-        .filter_map(|n| units.get(n))
+        .filter_map(|n| units.get(n).map(|u| &**u))
         .filter(|u| role(u) == Role::Main)
         .collect();
     let restart_policy = pod_restart_policy(&mains, options.workload);
@@ -523,7 +524,7 @@ fn split(units: &UnitSet, options: &Options, warnings: &mut Warnings) -> PodSpec
             );
         }
     }
-    chain_warning(&order, &graph, &|n| units.get(n).map(role), warnings);
+    chain_warning(&order, &graph, &|n| units.get(n).map(|u| role(u)), warnings);
     if !user_namespaces.is_empty() && user_namespaces.len() < started.len() {
         warnings.global(
             "namespaces.user",

@@ -96,7 +96,7 @@ pub(crate) fn shutdown_chain(units: &UnitSet) -> Duration {
     let graph = dependency_graph(units);
     // A validated set has no cycle; should one slip through, the plain sum bounds every chain.
     let Ok(order) = graph.topological_order() else {
-        return units.values().map(stop_time).sum();
+        return units.values().map(|u| stop_time(u)).sum();
     };
     let mut longest: BTreeMap<&UnitName, Duration> = BTreeMap::new();
     for name in &order {

@@ -156,7 +156,7 @@ fn service_file(
     let required: Vec<&Unit> = unit
         .requires
         .iter()
-        .filter_map(|r| units.get(r))
+        .filter_map(|r| units.get(r).map(|u| &**u))
         .filter(|r| r.kind != UnitKind::Slice)
         .collect();
     if !required.is_empty() {

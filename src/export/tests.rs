@@ -18,7 +18,7 @@ fn units(files: &[(&str, &str)]) -> UnitSet {
             let name = UnitName::new(name).unwrap();
             let file = PathBuf::from(format!("{name}.toml"));
             let (unit, _) = parse_unit(&name, &file, text, &users).unwrap();
-            (name, unit)
+            (name, std::sync::Arc::new(unit))
         })
         .collect()
 }

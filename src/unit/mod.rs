@@ -1,5 +1,6 @@
 //! Unit files: reading a units directory into validated `Unit`s, with diagnostics that point at the source.
 
+mod cache;
 mod diagnostic;
 mod env_file;
 mod layers;
@@ -14,12 +15,13 @@ mod values;
 use std::collections::BTreeMap;
 use std::path::Path;
 
+pub use cache::{LoadCache, LoadStats};
 pub use diagnostic::{Diagnostic, LoadError, Severity};
 pub use env_file::{EnvFileError, parse_env_file};
 pub use layers::{Layer, UnitLayers};
 pub use load::{
     DROP_IN_SUFFIX, MAX_UNIT_FILE_BYTES, is_drop_in_dir_name, is_ignored_file_name, load_dir,
-    load_dir_with_instances, show_unit,
+    load_dir_cached, load_dir_with_instances, show_unit,
 };
 pub use model::*;
 pub use users::{MemoryUserDb, SystemUserDb, UserDb, UserEntry};
@@ -34,8 +36,9 @@ pub fn template_of_instance(name: &str) -> Result<Option<UnitName>, String> {
     })
 }
 
-/// Every unit of a directory, by name.
-pub type UnitSet = BTreeMap<UnitName, Unit>;
+/// Every unit of a directory, by name. Shared: a reload's unchanged unit is the very `Unit` the
+/// supervisor already holds (unit/cache.rs kept it), which the diff recognises by its address.
+pub type UnitSet = BTreeMap<UnitName, std::sync::Arc<Unit>>;
 
 /// A units directory that read without error.
 #[derive(Debug, Clone)]
@@ -63,7 +66,7 @@ pub fn parse_unit(
     } = parse::parse_file(name, file, text, users);
     diagnostic::sort_diagnostics(&mut diagnostics);
     match unit {
-        Some(unit) => Ok((unit, diagnostics)),
+        Some(unit) => Ok((std::sync::Arc::unwrap_or_clone(unit), diagnostics)),
         None => Err(diagnostics),
     }
 }

@@ -196,7 +196,7 @@ impl UnitRef {
 /// The outcome of one file: the unit if it had no error, and what the cross-unit checks need even if it had.
 #[derive(Debug)]
 pub(crate) struct Parsed {
-    pub unit: Option<Unit>,
+    pub unit: Option<std::sync::Arc<Unit>>,
     /// `None` when `kind` itself was invalid or the TOML did not parse.
     pub kind: Option<UnitKind>,
     pub refs: Vec<UnitRef>,
@@ -660,7 +660,7 @@ pub(crate) fn parse_layers(name: &UnitName, unit: &UnitLayers, users: &dyn UserD
     reader.cx.kind_invalid = kind.is_none();
     let mut unit = reader.unit(&root, kind.unwrap_or(UnitKind::Service), file, users);
     unit.share_defaults();
-    let unit = (!reader.cx.failed()).then_some(unit);
+    let unit = (!reader.cx.failed()).then(|| std::sync::Arc::new(unit));
     Parsed {
         unit,
         kind,

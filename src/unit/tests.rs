@@ -1926,7 +1926,7 @@ fn parse_merged(
     };
     let p = super::parse::parse_layers(&n, &layers, &db());
     match p.unit {
-        Some(u) if p.diagnostics.is_empty() => Ok(u),
+        Some(u) if p.diagnostics.is_empty() => Ok(std::sync::Arc::unwrap_or_clone(u)),
         Some(_) | None => Err(p.diagnostics.iter().map(ToString::to_string).collect()),
     }
 }
