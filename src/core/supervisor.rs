@@ -249,12 +249,8 @@ impl Supervisor {
     /// enabled unit that is not ready, by name. A name that is no unit counts as not ready.
     pub fn not_ready(&self, names: &[UnitName]) -> Vec<UnitName> {
         if names.is_empty() {
-            return self
-                .table
-                .values()
-                .filter(|e| e.unit().enabled && !self.requirement_met(&e.unit().name))
-                .map(|e| e.unit().name.clone())
-                .collect();
+            // Indexed: a client waiting on every unit asks each turn of the loop.
+            return self.table.enabled_not_ready().cloned().collect();
         }
         names
             .iter()
@@ -881,11 +877,7 @@ impl Supervisor {
 
     /// A required service is running; a required oneshot has exited successfully.
     fn requirement_met(&self, dep: &UnitName) -> bool {
-        self.table.get(dep).is_some_and(|d| match d.unit().kind {
-            UnitKind::Service => d.rt.state == State::Running,
-            UnitKind::Oneshot => d.rt.state == State::Exited,
-            UnitKind::Slice => true,
-        })
+        self.table.get(dep).is_some_and(Entry::is_ready)
     }
 
     fn lost_a_requirement(&self, e: &Entry) -> bool {

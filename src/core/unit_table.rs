@@ -39,6 +39,16 @@ impl Entry {
         &self.unit
     }
 
+    /// Ready as a requirement is met: a service running, a oneshot exited successfully, a
+    /// slice always.
+    pub(super) fn is_ready(&self) -> bool {
+        match self.unit.kind {
+            UnitKind::Service => self.rt.state == State::Running,
+            UnitKind::Oneshot => self.rt.state == State::Exited,
+            UnitKind::Slice => true,
+        }
+    }
+
     /// Feeds the unit's state machine one event under its current definition.
     pub(super) fn transition(&mut self, event: Event, now: Instant) -> Vec<Action> {
         self.rt.transition(event, now, &self.unit)
@@ -74,6 +84,8 @@ pub(super) struct UnitTable {
     awaiting_empty: BTreeSet<UnitName>,
     /// Units removed (by a reload or a discard) that are down: forgotten at the end of a settle.
     forgettable: BTreeSet<UnitName>,
+    /// Enabled units that are not ready: what a `wait-ready` with no names waits on, each turn.
+    enabled_not_ready: BTreeSet<UnitName>,
 }
 
 impl UnitTable {
@@ -213,6 +225,8 @@ impl UnitTable {
         set_member(&mut self.awaiting_empty, name, awaiting);
         let forgettable = entry.is_some_and(|e| e.removing && !has_process);
         set_member(&mut self.forgettable, name, forgettable);
+        let not_ready = entry.is_some_and(|e| e.unit.enabled && !e.is_ready());
+        set_member(&mut self.enabled_not_ready, name, not_ready);
         if let Some(e) = entry {
             self.candidates.insert(name.clone());
             self.pull_candidates.insert(name.clone());
@@ -274,6 +288,12 @@ impl UnitTable {
         self.awaiting_empty.iter()
     }
 
+    /// Enabled units that are not ready, by name.
+    pub(super) fn enabled_not_ready(&self) -> impl Iterator<Item = &UnitName> {
+        debug_assert!(self.is_synced());
+        self.enabled_not_ready.iter()
+    }
+
     pub(super) fn forgettable(&self) -> Vec<UnitName> {
         debug_assert!(self.is_synced());
         self.forgettable.iter().cloned().collect()
@@ -310,6 +330,11 @@ impl UnitTable {
             self.forgettable,
             scan(&|e| e.removing && !e.rt.state.has_process()),
             "forgettable"
+        );
+        assert_eq!(
+            self.enabled_not_ready,
+            scan(&|e| e.unit.enabled && !e.is_ready()),
+            "enabled_not_ready"
         );
         let mut dependents: HashMap<UnitName, BTreeSet<UnitName>> = HashMap::new();
         for (n, e) in &self.entries {
