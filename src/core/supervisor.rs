@@ -2141,6 +2141,8 @@ mod tests {
             let t0 = Instant::now();
             let mut now = t0;
             let mut sup = Supervisor::new(random_units(&mut dice), t0);
+            // Indexed before the first input too: the daemon may ask before it feeds one.
+            sup.table.assert_indexes_match_a_full_scan();
             let mut queue = vec![Input::Tick];
             let mut next_pid = 0;
             for _ in 0..80 {
@@ -2224,6 +2226,12 @@ mod tests {
                     .map(|(u, _)| &u.name)
                     .collect();
                 assert_eq!(with_process, scanned, "seed {seed}");
+                let not_ready: Vec<UnitName> = sup
+                    .units()
+                    .filter(|(u, _)| u.enabled && sup.is_ready(&u.name) != Some(true))
+                    .map(|(u, _)| u.name.clone())
+                    .collect();
+                assert_eq!(sup.not_ready(&[]), not_ready, "seed {seed}");
             }
         }
         // The scenarios did start and stop units (the checks above ran on real work).

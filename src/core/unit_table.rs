@@ -89,12 +89,14 @@ pub(super) struct UnitTable {
 }
 
 impl UnitTable {
-    /// Every unit starts touched: the first settle looks at each once.
+    /// Every unit starts a candidate: the first settle looks at each once. Indexed at once, so
+    /// the readers (`next_deadline`...) may ask before the first input.
     pub(super) fn new(units: impl IntoIterator<Item = Unit>, now: Instant) -> UnitTable {
         let mut table = UnitTable::default();
         for unit in units {
             table.insert(Entry::new(unit, now));
         }
+        table.sync();
         table
     }
 
