@@ -509,6 +509,7 @@ class S6(ServiceDirs):
 class Bench:
     def __init__(self, args):
         self.args = args
+        self.tools = {}  # the C helpers by name, built by build_tools once the run starts
         self.smoke = args.smoke
         self.sizes = args.sizes
         self.started = []  # pids we spawned (each the leader of its own session)
@@ -807,7 +808,8 @@ class Bench:
                 cli_times.append((time.perf_counter() - t0) * 1e3)
                 if cp.returncode != 0:
                     raise BenchError(f"corral status --json exited {cp.returncode}")
-            res = {"socket": sock_times, "cli": cli_times}
+            res = {"socket": sock_times, "cli": cli_times,
+                   "floor": self.status_floor(units, rounds)}
             reply = json.loads(unix_request(sup.socket, b'{"verb":"reload"}\n', True))
             if not reply.get("ok"):
                 kind = reply.get("error", {}).get("kind")
@@ -826,6 +828,35 @@ class Bench:
                 raise BenchError(f"supervisord getAllProcessInfo: {len(infos)} of {n}")
             res = {"socket": times}
         return res
+
+    # The files corral reads for one unit's live figures (src/os/cgroup/stats.rs), by version.
+    STATUS_FILES_V1 = ("cpu.stat", "cpuacct.usage", "memory.usage_in_bytes",
+                       "memory.max_usage_in_bytes", "memory.limit_in_bytes", "memory.oom_control",
+                       "pids.current", "pids.max", "blkio.throttle.io_service_bytes",
+                       "blkio.throttle.io_serviced", "cpu.pressure", "memory.pressure",
+                       "io.pressure")
+    STATUS_FILES_V2 = ("memory.current", "memory.peak", "memory.max", "cpu.stat", "pids.current",
+                       "pids.max", "io.stat", "memory.events", "cpu.pressure", "memory.pressure",
+                       "io.pressure")
+
+    def status_floor(self, units, rounds):
+        """The floor of a `status` with live figures: cgread.c opens, reads and closes the same
+        cgroup files of the same units, in ms per pass (no parsing, no JSON, no socket)."""
+        v2 = Path("/sys/fs/cgroup/cgroup.controllers").exists()
+        mounts = [Path("/sys/fs/cgroup")] if v2 else sorted(
+            p for p in Path("/sys/fs/cgroup").iterdir() if p.is_dir() and not p.is_symlink())
+        paths = []
+        for unit in units:
+            rel = (unit.get("cgroup") or "").lstrip("/")
+            for name in (self.STATUS_FILES_V2 if v2 else self.STATUS_FILES_V1):
+                found = next((m / rel / name for m in mounts if (m / rel / name).exists()), None)
+                if found:
+                    paths.append(str(found))
+        cp = subprocess.run([self.tools["cgread"], str(rounds)], input="\n".join(paths) + "\n",
+                            capture_output=True, text=True)
+        if cp.returncode != 0:
+            raise BenchError(f"cgread failed ({cp.returncode}) on {len(paths)} files")
+        return [float(x) for x in cp.stdout.split()]
 
     def reloads(self, events, sup, tree, times):
         """A unit file added to the directory: (a) with `reload` sent at once, until its sleep
@@ -1087,7 +1118,7 @@ def build_corral(smoke):
 
 def build_tools(dest):
     tools = {}
-    for name in ("floor", "zburst", "zprobe", "oomhog"):
+    for name in ("floor", "zburst", "zprobe", "oomhog", "cgread"):
         out = dest / name
         cp = subprocess.run(["gcc", "-O2", "-Wall", "-o", str(out), str(BENCH / f"{name}.c")],
                             capture_output=True, text=True)
@@ -1249,8 +1280,11 @@ class Report:
         if st:
             n_st = max(int(k) for k in st)
             v = med(st[n_st]["socket"])
+            floor = st[n_st].get("floor")
+            of_floor = (f"; {v / med(floor):.2f}× the floor of reading the same cgroup files, "
+                        f"{med(floor):.3g} ms" if floor else "")
             rows.append((f"`status` with {n_st} units < 10 ms", f"{v:.3g} ms (socket round trip; "
-                         f"CLI {med(st[n_st]['cli']):.3g} ms)", verdict(v < 10)))
+                         f"CLI {med(st[n_st]['cli']):.3g} ms{of_floor})", verdict(v < 10)))
         return rows
 
     def summary(self):
@@ -1397,6 +1431,10 @@ class Report:
                 c = st["corral"][n]
                 line = (f"* `status` with {n} units: socket round trip {med(c['socket']):.3g} ms, "
                         f"`corral status --json` {med(c['cli']):.3g} ms (process start included)")
+                if c.get("floor"):
+                    line += (f"; reading the same cgroup files alone (bench/cgread.c) "
+                             f"{med(c['floor']):.3g} ms, so corral's round trip is "
+                             f"{med(c['socket']) / med(c['floor']):.2f}× that floor")
                 s = st.get("supervisord", {}).get(n)
                 if s:
                     line += (f"; supervisord's `getAllProcessInfo` over its socket {med(s['socket']):.3g} ms "
@@ -1513,6 +1551,7 @@ def main():
     fail = False
     try:
         tools = build_tools(bench.work)
+        bench.tools = tools
         events = ProcEvents()
         corral = Corral(corral_bin, bench.cgroup_roots)
         all_sups = {"floor": Floor(tools), "corral": corral, "tini": Tini(), "dumb-init": DumbInit(),

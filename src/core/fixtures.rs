@@ -40,12 +40,12 @@ pub fn unit(n: &str, kind: UnitKind) -> Unit {
             ..RestartConfig::default_for(kind)
         },
         stop: StopConfig::default(),
-        resources: Resources::default(),
-        oom: OomConfig::default(),
-        namespaces: Namespaces::default(),
-        sandbox: Sandbox::default(),
-        readiness: Readiness::default(),
+        resources: Default::default(),
+        oom: Default::default(),
+        namespaces: Default::default(),
+        sandbox: Default::default(),
+        readiness: Default::default(),
         health: None,
-        logs: LogConfig::default(),
+        logs: Default::default(),
     }
 }

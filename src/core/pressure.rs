@@ -32,7 +32,7 @@ pub struct Due {
 
 /// One unit's episode, and its actions so far (these survive its restarts: the cool-down is
 /// what keeps a unit that fills up at once from restarting in a loop).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct PressureWatch {
     /// Usage at or above the threshold since then (until a reading below the recovery mark).
     usage_since: Option<Instant>,

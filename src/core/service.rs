@@ -7,7 +7,7 @@ use crate::core::exit::{ExitReport, SpawnFailure, policy_restarts};
 use crate::core::notify::NotifyMessage;
 use crate::core::pressure::{Due, Observation, PressureWatch};
 use crate::core::signal::Signal;
-use crate::unit::{PressureAction, ReadyMode, RestartPolicy, Unit, UnitKind};
+use crate::unit::{PressureAction, Rare, ReadyMode, RestartPolicy, Unit, UnitKind};
 
 /// A unit's states, as `status` shows them (docs/protocol.md, UnitStatus `state`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -100,7 +100,7 @@ pub struct ProbeReport {
 }
 
 /// A health probe's schedule and its run of consecutive results, for one generation.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ProbeTrack {
     next_at: Option<Instant>,
     /// The probe running now: its number and when it started.
@@ -112,6 +112,8 @@ pub struct ProbeTrack {
     pub passed: bool,
     pub last: Option<ProbeReport>,
 }
+
+crate::shared_default!(ProbeTrack, crate::core::pressure::PressureWatch);
 
 /// Events the supervisor feeds into one unit.
 #[derive(Debug, Clone, PartialEq)]
@@ -190,7 +192,7 @@ pub struct Runtime {
     pub last_exit_cause: Option<FailureCause>,
     pub error: Option<String>,
     /// Episodes of memory pressure and the actions taken (core/pressure.rs).
-    pub pressure: PressureWatch,
+    pub pressure: Rare<PressureWatch>,
     /// Restarts by `[oom] action = "restart"` since corral started (not in `restarts`).
     pub pressure_restarts: u32,
     /// The last run was ended by a pressure restart (`last_exit.reason` "memory-pressure").
@@ -203,7 +205,7 @@ pub struct Runtime {
     pub ready_line_seen: bool,
     /// `STOPPING=1` arrived this generation.
     pub stopping_notified: bool,
-    pub probe: ProbeTrack,
+    pub probe: Rare<ProbeTrack>,
     /// The watchdog fires at this moment unless a `WATCHDOG=1` pushes it on.
     watchdog_at: Option<Instant>,
     /// `WATCHDOG_USEC=` from the unit overrides the file's `watchdog` for this generation.
@@ -240,14 +242,14 @@ impl Runtime {
             last_exit: None,
             last_exit_cause: None,
             error: None,
-            pressure: PressureWatch::default(),
+            pressure: Rare::default(),
             pressure_restarts: 0,
             last_exit_by_pressure: false,
             notify_status: None,
             ready_notified: false,
             ready_line_seen: false,
             stopping_notified: false,
-            probe: ProbeTrack::default(),
+            probe: Rare::default(),
             watchdog_at: None,
             watchdog_override: None,
             consecutive_failures: 0,
@@ -355,7 +357,8 @@ impl Runtime {
                 self.probe = ProbeTrack {
                     seq: self.probe.seq,
                     ..ProbeTrack::default()
-                };
+                }
+                .into();
                 self.watchdog_override = None;
                 self.watchdog_at = None;
                 self.frozen = false;
@@ -364,7 +367,7 @@ impl Runtime {
             }
             (Starting, Event::Spawned { pid }) => {
                 self.pid = Some(pid);
-                self.awaiting_exec = unit.namespaces != crate::unit::Namespaces::default();
+                self.awaiting_exec = *unit.namespaces != crate::unit::Namespaces::default();
                 // A oneshot stays `starting` until its process has exited successfully.
                 if unit.kind != UnitKind::Oneshot {
                     self.watchdog_at = self.watchdog_timeout(unit).map(|t| after(now, t));
@@ -1232,7 +1235,7 @@ mod tests {
 
     fn notify_service(name: &str) -> Unit {
         let mut unit = service(name);
-        unit.readiness = crate::unit::Readiness {
+        *unit.readiness = crate::unit::Readiness {
             mode: ReadyMode::Notify,
             start_timeout: Duration::from_secs(5),
             pattern: None,
@@ -1242,7 +1245,7 @@ mod tests {
 
     fn probed_service(name: &str) -> Unit {
         let mut unit = service(name);
-        unit.health = Some(crate::unit::Health {
+        unit.health = Some(Box::new(crate::unit::Health {
             probe: Some(crate::unit::ProbeConfig {
                 probe: crate::unit::Probe::Tcp(([127, 0, 0, 1], 5432).into()),
                 interval: Duration::from_secs(1),
@@ -1252,13 +1255,13 @@ mod tests {
                 success_threshold: 2,
             }),
             watchdog: None,
-        });
+        }));
         unit
     }
 
     fn log_line_service(name: &str) -> Unit {
         let mut unit = service(name);
-        unit.readiness = crate::unit::Readiness {
+        *unit.readiness = crate::unit::Readiness {
             mode: ReadyMode::LogLine,
             start_timeout: Duration::from_secs(5),
             pattern: regex_lite::Regex::new("listening")
@@ -1574,10 +1577,10 @@ mod tests {
     #[test]
     fn the_watchdog_fires_without_pings_and_is_pushed_on_by_each() {
         let mut unit = service("dog");
-        unit.health = Some(crate::unit::Health {
+        unit.health = Some(Box::new(crate::unit::Health {
             probe: None,
             watchdog: Some(Duration::from_secs(1)),
-        });
+        }));
         let ping = || Event::Notify(NotifyMessage::parse(b"WATCHDOG=1"));
         let t0 = Instant::now();
         let mut rt = started(&unit, t0);
@@ -1625,7 +1628,7 @@ mod tests {
     fn a_namespaced_units_probe_waits_for_its_exec() {
         let mut unit = service("boxed");
         unit.namespaces.pid = true;
-        unit.health = Some(crate::unit::Health {
+        unit.health = Some(Box::new(crate::unit::Health {
             probe: Some(crate::unit::ProbeConfig {
                 probe: crate::unit::Probe::Tcp(([127, 0, 0, 1], 5432).into()),
                 interval: Duration::from_secs(1),
@@ -1635,7 +1638,7 @@ mod tests {
                 success_threshold: 1,
             }),
             watchdog: None,
-        });
+        }));
         let t0 = Instant::now();
         let mut rt = started(&unit, t0);
         // Only the start timeout is due: the probe waits, however long the way to the exec.
@@ -1656,7 +1659,7 @@ mod tests {
     #[test]
     fn a_frozen_unit_is_not_failed_by_its_watchdog_or_its_probes() {
         let mut unit = service("dog");
-        unit.health = Some(crate::unit::Health {
+        unit.health = Some(Box::new(crate::unit::Health {
             probe: Some(crate::unit::ProbeConfig {
                 probe: crate::unit::Probe::Tcp(([127, 0, 0, 1], 5432).into()),
                 interval: Duration::from_secs(2),
@@ -1666,7 +1669,7 @@ mod tests {
                 success_threshold: 1,
             }),
             watchdog: Some(Duration::from_secs(1)),
-        });
+        }));
         let t0 = Instant::now();
         let mut rt = started(&unit, t0);
         let (at, seq) = run_due_probe(&mut rt, &unit);

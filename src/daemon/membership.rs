@@ -926,7 +926,9 @@ impl Members {
             cgroup: Some(cgroups.display(rel)),
             limits_enforced: problems.is_empty(),
             limits_reason: (!problems.is_empty()).then(|| problems.join("; ")),
-            usage: if (!at_rest || self.removals.contains_key(rel)) && cgroups.exists(rel) {
+            // No `exists` first: a cgroup that is gone makes every read fail, which is the
+            // same empty `Usage`, and a live unit's is there (a stat per v1 hierarchy saved).
+            usage: if !at_rest || self.removals.contains_key(rel) {
                 cgroups.usage(rel)
             } else {
                 Usage::default()

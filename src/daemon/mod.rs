@@ -156,6 +156,7 @@ struct Daemon {
     usage_watch: UsageWatch,
     /// `--metrics-listen` and `--probe-listen`: the HTTP listeners and their connections.
     http: http::Servers,
+    /// Each unit's last lines, from its first line on.
     rings: HashMap<UnitName, Ring>,
     /// Units' log files and their writer thread.
     log_files: log_files::LogFiles,
@@ -327,11 +328,6 @@ pub fn run(mut opts: Options) -> Result<Ending, DaemonError> {
         );
     }
     let now = Instant::now();
-    let rings = loaded
-        .units
-        .keys()
-        .map(|n| (n.clone(), Ring::default()))
-        .collect();
     let members = Members::new(opts.cgroup_root.as_deref(), &loaded.units);
     let watch = match DirWatch::new(&opts.units_dir) {
         Ok(watch) => {
@@ -378,13 +374,15 @@ pub fn run(mut opts: Options) -> Result<Ending, DaemonError> {
         readiness: readiness::ReadinessChannels::new(notify_dir, open_files),
         // `status` shows why a host init started no unit, as after a refused reload.
         units_dir: UnitsDir::new(watch, startup_error),
-        rings,
+        rings: HashMap::new(),
         clock: Clock::new(),
         shutdown,
         own_uid: nix::unistd::geteuid().as_raw(),
         host_init,
         own_namespaces: crate::os::namespaces::inodes(None),
     };
+    // What loading the units directory freed goes back to the kernel before the loop starts.
+    crate::os::heap::release_free_pages();
     let code = daemon.event_loop();
     daemon.log_files.finish();
     daemon.members.teardown();
@@ -930,6 +928,7 @@ impl Daemon {
                 let text = diagnostics.to_string();
                 error!("reload refused, the running units keep their definitions:\n{text}");
                 self.units_dir.last_error = Some(text.clone());
+                crate::os::heap::release_free_pages();
                 Err(text)
             }
         }
@@ -965,9 +964,6 @@ impl Daemon {
         self.units_dir.runtime = loaded.runtime_instances;
         self.members.update_units(&loaded.units);
         self.log_files.configure(loaded.units.values());
-        for name in loaded.units.keys() {
-            self.rings.entry(name.clone()).or_default();
-        }
         let (plan, effects) = self.sup.reload(loaded.units, now);
         if plan.is_noop() {
             debug!("reload: nothing changed");
@@ -984,6 +980,8 @@ impl Daemon {
             );
         }
         self.run_effects(effects, now);
+        // The old units and what reading the new ones took are freed now.
+        crate::os::heap::release_free_pages();
         plan
     }
 
@@ -1197,9 +1195,11 @@ impl Daemon {
                 }
             }
         }
-        // A unit already forgotten (removed by a reload) gets no new buffer.
-        if let Some(ring) = self.rings.get_mut(unit) {
-            ring.push(line);
+        // A unit's ring is made with its first line: most units at rest never write one
+        // (bench/analysis.md, "Where the heap goes per unit"). A unit already forgotten
+        // (removed by a reload) gets no new buffer.
+        if self.sup.get(unit).is_some() {
+            self.rings.entry(unit.clone()).or_default().push(line);
         }
     }
 

@@ -570,7 +570,7 @@ impl Daemon {
         // Until its exec the main process may not have built its namespaces yet: a probe would
         // enter (or connect from) corral's own. While starting, a failure only delays readiness
         // (by one interval, where `initial-delay` is shorter than the way to the exec).
-        if unit.namespaces != Namespaces::default() && self.exec_pending(&unit.name).is_some() {
+        if *unit.namespaces != Namespaces::default() && self.exec_pending(&unit.name).is_some() {
             return failed("the unit has not reached its exec yet".to_owned());
         }
         // A probe's child would freeze in the unit's cgroup before its exec; a frozen service

@@ -303,9 +303,9 @@ fn wrap(
 
 /// A unit whose keys need cgroups or namespaces that an unprivileged container may not make.
 fn asks_for_kernel_features(unit: &Unit) -> bool {
-    unit.resources != Default::default()
-        || unit.oom != Default::default()
-        || unit.namespaces != Default::default()
+    *unit.resources != Default::default()
+        || *unit.oom != Default::default()
+        || *unit.namespaces != Default::default()
         || unit.sandbox.read_only_paths.len() + usize::from(unit.sandbox.private_tmp) > 0
 }
 
@@ -429,7 +429,7 @@ fn split(units: &UnitSet, options: &Options, warnings: &mut Warnings) -> PodSpec
                 "disabled and required by no enabled unit: not exported (a pod starts every container)",
             );
         }
-        if unit.kind == UnitKind::Slice && unit.resources != Default::default() {
+        if unit.kind == UnitKind::Slice && *unit.resources != Default::default() {
             warnings.unit(
                 &unit.name,
                 "resources",

@@ -3,6 +3,7 @@
 pub mod cgroup;
 pub mod control_socket;
 pub mod fd_closer;
+pub mod heap;
 pub mod log_file;
 pub mod namespaces;
 pub mod notify;

@@ -207,17 +207,26 @@ impl DirWatch {
         }
         // Entries coming and going, and the watched directory itself going: no access or
         // open events, so corral's own reads of the directory wake nothing.
-        let mask = AddWatchFlags::IN_CREATE
+        let entries = AddWatchFlags::IN_CREATE
             | AddWatchFlags::IN_DELETE
             | AddWatchFlags::IN_MOVED_FROM
             | AddWatchFlags::IN_MOVED_TO
-            | AddWatchFlags::IN_CLOSE_WRITE
-            | AddWatchFlags::IN_MODIFY
-            | AddWatchFlags::IN_ATTRIB
             | AddWatchFlags::IN_DELETE_SELF
             | AddWatchFlags::IN_MOVE_SELF
             | AddWatchFlags::IN_ONLYDIR;
+        // In the units directory and its drop-in directories, files' contents too. A parent
+        // matters only for its entries (the one naming the path can be swapped): writes to
+        // the files beside the units directory (a log in /tmp, a project's build) wake nothing.
+        let contents = entries
+            | AddWatchFlags::IN_CLOSE_WRITE
+            | AddWatchFlags::IN_MODIFY
+            | AddWatchFlags::IN_ATTRIB;
         for target in targets(&self.dir) {
+            let mask = if target.starts_with(&self.dir) {
+                contents
+            } else {
+                entries
+            };
             match self.inotify.add_watch(&target, mask) {
                 Ok(wd) => self.watched.push((wd, target)),
                 // Gone between the look and the watch: its parent's event renews again.
@@ -281,6 +290,7 @@ impl DirWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn changed(path: &str) -> Seen {
         Seen::Changed(PathBuf::from(path))
@@ -368,6 +378,47 @@ mod tests {
         // And a unit file still counts after the flood.
         std::fs::write(dir.join("web.toml"), "").unwrap();
         assert!(watch.drain().unwrap());
+    }
+
+    /// A file beside the units directory that is written to (a log in /tmp) wakes nothing,
+    /// while its entries coming and going still reach the watch.
+    #[test]
+    fn writes_to_files_beside_the_units_directory_wake_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("units");
+        std::fs::create_dir(&dir).unwrap();
+        let neighbour = tmp.path().join("app.log");
+        std::fs::write(&neighbour, "").unwrap();
+        let mut watch = DirWatch::new(&dir).unwrap();
+        let readable = |watch: &DirWatch| {
+            let mut fds = [nix::poll::PollFd::new(
+                watch.fd(),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO).unwrap() > 0
+        };
+        let mut log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&neighbour)
+            .unwrap();
+        for _ in 0..100 {
+            std::io::Write::write_all(&mut log, b"a line\n").unwrap();
+        }
+        drop(log);
+        std::fs::set_permissions(&neighbour, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(
+            !readable(&watch),
+            "writes beside the units directory woke the loop"
+        );
+        // A unit file written in place still counts, and so does an entry of the parent.
+        let unit = dir.join("web.toml");
+        std::fs::write(&unit, "").unwrap();
+        assert!(readable(&watch));
+        assert!(watch.drain().unwrap());
+        std::fs::write(&unit, "[exec]\n").unwrap();
+        assert!(watch.drain().unwrap(), "an edit in place of a unit file");
+        std::fs::remove_file(&neighbour).unwrap();
+        assert!(readable(&watch), "an entry of the parent going");
     }
 
     #[test]

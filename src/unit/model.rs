@@ -3,12 +3,28 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A unit's identity: the file stem, matching `[A-Za-z0-9_.@-]+`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
-#[serde(transparent)]
-pub struct UnitName(String);
+///
+/// Shared, not copied: every room of the daemon keys its table by the unit's name, so a clone
+/// is a reference count, not an allocation (bench/analysis.md, "Where the heap goes per unit").
+/// Equality, order and hash are the text's, as for a `String`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct UnitName(Arc<str>);
+
+impl serde::Serialize for UnitName {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl std::borrow::Borrow<str> for UnitName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
 
 impl UnitName {
     /// The names joined by `separator`, for messages and log fields.
@@ -26,7 +42,7 @@ impl UnitName {
             && name
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'@' | b'-'));
-        valid.then(|| UnitName(name.to_owned()))
+        valid.then(|| UnitName(Arc::from(name)))
     }
 
     pub fn as_str(&self) -> &str {
@@ -75,16 +91,126 @@ pub struct Unit {
     pub exec: Option<Exec>,
     pub restart: RestartConfig,
     pub stop: StopConfig,
-    pub resources: Resources,
-    pub oom: OomConfig,
-    pub namespaces: Namespaces,
-    pub sandbox: Sandbox,
+    pub resources: Rare<Resources>,
+    pub oom: Rare<OomConfig>,
+    pub namespaces: Rare<Namespaces>,
+    pub sandbox: Rare<Sandbox>,
     /// `[exec] ready` and `start-timeout`: when a started unit counts as up.
-    pub readiness: Readiness,
+    pub readiness: Rare<Readiness>,
     /// `[health]`: a probe and/or a watchdog; `None` when the unit has no such section.
-    pub health: Option<Health>,
+    pub health: Option<Box<Health>>,
     /// `[logs]`: the unit's log file and its rotation.
-    pub logs: LogConfig,
+    pub logs: Rare<LogConfig>,
+}
+
+/// A section most units leave at its defaults (`[resources]`, `[namespaces]`, `[sandbox]`...):
+/// a unit holds a box only for a section that differs from them, and reads one shared copy of
+/// the defaults otherwise. Reads see a `T` (`unit.resources.memory_max`), so the access sites
+/// do not change; a write through `DerefMut` gives the unit a box of its own, and
+/// [`Unit::share_defaults`] gives back the boxes that hold the defaults. Inline, every section
+/// made each unit about 1.1 KiB (bench/analysis.md, "Where the heap goes per unit"). The
+/// core's runtime uses it too, for the state only probed or pressure-watched units fill.
+#[derive(Clone)]
+pub struct Rare<T: SharedDefault>(Option<Box<T>>);
+
+/// A type whose `Default` value exists once, for every `Rare` that holds none of its own.
+pub trait SharedDefault: Default + Clone + PartialEq + Sized + 'static {
+    fn shared_default() -> &'static Self;
+}
+
+/// Makes each type a [`SharedDefault`], its `Default` value made once, at its first read.
+#[macro_export]
+macro_rules! shared_default {
+    ($($t:ty),*) => {$(
+        impl $crate::unit::SharedDefault for $t {
+            fn shared_default() -> &'static $t {
+                static DEFAULT: std::sync::LazyLock<$t> = std::sync::LazyLock::new(<$t>::default);
+                &DEFAULT
+            }
+        }
+    )*};
+}
+
+crate::shared_default!(
+    Resources, OomConfig, Namespaces, Sandbox, Readiness, LogConfig
+);
+
+impl<T: SharedDefault> Rare<T> {
+    pub fn new(value: T) -> Rare<T> {
+        let mut rare = Rare(Some(Box::new(value)));
+        rare.share_default();
+        rare
+    }
+
+    /// Drops the box if it holds the defaults.
+    fn share_default(&mut self) {
+        if self.0.as_deref() == Some(T::shared_default()) {
+            self.0 = None;
+        }
+    }
+}
+
+impl<T: SharedDefault> Default for Rare<T> {
+    fn default() -> Self {
+        Rare(None)
+    }
+}
+
+impl<T: SharedDefault> From<T> for Rare<T> {
+    fn from(value: T) -> Self {
+        Rare::new(value)
+    }
+}
+
+impl<T: SharedDefault> std::ops::Deref for Rare<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        match &self.0 {
+            Some(own) => own,
+            None => T::shared_default(),
+        }
+    }
+}
+
+impl<T: SharedDefault> std::ops::DerefMut for Rare<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        self.0
+            .get_or_insert_with(|| Box::new(T::shared_default().clone()))
+    }
+}
+
+impl<T: SharedDefault> PartialEq for Rare<T> {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl<T: SharedDefault + Eq> Eq for Rare<T> {}
+
+/// `unit.namespaces != Namespaces::default()` reads as it did when the section was inline.
+impl<T: SharedDefault> PartialEq<T> for Rare<T> {
+    fn eq(&self, other: &T) -> bool {
+        **self == *other
+    }
+}
+
+impl<T: SharedDefault + fmt::Debug> fmt::Debug for Rare<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        (**self).fmt(f)
+    }
+}
+
+impl Unit {
+    /// Gives back the sections' boxes that hold their defaults (a parser writes through
+    /// `DerefMut`, which boxes a section even when what it writes is the default).
+    pub fn share_defaults(&mut self) {
+        self.resources.share_default();
+        self.oom.share_default();
+        self.namespaces.share_default();
+        self.sandbox.share_default();
+        self.readiness.share_default();
+        self.logs.share_default();
+    }
 }
 
 /// `[logs]`: where a unit's output lines are also written, and how the file is rotated.

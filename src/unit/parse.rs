@@ -658,7 +658,8 @@ pub(crate) fn parse_layers(name: &UnitName, unit: &UnitLayers, users: &dyn UserD
         Some(_) => root.read(&mut reader.cx, "kind", one_of(KINDS)),
     };
     reader.cx.kind_invalid = kind.is_none();
-    let unit = reader.unit(&root, kind.unwrap_or(UnitKind::Service), file, users);
+    let mut unit = reader.unit(&root, kind.unwrap_or(UnitKind::Service), file, users);
+    unit.share_defaults();
     let unit = (!reader.cx.failed()).then_some(unit);
     Parsed {
         unit,
@@ -709,17 +710,17 @@ impl Reader<'_> {
             exec: None,
             restart: RestartConfig::default_for(kind),
             stop: StopConfig::default(),
-            resources: Resources::default(),
-            oom: OomConfig::default(),
-            namespaces: Namespaces::default(),
-            sandbox: Sandbox::default(),
-            readiness: Readiness::default(),
+            resources: Default::default(),
+            oom: Default::default(),
+            namespaces: Default::default(),
+            sandbox: Default::default(),
+            readiness: Default::default(),
             health: None,
-            logs: LogConfig::default(),
+            logs: Default::default(),
         };
         let cx = &mut self.cx;
         if let Some(sec) = root.section(cx, "resources") {
-            unit.resources = resources(cx, &sec);
+            *unit.resources = resources(cx, &sec);
         }
         if kind == UnitKind::Slice {
             return unit;
@@ -756,13 +757,13 @@ impl Reader<'_> {
         }
         let ns = root.section(cx, "namespaces");
         if let Some(sec) = &ns {
-            unit.namespaces = namespaces(cx, sec);
+            *unit.namespaces = namespaces(cx, sec);
         }
         if let Some(sec) = root.section(cx, "sandbox") {
-            unit.sandbox = sandbox(cx, &sec);
+            *unit.sandbox = sandbox(cx, &sec);
         }
         if let Some(sec) = root.section(cx, "logs") {
-            unit.logs = logs(cx, &sec);
+            *unit.logs = logs(cx, &sec);
         }
         if let Some(sec) = root.section(cx, "health") {
             if kind == UnitKind::Oneshot {
@@ -774,7 +775,7 @@ impl Reader<'_> {
                     ),
                 );
             }
-            unit.health = health(cx, &sec);
+            unit.health = health(cx, &sec).map(Box::new);
         }
         implied_namespaces(cx, ns.as_ref(), &mut unit.namespaces, &unit.sandbox);
         unit.after = self.refs(root, "after", RefField::After);
@@ -828,12 +829,14 @@ impl Reader<'_> {
 
 fn exec(cx: &mut Ctx, sec: &Section, users: &dyn UserDb) -> Option<Exec> {
     sec.check_keys(cx, EXEC_KEYS);
-    let command: Vec<String> = sec
+    let mut command: Vec<String> = sec
         .list(cx, "command", owned)
         .into_iter()
         .flatten()
         .map(|(s, _)| s)
         .collect();
+    // Collected without a size hint the vector has room for 4: kept for the unit's life.
+    command.shrink_to_fit();
     if sec.get("command").is_none() {
         cx.error(
             sec.span.clone(),

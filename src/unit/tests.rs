@@ -927,7 +927,8 @@ fn good_values_land_in_the_model() {
     assert_eq!(res.allowed_cpus.as_deref(), Some("0-1,3"));
     let io = ok("[[resources.io]]\ndevice = \"253:0\"\nwrite-bps = \"max\"")
         .resources
-        .io;
+        .io
+        .clone();
     assert_eq!(
         io,
         vec![IoLimit {
@@ -1024,7 +1025,7 @@ fn implied_namespaces_and_sandbox() {
             count: 65535,
         },
     ];
-    assert_eq!((ns.uid_map, ns.gid_map), (map.clone(), map));
+    assert_eq!((ns.uid_map.clone(), ns.gid_map.clone()), (map.clone(), map));
     let sb = ok(
         "[sandbox]\ncapabilities = [\"CAP_KILL\", \"net_bind_service\", \"CAP_CHOWN\", \"kill\"]",
     )
@@ -1160,12 +1161,14 @@ fn spec_example_parses_into_the_expected_model() {
                 read_iops: Some(2000),
                 write_iops: Some(1000),
             }],
-        },
+        }
+        .into(),
         oom: OomConfig {
             group_kill: true,
             score_adjust: Some(0),
             pressure: None,
-        },
+        }
+        .into(),
         namespaces: Namespaces {
             pid: true,
             net: true,
@@ -1177,16 +1180,18 @@ fn spec_example_parses_into_the_expected_model() {
             user: true,
             uid_map: map.clone(),
             gid_map: map,
-        },
+        }
+        .into(),
         sandbox: Sandbox {
             no_new_privileges: true,
             capabilities: Some(vec![Capability(10)]),
             read_only_paths: vec!["/etc".into()],
             private_tmp: true,
-        },
-        readiness: Readiness::default(),
+        }
+        .into(),
+        readiness: Default::default(),
         health: None,
-        logs: LogConfig::default(),
+        logs: Default::default(),
     };
     assert_eq!(unit, expected);
 }
@@ -1519,6 +1524,7 @@ fn readiness_and_health_keys_parse_with_their_defaults() {
     assert!(
         unit.readiness
             .pattern
+            .as_ref()
             .is_some_and(|p| p.is_match("db: listening on 5432"))
     );
 
@@ -2465,7 +2471,7 @@ sustain = "2s"
 action = "restart"
 cool-down = "5m"
 "#);
-    let policy = unit.oom.pressure.expect("a policy");
+    let policy = unit.oom.pressure.clone().expect("a policy");
     assert_eq!(policy.usage_percent, Some(80));
     let psi = policy.psi.expect("a PSI threshold");
     assert_eq!(psi.trigger(), "some 1000000 5000000");
@@ -2480,7 +2486,7 @@ pressure-threshold = "full 10% over 500ms"
 action = "signal"
 signal = "SIGUSR1"
 "#);
-    let policy = unit.oom.pressure.expect("a policy");
+    let policy = unit.oom.pressure.clone().expect("a policy");
     assert_eq!(
         policy.psi.map(|p| p.trigger()).as_deref(),
         Some("full 50000 500000")

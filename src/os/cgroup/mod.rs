@@ -96,7 +96,23 @@ pub(crate) fn display_below(root_rel: &Path, rel: &Path) -> String {
 }
 
 pub(crate) fn read_file(path: &Path) -> Result<String, CgroupError> {
-    std::fs::read_to_string(path).map_err(io_error("reading", path))
+    read_text(path).map_err(io_error("reading", path))
+}
+
+/// A cgroup file's text, in one `read` for the usual few bytes. cgroupfs files are kernfs
+/// seq_files of a single record (fs/kernfs/file.c, `kernfs_seq_start`) that seq_read_iter
+/// renders whole before copying (fs/seq_file.c), so a read shorter than the buffer has reached
+/// the end; `read_to_string` would add an `fstat` and a second, empty `read` to each file.
+pub(crate) fn read_text(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut first = [0u8; 1024];
+    let n = file.read(&mut first)?;
+    let mut bytes = first[..n].to_vec();
+    if n == first.len() {
+        file.read_to_end(&mut bytes)?;
+    }
+    String::from_utf8(bytes).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
 pub(crate) fn read_pids(path: &Path) -> Result<Vec<i32>, CgroupError> {

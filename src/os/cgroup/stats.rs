@@ -2,18 +2,65 @@
 //! version: every file name and every parser in one place.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use crate::core::cgroup_plan::Controller;
 use crate::proto::Usage;
+
+/// Whether this kernel shows PSI files (`cpu.pressure`, ...) in unit cgroups. It is a boot-time
+/// switch, the same for every cgroup (`psi=`, and for v1 hierarchies `psi_cgroupv1`:
+/// Documentation/accounting/psi.rst), so the first cgroup whose `cpu.pressure` is missing
+/// beside its `cpu.stat` tells for all: later reads skip the three opens that would fail (a
+/// quarter of a v1 unit's `status` syscalls).
+#[derive(Debug, Default)]
+pub struct PressureFiles(AtomicU8);
+
+const PRESSURE_UNKNOWN: u8 = 0;
+const PRESSURE_ABSENT: u8 = 1;
+const PRESSURE_PRESENT: u8 = 2;
+
+impl PressureFiles {
+    fn worth_reading(&self) -> bool {
+        self.0.load(Ordering::Relaxed) != PRESSURE_ABSENT
+    }
+
+    /// `cpu_stat_read`: the directory of `cpu.pressure` was there (its `cpu.stat` was read), so
+    /// a missing `cpu.pressure` means the kernel shows none, not that the cgroup is gone.
+    fn learn(&self, cpu_stat_read: bool, cpu_pressure_read: bool) {
+        if self.0.load(Ordering::Relaxed) != PRESSURE_UNKNOWN {
+            return;
+        }
+        let seen = match (cpu_stat_read, cpu_pressure_read) {
+            (_, true) => PRESSURE_PRESENT,
+            (true, false) => PRESSURE_ABSENT,
+            (false, false) => return,
+        };
+        self.0.store(seen, Ordering::Relaxed);
+    }
+}
+
+/// A cgroup file's text, or `None` when it cannot be read (no such file, cgroup gone).
+fn read_cgroup_file(path: &Path) -> Option<String> {
+    super::read_text(path).ok()
+}
 
 /// v1 writes "no limit" as the largest page-aligned count (`PAGE_COUNTER_MAX` pages, e.g.
 /// 9223372036854771712); anything this large is no limit at all.
 const V1_UNLIMITED: u64 = 1 << 62;
 
 /// Reads the v2 files of the cgroup directory `dir`.
-pub fn usage_v2(dir: &Path) -> Usage {
-    let read = |file: &str| std::fs::read_to_string(dir.join(file)).ok();
+pub fn usage_v2(dir: &Path, pressure: &PressureFiles) -> Usage {
+    let read = |file: &str| read_cgroup_file(&dir.join(file));
     let cpu = read("cpu.stat");
+    let read_pressure = |file: &str| {
+        pressure
+            .worth_reading()
+            .then(|| read(file))
+            .flatten()
+            .and_then(|t| pressure_some_avg10(&t))
+    };
+    let cpu_pressure = read_pressure("cpu.pressure");
+    pressure.learn(cpu.is_some(), cpu_pressure.is_some());
     let cpu_key = |key| cpu.as_deref().and_then(|t| flat_keyed(t, key));
     let io = read("io.stat").map(|t| io_stat_v2(&t));
     Usage {
@@ -30,19 +77,27 @@ pub fn usage_v2(dir: &Path) -> Usage {
         io_read_ops: io.map(|t| t.read_ops),
         io_write_ops: io.map(|t| t.write_ops),
         cgroup_oom_kills: read("memory.events").and_then(|t| flat_keyed(&t, "oom_kill")),
-        cpu_pressure: read("cpu.pressure").and_then(|t| pressure_some_avg10(&t)),
-        memory_pressure: read("memory.pressure").and_then(|t| pressure_some_avg10(&t)),
-        io_pressure: read("io.pressure").and_then(|t| pressure_some_avg10(&t)),
+        cpu_pressure,
+        memory_pressure: read_pressure("memory.pressure"),
+        io_pressure: read_pressure("io.pressure"),
     }
 }
 
 /// Reads the v1 files; `dir_of` gives the cgroup's directory in the hierarchy of a controller
 /// (`None` where that controller is not mounted).
-pub fn usage_v1(dir_of: &dyn Fn(Controller) -> Option<PathBuf>) -> Usage {
-    let read = |c: Controller, file: &str| {
-        dir_of(c).and_then(|d| std::fs::read_to_string(d.join(file)).ok())
-    };
+pub fn usage_v1(dir_of: &dyn Fn(Controller) -> Option<PathBuf>, pressure: &PressureFiles) -> Usage {
+    let read = |c: Controller, file: &str| dir_of(c).and_then(|d| read_cgroup_file(&d.join(file)));
     let cpu = read(Controller::Cpu, "cpu.stat");
+    // Only kernels booted with `psi_cgroupv1` show pressure files in v1 hierarchies.
+    let read_pressure = |c: Controller, file: &str| {
+        pressure
+            .worth_reading()
+            .then(|| read(c, file))
+            .flatten()
+            .and_then(|t| pressure_some_avg10(&t))
+    };
+    let cpu_pressure = read_pressure(Controller::Cpu, "cpu.pressure");
+    pressure.learn(cpu.is_some(), cpu_pressure.is_some());
     let io_bytes = read(Controller::Io, "blkio.throttle.io_service_bytes").map(|t| per_op_v1(&t));
     let io_ops = read(Controller::Io, "blkio.throttle.io_serviced").map(|t| per_op_v1(&t));
     Usage {
@@ -67,11 +122,9 @@ pub fn usage_v1(dir_of: &dyn Fn(Controller) -> Option<PathBuf>) -> Usage {
         io_write_ops: io_ops.map(|(_, w)| w),
         cgroup_oom_kills: read(Controller::Memory, "memory.oom_control")
             .and_then(|t| flat_keyed(&t, "oom_kill")),
-        // Only kernels booted with `psi_cgroupv1` show pressure files in v1 hierarchies.
-        cpu_pressure: read(Controller::Cpu, "cpu.pressure").and_then(|t| pressure_some_avg10(&t)),
-        memory_pressure: read(Controller::Memory, "memory.pressure")
-            .and_then(|t| pressure_some_avg10(&t)),
-        io_pressure: read(Controller::Io, "io.pressure").and_then(|t| pressure_some_avg10(&t)),
+        cpu_pressure,
+        memory_pressure: read_pressure(Controller::Memory, "memory.pressure"),
+        io_pressure: read_pressure(Controller::Io, "io.pressure"),
     }
 }
 
@@ -291,7 +344,8 @@ mod tests {
         for (files, want) in cases {
             let tmp = tempfile::tempdir().unwrap();
             fake(tmp.path(), files);
-            assert_eq!(usage_v2(tmp.path()), want, "{files:?}");
+            let pressure = PressureFiles::default();
+            assert_eq!(usage_v2(tmp.path(), &pressure), want, "{files:?}");
         }
     }
 
@@ -345,7 +399,8 @@ mod tests {
             (Controller::Pids, pids),
             (Controller::Io, blkio),
         ]);
-        let usage = usage_v1(&|c| dirs.get(&c).cloned());
+        let pressure = PressureFiles::default();
+        let usage = usage_v1(&|c| dirs.get(&c).cloned(), &pressure);
         assert_eq!(
             usage,
             Usage {
@@ -373,10 +428,75 @@ mod tests {
             "9223372036854771712\n",
         )
         .unwrap();
-        assert_eq!(usage_v1(&|c| dirs.get(&c).cloned()).memory_max, None);
+        let limit = usage_v1(&|c| dirs.get(&c).cloned(), &pressure).memory_max;
+        assert_eq!(limit, None);
         // A controller that is not mounted leaves its figures null.
-        let only_memory = usage_v1(&|c| (c == Controller::Memory).then(|| memory.clone()));
+        let only_memory = usage_v1(
+            &|c| (c == Controller::Memory).then(|| memory.clone()),
+            &PressureFiles::default(),
+        );
         assert_eq!(only_memory.cpu_usage_usec, None);
         assert_eq!(only_memory.memory_current, Some(8192));
+    }
+
+    /// PSI is a boot-time switch: once a cgroup shows `cpu.stat` without `cpu.pressure`, no
+    /// pressure file is opened again; a cgroup that is gone (no `cpu.stat`) teaches nothing.
+    #[test]
+    fn pressure_files_missing_beside_cpu_stat_are_not_looked_for_again() {
+        let pressure_text = "some avg10=4.00 avg60=0.00 avg300=0.00 total=1\n";
+        let with_psi: &[(&str, &str)] = &[
+            ("cpu.stat", "usage_usec 1\n"),
+            ("cpu.pressure", pressure_text),
+            ("memory.pressure", pressure_text),
+        ];
+        let tmp = tempfile::tempdir().unwrap();
+        let (gone, without, with) = (
+            tmp.path().join("gone"),
+            tmp.path().join("without"),
+            tmp.path().join("with"),
+        );
+        fake(&without, &[("cpu.stat", "usage_usec 1\n")]);
+        fake(&with, with_psi);
+
+        let learnt_nothing = PressureFiles::default();
+        assert_eq!(usage_v2(&gone, &learnt_nothing), Usage::default());
+        assert_eq!(usage_v2(&with, &learnt_nothing).cpu_pressure, Some(4.0));
+
+        let absent = PressureFiles::default();
+        assert_eq!(usage_v2(&without, &absent).cpu_pressure, None);
+        let skipped = usage_v2(&with, &absent);
+        assert_eq!(
+            (skipped.cpu_pressure, skipped.memory_pressure),
+            (None, None)
+        );
+        assert_eq!(
+            skipped.cpu_usage_usec,
+            Some(1),
+            "the other files are still read"
+        );
+
+        let present = PressureFiles::default();
+        assert_eq!(usage_v2(&with, &present).memory_pressure, Some(4.0));
+        assert_eq!(usage_v2(&without, &present).cpu_pressure, None);
+        assert_eq!(
+            usage_v2(&with, &present).cpu_pressure,
+            Some(4.0),
+            "still read"
+        );
+    }
+
+    /// A file longer than the first read's buffer (v1 blkio with many devices) is read whole.
+    #[test]
+    fn a_long_cgroup_file_is_read_to_its_end() {
+        let tmp = tempfile::tempdir().unwrap();
+        let lines: String = (0..200)
+            .map(|d| format!("8:{d} Read 1\n8:{d} Write 2\n"))
+            .collect();
+        assert!(lines.len() > 2048);
+        let path = tmp.path().join("blkio.throttle.io_serviced");
+        fs::write(&path, &lines).unwrap();
+        assert_eq!(read_cgroup_file(&path).as_deref(), Some(lines.as_str()));
+        assert_eq!(per_op_v1(&lines), (200, 400));
+        assert_eq!(read_cgroup_file(&tmp.path().join("missing")), None);
     }
 }

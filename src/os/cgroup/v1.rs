@@ -36,6 +36,7 @@ const FREEZE_TIMEOUT: Duration = Duration::from_millis(100);
 pub struct V1 {
     hierarchies: Vec<Hierarchy>,
     root_rel: PathBuf,
+    pressure_files: super::stats::PressureFiles,
 }
 
 impl V1 {
@@ -77,6 +78,7 @@ impl V1 {
         Ok(V1 {
             hierarchies,
             root_rel: root.map(relative).unwrap_or_default(),
+            pressure_files: Default::default(),
         })
     }
 
@@ -240,7 +242,7 @@ impl Backend for V1 {
     }
 
     fn usage(&self, rel: &Path) -> Usage {
-        super::stats::usage_v1(&|c| self.dir_of(c, rel))
+        super::stats::usage_v1(&|c| self.dir_of(c, rel), &self.pressure_files)
     }
 
     fn oom_kills(&self, rel: &Path) -> Option<u64> {

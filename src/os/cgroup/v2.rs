@@ -31,6 +31,7 @@ pub struct V2 {
     root_rel: PathBuf,
     /// corral's own cgroup as a cgroup path.
     own_rel: PathBuf,
+    pressure_files: super::stats::PressureFiles,
 }
 
 impl V2 {
@@ -39,6 +40,7 @@ impl V2 {
             mount,
             root_rel: relative(root_rel),
             own_rel: relative(own_rel),
+            pressure_files: Default::default(),
         }
     }
 
@@ -154,7 +156,7 @@ impl Backend for V2 {
     }
 
     fn usage(&self, rel: &Path) -> Usage {
-        super::stats::usage_v2(&self.dir(rel))
+        super::stats::usage_v2(&self.dir(rel), &self.pressure_files)
     }
 
     fn oom_kills(&self, rel: &Path) -> Option<u64> {
