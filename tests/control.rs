@@ -881,6 +881,74 @@ fn running_out_of_fds_is_logged_once_and_root_gets_back_in() {
 }
 
 #[test]
+fn a_start_that_finds_corral_out_of_fds_says_it_is_corrals_limit() {
+    if !require_root() {
+        return;
+    }
+    let mut c = Corral::new();
+    // Runs a moment, then is started again: a start after corral's limit drops finds no fds.
+    c.unit(
+        "flapper",
+        r#"
+[exec]
+command = ["sh", "-c", "echo run; exec sleep 0.2"]
+[restart]
+policy = "always"
+delay = "50ms"
+max-delay = "50ms"
+start-limit-burst = 1000
+"#,
+    );
+    c.launch(&[]);
+    c.wait_log("flapper's first run", |l| {
+        is_output(l, "flapper") && msg(l) == "run"
+    });
+    // No fd number free below the limit: a start finds only the fds its last run's end gave
+    // back, and it needs more (three pipes, the cgroup's procs file).
+    let open: std::collections::HashSet<u64> = std::fs::read_dir(format!("/proc/{}/fd", c.pid()))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+        .collect();
+    let lowest_free = (0..).find(|fd| !open.contains(fd)).unwrap();
+    let mut before = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit on corral's pid, reading into `before`.
+    let got = unsafe { libc::prlimit(c.pid(), libc::RLIMIT_NOFILE, std::ptr::null(), &mut before) };
+    assert_eq!(got, 0, "{}", std::io::Error::last_os_error());
+    let pid = c.pid();
+    let set_limit = |limit: u64| {
+        let rlimit = libc::rlimit {
+            rlim_cur: limit,
+            rlim_max: before.rlim_max,
+        };
+        // SAFETY: prlimit on corral's pid with a limit that lives across the call.
+        let set = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &rlimit, std::ptr::null_mut()) };
+        assert_eq!(set, 0, "{}", std::io::Error::last_os_error());
+    };
+    set_limit(lowest_free);
+    let line = c.wait_log("a start refused for want of fds", |l| {
+        is_about(l, "flapper", "out of file descriptors")
+    });
+    assert!(
+        msg(&line).contains("corral ran out of file descriptors")
+            && msg(&line).contains(&format!("RLIMIT_NOFILE ({lowest_free})")),
+        "{line}"
+    );
+    // Room again: the unit runs again (EMFILE is transient, so it was retried).
+    set_limit(before.rlim_cur);
+    let runs = c
+        .seen
+        .iter()
+        .filter(|l| is_output(l, "flapper") && msg(l) == "run")
+        .count();
+    c.wait_count("flapper runs again", runs + 1, |l| {
+        is_output(l, "flapper") && msg(l) == "run"
+    });
+}
+
+#[test]
 fn under_a_hostile_peer_root_status_answers_within_a_bound_from_the_limits() {
     use corral::daemon::{MAX_CONNECTIONS_PER_UID, MAX_FOLLOWERS_PER_UID, REQUESTS_PER_TURN};
     use std::time::{Duration, Instant};

@@ -12,11 +12,10 @@ use common::{Corral, msg, require_cgroup_v1, unit_of};
 use serde_json::Value;
 
 const IDLE: usize = 10_000;
-/// Running units. The issue asks for 2000; a debug build beside 10,000 units starts one in
-/// about 50 ms on 2 busy cores (each input to the core scans every unit: bench/analysis.md,
-/// "Scale"), so 2000 take 100 s and their output more: longer than the harness's deadlines
-/// allow a test. 200 keep every check meaningful (bench/run --scale runs 10,000).
-const BUSY: usize = 200;
+/// Running units, as many as the issue asks for. Beside 10,000 disabled units a debug build
+/// starts them in about 14 s on 2 busy cores (7 ms a unit: an input costs what it touches,
+/// bench/analysis.md, "Scale"); the waits below take them STEP at a time.
+const BUSY: usize = 2000;
 /// Progress the waits below expect within one harness deadline.
 const STEP: usize = 50;
 

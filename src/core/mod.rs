@@ -16,6 +16,7 @@ pub mod selection;
 pub mod service;
 pub mod signal;
 pub mod supervisor;
+mod unit_table;
 
 #[cfg(test)]
 pub mod fixtures;

@@ -1,6 +1,6 @@
 //! The whole supervisor as a pure function: `handle(input, now) -> effects`, with dependency-aware reconciliation.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -10,6 +10,7 @@ use crate::core::exit::{ExitReport, SpawnFailure};
 use crate::core::notify::NotifyMessage;
 use crate::core::reload::{self, Change, ReloadPlan};
 use crate::core::service::{Action, Event, Runtime, State, StopReason, Want};
+use crate::core::unit_table::{Entry, UnitTable};
 use crate::unit::{Unit, UnitKind, UnitName, UnitSet};
 
 /// Everything that can happen to the supervisor.
@@ -143,33 +144,11 @@ pub enum Goal {
     Stopped,
 }
 
-#[derive(Debug, Clone)]
-struct Entry {
-    unit: Arc<Unit>,
-    rt: Runtime,
-    /// Gone from the units directory: stopped, then forgotten.
-    removing: bool,
-}
-
-impl Entry {
-    fn new(unit: Arc<Unit>, now: Instant) -> Entry {
-        let want = if unit.enabled { Want::Up } else { Want::Down };
-        let mut rt = Runtime::new(now, want);
-        if unit.kind == UnitKind::Slice {
-            rt.state = State::Active;
-        }
-        Entry {
-            unit,
-            rt,
-            removing: false,
-        }
-    }
-}
-
 /// All units and their runtimes; the single owner of runtime state.
 #[derive(Debug)]
 pub struct Supervisor {
-    entries: BTreeMap<UnitName, Entry>,
+    /// The units, and the indexes that keep an input's cost to what it touches.
+    table: UnitTable,
     by_pid: HashMap<i32, UnitName>,
     shutting_down: bool,
     shutdown_reported: bool,
@@ -178,15 +157,9 @@ pub struct Supervisor {
 impl Supervisor {
     /// Enabled units want to be up; nothing starts before the first `handle`.
     pub fn new(units: impl IntoIterator<Item: Into<Arc<Unit>>>, now: Instant) -> Supervisor {
-        let entries = units
-            .into_iter()
-            .map(|unit| {
-                let unit = unit.into();
-                (unit.name.clone(), Entry::new(unit, now))
-            })
-            .collect();
+        let units = units.into_iter().map(Into::into);
         Supervisor {
-            entries,
+            table: UnitTable::new(units, now),
             by_pid: HashMap::new(),
             shutting_down: false,
             shutdown_reported: false,
@@ -194,11 +167,11 @@ impl Supervisor {
     }
 
     pub fn units(&self) -> impl Iterator<Item = (&Unit, &Runtime)> {
-        self.entries.values().map(|e| (&*e.unit, &e.rt))
+        self.table.values().map(|e| (&**e.unit(), &e.rt))
     }
 
     pub fn get(&self, name: &UnitName) -> Option<(&Unit, &Runtime)> {
-        self.entries.get(name).map(|e| (&*e.unit, &e.rt))
+        self.table.get(name).map(|e| (&**e.unit(), &e.rt))
     }
 
     /// The unit whose main process has this pid.
@@ -209,17 +182,19 @@ impl Supervisor {
     /// Units whose main process is gone while they stop: the daemon answers with `UnitEmpty`
     /// once nothing of them is left.
     pub fn awaiting_empty(&self) -> Vec<UnitName> {
-        self.entries
-            .values()
-            .filter(|e| e.rt.state == State::Stopping && e.rt.pid.is_none())
-            .map(|e| e.unit.name.clone())
-            .collect()
+        self.table.awaiting_empty().cloned().collect()
+    }
+
+    /// Units in a state with a process (starting, running, stopping), by name: what the daemon's
+    /// per-turn work looks at, never the units at rest.
+    pub fn with_process(&self) -> impl Iterator<Item = &UnitName> {
+        self.table.with_process()
     }
 
     /// Whether `name` is on its way out (removed by a reload, or discarded): stopping, then
     /// forgotten. A start of it must make it anew.
     pub fn is_removing(&self, name: &UnitName) -> bool {
-        self.entries.get(name).is_some_and(|e| e.removing)
+        self.table.get(name).is_some_and(|e| e.removing)
     }
 
     pub fn is_shutting_down(&self) -> bool {
@@ -228,7 +203,7 @@ impl Supervisor {
 
     /// The earliest moment at which `Tick` has work to do.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.entries.values().filter_map(|e| e.rt.deadline()).min()
+        self.table.next_deadline()
     }
 
     /// What a unit that wants to be up but is `inactive` waits for, each with its state: every
@@ -236,23 +211,25 @@ impl Supervisor {
     /// `after` unit still on its way up, in the order the unit file names them. Empty for a
     /// unit that is not waiting.
     pub fn waiting_for(&self, name: &UnitName) -> Vec<(UnitName, State)> {
-        let Some(e) = self.entries.get(name) else {
+        let Some(e) = self.table.get(name) else {
             return Vec::new();
         };
-        if e.unit.kind == UnitKind::Slice || e.rt.want != Want::Up || e.rt.state != State::Inactive
+        if e.unit().kind == UnitKind::Slice
+            || e.rt.want != Want::Up
+            || e.rt.state != State::Inactive
         {
             return Vec::new();
         }
         let mut waits: Vec<(UnitName, State)> = Vec::new();
-        for dep in e.unit.ordering_deps() {
-            let blocks = if e.unit.requires.contains(dep) {
+        for dep in e.unit().ordering_deps() {
+            let blocks = if e.unit().requires.contains(dep) {
                 !self.requirement_met(dep)
             } else {
                 self.blocks_ordering(dep)
             };
             if blocks
                 && !waits.iter().any(|(n, _)| n == dep)
-                && let Some(d) = self.entries.get(dep)
+                && let Some(d) = self.table.get(dep)
             {
                 waits.push((dep.clone(), d.rt.state));
             }
@@ -264,8 +241,8 @@ impl Supervisor {
     /// `running` (past its readiness gate: READY=1 or its health probe), a oneshot `exited`
     /// successfully, a slice always. None: no such unit (docs/kubernetes.md, "Probes").
     pub fn is_ready(&self, name: &UnitName) -> Option<bool> {
-        self.entries
-            .contains_key(name)
+        self.table
+            .contains(name)
             .then(|| self.requirement_met(name))
     }
 
@@ -273,12 +250,8 @@ impl Supervisor {
     /// enabled unit that is not ready, by name. A name that is no unit counts as not ready.
     pub fn not_ready(&self, names: &[UnitName]) -> Vec<UnitName> {
         if names.is_empty() {
-            return self
-                .entries
-                .values()
-                .filter(|e| e.unit.enabled && !self.requirement_met(&e.unit.name))
-                .map(|e| e.unit.name.clone())
-                .collect();
+            // Indexed: a client waiting on every unit asks each turn of the loop.
+            return self.table.enabled_not_ready().cloned().collect();
         }
         names
             .iter()
@@ -290,7 +263,7 @@ impl Supervisor {
     /// Why a unit is not ready, in a few words: its state, and its error or last exit when it
     /// failed or waits to restart (`failed: exited with code 1`).
     pub fn not_ready_because(&self, name: &UnitName) -> String {
-        let Some(e) = self.entries.get(name) else {
+        let Some(e) = self.table.get(name) else {
             return "no such unit".to_owned();
         };
         let rt = &e.rt;
@@ -304,7 +277,7 @@ impl Supervisor {
         };
         match cause {
             Some(cause) => format!("{state}: {cause}"),
-            None if rt.state == State::Exited && e.unit.kind == UnitKind::Service => {
+            None if rt.state == State::Exited && e.unit().kind == UnitKind::Service => {
                 "exited (a service is ready only while it runs)".to_owned()
             }
             None => state.to_owned(),
@@ -315,7 +288,7 @@ impl Supervisor {
     pub fn check_names(&self, names: &[UnitName]) -> Result<(), RequestError> {
         let unknown: Vec<UnitName> = names
             .iter()
-            .filter(|n| !self.entries.contains_key(*n))
+            .filter(|n| !self.table.contains(n))
             .cloned()
             .collect();
         if unknown.is_empty() {
@@ -346,7 +319,7 @@ impl Supervisor {
                 self.check_names(&names)?;
                 for name in &names {
                     self.push_down(name);
-                    if let Some(e) = self.entries.get_mut(name) {
+                    if let Some(e) = self.table.get_mut(name) {
                         e.removing = true;
                     }
                 }
@@ -356,11 +329,11 @@ impl Supervisor {
                 self.check_names(&names)?;
                 for name in self.expand_slices(&names) {
                     let active = self
-                        .entries
+                        .table
                         .get(&name)
                         .is_some_and(|e| e.rt.state.has_process());
                     if active {
-                        if let Some(e) = self.entries.get_mut(&name) {
+                        if let Some(e) = self.table.get_mut(&name) {
                             e.rt.want = Want::Up;
                         }
                         self.feed(&name, Event::Stop(StopReason::Restart), now, &mut effects);
@@ -372,10 +345,10 @@ impl Supervisor {
             Input::Kill { unit, signal } => {
                 self.check_names(std::slice::from_ref(&unit))?;
                 let entry = self
-                    .entries
+                    .table
                     .get(&unit)
                     .ok_or_else(|| RequestError::UnknownUnits(vec![unit.clone()]))?;
-                if entry.unit.kind == UnitKind::Slice {
+                if entry.unit().kind == UnitKind::Slice {
                     return Err(RequestError::IsSlice(unit));
                 }
                 if entry.rt.pid.is_none() {
@@ -395,7 +368,7 @@ impl Supervisor {
                 let starting = self
                     .by_pid
                     .get(&pid)
-                    .and_then(|unit| self.entries.get(unit))
+                    .and_then(|unit| self.table.get(unit))
                     .is_some_and(|e| matches!(e.rt.state, State::Starting | State::Running));
                 if starting && let Some(unit) = self.by_pid.remove(&pid) {
                     self.feed(&unit, Event::SpawnFailed { error }, now, &mut effects);
@@ -433,7 +406,7 @@ impl Supervisor {
                 self.feed(&unit, event, now, &mut effects);
             }
             Input::OomKills { unit, count } => {
-                if let Some(e) = self.entries.get_mut(&unit) {
+                if let Some(e) = self.table.get_mut(&unit) {
                     e.rt.record_oom_kills(count, now);
                 }
             }
@@ -449,9 +422,15 @@ impl Supervisor {
             Input::Tick => {}
             Input::Shutdown => {
                 self.shutting_down = true;
-                let names: Vec<UnitName> = self.entries.keys().cloned().collect();
-                for name in names {
-                    if let Some(e) = self.entries.get_mut(&name) {
+                // Once per corral's life, so a scan of every unit; only those that change are touched.
+                let up: Vec<UnitName> = self
+                    .table
+                    .values()
+                    .filter(|e| e.rt.want != Want::Down)
+                    .map(|e| e.unit().name.clone())
+                    .collect();
+                for name in up {
+                    if let Some(e) = self.table.get_mut(&name) {
                         e.rt.want = Want::Down;
                     }
                 }
@@ -467,12 +446,12 @@ impl Supervisor {
     pub fn reload(&mut self, units: UnitSet, now: Instant) -> (ReloadPlan, Vec<Effect>) {
         // why: a unit still stopping after an earlier reload removed it is already gone; in the
         // old set, its file put back would read as "unchanged" and the unit be forgotten once down.
-        let current = self.entries.values().filter(|e| !e.removing);
-        let plan = reload::diff(current.map(|e| &*e.unit), &units);
+        let current = self.table.values().filter(|e| !e.removing);
+        let plan = reload::diff(current.map(|e| &**e.unit()), &units);
         let mut effects = Vec::new();
         let mut units = units;
         for name in &plan.removed {
-            if let Some(e) = self.entries.get_mut(name) {
+            if let Some(e) = self.table.get_mut(name) {
                 e.removing = true;
                 e.rt.want = Want::Down;
             }
@@ -481,36 +460,40 @@ impl Supervisor {
             let Some(unit) = units.remove(name) else {
                 continue;
             };
-            match self.entries.get_mut(name) {
+            match self.table.get_mut(name) {
                 // Put back while its removal's stop runs: it keeps its process until that
                 // exits, then comes up under the new definition.
                 Some(e) => {
                     e.removing = false;
                     e.rt.want = if unit.enabled { Want::Up } else { Want::Down };
-                    e.unit = unit;
+                    self.table.replace_unit(name, unit);
                 }
-                None => {
-                    self.entries.insert(name.clone(), Entry::new(unit, now));
-                }
+                None => self.table.insert(Entry::new(unit, now)),
             }
         }
         for (name, unit) in units {
-            let Some(e) = self.entries.get_mut(&name) else {
+            let Some(e) = self.table.get(&name) else {
                 continue;
             };
             // The very unit it had (a reload that did not read its files again): nothing to do.
-            if Arc::ptr_eq(&e.unit, &unit) && !plan.restarted.contains(&name) {
+            if Arc::ptr_eq(e.unit(), &unit) && !plan.restarted.contains(&name) {
                 continue;
             }
             let change = if plan.restarted.contains(&name) {
                 Change::Restart
             } else {
-                reload::change(&e.unit, &unit)
+                reload::change(e.unit(), &unit)
             };
-            let newly_enabled = unit.enabled && !e.unit.enabled;
-            let previous = std::mem::replace(&mut e.unit, unit);
-            if previous.oom.pressure != e.unit.oom.pressure {
-                e.rt.pressure.reconfigure(e.unit.oom.pressure.as_ref(), now);
+            let newly_enabled = unit.enabled && !e.unit().enabled;
+            let Some(previous) = self.table.replace_unit(&name, unit) else {
+                continue;
+            };
+            let Some(e) = self.table.get_mut(&name) else {
+                continue;
+            };
+            if previous.oom.pressure != e.unit().oom.pressure {
+                let unit = Arc::clone(e.unit());
+                e.rt.pressure.reconfigure(unit.oom.pressure.as_ref(), now);
             }
             match change {
                 Change::Restart if e.rt.state.has_process() => {
@@ -521,20 +504,20 @@ impl Supervisor {
                     if e.rt.want == Want::Up && e.rt.state == State::Failed {
                         e.rt.reset_for_user_start(now);
                     }
-                    if e.unit.kind == UnitKind::Slice {
+                    if e.unit().kind == UnitKind::Slice {
                         effects.push(Effect::Relimit {
-                            unit: Arc::clone(&e.unit),
+                            unit: Arc::clone(e.unit()),
                             previous,
                         });
                     }
                 }
                 Change::Relimit => effects.push(Effect::Relimit {
-                    unit: Arc::clone(&e.unit),
+                    unit: Arc::clone(e.unit()),
                     previous,
                 }),
                 Change::Update | Change::None => {}
             }
-            if let Some(e) = self.entries.get_mut(&name)
+            if let Some(e) = self.table.get_mut(&name)
                 && newly_enabled
                 && !self.shutting_down
             {
@@ -546,36 +529,45 @@ impl Supervisor {
     }
 
     /// After any input: deadlines, reconciliation, forgetting removed units, shutdown's end.
+    ///
+    /// Each step reads the table's indexes (unit_table.rs), which `sync` brings up to date
+    /// from the units the input touched: the cost is that of what changed, not of every unit.
     fn settle(&mut self, now: Instant, effects: &mut Vec<Effect>) {
+        self.table.sync();
         self.fire_deadlines(now, effects);
         self.pull_requirements();
         self.reconcile(now, effects);
-        let gone: Vec<UnitName> = self
-            .entries
-            .values()
-            .filter(|e| e.removing && !e.rt.state.has_process())
-            .map(|e| e.unit.name.clone())
-            .collect();
-        for name in gone {
-            self.entries.remove(&name);
+        self.table.sync();
+        for name in self.table.forgettable() {
+            self.table.remove(&name);
             effects.push(Effect::Forget { unit: name });
         }
         if self.shutting_down && !self.shutdown_reported && self.all_down() {
             self.shutdown_reported = true;
-            for e in self.entries.values_mut() {
-                if e.unit.kind == UnitKind::Slice {
+            // Once: a scan of every unit.
+            let slices: Vec<UnitName> = self
+                .table
+                .values()
+                .filter(|e| e.unit().kind == UnitKind::Slice)
+                .map(|e| e.unit().name.clone())
+                .collect();
+            for name in slices {
+                if let Some(e) = self.table.get_mut(&name) {
                     e.rt.state = State::Inactive;
                     e.rt.since = now;
                 }
             }
             effects.push(Effect::ShutdownComplete);
         }
+        self.table.sync();
+        #[cfg(test)]
+        self.table.assert_indexes_match_a_full_scan();
     }
 
     /// Whether a client waiting for `goal` on `name` can have its answer: `Some(Ok)` done,
     /// `Some(Err(why))` it will not get there, `None` keep waiting.
     pub fn settled(&self, name: &UnitName, goal: Goal) -> Option<Result<(), String>> {
-        let Some(e) = self.entries.get(name) else {
+        let Some(e) = self.table.get(name) else {
             // Removed by a reload (or, a runtime instance, by a stop or scale) while a client
             // waited: it will never get there.
             return Some(match goal {
@@ -620,13 +612,13 @@ impl Supervisor {
         for name in names {
             out.insert(name.clone());
             if self
-                .entries
+                .table
                 .get(name)
-                .is_some_and(|e| e.unit.kind == UnitKind::Slice)
+                .is_some_and(|e| e.unit().kind == UnitKind::Slice)
             {
-                for e in self.entries.values() {
-                    if self.is_below(&e.unit, name) {
-                        out.insert(e.unit.name.clone());
+                for e in self.table.values() {
+                    if self.is_below(e.unit(), name) {
+                        out.insert(e.unit().name.clone());
                     }
                 }
             }
@@ -637,10 +629,10 @@ impl Supervisor {
     fn is_below(&self, unit: &Unit, slice: &UnitName) -> bool {
         let mut parent = unit.slice.as_ref();
         // Bounded by the number of units: validation rejects slice cycles, this guards anyway.
-        for _ in 0..=self.entries.len() {
+        for _ in 0..=self.table.len() {
             match parent {
                 Some(p) if p == slice => return true,
-                Some(p) => parent = self.entries.get(p).and_then(|e| e.unit.slice.as_ref()),
+                Some(p) => parent = self.table.get(p).and_then(|e| e.unit().slice.as_ref()),
                 None => return false,
             }
         }
@@ -655,10 +647,10 @@ impl Supervisor {
             if !seen.insert(n.clone()) {
                 continue;
             }
-            if let Some(e) = self.entries.get_mut(&n) {
+            if let Some(e) = self.table.get_mut(&n) {
                 e.rt.want = Want::Up;
                 e.rt.reset_for_user_start(now);
-                todo.extend(e.unit.requires.iter().cloned());
+                todo.extend(e.unit().requires.iter().cloned());
             }
         }
     }
@@ -668,31 +660,48 @@ impl Supervisor {
     /// unit at boot or added by a reload, as a user's start does. `after` alone pulls nothing.
     /// Nothing is pulled during shutdown, nor a unit a reload removed. A user's stop of a
     /// required unit also takes down what requires it (`push_down`), so it is not pulled back.
+    ///
+    /// Only units that changed, or whose requirement changed, since the last settle can have
+    /// a requirement to pull: every other pair was settled then (the table's pull candidates).
     fn pull_requirements(&mut self) {
+        let candidates = self.table.take_pull_candidates();
         if self.shutting_down {
             return;
         }
         let wanted_down = |sup: &Supervisor, dep: &UnitName| {
-            sup.entries
+            sup.table
                 .get(dep)
                 .is_some_and(|d| d.rt.want == Want::Down && !d.removing)
         };
         // Usually empty: this runs after every input, so it allocates only when it pulls.
-        let mut todo: Vec<UnitName> = self
-            .entries
-            .values()
+        let mut todo: Vec<UnitName> = candidates
+            .iter()
+            .filter_map(|n| self.table.get(n))
             .filter(|e| e.rt.want == Want::Up && !e.removing)
-            .flat_map(|e| e.unit.requires.iter())
+            .flat_map(|e| e.unit().requires.iter())
             .filter(|dep| wanted_down(self, dep))
             .cloned()
             .collect();
         while let Some(dep) = todo.pop() {
-            if let Some(d) = self.entries.get_mut(&dep)
+            if let Some(d) = self.table.get_mut(&dep)
                 && d.rt.want == Want::Down
             {
                 d.rt.want = Want::Up;
-                let next: Vec<UnitName> = d.unit.requires.clone();
+                let next: Vec<UnitName> = d.unit().requires.clone();
                 todo.extend(next.into_iter().filter(|n| wanted_down(self, n)));
+            }
+        }
+        // The reference: a scan of every unit finds nothing left to pull.
+        #[cfg(test)]
+        for e in self.table.values() {
+            if e.rt.want == Want::Up && !e.removing {
+                for dep in &e.unit().requires {
+                    assert!(
+                        !wanted_down(self, dep),
+                        "{} wants up but its requirement {dep} was not pulled",
+                        e.unit().name
+                    );
+                }
             }
         }
     }
@@ -705,24 +714,24 @@ impl Supervisor {
             if !seen.insert(n.clone()) {
                 continue;
             }
-            if let Some(e) = self.entries.get_mut(&n) {
+            if let Some(e) = self.table.get_mut(&n) {
                 e.rt.want = Want::Down;
             }
-            todo.extend(
-                self.entries
-                    .values()
-                    .filter(|e| e.unit.requires.contains(&n))
-                    .map(|e| e.unit.name.clone()),
-            );
+            let requiring = self.table.dependents(&n).filter(|d| {
+                self.table
+                    .get(d)
+                    .is_some_and(|e| e.unit().requires.contains(&n))
+            });
+            todo.extend(requiring.cloned());
         }
     }
 
     fn feed(&mut self, name: &UnitName, event: Event, now: Instant, effects: &mut Vec<Effect>) {
-        let Some(e) = self.entries.get_mut(name) else {
+        let Some(e) = self.table.get_mut(name) else {
             return;
         };
         let pid_before = e.rt.pid;
-        let actions = e.rt.transition(event, now, &e.unit);
+        let actions = e.transition(event, now);
         // MAINPID= moved the main process: its exit is now the one that counts.
         if let (Some(old), Some(new)) = (pid_before, e.rt.pid)
             && old != new
@@ -730,13 +739,13 @@ impl Supervisor {
             self.by_pid.remove(&old);
             self.by_pid.insert(new, name.clone());
         }
-        let Some(e) = self.entries.get(name) else {
+        let Some(e) = self.table.get(name) else {
             return;
         };
         for action in actions {
             effects.push(match action {
                 Action::Spawn => Effect::Spawn {
-                    unit: Arc::clone(&e.unit),
+                    unit: Arc::clone(e.unit()),
                 },
                 Action::Signal(signal) => Effect::Signal {
                     unit: name.clone(),
@@ -744,7 +753,7 @@ impl Supervisor {
                 },
                 Action::KillAll => Effect::KillAll { unit: name.clone() },
                 Action::Probe { seq } => Effect::Probe {
-                    unit: Arc::clone(&e.unit),
+                    unit: Arc::clone(e.unit()),
                     seq,
                 },
                 Action::Note { warn, message } => Effect::Log {
@@ -757,12 +766,11 @@ impl Supervisor {
     }
 
     fn fire_deadlines(&mut self, now: Instant, effects: &mut Vec<Effect>) {
-        let due: Vec<UnitName> = self
-            .entries
-            .values()
-            .filter(|e| e.rt.deadline().is_some_and(|d| d <= now))
-            .map(|e| e.unit.name.clone())
-            .collect();
+        // By name, as a scan of every unit would have found them; a unit's event changes only
+        // its own deadline, so the list taken first stays true while it is fed.
+        #[cfg(test)]
+        self.table.assert_indexes_match_a_full_scan();
+        let due = self.table.due(now);
         for name in due {
             self.feed(&name, Event::DeadlineReached, now, effects);
         }
@@ -772,7 +780,7 @@ impl Supervisor {
     fn reconcile(&mut self, now: Instant, effects: &mut Vec<Effect>) {
         // Each pass changes at least one unit's state, and each unit can change only a few
         // times per input; the bound guards against a bug turning into a hung PID 1.
-        for _ in 0..=(4 * self.entries.len() + 4) {
+        for _ in 0..=(4 * self.table.len() + 4) {
             let Some((name, event)) = self.next_step() else {
                 return;
             };
@@ -781,50 +789,89 @@ impl Supervisor {
     }
 
     /// The first unit (by name) that has something to do, and what.
-    fn next_step(&self) -> Option<(UnitName, Event)> {
-        for e in self.entries.values() {
-            if e.unit.kind == UnitKind::Slice {
-                continue;
+    ///
+    /// Only candidates are looked at (every unit with a step is one: unit_table.rs), in name
+    /// order; one found to have nothing to do is dropped, so each is looked at once per change
+    /// near it. The tests check the answer against a scan of every unit.
+    fn next_step(&mut self) -> Option<(UnitName, Event)> {
+        self.table.sync();
+        #[cfg(test)]
+        let expected = self.first_step_of_every_unit();
+        let found = loop {
+            let Some(name) = self.table.pop_candidate() else {
+                break None;
+            };
+            if let Some(event) = self.table.get(&name).and_then(|e| self.step_of(e)) {
+                self.table.put_back_candidate(name.clone());
+                break Some((name, event));
             }
-            let rt = &e.rt;
-            // Cloned only for the unit returned: this scan runs after every input, over all.
-            let name = || e.unit.name.clone();
-            match (rt.want, rt.state) {
-                (Want::Up, State::Inactive) if self.may_start(e) => {
-                    return Some((name(), Event::Start));
-                }
-                (Want::Up, State::Starting | State::Running) if self.lost_a_requirement(e) => {
-                    return Some((name(), Event::Stop(StopReason::Dependency)));
-                }
-                (Want::Down, State::Starting | State::Running)
-                    if !self.has_dependents_still_stopping(&e.unit.name) =>
-                {
-                    let reason = if self.shutting_down {
-                        StopReason::Shutdown
-                    } else {
-                        StopReason::User
-                    };
-                    return Some((name(), Event::Stop(reason)));
-                }
-                (Want::Down, State::Backoff | State::Exited | State::Failed) => {
-                    return Some((name(), Event::Stop(StopReason::User)));
-                }
-                _ => {}
+        };
+        #[cfg(test)]
+        assert_eq!(found, expected, "the candidates missed a unit with a step");
+        found
+    }
+
+    /// What the unit has to do next towards what it wants, if anything.
+    fn step_of(&self, e: &Entry) -> Option<Event> {
+        if e.unit().kind == UnitKind::Slice {
+            return None;
+        }
+        let rt = &e.rt;
+        match (rt.want, rt.state) {
+            (Want::Up, State::Inactive) if self.may_start(e) => Some(Event::Start),
+            (Want::Up, State::Starting | State::Running) if self.lost_a_requirement(e) => {
+                Some(Event::Stop(StopReason::Dependency))
+            }
+            (Want::Down, State::Starting | State::Running)
+                if !self.has_dependents_still_stopping(&e.unit().name) =>
+            {
+                let reason = if self.shutting_down {
+                    StopReason::Shutdown
+                } else {
+                    StopReason::User
+                };
+                Some(Event::Stop(reason))
+            }
+            (Want::Down, State::Backoff | State::Exited | State::Failed) => {
+                Some(Event::Stop(StopReason::User))
+            }
+            _ => None,
+        }
+    }
+
+    /// The step a scan of every unit by name finds, as the reconciler did before its index:
+    /// the tests' reference, checked against the candidates at every step (with every unit
+    /// that has a step being a candidate).
+    #[cfg(test)]
+    fn first_step_of_every_unit(&self) -> Option<(UnitName, Event)> {
+        let mut first = None;
+        for e in self.table.values() {
+            if let Some(event) = self.step_of(e) {
+                let name = &e.unit().name;
+                assert!(
+                    self.table.is_candidate(name),
+                    "{name} has a step ({event:?}) but is no candidate"
+                );
+                first.get_or_insert((name.clone(), event));
             }
         }
-        None
+        first
     }
 
     fn may_start(&self, e: &Entry) -> bool {
-        let after_clear = e.unit.after.iter().all(|dep| !self.blocks_ordering(dep));
-        let requires_met = e.unit.requires.iter().all(|dep| self.requirement_met(dep));
+        let after_clear = e.unit().after.iter().all(|dep| !self.blocks_ordering(dep));
+        let requires_met = e
+            .unit()
+            .requires
+            .iter()
+            .all(|dep| self.requirement_met(dep));
         after_clear && requires_met
     }
 
     /// `after` orders only among units on their way up: a dep wanted down, running,
     /// exited or failed does not hold anyone back.
     fn blocks_ordering(&self, dep: &UnitName) -> bool {
-        self.entries.get(dep).is_some_and(|d| {
+        self.table.get(dep).is_some_and(|d| {
             d.rt.want == Want::Up
                 && !matches!(
                     d.rt.state,
@@ -835,24 +882,23 @@ impl Supervisor {
 
     /// A required service is running; a required oneshot has exited successfully.
     fn requirement_met(&self, dep: &UnitName) -> bool {
-        self.entries.get(dep).is_some_and(|d| match d.unit.kind {
-            UnitKind::Service => d.rt.state == State::Running,
-            UnitKind::Oneshot => d.rt.state == State::Exited,
-            UnitKind::Slice => true,
-        })
+        self.table.get(dep).is_some_and(Entry::is_ready)
     }
 
     fn lost_a_requirement(&self, e: &Entry) -> bool {
-        e.unit.requires.iter().any(|dep| !self.requirement_met(dep))
+        e.unit()
+            .requires
+            .iter()
+            .any(|dep| !self.requirement_met(dep))
     }
 
     /// Why a unit that wants up cannot start as things stand (a required unit is down for good).
     fn unstartable_because(&self, e: &Entry) -> Option<String> {
-        e.unit.requires.iter().find_map(|dep| {
-            let d = self.entries.get(dep)?;
+        e.unit().requires.iter().find_map(|dep| {
+            let d = self.table.get(dep)?;
             let dead = match d.rt.state {
                 State::Failed => true,
-                State::Exited => d.unit.kind == UnitKind::Service,
+                State::Exited => d.unit().kind == UnitKind::Service,
                 State::Inactive => d.rt.want == Want::Down,
                 _ => false,
             };
@@ -863,15 +909,17 @@ impl Supervisor {
     /// Reverse dependency order on stop: a unit waits for units that depend on it and are
     /// themselves going down.
     fn has_dependents_still_stopping(&self, name: &UnitName) -> bool {
-        self.entries.values().any(|d| {
-            d.unit.ordering_deps().any(|dep| dep == name)
-                && (d.rt.state == State::Stopping
-                    || (d.rt.want == Want::Down && d.rt.state.has_process()))
-        })
+        self.table
+            .dependents(name)
+            .filter_map(|d| self.table.get(d))
+            .any(|d| {
+                d.rt.state == State::Stopping
+                    || (d.rt.want == Want::Down && d.rt.state.has_process())
+            })
     }
 
     fn all_down(&self) -> bool {
-        self.entries.values().all(|e| !e.rt.state.has_process())
+        self.table.with_process().next().is_none()
     }
 }
 
@@ -2036,5 +2084,187 @@ mod tests {
             run(&mut sup, Input::Shutdown, t0, &mut next_pid);
             assert!(sup.next_deadline().is_none_or(|d| d >= t0), "{row}");
         }
+    }
+
+    /// A small xorshift generator: the randomized scenarios below are the same on every run.
+    struct Dice(u64);
+
+    impl Dice {
+        fn roll(&mut self, below: usize) -> usize {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 % below as u64) as usize
+        }
+
+        fn chance(&mut self, percent: usize) -> bool {
+            self.roll(100) < percent
+        }
+    }
+
+    /// Units a..h with random kinds, `enabled`, and `after`/`requires` along a random order
+    /// (so without cycles, as validation guarantees).
+    fn random_units(dice: &mut Dice) -> Vec<Unit> {
+        let names = ["a", "b", "c", "d", "e", "f", "g", "h"];
+        let mut order: Vec<&str> = names.to_vec();
+        for i in (1..order.len()).rev() {
+            order.swap(i, dice.roll(i + 1));
+        }
+        let mut units = Vec::new();
+        for (i, n) in order.iter().enumerate() {
+            let mut u = if dice.chance(25) {
+                oneshot(n)
+            } else {
+                service(n)
+            };
+            u.enabled = dice.chance(60);
+            for dep in &order[..i] {
+                if dice.chance(20) {
+                    u.after.push(name(dep));
+                }
+                if dice.chance(15) {
+                    u.requires.push(name(dep));
+                }
+            }
+            units.push(u);
+        }
+        units
+    }
+
+    /// The incremental reconciler against a scan of every unit, over random scenarios: the
+    /// checks run inside the supervisor at every step under `cfg(test)` (`next_step` against
+    /// `first_step_of_every_unit`, the pulls, and every index after each input), and here the
+    /// public answers that read the indexes.
+    #[test]
+    fn the_incremental_reconciler_takes_the_steps_a_scan_of_every_unit_takes() {
+        let mut spawns = 0;
+        let mut stops = 0;
+        for seed in 1..=300u64 {
+            let mut dice = Dice(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+            let t0 = Instant::now();
+            let mut now = t0;
+            let mut sup = Supervisor::new(random_units(&mut dice), t0);
+            // Indexed before the first input too: the daemon may ask before it feeds one.
+            sup.table.assert_indexes_match_a_full_scan();
+            let mut queue = vec![Input::Tick];
+            let mut next_pid = 0;
+            for _ in 0..80 {
+                let input = match queue.pop() {
+                    Some(input) => input,
+                    None => {
+                        let names: Vec<UnitName> =
+                            sup.units().map(|(u, _)| u.name.clone()).collect();
+                        let pick = |dice: &mut Dice| names[dice.roll(names.len())].clone();
+                        let running: Vec<i32> = sup.units().filter_map(|(_, rt)| rt.pid).collect();
+                        // With every unit forgotten, only a reload brings some back.
+                        let roll = if names.is_empty() { 7 } else { dice.roll(12) };
+                        match roll {
+                            0 => Input::Start(vec![pick(&mut dice)]),
+                            1 => Input::Stop(vec![pick(&mut dice)]),
+                            2 => Input::Restart(vec![pick(&mut dice)]),
+                            3 | 4 if !running.is_empty() => Input::Exited {
+                                pid: running[dice.roll(running.len())],
+                                exit: match dice.roll(3) {
+                                    0 => ExitReport::code(0),
+                                    1 => ExitReport::code(1),
+                                    _ => ExitReport::signal(Signal::SIGKILL),
+                                },
+                            },
+                            5 if !running.is_empty() => Input::Execd {
+                                pid: running[dice.roll(running.len())],
+                            },
+                            6 if dice.chance(20) => Input::Discard(vec![pick(&mut dice)]),
+                            7 if names.is_empty() || dice.chance(30) => {
+                                let units = random_units(&mut dice);
+                                let keep = dice.roll(units.len()) + 1;
+                                let units = set(units.into_iter().take(keep).collect());
+                                let (_, effects) = sup.reload(units, now);
+                                queue.extend(answers(&sup, &effects, &mut next_pid));
+                                continue;
+                            }
+                            8 if dice.chance(10) => Input::Shutdown,
+                            9 => Input::Abandon {
+                                unit: pick(&mut dice),
+                                left: "1 process".into(),
+                            },
+                            _ => {
+                                now += Duration::from_millis(dice.roll(3000) as u64);
+                                Input::Tick
+                            }
+                        }
+                    }
+                };
+                let Ok(effects) = sup.handle(input, now) else {
+                    continue;
+                };
+                spawns += effects
+                    .iter()
+                    .filter(|e| matches!(e, Effect::Spawn { .. }))
+                    .count();
+                stops += effects
+                    .iter()
+                    .filter(|e| matches!(e, Effect::Signal { .. }))
+                    .count();
+                queue.extend(answers(&sup, &effects, &mut next_pid));
+                // The stops waiting for an empty unit get it (in name order, as the daemon).
+                if dice.chance(50) {
+                    queue.extend(
+                        sup.awaiting_empty()
+                            .into_iter()
+                            .map(|unit| Input::UnitEmpty { unit }),
+                    );
+                }
+                let scanned: Vec<UnitName> = sup
+                    .units()
+                    .filter(|(_, rt)| rt.state == State::Stopping && rt.pid.is_none())
+                    .map(|(u, _)| u.name.clone())
+                    .collect();
+                assert_eq!(sup.awaiting_empty(), scanned, "seed {seed}");
+                let earliest = sup.units().filter_map(|(_, rt)| rt.deadline()).min();
+                assert_eq!(sup.next_deadline(), earliest, "seed {seed}");
+                let with_process: Vec<&UnitName> = sup.with_process().collect();
+                let scanned: Vec<&UnitName> = sup
+                    .units()
+                    .filter(|(_, rt)| rt.state.has_process())
+                    .map(|(u, _)| &u.name)
+                    .collect();
+                assert_eq!(with_process, scanned, "seed {seed}");
+                let not_ready: Vec<UnitName> = sup
+                    .units()
+                    .filter(|(u, _)| u.enabled && sup.is_ready(&u.name) != Some(true))
+                    .map(|(u, _)| u.name.clone())
+                    .collect();
+                assert_eq!(sup.not_ready(&[]), not_ready, "seed {seed}");
+            }
+        }
+        // The scenarios did start and stop units (the checks above ran on real work).
+        assert!(
+            spawns > 1000 && stops > 300,
+            "{spawns} spawns, {stops} stops"
+        );
+    }
+
+    /// The fake OS's answers to effects: a pid for each spawn, emptiness for a unit killed
+    /// after its main process was reaped.
+    fn answers(sup: &Supervisor, effects: &[Effect], next_pid: &mut i32) -> Vec<Input> {
+        let mut inputs = Vec::new();
+        for effect in effects {
+            match effect {
+                Effect::Spawn { unit } => {
+                    *next_pid += 1;
+                    inputs.push(Input::Spawned {
+                        unit: unit.name.clone(),
+                        pid: *next_pid,
+                    });
+                }
+                Effect::KillAll { unit }
+                    if sup.get(unit).is_some_and(|(_, rt)| rt.pid.is_none()) =>
+                {
+                    inputs.push(Input::UnitEmpty { unit: unit.clone() });
+                }
+                _ => {}
+            }
+        }
+        inputs
     }
 }

@@ -62,6 +62,9 @@ pub struct Members {
     removals: BTreeMap<PathBuf, Retry>,
     /// OOM accounting per unit: the kernel's counter as last accounted for.
     oom: HashMap<UnitName, OomLedger>,
+    /// The units whose ledger waits to read its counter (`OomLedger::deadline`): what the
+    /// loop's every turn looks at, not every ledger (one per unit ever started).
+    oom_waiting: HashSet<UnitName>,
     /// Units with `memory-high`, and whether they are above it now.
     high: HashMap<UnitName, HighWatch>,
     /// R itself is removed at exit only when corral made it and does not live in it.
@@ -122,6 +125,7 @@ impl Members {
             problems: HashMap::new(),
             removals: BTreeMap::new(),
             oom: HashMap::new(),
+            oom_waiting: HashSet::new(),
             high: HashMap::new(),
             remove_root_at_exit: root_given,
             helpers: HashMap::new(),
@@ -350,6 +354,7 @@ impl Members {
         self.helpers.remove(unit);
         self.problems.remove(unit);
         self.oom.remove(unit);
+        self.oom_waiting.remove(unit);
         self.high.remove(unit);
         self.frozen.remove(unit);
         self.retry_removals(now);
@@ -393,6 +398,7 @@ impl Members {
                     unit.name.clone(),
                     OomLedger::new(cgroups.oom_kills(rel).unwrap_or(0)),
                 );
+                self.oom_waiting.remove(&unit.name);
                 problems.extend(cgroup::apply(
                     &**cgroups,
                     rel,
@@ -728,6 +734,7 @@ impl Members {
         if let Some(ledger) = self.oom.get_mut(unit) {
             ledger.memory_event(now);
         }
+        self.track_oom_wait(unit);
         self.check_memory_high(unit, now);
     }
 
@@ -753,13 +760,15 @@ impl Members {
     /// The main process ended: the unit's counter now, judged by its ledger.
     pub fn on_main_exit(&mut self, unit: &UnitName, now: Instant) -> MainEnd {
         let counter = self.oom_counter(unit);
-        match self.oom.get_mut(unit) {
+        let end = match self.oom.get_mut(unit) {
             Some(ledger) => ledger.main_ended(counter, now),
             None => MainEnd {
                 by_oom: false,
                 fresh: 0,
             },
-        }
+        };
+        self.track_oom_wait(unit);
+        end
     }
 
     /// Without a cgroup of the unit's own: OOM kills the container's counter shows, attributed
@@ -781,18 +790,35 @@ impl Members {
     /// processes of the unit, so far.
     pub fn spared_main_oom_kills(&mut self, now: Instant) -> Vec<(UnitName, u32)> {
         let due: Vec<UnitName> = self
-            .oom
+            .oom_waiting
             .iter()
-            .filter(|(_, ledger)| ledger.deadline().is_some_and(|at| at <= now))
-            .map(|(u, _)| u.clone())
+            .filter(|u| {
+                self.oom
+                    .get(*u)
+                    .and_then(OomLedger::deadline)
+                    .is_some_and(|at| at <= now)
+            })
+            .cloned()
             .collect();
         due.into_iter()
             .filter_map(|unit| {
                 let counter = self.oom_counter(&unit);
                 let fresh = self.oom.get_mut(&unit)?.reading(counter, now);
+                self.track_oom_wait(&unit);
                 (fresh > 0).then_some((unit, fresh))
             })
             .collect()
+    }
+
+    /// Keeps `oom_waiting` in step with the unit's ledger after a change to it.
+    fn track_oom_wait(&mut self, unit: &UnitName) {
+        if self.oom.get(unit).and_then(OomLedger::deadline).is_some() {
+            if !self.oom_waiting.contains(unit) {
+                self.oom_waiting.insert(unit.clone());
+            }
+        } else {
+            self.oom_waiting.remove(unit);
+        }
     }
 
     /// Queues `rel` for `rmdir`, first tried at `now`.
@@ -855,7 +881,10 @@ impl Members {
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {
-        let oom = self.oom.values().filter_map(OomLedger::deadline);
+        let oom = self
+            .oom_waiting
+            .iter()
+            .filter_map(|u| self.oom.get(u).and_then(OomLedger::deadline));
         self.removals.values().map(|r| r.due).chain(oom).min()
     }
 

@@ -1,6 +1,6 @@
 //! Wiring of readiness and health: units' notify sockets and health probes in flight on the loop.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -76,6 +76,9 @@ pub(super) struct ReadinessChannels {
     notify_dir: PathBuf,
     dir: Option<NotifyDir>,
     sockets: HashMap<UnitName, Notify>,
+    /// The units whose socket has a refusal episode under way (a `Refusals::deadline`): what
+    /// the loop's every turn looks at, not every socket (one per unit that ever ran).
+    refusing: HashSet<UnitName>,
     /// Each unit's closer of passed descriptors (also of its retired sockets).
     closers: HashMap<UnitName, Closer>,
     /// The closers' wake-up, once the first closer exists.
@@ -93,6 +96,7 @@ impl ReadinessChannels {
             notify_dir,
             dir: None,
             sockets: HashMap::new(),
+            refusing: HashSet::new(),
             closers: HashMap::new(),
             closer_wake: None,
             fds_in_flight_max: usize::try_from(open_files / FDS_IN_FLIGHT_SHARE)
@@ -106,12 +110,16 @@ impl ReadinessChannels {
     pub(super) fn next_deadline(&self) -> Option<Instant> {
         let net = self.net.values().map(|r| r.deadline);
         let exec = self.exec.values().map(|r| r.deadline);
-        let refusals = self.sockets.values().filter_map(|n| n.refusals.deadline());
+        let refusals = self
+            .refusing
+            .iter()
+            .filter_map(|u| self.sockets.get(u).and_then(|n| n.refusals.deadline()));
         net.chain(exec).chain(refusals).min()
     }
 
     /// A removed unit's socket closes; its probes' answers would find no unit anyway.
     pub(super) fn forget(&mut self, sources: &mut Sources, unit: &UnitName) {
+        self.refusing.remove(unit);
         if let Some(notify) = self.sockets.remove(unit) {
             sources.remove(notify.socket.as_fd(), notify.token);
             self.retire(unit, notify.socket, sources);
@@ -452,19 +460,35 @@ impl Daemon {
         let Some(notify) = self.readiness.sockets.get_mut(unit) else {
             return;
         };
-        if notify.refusals.refused(now) == Refusal::Log {
+        let refusal = notify.refusals.refused(now);
+        if !self.readiness.refusing.contains(unit) {
+            self.readiness.refusing.insert(unit.clone());
+        }
+        if refusal == Refusal::Log {
             warn!(unit = %unit, "{}", what());
         }
     }
 
     /// The counts of refusal episodes that ended or ran a report period, every unit's.
     pub(super) fn report_notify_refusals(&mut self, now: Instant) {
-        let due: Vec<UnitName> = self
-            .readiness
-            .sockets
+        let readiness = &mut self.readiness;
+        let sockets = &readiness.sockets;
+        // A socket replaced (its unit's uid changed) starts with no episode.
+        readiness.refusing.retain(|u| {
+            sockets
+                .get(u)
+                .is_some_and(|n| n.refusals.deadline().is_some())
+        });
+        let due: Vec<UnitName> = readiness
+            .refusing
             .iter()
-            .filter(|(_, n)| n.refusals.deadline().is_some_and(|d| d <= now))
-            .map(|(unit, _)| unit.clone())
+            .filter(|u| {
+                sockets
+                    .get(*u)
+                    .and_then(|n| n.refusals.deadline())
+                    .is_some_and(|d| d <= now)
+            })
+            .cloned()
             .collect();
         for unit in due {
             self.report_refusals_of(&unit, now);
@@ -483,6 +507,9 @@ impl Daemon {
                 s.count,
                 humantime::format_duration(over)
             );
+        }
+        if notify.refusals.deadline().is_none() {
+            self.readiness.refusing.remove(unit);
         }
     }
 

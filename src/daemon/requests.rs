@@ -1,6 +1,6 @@
 //! The control server: accepting peers, checking who they are, and carrying out their requests.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::os::fd::AsFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -731,12 +731,20 @@ impl Daemon {
         Some(status)
     }
 
+    /// The status of the units named (each once, by name), or of every unit.
     pub(super) fn statuses(&self, names: &[UnitName], now: Instant) -> Vec<UnitStatus> {
-        let wanted: HashSet<&UnitName> = names.iter().collect();
-        self.sup
-            .units()
-            .filter(|(unit, _)| wanted.is_empty() || wanted.contains(&unit.name))
-            .filter_map(|(unit, _)| self.unit_status(&unit.name, !names.is_empty(), now))
+        if names.is_empty() {
+            return self
+                .sup
+                .units()
+                .filter_map(|(unit, _)| self.unit_status(&unit.name, false, now))
+                .collect();
+        }
+        // The names, not every unit: a start's answer costs what it names (#22).
+        let wanted: BTreeSet<&UnitName> = names.iter().collect();
+        wanted
+            .into_iter()
+            .filter_map(|name| self.unit_status(name, true, now))
             .collect()
     }
 

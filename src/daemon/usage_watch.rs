@@ -173,8 +173,11 @@ impl Daemon {
         let watched: Vec<UnitName> = if self.members.version().is_none() {
             Vec::new()
         } else {
+            // Only units with a process: this runs every turn of the loop, and the units at
+            // rest can be most of them (bench/analysis.md, "Scale").
             self.sup
-                .units()
+                .with_process()
+                .filter_map(|name| self.sup.get(name))
                 .filter(|(unit, rt)| rt.pid.is_some() && needs_timer(unit, notified))
                 .map(|(unit, _)| unit.name.clone())
                 .collect()

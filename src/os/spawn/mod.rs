@@ -46,7 +46,7 @@ pub enum SpawnError {
     NotFound(String),
     #[error("{what} contains a NUL byte")]
     Nul { what: &'static str },
-    #[error("{operation}: {errno}")]
+    #[error("{operation}: {}", setup_problem(*errno))]
     Setup {
         operation: &'static str,
         errno: Errno,
@@ -86,6 +86,34 @@ impl SpawnError {
     /// The failure as the core takes it.
     pub fn to_failure(&self) -> crate::core::exit::SpawnFailure {
         crate::core::exit::SpawnFailure::new(self.errno(), self.to_string())
+    }
+}
+
+/// A setup step's errno in words; running out of descriptors says whose limit it is, since
+/// a bare "Too many open files" reads as the unit's (bench/analysis.md, "Scale").
+fn setup_problem(errno: Errno) -> String {
+    match errno {
+        Errno::EMFILE => {
+            let mut limit = libc::rlimit64 {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: prlimit64 on ourselves (pid 0) writes the current limit into `limit`.
+            let got =
+                unsafe { libc::prlimit64(0, libc::RLIMIT_NOFILE, std::ptr::null(), &mut limit) };
+            let soft = if got == 0 {
+                format!(" ({})", limit.rlim_cur)
+            } else {
+                String::new()
+            };
+            format!(
+                "corral ran out of file descriptors: its own RLIMIT_NOFILE{soft} is used up \
+                 (EMFILE; each running unit holds a few, see docs/operations.md); raise \
+                 corral's hard limit"
+            )
+        }
+        Errno::ENFILE => "the system ran out of file descriptors (ENFILE: fs.file-max)".to_owned(),
+        errno => errno.to_string(),
     }
 }
 
