@@ -78,7 +78,15 @@ pub struct Answer {
     items: Items,
     opened: bool,
     written: usize,
+    /// Pieces produced so far (elements, gathered figures, text): how large the answer was.
+    pieces: usize,
 }
+
+/// An answer of at least this many pieces frees enough (a few KiB a unit) to be worth handing
+/// the pages back to the kernel when it is done (`os::heap`); a smaller one is not, and a peer
+/// asking for one unit in a tight loop must not make corral walk the heap's free lists each
+/// time.
+const LARGE_ANSWER_PIECES: usize = 64;
 
 #[derive(Debug)]
 enum Items {
@@ -111,6 +119,7 @@ impl Answer {
             items: Items::Lines(lines),
             opened: false,
             written: 0,
+            pieces: 0,
         }
     }
 
@@ -129,6 +138,7 @@ impl Answer {
             },
             opened: false,
             written: 0,
+            pieces: 0,
         }
     }
 
@@ -142,7 +152,13 @@ impl Answer {
             },
             opened: false,
             written: 0,
+            pieces: 0,
         }
+    }
+
+    /// Whether the answer was large enough that what it freed is worth returning to the kernel.
+    pub fn was_large(&self) -> bool {
+        self.pieces >= LARGE_ANSWER_PIECES
     }
 
     /// Appends the next piece (the opening, one element, or the closing) to `out`; true once
@@ -152,6 +168,7 @@ impl Answer {
         out: &mut Vec<u8>,
         status_of: &dyn Fn(&UnitName, bool) -> Option<UnitStatus>,
     ) -> bool {
+        self.pieces += 1;
         if !self.opened {
             self.opened = true;
             let opening: &[u8] = match self.items {
@@ -698,6 +715,31 @@ mod tests {
                 String::from_utf8_lossy(&bytes),
                 String::from_utf8_lossy(&whole.to_line())
             );
+        }
+    }
+
+    #[test]
+    fn only_an_answer_of_many_pieces_counts_as_large() {
+        let present = |name: &UnitName, _: bool| Some(status(name));
+        let names = |n: usize| -> VecDeque<UnitName> {
+            (0..n)
+                .map(|i| UnitName::new(&format!("u{i}")).unwrap())
+                .collect()
+        };
+        for (n, large) in [
+            (0, false),
+            (1, false),
+            (LARGE_ANSWER_PIECES, true),
+            (1000, true),
+        ] {
+            for mut answer in [
+                Answer::units(names(n), false, None, None),
+                Answer::metrics(names(n)),
+            ] {
+                let mut out = Vec::new();
+                while !answer.next_piece(&mut out, &present) {}
+                assert_eq!(answer.was_large(), large, "{n} units: {answer:?}");
+            }
         }
     }
 }

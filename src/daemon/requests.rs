@@ -313,12 +313,15 @@ impl Daemon {
         if done {
             client.state = ClientState::Reading;
             client.idle_deadline = Some(now + super::control::IDLE_TIMEOUT);
+            let large = answer.was_large();
             drop(answer);
             drop(out);
             // A large answer's gathering (a metrics text's figures: ~0.5 KiB a unit) is freed
             // now; without this its pages stay resident (bench/analysis.md, "Where the heap
-            // goes per unit").
-            crate::os::heap::release_free_pages();
+            // goes per unit"). A small one frees too little to be worth the walk.
+            if large {
+                crate::os::heap::release_free_pages();
+            }
         } else {
             client.answer = Some(answer);
         }
