@@ -142,6 +142,8 @@ struct Daemon {
     /// The epoll set and what each token stands for.
     sources: Sources,
     signals: SignalEvents,
+    /// Whether a reaping sweep is due (a SIGCHLD came).
+    reaper: reaper::Reaper,
     /// The control server: listener, clients, the socket group, the reserve fd.
     control: control::Server,
     /// Units' output pipes, until their EOF.
@@ -374,6 +376,7 @@ pub fn run(mut opts: Options) -> Result<Ending, DaemonError> {
         opts,
         sources,
         signals,
+        reaper: reaper::Reaper::default(),
         control: control::Server::new(listener, listener_token, group.map(|g| g.as_raw())),
         pipes: Pipes::default(),
         generations: Generations::default(),
@@ -415,7 +418,7 @@ impl Daemon {
     /// 1. `wait`: sleep in epoll until a source is ready or the earliest deadline of any room.
     /// 2. `dispatch`: serve each ready source (signals, clients, output pipes, notify
     ///    sockets, probes, memory events, the units directory's watch...).
-    /// 3. `reap`: collect every exited child; a unit's main process becomes `Input::Exited`
+    /// 3. `reap`: after a SIGCHLD, collect every exited child; a unit's main process becomes `Input::Exited`
     ///    (its exec report read first, its OOM kills counted), an exec probe's ends its probe.
     /// 4. `settle_stops`: units stopping that are now empty get `Input::UnitEmpty`; during a
     ///    shutdown, units whose processes outlived SIGKILL by the kill wait are abandoned.
@@ -475,7 +478,11 @@ impl Daemon {
     /// Step 3: reaps every exited child and tells the core of its units' main processes.
     /// Returns whether corral has no child left.
     fn reap(&mut self, now: Instant) -> bool {
-        let reaped = reaper::reap_all();
+        // Whether any child is left matters only to a shutdown waiting for leftovers, which
+        // asks at every wake; otherwise a sweep follows a SIGCHLD only.
+        let Some(reaped) = self.reaper.sweep(self.shutdown.awaits_leftovers()) else {
+            return false;
+        };
         for (pid, termination) in reaped.exits {
             self.on_reaped(pid, termination, now);
         }
@@ -701,7 +708,8 @@ impl Daemon {
                 info!("SIGHUP received: reloading the units");
                 let _ = self.reload(Instant::now());
             }
-            // SIGCHLD only wakes the loop: every wake reaps.
+            // The sweep itself is the loop's step 3.
+            Signal::SIGCHLD => self.reaper.child_signalled(),
             _ => {}
         }
     }

@@ -63,6 +63,11 @@ impl Shutdown {
         self.killed_at.entry(unit.clone()).or_insert(now);
     }
 
+    /// Whether every unit is down and the processes left behind are being waited for.
+    pub(super) fn awaits_leftovers(&self) -> bool {
+        self.leftovers.is_some()
+    }
+
     /// Every unit is down: the leftovers get the shutdown timeout from now.
     pub(super) fn units_down(&mut self, now: Instant) {
         self.leftovers = Some(Leftovers {
