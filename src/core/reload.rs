@@ -1,6 +1,6 @@
 //! Reload as a pure diff: old units x new units -> what to start, stop, restart, re-limit.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::core::cgroup_plan::unit_cgroup;
 use crate::unit::{Unit, UnitKind, UnitName, UnitSet};
@@ -107,6 +107,65 @@ pub fn diff<'a>(old: impl IntoIterator<Item = &'a Unit>, new: &UnitSet) -> Reloa
             .filter(|n| !old.contains_key(n))
             .cloned()
             .collect();
+    }
+    plan
+}
+
+/// [`diff`] computed from the names that may have changed alone: `changed` must name every
+/// unit whose `old` and `new` versions are not the very same `Unit` (present in one set only,
+/// or a different value); any other name may be in it too. Both sets are valid loads (each
+/// `slice` names a slice of the same set, as the loader checks). The plan is the one `diff`
+/// gives: each name of `changed` is classified as there, every other name of `new` is
+/// unchanged, in name order. One exception needs every unit: a changed slice can move the
+/// cgroup of units that did not change (a restart), so with a slice among the changed names
+/// (old or new), the plan is `diff`'s own, over `all_old`.
+pub fn diff_changed<'a, I>(
+    old: impl Fn(&UnitName) -> Option<&'a Unit>,
+    all_old: impl FnOnce() -> I,
+    new: &UnitSet,
+    changed: &BTreeSet<UnitName>,
+) -> ReloadPlan
+where
+    I: IntoIterator<Item = &'a Unit>,
+{
+    let is_slice = |u: Option<&Unit>| u.is_some_and(|u| u.kind == UnitKind::Slice);
+    if changed
+        .iter()
+        .any(|n| is_slice(old(n)) || is_slice(new.get(n).map(|u| &**u)))
+    {
+        return diff(all_old(), new);
+    }
+    let mut plan = ReloadPlan::default();
+    // Classified as `diff` does; with no slice changed, no slice's cgroup moved.
+    let mut none = BTreeSet::new();
+    for name in changed {
+        match (old(name), new.get(name)) {
+            (None, None) => {}
+            (Some(_), None) => plan.removed.push(name.clone()),
+            (None, Some(_)) => plan.added.push(name.clone()),
+            (Some(was), Some(next)) => match change(was, next) {
+                Change::Restart => plan.restarted.push(name.clone()),
+                Change::Relimit => plan.relimited.push(name.clone()),
+                Change::Update => plan.updated.push(name.clone()),
+                Change::None => {
+                    none.insert(name);
+                }
+            },
+        }
+    }
+    // Every name of `new` kept (not in `changed`), and the changed ones found the same, in
+    // name order: one walk of `new` beside the few changed names.
+    let mut changed_iter = changed.iter().peekable();
+    plan.unchanged = Vec::with_capacity(new.len());
+    for name in new.keys() {
+        while changed_iter.next_if(|c| *c < name).is_some() {}
+        if changed_iter.next_if(|c| *c == name).is_some() {
+            if none.contains(name) {
+                plan.unchanged.push(name.clone());
+            }
+            continue;
+        }
+        plan.unchanged.push(name.clone());
     }
     plan
 }
