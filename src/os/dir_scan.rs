@@ -1,6 +1,6 @@
 //! One read of a directory through one open descriptor: each entry's name and, for those asked, what `fstatat` (symlinks followed) says of it.
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -49,23 +49,25 @@ impl Stat {
     }
 }
 
-/// One directory entry (`.` and `..` are left out).
+/// One directory entry (`.` and `..` are left out), its name borrowed from the listing.
 #[derive(Debug)]
-pub struct Entry {
-    pub name: OsString,
+pub struct Entry<'a> {
+    pub name: &'a OsStr,
     /// `None`: not asked for (see [`scan`]).
     pub stat: Option<io::Result<Stat>>,
 }
 
-/// The entries of `dir`, in the order the kernel lists them, each `stat`ed when `wanted(name)`
-/// says so: one `open` of the directory, `getdents64` through readdir(3), and an `fstatat`
-/// relative to the directory's descriptor per entry wanted, so no path is built or resolved
-/// from the root for each file (path_resolution(7)). `Err`: the directory cannot be opened;
-/// an error in the middle of the listing is an entry-less `Err` in the list.
+/// Hands `each` the entries of `dir`, in the order the kernel lists them, each `stat`ed when
+/// `wanted(name)` says so: one `open` of the directory, `getdents64` through readdir(3), and
+/// an `fstatat` relative to the directory's descriptor per entry wanted, so no path is built
+/// or resolved from the root for each file (path_resolution(7)); nothing is allocated per
+/// entry. `Err`: the directory cannot be opened; an error in the middle of the listing is
+/// handed to `each` (and ends it).
 pub fn scan(
     dir: &Path,
     mut wanted: impl FnMut(&OsStr) -> bool,
-) -> io::Result<Vec<io::Result<Entry>>> {
+    mut each: impl FnMut(io::Result<Entry<'_>>),
+) -> io::Result<()> {
     let fd = nix::fcntl::open(
         dir,
         OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
@@ -74,12 +76,11 @@ pub fn scan(
     // The listing reads through its own descriptor (the same open directory), the stats
     // are relative to this one.
     let mut listing = Dir::from_fd(fd.try_clone()?)?;
-    let mut out = Vec::new();
     for entry in listing.iter() {
         let entry = match entry {
             Ok(entry) => entry,
             Err(e) => {
-                out.push(Err(io::Error::from(e)));
+                each(Err(io::Error::from(e)));
                 // readdir(3) does not move on after an error: one is enough.
                 break;
             }
@@ -94,17 +95,15 @@ pub fn scan(
                 .map(|st| Stat::of(&st))
                 .map_err(io::Error::from)
         });
-        out.push(Ok(Entry {
-            name: name.to_owned(),
-            stat,
-        }));
+        each(Ok(Entry { name, stat }));
     }
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::ffi::OsString;
 
     #[test]
     fn lists_every_entry_and_stats_those_asked_following_symlinks() {
@@ -114,16 +113,21 @@ mod tests {
         std::os::unix::fs::symlink("a.toml", tmp.path().join("b.toml")).unwrap();
         std::os::unix::fs::symlink("nowhere", tmp.path().join("c.toml")).unwrap();
         std::fs::write(tmp.path().join(".hidden"), "").unwrap();
-        let mut entries: Vec<Entry> = scan(tmp.path(), |n| n != ".hidden")
-            .unwrap()
-            .into_iter()
-            .map(Result::unwrap)
-            .collect();
-        entries.sort_by(|a, b| a.name.cmp(&b.name));
-        let names: Vec<&OsStr> = entries.iter().map(|e| e.name.as_os_str()).collect();
+        let mut entries: Vec<(OsString, Option<io::Result<Stat>>)> = Vec::new();
+        scan(
+            tmp.path(),
+            |n| n != ".hidden",
+            |e| {
+                let e = e.unwrap();
+                entries.push((e.name.to_owned(), e.stat));
+            },
+        )
+        .unwrap();
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        let names: Vec<&OsStr> = entries.iter().map(|e| e.0.as_os_str()).collect();
         assert_eq!(names, [".hidden", "a.toml", "a.toml.d", "b.toml", "c.toml"]);
-        assert!(entries[0].stat.is_none(), "not asked");
-        let a = entries[1].stat.as_ref().unwrap().as_ref().unwrap();
+        assert!(entries[0].1.is_none(), "not asked");
+        let a = entries[1].1.as_ref().unwrap().as_ref().unwrap();
         let meta = std::fs::metadata(tmp.path().join("a.toml")).unwrap();
         use std::os::unix::fs::MetadataExt;
         assert_eq!(
@@ -138,12 +142,12 @@ mod tests {
             )
         );
         assert_eq!(
-            entries[2].stat.as_ref().unwrap().as_ref().unwrap().kind,
+            entries[2].1.as_ref().unwrap().as_ref().unwrap().kind,
             Kind::Dir
         );
-        let b = entries[3].stat.as_ref().unwrap().as_ref().unwrap();
+        let b = entries[3].1.as_ref().unwrap().as_ref().unwrap();
         assert_eq!(b, a, "the symlink is its target");
-        assert!(entries[4].stat.as_ref().unwrap().is_err(), "dangling");
-        assert!(scan(&tmp.path().join("a.toml"), |_| true).is_err());
+        assert!(entries[4].1.as_ref().unwrap().is_err(), "dangling");
+        assert!(scan(&tmp.path().join("a.toml"), |_| true, |_| {}).is_err());
     }
 }

@@ -209,6 +209,11 @@ impl LoadCache {
         self.stats
     }
 
+    /// How many files the last read kept.
+    pub(crate) fn file_count(&self) -> usize {
+        self.files.len()
+    }
+
     /// The units that may differ from those of the reads before the last `take_changed`
     /// (or before the first read): the rest are **kept**, each the very `Unit` (the same
     /// `Arc`) those reads gave, or absent from them all. A reused parse gives the same `Unit`,

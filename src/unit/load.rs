@@ -83,7 +83,8 @@ pub(crate) fn load_dir_at(
     scan: SystemTime,
 ) -> Result<Loaded, LoadError> {
     let mut diagnostics = Vec::new();
-    let files = unit_files(dir, runtime, &mut diagnostics)?;
+    // Room for as many files as the last read found.
+    let files = unit_files(dir, runtime, &mut diagnostics, cache.file_count())?;
     if files.units.is_empty() && diagnostics.is_empty() && runtime.is_empty() {
         diagnostics.push(Diagnostic::warning(dir, "no unit files found"));
     }
@@ -155,7 +156,7 @@ pub(crate) fn load_dir_at(
 /// key (`corral check --show`). A template is shown with its specifiers unexpanded.
 pub fn show_unit(dir: &Path, name: &str) -> Result<String, LoadError> {
     let mut diagnostics = Vec::new();
-    let files = unit_files(dir, &BTreeSet::new(), &mut diagnostics)?;
+    let files = unit_files(dir, &BTreeSet::new(), &mut diagnostics, 0)?;
     let mut cache = LoadCache::new();
     let no_users = super::users::MemoryUserDb::new();
     let mut pass = Pass::begin(&mut cache, dir, SystemTime::now(), &no_users);
@@ -382,6 +383,7 @@ fn unit_files(
     dir: &Path,
     runtime: &BTreeSet<UnitName>,
     diagnostics: &mut Vec<Diagnostic>,
+    capacity: usize,
 ) -> Result<UnitFiles, LoadError> {
     // A superset of the names stat'ed below (unit files, drop-in directories), in bytes: the
     // loop checks each name as UTF-8 once.
@@ -389,15 +391,9 @@ fn unit_files(
         let name = name.as_encoded_bytes();
         !name.starts_with(b".") && (name.ends_with(b".toml") || name.ends_with(b".toml.d"))
     };
-    let entries = dir_scan::scan(dir, wanted).map_err(|e| LoadError {
-        diagnostics: vec![Diagnostic::error(
-            dir,
-            format!("cannot read units directory: {e}"),
-        )],
-    })?;
-    let mut files = Vec::with_capacity(entries.len());
+    let mut files = Vec::with_capacity(capacity);
     let mut drop_in_dirs = BTreeMap::new();
-    for entry in entries {
+    let each = |entry: std::io::Result<dir_scan::Entry>| {
         let entry = match entry {
             Ok(entry) => entry,
             Err(e) => {
@@ -405,32 +401,32 @@ fn unit_files(
                     dir,
                     format!("cannot read units directory: {e}"),
                 ));
-                continue;
+                return;
             }
         };
         let Some(file_name) = entry.name.to_str() else {
             diagnostics.push(Diagnostic::warning(
-                dir.join(&entry.name),
+                dir.join(entry.name),
                 "ignored: the file name is not UTF-8",
             ));
-            continue;
+            return;
         };
         if is_drop_in_dir_name(file_name)
             && matches!(&entry.stat, Some(Ok(stat)) if stat.kind == Kind::Dir)
         {
             let stem = &file_name[..file_name.len() - DROP_IN_SUFFIX.len()];
             drop_in_dirs.insert(stem.to_owned(), dir.join(file_name));
-            continue;
+            return;
         }
         if is_ignored_file_name(file_name) {
-            continue;
+            return;
         }
         let path = in_dir(dir, file_name);
         let identity = match entry.stat {
-            Some(Ok(stat)) if stat.kind == Kind::Dir => continue,
+            Some(Ok(stat)) if stat.kind == Kind::Dir => return,
             Some(Ok(stat)) if stat.kind != Kind::File => {
                 diagnostics.push(Diagnostic::error(&path, "not a regular file"));
-                continue;
+                return;
             }
             Some(Ok(stat)) => FileIdentity::scanned(&stat),
             Some(Err(e)) => {
@@ -438,9 +434,9 @@ fn unit_files(
                     &path,
                     format!("cannot read unit file: {e}"),
                 ));
-                continue;
+                return;
             }
-            None => continue,
+            None => return,
         };
         let stem = file_name.strip_suffix(".toml").unwrap_or(file_name);
         match UnitName::new(stem) {
@@ -451,6 +447,14 @@ fn unit_files(
                 ),
             ),
         }
+    };
+    if let Err(e) = dir_scan::scan(dir, wanted, each) {
+        return Err(LoadError {
+            diagnostics: vec![Diagnostic::error(
+                dir,
+                format!("cannot read units directory: {e}"),
+            )],
+        });
     }
     // Built at once from the listing (sorted, then laid out), not one insert per name. The
     // sort moves indices, not the entries (100 bytes each); the names are unique (each is a
@@ -514,18 +518,8 @@ fn in_dir(dir: &Path, name: &str) -> PathBuf {
 /// they merge in), leftovers skipped as in the units directory.
 fn drop_in_files(dir: &Path, diagnostics: &mut Vec<Diagnostic>) -> Vec<ScannedFile> {
     let wanted = |name: &OsStr| name.to_str().is_none_or(|n| !is_ignored_file_name(n));
-    let entries = match dir_scan::scan(dir, wanted) {
-        Ok(entries) => entries,
-        Err(e) => {
-            diagnostics.push(Diagnostic::error(
-                dir,
-                format!("cannot read drop-in directory: {e}"),
-            ));
-            return Vec::new();
-        }
-    };
     let mut out = Vec::new();
-    for entry in entries {
+    let each = |entry: std::io::Result<dir_scan::Entry>| {
         let entry = match entry {
             Ok(entry) => entry,
             Err(e) => {
@@ -533,18 +527,18 @@ fn drop_in_files(dir: &Path, diagnostics: &mut Vec<Diagnostic>) -> Vec<ScannedFi
                     dir,
                     format!("cannot read drop-in directory: {e}"),
                 ));
-                continue;
+                return;
             }
         };
         let Some(name) = entry.name.to_str() else {
             diagnostics.push(Diagnostic::warning(
-                dir.join(&entry.name),
+                dir.join(entry.name),
                 "ignored: the file name is not UTF-8",
             ));
-            continue;
+            return;
         };
         if is_ignored_file_name(name) {
-            continue;
+            return;
         }
         let path = in_dir(dir, name);
         match entry.stat {
@@ -562,6 +556,13 @@ fn drop_in_files(dir: &Path, diagnostics: &mut Vec<Diagnostic>) -> Vec<ScannedFi
             )),
             None => {}
         }
+    };
+    if let Err(e) = dir_scan::scan(dir, wanted, each) {
+        diagnostics.push(Diagnostic::error(
+            dir,
+            format!("cannot read drop-in directory: {e}"),
+        ));
+        return Vec::new();
     }
     out.sort_by(|a, b| a.path.cmp(&b.path));
     out
