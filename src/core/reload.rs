@@ -285,6 +285,66 @@ mod tests {
         assert_eq!(names(&plan.unchanged), vec!["copied", "kept", "outer"]);
     }
 
+    /// `diff_changed` from the names that changed (and one more that did not) against `diff`:
+    /// each edit in its list, the kept units unchanged without a look; a slice among the
+    /// changed names gives the full diff, which restarts a kept unit below a moved slice.
+    #[test]
+    fn the_changed_names_alone_give_the_full_diffs_plan() {
+        let kept = [
+            Arc::new(service("same")),
+            Arc::new(service("kept")),
+            Arc::new({
+                let mut app = service("app");
+                app.slice = Some(name("inner"));
+                app
+            }),
+            Arc::new(unit("inner", UnitKind::Slice)),
+            Arc::new(unit("outer", UnitKind::Slice)),
+        ];
+        let old: Vec<Arc<Unit>> = kept
+            .iter()
+            .cloned()
+            .chain([Arc::new(service("cmd")), Arc::new(service("gone"))])
+            .collect();
+        let held: BTreeMap<UnitName, &Unit> = old.iter().map(|u| (u.name.clone(), &**u)).collect();
+        let mut cmd = service("cmd");
+        if let Some(exec) = &mut cmd.exec {
+            exec.command = vec!["false".into()];
+        }
+        let mut new: UnitSet = kept
+            .iter()
+            .map(|u| (u.name.clone(), Arc::clone(u)))
+            .collect();
+        new.insert(name("cmd"), Arc::new(cmd));
+        new.insert(name("new"), Arc::new(service("new")));
+        let changed: BTreeSet<UnitName> = ["cmd", "gone", "new", "same"].map(name).into();
+        let partial = diff_changed(
+            |n| held.get(n).copied(),
+            || old.iter().map(|u| &**u),
+            &new,
+            &changed,
+        );
+        assert_eq!(partial, diff(old.iter().map(|u| &**u), &new));
+        let names = |v: &Vec<UnitName>| v.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            names(&partial.unchanged),
+            ["app", "inner", "kept", "outer", "same"]
+        );
+        // `inner` moves below `outer`: `app`, kept, restarts with it.
+        let mut inner = unit("inner", UnitKind::Slice);
+        inner.slice = Some(name("outer"));
+        new.insert(name("inner"), Arc::new(inner));
+        let changed: BTreeSet<UnitName> = ["cmd", "gone", "inner", "new"].map(name).into();
+        let partial = diff_changed(
+            |n| held.get(n).copied(),
+            || old.iter().map(|u| &**u),
+            &new,
+            &changed,
+        );
+        assert_eq!(partial, diff(old.iter().map(|u| &**u), &new));
+        assert_eq!(names(&partial.restarted), ["app", "cmd", "inner"]);
+    }
+
     #[test]
     fn a_user_change_restarts_and_a_limit_with_it_still_restarts() {
         let old = service("web");
