@@ -1,6 +1,6 @@
 //! Reload as a pure diff: old units x new units -> what to start, stop, restart, re-limit.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::core::cgroup_plan::unit_cgroup;
 use crate::unit::{Unit, UnitKind, UnitName, UnitSet};
@@ -107,6 +107,65 @@ pub fn diff<'a>(old: impl IntoIterator<Item = &'a Unit>, new: &UnitSet) -> Reloa
             .filter(|n| !old.contains_key(n))
             .cloned()
             .collect();
+    }
+    plan
+}
+
+/// [`diff`] computed from the names that may have changed alone: `changed` must name every
+/// unit whose `old` and `new` versions are not the very same `Unit` (present in one set only,
+/// or a different value); any other name may be in it too. Both sets are valid loads (each
+/// `slice` names a slice of the same set, as the loader checks). The plan is the one `diff`
+/// gives: each name of `changed` is classified as there, every other name of `new` is
+/// unchanged, in name order. One exception needs every unit: a changed slice can move the
+/// cgroup of units that did not change (a restart), so with a slice among the changed names
+/// (old or new), the plan is `diff`'s own, over `all_old`.
+pub fn diff_changed<'a, I>(
+    old: impl Fn(&UnitName) -> Option<&'a Unit>,
+    all_old: impl FnOnce() -> I,
+    new: &UnitSet,
+    changed: &BTreeSet<UnitName>,
+) -> ReloadPlan
+where
+    I: IntoIterator<Item = &'a Unit>,
+{
+    let is_slice = |u: Option<&Unit>| u.is_some_and(|u| u.kind == UnitKind::Slice);
+    if changed
+        .iter()
+        .any(|n| is_slice(old(n)) || is_slice(new.get(n).map(|u| &**u)))
+    {
+        return diff(all_old(), new);
+    }
+    let mut plan = ReloadPlan::default();
+    // Classified as `diff` does; with no slice changed, no slice's cgroup moved.
+    let mut none = BTreeSet::new();
+    for name in changed {
+        match (old(name), new.get(name)) {
+            (None, None) => {}
+            (Some(_), None) => plan.removed.push(name.clone()),
+            (None, Some(_)) => plan.added.push(name.clone()),
+            (Some(was), Some(next)) => match change(was, next) {
+                Change::Restart => plan.restarted.push(name.clone()),
+                Change::Relimit => plan.relimited.push(name.clone()),
+                Change::Update => plan.updated.push(name.clone()),
+                Change::None => {
+                    none.insert(name);
+                }
+            },
+        }
+    }
+    // Every name of `new` kept (not in `changed`), and the changed ones found the same, in
+    // name order: one walk of `new` beside the few changed names.
+    let mut changed_iter = changed.iter().peekable();
+    plan.unchanged = Vec::with_capacity(new.len());
+    for name in new.keys() {
+        while changed_iter.next_if(|c| *c < name).is_some() {}
+        if changed_iter.next_if(|c| *c == name).is_some() {
+            if none.contains(name) {
+                plan.unchanged.push(name.clone());
+            }
+            continue;
+        }
+        plan.unchanged.push(name.clone());
     }
     plan
 }
@@ -224,6 +283,66 @@ mod tests {
         let names = |v: &Vec<UnitName>| v.iter().map(|n| n.to_string()).collect::<Vec<_>>();
         assert_eq!(names(&plan.restarted), vec!["app", "inner"]);
         assert_eq!(names(&plan.unchanged), vec!["copied", "kept", "outer"]);
+    }
+
+    /// `diff_changed` from the names that changed (and one more that did not) against `diff`:
+    /// each edit in its list, the kept units unchanged without a look; a slice among the
+    /// changed names gives the full diff, which restarts a kept unit below a moved slice.
+    #[test]
+    fn the_changed_names_alone_give_the_full_diffs_plan() {
+        let kept = [
+            Arc::new(service("same")),
+            Arc::new(service("kept")),
+            Arc::new({
+                let mut app = service("app");
+                app.slice = Some(name("inner"));
+                app
+            }),
+            Arc::new(unit("inner", UnitKind::Slice)),
+            Arc::new(unit("outer", UnitKind::Slice)),
+        ];
+        let old: Vec<Arc<Unit>> = kept
+            .iter()
+            .cloned()
+            .chain([Arc::new(service("cmd")), Arc::new(service("gone"))])
+            .collect();
+        let held: BTreeMap<UnitName, &Unit> = old.iter().map(|u| (u.name.clone(), &**u)).collect();
+        let mut cmd = service("cmd");
+        if let Some(exec) = &mut cmd.exec {
+            exec.command = vec!["false".into()];
+        }
+        let mut new: UnitSet = kept
+            .iter()
+            .map(|u| (u.name.clone(), Arc::clone(u)))
+            .collect();
+        new.insert(name("cmd"), Arc::new(cmd));
+        new.insert(name("new"), Arc::new(service("new")));
+        let changed: BTreeSet<UnitName> = ["cmd", "gone", "new", "same"].map(name).into();
+        let partial = diff_changed(
+            |n| held.get(n).copied(),
+            || old.iter().map(|u| &**u),
+            &new,
+            &changed,
+        );
+        assert_eq!(partial, diff(old.iter().map(|u| &**u), &new));
+        let names = |v: &Vec<UnitName>| v.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            names(&partial.unchanged),
+            ["app", "inner", "kept", "outer", "same"]
+        );
+        // `inner` moves below `outer`: `app`, kept, restarts with it.
+        let mut inner = unit("inner", UnitKind::Slice);
+        inner.slice = Some(name("outer"));
+        new.insert(name("inner"), Arc::new(inner));
+        let changed: BTreeSet<UnitName> = ["cmd", "gone", "inner", "new"].map(name).into();
+        let partial = diff_changed(
+            |n| held.get(n).copied(),
+            || old.iter().map(|u| &**u),
+            &new,
+            &changed,
+        );
+        assert_eq!(partial, diff(old.iter().map(|u| &**u), &new));
+        assert_eq!(names(&partial.restarted), ["app", "cmd", "inner"]);
     }
 
     #[test]

@@ -152,6 +152,9 @@ pub struct Supervisor {
     by_pid: HashMap<i32, UnitName>,
     shutting_down: bool,
     shutdown_reported: bool,
+    /// Units a `Discard` marked removed since the last reload: their entries changed outside
+    /// a reload, so `reload_changed` looks at them whatever the loader says.
+    discarded: BTreeSet<UnitName>,
 }
 
 impl Supervisor {
@@ -163,6 +166,7 @@ impl Supervisor {
             by_pid: HashMap::new(),
             shutting_down: false,
             shutdown_reported: false,
+            discarded: BTreeSet::new(),
         }
     }
 
@@ -321,6 +325,7 @@ impl Supervisor {
                     self.push_down(name);
                     if let Some(e) = self.table.get_mut(name) {
                         e.removing = true;
+                        self.discarded.insert(name.clone());
                     }
                 }
             }
@@ -448,30 +453,112 @@ impl Supervisor {
         // old set, its file put back would read as "unchanged" and the unit be forgotten once down.
         let current = self.table.values().filter(|e| !e.removing);
         let plan = reload::diff(current.map(|e| &**e.unit()), &units);
-        let mut effects = Vec::new();
         let mut units = units;
+        let added: Vec<(UnitName, Arc<Unit>)> = plan
+            .added
+            .iter()
+            .filter_map(|n| units.remove_entry(n))
+            .collect();
+        let effects = self.apply_reload(&plan, added, units, now);
+        (plan, effects)
+    }
+
+    /// [`Supervisor::reload`] for a loader that knows what changed: `changed` names every unit
+    /// of `units` that is not the very `Unit` this supervisor holds (added, changed), and every
+    /// unit it holds that `units` lacks (removed); other names may be in it too. Every other
+    /// unit is left as it is, unlooked at (core/reload.rs, `diff_changed`): the same plan and
+    /// effects as `reload(units)`, at the cost of the changed units (and one walk of the names
+    /// for the plan's `unchanged` list).
+    pub fn reload_changed(
+        &mut self,
+        units: &UnitSet,
+        changed: &BTreeSet<UnitName>,
+        now: Instant,
+    ) -> (ReloadPlan, Vec<Effect>) {
+        let with_discarded;
+        let changed = if self.discarded.is_empty() {
+            changed
+        } else {
+            with_discarded = changed.union(&self.discarded).cloned().collect();
+            &with_discarded
+        };
+        #[cfg(debug_assertions)]
+        self.assert_the_rest_is_kept(units, changed);
+        let table = &self.table;
+        let plan = reload::diff_changed(
+            |n| table.get(n).filter(|e| !e.removing).map(|e| &**e.unit()),
+            || table.values().filter(|e| !e.removing).map(|e| &**e.unit()),
+            units,
+            changed,
+        );
+        let added: Vec<(UnitName, Arc<Unit>)> = plan
+            .added
+            .iter()
+            .filter_map(|n| units.get_key_value(n))
+            .map(|(n, u)| (n.clone(), Arc::clone(u)))
+            .collect();
+        // A slice's move restarts units that did not change (the plan is then a full diff's).
+        let looked_at: BTreeSet<&UnitName> = changed.iter().chain(&plan.restarted).collect();
+        let rest: Vec<(UnitName, Arc<Unit>)> = looked_at
+            .into_iter()
+            .filter(|n| !plan.added.contains(n))
+            .filter_map(|n| units.get_key_value(n))
+            .map(|(n, u)| (n.clone(), Arc::clone(u)))
+            .collect();
+        let effects = self.apply_reload(&plan, added, rest, now);
+        (plan, effects)
+    }
+
+    /// `reload_changed`'s promise, checked in debug builds: every unit not named is the same
+    /// `Unit` in `units` as here (not removing), or in neither.
+    #[cfg(debug_assertions)]
+    fn assert_the_rest_is_kept(&self, units: &UnitSet, changed: &BTreeSet<UnitName>) {
+        for (name, unit) in units.iter().filter(|(n, _)| !changed.contains(*n)) {
+            let held = self.table.get(name).filter(|e| !e.removing);
+            assert!(
+                held.is_some_and(|e| Arc::ptr_eq(e.unit(), unit)),
+                "reload_changed: {name} is not named changed but is not the unit held"
+            );
+        }
+        for e in self.table.values().filter(|e| !e.removing) {
+            let name = &e.unit().name;
+            assert!(
+                changed.contains(name) || units.contains_key(name),
+                "reload_changed: {name} is gone but not named changed"
+            );
+        }
+    }
+
+    /// Applies a reload's plan: `added` are the plan's added units, `rest` (in name order) the
+    /// other units of the new set that may differ from the ones held.
+    fn apply_reload(
+        &mut self,
+        plan: &ReloadPlan,
+        added: Vec<(UnitName, Arc<Unit>)>,
+        rest: impl IntoIterator<Item = (UnitName, Arc<Unit>)>,
+        now: Instant,
+    ) -> Vec<Effect> {
+        self.discarded.clear();
+        let mut effects = Vec::new();
         for name in &plan.removed {
             if let Some(e) = self.table.get_mut(name) {
                 e.removing = true;
                 e.rt.want = Want::Down;
             }
         }
-        for name in &plan.added {
-            let Some(unit) = units.remove(name) else {
-                continue;
-            };
-            match self.table.get_mut(name) {
+        for (name, unit) in added {
+            match self.table.get_mut(&name) {
                 // Put back while its removal's stop runs: it keeps its process until that
                 // exits, then comes up under the new definition.
                 Some(e) => {
                     e.removing = false;
                     e.rt.want = if unit.enabled { Want::Up } else { Want::Down };
-                    self.table.replace_unit(name, unit);
+                    self.table.replace_unit(&name, unit);
                 }
                 None => self.table.insert(Entry::new(unit, now)),
             }
         }
-        for (name, unit) in units {
+        for (name, unit) in rest {
             let Some(e) = self.table.get(&name) else {
                 continue;
             };
@@ -525,7 +612,7 @@ impl Supervisor {
             }
         }
         self.settle(now, &mut effects);
-        (plan, effects)
+        effects
     }
 
     /// After any input: deadlines, reconciliation, forgetting removed units, shutdown's end.
@@ -2246,6 +2333,192 @@ mod tests {
 
     /// The fake OS's answers to effects: a pid for each spawn, emptiness for a unit killed
     /// after its main process was reaped.
+    /// A loader's next read of the directory after `held` (its last): each unit kept (the very
+    /// `Unit`), copied unchanged, edited (a restart, a limit or a setting), or removed; names
+    /// added; slices s1..s3 (each below a lower one or none) hold some services. Valid as the
+    /// loader checks: a unit whose slice is not a slice of the new set is edited out of it.
+    fn next_read(dice: &mut Dice, held: &UnitSet) -> UnitSet {
+        let services = ["a", "b", "c", "d", "e", "f", "g", "h"];
+        let slices = ["s1", "s2", "s3"];
+        let mut new = UnitSet::new();
+        for (n, u) in held {
+            match dice.roll(20) {
+                0..=10 => {
+                    new.insert(n.clone(), Arc::clone(u));
+                }
+                11 | 12 => {}
+                13 => {
+                    new.insert(n.clone(), Arc::new((**u).clone()));
+                }
+                _ => {
+                    let mut u = (**u).clone();
+                    match dice.roll(5) {
+                        0 if u.kind != UnitKind::Slice => {
+                            if let Some(exec) = &mut u.exec {
+                                exec.command.push("x".into());
+                            }
+                        }
+                        1 => u.resources.pids_max = Some(Some(dice.roll(50) as u64 + 1)),
+                        2 => u.enabled = !u.enabled,
+                        3 => u.description = Some(format!("d{}", dice.roll(9))),
+                        _ => u.slice = None,
+                    }
+                    new.insert(n.clone(), Arc::new(u));
+                }
+            }
+        }
+        for (i, n) in slices.iter().enumerate() {
+            if !new.contains_key(&name(n)) && dice.chance(30) {
+                let mut s = crate::core::fixtures::unit(n, UnitKind::Slice);
+                if i > 0 && dice.chance(50) {
+                    s.slice = Some(name(slices[dice.roll(i)]));
+                }
+                new.insert(name(n), Arc::new(s));
+            }
+        }
+        for n in services {
+            if !new.contains_key(&name(n)) && dice.chance(25) {
+                let mut u = if dice.chance(25) {
+                    oneshot(n)
+                } else {
+                    service(n)
+                };
+                u.enabled = dice.chance(60);
+                if dice.chance(50) {
+                    u.slice = Some(name(slices[dice.roll(slices.len())]));
+                }
+                if dice.chance(20) {
+                    u.after.push(name(services[dice.roll(services.len())]));
+                }
+                new.insert(name(n), Arc::new(u));
+            }
+        }
+        // Edited once more when its slice is gone, or no longer a slice (the chain is valid).
+        let is_slice =
+            |set: &UnitSet, s: &UnitName| set.get(s).is_some_and(|u| u.kind == UnitKind::Slice);
+        loop {
+            let broken: Vec<UnitName> = new
+                .iter()
+                .filter(|(_, u)| u.slice.as_ref().is_some_and(|s| !is_slice(&new, s)))
+                .map(|(n, _)| n.clone())
+                .collect();
+            if broken.is_empty() {
+                break;
+            }
+            for n in broken {
+                if let Some(u) = new.get(&n) {
+                    let mut u = (**u).clone();
+                    u.slice = None;
+                    new.insert(n, Arc::new(u));
+                }
+            }
+        }
+        new
+    }
+
+    /// `reload_changed` against `reload`, over random scenarios: two supervisors fed the same
+    /// inputs, one reloading each read in full, the other with the names the loader would say
+    /// changed (those not the very `Unit` of its last read, and a few more at random); the
+    /// plans, the effects and every unit's state must be the same at every step. Discards
+    /// between reads (the instance the loader still keeps) and slices that move are in them.
+    #[test]
+    fn reload_changed_gives_the_plan_and_effects_of_a_full_reload() {
+        let (mut reloads, mut kept, mut moved, mut put_back) = (0, 0, 0, 0);
+        for seed in 1..=300u64 {
+            let mut dice = Dice(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+            let t0 = Instant::now();
+            let mut now = t0;
+            let mut held = next_read(&mut dice, &UnitSet::new());
+            let mut full = Supervisor::new(held.values().cloned(), t0);
+            let mut part = Supervisor::new(held.values().cloned(), t0);
+            let (mut pid_full, mut pid_part) = (0, 0);
+            let mut queue = vec![Input::Tick];
+            for step in 0..60 {
+                let what = format!("seed {seed} step {step}");
+                let input = match queue.pop() {
+                    Some(input) => input,
+                    None => {
+                        let names: Vec<UnitName> =
+                            full.units().map(|(u, _)| u.name.clone()).collect();
+                        let running: Vec<i32> = full.units().filter_map(|(_, rt)| rt.pid).collect();
+                        let roll = if names.is_empty() { 0 } else { dice.roll(10) };
+                        let pick = |dice: &mut Dice| names[dice.roll(names.len())].clone();
+                        match roll {
+                            0..=2 => {
+                                let new = next_read(&mut dice, &held);
+                                let mut changed: BTreeSet<UnitName> = held
+                                    .keys()
+                                    .chain(new.keys())
+                                    .filter(|n| match (held.get(*n), new.get(*n)) {
+                                        (Some(a), Some(b)) => !Arc::ptr_eq(a, b),
+                                        _ => true,
+                                    })
+                                    .cloned()
+                                    .collect();
+                                kept += new.keys().filter(|n| !changed.contains(*n)).count();
+                                // More names than needed are allowed.
+                                for n in ["a", "c", "s2", "z"] {
+                                    if dice.chance(10) {
+                                        changed.insert(name(n));
+                                    }
+                                }
+                                put_back += usize::from(!part.discarded.is_empty());
+                                let (plan_full, effects_full) = full.reload(new.clone(), now);
+                                let (plan_part, effects_part) =
+                                    part.reload_changed(&new, &changed, now);
+                                assert_eq!(plan_full, plan_part, "{what}");
+                                assert_eq!(effects_full, effects_part, "{what}");
+                                reloads += 1;
+                                moved += usize::from(
+                                    plan_full.restarted.iter().any(|n| !changed.contains(n)),
+                                );
+                                queue.extend(answers(&full, &effects_full, &mut pid_full));
+                                answers(&part, &effects_part, &mut pid_part);
+                                held = new;
+                                continue;
+                            }
+                            3 => Input::Start(vec![pick(&mut dice)]),
+                            4 => Input::Stop(vec![pick(&mut dice)]),
+                            5 if !running.is_empty() => Input::Exited {
+                                pid: running[dice.roll(running.len())],
+                                exit: ExitReport::code(dice.roll(2) as i32),
+                            },
+                            6 if !running.is_empty() => Input::Execd {
+                                pid: running[dice.roll(running.len())],
+                            },
+                            7 if dice.chance(30) => Input::Discard(vec![pick(&mut dice)]),
+                            _ => {
+                                now += Duration::from_millis(dice.roll(3000) as u64);
+                                Input::Tick
+                            }
+                        }
+                    }
+                };
+                let a = full.handle(input.clone(), now);
+                let b = part.handle(input, now);
+                assert_eq!(a, b, "{what}");
+                if let (Ok(a), Ok(b)) = (a, b) {
+                    queue.extend(answers(&full, &a, &mut pid_full));
+                    answers(&part, &b, &mut pid_part);
+                    if dice.chance(50) {
+                        queue.extend(
+                            full.awaiting_empty()
+                                .into_iter()
+                                .map(|unit| Input::UnitEmpty { unit }),
+                        );
+                    }
+                }
+                let state = |s: &Supervisor| format!("{:?}", s.units().collect::<Vec<_>>());
+                assert_eq!(state(&full), state(&part), "{what}");
+            }
+        }
+        // The scenarios reloaded with units kept, moved slices and discards in between.
+        assert!(
+            reloads > 2000 && kept > 5000 && moved > 20 && put_back > 20,
+            "reloads {reloads} kept {kept} moved {moved} discarded before {put_back}"
+        );
+    }
+
     fn answers(sup: &Supervisor, effects: &[Effect], next_pid: &mut i32) -> Vec<Input> {
         let mut inputs = Vec::new();
         for effect in effects {

@@ -1,7 +1,7 @@
 //! Units' log files: the loop hands each line to a writer thread through a bounded, lossy
 //! queue; the thread writes, rotates and compresses, so a slow disk never holds the loop.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,7 +14,7 @@ use tracing::warn;
 use crate::core::log_rotation::{self, Step};
 use crate::os::log_file::{LogDir, LogFile};
 use crate::proto::Stream;
-use crate::unit::{Unit, UnitName};
+use crate::unit::{Unit, UnitName, UnitSet};
 
 /// Lines the queue holds at most; beyond, or beyond `QUEUED_BYTES`, lines are dropped and
 /// counted. 4096 lines of up to 8 KiB each, but never more than 4 MiB of text at once.
@@ -79,6 +79,11 @@ struct Message {
 pub(super) struct LogFiles {
     log_dir: Option<PathBuf>,
     targets: HashMap<UnitName, Arc<Target>>,
+    /// The unit each file is written by (the other way round from `targets`).
+    owners: HashMap<PathBuf, UnitName>,
+    /// Whether the last `configure` found a file named by two units: who gets it then
+    /// depends on every unit naming it, so `configure_changed` does a whole `configure`.
+    contested: bool,
     dropped: HashMap<UnitName, u64>,
     /// Started at the first line that has a file to go to.
     writer: Option<Writer>,
@@ -107,16 +112,20 @@ impl LogFiles {
         LogFiles {
             log_dir,
             targets: HashMap::new(),
+            owners: HashMap::new(),
+            contested: false,
             dropped: HashMap::new(),
             writer: None,
         }
     }
 
-    /// At start and at each applied reload: every unit's file as its definition says now.
+    /// At start and at a reload that may move files between units: every unit's file as its
+    /// definition says now. A file two units name is the first's by name.
     pub(super) fn configure<'u>(&mut self, units: impl Iterator<Item = &'u Unit>) {
         let log_dir = self.log_dir.clone();
         let mut targets = HashMap::new();
-        let mut owners: HashMap<PathBuf, &UnitName> = HashMap::new();
+        let mut owners: HashMap<PathBuf, UnitName> = HashMap::new();
+        let mut contested = false;
         for unit in units {
             if let Some(target) = Target::of(unit, log_dir.as_deref()) {
                 // One writer per file: two units' rotations of one file would fight.
@@ -126,19 +135,61 @@ impl LogFiles {
                         "log file {} is already {owner}'s; this unit gets none",
                         target.path().display()
                     );
+                    contested = true;
                     continue;
                 }
-                owners.insert(target.path(), &unit.name);
-                // The same definition keeps its Arc: the writer keeps its open file.
-                let target = match self.targets.get(&unit.name) {
-                    Some(old) if **old == target => Arc::clone(old),
-                    _ => Arc::new(target),
-                };
-                targets.insert(unit.name.clone(), target);
+                owners.insert(target.path(), unit.name.clone());
+                targets.insert(unit.name.clone(), self.keep_or_new(&unit.name, target));
             }
         }
         self.dropped.retain(|name, _| targets.contains_key(name));
         self.targets = targets;
+        self.owners = owners;
+        self.contested = contested;
+    }
+
+    /// At an applied reload whose loader named the units that may have changed (`changed`;
+    /// the rest are the units of the last call): only theirs are looked at, and the outcome is
+    /// `configure`'s over all of `units`. Unless a file is (or was) named by two units: then
+    /// it is `configure` itself.
+    pub(super) fn configure_changed(&mut self, units: &UnitSet, changed: &BTreeSet<UnitName>) {
+        if self.contested {
+            return self.configure(units.values().map(|u| &**u));
+        }
+        let log_dir = self.log_dir.clone();
+        for name in changed {
+            let target = units
+                .get(name)
+                .and_then(|u| Target::of(u, log_dir.as_deref()));
+            if let Some(target) = &target
+                && self.owners.get(&target.path()).is_some_and(|o| o != name)
+            {
+                // Another unit's file: which one gets it is the whole rule's to say.
+                return self.configure(units.values().map(|u| &**u));
+            }
+            if let Some(old) = self.targets.get(name) {
+                self.owners.remove(&old.path());
+            }
+            match target {
+                Some(target) => {
+                    self.owners.insert(target.path(), name.clone());
+                    let target = self.keep_or_new(name, target);
+                    self.targets.insert(name.clone(), target);
+                }
+                None => {
+                    self.targets.remove(name);
+                    self.dropped.remove(name);
+                }
+            }
+        }
+    }
+
+    /// The same definition keeps its Arc: the writer keeps its open file.
+    fn keep_or_new(&self, name: &UnitName, target: Target) -> Arc<Target> {
+        match self.targets.get(name) {
+            Some(old) if **old == target => Arc::clone(old),
+            _ => Arc::new(target),
+        }
     }
 
     /// Hands a line of `unit` to the writer without waiting. The count of the lines dropped
@@ -493,6 +544,81 @@ mod tests {
         files.configure([&a, &b].into_iter());
         assert_eq!(files.path_of(&a.name), a.logs.file);
         assert_eq!(files.path_of(&b.name), None);
+    }
+
+    /// `configure_changed` against `configure` over random reloads of units a..f, each with
+    /// no file, its own, the log dir's, or one of shared files: the same target for every
+    /// unit, the same owners, the same drop counts kept.
+    #[test]
+    fn configure_changed_gives_what_configure_gives() {
+        use crate::core::fixtures::service;
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut roll = |below: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % below
+        };
+        let (mut contested, mut partial) = (0, 0);
+        for _ in 0..300 {
+            let log_dir = (roll(2) == 0).then(|| PathBuf::from("/var/log/corral"));
+            let mut full = LogFiles::new(None);
+            full.log_dir = log_dir.clone();
+            let mut part = LogFiles::new(None);
+            part.log_dir = log_dir;
+            let mut held = UnitSet::new();
+            for _ in 0..8 {
+                let mut next = UnitSet::new();
+                let mut changed = BTreeSet::new();
+                for n in ["a", "b", "c", "d", "e", "f"] {
+                    let name = crate::core::fixtures::name(n);
+                    match (held.get(&name), roll(4)) {
+                        (Some(u), 0 | 1) => {
+                            next.insert(name, Arc::clone(u));
+                            continue;
+                        }
+                        (_, 2) => {}
+                        _ => {
+                            let mut u = service(n);
+                            u.logs.file = match roll(5) {
+                                0 => None,
+                                1 => Some(PathBuf::from(format!("/srv/{n}.log"))),
+                                2 => Some(PathBuf::from("/srv/shared.log")),
+                                3 => Some(PathBuf::from("/var/log/corral/a.log")),
+                                _ => Some(PathBuf::from(format!("/srv/{}.log", roll(3)))),
+                            };
+                            u.logs.keep = roll(2) as u32;
+                            next.insert(name.clone(), Arc::new(u));
+                        }
+                    }
+                    changed.insert(name);
+                }
+                // Lines dropped so far, as `write` counts them: for units with a file.
+                for files in [&mut full, &mut part] {
+                    let with_file: Vec<UnitName> = files.targets.keys().cloned().collect();
+                    files.dropped.extend(with_file.into_iter().map(|n| (n, 1)));
+                }
+                contested += usize::from(part.contested);
+                full.configure(next.values().map(|u| &**u));
+                part.configure_changed(&next, &changed);
+                partial += usize::from(!part.contested);
+                let sorted = |m: &HashMap<UnitName, Arc<Target>>| {
+                    let mut v: Vec<(UnitName, Target)> =
+                        m.iter().map(|(n, t)| (n.clone(), (**t).clone())).collect();
+                    v.sort_by(|a, b| a.0.cmp(&b.0));
+                    v
+                };
+                assert_eq!(sorted(&full.targets), sorted(&part.targets));
+                let mut fd: Vec<_> = full.dropped.keys().collect();
+                let mut pd: Vec<_> = part.dropped.keys().collect();
+                fd.sort();
+                pd.sort();
+                assert_eq!(fd, pd);
+                assert_eq!(full.owners, part.owners);
+                held = next;
+            }
+        }
+        assert!(contested > 100 && partial > 100, "{contested} {partial}");
     }
 
     #[test]

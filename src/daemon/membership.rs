@@ -1,7 +1,7 @@
 //! Which processes belong to a unit, and the doors to reach them: the unit's cgroup, or its
 //! process group where cgroups cannot be managed.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -283,6 +283,21 @@ impl Members {
             .map(|(n, u)| (n.clone(), u.clone()))
             .collect();
         self.setup_slices(&added_slices);
+    }
+
+    /// [`Members::update_units`] for a reload whose loader named what may have changed, with
+    /// no slice among them (a slice's move moves the units below it: the daemon then asks for
+    /// `update_units`): only those named can have a new path, and every slice is set up
+    /// already (each got its problems at its setup), so the rest is not looked at.
+    pub fn update_changed_units(&mut self, units: &UnitSet, changed: &BTreeSet<UnitName>) {
+        let parent_of = |n: &UnitName| units.get(n).and_then(|u| u.slice.clone());
+        for u in changed.iter().filter_map(|n| units.get(n)) {
+            debug_assert!(u.kind != UnitKind::Slice, "a changed slice: update_units");
+            let rel = cgroup_plan::unit_cgroup(&u.name, u.kind, &parent_of);
+            if self.paths.get(&u.name) != Some(&rel) {
+                self.paths.insert(u.name.clone(), rel);
+            }
+        }
     }
 
     /// Rewrites a unit's (or slice's) cgroup files in place, without touching its processes.

@@ -367,6 +367,11 @@ pub fn run(mut opts: Options) -> Result<Ending, DaemonError> {
     let shutdown = Shutdown::new(opts.shutdown_timeout);
     let mut log_files = log_files::LogFiles::new(opts.log_dir.clone());
     log_files.configure(loaded.units.values().map(|u| &**u));
+    // The supervisor starts with this read's units: the next reload looks at what changed
+    // since. (A refused read at start leaves its names, and the supervisor empty.)
+    if startup_error.is_none() {
+        unit_cache.take_changed();
+    }
     let mut daemon = Daemon {
         log_files,
         members,
@@ -988,10 +993,23 @@ impl Daemon {
             );
         }
         self.units_dir.runtime = loaded.runtime_instances;
-        self.members.update_units(&loaded.units);
-        self.log_files
-            .configure(loaded.units.values().map(|u| &**u));
-        let (plan, effects) = self.sup.reload(loaded.units, now);
+        // What the loader did not keep since the last read applied (unit/cache.rs,
+        // `take_changed`): the rest are the very units applied then, which the steps below
+        // leave unlooked at. A slice among them can move the cgroups of units below it that
+        // did not change: then every unit's path is computed again.
+        let changed = self.units_dir.cache.take_changed();
+        let is_slice = |u: Option<&unit::Unit>| u.is_some_and(|u| u.kind == unit::UnitKind::Slice);
+        if changed.iter().any(|n| {
+            is_slice(loaded.units.get(n).map(|u| &**u)) || is_slice(self.sup.get(n).map(|(u, _)| u))
+        }) {
+            self.members.update_units(&loaded.units);
+        } else {
+            self.members.update_changed_units(&loaded.units, &changed);
+        }
+        self.log_files.configure_changed(&loaded.units, &changed);
+        let (plan, effects) = self.sup.reload_changed(&loaded.units, &changed, now);
+        // The units this reload did not keep are freed here; the rest are shared with the table.
+        drop(loaded.units);
         if plan.is_noop() {
             debug!("reload: nothing changed");
         } else {

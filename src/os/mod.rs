@@ -2,6 +2,7 @@
 
 pub mod cgroup;
 pub mod control_socket;
+pub mod dir_scan;
 pub mod fd_closer;
 pub mod heap;
 pub mod log_file;

@@ -10,8 +10,9 @@
 //! `useradd` between two reloads), and a unit whose answers changed is parsed again.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::ffi::OsString;
+use std::hash::BuildHasherDefault;
 use std::hash::{Hash, Hasher};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -36,6 +37,17 @@ pub(crate) struct FileIdentity {
 }
 
 impl FileIdentity {
+    /// What the directory scan found (os/dir_scan.rs).
+    pub(crate) fn scanned(stat: &crate::os::dir_scan::Stat) -> FileIdentity {
+        FileIdentity {
+            dev: stat.dev,
+            ino: stat.ino,
+            size: stat.size,
+            mtime: stat.mtime,
+            ctime: stat.ctime,
+        }
+    }
+
     pub(crate) fn of(meta: &std::fs::Metadata) -> FileIdentity {
         FileIdentity {
             dev: meta.dev(),
@@ -103,16 +115,79 @@ struct UnitKey {
     template_layers: usize,
 }
 
+/// The cache's maps, keyed by file paths and unit names: a reload looks up each of 10,000
+/// files and units a few times, and SipHash (the std default, built against keys chosen to
+/// collide) was a tenth of its instructions. These keys are names in the units directory,
+/// whose writers define the commands corral runs already; a collision costs time, not
+/// correctness.
+type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<WordHasher>>;
+
+fn fast_map<K, V>(capacity: usize) -> FastMap<K, V> {
+    FastMap::with_capacity_and_hasher(capacity, BuildHasherDefault::default())
+}
+
+/// A multiplicative hash eight bytes at a time (the scheme of rustc's FxHasher), finished
+/// with MurmurHash3's mix.
+#[derive(Default)]
+struct WordHasher(u64);
+
+impl WordHasher {
+    const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(Self::SEED);
+    }
+}
+
+impl Hasher for WordHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut word = [0u8; 8];
+            word[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u8(&mut self, n: u8) {
+        self.add(u64::from(n));
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        // The products mix each word into the high bits only, and hashbrown picks the bucket
+        // with the low bits: MurmurHash3's finaliser (fmix64) spreads every bit over all.
+        let mut h = self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
+    }
+}
+
 /// What the last read of a units directory found. Kept between reloads by the daemon; a
 /// fresh one reads everything (`check`).
 #[derive(Debug, Default)]
 pub struct LoadCache {
     dir: PathBuf,
-    files: HashMap<OsString, CachedFile>,
-    units: HashMap<UnitName, CachedUnit>,
-    templates: HashMap<UnitName, CachedUnit>,
+    files: FastMap<OsString, CachedFile>,
+    units: FastMap<UnitName, CachedUnit>,
+    templates: FastMap<UnitName, CachedUnit>,
     next_generation: u64,
     stats: LoadStats,
+    /// The units whose parse was not the last read's (new, parsed again, or gone), over
+    /// every read since the last [`LoadCache::take_changed`].
+    changed: BTreeSet<UnitName>,
 }
 
 /// What the last read did, for tests and the reload's debug log.
@@ -133,6 +208,21 @@ impl LoadCache {
     pub fn stats(&self) -> LoadStats {
         self.stats
     }
+
+    /// How many files the last read kept.
+    pub(crate) fn file_count(&self) -> usize {
+        self.files.len()
+    }
+
+    /// The units that may differ from those of the reads before the last `take_changed`
+    /// (or before the first read): the rest are **kept**, each the very `Unit` (the same
+    /// `Arc`) those reads gave, or absent from them all. A reused parse gives the same `Unit`,
+    /// so a unit not named here is the one a supervisor that applied the reads up to the last
+    /// take holds; the daemon takes them when it applies a read (core/supervisor.rs,
+    /// `reload_changed`), and a read it does not apply (refused) leaves them for the next.
+    pub fn take_changed(&mut self) -> BTreeSet<UnitName> {
+        std::mem::take(&mut self.changed)
+    }
 }
 
 /// Whether a unit is checked as a template (with a placeholder instance) or is one.
@@ -147,9 +237,9 @@ pub(crate) enum Role {
 pub(crate) struct Pass<'c> {
     cache: &'c mut LoadCache,
     scan: SystemTime,
-    old_files: HashMap<OsString, CachedFile>,
-    old_units: HashMap<UnitName, CachedUnit>,
-    old_templates: HashMap<UnitName, CachedUnit>,
+    old_files: FastMap<OsString, CachedFile>,
+    old_units: FastMap<UnitName, CachedUnit>,
+    old_templates: FastMap<UnitName, CachedUnit>,
     /// The texts read in this pass, for the units parsed.
     texts: HashMap<OsString, Rc<str>>,
     users: MemoUserDb<'c>,
@@ -166,13 +256,18 @@ impl<'c> Pass<'c> {
         users: &'c dyn UserDb,
     ) -> Pass<'c> {
         if cache.dir != dir {
+            let gone: Vec<UnitName> = cache.units.keys().cloned().collect();
+            cache.changed.extend(gone);
             cache.files.clear();
             cache.units.clear();
             cache.templates.clear();
             cache.dir = dir.to_owned();
         }
-        let old_files = std::mem::take(&mut cache.files);
-        let old_units = std::mem::take(&mut cache.units);
+        // Sized for a read like the last one: 10,000 inserts into an empty map rehash it a
+        // dozen times on the way.
+        let (files, units) = (cache.files.len(), cache.units.len());
+        let old_files = std::mem::replace(&mut cache.files, fast_map(files));
+        let old_units = std::mem::replace(&mut cache.units, fast_map(units));
         let old_templates = std::mem::take(&mut cache.templates);
         Pass {
             cache,
@@ -194,17 +289,17 @@ impl<'c> Pass<'c> {
         path: &Path,
         identity: &FileIdentity,
     ) -> Result<u64, String> {
-        if let Some(file) = self.cache.files.get(path.as_os_str()) {
+        // The usual case first: the last read's file, trusted (one lookup, one insert).
+        if let Some((key, old)) = self.old_files.remove_entry(path.as_os_str()) {
+            if old.settled && old.identity == *identity {
+                let generation = old.generation;
+                self.cache.files.insert(key, old);
+                return Ok(generation);
+            }
+            // Read again below; `read` compares the content with this one's.
+            self.old_files.insert(key, old);
+        } else if let Some(file) = self.cache.files.get(path.as_os_str()) {
             return Ok(file.generation);
-        }
-        if let Some(old) = self.old_files.get(path.as_os_str())
-            && old.settled
-            && old.identity == *identity
-            && let Some((key, old)) = self.old_files.remove_entry(path.as_os_str())
-        {
-            let generation = old.generation;
-            self.cache.files.insert(key, old);
-            return Ok(generation);
         }
         self.read(path).map(|(generation, _)| generation)
     }
@@ -252,6 +347,19 @@ impl<'c> Pass<'c> {
         }
     }
 
+    /// Whether `key` is what [`Pass::key`] gives for `layers`, without building it.
+    fn same_key(&self, key: &UnitKey, layers: &UnitLayers) -> bool {
+        key.template_layers == layers.template_layers
+            && key.generations.len() == layers.layers.len()
+            && key.generations.iter().zip(&layers.layers).all(|(g, l)| {
+                self.cache
+                    .files
+                    .get(l.file.as_os_str())
+                    .map_or(0, |f| f.generation)
+                    == *g
+            })
+    }
+
     /// The generation this pass gave each of `layers`' files (0 for one it has none of).
     fn key(&self, layers: &UnitLayers) -> UnitKey {
         UnitKey {
@@ -279,13 +387,12 @@ impl<'c> Pass<'c> {
         role: Role,
         layers: &UnitLayers,
     ) -> Result<Rc<Parsed>, (PathBuf, String)> {
-        let key = self.key(layers);
         let old = match role {
             Role::Unit => self.old_units.remove(name),
             Role::Template => self.old_templates.remove(name),
         };
         if let Some(old) = old
-            && old.key == key
+            && self.same_key(&old.key, layers)
             && old
                 .lookups
                 .iter()
@@ -294,6 +401,9 @@ impl<'c> Pass<'c> {
             let parsed = Rc::clone(&old.parsed);
             self.keep(name, role, old);
             return Ok(parsed);
+        }
+        if role == Role::Unit {
+            self.cache.changed.insert(name.clone());
         }
         // Read what this pass did not: the files whose generation was the last read's. A
         // file that changed since the scan gets a new generation here.
@@ -311,6 +421,26 @@ impl<'c> Pass<'c> {
         };
         self.keep(name, role, entry);
         Ok(parsed)
+    }
+
+    /// The last read's parse of the plain unit `name` if it was made of one file, of the
+    /// generation its file has now, and the user database answers as it did: what
+    /// [`Pass::parse`] would keep for that plan, without the plan. `None`: parse it.
+    pub(crate) fn kept_plain(&mut self, name: &UnitName, generation: u64) -> Option<Rc<Parsed>> {
+        let old = self.old_units.remove(name)?;
+        if old.key.template_layers == 0
+            && *old.key.generations == [generation]
+            && old
+                .lookups
+                .iter()
+                .all(|(lookup, answer)| self.users.ask(lookup) == *answer)
+        {
+            let parsed = Rc::clone(&old.parsed);
+            self.keep(name, Role::Unit, old);
+            return Some(parsed);
+        }
+        self.old_units.insert(name.clone(), old);
+        None
     }
 
     fn keep(&mut self, name: &UnitName, role: Role, entry: CachedUnit) {
@@ -338,9 +468,11 @@ impl<'c> Pass<'c> {
         })
     }
 
-    /// The pass is over: what it used stays in the cache, the rest goes.
+    /// The pass is over: what it used stays in the cache, the rest goes (the units that went
+    /// are changed).
     pub(crate) fn finish(self) {
         self.cache.stats = self.stats;
+        self.cache.changed.extend(self.old_units.into_keys());
     }
 }
 
@@ -774,6 +906,44 @@ mod tests {
         );
     }
 
+    /// The kept units are the very `Unit`s of the reads before; every other name (new, parsed
+    /// again, gone) is told, over every read until it is taken, refused reads included.
+    #[test]
+    fn the_units_not_kept_are_told_until_taken() {
+        let names = |set: BTreeSet<UnitName>| -> Vec<String> {
+            set.iter().map(ToString::to_string).collect()
+        };
+        let mut d = Dir::new();
+        d.write("a.toml", &cmd("one"));
+        d.write("b.toml", EXEC);
+        d.write("c.toml", EXEC);
+        d.later();
+        assert_eq!(names(d.cache.take_changed()), ["a", "b", "c"], "all new");
+        let first = d.later();
+        assert!(d.cache.take_changed().is_empty());
+        // A touch re-reads c but keeps its parse: not told.
+        let f = fs::File::options()
+            .write(true)
+            .open(d.tmp.path().join("c.toml"))
+            .unwrap();
+        f.set_modified(SystemTime::now()).unwrap();
+        d.write("a.toml", &cmd("two"));
+        fs::remove_file(d.tmp.path().join("b.toml")).unwrap();
+        d.write("d.toml", "[exec]\ncommand = 3\n");
+        assert!(d.at(SystemTime::now() + Duration::from_secs(60)).is_err());
+        // Refused, and not taken: the next read adds its own.
+        d.write("d.toml", EXEC);
+        d.write("e@.toml", EXEC);
+        std::os::unix::fs::symlink("e@.toml", d.tmp.path().join("e@1.toml")).unwrap();
+        let second = d.later();
+        assert_eq!(names(d.cache.take_changed()), ["a", "b", "d", "e@1"]);
+        assert!(Arc::ptr_eq(unit(&first, "c"), unit(&second, "c")));
+        // The template changes: its instance is told (the template is no unit).
+        d.write("e@.toml", &cmd("other"));
+        d.later();
+        assert_eq!(names(d.cache.take_changed()), ["e@1"]);
+    }
+
     /// Counts the questions that reach it.
     struct Counting {
         inner: MemoryUserDb,
@@ -823,6 +993,27 @@ mod tests {
         load_dir_at(d.tmp.path(), &users, &runtime, &mut cache, later).unwrap();
         assert_eq!(users.asked.get(), 4);
         assert_eq!(cache.stats().parsed, 0);
+    }
+
+    /// 10,000 paths that differ in a few middle bytes spread over the buckets about as a
+    /// random function would (7,500 of 16,384 used, expected), with the control bits spread too.
+    #[test]
+    fn the_word_hasher_spreads_similar_paths() {
+        use std::hash::BuildHasher;
+        let build = BuildHasherDefault::<WordHasher>::default();
+        let mut low = std::collections::HashSet::new();
+        let mut top = std::collections::HashSet::new();
+        let mut all = std::collections::HashSet::new();
+        for i in 0..10_000 {
+            let path = OsString::from(format!("/tmp/corral-scale-1234/units/u{i:05}.toml"));
+            let h = build.hash_one(&path);
+            all.insert(h);
+            low.insert(h & 0x3fff);
+            top.insert(h >> 57);
+        }
+        assert!(low.len() > 7000, "{} buckets", low.len());
+        assert_eq!(top.len(), 128);
+        assert_eq!(all.len(), 10_000);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! all, and the checks that span units.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::fs;
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -19,6 +19,7 @@ use super::users::UserDb;
 use super::values::did_you_mean;
 use super::{Loaded, UnitSet};
 use crate::core::graph::DepGraph;
+use crate::os::dir_scan::{self, Kind};
 
 /// Whether a directory entry named `name` is not a unit file: dotfiles (which also covers
 /// Kubernetes' `..data` links), editor leftovers (`*~`, `*.swp`, `*.tmp`, `#*#`), and anything
@@ -82,19 +83,19 @@ pub(crate) fn load_dir_at(
     scan: SystemTime,
 ) -> Result<Loaded, LoadError> {
     let mut diagnostics = Vec::new();
-    let files = unit_files(dir, runtime, &mut diagnostics)?;
+    // Room for as many files as the last read found.
+    let files = unit_files(dir, runtime, &mut diagnostics, cache.file_count())?;
     if files.units.is_empty() && diagnostics.is_empty() && runtime.is_empty() {
         diagnostics.push(Diagnostic::warning(dir, "no unit files found"));
     }
     let mut pass = Pass::begin(cache, dir, scan, users);
     let assembled = assemble(dir, &files, runtime, &mut pass, &mut diagnostics);
     let mut parse_all = |plans: &BTreeMap<UnitName, UnitLayers>, role: Role| {
-        let mut out = BTreeMap::new();
+        // In name order: built at once at the end, not one insert per name.
+        let mut out = Vec::with_capacity(plans.len());
         for (name, layers) in plans {
             match pass.parse(name, role, layers) {
-                Ok(parsed) => {
-                    out.insert(name.clone(), parsed);
-                }
+                Ok(parsed) => out.push((name.clone(), parsed)),
                 Err((path, e)) => diagnostics.push(Diagnostic::error(
                     path,
                     format!("cannot read unit file: {e}"),
@@ -104,7 +105,11 @@ pub(crate) fn load_dir_at(
         out
     };
     let parsed = parse_all(&assembled.units, Role::Unit);
-    let templates = parse_all(&assembled.templates, Role::Template);
+    // Two runs in name order, merged by the sort that builds the map.
+    let parsed: BTreeMap<UnitName, Rc<Parsed>> = assembled.kept.into_iter().chain(parsed).collect();
+    let templates: BTreeMap<UnitName, Rc<Parsed>> = parse_all(&assembled.templates, Role::Template)
+        .into_iter()
+        .collect();
     pass.finish();
     cross_check(&parsed, &templates, &assembled.runtime, &mut diagnostics);
     // A template's own problem shows once, as the template's, not again for each instance.
@@ -113,7 +118,7 @@ pub(crate) fn load_dir_at(
         .flat_map(|p| p.diagnostics.iter().cloned())
         .inspect(|d| diagnostics.push(d.clone()))
         .collect();
-    let mut units = UnitSet::new();
+    let mut units = Vec::with_capacity(parsed.len());
     for (name, p) in parsed {
         diagnostics.extend(
             p.diagnostics
@@ -128,9 +133,10 @@ pub(crate) fn load_dir_at(
                 .cloned(),
         );
         if let Some(unit) = &p.unit {
-            units.insert(name, Arc::clone(unit));
+            units.push((name, Arc::clone(unit)));
         }
     }
+    let units: UnitSet = units.into_iter().collect();
     // Each instance checks its template's references again: the same problem, once is enough.
     let mut seen = HashSet::new();
     diagnostics.retain(|d| seen.insert(d.clone()));
@@ -150,7 +156,7 @@ pub(crate) fn load_dir_at(
 /// key (`corral check --show`). A template is shown with its specifiers unexpanded.
 pub fn show_unit(dir: &Path, name: &str) -> Result<String, LoadError> {
     let mut diagnostics = Vec::new();
-    let files = unit_files(dir, &BTreeSet::new(), &mut diagnostics)?;
+    let files = unit_files(dir, &BTreeSet::new(), &mut diagnostics, 0)?;
     let mut cache = LoadCache::new();
     let no_users = super::users::MemoryUserDb::new();
     let mut pass = Pass::begin(&mut cache, dir, SystemTime::now(), &no_users);
@@ -191,7 +197,11 @@ pub fn show_unit(dir: &Path, name: &str) -> Result<String, LoadError> {
 /// The units and templates of a directory, each as the files it is merged from (a plan: the
 /// texts are read by the pass only for the units it parses).
 struct Assembled {
+    /// The units to parse (or whose parse the pass may keep: their files changed, or they are
+    /// made of several).
     units: BTreeMap<UnitName, UnitLayers>,
+    /// The plain units of one file the pass kept the last read's parse of, in name order.
+    kept: Vec<(UnitName, Rc<Parsed>)>,
     /// Each with a placeholder instance, for checking it on its own.
     templates: BTreeMap<UnitName, UnitLayers>,
     /// The units made from a template alone, at runtime (also in `units`).
@@ -211,48 +221,63 @@ fn assemble(
 ) -> Assembled {
     // Every layer of the plan shares one empty text until the pass reads it.
     let unread: Rc<str> = Rc::from("");
-    let mut read = |file: &ScannedFile, what: &str, diagnostics: &mut Vec<Diagnostic>| match pass
-        .generation(&file.path, &file.identity)
-    {
-        Ok(_) => Some(Layer {
-            file: file.path.clone(),
-            text: Rc::clone(&unread),
-        }),
-        Err(e) => {
-            diagnostics.push(Diagnostic::error(
-                &file.path,
-                format!("cannot read {what}: {e}"),
-            ));
-            None
-        }
+    // The file's generation from the pass (which reads it if the last read's cannot be
+    // trusted); `None`: it could not be read (reported).
+    let read =
+        |pass: &mut Pass, file: &ScannedFile, what: &str, diagnostics: &mut Vec<Diagnostic>| {
+            match pass.generation(&file.path, &file.identity) {
+                Ok(generation) => Some(generation),
+                Err(e) => {
+                    diagnostics.push(Diagnostic::error(
+                        &file.path,
+                        format!("cannot read {what}: {e}"),
+                    ));
+                    None
+                }
+            }
+        };
+    let layer = |file: &ScannedFile| Layer {
+        file: file.path.clone(),
+        text: Rc::clone(&unread),
     };
-    let with_drop_ins = |name: &UnitName,
+    let with_drop_ins = |pass: &mut Pass,
+                         name: &UnitName,
                          mut layers: Vec<Layer>,
-                         diagnostics: &mut Vec<Diagnostic>,
-                         read: &mut ReadLayer| {
+                         diagnostics: &mut Vec<Diagnostic>| {
         for file in files.drop_ins.get(name).into_iter().flatten() {
-            layers.push(read(file, "drop-in", diagnostics)?);
+            read(pass, file, "drop-in", diagnostics)?;
+            layers.push(layer(file));
         }
         Some(layers)
     };
-    let mut units = BTreeMap::new();
+    // Gathered, then built at once (sorted and laid out), not one insert per name.
+    let mut units = Vec::with_capacity(files.units.len());
+    let mut kept = Vec::with_capacity(files.units.len());
     let mut templates = BTreeMap::new();
     let mut instances = Vec::new();
     for (name, file) in &files.units {
         match name_kind(name.as_str()) {
             Ok(NameKind::Plain) => {
-                let Some(own) = read(file, "unit file", diagnostics) else {
+                let Some(generation) = read(pass, file, "unit file", diagnostics) else {
                     continue;
                 };
-                if let Some(layers) = with_drop_ins(name, vec![own], diagnostics, &mut read) {
-                    units.insert(name.clone(), UnitLayers::plain(&file.path, layers));
+                // The usual unit: one file, the last read's, so the last read's parse (no
+                // plan built for it).
+                if !files.drop_ins.contains_key(name)
+                    && let Some(parsed) = pass.kept_plain(name, generation)
+                {
+                    kept.push((name.clone(), parsed));
+                    continue;
+                }
+                if let Some(layers) = with_drop_ins(pass, name, vec![layer(file)], diagnostics) {
+                    units.push((name.clone(), UnitLayers::plain(&file.path, layers)));
                 }
             }
             Ok(NameKind::Template) => {
-                let Some(own) = read(file, "unit file", diagnostics) else {
+                if read(pass, file, "unit file", diagnostics).is_none() {
                     continue;
-                };
-                if let Some(layers) = with_drop_ins(name, vec![own], diagnostics, &mut read) {
+                }
+                if let Some(layers) = with_drop_ins(pass, name, vec![layer(file)], diagnostics) {
                     templates.insert(name.clone(), UnitLayers::template(&file.path, layers, name));
                 }
             }
@@ -286,16 +311,16 @@ fn assemble(
         let template_layers = layers.len();
         // A symlink to the template (the systemd way) adds nothing over it.
         if !file.identity.same_inode(&template_file.identity) {
-            let Some(own) = read(file, "unit file", diagnostics) else {
+            if read(pass, file, "unit file", diagnostics).is_none() {
                 continue;
-            };
-            layers.push(own);
+            }
+            layers.push(layer(file));
         }
-        if let Some(layers) = with_drop_ins(name, layers, diagnostics, &mut read) {
-            units.insert(
+        if let Some(layers) = with_drop_ins(pass, name, layers, diagnostics) {
+            units.push((
                 name.clone(),
                 UnitLayers::instance(name, &file.path, layers, template_layers),
-            );
+            ));
         }
     }
     let mut made = BTreeSet::new();
@@ -309,25 +334,23 @@ fn assemble(
         // Problems with no position of their own name the file this instance would have.
         let main = dir.join(format!("{name}.toml"));
         let template_layers = base.layers.len();
-        if let Some(layers) = with_drop_ins(name, base.layers.clone(), diagnostics, &mut read) {
-            units.insert(
+        if let Some(layers) = with_drop_ins(pass, name, base.layers.clone(), diagnostics) {
+            units.push((
                 name.clone(),
                 UnitLayers::instance(name, main, layers, template_layers),
-            );
+            ));
             made.insert(name.clone());
         }
     }
     Assembled {
-        units,
+        units: units.into_iter().collect(),
+        kept,
         templates,
         runtime: made,
     }
 }
 
 pub use super::cache::MAX_UNIT_FILE_BYTES;
-
-/// Gives a file of a unit's plan its generation (`None`: it could not be read, reported).
-type ReadLayer<'a> = dyn FnMut(&ScannedFile, &str, &mut Vec<Diagnostic>) -> Option<Layer> + 'a;
 
 /// A file the directory scan found: its path and what `stat` (symlinks followed) said of it.
 struct ScannedFile {
@@ -352,65 +375,111 @@ pub fn is_drop_in_dir_name(name: &str) -> bool {
 
 /// The unit files of `dir` and their drop-ins (those of the `runtime` instances too). `Err`
 /// only when the directory itself cannot be read.
+///
+/// One scan of the directory's descriptor (os/dir_scan.rs): an `fstatat` per entry that can be
+/// a unit file or a drop-in directory, none for leftovers; symlinks are followed, so
+/// ConfigMap-style links to `..data/web.toml` count as files.
 fn unit_files(
     dir: &Path,
     runtime: &BTreeSet<UnitName>,
     diagnostics: &mut Vec<Diagnostic>,
+    capacity: usize,
 ) -> Result<UnitFiles, LoadError> {
-    let entries = fs::read_dir(dir).map_err(|e| LoadError {
-        diagnostics: vec![Diagnostic::error(
-            dir,
-            format!("cannot read units directory: {e}"),
-        )],
-    })?;
-    let mut files = BTreeMap::new();
+    // A superset of the names stat'ed below (unit files, drop-in directories), in bytes: the
+    // loop checks each name as UTF-8 once.
+    let wanted = |name: &OsStr| {
+        let name = name.as_encoded_bytes();
+        !name.starts_with(b".") && (name.ends_with(b".toml") || name.ends_with(b".toml.d"))
+    };
+    let mut files = Vec::with_capacity(capacity);
     let mut drop_in_dirs = BTreeMap::new();
-    for entry in readable_entries(entries, dir, "units directory", diagnostics) {
-        let file_name = entry.file_name();
-        let path = dir.join(&file_name);
-        let Some(file_name) = file_name.to_str() else {
+    let each = |entry: std::io::Result<dir_scan::Entry>| {
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(e) => {
+                diagnostics.push(Diagnostic::error(
+                    dir,
+                    format!("cannot read units directory: {e}"),
+                ));
+                return;
+            }
+        };
+        let Some(file_name) = entry.name.to_str() else {
             diagnostics.push(Diagnostic::warning(
-                path,
+                dir.join(entry.name),
                 "ignored: the file name is not UTF-8",
             ));
-            continue;
+            return;
         };
-        if is_drop_in_dir_name(file_name) && fs::metadata(&path).is_ok_and(|m| m.is_dir()) {
+        if is_drop_in_dir_name(file_name)
+            && matches!(&entry.stat, Some(Ok(stat)) if stat.kind == Kind::Dir)
+        {
             let stem = &file_name[..file_name.len() - DROP_IN_SUFFIX.len()];
-            drop_in_dirs.insert(stem.to_owned(), path);
-            continue;
+            drop_in_dirs.insert(stem.to_owned(), dir.join(file_name));
+            return;
         }
         if is_ignored_file_name(file_name) {
-            continue;
+            return;
         }
-        // fs::metadata follows symlinks, so ConfigMap-style links to `..data/web.toml` count as files.
-        let identity = match fs::metadata(&path) {
-            Ok(meta) if meta.is_dir() => continue,
-            Ok(meta) if !meta.is_file() => {
+        let path = in_dir(dir, file_name);
+        let identity = match entry.stat {
+            Some(Ok(stat)) if stat.kind == Kind::Dir => return,
+            Some(Ok(stat)) if stat.kind != Kind::File => {
                 diagnostics.push(Diagnostic::error(&path, "not a regular file"));
-                continue;
+                return;
             }
-            Ok(meta) => FileIdentity::of(&meta),
-            Err(e) => {
+            Some(Ok(stat)) => FileIdentity::scanned(&stat),
+            Some(Err(e)) => {
                 diagnostics.push(Diagnostic::error(
                     &path,
                     format!("cannot read unit file: {e}"),
                 ));
-                continue;
+                return;
             }
+            None => return,
         };
         let stem = file_name.strip_suffix(".toml").unwrap_or(file_name);
         match UnitName::new(stem) {
-            Some(name) => {
-                files.insert(name, ScannedFile { path, identity });
-            }
+            Some(name) => files.push((name, ScannedFile { path, identity })),
             None => diagnostics.push(
                 Diagnostic::error(&path, format!("invalid unit name {stem:?}")).with_suggestion(
                     Some("unit names use only letters, digits and `_ . @ -`".into()),
                 ),
             ),
         }
+    };
+    if let Err(e) = dir_scan::scan(dir, wanted, each) {
+        return Err(LoadError {
+            diagnostics: vec![Diagnostic::error(
+                dir,
+                format!("cannot read units directory: {e}"),
+            )],
+        });
     }
+    // Built at once from the listing (sorted, then laid out), not one insert per name. The
+    // sort moves indices, not the entries (100 bytes each); the names are unique (each is a
+    // directory entry's), so the map's own sort then finds one run.
+    // Each with its first 16 bytes as a number, which orders as the names do (zero-padded:
+    // names have no NUL), so most comparisons are one of two numbers.
+    let prefix = |name: &UnitName| {
+        let mut bytes = [0u8; 16];
+        let name = name.as_str().as_bytes();
+        let n = name.len().min(16);
+        bytes[..n].copy_from_slice(&name[..n]);
+        u128::from_be_bytes(bytes)
+    };
+    let mut order: Vec<(u128, u32)> = (0..files.len())
+        .map(|i| (prefix(&files[i].0), i as u32))
+        .collect();
+    order.sort_unstable_by(|a, b| {
+        a.0.cmp(&b.0)
+            .then_with(|| files[a.1 as usize].0.cmp(&files[b.1 as usize].0))
+    });
+    let mut slots: Vec<Option<(UnitName, ScannedFile)>> = files.into_iter().map(Some).collect();
+    let files: BTreeMap<UnitName, ScannedFile> = order
+        .into_iter()
+        .filter_map(|(_, i)| slots[i as usize].take())
+        .collect();
     let mut drop_ins = BTreeMap::new();
     for (stem, path) in drop_in_dirs {
         match UnitName::new(&stem).filter(|name| files.contains_key(name) || runtime.contains(name))
@@ -430,65 +499,70 @@ fn unit_files(
     })
 }
 
-/// The entries of `dir` that could be read; each that could not is an error naming `what`.
-fn readable_entries(
-    entries: fs::ReadDir,
-    dir: &Path,
-    what: &str,
-    diagnostics: &mut Vec<Diagnostic>,
-) -> Vec<fs::DirEntry> {
-    entries
-        .filter_map(|entry| {
-            entry
-                .map_err(|e| {
-                    diagnostics.push(Diagnostic::error(dir, format!("cannot read {what}: {e}")))
-                })
-                .ok()
-        })
-        .collect()
+/// `dir/name` in one allocation (`Path::join` parses `dir` into components to push onto it).
+fn in_dir(dir: &Path, name: &str) -> PathBuf {
+    if dir.as_os_str().is_empty() {
+        return PathBuf::from(name);
+    }
+    let dir = dir.as_os_str();
+    let mut path = std::ffi::OsString::with_capacity(dir.len() + 1 + name.len());
+    path.push(dir);
+    if !dir.as_encoded_bytes().ends_with(b"/") {
+        path.push("/");
+    }
+    path.push(name);
+    PathBuf::from(path)
 }
 
 /// The `*.toml` files of a drop-in directory, in the byte order of their names (the order
 /// they merge in), leftovers skipped as in the units directory.
 fn drop_in_files(dir: &Path, diagnostics: &mut Vec<Diagnostic>) -> Vec<ScannedFile> {
-    let entries = match fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) => {
-            diagnostics.push(Diagnostic::error(
-                dir,
-                format!("cannot read drop-in directory: {e}"),
-            ));
-            return Vec::new();
-        }
-    };
+    let wanted = |name: &OsStr| name.to_str().is_none_or(|n| !is_ignored_file_name(n));
     let mut out = Vec::new();
-    for entry in readable_entries(entries, dir, "drop-in directory", diagnostics) {
-        let path = dir.join(entry.file_name());
-        match entry.file_name().to_str() {
-            None => {
-                diagnostics.push(Diagnostic::warning(
-                    &path,
-                    "ignored: the file name is not UTF-8",
+    let each = |entry: std::io::Result<dir_scan::Entry>| {
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(e) => {
+                diagnostics.push(Diagnostic::error(
+                    dir,
+                    format!("cannot read drop-in directory: {e}"),
                 ));
-                continue;
+                return;
             }
-            Some(name) if is_ignored_file_name(name) => continue,
-            Some(_) => {}
+        };
+        let Some(name) = entry.name.to_str() else {
+            diagnostics.push(Diagnostic::warning(
+                dir.join(entry.name),
+                "ignored: the file name is not UTF-8",
+            ));
+            return;
+        };
+        if is_ignored_file_name(name) {
+            return;
         }
-        match fs::metadata(&path) {
-            Ok(meta) if meta.is_dir() => {}
-            Ok(meta) if !meta.is_file() => {
+        let path = in_dir(dir, name);
+        match entry.stat {
+            Some(Ok(stat)) if stat.kind == Kind::Dir => {}
+            Some(Ok(stat)) if stat.kind != Kind::File => {
                 diagnostics.push(Diagnostic::error(&path, "not a regular file"));
             }
-            Ok(meta) => out.push(ScannedFile {
-                identity: FileIdentity::of(&meta),
+            Some(Ok(stat)) => out.push(ScannedFile {
+                identity: FileIdentity::scanned(&stat),
                 path,
             }),
-            Err(e) => diagnostics.push(Diagnostic::error(
+            Some(Err(e)) => diagnostics.push(Diagnostic::error(
                 &path,
                 format!("cannot read drop-in: {e}"),
             )),
+            None => {}
         }
+    };
+    if let Err(e) = dir_scan::scan(dir, wanted, each) {
+        diagnostics.push(Diagnostic::error(
+            dir,
+            format!("cannot read drop-in directory: {e}"),
+        ));
+        return Vec::new();
     }
     out.sort_by(|a, b| a.path.cmp(&b.path));
     out
@@ -552,7 +626,15 @@ fn cross_check(
                         format!("`{target}` is a {}, not a slice", kind.as_str()),
                     )))
                 }
-                (RefField::Slice, _) if in_graph => slices.add_edge(name.clone(), target.clone()),
+                // Only a slice (or a unit of no kind, broken already) is ever a slice's
+                // target, so an edge from any other unit is on no cycle: the 1,000 services
+                // of one slice make no graph.
+                (RefField::Slice, _) if in_graph => {
+                    let may_be_on_a_cycle = p.kind.is_none_or(|k| k == UnitKind::Slice);
+                    if may_be_on_a_cycle {
+                        slices.add_edge(name.clone(), target.clone());
+                    }
+                }
                 (_, Some(UnitKind::Slice)) => diagnostics.push(here(Diagnostic::warning(
                     &r.file,
                     format!("`{target}` is a slice: ordering against a slice has no effect"),
