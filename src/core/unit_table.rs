@@ -63,6 +63,9 @@ impl Entry {
 /// become candidates). The supervisor walks the candidates in name order and drops those that
 /// have nothing to do, which yields the same step as a scan of every unit from the first by
 /// name; its tests check the invariant against that full scan at every step.
+/// The capacity of the touched buffer that `sync` keeps between settles.
+const TOUCHED_KEPT: usize = 256;
+
 #[derive(Debug, Default)]
 pub(super) struct UnitTable {
     entries: BTreeMap<UnitName, Entry>,
@@ -92,10 +95,25 @@ impl UnitTable {
     /// Every unit starts a candidate: the first settle looks at each once. Indexed at once, so
     /// the readers (`next_deadline`...) may ask before the first input.
     pub(super) fn new(units: impl IntoIterator<Item = Arc<Unit>>, now: Instant) -> UnitTable {
+        // Collected, not inserted one by one: a `BTreeMap` built from an iterator fills its
+        // nodes (std's bulk build), where ascending inserts leave every node they split about
+        // half empty, ~160 bytes a unit (bench/analysis.md, "Where the heap goes per unit").
+        let entries: BTreeMap<UnitName, Entry> = units
+            .into_iter()
+            .map(|unit| (unit.name.clone(), Entry::new(unit, now)))
+            .collect();
         let mut table = UnitTable::default();
-        for unit in units {
-            table.insert(Entry::new(unit, now));
+        for (name, entry) in &entries {
+            for dep in entry.unit.ordering_deps() {
+                table
+                    .dependents
+                    .entry(dep.clone())
+                    .or_default()
+                    .insert(name.clone());
+            }
+            table.touched.push(name.clone());
         }
+        table.entries = entries;
         table.sync();
         table
     }
@@ -201,8 +219,10 @@ impl UnitTable {
         for name in &touched {
             self.reindex(name);
         }
-        // Give the buffer back: a settle touches a few units many times over.
+        // Give the buffer back: a settle touches a few units many times over. Not the one the
+        // first settle or a large reload grew to every unit (16 bytes a unit, kept for good).
         touched.clear();
+        touched.shrink_to(TOUCHED_KEPT);
         self.touched = touched;
     }
 
