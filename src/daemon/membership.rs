@@ -712,7 +712,7 @@ impl Members {
         };
         let uid = spawn::host_uid(
             &unit.namespaces,
-            unit.exec.as_ref().and_then(|e| e.user.as_ref()),
+            unit.exec.as_ref().and_then(|e| e.user.as_deref()),
         );
         if uid != nix::unistd::geteuid().as_raw() {
             let given = std::fs::OpenOptions::new()

@@ -780,7 +780,7 @@ impl Daemon {
                 };
                 let spawned = spawn::spawn(
                     &exec,
-                    exec.user.as_ref(),
+                    exec.user.as_deref(),
                     &cgroup,
                     unit.oom.score_adjust,
                     confine,

@@ -263,7 +263,7 @@ impl Daemon {
     /// The path of the unit's notify socket, bound on first use and kept across its restarts;
     /// a new one when the uid it runs as changed. `None` (warned) when it cannot have one.
     fn notify_socket_for(&mut self, unit: &Unit, exec: &Exec) -> Option<String> {
-        let owner = spawn::host_uid(&unit.namespaces, exec.user.as_ref());
+        let owner = spawn::host_uid(&unit.namespaces, exec.user.as_deref());
         if self
             .readiness
             .sockets
@@ -665,7 +665,7 @@ impl Daemon {
         // The exec's outcome is read when the probe is reaped (see `ExecRun::exec_report`).
         let spawned = spawn::spawn(
             &exec,
-            exec.user.as_ref(),
+            exec.user.as_deref(),
             &join,
             unit.oom.score_adjust,
             confine,

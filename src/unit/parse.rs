@@ -880,7 +880,7 @@ fn exec(cx: &mut Ctx, sec: &Section, users: &dyn UserDb) -> Option<Exec> {
         working_dir,
         env,
         env_files,
-        user,
+        user: user.map(Box::new),
     })
 }
 

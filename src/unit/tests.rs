@@ -959,7 +959,7 @@ fn user_and_group_resolve_to_credentials() {
     let creds = |text: &str| {
         ok(&format!("[exec]\ncommand = [\"x\"]\n{text}"))
             .exec
-            .and_then(|e| e.user)
+            .and_then(|e| e.user.map(|user| *user))
     };
     let www = Credentials {
         user_name: "www-data".into(),
@@ -1134,13 +1134,13 @@ fn spec_example_parses_into_the_expected_model() {
             working_dir: Some("/srv/www".into()),
             env: [("PORT".to_owned(), "8080".to_owned())].into(),
             env_files: Vec::new(),
-            user: Some(Credentials {
+            user: Some(Box::new(Credentials {
                 user_name: "www-data".into(),
                 uid: 33,
                 gid: 33,
                 home: "/var/www".into(),
                 groups: vec![33, 4],
-            }),
+            })),
         }),
         restart: RestartConfig::default_for(UnitKind::Service),
         stop: StopConfig::default(),
