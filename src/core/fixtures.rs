@@ -34,11 +34,14 @@ pub fn unit(n: &str, kind: UnitKind) -> Unit {
             env_files: Vec::new(),
             user: None,
         }),
-        restart: RestartConfig {
-            delay: Duration::from_millis(100),
-            max_delay: Duration::from_secs(1),
-            ..RestartConfig::default_for(kind)
-        },
+        restart: SharedRestart::new(
+            RestartConfig {
+                delay: Duration::from_millis(100),
+                max_delay: Duration::from_secs(1),
+                ..RestartConfig::default_for(kind)
+            },
+            kind,
+        ),
         stop: StopConfig::default(),
         resources: Default::default(),
         oom: Default::default(),

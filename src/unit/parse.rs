@@ -708,7 +708,7 @@ impl Reader<'_> {
             requires: Vec::new(),
             enabled: true,
             exec: None,
-            restart: RestartConfig::default_for(kind),
+            restart: SharedRestart::default_for(kind),
             stop: StopConfig::default(),
             resources: Default::default(),
             oom: Default::default(),
