@@ -997,7 +997,11 @@ impl Daemon {
         // `take_changed`): the rest are the very units applied then, which the steps below
         // leave unlooked at. A slice among them can move the cgroups of units below it that
         // did not change: then every unit's path is computed again.
-        let changed = self.units_dir.cache.take_changed();
+        let mut changed = self.units_dir.cache.take_changed();
+        // A runtime instance stopped since the last read (discarded) is still the loader's,
+        // which keeps its parse, so it names it not when it is made again: once down, it was
+        // forgotten here (its cgroup path too), and every room must look at it again.
+        changed.extend(self.sup.discarded().iter().cloned());
         let is_slice = |u: Option<&unit::Unit>| u.is_some_and(|u| u.kind == unit::UnitKind::Slice);
         if changed.iter().any(|n| {
             is_slice(loaded.units.get(n).map(|u| &**u)) || is_slice(self.sup.get(n).map(|(u, _)| u))
