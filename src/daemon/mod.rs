@@ -634,6 +634,8 @@ impl Daemon {
             .values()
             .filter_map(Client::next_deadline);
         let settled = self.a_waiter_is_settled().then(Instant::now);
+        // A sweep that is due comes first (at start: zombies inherited before the handler).
+        let sweep = self.reaper.is_due().then(Instant::now);
         self.sup
             .next_deadline()
             .into_iter()
@@ -644,6 +646,7 @@ impl Daemon {
             .chain(self.units_dir.due.deadline())
             .chain(clients)
             .chain(settled)
+            .chain(sweep)
             .chain(self.shutdown.next_deadline(self.sup.is_shutting_down()))
             .min()
     }
