@@ -95,6 +95,60 @@ fn start_makes_an_instance_from_its_template_and_stop_removes_it() {
     assert_eq!(cmdline(c.wait_exec("worker@3", 2)), "sleep\u{0}1003\u{0}");
 }
 
+/// The lines of `/proc/PID/cgroup` that name this test's cgroup tree.
+fn cgroups_in_tree(c: &Corral, pid: i64) -> Vec<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(&c.cgroup_root))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A runtime instance stopped (so removed, once down) and started again with no read of the
+/// units directory between is the one the last read made: it must get its cgroup again, as a
+/// fresh start of it (or a fresh `corral run`) gives it.
+#[test]
+fn an_instance_started_again_after_its_stop_or_scale_to_zero_is_in_its_cgroup() {
+    if !require_root() {
+        return;
+    }
+    let mut c = Corral::new();
+    c.unit("worker@", &template("100"));
+    c.launch(&[]);
+    c.ok(&["start", "worker@3"]);
+    let first = c.wait_exec("worker@3", 1);
+    let cgroups = cgroups_in_tree(&c, first);
+    assert!(
+        cgroups.iter().any(|l| l.contains("worker@3")),
+        "the first run is in its cgroup: {cgroups:?}"
+    );
+    c.ok(&["stop", "worker@3"]);
+    assert!(common::wait_pid_exit(first as i32, common::DEADLINE));
+    assert!(listed(&c).is_empty(), "removed once down");
+    c.ok(&["start", "worker@3"]);
+    let second = c.wait_exec("worker@3", 2);
+    assert_eq!(cgroups_in_tree(&c, second), cgroups, "the second run");
+
+    // The same through scale: up, down to none, up again.
+    c.ok(&["scale", "worker", "1"]);
+    let first = c.wait_exec("worker@1", 1);
+    let cgroups = cgroups_in_tree(&c, first);
+    assert!(
+        cgroups.iter().any(|l| l.contains("worker@1")),
+        "{cgroups:?}"
+    );
+    c.ok(&["scale", "worker", "0"]);
+    assert!(common::wait_pid_exit(first as i32, common::DEADLINE));
+    c.ok(&["scale", "worker", "1"]);
+    let second = c.wait_exec("worker@1", 2);
+    assert_eq!(
+        cgroups_in_tree(&c, second),
+        cgroups,
+        "the second run of worker@1"
+    );
+}
+
 #[test]
 fn scale_starts_numbered_instances_and_stops_and_removes_those_above() {
     if !require_root() {

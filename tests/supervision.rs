@@ -202,6 +202,60 @@ fn a_double_forked_orphan_is_reaped() {
     assert_eq!(c.status("forker")["state"], "running");
 }
 
+/// A child that exited before corral installed its SIGCHLD handler (a container's PID 1 often
+/// inherits some: `sh -c 'job & exec corral run ...'`) raises no SIGCHLD corral sees: the
+/// first sweep is due at start, and must come without waiting for some other wake. The only
+/// unit is disabled, so nothing else wakes corral.
+#[test]
+fn a_zombie_inherited_at_start_is_reaped_with_nothing_else_to_wake_corral() {
+    if !require_root() {
+        return;
+    }
+    let mut c = Corral::new();
+    c.unit("idle", "enabled = false\n[exec]\ncommand = [\"true\"]\n");
+    let mut cmd = std::process::Command::new(common::BIN);
+    // SAFETY: between fork and exec only async-signal-safe calls: fork, _exit, waitid. The
+    // grandchild exits at once; waitid with WNOWAIT leaves it a zombie, which the exec then
+    // hands to corral as its child.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            let pid = libc::fork();
+            if pid < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if pid == 0 {
+                libc::_exit(0);
+            }
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            if libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    c.launch_with(cmd, &[]);
+    let zombies: Vec<i32> = children_of(c.pid())
+        .into_iter()
+        .filter(|&p| proc_state(p) == Some('Z'))
+        .collect();
+    let [zombie] = zombies[..] else {
+        panic!("one zombie inherited, not {zombies:?}");
+    };
+    c.wait_count("the inherited zombie reaped", 1, |l| {
+        reaped_pid(l) == Some(i64::from(zombie))
+    });
+    assert!(
+        !Path::new(&format!("/proc/{zombie}")).exists(),
+        "{zombie} lingers"
+    );
+}
+
 #[test]
 fn two_hundred_orphans_exiting_at_once_leave_no_zombie() {
     if !require_root() {

@@ -201,6 +201,12 @@ impl Supervisor {
         self.table.get(name).is_some_and(|e| e.removing)
     }
 
+    /// The units a `Discard` marked removed since the last reload: a loader that kept their
+    /// parse does not name them, yet the daemon's rooms may have forgotten them since.
+    pub fn discarded(&self) -> &BTreeSet<UnitName> {
+        &self.discarded
+    }
+
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down
     }

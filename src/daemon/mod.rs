@@ -634,6 +634,8 @@ impl Daemon {
             .values()
             .filter_map(Client::next_deadline);
         let settled = self.a_waiter_is_settled().then(Instant::now);
+        // A sweep that is due comes first (at start: zombies inherited before the handler).
+        let sweep = self.reaper.is_due().then(Instant::now);
         self.sup
             .next_deadline()
             .into_iter()
@@ -644,6 +646,7 @@ impl Daemon {
             .chain(self.units_dir.due.deadline())
             .chain(clients)
             .chain(settled)
+            .chain(sweep)
             .chain(self.shutdown.next_deadline(self.sup.is_shutting_down()))
             .min()
     }
@@ -997,7 +1000,11 @@ impl Daemon {
         // `take_changed`): the rest are the very units applied then, which the steps below
         // leave unlooked at. A slice among them can move the cgroups of units below it that
         // did not change: then every unit's path is computed again.
-        let changed = self.units_dir.cache.take_changed();
+        let mut changed = self.units_dir.cache.take_changed();
+        // A runtime instance stopped since the last read (discarded) is still the loader's,
+        // which keeps its parse, so it names it not when it is made again: once down, it was
+        // forgotten here (its cgroup path too), and every room must look at it again.
+        changed.extend(self.sup.discarded().iter().cloned());
         let is_slice = |u: Option<&unit::Unit>| u.is_some_and(|u| u.kind == unit::UnitKind::Slice);
         if changed.iter().any(|n| {
             is_slice(loaded.units.get(n).map(|u| &**u)) || is_slice(self.sup.get(n).map(|(u, _)| u))

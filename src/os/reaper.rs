@@ -36,6 +36,12 @@ impl Reaper {
         self.due = true;
     }
 
+    /// Whether a sweep is due: the loop must not sleep before it (at start, the zombies
+    /// inherited before the handler raise no SIGCHLD that would wake it).
+    pub fn is_due(&self) -> bool {
+        self.due
+    }
+
     /// Sweeps when a SIGCHLD came since the last sweep, or when `anyway` (a caller that must
     /// learn whether any child is left); `None` when no sweep ran.
     pub fn sweep(&mut self, anyway: bool) -> Option<Reaped> {

@@ -429,7 +429,7 @@ impl Corral {
         self
     }
 
-    fn launch_with(&mut self, mut cmd: Command, extra_args: &[&str]) -> &mut Corral {
+    pub fn launch_with(&mut self, mut cmd: Command, extra_args: &[&str]) -> &mut Corral {
         cmd.arg("run")
             .arg(&self.units)
             .arg("--socket")
