@@ -919,6 +919,10 @@ impl Daemon {
                     }
                 }
                 self.shutdown.units_down(now);
+                // Whether any child is left is asked now, not at the next SIGCHLD: the last
+                // unit may have gone down in a turn without one (its cgroup emptied, or its
+                // main was reaped by another), and with no child left none would come.
+                self.reaper.sweep_soon();
                 None
             }
         }

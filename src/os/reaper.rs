@@ -36,6 +36,12 @@ impl Reaper {
         self.due = true;
     }
 
+    /// A caller must learn whether any child is left: the next turn sweeps, and does not
+    /// sleep before it.
+    pub fn sweep_soon(&mut self) {
+        self.due = true;
+    }
+
     /// Whether a sweep is due: the loop must not sleep before it (at start, the zombies
     /// inherited before the handler raise no SIGCHLD that would wake it).
     pub fn is_due(&self) -> bool {
