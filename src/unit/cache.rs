@@ -13,7 +13,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
 use std::ffi::OsString;
 use std::hash::BuildHasherDefault;
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -188,6 +188,8 @@ pub struct LoadCache {
     /// The units whose parse was not the last read's (new, parsed again, or gone), over
     /// every read since the last [`LoadCache::take_changed`].
     changed: BTreeSet<UnitName>,
+    /// The keys of the content hash, drawn when the cache is made (`content_hash`).
+    content_keys: std::hash::RandomState,
 }
 
 /// What the last read did, for tests and the reload's debug log.
@@ -309,7 +311,7 @@ impl<'c> Pass<'c> {
     fn read(&mut self, path: &Path) -> Result<(u64, Rc<str>), String> {
         let (text, identity) = read_unit_file(path)?;
         self.stats.files_read += 1;
-        let hash = content_hash(&text);
+        let hash = content_hash(&self.cache.content_keys, &text);
         let before = self
             .cache
             .files
@@ -476,12 +478,12 @@ impl<'c> Pass<'c> {
     }
 }
 
-fn content_hash(text: &str) -> u64 {
-    // SipHash with fixed keys: the same in every pass of this process, which is all that is
-    // compared. Two different texts of the same length share a hash with a chance of 2^-64.
-    let mut hasher = std::hash::DefaultHasher::new();
-    text.hash(&mut hasher);
-    hasher.finish()
+/// SipHash under the cache's own random keys: a writer of unit files who could predict the
+/// keys could make two texts of one length that share a hash, and a reload would not see the
+/// swap (fixed keys made that about 2^32 tries). Unpredicted, two texts share one with a
+/// chance of 2^-64.
+fn content_hash(keys: &std::hash::RandomState, text: &str) -> u64 {
+    keys.hash_one(text)
 }
 
 /// The largest unit file read. The units directory is read on corral's event loop (at start
