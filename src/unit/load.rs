@@ -394,21 +394,7 @@ fn unit_files(
     let mut files = Vec::with_capacity(capacity);
     let mut drop_in_dirs = BTreeMap::new();
     let each = |entry: std::io::Result<dir_scan::Entry>| {
-        let entry = match entry {
-            Ok(entry) => entry,
-            Err(e) => {
-                diagnostics.push(Diagnostic::error(
-                    dir,
-                    format!("cannot read units directory: {e}"),
-                ));
-                return;
-            }
-        };
-        let Some(file_name) = entry.name.to_str() else {
-            diagnostics.push(Diagnostic::warning(
-                dir.join(entry.name),
-                "ignored: the file name is not UTF-8",
-            ));
+        let Some((entry, file_name)) = listed(entry, dir, "units directory", diagnostics) else {
             return;
         };
         if is_drop_in_dir_name(file_name)
@@ -514,27 +500,38 @@ fn in_dir(dir: &Path, name: &str) -> PathBuf {
     PathBuf::from(path)
 }
 
+/// An entry of a directory `scan` listed, with its name as UTF-8; `None`, with the problem
+/// said, for a listing that failed (of `what`) or a name that is not UTF-8 (ignored).
+fn listed<'a>(
+    entry: std::io::Result<dir_scan::Entry<'a>>,
+    dir: &Path,
+    what: &str,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Option<(dir_scan::Entry<'a>, &'a str)> {
+    let entry = match entry {
+        Ok(entry) => entry,
+        Err(e) => {
+            diagnostics.push(Diagnostic::error(dir, format!("cannot read {what}: {e}")));
+            return None;
+        }
+    };
+    let Some(name) = entry.name.to_str() else {
+        diagnostics.push(Diagnostic::warning(
+            dir.join(entry.name),
+            "ignored: the file name is not UTF-8",
+        ));
+        return None;
+    };
+    Some((entry, name))
+}
+
 /// The `*.toml` files of a drop-in directory, in the byte order of their names (the order
 /// they merge in), leftovers skipped as in the units directory.
 fn drop_in_files(dir: &Path, diagnostics: &mut Vec<Diagnostic>) -> Vec<ScannedFile> {
     let wanted = |name: &OsStr| name.to_str().is_none_or(|n| !is_ignored_file_name(n));
     let mut out = Vec::new();
     let each = |entry: std::io::Result<dir_scan::Entry>| {
-        let entry = match entry {
-            Ok(entry) => entry,
-            Err(e) => {
-                diagnostics.push(Diagnostic::error(
-                    dir,
-                    format!("cannot read drop-in directory: {e}"),
-                ));
-                return;
-            }
-        };
-        let Some(name) = entry.name.to_str() else {
-            diagnostics.push(Diagnostic::warning(
-                dir.join(entry.name),
-                "ignored: the file name is not UTF-8",
-            ));
+        let Some((entry, name)) = listed(entry, dir, "drop-in directory", diagnostics) else {
             return;
         };
         if is_ignored_file_name(name) {
