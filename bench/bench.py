@@ -1514,6 +1514,17 @@ def parse_args():
     return args
 
 
+def write_keeping_scale(results_md, text):
+    """Writes RESULTS.md, keeping its scale section (bench/scale.py, `bench/run --scale`) as the
+    last scale run left it: a full run or a `--report-from` measures none of it."""
+    old = results_md.read_text() if results_md.exists() else ""
+    begin, end = "<!-- scale: begin", "<!-- scale: end -->"
+    if begin in old and end in old:
+        text = text.rstrip("\n") + "\n\n" + begin + old.split(begin, 1)[1].split(end, 1)[0] \
+            + end + "\n"
+    results_md.write_text(text)
+
+
 def report_only(args):
     doc = json.loads(Path(args.report_from).read_text())
     res = doc["results"]
@@ -1525,7 +1536,8 @@ def report_only(args):
     analysis = BENCH / "analysis.md"
     out = Path(args.out or BENCH)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "RESULTS.md").write_text(report.markdown(analysis.read_text() if analysis.exists() else None))
+    write_keeping_scale(out / "RESULTS.md",
+                        report.markdown(analysis.read_text() if analysis.exists() else None))
     log(f"wrote {out / 'RESULTS.md'} from {args.report_from}")
     if out / "results.json" != Path(args.report_from).resolve():
         (out / "results.json").write_text(Path(args.report_from).read_text())
@@ -1648,13 +1660,7 @@ def main():
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        # The scale section (bench/scale.py, `bench/run --scale`) is kept as the last run left it.
-        old = (out / "RESULTS.md").read_text() if (out / "RESULTS.md").exists() else ""
-        begin, end = "<!-- scale: begin", "<!-- scale: end -->"
-        if begin in old and end in old:
-            text = text.rstrip("\n") + "\n\n" + begin + old.split(begin, 1)[1].split(end, 1)[0] \
-                + end + "\n"
-        (out / "RESULTS.md").write_text(text)
+        write_keeping_scale(out / "RESULTS.md", text)
         (out / "results.json").write_text(json.dumps(
             {"meta": meta, "versions": versions, "options": opts, "sizes": args.sizes,
              "supervisors": names, "results": res}, indent=1, sort_keys=True))
