@@ -626,9 +626,11 @@ fn cross_check(
                 // Only a slice (or a unit of no kind, broken already) is ever a slice's
                 // target, so an edge from any other unit is on no cycle: the 1,000 services
                 // of one slice make no graph.
-                (RefField::Slice, _) if in_graph => {
+                // A template's slice is checked, not graphed (its instances are); it is no
+                // ordering either, which the arm below would have said it was.
+                (RefField::Slice, _) => {
                     let may_be_on_a_cycle = p.kind.is_none_or(|k| k == UnitKind::Slice);
-                    if may_be_on_a_cycle {
+                    if in_graph && may_be_on_a_cycle {
                         slices.add_edge(name.clone(), target.clone());
                     }
                 }

@@ -1471,6 +1471,21 @@ fn load_error_lists_errors_before_warnings_and_spares_refs_to_broken_units() {
 }
 
 #[test]
+fn a_templates_slice_is_no_ordering() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    write(d, "pool.toml", "kind = \"slice\"");
+    write(d, "w@.toml", &format!("slice = \"pool\"\n{EXEC}"));
+    write(d, "w@1.toml", "");
+    let loaded = load_dir(d, &db()).unwrap();
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    assert_eq!(
+        loaded.units[&UnitName::new("w@1").unwrap()].slice,
+        Some(UnitName::new("pool").unwrap())
+    );
+}
+
+#[test]
 fn graph_helpers_see_loaded_units() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
