@@ -213,12 +213,18 @@ fn a_zombie_inherited_at_start_is_reaped_with_nothing_else_to_wake_corral() {
     }
     let mut c = Corral::new();
     c.unit("idle", "enabled = false\n[exec]\ncommand = [\"true\"]\n");
+    // The grandchild's pid comes back on a pipe: corral may reap it before this test could
+    // look for a zombie among its children, which is what is asked of it.
+    let mut fds = [0; 2];
+    // SAFETY: a plain pipe2 into a local array.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    let [read_end, write_end] = fds;
     let mut cmd = std::process::Command::new(common::BIN);
-    // SAFETY: between fork and exec only async-signal-safe calls: fork, _exit, waitid. The
-    // grandchild exits at once; waitid with WNOWAIT leaves it a zombie, which the exec then
-    // hands to corral as its child.
+    // SAFETY: between fork and exec only async-signal-safe calls: fork, _exit, waitid, write.
+    // The grandchild exits at once; waitid with WNOWAIT leaves it a zombie, which the exec
+    // then hands to corral as its child. The pipe's write end closes at the exec.
     unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
             let pid = libc::fork();
             if pid < 0 {
                 return Err(std::io::Error::last_os_error());
@@ -236,16 +242,25 @@ fn a_zombie_inherited_at_start_is_reaped_with_nothing_else_to_wake_corral() {
             {
                 return Err(std::io::Error::last_os_error());
             }
+            let bytes = pid.to_ne_bytes();
+            if libc::write(write_end, bytes.as_ptr().cast(), bytes.len()) != bytes.len() as isize {
+                return Err(std::io::Error::last_os_error());
+            }
             Ok(())
         });
     }
     c.launch_with(cmd, &[]);
-    let zombies: Vec<i32> = children_of(c.pid())
-        .into_iter()
-        .filter(|&p| proc_state(p) == Some('Z'))
-        .collect();
-    let [zombie] = zombies[..] else {
-        panic!("one zombie inherited, not {zombies:?}");
+    // SAFETY: the write end is ours to close; the read end is read once into a local array.
+    let zombie = unsafe {
+        libc::close(write_end);
+        let mut bytes = [0u8; 4];
+        assert_eq!(
+            libc::read(read_end, bytes.as_mut_ptr().cast(), 4),
+            4,
+            "no pid came back"
+        );
+        libc::close(read_end);
+        i32::from_ne_bytes(bytes)
     };
     c.wait_count("the inherited zombie reaped", 1, |l| {
         reaped_pid(l) == Some(i64::from(zombie))
