@@ -34,14 +34,12 @@ pub fn unit(n: &str, kind: UnitKind) -> Unit {
             env_files: Vec::new(),
             user: None,
         }),
-        restart: SharedRestart::new(
-            RestartConfig {
-                delay: Duration::from_millis(100),
-                max_delay: Duration::from_secs(1),
-                ..RestartConfig::default_for(kind)
-            },
-            kind,
-        ),
+        restart: RestartConfig {
+            delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(1),
+            ..RestartConfig::default_for(kind)
+        }
+        .into(),
         stop: StopConfig::default(),
         resources: Default::default(),
         oom: Default::default(),

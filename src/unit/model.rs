@@ -89,7 +89,8 @@ pub struct Unit {
     pub enabled: bool,
     /// `Some` for services and oneshots, `None` for slices.
     pub exec: Option<Exec>,
-    pub restart: SharedRestart,
+    /// Shared when it is a service's defaults (`RestartConfig::default`).
+    pub restart: Rare<RestartConfig>,
     pub stop: StopConfig,
     pub resources: Rare<Resources>,
     pub oom: Rare<OomConfig>,
@@ -132,7 +133,13 @@ macro_rules! shared_default {
 }
 
 crate::shared_default!(
-    Resources, OomConfig, Namespaces, Sandbox, Readiness, LogConfig
+    RestartConfig,
+    Resources,
+    OomConfig,
+    Namespaces,
+    Sandbox,
+    Readiness,
+    LogConfig
 );
 
 impl<T: SharedDefault> Rare<T> {
@@ -204,7 +211,7 @@ impl Unit {
     /// Gives back the sections' boxes that hold their defaults (a parser writes through
     /// `DerefMut`, which boxes a section even when what it writes is the default).
     pub fn share_defaults(&mut self) {
-        self.restart.share_default(self.kind);
+        self.restart.share_default();
         self.resources.share_default();
         self.oom.share_default();
         self.namespaces.share_default();
@@ -435,91 +442,6 @@ pub enum RestartPolicy {
     Always,
 }
 
-/// `[restart]` as a unit holds it: one shared copy of its kind's defaults, which most units
-/// keep, or a box of its own. Inline, `RestartConfig` and its exit codes' heap chunk were
-/// about 130 bytes of every unit (bench/analysis.md, "Where the heap goes per unit"). Reads
-/// see a `RestartConfig`; a write through `DerefMut` gives the unit its own copy, and
-/// [`Unit::share_defaults`] gives back one that holds the defaults.
-#[derive(Clone)]
-pub struct SharedRestart(RestartHeld);
-
-#[derive(Clone)]
-enum RestartHeld {
-    Shared(&'static RestartConfig),
-    Own(Box<RestartConfig>),
-}
-
-impl SharedRestart {
-    /// The kind's defaults, shared.
-    pub fn default_for(kind: UnitKind) -> SharedRestart {
-        static RESTARTS: std::sync::LazyLock<RestartConfig> =
-            std::sync::LazyLock::new(|| RestartConfig::default_for(UnitKind::Service));
-        static NEVER: std::sync::LazyLock<RestartConfig> =
-            std::sync::LazyLock::new(|| RestartConfig::default_for(UnitKind::Oneshot));
-        let defaults: &'static RestartConfig = match kind {
-            UnitKind::Service => &RESTARTS,
-            UnitKind::Oneshot | UnitKind::Slice => &NEVER,
-        };
-        debug_assert_eq!(*defaults, RestartConfig::default_for(kind));
-        SharedRestart(RestartHeld::Shared(defaults))
-    }
-
-    /// `config` for a unit of `kind`: shared if it is the kind's defaults.
-    pub fn new(config: RestartConfig, kind: UnitKind) -> SharedRestart {
-        let mut held = SharedRestart(RestartHeld::Own(Box::new(config)));
-        held.share_default(kind);
-        held
-    }
-
-    /// Drops the box if it holds the kind's defaults.
-    fn share_default(&mut self, kind: UnitKind) {
-        let defaults = SharedRestart::default_for(kind);
-        if **self == *defaults {
-            *self = defaults;
-        }
-    }
-}
-
-impl std::ops::Deref for SharedRestart {
-    type Target = RestartConfig;
-    fn deref(&self) -> &RestartConfig {
-        match &self.0 {
-            RestartHeld::Shared(defaults) => defaults,
-            RestartHeld::Own(own) => own,
-        }
-    }
-}
-
-impl std::ops::DerefMut for SharedRestart {
-    fn deref_mut(&mut self) -> &mut RestartConfig {
-        if let RestartHeld::Shared(defaults) = self.0 {
-            self.0 = RestartHeld::Own(Box::new(defaults.clone()));
-        }
-        match &mut self.0 {
-            RestartHeld::Own(own) => own,
-            RestartHeld::Shared(_) => unreachable!("made its own just above"),
-        }
-    }
-}
-
-impl PartialEq for SharedRestart {
-    fn eq(&self, other: &Self) -> bool {
-        **self == **other
-    }
-}
-
-impl PartialEq<RestartConfig> for SharedRestart {
-    fn eq(&self, other: &RestartConfig) -> bool {
-        **self == *other
-    }
-}
-
-impl fmt::Debug for SharedRestart {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        (**self).fmt(f)
-    }
-}
-
 #[derive(Debug, Clone, PartialEq)]
 pub struct RestartConfig {
     pub policy: RestartPolicy,
@@ -529,6 +451,16 @@ pub struct RestartConfig {
     pub start_limit_burst: u32,
     pub start_limit_interval: Duration,
     pub success_exit_codes: Vec<i32>,
+}
+
+/// A service's defaults, the one copy a `Rare` shares: most units are services that leave
+/// `[restart]` alone, and inline it was about 130 bytes of every unit with its exit codes'
+/// heap chunk (bench/analysis.md, "Where the heap goes per unit"). A oneshot or a slice
+/// (policy `never`) holds a box of its own.
+impl Default for RestartConfig {
+    fn default() -> RestartConfig {
+        RestartConfig::default_for(UnitKind::Service)
+    }
 }
 
 impl RestartConfig {

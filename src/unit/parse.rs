@@ -708,7 +708,7 @@ impl Reader<'_> {
             requires: Vec::new(),
             enabled: true,
             exec: None,
-            restart: SharedRestart::default_for(kind),
+            restart: RestartConfig::default_for(kind).into(),
             stop: StopConfig::default(),
             resources: Default::default(),
             oom: Default::default(),

@@ -1142,7 +1142,7 @@ fn spec_example_parses_into_the_expected_model() {
                 groups: vec![33, 4],
             })),
         }),
-        restart: SharedRestart::default_for(UnitKind::Service),
+        restart: RestartConfig::default_for(UnitKind::Service).into(),
         stop: StopConfig::default(),
         resources: Resources {
             cpu_quota: Some(CpuPercent(150)),
