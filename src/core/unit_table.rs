@@ -55,6 +55,9 @@ impl Entry {
     }
 }
 
+/// The capacity of the touched buffer that `sync` keeps between settles.
+const TOUCHED_KEPT: usize = 256;
+
 /// The units by name, and what is derived from them.
 ///
 /// The reconciler's invariant: **every unit that has a step to take is a candidate** (a unit's
@@ -63,9 +66,6 @@ impl Entry {
 /// become candidates). The supervisor walks the candidates in name order and drops those that
 /// have nothing to do, which yields the same step as a scan of every unit from the first by
 /// name; its tests check the invariant against that full scan at every step.
-/// The capacity of the touched buffer that `sync` keeps between settles.
-const TOUCHED_KEPT: usize = 256;
-
 #[derive(Debug, Default)]
 pub(super) struct UnitTable {
     entries: BTreeMap<UnitName, Entry>,
@@ -104,14 +104,7 @@ impl UnitTable {
             .collect();
         let mut table = UnitTable::default();
         for (name, entry) in &entries {
-            for dep in entry.unit.ordering_deps() {
-                table
-                    .dependents
-                    .entry(dep.clone())
-                    .or_default()
-                    .insert(name.clone());
-            }
-            table.touched.push(name.clone());
+            table.link(name, &entry.unit);
         }
         table.entries = entries;
         table.sync();
@@ -145,14 +138,19 @@ impl UnitTable {
     /// Adds a unit (replacing none: the caller checked it is new).
     pub(super) fn insert(&mut self, entry: Entry) {
         let name = entry.unit.name.clone();
-        for dep in entry.unit.ordering_deps() {
+        self.link(&name, &entry.unit);
+        self.entries.insert(name, entry);
+    }
+
+    /// A new unit in the reverse dependency index, and touched.
+    fn link(&mut self, name: &UnitName, unit: &Unit) {
+        for dep in unit.ordering_deps() {
             self.dependents
                 .entry(dep.clone())
                 .or_default()
                 .insert(name.clone());
         }
         self.touched.push(name.clone());
-        self.entries.insert(name, entry);
     }
 
     /// Forgets a unit; what named it or what it named may now have a step.
