@@ -111,6 +111,20 @@ pub fn diff<'a>(old: impl IntoIterator<Item = &'a Unit>, new: &UnitSet) -> Reloa
     plan
 }
 
+/// Whether a slice, in `old` or in `new`, is among the `changed` names: its move can move the
+/// cgroups of units that did not change, so whoever works from the changed names alone
+/// (`diff_changed`, the daemon's cgroup paths) must look at every unit then.
+pub fn a_slice_among<'a>(
+    changed: &BTreeSet<UnitName>,
+    old: impl Fn(&UnitName) -> Option<&'a Unit>,
+    new: &UnitSet,
+) -> bool {
+    let is_slice = |u: Option<&Unit>| u.is_some_and(|u| u.kind == UnitKind::Slice);
+    changed
+        .iter()
+        .any(|n| is_slice(old(n)) || is_slice(new.get(n).map(|u| &**u)))
+}
+
 /// [`diff`] computed from the names that may have changed alone: `changed` must name every
 /// unit whose `old` and `new` versions are not the very same `Unit` (present in one set only,
 /// or a different value); any other name may be in it too. Both sets are valid loads (each
@@ -128,11 +142,7 @@ pub fn diff_changed<'a, I>(
 where
     I: IntoIterator<Item = &'a Unit>,
 {
-    let is_slice = |u: Option<&Unit>| u.is_some_and(|u| u.kind == UnitKind::Slice);
-    if changed
-        .iter()
-        .any(|n| is_slice(old(n)) || is_slice(new.get(n).map(|u| &**u)))
-    {
+    if a_slice_among(changed, &old, new) {
         return diff(all_old(), new);
     }
     let mut plan = ReloadPlan::default();
@@ -317,13 +327,16 @@ mod tests {
             .collect();
         new.insert(name("cmd"), Arc::new(cmd));
         new.insert(name("new"), Arc::new(service("new")));
+        let plan_of = |new: &UnitSet, changed: &BTreeSet<UnitName>| {
+            diff_changed(
+                |n| held.get(n).copied(),
+                || old.iter().map(|u| &**u),
+                new,
+                changed,
+            )
+        };
         let changed: BTreeSet<UnitName> = ["cmd", "gone", "new", "same"].map(name).into();
-        let partial = diff_changed(
-            |n| held.get(n).copied(),
-            || old.iter().map(|u| &**u),
-            &new,
-            &changed,
-        );
+        let partial = plan_of(&new, &changed);
         assert_eq!(partial, diff(old.iter().map(|u| &**u), &new));
         let names = |v: &Vec<UnitName>| v.iter().map(|n| n.to_string()).collect::<Vec<_>>();
         assert_eq!(
@@ -335,12 +348,7 @@ mod tests {
         inner.slice = Some(name("outer"));
         new.insert(name("inner"), Arc::new(inner));
         let changed: BTreeSet<UnitName> = ["cmd", "gone", "inner", "new"].map(name).into();
-        let partial = diff_changed(
-            |n| held.get(n).copied(),
-            || old.iter().map(|u| &**u),
-            &new,
-            &changed,
-        );
+        let partial = plan_of(&new, &changed);
         assert_eq!(partial, diff(old.iter().map(|u| &**u), &new));
         assert_eq!(names(&partial.restarted), ["app", "cmd", "inner"]);
     }

@@ -423,8 +423,9 @@ impl Daemon {
     /// 1. `wait`: sleep in epoll until a source is ready or the earliest deadline of any room.
     /// 2. `dispatch`: serve each ready source (signals, clients, output pipes, notify
     ///    sockets, probes, memory events, the units directory's watch...).
-    /// 3. `reap`: after a SIGCHLD, collect every exited child; a unit's main process becomes `Input::Exited`
-    ///    (its exec report read first, its OOM kills counted), an exec probe's ends its probe.
+    /// 3. `reap`: after a SIGCHLD, collect every exited child; a unit's main process becomes
+    ///    `Input::Exited` (its exec report read first, its OOM kills counted), an exec probe's
+    ///    ends its probe.
     /// 4. `settle_stops`: units stopping that are now empty get `Input::UnitEmpty`; during a
     ///    shutdown, units whose processes outlived SIGKILL by the kill wait are abandoned.
     /// 5. `due_inputs`: a debounced reload that is due, probes past their timeout, the notify
@@ -717,7 +718,7 @@ impl Daemon {
                 let _ = self.reload(Instant::now());
             }
             // The sweep itself is the loop's step 3.
-            Signal::SIGCHLD => self.reaper.child_signalled(),
+            Signal::SIGCHLD => self.reaper.sweep_soon(),
             _ => {}
         }
     }
@@ -1009,10 +1010,8 @@ impl Daemon {
         // which keeps its parse, so it names it not when it is made again: once down, it was
         // forgotten here (its cgroup path too), and every room must look at it again.
         changed.extend(self.sup.discarded().iter().cloned());
-        let is_slice = |u: Option<&unit::Unit>| u.is_some_and(|u| u.kind == unit::UnitKind::Slice);
-        if changed.iter().any(|n| {
-            is_slice(loaded.units.get(n).map(|u| &**u)) || is_slice(self.sup.get(n).map(|(u, _)| u))
-        }) {
+        let held = |n: &UnitName| self.sup.get(n).map(|(u, _)| u);
+        if crate::core::reload::a_slice_among(&changed, held, &loaded.units) {
             self.members.update_units(&loaded.units);
         } else {
             self.members.update_changed_units(&loaded.units, &changed);

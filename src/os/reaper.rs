@@ -31,13 +31,8 @@ impl Default for Reaper {
 }
 
 impl Reaper {
-    /// A SIGCHLD arrived: the next sweep is due.
-    pub fn child_signalled(&mut self) {
-        self.due = true;
-    }
-
-    /// A caller must learn whether any child is left: the next turn sweeps, and does not
-    /// sleep before it.
+    /// The next turn sweeps, and does not sleep before it: a SIGCHLD arrived, or a caller must
+    /// learn whether any child is left.
     pub fn sweep_soon(&mut self) {
         self.due = true;
     }
@@ -169,7 +164,7 @@ mod tests {
         // test harness's other children, so only the refusals are exercised).
         assert!(reaper.sweep(false).is_none());
         assert!(reaper.sweep(false).is_none());
-        reaper.child_signalled();
+        reaper.sweep_soon();
         assert!(reaper.due);
     }
 
