@@ -1,4 +1,5 @@
-//! One read of a directory through one open descriptor: each entry's name and, for those asked, what `fstatat` (symlinks followed) says of it.
+//! One read of a directory through one open descriptor: each entry's name and, for those
+//! asked, what `fstatat` (symlinks followed) says of it.
 
 use std::ffi::OsStr;
 use std::io;

@@ -623,11 +623,10 @@ fn cross_check(
                         format!("`{target}` is a {}, not a slice", kind.as_str()),
                     )))
                 }
-                // Only a slice (or a unit of no kind, broken already) is ever a slice's
-                // target, so an edge from any other unit is on no cycle: the 1,000 services
-                // of one slice make no graph.
-                // A template's slice is checked, not graphed (its instances are); it is no
-                // ordering either, which the arm below would have said it was.
+                // A slice is no ordering, whoever names it. Only a slice (or a unit of no
+                // kind, broken already) is ever a slice's target, so an edge from any other
+                // unit is on no cycle: the 1,000 services of one slice make no graph; a
+                // template's slice is checked, not graphed (its instances are).
                 (RefField::Slice, _) => {
                     let may_be_on_a_cycle = p.kind.is_none_or(|k| k == UnitKind::Slice);
                     if in_graph && may_be_on_a_cycle {
