@@ -19,18 +19,12 @@ while [ "$i" -lt "$n" ]; do
     i=$((i + 1))
 done
 ask() {
-    python3 - "$work/ctl.sock" "$1" <<'PY'
-import json, socket, sys
-s = socket.socket(socket.AF_UNIX)
-s.connect(sys.argv[1])
-s.sendall(sys.argv[2].encode() + b"\n")
-buf = b""
-while not buf.endswith(b"\n"):
-    b = s.recv(1 << 20)
-    if not b:
-        break
-    buf += b
-print(json.loads(buf).get("ok"))
+    python3 - "$(dirname "$0")" "$work/ctl.sock" "$1" <<'PY'
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import scale
+reply, _ = scale.request(sys.argv[2], json.loads(sys.argv[3]))
+print(json.loads(reply).get("ok"))
 PY
 }
 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$work/cg.out" \

@@ -31,23 +31,15 @@ for i in range(int(sys.argv[3])):
 PY
 ask() {
     python3 - "$(dirname "$0")" "$work/units" "$work/ctl.sock" "$1" <<'PY'
-import json, os, socket, sys
+import json, os, sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 import scale
 if os.environ.get("CHANGE"):
     (Path(sys.argv[2]) / "u00001.toml").write_text(
         scale.unit_text(False, 1).replace("worker 1", "worker one"))
-s = socket.socket(socket.AF_UNIX)
-s.connect(sys.argv[3])
-s.sendall(sys.argv[4].encode() + b"\n")
-buf = b""
-while not buf.endswith(b"\n"):
-    b = s.recv(1 << 20)
-    if not b:
-        break
-    buf += b
-doc = json.loads(buf)
+reply, _ = scale.request(sys.argv[3], json.loads(sys.argv[4]))
+doc = json.loads(reply)
 print("ok:", doc.get("ok"), "updated:", (doc.get("reload") or {}).get("updated", ""))
 PY
 }
